@@ -592,3 +592,161 @@ impl Hasher for FxHasher {
         self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gso_split;
+    use crate::engine::testutil::{build, Spec};
+
+    const OFF: usize = 12;
+
+    fn seg(spec: &Spec, i: u32, len: usize) -> Spec {
+        Spec {
+            seq: spec.seq + i * len as u32,
+            payload: vec![i as u8; len],
+            ..spec.clone()
+        }
+    }
+
+    fn bufs(specs: &[Spec]) -> Vec<Vec<u8>> {
+        specs
+            .iter()
+            .map(|s| [vec![0xee; OFF], build(s, false)].concat())
+            .collect()
+    }
+
+    fn run(b: &mut [Vec<u8>]) -> Vec<usize> {
+        let mut t = GroTable::new();
+        handle_gro(b, OFF, &mut t, true).unwrap().to_vec()
+    }
+
+    #[test]
+    fn in_order_flow_coalesces_and_splits_back() {
+        for (v6, udp) in [(false, false), (true, false), (false, true), (true, true)] {
+            let base = Spec {
+                v6,
+                udp,
+                ..Spec::default()
+            };
+            let specs: Vec<Spec> = (0..45).map(|i| seg(&base, i, 1400)).collect();
+            let mut b = bufs(&specs);
+            let originals: Vec<Vec<u8>> = b.iter().map(|x| x[OFF..].to_vec()).collect();
+            let w = run(&mut b);
+            assert_eq!(w, vec![0], "v6={v6} udp={udp}");
+            let hdr = VirtioNetHdr::decode(&b[0][OFF - 10..]).unwrap();
+            assert_eq!(hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+            assert_eq!(hdr.gso_size, 1400);
+            let mut outs = vec![vec![0u8; 1500]; 64];
+            let mut sizes = [0; 64];
+            let n = gso_split(&b[0][OFF..], &hdr, &mut outs, &mut sizes, 0, None).unwrap();
+            assert_eq!(n, 45);
+            for i in 0..n {
+                let mut want = originals[i].clone();
+                let mut got = outs[i][..sizes[i]].to_vec();
+                if !v6 {
+                    // The kernel's segmentation numbers IDs from the first packet's.
+                    for p in [&mut want, &mut got] {
+                        p[4..6].fill(0);
+                        p[10..12].fill(0);
+                    }
+                }
+                assert_eq!(got, want, "segment {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let base = Spec::default();
+        let a = seg(&base, 0, 100);
+        let b = seg(&base, 1, 100);
+        type Mutate = fn(&mut Spec);
+        let cases: &[(&str, Mutate)] = &[
+            ("ttl", |s| s.ttl = 1),
+            ("tos", |s| s.tos = 4),
+            ("df", |s| s.df = false),
+            ("ack", |s| s.ack = 99),
+            ("options", |s| s.tcp_opts = vec![1, 1, 1, 1]),
+            ("syn", |s| s.flags = TCP_ACK | 0x02),
+            ("fin", |s| s.flags = TCP_ACK | TCP_FIN),
+            ("urg", |s| s.flags = TCP_ACK | 0x20),
+            ("no ack", |s| s.flags = TCP_PSH),
+            ("gap", |s| s.seq += 1),
+            ("overlap", |s| s.seq -= 1),
+            ("larger after smaller", |s| s.payload = vec![1; 101]),
+            ("port", |s| s.sport = 9),
+        ];
+        for (name, mutate) in cases {
+            let mut b2 = b.clone();
+            mutate(&mut b2);
+            let mut x = bufs(&[a.clone(), b2]);
+            assert_eq!(run(&mut x), vec![0, 1], "{name}");
+        }
+        // PSH ends a run: a segment after a PSH one starts a new packet.
+        let p = Spec {
+            flags: TCP_ACK | TCP_PSH,
+            ..a.clone()
+        };
+        let mut x = bufs(&[p, b.clone()]);
+        assert_eq!(run(&mut x), vec![0, 1]);
+        // Bad checksums.
+        let mut x = bufs(&[a.clone(), b.clone()]);
+        x[1][OFF + 50] ^= 1;
+        assert_eq!(run(&mut x), vec![0, 1]);
+        let mut x = bufs(&[a.clone(), b.clone()]);
+        x[0][OFF + 50] ^= 1;
+        assert_eq!(run(&mut x), vec![0, 1]);
+        // Sanity: unchanged, they merge.
+        let mut x = bufs(&[a.clone(), b.clone()]);
+        assert_eq!(run(&mut x), vec![0]);
+    }
+
+    #[test]
+    fn prepend_and_swap() {
+        let base = Spec::default();
+        let (a, b, c) = (seg(&base, 0, 100), seg(&base, 1, 100), seg(&base, 2, 100));
+        let mut x = bufs(&[b.clone(), a.clone(), c.clone()]);
+        let want_a = build(&a, false);
+        assert_eq!(run(&mut x), vec![0]);
+        let pkt = &x[0][OFF..];
+        assert_eq!(pkt.len(), 40 + 300);
+        assert_eq!(be32(pkt, 24), a.seq);
+        assert_eq!(&pkt[40..140], &want_a[40..]);
+        assert_eq!(&pkt[140..240], &[1u8; 100][..]);
+        assert_eq!(&pkt[240..], &[2u8; 100][..]);
+    }
+
+    #[test]
+    fn never_exceeds_65535() {
+        let base = Spec::default();
+        let specs: Vec<Spec> = (0..60).map(|i| seg(&base, i, 1448)).collect();
+        let mut b = bufs(&specs);
+        let w = run(&mut b);
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|&i| b[i].len() - OFF <= 65535));
+    }
+
+    #[test]
+    fn bad_arguments_change_nothing() {
+        let mut b = bufs(&[Spec::default(), Spec::default()]);
+        let before = b.clone();
+        let mut t = GroTable::new();
+        assert!(handle_gro(&mut b, 9, &mut t, true).is_err());
+        b[1].truncate(OFF);
+        let before1 = b.clone();
+        assert!(handle_gro(&mut b, OFF, &mut t, true).is_err());
+        assert_eq!(b, before1);
+        assert_eq!(b[0], before[0]);
+    }
+
+    #[test]
+    fn fixed_buffers_are_never_grown() {
+        let base = Spec::default();
+        let mut raw = bufs(&[seg(&base, 0, 100), seg(&base, 1, 100)]);
+        let (x, y) = raw.split_at_mut(1);
+        let mut b: Vec<&mut [u8]> = vec![&mut x[0][..], &mut y[0][..]];
+        let mut t = GroTable::new();
+        assert_eq!(handle_gro(&mut b, OFF, &mut t, true).unwrap(), &[0, 1]);
+    }
+}

@@ -363,3 +363,334 @@ pub fn gso_split<B: AsMut<[u8]>>(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testutil::{build, l4_checksum_ok, Spec};
+
+    fn tcp_hdr(v6: bool, gso_size: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: if v6 {
+                VIRTIO_NET_HDR_GSO_TCPV6
+            } else {
+                VIRTIO_NET_HDR_GSO_TCPV4
+            },
+            hdr_len: 0,
+            gso_size,
+            csum_start: if v6 { 40 } else { 20 },
+            csum_offset: 16,
+        }
+    }
+
+    fn split(pkt: &[u8], hdr: &VirtioNetHdr) -> Result<Vec<Vec<u8>>> {
+        let mut outs = vec![vec![0u8; 70000]; 64];
+        let mut sizes = [0usize; 64];
+        let n = gso_split(pkt, hdr, &mut outs, &mut sizes, 0, None)?;
+        Ok((0..n).map(|i| outs[i][..sizes[i]].to_vec()).collect())
+    }
+
+    #[test]
+    fn tcp_segments_follow_the_kernel() {
+        for v6 in [false, true] {
+            let spec = Spec {
+                v6,
+                payload: (0..3000u32).map(|i| i as u8).collect(),
+                flags: TCP_ACK | TCP_PSH | TCP_FIN | TCP_CWR,
+                seq: u32::MAX - 10,
+                id: 0xffff,
+                ..Spec::default()
+            };
+            let segs = split(&build(&spec, true), &tcp_hdr(v6, 1000)).unwrap();
+            assert_eq!(segs.len(), 3);
+            let iph = if v6 { 40 } else { 20 };
+            for (i, s) in segs.iter().enumerate() {
+                assert!(l4_checksum_ok(s), "segment {i} checksum");
+                let seq = be32(s, iph + 4);
+                assert_eq!(seq, spec.seq.wrapping_add(1000 * i as u32));
+                let flags = s[iph + TCP_FLAGS];
+                assert_eq!(
+                    flags & (TCP_FIN | TCP_PSH) != 0,
+                    i == 2,
+                    "FIN/PSH only last"
+                );
+                assert_eq!(flags & TCP_CWR != 0, i == 0, "CWR only first");
+                if !v6 {
+                    assert_eq!(be16(s, 4), 0xffffu16.wrapping_add(i as u16));
+                    assert_eq!(be16(s, 2) as usize, s.len());
+                    assert_eq!(checksum::sum(&s[..20]), 0xffff);
+                } else {
+                    assert_eq!(be16(s, 4) as usize, s.len() - 40);
+                }
+                assert_eq!(&s[iph + 20..], &spec.payload[i * 1000..(i + 1) * 1000]);
+            }
+        }
+    }
+
+    #[test]
+    fn hdr_len_is_not_trusted() {
+        let pkt = build(
+            &Spec {
+                payload: vec![1; 2500],
+                ..Spec::default()
+            },
+            true,
+        );
+        let good = split(&pkt, &tcp_hdr(false, 1000)).unwrap();
+        for hdr_len in [0, 40, 1040, 2540, u16::MAX] {
+            let h = VirtioNetHdr {
+                hdr_len,
+                ..tcp_hdr(false, 1000)
+            };
+            assert_eq!(split(&pkt, &h).unwrap(), good, "hdr_len {hdr_len}");
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_is_sent_as_ffff() {
+        // Find a payload whose first segment's checksum computes to 0.
+        let mut spec = Spec {
+            udp: true,
+            payload: vec![0x11; 2000],
+            ..Spec::default()
+        };
+        let h = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+            gso_size: 1000,
+            csum_start: 20,
+            csum_offset: 6,
+            hdr_len: 28,
+        };
+        let seg0 = &split(&build(&spec, true), &h).unwrap()[0];
+        // Adding the checksum c to one payload word makes the segment's sum 0xffff, so
+        // its checksum computes to 0.
+        let c = be16(seg0, 26);
+        let old = u16::from_be_bytes([spec.payload[0], spec.payload[1]]);
+        spec.payload[..2].copy_from_slice(&checksum::add(old, c).to_be_bytes());
+        let seg0 = &split(&build(&spec, true), &h).unwrap()[0];
+        assert_eq!(be16(seg0, 26), 0xffff);
+        assert!(l4_checksum_ok(seg0));
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors() {
+        let v4 = build(
+            &Spec {
+                payload: vec![1; 3000],
+                ..Spec::default()
+            },
+            true,
+        );
+        let v6 = build(
+            &Spec {
+                v6: true,
+                payload: vec![1; 3000],
+                ..Spec::default()
+            },
+            true,
+        );
+        let h4 = tcp_hdr(false, 1000);
+        let cases: Vec<(&str, Vec<u8>, VirtioNetHdr)> = vec![
+            ("empty", vec![], h4),
+            ("truncated", v4[..30].to_vec(), h4),
+            ("v6 packet for TCPV4", v6.clone(), h4),
+            ("v4 packet for TCPV6", v4.clone(), tcp_hdr(true, 1000)),
+            ("gso_size 0", v4.clone(), VirtioNetHdr { gso_size: 0, ..h4 }),
+            (
+                "csum_start beyond",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_start: 4000,
+                    ..h4
+                },
+            ),
+            (
+                "csum overflow u16",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_start: 0xfff0,
+                    csum_offset: 0x20,
+                    ..h4
+                },
+            ),
+            (
+                "csum_offset wrong",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_offset: 6,
+                    ..h4
+                },
+            ),
+            (
+                "csum_start wrong",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_start: 24,
+                    ..h4
+                },
+            ),
+            (
+                "UFO",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: VIRTIO_NET_HDR_GSO_UDP,
+                    ..h4
+                },
+            ),
+            (
+                "unknown type",
+                v4.clone(),
+                VirtioNetHdr { gso_type: 2, ..h4 },
+            ),
+            (
+                "udp ecn",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: 0x85,
+                    ..h4
+                },
+            ),
+            (
+                "data offset < 5",
+                {
+                    let mut p = v4.clone();
+                    p[32] = 0x40;
+                    p
+                },
+                h4,
+            ),
+            (
+                "data offset beyond",
+                {
+                    let mut p = v4[..50].to_vec();
+                    put16(&mut p, 2, 50);
+                    p[32] = 0xf0;
+                    p
+                },
+                h4,
+            ),
+            (
+                "total length",
+                {
+                    let mut p = v4.clone();
+                    put16(&mut p, 2, 100);
+                    p
+                },
+                h4,
+            ),
+            (
+                "ihl < 5",
+                {
+                    let mut p = v4.clone();
+                    p[0] = 0x44;
+                    p
+                },
+                h4,
+            ),
+            (
+                "not ip",
+                {
+                    let mut p = v4.clone();
+                    p[0] = 0x55;
+                    p
+                },
+                h4,
+            ),
+            (
+                "fragment",
+                {
+                    let mut p = v4.clone();
+                    p[6] = 0x20;
+                    p
+                },
+                h4,
+            ),
+            (
+                "v6 payload length",
+                {
+                    let mut p = v6.clone();
+                    put16(&mut p, 4, 7);
+                    p
+                },
+                tcp_hdr(true, 1000),
+            ),
+            (
+                "gso_none csum beyond",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: 0,
+                    csum_start: 3019,
+                    csum_offset: 16,
+                    ..h4
+                },
+            ),
+            (
+                "gso_none csum in ip header",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: 0,
+                    csum_start: 4,
+                    csum_offset: 0,
+                    ..h4
+                },
+            ),
+        ];
+        for (name, pkt, h) in cases {
+            let mut outs = vec![vec![0x5au8; 2000]; 8];
+            let mut sizes = [0usize; 8];
+            let r = gso_split(&pkt, &h, &mut outs, &mut sizes, 0, None);
+            assert!(r.is_err(), "{name}: accepted");
+            assert!(
+                outs.iter().all(|o| o.iter().all(|&b| b == 0x5a)),
+                "{name}: wrote"
+            );
+        }
+        // Too few and too small outputs, and a short sizes slice.
+        let mut outs = vec![vec![0u8; 2000]; 2];
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, None).is_err());
+        let mut outs = vec![vec![0u8; 1000]; 8];
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, None).is_err());
+        let mut outs = vec![vec![0u8; 2000]; 8];
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 2], 0, None).is_err());
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 1500, None).is_err());
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, Some(true)).is_err());
+    }
+
+    #[test]
+    fn small_gso_packet_is_one_segment_with_ffff_for_zero() {
+        let pkt = build(
+            &Spec {
+                payload: vec![1; 500],
+                ..Spec::default()
+            },
+            true,
+        );
+        let segs = split(&pkt, &tcp_hdr(false, 1000)).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert!(l4_checksum_ok(&segs[0]));
+        assert_eq!(&segs[0][..36], &pkt[..36]);
+    }
+
+    #[test]
+    fn gso_none_completes_or_copies() {
+        let pkt = build(
+            &Spec {
+                payload: vec![9; 300],
+                ..Spec::default()
+            },
+            true,
+        );
+        let h = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let segs = split(&pkt, &h).unwrap();
+        assert!(l4_checksum_ok(&segs[0]));
+        let segs = split(&pkt, &VirtioNetHdr::default()).unwrap();
+        assert_eq!(segs, vec![pkt]);
+    }
+}

@@ -10,6 +10,8 @@ pub mod error;
 pub mod gro;
 pub mod gso;
 mod packet;
+#[cfg(test)]
+mod testutil;
 pub mod virtio;
 
 pub use error::{Error, Result};
