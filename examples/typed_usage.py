@@ -127,7 +127,8 @@ def pump_once(dev: t.TunDevice, table: t.GroTable) -> int:
     sizes: list[int] = [0] * t.IDEAL_BATCH_SIZE
     n = dev.recv_multiple(original, bufs, sizes, HDR_LEN)
     packets = [bufs[i][: HDR_LEN + sizes[i]] for i in range(n)]
-    return dev.send_multiple(table, packets, HDR_LEN)
+    sent: int = dev.send_multiple(table, packets, HDR_LEN)
+    return sent
 
 
 def tun_demo(pump: bool) -> None:
