@@ -25,8 +25,21 @@ def super_packet(payload_len: int) -> bytes:
     """An IPv4/TCP packet as a TUN reader gets it with TSO: one header, a big payload, and
     the pseudo-header sum in the TCP checksum field (the kernel completes it per segment)."""
     total = 20 + 20 + payload_len
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0x4000, 64, 6, 0,
-                               bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))
+    ip = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            total,
+            1,
+            0x4000,
+            64,
+            6,
+            0,
+            bytes([10, 0, 0, 1]),
+            bytes([10, 0, 0, 2]),
+        )
+    )
     struct.pack_into("!H", ip, 10, 0xFFFF ^ csum_fold(bytes(ip)))
     tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 5 << 4, 0x18, 65535, 0, 0))
     pseudo = csum_fold(ip[12:20] + struct.pack("!HH", 6, 20 + payload_len))
@@ -54,8 +67,10 @@ def main() -> None:
     table = t.GroTable()
     to_write = t.handle_gro(batch, offset, table)
     merged = t.VirtioNetHdr.decode(batch[to_write[0]])
-    print(f"handle_gro: {n} segments -> {len(to_write)} packet(s); first: "
-          f"{len(batch[to_write[0]]) - offset} bytes, {merged!r}")
+    print(
+        f"handle_gro: {n} segments -> {len(to_write)} packet(s); first: "
+        f"{len(batch[to_write[0]]) - offset} bytes, {merged!r}"
+    )
     again = [bytearray(1500) for _ in range(64)]
     m = t.gso_split(batch[to_write[0]][offset:], merged, again, sizes)
     same = all(again[i][: sizes[i]] == out[i][offset : offset + sizes[i]] for i in range(m))

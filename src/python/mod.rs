@@ -7,7 +7,8 @@ pub(crate) mod engine;
 use pyo3::prelude::*;
 
 /// The native part of the `tunoffload` package.
-#[pymodule]
+// gil_used: handle_gro relies on the GIL to keep bytearrays from being resized under it.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     engine::register(m)?;
