@@ -234,6 +234,17 @@ def kernel_gso(pkt: bytes, h: dict, raw: bool = False) -> list:
         return ([pkt], [None]) if raw else [pkt]
     info = l3_info(pkt)
     tcp = base in (GSO_TCPV4, GSO_TCPV6)
+    needs = bool(h["flags"] & F_NEEDS_CSUM)
+    if not needs:
+        # TCP GSO without NEEDS_CSUM: tcp4/6_gso_segment recomputes the pseudo-header sum from
+        # the addresses (and a packet that is not really GSO passes unchanged).
+        cs, co = info.l4_off, 16
+        b = bytearray(pkt)
+        struct.pack_into("!H", b, cs + co, pseudo_sum(info.src, info.dst, 6, len(b) - cs))
+        thlen = (pkt[cs + 12] >> 4) * 4
+        if len(pkt) - cs - thlen <= h["gso_size"]:
+            return ([pkt], [None]) if raw else [pkt]
+        return kernel_gso(bytes(b), dict(h, flags=F_NEEDS_CSUM, csum_start=cs, csum_offset=co), raw)
     g = h["gso_size"]
     thlen = (pkt[cs + 12] >> 4) * 4 if tcp else 8
     hl = cs + thlen
@@ -394,6 +405,11 @@ def random_case(rng: random.Random, mtu: int = 9000, max_segs: int = 64) -> Case
         h = none_hdr(pkt, needs)
         desc = f"{'v6' if v6 else 'v4'} {'tcp' if is_tcp else 'udp'} GSO_NONE needs_csum={needs}"
         desc += f" len={len(pkt)}"
+        if needs and rng.random() < 0.1:
+            b = bytearray(pkt)
+            struct.pack_into("!H", b, l4 + h["csum_offset"], rng.getrandbits(16))
+            pkt = bytes(b)
+            desc += " odd-partial-sum"
         case = Case(desc, pkt, h, v6)
         if needs and rng.random() < 0.15:
             crafted = craft_zero_csum(pkt, h, 0)
@@ -448,6 +464,12 @@ def random_case(rng: random.Random, mtu: int = 9000, max_segs: int = 64) -> Case
         if crafted is not None:
             case.packet = crafted
             case.desc += f" zero-csum-seg={idx}/{n}"
+    if rng.random() < 0.05:
+        # the kernel adjusts whatever the checksum field holds; it never recomputes it
+        b = bytearray(case.packet)
+        struct.pack_into("!H", b, l4 + case.hdr["csum_offset"], rng.getrandbits(16))
+        case.packet = bytes(b)
+        case.desc += " odd-partial-sum"
     if rng.random() < 0.15:
         bogus = rng.choice([0, 1, hl + g, len(case.packet), rng.randint(0, len(case.packet))])
         case.hdr = dict(case.hdr, hdr_len=min(bogus, len(case.packet), 0xFFFF))

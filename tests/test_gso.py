@@ -226,6 +226,19 @@ def test_tcp_flags(flags, v6):
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_tcp_gso_without_needs_csum(v6):
+    """Without NEEDS_CSUM the kernel computes the pseudo-header from the addresses."""
+    full = P.tcp_pkt(v6, payload(3500), options=TS)
+    l4 = 40 if v6 else 20
+    odd = bytearray(full)
+    odd[l4 + 16 : l4 + 18] = b"\xbe\xef"
+    h = dict(P.none_hdr(), gso_type=P.GSO_TCPV6 if v6 else P.GSO_TCPV4, gso_size=1000)
+    segs = split(bytes(odd), h)
+    assert segs == P.kernel_gso(bytes(odd), h)
+    scapy_check(P.partial_csum(full), dict(h, csum_start=l4, csum_offset=16), segs)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
 def test_tcp_ecn_gso_type(v6):
     sup, h = P.super_tcp(v6, payload(3000), 1000, ecn=True, flags=P.ACK | P.CWR | P.ECE)
     assert h["gso_type"] & P.GSO_ECN
@@ -316,6 +329,29 @@ def test_udp_zero_checksum_sent_as_ffff(v6, seg):
     assert raws[seg] == 0  # the crafted segment really sums to 0
     segs = check(sup, h)
     assert segs[seg][h["csum_start"] + 6 :][:2] == b"\xff\xff"
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "gso_none"])
+def test_checksum_field_is_adjusted_not_recomputed(v6, proto, gso):
+    """The kernel takes the partial sum already in the checksum field (adjusting it for each
+    segment's length); it never recomputes the pseudo-header from the addresses."""
+    build = P.super_tcp if proto == "tcp" else P.super_udp
+    sup, h = build(v6, payload(3500), 1000)
+    if not gso:
+        h = P.none_hdr(sup, needs_csum=True)
+    at = h["csum_start"] + h["csum_offset"]
+    odd = bytearray(sup)
+    struct.pack_into("!H", odd, at, struct.unpack_from("!H", sup, at)[0] ^ 0x1234)
+    odd = bytes(odd)
+    segs = split(odd, h)
+    assert segs == P.kernel_gso(odd, h)
+    proper = P.kernel_gso(sup, h)
+    assert len(segs) == len(proper)
+    for a, b in zip(segs, proper):
+        assert a[:at] == b[:at] and a[at + 2 :] == b[at + 2 :]
+        assert a[at : at + 2] != b[at : at + 2], "checksum recomputed from the addresses"
 
 
 # --------------------------------------------------------------------------- hdr_len, buffers
@@ -549,6 +585,10 @@ def _bad(name):
         return _set(sup6, 4, "!H", len(sup6) - 40 - 1), h6, kw
     if name == "udp-length-mismatch":
         return _set(u4, 24, "!H", len(u4) - 20 - 1), hu4, kw
+    if name == "udp-129-segments":
+        return P.super_udp(False, payload(129 * 10), 10) + ({},)
+    if name == "udp_l4-without-needs_csum":
+        return u4, dict(hu4, flags=0), kw
     if name == "too-few-out_bufs":
         return sup, h, {"n_bufs": 2}
     if name == "no-out_bufs":
@@ -609,6 +649,8 @@ BAD = [
     "ipv6-payload-length-too-big",
     "ipv6-payload-length-too-small",
     "udp-length-mismatch",
+    "udp-129-segments",
+    "udp_l4-without-needs_csum",
     "too-few-out_bufs",
     "no-out_bufs",
     "out_buf-too-small",

@@ -197,7 +197,7 @@ def kernel_drops(case: P.Case) -> bool:
     h, pkt = case.hdr, case.packet
     if h["gso_type"] & ~P.GSO_ECN not in (P.GSO_TCPV4, P.GSO_TCPV6):
         return False
-    cs = h["csum_start"]
+    cs = h["csum_start"] if h["flags"] & P.F_NEEDS_CSUM else P.l3_info(pkt).l4_off
     thlen = (pkt[cs + 12] >> 4) * 4
     return len(pkt) - cs - thlen <= h["gso_size"] < len(pkt) - cs - 20
 
@@ -369,6 +369,14 @@ def _crafted() -> list[P.Case]:
             "csum_offset": coff,
         }
         cases.append(P.Case(f"v6 {build.__name__} dest-opts ext header", p, h, True))
+    # TCP GSO without NEEDS_CSUM: the kernel computes the pseudo-header from the addresses
+    for v6 in (False, True):
+        for n, opts in ((3500, ()), (3500, ts), (900, ())):
+            p = bytearray(P.tcp_pkt(v6, pl(n), options=opts))
+            p[(40 if v6 else 20) + 16 :][:2] = b"\xbe\xef"
+            h = dict(P.none_hdr(), gso_type=P.GSO_TCPV6 if v6 else P.GSO_TCPV4, gso_size=1000)
+            name = f"{'v6' if v6 else 'v4'} tcp GSO without NEEDS_CSUM payload {n} opts={len(opts)}"
+            cases.append(P.Case(name, bytes(p), h, v6))
     # IP fragments as TUN reads deliver them: GSO_NONE, no flags; forwarded unchanged
     from scapy.layers.inet import UDP, fragment
     from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
@@ -445,3 +453,53 @@ def test_kernel_accepts_large_gro_batches(oracle, kind):
         else:
             pkts.append(P.udp_pkt(v6, pl, **kw))
     _gro_to_kernel(oracle, pkts, {P.flow_key(pkts[0]): pkts}, 10)
+
+
+# Malformed inputs of test_gso.py that the kernel itself refuses (drops) on this path: the
+# engine's ValueError for them is the kernel's behaviour, not just the tests' opinion.
+KERNEL_REFUSES = [
+    "truncated-ip-header",
+    "truncated-ipv6-header",
+    "truncated-tcp-header",
+    "truncated-in-tcp-options",
+    "truncated-udp-header",
+    "ipv6-with-tcpv4",
+    "ipv4-with-tcpv6",
+    "udp-with-tcpv4",
+    "tcp-with-udp_l4",
+    "ip-version-5",
+    "ipv4-ihl-4",
+    "tcp-doff-4",
+    "tcp-doff-0",
+    "csum_start-beyond-packet",
+    "csum_offset-beyond-packet",
+    "csum-field-straddles-end",
+    "csum_start+offset-overflows-u16-none",
+    "csum_start+offset-overflows-u16-tcpv4",
+    "csum_start-inside-ip-header-v4",
+    "csum_start-inside-ip-header-v6",
+    "csum_start-not-transport-header",
+    "tcp-csum_offset-not-16",
+    "udp-csum_offset-not-6",
+    "gso_size-0-tcp",
+    "gso_size-0-udp",
+    "gso_type-unknown-02",
+    "gso_type-unknown-06",
+    "gso_type-unknown-7f",
+    "gso_type-unknown-83",
+    "ipv4-total-length-too-big",
+    "ipv6-payload-length-too-big",
+    "udp-129-segments",
+    "udp_l4-without-needs_csum",
+]
+
+
+@pytest.mark.parametrize("name", KERNEL_REFUSES)
+def test_kernel_refuses_what_engine_rejects(oracle, name):
+    import test_gso
+    import tunoffload as t
+
+    pkt, h, _ = test_gso._bad(name)
+    with pytest.raises(ValueError):
+        t.gso_split(pkt, t.VirtioNetHdr(**h), [bytearray(70000) for _ in range(200)], [0] * 200)
+    assert oracle.segment(pkt, h) is None, "the kernel forwarded it"
