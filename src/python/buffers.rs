@@ -60,26 +60,97 @@ impl Region {
 }
 
 /// Buffer exports held for one call; released (with the GIL) on drop.
+///
+/// An exact `bytearray` (the common case, one per packet) is pinned directly: a strong
+/// reference plus `ob_exports += 1`, which is what its buffer export does, without the
+/// `Py_buffer` round trip. Anything else goes through `PyObject_GetBuffer`.
 pub(crate) struct Views<'py> {
     py: Python<'py>,
     views: Vec<ffi::Py_buffer>,
+    pinned: Vec<(NonNull<ffi::PyObject>, ffi::Py_ssize_t)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Read,
+    Write,
+    Exclusive,
+}
+
+/// The export count an exclusive pin adds: far above any real count of exports.
+const EXCLUSIVE: ffi::Py_ssize_t = 1 << 40;
+
+/// Per-thread spare storage, so a steady stream of calls allocates nothing.
+#[derive(Default)]
+struct Spare {
+    views: Vec<ffi::Py_buffer>,
+    pinned: Vec<(NonNull<ffi::PyObject>, ffi::Py_ssize_t)>,
+}
+
+thread_local! {
+    static SPARE: std::cell::Cell<Option<Spare>> = const { std::cell::Cell::new(None) };
 }
 
 impl<'py> Views<'py> {
     /// Room for `n` exports; asking for more is an error, not a reallocation.
     pub(crate) fn with_capacity(py: Python<'py>, n: usize) -> Self {
-        Views {
-            py,
-            views: Vec::with_capacity(n),
-        }
+        let Spare {
+            mut views,
+            mut pinned,
+        } = SPARE.with(|s| s.take()).unwrap_or_default();
+        views.reserve(n);
+        pinned.reserve(n);
+        Views { py, views, pinned }
     }
 
     fn get(
         &mut self,
         obj: &Bound<'py, PyAny>,
-        writable: bool,
+        mode: Mode,
         what: &dyn Fn() -> String,
-    ) -> PyResult<Region> {
+    ) -> PyResult<(Region, bool)> {
+        let raw = obj.as_ptr();
+        let writable = mode != Mode::Read;
+        // SAFETY: raw is a live object (GIL held through `Bound`).
+        if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
+            if self.pinned.len() == self.pinned.capacity() {
+                return Err(PyValueError::new_err(
+                    "internal: too many buffer pins for this call",
+                ));
+            }
+            let count = if mode == Mode::Exclusive {
+                EXCLUSIVE
+            } else {
+                1
+            };
+            // SAFETY: raw is an exact bytearray, so it is a PyByteArrayObject. With the GIL
+            // held we take a reference (it outlives any list that drops it) and count an
+            // export, which makes PyByteArray_Resize and `del b[...]` refuse until `drop`.
+            // An exclusive pin counts EXCLUSIVE exports, so a second one is detectable.
+            let (ptr, len) = unsafe {
+                let exports = &mut (*raw.cast::<ffi::PyByteArrayObject>()).ob_exports;
+                if mode == Mode::Exclusive && *exports >= EXCLUSIVE {
+                    return Err(PyValueError::new_err(format!(
+                        "{} is already being written by this call or another thread (the same bytearray twice?)",
+                        what()
+                    )));
+                }
+                *exports += count;
+                ffi::Py_INCREF(raw);
+                (
+                    ffi::PyByteArray_AsString(raw).cast::<u8>(),
+                    ffi::PyByteArray_Size(raw),
+                )
+            };
+            self.pinned
+                .push((NonNull::new(raw).expect("a live object"), count));
+            let len = usize::try_from(len).unwrap_or(0);
+            let region = Region {
+                ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
+                len,
+            };
+            return Ok((region, mode == Mode::Exclusive));
+        }
         if self.views.len() == self.views.capacity() {
             return Err(PyValueError::new_err(
                 "internal: too many buffer exports for this call",
@@ -93,7 +164,7 @@ impl<'py> Views<'py> {
         let mut view = MaybeUninit::<ffi::Py_buffer>::uninit();
         // SAFETY: obj is a live object (we hold the GIL through `Bound`); view is written
         // by PyObject_GetBuffer on success and not read otherwise.
-        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) };
+        let rc = unsafe { ffi::PyObject_GetBuffer(raw, view.as_mut_ptr(), flags) };
         if rc != 0 {
             let cause = PyErr::fetch(self.py);
             let msg = if writable {
@@ -117,10 +188,13 @@ impl<'py> Views<'py> {
         let v = self.views.last().expect("just pushed");
         let len = usize::try_from(v.len).unwrap_or(0);
         let ptr = NonNull::new(v.buf.cast::<u8>()).unwrap_or(NonNull::dangling());
-        Ok(Region {
-            ptr,
-            len: if v.buf.is_null() { 0 } else { len },
-        })
+        Ok((
+            Region {
+                ptr,
+                len: if v.buf.is_null() { 0 } else { len },
+            },
+            false,
+        ))
     }
 
     /// Exports `obj` read-only.
@@ -129,7 +203,7 @@ impl<'py> Views<'py> {
         obj: &Bound<'py, PyAny>,
         what: &dyn Fn() -> String,
     ) -> PyResult<Region> {
-        self.get(obj, false, what)
+        Ok(self.get(obj, Mode::Read, what)?.0)
     }
 
     /// Exports `obj` writable (a `bytes` object is a `BufferError`, a non-buffer `TypeError`).
@@ -138,17 +212,44 @@ impl<'py> Views<'py> {
         obj: &Bound<'py, PyAny>,
         what: &dyn Fn() -> String,
     ) -> PyResult<Region> {
-        self.get(obj, true, what)
+        Ok(self.get(obj, Mode::Write, what)?.0)
+    }
+
+    /// As [`write`](Self::write), and for a `bytearray` also makes sure no other exclusive
+    /// pin holds it (in this call or in another thread's): then returns true, and the
+    /// region is known not to overlap any other exclusive region.
+    pub(crate) fn write_exclusive(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        what: &dyn Fn() -> String,
+    ) -> PyResult<(Region, bool)> {
+        self.get(obj, Mode::Exclusive, what)
     }
 }
 
 impl Drop for Views<'_> {
     fn drop(&mut self) {
+        let _ = self.py;
         for v in &mut self.views {
             // SAFETY: each view came from a successful PyObject_GetBuffer and is released
             // once; the `py` token proves the GIL is held.
             unsafe { ffi::PyBuffer_Release(v) };
         }
+        for (o, count) in &self.pinned {
+            // SAFETY: each pin took a reference and `count` exports on a bytearray, undone
+            // once here with the GIL held.
+            unsafe {
+                (*o.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports -= count;
+                ffi::Py_DECREF(o.as_ptr());
+            }
+        }
+        self.views.clear();
+        self.pinned.clear();
+        let spare = Spare {
+            views: std::mem::take(&mut self.views),
+            pinned: std::mem::take(&mut self.pinned),
+        };
+        SPARE.with(|s| s.set(Some(spare)));
     }
 }
 

@@ -189,9 +189,16 @@ pub(crate) fn split_into_py(
     }
     let mut views = Views::with_capacity(py, n);
     let mut outs = Vec::with_capacity(n);
+    let mut all_exclusive = true;
+    let list = out_bufs.cast::<PyList>().ok();
     for i in 0..n {
-        let obj = out_bufs.get_item(i)?;
-        outs.push(Out(views.write(&obj, &|| format!("out_bufs[{i}]"))?));
+        let obj = match list {
+            Some(l) => l.get_item(i)?,
+            None => out_bufs.get_item(i)?,
+        };
+        let (region, exclusive) = views.write_exclusive(&obj, &|| format!("out_bufs[{i}]"))?;
+        all_exclusive &= exclusive;
+        outs.push(Out(region));
     }
     gso::check_outputs(
         &plan,
@@ -200,24 +207,40 @@ pub(crate) fn split_into_py(
         out_offset,
     )
     .map_err(value_error)?;
-    // The written parts must not overlap each other or the packet.
-    let mut spans: Vec<(usize, usize, usize)> = outs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let (s, _, _) = span(o.0, i);
-            (s + out_offset, s + out_offset + plan.segment_len(i), i)
-        })
-        .collect();
+    // The written parts must not overlap each other or the packet. Exclusively pinned
+    // bytearrays are distinct objects, so only the packet needs checking against them.
+    let written_span = |i: usize, o: &Out| {
+        let (s, _, _) = span(o.0, i);
+        (s + out_offset, s + out_offset + plan.segment_len(i), i)
+    };
     let p = packet.as_ptr() as usize;
-    spans.push((p, p + packet.len(), n));
-    check_disjoint(&mut spans, &|i| {
+    let packet_span = (p, p + packet.len(), n);
+    let name = |i: usize| {
         if i == n {
             "packet".to_owned()
         } else {
             format!("out_bufs[{i}]")
         }
-    })?;
+    };
+    if all_exclusive {
+        for (i, o) in outs.iter().enumerate() {
+            let (s, e, _) = written_span(i, o);
+            if s < packet_span.1 && packet_span.0 < e {
+                return Err(PyValueError::new_err(format!(
+                    "{} and the packet share memory",
+                    name(i)
+                )));
+            }
+        }
+    } else {
+        let mut spans: Vec<_> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| written_span(i, o))
+            .collect();
+        spans.push(packet_span);
+        check_disjoint(&mut spans, &name)?;
+    }
     let written = if packet.len() >= DETACH_MIN_BYTES {
         py.detach(|| gso::write_segments(&plan, packet, &mut outs, out_offset))
     } else {
@@ -226,10 +249,36 @@ pub(crate) fn split_into_py(
     .map_err(value_error)?;
     drop(outs);
     drop(views);
-    for i in 0..written {
-        sizes.set_item(i, plan.segment_len(i))?;
-    }
+    set_sizes(sizes, (0..written).map(|i| plan.segment_len(i)))?;
     Ok(written)
+}
+
+/// Stores `values` into the first entries of `sizes`, leaving entries that already hold
+/// the value alone (a reused list usually does) and sharing one int object per value.
+pub(crate) fn set_sizes(
+    sizes: &Bound<'_, PyList>,
+    values: impl Iterator<Item = usize>,
+) -> PyResult<()> {
+    let py = sizes.py();
+    let mut last: Option<(usize, Bound<'_, PyAny>)> = None;
+    for (i, v) in values.enumerate() {
+        let current = sizes.get_item(i)?;
+        if current.is_exact_instance_of::<pyo3::types::PyInt>()
+            && current.extract::<usize>().ok() == Some(v)
+        {
+            continue;
+        }
+        let obj = match &last {
+            Some((lv, o)) if *lv == v => o.clone(),
+            _ => {
+                let o = v.into_pyobject(py)?.into_any();
+                last = Some((v, o.clone()));
+                o
+            }
+        };
+        sizes.set_item(i, obj)?;
+    }
+    Ok(())
 }
 
 /// Splits a GSO super-packet read from a TUN device into the packets the Linux kernel

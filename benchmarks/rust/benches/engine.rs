@@ -219,5 +219,14 @@ fn bench_gro(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_gso, bench_gro);
+fn bench_checksum(c: &mut Criterion) {
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    let mut g = c.benchmark_group("checksum_64k");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("tunoffload", |b| b.iter(|| checksum::sum(black_box(&data))));
+    g.bench_function("tun-rs", |b| b.iter(|| tun_rs::checksum(black_box(&data), 0)));
+    g.finish();
+}
+
+criterion_group!(benches, bench_gso, bench_gro, bench_checksum);
 criterion_main!(benches);
