@@ -112,7 +112,7 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         );
     }
     if ip.fragment {
-        bail!("{name} on an IPv4 fragment");
+        bail!("{name} on an IP fragment");
     }
     let l4 = ip.l4_off;
     let (base_hdr, csum_field) = if proto == PROTO_TCP {
@@ -154,6 +154,13 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         }
         l4 + doff
     } else {
+        let udp_len = usize::from(be16(pkt, l4 + 4));
+        if udp_len != pkt.len() - l4 {
+            bail!(
+                "UDP length {udp_len} disagrees with the {} bytes from the UDP header on",
+                pkt.len() - l4
+            );
+        }
         l4 + UDP_HDR_LEN
     };
     if hdr.gso_size == 0 {

@@ -6,6 +6,7 @@ pub(crate) const PROTO_TCP: u8 = 6;
 pub(crate) const PROTO_UDP: u8 = 17;
 pub(crate) const IPV4_HDR_LEN: usize = 20;
 pub(crate) const IPV6_HDR_LEN: usize = 40;
+pub(crate) const IPV6_FRAGMENT: u8 = 44;
 pub(crate) const TCP_HDR_LEN: usize = 20;
 pub(crate) const UDP_HDR_LEN: usize = 8;
 pub(crate) const TCP_FLAGS: usize = 13;
@@ -44,7 +45,7 @@ pub(crate) struct IpInfo {
     pub l4_off: usize,
     /// The transport protocol number.
     pub proto: u8,
-    /// An IPv4 fragment (MF set or a fragment offset).
+    /// An IP fragment (IPv4: MF set or a fragment offset; IPv6: a fragment header).
     pub fragment: bool,
 }
 
@@ -136,7 +137,7 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
     }
 }
 
-/// Walks IPv6 extension headers to the transport header: (offset, protocol).
+/// Walks IPv6 extension headers to the transport (or fragment) header: (offset, protocol).
 fn skip_ipv6_extensions(pkt: &[u8]) -> Result<(usize, u8)> {
     let mut next = pkt[6];
     let mut off = IPV6_HDR_LEN;
@@ -154,7 +155,8 @@ fn skip_ipv6_extensions(pkt: &[u8]) -> Result<(usize, u8)> {
                 next = pkt[off];
                 off += len;
             }
-            44 => bail!("IPv6 fragments cannot be segmented or coalesced"),
+            // A fragment header (IPV6_FRAGMENT) ends the walk: what follows is not a
+            // transport header, and `IpInfo::fragment` says so.
             _ => return Ok((off, next)),
         }
     }
