@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_ulong, c_void, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::netlink::{IfAddr, Netlink};
@@ -39,6 +39,26 @@ pub struct TunOptions {
     pub up: bool,
 }
 
+/// Counters of one queue's reads and writes (each read or write is one packet or
+/// super-packet, virtio header included in the byte counts).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub max_read: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub max_write: AtomicU64,
+}
+
+impl Counters {
+    fn count(n: usize, count: &AtomicU64, bytes: &AtomicU64, max: &AtomicU64) {
+        count.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        max.fetch_max(n as u64, Ordering::Relaxed);
+    }
+}
+
 /// Sockets for interface configuration, opened in the device's network namespace and
 /// shared by all queues of a device.
 #[derive(Debug)]
@@ -63,6 +83,8 @@ pub struct Tun {
     flags: i16,
     udp_gso: bool,
     ifindex: u32,
+    /// Read and write counters.
+    pub counters: Counters,
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -412,6 +434,7 @@ impl Tun {
             flags,
             udp_gso,
             ifindex,
+            counters: Counters::default(),
         })
     }
 
@@ -698,6 +721,8 @@ impl Tun {
             // ours and stays open while `self` lives.
             let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n >= 0 {
+                let c = &self.counters;
+                Counters::count(n as usize, &c.reads, &c.read_bytes, &c.max_read);
                 return Ok(n as usize);
             }
             let e = last_error("reading from the TUN device");
@@ -741,6 +766,8 @@ impl Tun {
             // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the descriptor is ours.
             let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
             if n >= 0 {
+                let c = &self.counters;
+                Counters::count(n as usize, &c.writes, &c.write_bytes, &c.max_write);
                 return Ok(n as usize);
             }
             let e = last_error("writing to the TUN device");

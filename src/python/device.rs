@@ -2,7 +2,7 @@
 //! GIL. Every system call runs with the GIL released, on buffers exported (pinned) for
 //! the length of the call.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
@@ -94,6 +94,10 @@ pub(crate) struct PyTunDevice {
     tap: bool,
     multi_queue: bool,
     packet_information: bool,
+    /// Packets out of `recv_multiple` (after splitting).
+    rx_packets: AtomicU64,
+    /// Packets into `send_multiple` (before coalescing).
+    tx_packets: AtomicU64,
 }
 
 impl PyTunDevice {
@@ -109,6 +113,8 @@ impl PyTunDevice {
             tun: Mutex::new(Some(Arc::new(tun))),
             blocking: AtomicBool::new(blocking),
             last_name: Mutex::new(name),
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
         }
     }
 
@@ -633,6 +639,7 @@ impl PyTunDevice {
                 retrying(py, || tun.read(data, blocking))?
             };
             sizes_list.set_item(0, n)?;
+            self.rx_packets.fetch_add(1, Ordering::Relaxed);
             if fit {
                 fit_bufs(bufs, offset, &[n])?;
             }
@@ -673,6 +680,7 @@ impl PyTunDevice {
             None,
         )?;
         drop(views);
+        self.rx_packets.fetch_add(count as u64, Ordering::Relaxed);
         if fit {
             let mut sz = Vec::with_capacity(count);
             for i in 0..count {
@@ -683,52 +691,115 @@ impl PyTunDevice {
         Ok(count)
     }
 
-    /// ``send_multiple(gro_table, bufs, offset) -> int``
+    /// ``send_multiple(gro_table, bufs, offset, *, sizes=None, count=None) -> int``
     ///
     /// Writes the packets ``bufs[i][offset:]`` to the device and returns the number of
     /// bytes written (virtio headers included), as tun-rs does.
     ///
-    /// With offload, ``bufs`` must be a list of ``bytearray`` with ``offset >=
-    /// VIRTIO_NET_HDR_LEN``: the packets are first coalesced exactly as ``handle_gro``
-    /// does (bytearrays may grow and list entries may be swapped), then each resulting
-    /// super-packet is written with its virtio header. Without offload each packet is
-    /// written as it is (any bytes-like objects).
+    /// With offload, ``offset >= VIRTIO_NET_HDR_LEN`` and the packets are first coalesced
+    /// exactly as ``handle_gro`` does (``bufs`` is then a list of ``bytearray``, which may
+    /// grow, and whose entries may be swapped); each resulting packet is written with its
+    /// virtio header. Without offload each packet is written as it is.
+    ///
+    /// ``sizes``: packet *i* is ``bufs[i][offset:offset + sizes[i]]`` instead (the bytes
+    /// after it are ignored), so the ``bufs`` and ``sizes`` that ``recv_multiple`` filled
+    /// go straight in, with no resizing and no copy. ``count``: only the first ``count``
+    /// packets (default: ``len(sizes)``, or all of ``bufs``). See ``docs/forwarding.md``.
     ///
     /// A packet the kernel refuses does not stop the others; at the end the first error
     /// is raised. Any exception raised after writing started carries ``packets_sent`` and
     /// ``bytes_sent`` attributes (what was written before it). The batch is written
     /// whole even in non-blocking mode (a TUN write does not block in practice).
+    #[pyo3(signature = (gro_table, bufs, offset, *, sizes=None, count=None))]
     fn send_multiple(
         &self,
         py: Python<'_>,
         mut gro_table: PyRefMut<'_, PyGroTable>,
         bufs: &Bound<'_, PyAny>,
         offset: isize,
+        sizes: Option<&Bound<'_, PyAny>>,
+        count: Option<usize>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let tun = self.get(py)?;
-        let (indices, head): (Vec<usize>, usize) = if self.offload {
+        let seq = bufs
+            .cast::<PySequence>()
+            .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
+        let have = seq.len()?;
+        let sizes: Option<Vec<usize>> = match sizes {
+            None => None,
+            Some(s) => {
+                let s = s
+                    .cast::<PySequence>()
+                    .map_err(|_| PyTypeError::new_err("sizes must be a list of int"))?;
+                let n = count.unwrap_or(s.len()?);
+                let mut v = Vec::with_capacity(n);
+                for i in 0..n {
+                    v.push(s.get_item(i)?.extract::<usize>()?);
+                }
+                Some(v)
+            }
+        };
+        if let Some(i) = sizes
+            .as_ref()
+            .and_then(|v| v.iter().position(|&sz| sz == 0))
+        {
+            return Err(PyValueError::new_err(format!("sizes[{i}] is 0: no packet")));
+        }
+        let n = count.or(sizes.as_ref().map(Vec::len)).unwrap_or(have);
+        if n > have {
+            return Err(PyValueError::new_err(format!(
+                "count is {n} but bufs has {have} entries"
+            )));
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
+        // (list index, packet start, packet end) of each packet to write.
+        let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
+        if self.offload {
             let list = bufs
                 .cast::<PyList>()
                 .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
-            if list.is_empty() {
-                return Ok(0);
+            if sizes.is_none() && n == have {
+                let out = gro_py(py, list, offset, &mut gro_table.inner, self.udp_gso)?;
+                for &i in out {
+                    spans.push((i, offset - VIRTIO_NET_HDR_LEN, usize::MAX));
+                }
+            } else {
+                let lens = match &sizes {
+                    Some(v) => v.clone(),
+                    None => (0..n)
+                        .map(|i| Ok(seq.get_item(i)?.len()?.saturating_sub(offset)))
+                        .collect::<PyResult<_>>()?,
+                };
+                for (i, end) in
+                    sized_gro(py, list, offset, &lens, &mut gro_table.inner, self.udp_gso)?
+                {
+                    spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
+                }
             }
-            let out = gro_py(py, list, offset, &mut gro_table.inner, self.udp_gso)?;
-            (out.to_vec(), offset - VIRTIO_NET_HDR_LEN)
         } else {
-            let seq = bufs.cast::<PySequence>().map_err(|_| {
-                PyTypeError::new_err("bufs must be a sequence of bytes-like objects")
-            })?;
-            ((0..seq.len()?).collect(), offset)
-        };
-        let bufs = bufs.cast::<PySequence>()?;
-        let mut views = Views::with_capacity(py, indices.len());
-        let mut regions = Vec::with_capacity(indices.len());
-        for &i in &indices {
-            let obj = bufs.get_item(i)?;
+            for i in 0..n {
+                let end = sizes.as_ref().map_or(usize::MAX, |v| offset + v[i]);
+                spans.push((i, offset, end));
+            }
+        }
+        let mut views = Views::with_capacity(py, spans.len());
+        let mut regions: Vec<&[u8]> = Vec::with_capacity(spans.len());
+        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
+        for &(i, start, end) in &spans {
+            let obj = seq.get_item(i)?;
             let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
-            if r.len() <= head {
+            let end = if end == usize::MAX { r.len() } else { end };
+            if end > r.len() {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {end}",
+                    r.len()
+                )));
+            }
+            if end <= start + hdr {
                 return Err(PyValueError::new_err(format!(
                     "bufs[{i}] holds {} bytes: no packet after offset {offset}",
                     r.len()
@@ -736,12 +807,38 @@ impl PyTunDevice {
             }
             // SAFETY: the export is held by `views` until the writes are done; nothing
             // writes to these bytes meanwhile (the GIL-free part only reads them).
-            regions.push(&unsafe { r.slice() }[head..]);
+            regions.push(&unsafe { r.slice() }[start..end]);
         }
         match self.write_all(py, &tun, &regions) {
             Ok((_, bytes)) => Ok(bytes),
             Err((e, packets, bytes)) => Err(with_counts(py, e, packets, bytes)),
         }
+    }
+
+    /// Counters of this queue since it was opened, as a dict: ``reads``, ``read_bytes``,
+    /// ``max_read`` (system calls and sizes, virtio headers included: a ``max_read``
+    /// above the MTU means super-packets came in), ``rx_packets`` (packets out of
+    /// ``recv_multiple`` after splitting), and the same for writes (``tx_packets``: packets
+    /// into ``send_multiple`` before coalescing).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let d = pyo3::types::PyDict::new(py);
+        if let Some(t) = &*self.slot() {
+            let c = &t.counters;
+            for (k, v) in [
+                ("reads", &c.reads),
+                ("read_bytes", &c.read_bytes),
+                ("max_read", &c.max_read),
+                ("writes", &c.writes),
+                ("write_bytes", &c.write_bytes),
+                ("max_write", &c.max_write),
+            ] {
+                d.set_item(k, v.load(Ordering::Relaxed))?;
+            }
+        }
+        d.set_item("rx_packets", self.rx_packets.load(Ordering::Relaxed))?;
+        d.set_item("tx_packets", self.tx_packets.load(Ordering::Relaxed))?;
+        Ok(d)
     }
 
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in
@@ -750,6 +847,168 @@ impl PyTunDevice {
         let tun = self.get(py)?;
         retrying(py, || tun.wait_readable())
     }
+}
+
+/// A buffer of `send_multiple(..., sizes=...)`: a bytearray (or other writable buffer)
+/// whose packet ends at `len`, before the end of the buffer. GRO sees only `[..len]`;
+/// growing within the buffer just moves `len`, so a reused batch allocates nothing.
+enum SizedBuf<'py> {
+    ByteArray {
+        obj: Bound<'py, PyByteArray>,
+        len: usize,
+        fixed: bool,
+    },
+    Fixed {
+        obj: Bound<'py, PyAny>,
+        region: super::buffers::Region,
+        len: usize,
+    },
+}
+
+impl SizedBuf<'_> {
+    fn object(&self) -> &Bound<'_, PyAny> {
+        match self {
+            SizedBuf::ByteArray { obj, .. } => obj.as_any(),
+            SizedBuf::Fixed { obj, .. } => obj,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SizedBuf::ByteArray { len, .. } | SizedBuf::Fixed { len, .. } => *len,
+        }
+    }
+}
+
+// As the engine's own `GroBuf`: used only inside `sized_gro`, with the GIL held and no
+// Python code run while a slice lives, so no other thread can resize a bytearray.
+impl crate::engine::ExpandBuffer for SizedBuf<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: GIL held, no Python code runs while the slice lives; `len` is at
+            // most the bytearray's length (checked when made, kept by `resize`).
+            SizedBuf::ByteArray { obj, len, .. } => unsafe { &obj.as_bytes()[..*len] },
+            // SAFETY: the export is held by the call's Views; buffers are disjoint.
+            SizedBuf::Fixed { region, len, .. } => unsafe { &region.slice()[..*len] },
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            // SAFETY: as above; the buffers are checked to be disjoint, so this is the
+            // only reference to these bytes.
+            SizedBuf::ByteArray { obj, len, .. } => unsafe { &mut obj.as_bytes_mut()[..*len] },
+            // SAFETY: writable export held by Views; disjoint from the other buffers.
+            SizedBuf::Fixed { region, len, .. } => unsafe { &mut region.slice_mut()[..*len] },
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        match self {
+            SizedBuf::ByteArray { fixed: false, .. } => isize::MAX as usize,
+            SizedBuf::ByteArray { obj, .. } => obj.len(),
+            SizedBuf::Fixed { region, .. } => region.len(),
+        }
+    }
+
+    fn resize(&mut self, new_len: usize) -> crate::engine::Result<()> {
+        match self {
+            SizedBuf::ByteArray { obj, len, fixed } => {
+                if new_len > obj.len() {
+                    if *fixed {
+                        return Err(crate::engine::Error::fixed(
+                            "internal: a fixed buffer was asked to grow",
+                        ));
+                    }
+                    obj.resize(new_len).map_err(|e| {
+                        crate::engine::Error::new(format!(
+                            "cannot grow a bytearray to {new_len} bytes: {e}"
+                        ))
+                    })?;
+                }
+                *len = new_len;
+                Ok(())
+            }
+            SizedBuf::Fixed { region, len, .. } => {
+                if new_len > region.len() {
+                    return Err(crate::engine::Error::fixed(
+                        "internal: a fixed buffer was asked to grow",
+                    ));
+                }
+                *len = new_len;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// GRO over the first `lens.len()` entries of `bufs`, packet i being
+/// `bufs[i][offset..offset + lens[i]]`. Returns (list index, end of packet) to write.
+fn sized_gro(
+    py: Python<'_>,
+    bufs: &Bound<'_, PyList>,
+    offset: usize,
+    lens: &[usize],
+    table: &mut crate::engine::GroTable,
+    can_udp_gro: bool,
+) -> PyResult<Vec<(usize, usize)>> {
+    let n = lens.len();
+    let mut views = Views::with_capacity(py, n);
+    let mut gbufs = Vec::with_capacity(n);
+    for (i, &plen) in lens.iter().enumerate() {
+        let obj = bufs.get_item(i)?;
+        let len = offset + plen;
+        let b = match obj.cast_into::<PyByteArray>() {
+            Ok(ba) => {
+                // SAFETY: `ba` is a bytearray (checked by the cast), so the object is a
+                // PyByteArrayObject; ob_exports is read with the GIL held.
+                let exports =
+                    unsafe { (*ba.as_ptr().cast::<pyo3::ffi::PyByteArrayObject>()).ob_exports };
+                if len > ba.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {len}",
+                        ba.len()
+                    )));
+                }
+                SizedBuf::ByteArray {
+                    obj: ba,
+                    len,
+                    fixed: exports > 0,
+                }
+            }
+            Err(e) => {
+                let obj = e.into_inner();
+                let region = views.write(&obj, &|| format!("bufs[{i}]"))?;
+                if len > region.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {len}",
+                        region.len()
+                    )));
+                }
+                SizedBuf::Fixed { obj, region, len }
+            }
+        };
+        gbufs.push(b);
+    }
+    let mut spans: Vec<(usize, usize, usize)> = gbufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let s = crate::engine::ExpandBuffer::bytes(b).as_ptr() as usize;
+            (s, s + b.len(), i)
+        })
+        .collect();
+    super::buffers::check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
+    let out =
+        crate::engine::handle_gro(&mut gbufs, offset, table, can_udp_gro).map_err(value_error)?;
+    let result = out.iter().map(|&i| (i, gbufs[i].len())).collect();
+    for (i, b) in gbufs.iter().enumerate() {
+        let current = bufs.get_item(i)?;
+        if !b.object().is(&current) {
+            bufs.set_item(i, b.object())?;
+        }
+    }
+    Ok(result)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
