@@ -1,0 +1,51 @@
+"""tunoffload: Linux TUN devices with the kernel's offloads (GSO/GRO) for Python.
+
+The engine (checksums, the virtio header, GSO splitting and GRO coalescing) is Rust;
+this package re-exports it. See ``help(tunoffload.gso_split)`` and the README.
+"""
+
+from __future__ import annotations
+
+from tunoffload._native import (
+    IDEAL_BATCH_SIZE,
+    UDP_MAX_SEGMENTS,
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
+    VIRTIO_NET_HDR_LEN,
+    GroTable,
+    VirtioNetHdr,
+    __version__,
+    gso_split,
+    handle_gro,
+)
+
+try:  # the device layer (Linux only)
+    from tunoffload._native import TunDevice
+except ImportError:  # pragma: no cover - built without the device module
+    pass
+
+__all__ = [
+    "IDEAL_BATCH_SIZE",
+    "UDP_MAX_SEGMENTS",
+    "VIRTIO_NET_HDR_F_DATA_VALID",
+    "VIRTIO_NET_HDR_F_NEEDS_CSUM",
+    "VIRTIO_NET_HDR_GSO_ECN",
+    "VIRTIO_NET_HDR_GSO_NONE",
+    "VIRTIO_NET_HDR_GSO_TCPV4",
+    "VIRTIO_NET_HDR_GSO_TCPV6",
+    "VIRTIO_NET_HDR_GSO_UDP",
+    "VIRTIO_NET_HDR_GSO_UDP_L4",
+    "VIRTIO_NET_HDR_LEN",
+    "GroTable",
+    "TunDevice",
+    "VirtioNetHdr",
+    "__version__",
+    "gso_split",
+    "handle_gro",
+]

@@ -1,0 +1,752 @@
+//! GRO: coalescing a batch of packets into super-packets to write to a TUN device.
+//!
+//! The rules are those of wireguard-go's `tun/offload_linux.go` (and of the kernel's own
+//! GRO): segments coalesce only when they share addresses, ports, TCP ACK number, TTL /
+//! hop limit, TOS / traffic class, DF, TCP options; carry only ACK or ACK|PSH; follow each
+//! other in sequence with no gap or overlap; no segment is larger than the one before it;
+//! PSH ends a run; and both checksums verify.
+//!
+//! Unlike the seed, the work runs in two passes so that no payload byte is copied twice
+//! and no packet is copied to the heap:
+//! 1. *plan* reads the packets and links each coalesced segment to its flow's item;
+//! 2. *execute* grows each item's head buffer once to its final length, appends the
+//!    segments' payloads in sequence order, fixes the headers and writes virtio headers.
+//!
+//! The buffers are an [`ExpandBuffer`]: a growable `Vec<u8>` or Python `bytearray`, or a
+//! fixed-size region that is never grown (its packets can still be merged into others).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::checksum;
+use super::error::{bail, Result};
+use super::packet::*;
+use super::virtio::*;
+
+/// A buffer `handle_gro` may grow. The packet is `bytes()[offset..]`.
+pub trait ExpandBuffer {
+    /// The buffer's bytes.
+    fn bytes(&self) -> &[u8];
+    /// The buffer's bytes, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// The length this buffer can be grown to (its length, for fixed buffers).
+    fn max_len(&self) -> usize;
+    /// Sets the length to `new_len <= max_len()`; new bytes are unspecified (they are
+    /// overwritten at once).
+    fn resize(&mut self, new_len: usize) -> Result<()>;
+}
+
+impl ExpandBuffer for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn max_len(&self) -> usize {
+        isize::MAX as usize
+    }
+    fn resize(&mut self, new_len: usize) -> Result<()> {
+        Vec::resize(self, new_len, 0);
+        Ok(())
+    }
+}
+
+impl ExpandBuffer for &mut [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn max_len(&self) -> usize {
+        self.len()
+    }
+    fn resize(&mut self, new_len: usize) -> Result<()> {
+        if new_len != self.len() {
+            bail!(
+                "a fixed-size buffer of {} bytes cannot become {new_len}",
+                self.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+const NONE: u32 = u32::MAX;
+/// The largest IP packet: a coalesced one never exceeds it.
+const MAX_IP_PACKET: usize = 65535;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    ports: u32,
+    /// TCP: the ACK number (segments with different ACKs are different flows). UDP: 0.
+    ack: u32,
+    proto: u8,
+    v6: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Csum {
+    Unknown,
+    Valid,
+    Invalid,
+}
+
+/// One packet-to-be-written of a flow, with the segments merged into it so far.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    /// The buffer that holds the first segment (headers come from it).
+    head: u32,
+    /// The last segment, for appending.
+    tail: u32,
+    /// The previous (older) item of the same flow.
+    prev: u32,
+    /// The sequence number of the first segment (TCP).
+    seq: u32,
+    /// Payload bytes of all segments.
+    payload: u32,
+    gso_size: u16,
+    merged: u16,
+    iph_len: u8,
+    l4_len: u8,
+    psh: bool,
+    udp: bool,
+    v6: bool,
+    head_csum: Csum,
+}
+
+/// Reusable state for [`handle_gro`]: one per thread. Nothing carries over between calls;
+/// its allocations are reused, so a steady stream of batches allocates nothing.
+#[derive(Debug, Default)]
+pub struct GroTable {
+    flows: HashMap<FlowKey, u32, BuildHasherDefault<FxHasher>>,
+    items: Vec<Item>,
+    /// Per packet: the next segment of its item.
+    next: Vec<u32>,
+    /// Per packet: the item it created, or NONE.
+    item_of: Vec<u32>,
+    to_write: Vec<usize>,
+}
+
+impl GroTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn reset(&mut self, n: usize) {
+        self.flows.clear();
+        self.items.clear();
+        self.next.clear();
+        self.next.resize(n, NONE);
+        self.item_of.clear();
+        self.item_of.resize(n, NONE);
+        self.to_write.clear();
+    }
+}
+
+/// Headers of a packet that may coalesce.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    key: FlowKey,
+    iph_len: usize,
+    l4_len: usize,
+    payload: usize,
+    seq: u32,
+    psh: bool,
+    udp: bool,
+    v6: bool,
+}
+
+/// Whether `pkt` is a TCP or UDP packet that GRO may merge (the seed's
+/// `packet_is_gro_candidate`, `tcp_gro` and `udp_gro` preconditions).
+fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
+    if pkt.len() < 28 || pkt.len() > MAX_IP_PACKET {
+        return None;
+    }
+    let v6 = match pkt[0] >> 4 {
+        4 => false,
+        6 => true,
+        _ => return None,
+    };
+    let (iph_len, proto, addr_at, addr_len) = if v6 {
+        if be16(pkt, 4) as usize != pkt.len().checked_sub(IPV6_HDR_LEN)? {
+            return None;
+        }
+        (IPV6_HDR_LEN, pkt[6], 8, 16)
+    } else {
+        // IPv4 options do not coalesce; nor do fragments.
+        if pkt[0] & 0x0f != 5 || be16(pkt, 2) as usize != pkt.len() {
+            return None;
+        }
+        if pkt[6] & 0x20 != 0 || be16(pkt, 6) & 0x1fff != 0 {
+            return None;
+        }
+        (IPV4_IHL_MIN, pkt[9], 12, 4)
+    };
+    let udp = match proto {
+        PROTO_TCP => false,
+        PROTO_UDP if can_udp_gro => true,
+        _ => return None,
+    };
+    let l4 = &pkt[iph_len..];
+    let (l4_len, seq, psh, ack) = if udp {
+        if l4.len() < UDP_HDR_LEN || be16(l4, 4) as usize != l4.len() {
+            return None;
+        }
+        (UDP_HDR_LEN, 0, false, 0)
+    } else {
+        if l4.len() < TCP_HDR_LEN {
+            return None;
+        }
+        let doff = usize::from(l4[12] >> 4) * 4;
+        if doff < TCP_HDR_LEN || doff > l4.len() {
+            return None;
+        }
+        let psh = match l4[TCP_FLAGS] {
+            TCP_ACK => false,
+            f if f == TCP_ACK | TCP_PSH => true,
+            _ => return None,
+        };
+        (doff, be32(l4, 4), psh, be32(l4, 8))
+    };
+    let payload = l4.len() - l4_len;
+    if payload == 0 {
+        return None;
+    }
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        ports: be32(l4, 0),
+        ack,
+        proto,
+        v6,
+    };
+    key.src[..addr_len].copy_from_slice(&pkt[addr_at..addr_at + addr_len]);
+    key.dst[..addr_len].copy_from_slice(&pkt[addr_at + addr_len..addr_at + 2 * addr_len]);
+    Some(Candidate {
+        key,
+        iph_len,
+        l4_len,
+        payload,
+        seq,
+        psh,
+        udp,
+        v6,
+    })
+}
+
+const IPV4_IHL_MIN: usize = IPV4_HDR_LEN;
+
+/// The seed's `ip_headers_can_coalesce`: TOS / traffic class, DF and TTL / hop limit.
+fn ip_headers_match(a: &[u8], b: &[u8], v6: bool) -> bool {
+    if v6 {
+        a[0] == b[0] && a[1] >> 4 == b[1] >> 4 && a[7] == b[7]
+    } else {
+        a[1] == b[1] && a[6] >> 5 == b[6] >> 5 && a[8] == b[8]
+    }
+}
+
+/// Whether the transport checksum of a packet verifies.
+fn checksum_valid(pkt: &[u8], iph_len: usize, proto: u8, v6: bool) -> bool {
+    let (at, n) = if v6 { (8, 16) } else { (12, 4) };
+    let l4 = &pkt[iph_len..];
+    let pseudo = checksum::pseudo_header(
+        proto,
+        &pkt[at..at + n],
+        &pkt[at + n..at + 2 * n],
+        l4.len() as u16,
+    );
+    checksum::add(pseudo, checksum::sum(l4)) == 0xffff
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Append,
+    Prepend,
+    No,
+}
+
+/// Coalesces `bufs` in place for writing to a TUN device with offload and returns the
+/// indices of the buffers to write, in order.
+///
+/// `bufs[i][offset..]` is one IP packet and the `offset >= VIRTIO_NET_HDR_LEN` bytes before
+/// it are headroom. On return, for each returned index `i`, `bufs[i][offset - 10..offset]`
+/// holds the packet's virtio header and `bufs[i]` ends where the packet ends. Buffers may
+/// grow and entries of `bufs` may be swapped.
+pub fn handle_gro<'t, B: ExpandBuffer>(
+    bufs: &mut [B],
+    offset: usize,
+    table: &'t mut GroTable,
+    can_udp_gro: bool,
+) -> Result<&'t [usize]> {
+    if offset < VIRTIO_NET_HDR_LEN {
+        bail!("offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header");
+    }
+    if bufs.len() >= NONE as usize {
+        bail!("too many buffers");
+    }
+    for (i, b) in bufs.iter().enumerate() {
+        let len = b.bytes().len();
+        if len <= offset {
+            bail!("bufs[{i}] holds {len} bytes: no packet after offset {offset}");
+        }
+    }
+    table.reset(bufs.len());
+    for i in 0..bufs.len() {
+        let pkt = &bufs[i].bytes()[offset..];
+        let merged = match candidate(pkt, can_udp_gro) {
+            Some(c) => plan_packet(bufs, offset, table, i, &c),
+            None => false,
+        };
+        if !merged {
+            table.to_write.push(i);
+        }
+    }
+    execute(bufs, offset, table)?;
+    Ok(&table.to_write)
+}
+
+/// Finds an item for packet `i` or makes one; true when the packet was merged.
+fn plan_packet<B: ExpandBuffer>(
+    bufs: &[B],
+    offset: usize,
+    t: &mut GroTable,
+    i: usize,
+    c: &Candidate,
+) -> bool {
+    let pkt = &bufs[i].bytes()[offset..];
+    let proto = if c.udp { PROTO_UDP } else { PROTO_TCP };
+    let mut pkt_csum = Csum::Unknown;
+    let mut newer = NONE;
+    let mut cur = t.flows.get(&c.key).copied().unwrap_or(NONE);
+    while cur != NONE {
+        let it = t.items[cur as usize];
+        let head = &bufs[it.head as usize].bytes()[offset..];
+        let fit = fits(pkt, head, c, &it);
+        if fit != Fit::No {
+            let target = if fit == Fit::Prepend {
+                i
+            } else {
+                it.head as usize
+            };
+            let total =
+                usize::from(it.iph_len) + usize::from(it.l4_len) + it.payload as usize + c.payload;
+            let room = total <= MAX_IP_PACKET
+                && bufs[target].max_len().saturating_sub(offset) >= total
+                && (!c.udp || usize::from(it.merged) + 2 <= crate::engine::gso::UDP_MAX_SEGMENTS);
+            let mut item_bad = false;
+            if room && !(fit == Fit::Prepend && c.psh) {
+                if it.merged == 0 && it.head_csum == Csum::Unknown {
+                    let ok = checksum_valid(head, c.iph_len, proto, c.v6);
+                    t.items[cur as usize].head_csum = if ok { Csum::Valid } else { Csum::Invalid };
+                }
+                if t.items[cur as usize].head_csum == Csum::Invalid
+                    && t.items[cur as usize].merged == 0
+                {
+                    item_bad = true;
+                } else {
+                    if pkt_csum == Csum::Unknown {
+                        pkt_csum = if checksum_valid(pkt, c.iph_len, proto, c.v6) {
+                            Csum::Valid
+                        } else {
+                            Csum::Invalid
+                        };
+                    }
+                    if pkt_csum == Csum::Invalid {
+                        if c.udp {
+                            break; // stored as a new item known to be invalid
+                        }
+                        return false; // written alone
+                    }
+                    merge(t, cur, i, c, fit);
+                    return true;
+                }
+            }
+            if item_bad {
+                // An item whose checksum fails is never merged into; it is still written.
+                let prev = t.items[cur as usize].prev;
+                if newer == NONE {
+                    if prev == NONE {
+                        t.flows.remove(&c.key);
+                    } else {
+                        t.flows.insert(c.key, prev);
+                    }
+                } else {
+                    t.items[newer as usize].prev = prev;
+                }
+                if c.udp {
+                    break;
+                }
+                cur = prev;
+                continue;
+            }
+        }
+        if c.udp {
+            break; // UDP only ever looks at the flow's latest item, to keep order.
+        }
+        newer = cur;
+        cur = it.prev;
+    }
+    insert(t, i, c, pkt_csum);
+    false
+}
+
+fn fits(pkt: &[u8], head: &[u8], c: &Candidate, it: &Item) -> Fit {
+    if it.udp != c.udp || usize::from(it.l4_len) != c.l4_len {
+        return Fit::No;
+    }
+    if !c.udp && c.l4_len > TCP_HDR_LEN {
+        let (a, b) = (c.iph_len + TCP_HDR_LEN, c.iph_len + c.l4_len);
+        if pkt[a..b] != head[a..b] {
+            return Fit::No; // different TCP options
+        }
+    }
+    if !ip_headers_match(pkt, head, c.v6) {
+        return Fit::No;
+    }
+    let gso = usize::from(it.gso_size);
+    if c.udp {
+        // Nothing follows a short segment, nor a larger one a smaller.
+        return if it.payload as usize % gso == 0 && c.payload <= gso {
+            Fit::Append
+        } else {
+            Fit::No
+        };
+    }
+    if c.seq == it.seq.wrapping_add(it.payload) {
+        if it.psh || it.payload as usize % gso != 0 || c.payload > gso {
+            return Fit::No;
+        }
+        Fit::Append
+    } else if c.seq.wrapping_add(c.payload as u32) == it.seq {
+        if c.psh || c.payload < gso || (c.payload > gso && it.merged > 0) {
+            return Fit::No;
+        }
+        Fit::Prepend
+    } else {
+        Fit::No
+    }
+}
+
+fn insert(t: &mut GroTable, i: usize, c: &Candidate, csum: Csum) {
+    let idx = t.items.len() as u32;
+    let prev = t.flows.insert(c.key, idx).unwrap_or(NONE);
+    t.items.push(Item {
+        head: i as u32,
+        tail: i as u32,
+        prev,
+        seq: c.seq,
+        payload: c.payload as u32,
+        gso_size: c.payload as u16,
+        merged: 0,
+        iph_len: c.iph_len as u8,
+        l4_len: c.l4_len as u8,
+        psh: c.psh,
+        udp: c.udp,
+        v6: c.v6,
+        head_csum: csum,
+    });
+    t.item_of[i] = idx;
+}
+
+fn merge(t: &mut GroTable, item: u32, i: usize, c: &Candidate, fit: Fit) {
+    let it = &mut t.items[item as usize];
+    if fit == Fit::Prepend {
+        t.next[i] = it.head;
+        it.head = i as u32;
+        it.seq = c.seq;
+    } else {
+        t.next[it.tail as usize] = i as u32;
+        it.tail = i as u32;
+        it.psh |= c.psh;
+    }
+    it.payload += c.payload as u32;
+    it.gso_size = it.gso_size.max(c.payload as u16);
+    it.merged += 1;
+}
+
+/// Mutable `bufs[dst]` and shared `bufs[src]`, `dst != src`.
+fn pair<B>(bufs: &mut [B], dst: usize, src: usize) -> (&mut B, &B) {
+    if dst < src {
+        let (a, b) = bufs.split_at_mut(src);
+        (&mut a[dst], &b[0])
+    } else {
+        let (a, b) = bufs.split_at_mut(dst);
+        (&mut b[0], &a[src])
+    }
+}
+
+fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> Result<()> {
+    let vnet = offset - VIRTIO_NET_HDR_LEN;
+    let plain = VirtioNetHdr::default().to_bytes();
+    for &slot in &t.to_write {
+        let idx = t.item_of[slot];
+        if idx == NONE || t.items[idx as usize].merged == 0 {
+            bufs[slot].bytes_mut()[vnet..offset].copy_from_slice(&plain);
+            continue;
+        }
+        let it = t.items[idx as usize];
+        let head = it.head as usize;
+        let hdrs = usize::from(it.iph_len) + usize::from(it.l4_len);
+        let total = hdrs + it.payload as usize;
+        let mut at = bufs[head].bytes().len();
+        bufs[head].resize(offset + total)?;
+        let mut seg = t.next[head];
+        while seg != NONE {
+            let (dst, src) = pair(bufs, head, seg as usize);
+            let data = &src.bytes()[offset + hdrs..];
+            dst.bytes_mut()[at..at + data.len()].copy_from_slice(data);
+            at += data.len();
+            seg = t.next[seg as usize];
+        }
+        let buf = bufs[head].bytes_mut();
+        let (hdr, pkt) = buf.split_at_mut(offset);
+        let iph = usize::from(it.iph_len);
+        let l4_len = (total - iph) as u16;
+        let (proto, gso_type, csum_off) = match (it.udp, it.v6) {
+            (true, _) => (PROTO_UDP, VIRTIO_NET_HDR_GSO_UDP_L4, UDP_CSUM),
+            (false, false) => (PROTO_TCP, VIRTIO_NET_HDR_GSO_TCPV4, TCP_CSUM),
+            (false, true) => (PROTO_TCP, VIRTIO_NET_HDR_GSO_TCPV6, TCP_CSUM),
+        };
+        if it.v6 {
+            put16(pkt, 4, l4_len);
+        } else {
+            put16(pkt, 2, total as u16);
+            let c = checksum::ipv4_header_checksum(&pkt[..iph]);
+            put16(pkt, 10, c);
+        }
+        if it.udp {
+            put16(pkt, iph + 4, l4_len);
+        } else if it.psh {
+            pkt[iph + TCP_FLAGS] |= TCP_PSH;
+        }
+        let (at, n) = if it.v6 { (8, 16) } else { (12, 4) };
+        let pseudo =
+            checksum::pseudo_header(proto, &pkt[at..at + n], &pkt[at + n..at + 2 * n], l4_len);
+        put16(pkt, iph + csum_off, pseudo);
+        let vh = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: hdrs as u16,
+            gso_size: it.gso_size,
+            csum_start: iph as u16,
+            csum_offset: csum_off as u16,
+        };
+        hdr[vnet..].copy_from_slice(&vh.to_bytes());
+        if head != slot {
+            bufs.swap(head, slot);
+        }
+    }
+    Ok(())
+}
+
+/// The multiply-rotate hash of Firefox and rustc: fast for small fixed-size keys.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gso_split;
+    use crate::engine::testutil::{build, Spec};
+
+    const OFF: usize = 12;
+
+    fn seg(spec: &Spec, i: u32, len: usize) -> Spec {
+        Spec {
+            seq: spec.seq + i * len as u32,
+            payload: vec![i as u8; len],
+            ..spec.clone()
+        }
+    }
+
+    fn bufs(specs: &[Spec]) -> Vec<Vec<u8>> {
+        specs
+            .iter()
+            .map(|s| [vec![0xee; OFF], build(s, false)].concat())
+            .collect()
+    }
+
+    fn run(b: &mut [Vec<u8>]) -> Vec<usize> {
+        let mut t = GroTable::new();
+        handle_gro(b, OFF, &mut t, true).unwrap().to_vec()
+    }
+
+    #[test]
+    fn in_order_flow_coalesces_and_splits_back() {
+        for (v6, udp) in [(false, false), (true, false), (false, true), (true, true)] {
+            let base = Spec {
+                v6,
+                udp,
+                ..Spec::default()
+            };
+            let specs: Vec<Spec> = (0..45).map(|i| seg(&base, i, 1400)).collect();
+            let mut b = bufs(&specs);
+            let originals: Vec<Vec<u8>> = b.iter().map(|x| x[OFF..].to_vec()).collect();
+            let w = run(&mut b);
+            assert_eq!(w, vec![0], "v6={v6} udp={udp}");
+            let hdr = VirtioNetHdr::decode(&b[0][OFF - 10..]).unwrap();
+            assert_eq!(hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+            assert_eq!(hdr.gso_size, 1400);
+            let mut outs = vec![vec![0u8; 1500]; 64];
+            let mut sizes = [0; 64];
+            let n = gso_split(&b[0][OFF..], &hdr, &mut outs, &mut sizes, 0, None).unwrap();
+            assert_eq!(n, 45);
+            for i in 0..n {
+                let mut want = originals[i].clone();
+                let mut got = outs[i][..sizes[i]].to_vec();
+                if !v6 {
+                    // The kernel's segmentation numbers IDs from the first packet's.
+                    for p in [&mut want, &mut got] {
+                        p[4..6].fill(0);
+                        p[10..12].fill(0);
+                    }
+                }
+                assert_eq!(got, want, "segment {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let base = Spec::default();
+        let a = seg(&base, 0, 100);
+        let b = seg(&base, 1, 100);
+        type Mutate = fn(&mut Spec);
+        let cases: &[(&str, Mutate)] = &[
+            ("ttl", |s| s.ttl = 1),
+            ("tos", |s| s.tos = 4),
+            ("df", |s| s.df = false),
+            ("ack", |s| s.ack = 99),
+            ("options", |s| s.tcp_opts = vec![1, 1, 1, 1]),
+            ("syn", |s| s.flags = TCP_ACK | 0x02),
+            ("fin", |s| s.flags = TCP_ACK | TCP_FIN),
+            ("urg", |s| s.flags = TCP_ACK | 0x20),
+            ("no ack", |s| s.flags = TCP_PSH),
+            ("gap", |s| s.seq += 1),
+            ("overlap", |s| s.seq -= 1),
+            ("larger after smaller", |s| s.payload = vec![1; 101]),
+            ("port", |s| s.sport = 9),
+        ];
+        for (name, mutate) in cases {
+            let mut b2 = b.clone();
+            mutate(&mut b2);
+            let mut x = bufs(&[a.clone(), b2]);
+            assert_eq!(run(&mut x), vec![0, 1], "{name}");
+        }
+        // PSH ends a run: a segment after a PSH one starts a new packet.
+        let p = Spec {
+            flags: TCP_ACK | TCP_PSH,
+            ..a.clone()
+        };
+        let mut x = bufs(&[p, b.clone()]);
+        assert_eq!(run(&mut x), vec![0, 1]);
+        // Bad checksums.
+        let mut x = bufs(&[a.clone(), b.clone()]);
+        x[1][OFF + 50] ^= 1;
+        assert_eq!(run(&mut x), vec![0, 1]);
+        let mut x = bufs(&[a.clone(), b.clone()]);
+        x[0][OFF + 50] ^= 1;
+        assert_eq!(run(&mut x), vec![0, 1]);
+        // Sanity: unchanged, they merge.
+        let mut x = bufs(&[a.clone(), b.clone()]);
+        assert_eq!(run(&mut x), vec![0]);
+    }
+
+    #[test]
+    fn prepend_and_swap() {
+        let base = Spec::default();
+        let (a, b, c) = (seg(&base, 0, 100), seg(&base, 1, 100), seg(&base, 2, 100));
+        let mut x = bufs(&[b.clone(), a.clone(), c.clone()]);
+        let want_a = build(&a, false);
+        assert_eq!(run(&mut x), vec![0]);
+        let pkt = &x[0][OFF..];
+        assert_eq!(pkt.len(), 40 + 300);
+        assert_eq!(be32(pkt, 24), a.seq);
+        assert_eq!(&pkt[40..140], &want_a[40..]);
+        assert_eq!(&pkt[140..240], &[1u8; 100][..]);
+        assert_eq!(&pkt[240..], &[2u8; 100][..]);
+    }
+
+    #[test]
+    fn never_exceeds_65535() {
+        let base = Spec::default();
+        let specs: Vec<Spec> = (0..60).map(|i| seg(&base, i, 1448)).collect();
+        let mut b = bufs(&specs);
+        let w = run(&mut b);
+        assert_eq!(w.len(), 2);
+        assert!(w.iter().all(|&i| b[i].len() - OFF <= 65535));
+    }
+
+    #[test]
+    fn bad_arguments_change_nothing() {
+        let mut b = bufs(&[Spec::default(), Spec::default()]);
+        let before = b.clone();
+        let mut t = GroTable::new();
+        assert!(handle_gro(&mut b, 9, &mut t, true).is_err());
+        b[1].truncate(OFF);
+        let before1 = b.clone();
+        assert!(handle_gro(&mut b, OFF, &mut t, true).is_err());
+        assert_eq!(b, before1);
+        assert_eq!(b[0], before[0]);
+    }
+
+    #[test]
+    fn fixed_buffers_are_never_grown() {
+        let base = Spec::default();
+        let mut raw = bufs(&[seg(&base, 0, 100), seg(&base, 1, 100)]);
+        let (x, y) = raw.split_at_mut(1);
+        let mut b: Vec<&mut [u8]> = vec![&mut x[0][..], &mut y[0][..]];
+        let mut t = GroTable::new();
+        assert_eq!(handle_gro(&mut b, OFF, &mut t, true).unwrap(), &[0, 1]);
+    }
+}

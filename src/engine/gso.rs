@@ -1,0 +1,696 @@
+//! GSO: splitting a super-packet read from a TUN device into the packets the Linux kernel
+//! itself would put on the wire, byte for byte.
+//!
+//! The kernel's rules this follows (net/ipv4/tcp_offload.c, net/ipv4/udp_offload.c,
+//! net/core/dev.c `skb_checksum_help`, include/linux/virtio_net.h):
+//! - With `NEEDS_CSUM`, the transport checksum field already holds the partial
+//!   (pseudo-header) sum for the whole packet. The kernel does not recompute it from the
+//!   addresses; it adjusts it for each segment's length and adds the segment's bytes.
+//!   Without `NEEDS_CSUM`, a TCP packet's pseudo-header sum is computed from the addresses.
+//! - IPv4: ID + i, total length and header checksum per segment. IPv6: payload length.
+//! - TCP: sequence + i * gso_size; FIN and PSH only on the last segment, CWR only on the
+//!   first. UDP: length per segment; a checksum that computes to 0 is sent as 0xFFFF.
+//! - A "GSO" packet whose payload fits in one segment is not split: its checksum is
+//!   completed as `skb_checksum_help` does (0 becomes 0xFFFF, also for TCP).
+//! - `hdr_len` is a hint the kernel's forward path sets to the whole linear part (which
+//!   can hold a whole first segment); it is never used.
+
+use super::checksum::{self, add, fold};
+use super::error::{bail, Error, Result};
+use super::packet::*;
+use super::virtio::*;
+
+/// The kernel's `UDP_MAX_SEGMENTS`: a UDP GSO packet of more segments is refused.
+pub const UDP_MAX_SEGMENTS: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One segment: the packet unchanged.
+    Verbatim,
+    /// One segment: the packet with the checksum over `[start..]` stored at `at`.
+    CompleteChecksum { start: usize, at: usize },
+    /// TCP segments. `seed` plus each segment's L4 length gives its pseudo-header sum.
+    Tcp { seed: u16 },
+    /// UDP segments, as TCP.
+    Udp { seed: u16 },
+}
+
+/// How a super-packet splits: validated, nothing written yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GsoPlan {
+    kind: Kind,
+    segments: usize,
+    len: usize,
+    ip: IpInfo,
+    /// IP plus transport headers, copied to every segment.
+    hdrs: usize,
+    gso_size: usize,
+}
+
+impl GsoPlan {
+    /// The number of packets the split makes.
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// The length of packet `i` (`i < segments()`).
+    pub fn segment_len(&self, i: usize) -> usize {
+        match self.kind {
+            Kind::Verbatim | Kind::CompleteChecksum { .. } => self.len,
+            Kind::Tcp { .. } | Kind::Udp { .. } => {
+                let payload = self.len - self.hdrs;
+                let done = i * self.gso_size;
+                self.hdrs + (payload - done).min(self.gso_size)
+            }
+        }
+    }
+}
+
+/// Checks `pkt` against `hdr` and works out the segments, without writing anything.
+///
+/// `is_v6`: `None` takes the version from the packet; otherwise it must agree.
+pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPlan> {
+    let ip = parse_ip(pkt, is_v6)?;
+    let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+    let single = |kind| GsoPlan {
+        kind,
+        segments: 1,
+        len: pkt.len(),
+        ip,
+        hdrs: 0,
+        gso_size: 0,
+    };
+    let ecn = hdr.gso_type & VIRTIO_NET_HDR_GSO_ECN != 0;
+    let (proto, v6) = match hdr.gso_type & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE if !ecn => {
+            if !needs_csum {
+                return Ok(single(Kind::Verbatim));
+            }
+            let (start, at) = checksum_location(pkt, hdr, &ip)?;
+            return Ok(single(Kind::CompleteChecksum { start, at }));
+        }
+        VIRTIO_NET_HDR_GSO_TCPV4 => (PROTO_TCP, Some(false)),
+        VIRTIO_NET_HDR_GSO_TCPV6 => (PROTO_TCP, Some(true)),
+        VIRTIO_NET_HDR_GSO_UDP_L4 if !ecn => (PROTO_UDP, None),
+        VIRTIO_NET_HDR_GSO_UDP => {
+            bail!("gso_type GSO_UDP (UDP fragmentation offload) is not supported")
+        }
+        t => bail!(
+            "gso_type {t:#04x} is not a known GSO type (0, 1, 4, 5, optionally | 0x80 for TCP)"
+        ),
+    };
+    let name = gso_name(hdr.gso_type);
+    if let Some(want_v6) = v6 {
+        if want_v6 != ip.is_v6 {
+            bail!("{name} on an IPv{} packet", if ip.is_v6 { 6 } else { 4 });
+        }
+    }
+    if ip.proto != proto {
+        bail!(
+            "{name} on a packet whose transport protocol is {}",
+            ip.proto
+        );
+    }
+    if ip.fragment {
+        bail!("{name} on an IPv4 fragment");
+    }
+    let l4 = ip.l4_off;
+    let (base_hdr, csum_field) = if proto == PROTO_TCP {
+        (TCP_HDR_LEN, TCP_CSUM)
+    } else {
+        (UDP_HDR_LEN, UDP_CSUM)
+    };
+    if needs_csum {
+        let (start, at) = checksum_location(pkt, hdr, &ip)?;
+        if start != l4 {
+            bail!("csum_start {start} is not the transport header's offset {l4}");
+        }
+        if at != l4 + csum_field {
+            bail!(
+                "csum_offset {} is not the {} checksum's offset {csum_field}",
+                hdr.csum_offset,
+                if proto == PROTO_TCP { "TCP" } else { "UDP" }
+            );
+        }
+    } else if proto == PROTO_UDP {
+        bail!("GSO_UDP_L4 without F_NEEDS_CSUM (the kernel refuses it)");
+    }
+    if l4 + base_hdr > pkt.len() {
+        bail!(
+            "truncated transport header: {} bytes after offset {l4}",
+            pkt.len() - l4
+        );
+    }
+    let hdrs = if proto == PROTO_TCP {
+        let doff = usize::from(pkt[l4 + 12] >> 4) * 4;
+        if doff < TCP_HDR_LEN {
+            bail!("TCP data offset {doff} is below the minimum of 20");
+        }
+        if l4 + doff > pkt.len() {
+            bail!(
+                "TCP header of {doff} bytes runs past the {}-byte packet",
+                pkt.len()
+            );
+        }
+        l4 + doff
+    } else {
+        l4 + UDP_HDR_LEN
+    };
+    if hdr.gso_size == 0 {
+        bail!("gso_size is 0");
+    }
+    let gso_size = usize::from(hdr.gso_size);
+    let payload = pkt.len() - hdrs;
+    // include/linux/virtio_net.h: "Too small packets are not really GSO ones."
+    if pkt.len() - (l4 + base_hdr) <= gso_size || payload <= gso_size {
+        return Ok(if needs_csum {
+            single(Kind::CompleteChecksum {
+                start: l4,
+                at: l4 + csum_field,
+            })
+        } else {
+            single(Kind::Verbatim)
+        });
+    }
+    let segments = payload.div_ceil(gso_size);
+    let csum_at = l4 + csum_field;
+    let kind = if proto == PROTO_TCP {
+        let l4_len = (pkt.len() - l4) as u16;
+        let seed = if needs_csum {
+            // What is in the field, less the whole packet's L4 length.
+            add(be16(pkt, csum_at), !l4_len)
+        } else {
+            let (a, n) = ip.addrs();
+            checksum::pseudo_header_no_len(PROTO_TCP, &pkt[a..a + n], &pkt[a + n..a + 2 * n])
+        };
+        Kind::Tcp { seed }
+    } else {
+        if segments > UDP_MAX_SEGMENTS {
+            bail!("UDP GSO into {segments} segments; the kernel allows at most {UDP_MAX_SEGMENTS}");
+        }
+        Kind::Udp {
+            seed: add(be16(pkt, csum_at), !be16(pkt, l4 + 4)),
+        }
+    };
+    Ok(GsoPlan {
+        kind,
+        segments,
+        len: pkt.len(),
+        ip,
+        hdrs,
+        gso_size,
+    })
+}
+
+/// The `csum_start` and `csum_start + csum_offset` of a `NEEDS_CSUM` header, checked
+/// against the packet (computed in `usize`, so the u16 sum cannot overflow).
+fn checksum_location(pkt: &[u8], hdr: &VirtioNetHdr, ip: &IpInfo) -> Result<(usize, usize)> {
+    let start = usize::from(hdr.csum_start);
+    let at = start + usize::from(hdr.csum_offset);
+    let ip_hdr = if ip.is_v6 { IPV6_HDR_LEN } else { ip.l4_off };
+    if start < ip_hdr {
+        bail!("csum_start {start} is inside the {ip_hdr}-byte IP header");
+    }
+    if at + 2 > pkt.len() {
+        bail!(
+            "csum_start {start} + csum_offset {} + 2 is beyond the {}-byte packet",
+            hdr.csum_offset,
+            pkt.len()
+        );
+    }
+    Ok((start, at))
+}
+
+fn gso_name(gso_type: u8) -> &'static str {
+    match gso_type & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_TCPV4 => "GSO_TCPV4",
+        VIRTIO_NET_HDR_GSO_TCPV6 => "GSO_TCPV6",
+        VIRTIO_NET_HDR_GSO_UDP_L4 => "GSO_UDP_L4",
+        _ => "GSO_NONE",
+    }
+}
+
+/// Checks that `out_bufs` and `sizes` can take the plan's segments at `out_offset`.
+pub fn check_outputs(
+    plan: &GsoPlan,
+    out_lens: impl ExactSizeIterator<Item = usize>,
+    sizes_len: usize,
+    out_offset: usize,
+) -> Result<()> {
+    let n = plan.segments;
+    if out_lens.len() < n {
+        bail!(
+            "the packet splits into {n} segments but only {} out_bufs were given",
+            out_lens.len()
+        );
+    }
+    if sizes_len < n {
+        bail!("the packet splits into {n} segments but sizes has room for {sizes_len}");
+    }
+    for (i, len) in out_lens.take(n).enumerate() {
+        let need = plan.segment_len(i);
+        if len < out_offset || len - out_offset < need {
+            bail!("out_bufs[{i}] holds {len} bytes; segment {i} needs {need} after out_offset {out_offset}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes the planned segments: segment `i` into
+/// `outs[i][out_offset..out_offset + plan.segment_len(i)]`.
+///
+/// Outputs too short or too few are an error raised before anything is written.
+pub fn write_segments<B: AsMut<[u8]>>(
+    plan: &GsoPlan,
+    pkt: &[u8],
+    outs: &mut [B],
+    out_offset: usize,
+) -> Result<usize> {
+    if pkt.len() != plan.len {
+        return Err(Error::fixed(
+            "the packet changed between planning and writing",
+        ));
+    }
+    check_outputs(
+        plan,
+        outs.iter_mut().map(|b| b.as_mut().len()),
+        plan.segments,
+        out_offset,
+    )?;
+    match plan.kind {
+        Kind::Verbatim => {
+            outs[0].as_mut()[out_offset..out_offset + pkt.len()].copy_from_slice(pkt);
+        }
+        Kind::CompleteChecksum { start, at } => {
+            let out = &mut outs[0].as_mut()[out_offset..out_offset + pkt.len()];
+            out.copy_from_slice(pkt);
+            let c = !checksum::sum(&out[start..]);
+            put16(out, at, if c == 0 { 0xffff } else { c });
+        }
+        Kind::Tcp { seed } | Kind::Udp { seed } => {
+            let tcp = matches!(plan.kind, Kind::Tcp { .. });
+            let ip = plan.ip;
+            let l4 = ip.l4_off;
+            let hdrs = plan.hdrs;
+            let ip_id = be16(pkt, 4);
+            let seq = be32(pkt, l4 + 4);
+            let csum_at = l4 + if tcp { TCP_CSUM } else { UDP_CSUM };
+            let last = plan.segments - 1;
+            for (i, out) in outs[..plan.segments].iter_mut().enumerate() {
+                let seg_len = plan.segment_len(i);
+                let out = &mut out.as_mut()[out_offset..out_offset + seg_len];
+                let data_at = hdrs + i * plan.gso_size;
+                out[..hdrs].copy_from_slice(&pkt[..hdrs]);
+                if ip.is_v6 {
+                    put16(out, 4, (seg_len - IPV6_HDR_LEN) as u16);
+                } else {
+                    put16(out, 2, seg_len as u16);
+                    put16(out, 4, ip_id.wrapping_add(i as u16));
+                    let c = checksum::ipv4_header_checksum(&out[..l4]);
+                    put16(out, 10, c);
+                }
+                let l4_len = (seg_len - l4) as u16;
+                if tcp {
+                    put32(out, l4 + 4, seq.wrapping_add((i * plan.gso_size) as u32));
+                    if i != last {
+                        out[l4 + TCP_FLAGS] &= !(TCP_FIN | TCP_PSH);
+                    }
+                    if i != 0 {
+                        out[l4 + TCP_FLAGS] &= !TCP_CWR;
+                    }
+                } else {
+                    put16(out, l4 + 4, l4_len);
+                }
+                put16(out, csum_at, 0);
+                let (head, body) = out.split_at_mut(hdrs);
+                let payload_sum =
+                    checksum::copy_and_sum(body, &pkt[data_at..data_at + (seg_len - hdrs)]);
+                let total = fold(
+                    u64::from(add(seed, l4_len))
+                        + u64::from(checksum::sum(&head[l4..]))
+                        + u64::from(payload_sum),
+                );
+                let c = !total;
+                put16(out, csum_at, if c == 0 && !tcp { 0xffff } else { c });
+            }
+        }
+    }
+    Ok(plan.segments)
+}
+
+/// Splits the super-packet `pkt` (the bytes after the virtio header) described by `hdr`.
+///
+/// Segment `i` goes to `out_bufs[i][out_offset..out_offset + sizes[i]]`; returns the
+/// number of segments. Everything is checked before anything is written.
+pub fn gso_split<B: AsMut<[u8]>>(
+    pkt: &[u8],
+    hdr: &VirtioNetHdr,
+    out_bufs: &mut [B],
+    sizes: &mut [usize],
+    out_offset: usize,
+    is_v6: Option<bool>,
+) -> Result<usize> {
+    let plan = plan(pkt, hdr, is_v6)?;
+    check_outputs(
+        &plan,
+        out_bufs.iter_mut().map(|b| b.as_mut().len()),
+        sizes.len(),
+        out_offset,
+    )?;
+    let n = write_segments(&plan, pkt, out_bufs, out_offset)?;
+    for (i, s) in sizes[..n].iter_mut().enumerate() {
+        *s = plan.segment_len(i);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testutil::{build, l4_checksum_ok, Spec};
+
+    fn tcp_hdr(v6: bool, gso_size: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: if v6 {
+                VIRTIO_NET_HDR_GSO_TCPV6
+            } else {
+                VIRTIO_NET_HDR_GSO_TCPV4
+            },
+            hdr_len: 0,
+            gso_size,
+            csum_start: if v6 { 40 } else { 20 },
+            csum_offset: 16,
+        }
+    }
+
+    fn split(pkt: &[u8], hdr: &VirtioNetHdr) -> Result<Vec<Vec<u8>>> {
+        let mut outs = vec![vec![0u8; 70000]; 64];
+        let mut sizes = [0usize; 64];
+        let n = gso_split(pkt, hdr, &mut outs, &mut sizes, 0, None)?;
+        Ok((0..n).map(|i| outs[i][..sizes[i]].to_vec()).collect())
+    }
+
+    #[test]
+    fn tcp_segments_follow_the_kernel() {
+        for v6 in [false, true] {
+            let spec = Spec {
+                v6,
+                payload: (0..3000u32).map(|i| i as u8).collect(),
+                flags: TCP_ACK | TCP_PSH | TCP_FIN | TCP_CWR,
+                seq: u32::MAX - 10,
+                id: 0xffff,
+                ..Spec::default()
+            };
+            let segs = split(&build(&spec, true), &tcp_hdr(v6, 1000)).unwrap();
+            assert_eq!(segs.len(), 3);
+            let iph = if v6 { 40 } else { 20 };
+            for (i, s) in segs.iter().enumerate() {
+                assert!(l4_checksum_ok(s), "segment {i} checksum");
+                let seq = be32(s, iph + 4);
+                assert_eq!(seq, spec.seq.wrapping_add(1000 * i as u32));
+                let flags = s[iph + TCP_FLAGS];
+                assert_eq!(
+                    flags & (TCP_FIN | TCP_PSH) != 0,
+                    i == 2,
+                    "FIN/PSH only last"
+                );
+                assert_eq!(flags & TCP_CWR != 0, i == 0, "CWR only first");
+                if !v6 {
+                    assert_eq!(be16(s, 4), 0xffffu16.wrapping_add(i as u16));
+                    assert_eq!(be16(s, 2) as usize, s.len());
+                    assert_eq!(checksum::sum(&s[..20]), 0xffff);
+                } else {
+                    assert_eq!(be16(s, 4) as usize, s.len() - 40);
+                }
+                assert_eq!(&s[iph + 20..], &spec.payload[i * 1000..(i + 1) * 1000]);
+            }
+        }
+    }
+
+    #[test]
+    fn hdr_len_is_not_trusted() {
+        let pkt = build(
+            &Spec {
+                payload: vec![1; 2500],
+                ..Spec::default()
+            },
+            true,
+        );
+        let good = split(&pkt, &tcp_hdr(false, 1000)).unwrap();
+        for hdr_len in [0, 40, 1040, 2540, u16::MAX] {
+            let h = VirtioNetHdr {
+                hdr_len,
+                ..tcp_hdr(false, 1000)
+            };
+            assert_eq!(split(&pkt, &h).unwrap(), good, "hdr_len {hdr_len}");
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_is_sent_as_ffff() {
+        // Find a payload whose first segment's checksum computes to 0.
+        let mut spec = Spec {
+            udp: true,
+            payload: vec![0x11; 2000],
+            ..Spec::default()
+        };
+        let h = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+            gso_size: 1000,
+            csum_start: 20,
+            csum_offset: 6,
+            hdr_len: 28,
+        };
+        let seg0 = &split(&build(&spec, true), &h).unwrap()[0];
+        // Adding the checksum c to one payload word makes the segment's sum 0xffff, so
+        // its checksum computes to 0.
+        let c = be16(seg0, 26);
+        let old = u16::from_be_bytes([spec.payload[0], spec.payload[1]]);
+        spec.payload[..2].copy_from_slice(&checksum::add(old, c).to_be_bytes());
+        let seg0 = &split(&build(&spec, true), &h).unwrap()[0];
+        assert_eq!(be16(seg0, 26), 0xffff);
+        assert!(l4_checksum_ok(seg0));
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors() {
+        let v4 = build(
+            &Spec {
+                payload: vec![1; 3000],
+                ..Spec::default()
+            },
+            true,
+        );
+        let v6 = build(
+            &Spec {
+                v6: true,
+                payload: vec![1; 3000],
+                ..Spec::default()
+            },
+            true,
+        );
+        let h4 = tcp_hdr(false, 1000);
+        let cases: Vec<(&str, Vec<u8>, VirtioNetHdr)> = vec![
+            ("empty", vec![], h4),
+            ("truncated", v4[..30].to_vec(), h4),
+            ("v6 packet for TCPV4", v6.clone(), h4),
+            ("v4 packet for TCPV6", v4.clone(), tcp_hdr(true, 1000)),
+            ("gso_size 0", v4.clone(), VirtioNetHdr { gso_size: 0, ..h4 }),
+            (
+                "csum_start beyond",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_start: 4000,
+                    ..h4
+                },
+            ),
+            (
+                "csum overflow u16",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_start: 0xfff0,
+                    csum_offset: 0x20,
+                    ..h4
+                },
+            ),
+            (
+                "csum_offset wrong",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_offset: 6,
+                    ..h4
+                },
+            ),
+            (
+                "csum_start wrong",
+                v4.clone(),
+                VirtioNetHdr {
+                    csum_start: 24,
+                    ..h4
+                },
+            ),
+            (
+                "UFO",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: VIRTIO_NET_HDR_GSO_UDP,
+                    ..h4
+                },
+            ),
+            (
+                "unknown type",
+                v4.clone(),
+                VirtioNetHdr { gso_type: 2, ..h4 },
+            ),
+            (
+                "udp ecn",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: 0x85,
+                    ..h4
+                },
+            ),
+            (
+                "data offset < 5",
+                {
+                    let mut p = v4.clone();
+                    p[32] = 0x40;
+                    p
+                },
+                h4,
+            ),
+            (
+                "data offset beyond",
+                {
+                    let mut p = v4[..50].to_vec();
+                    put16(&mut p, 2, 50);
+                    p[32] = 0xf0;
+                    p
+                },
+                h4,
+            ),
+            (
+                "total length",
+                {
+                    let mut p = v4.clone();
+                    put16(&mut p, 2, 100);
+                    p
+                },
+                h4,
+            ),
+            (
+                "ihl < 5",
+                {
+                    let mut p = v4.clone();
+                    p[0] = 0x44;
+                    p
+                },
+                h4,
+            ),
+            (
+                "not ip",
+                {
+                    let mut p = v4.clone();
+                    p[0] = 0x55;
+                    p
+                },
+                h4,
+            ),
+            (
+                "fragment",
+                {
+                    let mut p = v4.clone();
+                    p[6] = 0x20;
+                    p
+                },
+                h4,
+            ),
+            (
+                "v6 payload length",
+                {
+                    let mut p = v6.clone();
+                    put16(&mut p, 4, 7);
+                    p
+                },
+                tcp_hdr(true, 1000),
+            ),
+            (
+                "gso_none csum beyond",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: 0,
+                    csum_start: 3019,
+                    csum_offset: 16,
+                    ..h4
+                },
+            ),
+            (
+                "gso_none csum in ip header",
+                v4.clone(),
+                VirtioNetHdr {
+                    gso_type: 0,
+                    csum_start: 4,
+                    csum_offset: 0,
+                    ..h4
+                },
+            ),
+        ];
+        for (name, pkt, h) in cases {
+            let mut outs = vec![vec![0x5au8; 2000]; 8];
+            let mut sizes = [0usize; 8];
+            let r = gso_split(&pkt, &h, &mut outs, &mut sizes, 0, None);
+            assert!(r.is_err(), "{name}: accepted");
+            assert!(
+                outs.iter().all(|o| o.iter().all(|&b| b == 0x5a)),
+                "{name}: wrote"
+            );
+        }
+        // Too few and too small outputs, and a short sizes slice.
+        let mut outs = vec![vec![0u8; 2000]; 2];
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, None).is_err());
+        let mut outs = vec![vec![0u8; 1000]; 8];
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, None).is_err());
+        let mut outs = vec![vec![0u8; 2000]; 8];
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 2], 0, None).is_err());
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 1500, None).is_err());
+        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, Some(true)).is_err());
+    }
+
+    #[test]
+    fn small_gso_packet_is_one_segment_with_ffff_for_zero() {
+        let pkt = build(
+            &Spec {
+                payload: vec![1; 500],
+                ..Spec::default()
+            },
+            true,
+        );
+        let segs = split(&pkt, &tcp_hdr(false, 1000)).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert!(l4_checksum_ok(&segs[0]));
+        assert_eq!(&segs[0][..36], &pkt[..36]);
+    }
+
+    #[test]
+    fn gso_none_completes_or_copies() {
+        let pkt = build(
+            &Spec {
+                payload: vec![9; 300],
+                ..Spec::default()
+            },
+            true,
+        );
+        let h = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let segs = split(&pkt, &h).unwrap();
+        assert!(l4_checksum_ok(&segs[0]));
+        let segs = split(&pkt, &VirtioNetHdr::default()).unwrap();
+        assert_eq!(segs, vec![pkt]);
+    }
+}

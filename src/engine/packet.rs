@@ -1,0 +1,162 @@
+//! Reading the IPv4/IPv6 and TCP/UDP headers that GSO and GRO need.
+
+use super::error::{bail, Result};
+
+pub(crate) const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_UDP: u8 = 17;
+pub(crate) const IPV4_HDR_LEN: usize = 20;
+pub(crate) const IPV6_HDR_LEN: usize = 40;
+pub(crate) const TCP_HDR_LEN: usize = 20;
+pub(crate) const UDP_HDR_LEN: usize = 8;
+pub(crate) const TCP_FLAGS: usize = 13;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_PSH: u8 = 0x08;
+pub(crate) const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_CWR: u8 = 0x80;
+pub(crate) const TCP_CSUM: usize = 16;
+pub(crate) const UDP_CSUM: usize = 6;
+
+#[inline]
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+#[inline]
+pub(crate) fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+pub(crate) fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// What the IP header says about a packet whose lengths have been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpInfo {
+    pub is_v6: bool,
+    /// Offset of the transport header (after IPv4 options or IPv6 extension headers).
+    pub l4_off: usize,
+    /// The transport protocol number.
+    pub proto: u8,
+    /// An IPv4 fragment (MF set or a fragment offset).
+    pub fragment: bool,
+}
+
+impl IpInfo {
+    /// Offset and length of the source address; the destination follows it.
+    #[inline]
+    pub fn addrs(&self) -> (usize, usize) {
+        if self.is_v6 {
+            (8, 16)
+        } else {
+            (12, 4)
+        }
+    }
+}
+
+/// Parses and checks the IP header of `pkt`, which must be exactly one whole packet.
+///
+/// `is_v6`, when given, must agree with the version nibble.
+pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
+    let Some(&first) = pkt.first() else {
+        bail!("empty packet");
+    };
+    let version = first >> 4;
+    let v6 = match version {
+        4 => false,
+        6 => true,
+        v => bail!("not an IP packet: version nibble is {v}, expected 4 or 6"),
+    };
+    if let Some(want) = is_v6 {
+        if want != v6 {
+            bail!(
+                "is_v6={want} but the packet is IPv{version}",
+                want = if want { "True" } else { "False" }
+            );
+        }
+    }
+    if v6 {
+        if pkt.len() < IPV6_HDR_LEN {
+            bail!(
+                "truncated IPv6 header: {} bytes, need {IPV6_HDR_LEN}",
+                pkt.len()
+            );
+        }
+        let plen = be16(pkt, 4) as usize;
+        if plen != pkt.len() - IPV6_HDR_LEN {
+            bail!(
+                "IPv6 payload length {plen} disagrees with the {} bytes after the header",
+                pkt.len() - IPV6_HDR_LEN
+            );
+        }
+        let (l4_off, proto) = skip_ipv6_extensions(pkt)?;
+        Ok(IpInfo {
+            is_v6: true,
+            l4_off,
+            proto,
+            fragment: false,
+        })
+    } else {
+        if pkt.len() < IPV4_HDR_LEN {
+            bail!(
+                "truncated IPv4 header: {} bytes, need {IPV4_HDR_LEN}",
+                pkt.len()
+            );
+        }
+        let ihl = usize::from(first & 0x0f) * 4;
+        if ihl < IPV4_HDR_LEN {
+            bail!("IPv4 header length {ihl} is below the minimum of 20");
+        }
+        if ihl > pkt.len() {
+            bail!(
+                "IPv4 header length {ihl} is beyond the {}-byte packet",
+                pkt.len()
+            );
+        }
+        let total = be16(pkt, 2) as usize;
+        if total != pkt.len() {
+            bail!(
+                "IPv4 total length {total} disagrees with the packet's {} bytes",
+                pkt.len()
+            );
+        }
+        let fragment = pkt[6] & 0x20 != 0 || be16(pkt, 6) & 0x1fff != 0;
+        Ok(IpInfo {
+            is_v6: false,
+            l4_off: ihl,
+            proto: pkt[9],
+            fragment,
+        })
+    }
+}
+
+/// Walks IPv6 extension headers to the transport header: (offset, protocol).
+fn skip_ipv6_extensions(pkt: &[u8]) -> Result<(usize, u8)> {
+    let mut next = pkt[6];
+    let mut off = IPV6_HDR_LEN;
+    // Hop-by-hop, routing and destination options, at most a handful of them.
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                if off + 2 > pkt.len() {
+                    bail!("truncated IPv6 extension header at offset {off}");
+                }
+                let len = (usize::from(pkt[off + 1]) + 1) * 8;
+                if off + len > pkt.len() {
+                    bail!("IPv6 extension header at offset {off} runs past the packet");
+                }
+                next = pkt[off];
+                off += len;
+            }
+            44 => bail!("IPv6 fragments cannot be segmented or coalesced"),
+            _ => return Ok((off, next)),
+        }
+    }
+    bail!("too many IPv6 extension headers")
+}

@@ -1,0 +1,361 @@
+//! Python classes and functions of the engine: `VirtioNetHdr`, `gso_split`, `GroTable`,
+//! `handle_gro` and the constants.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PySequence};
+
+use super::buffers::{check_disjoint, span, GroBuf, Views};
+use crate::engine::{self as eng, gso, VirtioNetHdr};
+
+/// Turns an engine error (a bad packet, header or argument) into `ValueError`.
+pub(crate) fn value_error(e: eng::Error) -> PyErr {
+    PyValueError::new_err(e.message().to_owned())
+}
+
+fn non_negative(v: isize, name: &str) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
+}
+
+/// The 10-byte `struct virtio_net_hdr` that precedes each packet on a TUN device with
+/// offload (``IFF_VNET_HDR``), in native byte order.
+///
+/// Fields: ``flags`` (``VIRTIO_NET_HDR_F_*``), ``gso_type`` (``VIRTIO_NET_HDR_GSO_*``),
+/// ``hdr_len``, ``gso_size``, ``csum_start``, ``csum_offset``. Out-of-range values raise
+/// ``OverflowError``.
+#[pyclass(
+    name = "VirtioNetHdr",
+    module = "tunoffload",
+    eq,
+    get_all,
+    set_all,
+    from_py_object
+)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PyVirtioNetHdr {
+    flags: u8,
+    gso_type: u8,
+    hdr_len: u16,
+    gso_size: u16,
+    csum_start: u16,
+    csum_offset: u16,
+}
+
+impl From<VirtioNetHdr> for PyVirtioNetHdr {
+    fn from(h: VirtioNetHdr) -> Self {
+        let VirtioNetHdr {
+            flags,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start,
+            csum_offset,
+        } = h;
+        PyVirtioNetHdr {
+            flags,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start,
+            csum_offset,
+        }
+    }
+}
+
+impl PyVirtioNetHdr {
+    pub(crate) fn get(&self) -> VirtioNetHdr {
+        let PyVirtioNetHdr {
+            flags,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start,
+            csum_offset,
+        } = *self;
+        VirtioNetHdr {
+            flags,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start,
+            csum_offset,
+        }
+    }
+}
+
+#[pymethods]
+impl PyVirtioNetHdr {
+    #[new]
+    #[pyo3(signature = (flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0))]
+    fn new(
+        flags: u8,
+        gso_type: u8,
+        hdr_len: u16,
+        gso_size: u16,
+        csum_start: u16,
+        csum_offset: u16,
+    ) -> Self {
+        PyVirtioNetHdr {
+            flags,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start,
+            csum_offset,
+        }
+    }
+
+    /// Decodes the first 10 bytes of a bytes-like object (``ValueError`` if shorter).
+    #[staticmethod]
+    fn decode(py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut views = Views::with_capacity(py, 1);
+        let r = views.read(buf, &|| "buf".to_owned())?;
+        // SAFETY: the export is held by `views` for this scope; nothing writes to it.
+        let bytes = unsafe { r.slice() };
+        Ok(VirtioNetHdr::decode(bytes).map_err(value_error)?.into())
+    }
+
+    /// Writes the 10 bytes at the start of a writable bytes-like object.
+    fn encode(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut views = Views::with_capacity(py, 1);
+        let r = views.write(buf, &|| "buf".to_owned())?;
+        // SAFETY: the writable export is held by `views`; no other reference exists.
+        self.get()
+            .encode(unsafe { r.slice_mut() })
+            .map_err(value_error)
+    }
+
+    fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.get().to_bytes())
+    }
+
+    fn __repr__(&self) -> String {
+        let h = self;
+        format!(
+            "VirtioNetHdr(flags={}, gso_type={}, hdr_len={}, gso_size={}, csum_start={}, csum_offset={})",
+            h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset
+        )
+    }
+
+    fn __copy__(&self) -> Self {
+        *self
+    }
+
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Self {
+        *self
+    }
+}
+
+/// An output region of `gso_split`, inside an export held by the call's `Views`.
+struct Out(super::buffers::Region);
+
+impl AsMut<[u8]> for Out {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: an `Out` is only made in `split_into_py` from a writable export that its
+        // `Views` holds until after the last use; the regions are checked to be disjoint
+        // from each other and from the packet, so this is the only reference to them.
+        unsafe { self.0.slice_mut() }
+    }
+}
+
+/// Below this many bytes a split is quicker than releasing and retaking the GIL.
+const DETACH_MIN_BYTES: usize = 16 * 1024;
+
+/// `gso_split` for a packet already in Rust memory (the Python function, and the device's
+/// `recv_multiple`). Validates everything, exports only the `out_bufs` it needs, releases
+/// the GIL while copying, then fills `sizes`.
+pub(crate) fn split_into_py(
+    py: Python<'_>,
+    packet: &[u8],
+    hdr: &VirtioNetHdr,
+    out_bufs: &Bound<'_, PyAny>,
+    sizes: &Bound<'_, PyAny>,
+    out_offset: usize,
+    is_v6: Option<bool>,
+) -> PyResult<usize> {
+    let plan = gso::plan(packet, hdr, is_v6).map_err(value_error)?;
+    let n = plan.segments();
+    let out_bufs = out_bufs
+        .cast::<PySequence>()
+        .map_err(|_| PyTypeError::new_err("out_bufs must be a sequence of writable buffers"))?;
+    let sizes = sizes
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
+    let have = out_bufs.len()?;
+    if have < n {
+        return Err(PyValueError::new_err(format!(
+            "the packet splits into {n} segments but only {have} out_bufs were given"
+        )));
+    }
+    let mut views = Views::with_capacity(py, n);
+    let mut outs = Vec::with_capacity(n);
+    for i in 0..n {
+        let obj = out_bufs.get_item(i)?;
+        outs.push(Out(views.write(&obj, &|| format!("out_bufs[{i}]"))?));
+    }
+    gso::check_outputs(
+        &plan,
+        outs.iter().map(|o| o.0.len()),
+        sizes.len(),
+        out_offset,
+    )
+    .map_err(value_error)?;
+    // The written parts must not overlap each other or the packet.
+    let mut spans: Vec<(usize, usize, usize)> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let (s, _, _) = span(o.0, i);
+            (s + out_offset, s + out_offset + plan.segment_len(i), i)
+        })
+        .collect();
+    let p = packet.as_ptr() as usize;
+    spans.push((p, p + packet.len(), n));
+    check_disjoint(&mut spans, &|i| {
+        if i == n {
+            "packet".to_owned()
+        } else {
+            format!("out_bufs[{i}]")
+        }
+    })?;
+    let written = if packet.len() >= DETACH_MIN_BYTES {
+        py.detach(|| gso::write_segments(&plan, packet, &mut outs, out_offset))
+    } else {
+        gso::write_segments(&plan, packet, &mut outs, out_offset)
+    }
+    .map_err(value_error)?;
+    drop(outs);
+    drop(views);
+    for i in 0..written {
+        sizes.set_item(i, plan.segment_len(i))?;
+    }
+    Ok(written)
+}
+
+/// Splits a GSO super-packet read from a TUN device into the packets the Linux kernel
+/// would send, byte for byte.
+///
+/// ``packet`` is the IP packet after the 10-byte virtio header (any bytes-like object; not
+/// modified) and ``hdr`` its :class:`VirtioNetHdr`. Segment *i* is written to
+/// ``out_bufs[i][out_offset:out_offset + sizes[i]]`` and ``sizes[i]`` is set; returns the
+/// number of segments. ``is_v6=None`` takes the IP version from the packet.
+///
+/// ``GSO_NONE`` gives the packet itself, its checksum completed when ``F_NEEDS_CSUM`` is set.
+/// ``hdr_len`` is never trusted. Any malformed packet or header, too few or too small
+/// ``out_bufs``, or a short ``sizes`` raises ``ValueError`` before anything is written.
+/// The GIL is released while large packets are copied.
+#[pyfunction]
+#[pyo3(signature = (packet, hdr, out_bufs, sizes, out_offset=0, is_v6=None))]
+fn gso_split(
+    py: Python<'_>,
+    packet: &Bound<'_, PyAny>,
+    hdr: PyRef<'_, PyVirtioNetHdr>,
+    out_bufs: &Bound<'_, PyAny>,
+    sizes: &Bound<'_, PyAny>,
+    out_offset: isize,
+    is_v6: Option<bool>,
+) -> PyResult<usize> {
+    let out_offset = non_negative(out_offset, "out_offset")?;
+    let mut views = Views::with_capacity(py, 1);
+    let pkt = views.read(packet, &|| "packet".to_owned())?;
+    // SAFETY: the export is held by `views` until the end of this function; the outputs
+    // written meanwhile are checked not to overlap it.
+    let bytes = unsafe { pkt.slice() };
+    split_into_py(py, bytes, &hdr.get(), out_bufs, sizes, out_offset, is_v6)
+}
+
+/// Reusable coalescing state for :func:`handle_gro` (one per thread). Nothing carries
+/// over from one call to the next; its memory is reused.
+#[pyclass(name = "GroTable", module = "tunoffload")]
+#[derive(Default)]
+pub(crate) struct PyGroTable {
+    pub(crate) inner: eng::GroTable,
+}
+
+#[pymethods]
+impl PyGroTable {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn __repr__(&self) -> String {
+        "GroTable()".to_owned()
+    }
+}
+
+/// Runs GRO over the Python list `bufs`: bytearrays grow, list entries may be swapped.
+/// Returns the indices to write (each `bufs[i][offset-10:]` then holds header + packet).
+///
+/// Runs with the GIL held: growing a bytearray needs it, and holding it is what keeps any
+/// other thread from resizing a buffer while Rust works on it.
+pub(crate) fn gro_py<'t>(
+    py: Python<'_>,
+    bufs: &Bound<'_, PyList>,
+    offset: usize,
+    table: &'t mut eng::GroTable,
+    can_udp_gro: bool,
+) -> PyResult<&'t [usize]> {
+    let n = bufs.len();
+    let mut views = Views::with_capacity(py, n);
+    let mut gbufs = Vec::with_capacity(n);
+    for (i, obj) in bufs.iter().enumerate() {
+        gbufs.push(GroBuf::new(obj, &mut views, i)?);
+    }
+    let mut spans: Vec<_> = gbufs.iter().enumerate().map(|(i, b)| b.span(i)).collect();
+    check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
+    let out = eng::handle_gro(&mut gbufs, offset, table, can_udp_gro).map_err(value_error)?;
+    for (i, b) in gbufs.iter().enumerate() {
+        let current = bufs.get_item(i)?;
+        if !b.object().is(&current) {
+            bufs.set_item(i, b.object())?;
+        }
+    }
+    Ok(out)
+}
+
+/// Coalesces a batch of packets for writing to a TUN device with offload.
+///
+/// ``bufs`` is a list of ``bytearray``: ``bufs[i][offset:]`` is one IP packet and the
+/// ``offset >= 10`` bytes before it are headroom for its virtio header. In-order segments
+/// of one TCP flow (and of one UDP flow when ``can_udp_gro``) are merged by the rules of
+/// the kernel's GRO. Returns the indices of the packets to write, in order; for each,
+/// ``bufs[i][offset-10:]`` is the virtio header followed by the packet. Bytearrays may
+/// grow and list entries may be swapped. ``ValueError`` for a bad offset or a buffer with
+/// no packet, raised before any buffer is changed.
+#[pyfunction]
+#[pyo3(signature = (bufs, offset, table, can_udp_gro=true))]
+fn handle_gro<'py>(
+    py: Python<'py>,
+    bufs: &Bound<'py, PyAny>,
+    offset: isize,
+    mut table: PyRefMut<'_, PyGroTable>,
+    can_udp_gro: bool,
+) -> PyResult<Bound<'py, PyList>> {
+    let bufs = bufs
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
+    let offset = non_negative(offset, "offset")?;
+    let out = gro_py(py, bufs, offset, &mut table.inner, can_udp_gro)?;
+    PyList::new(py, out)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    use crate::engine::virtio::*;
+    m.add("VIRTIO_NET_HDR_LEN", VIRTIO_NET_HDR_LEN)?;
+    m.add("IDEAL_BATCH_SIZE", IDEAL_BATCH_SIZE)?;
+    m.add("VIRTIO_NET_HDR_GSO_NONE", VIRTIO_NET_HDR_GSO_NONE)?;
+    m.add("VIRTIO_NET_HDR_GSO_TCPV4", VIRTIO_NET_HDR_GSO_TCPV4)?;
+    m.add("VIRTIO_NET_HDR_GSO_UDP", VIRTIO_NET_HDR_GSO_UDP)?;
+    m.add("VIRTIO_NET_HDR_GSO_TCPV6", VIRTIO_NET_HDR_GSO_TCPV6)?;
+    m.add("VIRTIO_NET_HDR_GSO_UDP_L4", VIRTIO_NET_HDR_GSO_UDP_L4)?;
+    m.add("VIRTIO_NET_HDR_GSO_ECN", VIRTIO_NET_HDR_GSO_ECN)?;
+    m.add("VIRTIO_NET_HDR_F_NEEDS_CSUM", VIRTIO_NET_HDR_F_NEEDS_CSUM)?;
+    m.add("VIRTIO_NET_HDR_F_DATA_VALID", VIRTIO_NET_HDR_F_DATA_VALID)?;
+    m.add("UDP_MAX_SEGMENTS", eng::UDP_MAX_SEGMENTS)?;
+    m.add_class::<PyVirtioNetHdr>()?;
+    m.add_class::<PyGroTable>()?;
+    m.add_function(wrap_pyfunction!(gso_split, m)?)?;
+    m.add_function(wrap_pyfunction!(handle_gro, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The PyO3 layer: maps Python buffers, errors and the GIL onto the engine.
+//! Nothing here decides anything about packets; that is all in `crate::engine`.
+
+pub(crate) mod buffers;
+pub(crate) mod engine;
+
+use pyo3::prelude::*;
+
+/// The native part of the `tunoffload` package.
+// gil_used: handle_gro relies on the GIL to keep bytearrays from being resized under it.
+#[pymodule(gil_used = true)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    engine::register(m)?;
+    Ok(())
+}
