@@ -367,10 +367,10 @@ impl Tun {
             });
         }
         if let Some(uid) = opts.owner {
-            tun.set_owner(Some(uid))?;
+            tun.set_owner(uid)?;
         }
         if let Some(gid) = opts.group {
-            tun.set_group(Some(gid))?;
+            tun.set_group(gid)?;
         }
         if let Some(mtu) = opts.mtu {
             tun.set_mtu(mtu)?;
@@ -614,20 +614,20 @@ impl Tun {
         Ok(())
     }
 
-    /// `TUNSETOWNER` (the uid itself is the argument; `None` = no owner).
-    pub fn set_owner(&self, uid: Option<u32>) -> Result<(), Error> {
+    /// `TUNSETOWNER` (the uid itself is the argument; the kernel cannot unset it).
+    pub fn set_owner(&self, uid: u32) -> Result<(), Error> {
         self.check_open()?;
-        let v = uid.unwrap_or(u32::MAX) as c_ulong;
+        let v = uid as c_ulong;
         if ioctl_val(self.fd.as_raw_fd(), TUNSETOWNER, v) != 0 {
             return Err(last_error("setting the owner (TUNSETOWNER)"));
         }
         Ok(())
     }
 
-    /// `TUNSETGROUP` (the gid itself is the argument; `None` = no group).
-    pub fn set_group(&self, gid: Option<u32>) -> Result<(), Error> {
+    /// `TUNSETGROUP` (the gid itself is the argument; the kernel cannot unset it).
+    pub fn set_group(&self, gid: u32) -> Result<(), Error> {
         self.check_open()?;
-        let v = gid.unwrap_or(u32::MAX) as c_ulong;
+        let v = gid as c_ulong;
         if ioctl_val(self.fd.as_raw_fd(), TUNSETGROUP, v) != 0 {
             return Err(last_error("setting the group (TUNSETGROUP)"));
         }

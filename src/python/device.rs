@@ -12,7 +12,9 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 use super::buffers::Views;
 use super::engine::{gro_py, split_into_py, value_error, PyGroTable};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
-use crate::engine::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::engine::{
+    VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN,
+};
 
 /// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
 /// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
@@ -460,7 +462,8 @@ impl PyTunDevice {
         retrying(py, || tun.set_persist(on))
     }
 
-    /// The uid allowed to attach to the device (``TUNSETOWNER``), or None; assignable.
+    /// The uid allowed to attach to the device (``TUNSETOWNER``), or None if unset;
+    /// assign a uid to change it (the kernel offers no way back to unset).
     #[getter]
     fn get_owner(&self, py: Python<'_>) -> PyResult<Option<u32>> {
         let tun = self.get(py)?;
@@ -468,12 +471,13 @@ impl PyTunDevice {
     }
 
     #[setter]
-    fn set_owner(&self, py: Python<'_>, uid: Option<u32>) -> PyResult<()> {
+    fn set_owner(&self, py: Python<'_>, uid: u32) -> PyResult<()> {
         let tun = self.get(py)?;
         retrying(py, || tun.set_owner(uid))
     }
 
-    /// The gid allowed to attach to the device (``TUNSETGROUP``), or None; assignable.
+    /// The gid allowed to attach to the device (``TUNSETGROUP``), or None if unset;
+    /// assign a gid to change it (the kernel offers no way back to unset).
     #[getter]
     fn get_group(&self, py: Python<'_>) -> PyResult<Option<u32>> {
         let tun = self.get(py)?;
@@ -481,7 +485,7 @@ impl PyTunDevice {
     }
 
     #[setter]
-    fn set_group(&self, py: Python<'_>, gid: Option<u32>) -> PyResult<()> {
+    fn set_group(&self, py: Python<'_>, gid: u32) -> PyResult<()> {
         let tun = self.get(py)?;
         retrying(py, || tun.set_group(gid))
     }
@@ -670,6 +674,42 @@ impl PyTunDevice {
             )));
         }
         let hdr = VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN]).map_err(value_error)?;
+        let pkt = &data[VIRTIO_NET_HDR_LEN..n];
+        if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE && hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 {
+            // A plain packet with nothing to complete: it goes across as it is (as the
+            // kernel, wireguard-go and tun-rs do), whatever it holds (an IPv6 fragment, a
+            // protocol the engine does not parse, ...).
+            let mut out_views = Views::with_capacity(py, 1);
+            let first = bufs.get_item(0)?;
+            let r = out_views.write(&first, &|| "bufs[0]".to_owned())?;
+            if r.len() < offset || r.len() - offset < pkt.len() {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[0] holds {} bytes; the {}-byte packet needs {} after offset {offset}",
+                    r.len(),
+                    pkt.len(),
+                    pkt.len()
+                )));
+            }
+            // SAFETY: the writable export is held by `out_views` for this block; the
+            // overlap with the packet is checked just below before any write.
+            let out = unsafe { r.slice_mut() };
+            let dst = &mut out[offset..offset + pkt.len()];
+            let (d0, p0) = (dst.as_ptr() as usize, pkt.as_ptr() as usize);
+            if d0 < p0 + pkt.len() && p0 < d0 + pkt.len() {
+                return Err(PyValueError::new_err(
+                    "bufs[0] and original_buffer share memory",
+                ));
+            }
+            dst.copy_from_slice(pkt);
+            drop(out_views);
+            drop(views);
+            sizes_list.set_item(0, pkt.len())?;
+            self.rx_packets.fetch_add(1, Ordering::Relaxed);
+            if fit {
+                fit_bufs(bufs, offset, &[pkt.len()])?;
+            }
+            return Ok(1);
+        }
         let count = split_into_py(
             py,
             &data[VIRTIO_NET_HDR_LEN..n],
