@@ -19,7 +19,6 @@ import threading
 import time
 
 import pytest
-
 from _netns import Netns, can_use_netns, raw_tun
 
 _reason = can_use_netns()
@@ -70,8 +69,13 @@ def test_context_manager_and_calls_after_close(ns):
     with ns.entered(), t.TunDevice("ctx0") as dev:
         assert "ctx0" in repr(dev)
     assert dev.closed
-    for call in (lambda: dev.mtu, lambda: dev.recv(bytearray(100)), lambda: dev.up(),
-                 lambda: dev.send(b"x"), lambda: dev.clone_queue()):
+    for call in (
+        lambda: dev.mtu,
+        lambda: dev.recv(bytearray(100)),
+        lambda: dev.up(),
+        lambda: dev.send(b"x"),
+        lambda: dev.clone_queue(),
+    ):
         with pytest.raises(OSError) as ei:
             call()
         assert ei.value.errno == errno.EBADF
@@ -463,9 +467,19 @@ def _child_env() -> dict:
 
 def test_permission_error_without_cap_net_admin():
     r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-         "-c", _CHILD],
-        capture_output=True, text=True, timeout=30, env=_child_env(),
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            _CHILD,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_child_env(),
     )
     if r.returncode != 0 and "setpriv" in r.stderr:
         pytest.skip(f"setpriv unavailable: {r.stderr}")
@@ -477,7 +491,10 @@ def test_missing_dev_net_tun():
     script = f"mount -t tmpfs none /dev/net && exec {sys.executable} -c '{_CHILD}'"
     r = subprocess.run(
         ["unshare", "--mount", "--net", "sh", "-c", script],
-        capture_output=True, text=True, timeout=30, env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_child_env(),
     )
     if r.returncode != 0 and not r.stdout:
         pytest.skip(f"cannot make a mount namespace: {r.stderr}")

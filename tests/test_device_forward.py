@@ -9,7 +9,6 @@ stays inside the namespaces the tests create. Needs root; skipped otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import socket
@@ -19,7 +18,6 @@ import threading
 import time
 
 import pytest
-
 from _netns import Netns, can_use_netns
 
 _reason = can_use_netns()
@@ -159,8 +157,19 @@ def tcp_transfer(na: Netns, nb: Netns, server_addr: str, nbytes: int) -> float:
         assert srv.stdout is not None
         assert srv.stdout.readline().strip() == "ready"
         cli = subprocess.run(
-            ["ip", "netns", "exec", na.name, sys.executable, "-c", CLIENT, server_addr, "5201",
-             "7", str(nbytes)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                na.name,
+                sys.executable,
+                "-c",
+                CLIENT,
+                server_addr,
+                "5201",
+                "7",
+                str(nbytes),
+            ],
             capture_output=True,
             text=True,
             timeout=90,
@@ -182,9 +191,11 @@ def test_tcp_64mib_v4(link):
     na, nb, ta, tb, _ = link
     mbps = tcp_transfer(na, nb, B4, TCP_BYTES)
     sa, sb = ta.stats, tb.stats
-    print(f"\nforwarder TCP/IPv4 64 MiB, offload={ta.offload}: {mbps:.0f} MB/s; "
-          f"A->B reads={sa['reads']} rx_packets={sa['rx_packets']} "
-          f"writes={sb['writes']} tx_packets={sa['tx_packets']}")
+    print(
+        f"\nforwarder TCP/IPv4 64 MiB, offload={ta.offload}: {mbps:.0f} MB/s; "
+        f"A->B reads={sa['reads']} rx_packets={sa['rx_packets']} "
+        f"writes={sb['writes']} tx_packets={sa['tx_packets']}"
+    )
     if ta.offload:
         # A's kernel handed over TSO super-packets, and the forwarder wrote coalesced ones.
         assert sa["max_read"] > MTU + t.VIRTIO_NET_HDR_LEN
