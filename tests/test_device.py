@@ -341,21 +341,34 @@ def test_nonblocking_and_stats(ns):
         assert dev.stats["reads"] == 0
 
 
-def test_recv_multiple_fit(ns):
+def test_recv_multiple_fit_and_truncation(ns):
     with ns.entered():
         dev = t.TunDevice("fit0", up=True)
         dev.add_address("192.0.2.1/24")
     with dev:
-        bufs = [bytearray(4 + 2000) for _ in range(4)]
-        sizes = [0] * 4
         _udp_into(ns, "192.0.2.1", "192.0.2.2", b"x" * 100)
         while True:
+            bufs = [bytearray(4 + 2000) for _ in range(4)]  # fit shrinks them: fresh ones
+            sizes = [0] * 4
             n = dev.recv_multiple(None, bufs, sizes, 4, fit=True)
             assert n == 1
-            if bufs[0][4] >> 4 == 4:
+            if bufs[0][4] >> 4 == 4 and bufs[0][4 + 9] == 17:  # skip IGMP, IPv6 RS/MLD
                 break
         assert len(bufs[0]) == 4 + sizes[0] == 4 + 128  # 20 IP + 8 UDP + 100
         assert len(bufs[1]) == 4 + 2000  # untouched
+
+        # A buffer too small for the packet: the kernel cuts it; we say so.
+        dev.setblocking(False)
+        try:
+            while True:
+                dev.recv(bytearray(70000))  # drain
+        except BlockingIOError:
+            pass
+        dev.setblocking(True)
+        _udp_into(ns, "192.0.2.1", "192.0.2.2", b"y" * 1000)
+        with pytest.raises(ValueError, match="truncated"):
+            while True:
+                dev.recv_multiple(None, [bytearray(100)], [0])
 
 
 def test_close_wakes_blocked_reader(ns):

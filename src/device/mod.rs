@@ -9,7 +9,7 @@ pub mod sys;
 mod tun;
 
 pub use netlink::{parse_ifaddr, IfAddr};
-pub use tun::{Tun, TunOptions};
+pub use tun::{Counters, Tun, TunOptions};
 
 use std::fmt;
 

@@ -83,8 +83,8 @@ pub struct Tun {
     flags: i16,
     udp_gso: bool,
     ifindex: u32,
-    /// Read and write counters.
-    pub counters: Counters,
+    /// Read and write counters (shared, so they can outlive the queue).
+    pub counters: Arc<Counters>,
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -434,7 +434,7 @@ impl Tun {
             flags,
             udp_gso,
             ifindex,
-            counters: Counters::default(),
+            counters: Arc::default(),
         })
     }
 

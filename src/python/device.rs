@@ -96,6 +96,8 @@ pub(crate) struct PyTunDevice {
     tap: bool,
     multi_queue: bool,
     packet_information: bool,
+    /// The queue's read/write counters (kept after close).
+    counters: Arc<dev::Counters>,
     /// Packets out of `recv_multiple` (after splitting).
     rx_packets: AtomicU64,
     /// Packets into `send_multiple` (before coalescing).
@@ -107,6 +109,7 @@ impl PyTunDevice {
         let flags = tun.flags();
         let name = tun.name().unwrap_or_default();
         PyTunDevice {
+            counters: tun.counters.clone(),
             offload: tun.vnet_hdr(),
             udp_gso: tun.udp_gso(),
             tap: flags & dev::sys::IFF_TAP != 0,
@@ -129,6 +132,17 @@ impl PyTunDevice {
         match &*self.slot() {
             Some(t) => Ok(t.clone()),
             None => Err(to_py(py, dev::Error::Closed)),
+        }
+    }
+
+    /// Bytes before the IP header in a read: virtio header or packet information.
+    fn header_len(&self) -> usize {
+        if self.offload {
+            VIRTIO_NET_HDR_LEN
+        } else if self.packet_information {
+            4
+        } else {
+            0
         }
     }
 
@@ -196,6 +210,36 @@ impl PyTunDevice {
             Some(e) => Err((to_py(py, e), packets, bytes)),
             None => Ok((packets, bytes)),
         }
+    }
+}
+
+/// The TUN driver silently truncates a packet that does not fit the read buffer. A read
+/// that filled the buffer is checked against the IP header's own length: `ValueError` if
+/// the packet was cut. `skip` is what precedes the IP header (virtio header, packet
+/// information); TAP frames are not checked.
+fn check_truncation(data: &[u8], skip: usize, tap: bool) -> PyResult<()> {
+    if tap || data.len() <= skip {
+        return Ok(());
+    }
+    let pkt = &data[skip..];
+    let be16 = |i: usize| {
+        pkt.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    };
+    let want = match pkt[0] >> 4 {
+        4 => be16(2),
+        6 => be16(4).filter(|&p| p != 0).map(|p| p + 40),
+        _ => None,
+    };
+    match want {
+        Some(w) if w > pkt.len() => Err(PyValueError::new_err(format!(
+            "a {}-byte packet did not fit the {}-byte buffer and was truncated (it is lost); \
+             use a buffer of at least {} bytes",
+            w + skip,
+            data.len(),
+            skip + 65535
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -543,7 +587,8 @@ impl PyTunDevice {
     /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
     /// its length. With ``offload=True`` the data starts with the 10-byte virtio header
     /// and may be a super-packet of up to 64 KiB (use ``recv_multiple`` to split it).
-    /// A packet larger than ``buf`` is dropped and ``ValueError`` raised.
+    /// A packet larger than ``buf`` is truncated by the kernel (and so lost):
+    /// ``ValueError``.
     /// Blocking mode waits; non-blocking mode raises ``BlockingIOError``.
     fn recv(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
         let tun = self.get(py)?;
@@ -553,7 +598,11 @@ impl PyTunDevice {
         // SAFETY: the writable export is held by `views` until after the read; this is
         // the only reference to those bytes.
         let data = unsafe { r.slice_mut() };
-        retrying(py, || tun.read(data, blocking))
+        let n = retrying(py, || tun.read(data, blocking))?;
+        if n == data.len() {
+            check_truncation(&data[..n], self.header_len(), self.tap)?;
+        }
+        Ok(n)
     }
 
     /// ``read(size=65545) -> bytes``: reads one packet and returns it as ``bytes``
@@ -564,6 +613,9 @@ impl PyTunDevice {
         let blocking = self.is_blocking();
         let mut v = vec![0u8; size];
         let n = retrying(py, || tun.read(&mut v, blocking))?;
+        if n == v.len() {
+            check_truncation(&v, self.header_len(), self.tap)?;
+        }
         Ok(PyBytes::new(py, &v[..n]))
     }
 
@@ -596,10 +648,18 @@ impl PyTunDevice {
     /// which is split exactly as ``gso_split`` does. Without offload one packet is read
     /// straight into ``bufs[0][offset:]`` and ``original_buffer`` is not used.
     ///
-    /// ``fit=True`` resizes each filled ``bytearray`` in ``bufs`` to exactly
-    /// ``offset + sizes[i]``, so that ``bufs[:n]`` can go straight into another device's
-    /// ``send_multiple`` (zero-copy forwarding; see ``docs/forwarding.md``). Give
-    /// ``bufs`` back their full size before the next call, or keep separate lists.
+    /// Zero-copy forwarding: hand the same ``bufs`` and ``sizes`` to another device's
+    /// ``send_multiple(gro_table, bufs, offset, sizes=sizes, count=n)``; nothing is
+    /// copied, resized or allocated per packet (see ``docs/forwarding.md``)::
+    ///
+    ///     n = src.recv_multiple(original, bufs, sizes, offset)
+    ///     dst.send_multiple(gro_table, bufs, offset, sizes=sizes, count=n)
+    ///
+    /// ``fit=True`` instead resizes each filled ``bytearray`` in ``bufs`` to exactly
+    /// ``offset + sizes[i]`` (for code that wants exact-length packets, e.g. plain
+    /// ``send_multiple(gro_table, bufs[:n], offset)``); CPython may reallocate a
+    /// bytearray that shrinks or grows a lot, and the ``bufs`` must be grown back before
+    /// they can take a larger packet.
     ///
     /// Blocking mode waits for a packet; non-blocking raises ``BlockingIOError``. A
     /// malformed super-packet or too few/too small ``bufs``: ``ValueError`` (that packet
@@ -640,7 +700,11 @@ impl PyTunDevice {
                 // SAFETY: the writable export is held by `views` until after the read; this
                 // is the only reference to those bytes.
                 let data = &mut unsafe { r.slice_mut() }[offset..];
-                retrying(py, || tun.read(data, blocking))?
+                let n = retrying(py, || tun.read(data, blocking))?;
+                if n == data.len() {
+                    check_truncation(data, self.header_len(), self.tap)?;
+                }
+                n
             };
             sizes_list.set_item(0, n)?;
             self.rx_packets.fetch_add(1, Ordering::Relaxed);
@@ -663,7 +727,11 @@ impl PyTunDevice {
             // SAFETY: the writable export is held by `views` until after the read; this
             // is the only reference to those bytes while it lives.
             let data = unsafe { orig.slice_mut() };
-            retrying(py, || tun.read(data, blocking))?
+            let n = retrying(py, || tun.read(data, blocking))?;
+            if n == data.len() {
+                check_truncation(data, VIRTIO_NET_HDR_LEN, false)?;
+            }
+            n
         };
         // SAFETY: the export is still held; the read is over, nothing writes to it now
         // (split_into_py checks that the outputs do not overlap it).
@@ -855,7 +923,7 @@ impl PyTunDevice {
         }
     }
 
-    /// Counters of this queue since it was opened, as a dict: ``reads``, ``read_bytes``,
+    /// Counters of this queue since it was opened (still readable after close), as a dict: ``reads``, ``read_bytes``,
     /// ``max_read`` (system calls and sizes, virtio headers included: a ``max_read``
     /// above the MTU means super-packets came in), ``rx_packets`` (packets out of
     /// ``recv_multiple`` after splitting), and the same for writes (``tx_packets``: packets
@@ -863,8 +931,8 @@ impl PyTunDevice {
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
         let d = pyo3::types::PyDict::new(py);
-        if let Some(t) = &*self.slot() {
-            let c = &t.counters;
+        {
+            let c = &self.counters;
             for (k, v) in [
                 ("reads", &c.reads),
                 ("read_bytes", &c.read_bytes),
