@@ -822,14 +822,21 @@ mod tests {
     }
 
     /// Runs only as root (with /dev/net/tun); otherwise passes without doing anything.
+    /// Works in a private network namespace, on a thread of its own so that the
+    /// namespace goes away with the thread.
     #[test]
     fn open_configure_read_write() {
+        std::thread::spawn(open_configure_read_write_in_new_netns)
+            .join()
+            .expect("test thread");
+    }
+
+    fn open_configure_read_write_in_new_netns() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
             return;
         }
-        // Use a private network namespace so nothing leaks to the host.
-        // SAFETY: unshare on this test thread only affects this thread's namespaces.
+        // SAFETY: unshare on this thread only affects this thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return;
         }

@@ -401,16 +401,19 @@ impl PyTunDevice {
         }
     }
 
+    /// Returns the device itself (``with TunDevice(...) as dev:``).
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
+    /// Closes the device; exceptions propagate.
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
         self.close();
         false
     }
 
+    /// ``<TunDevice name='tun0' offload=True closed=False>``.
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = self.name(py).unwrap_or_default();
         format!(
