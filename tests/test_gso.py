@@ -1,0 +1,694 @@
+"""gso_split: outputs checked field by field with scapy and byte for byte against the
+reference model of the kernel (packets.kernel_gso, itself checked against the real kernel by
+test_kernel_oracle.py); malformed input must raise ValueError before anything is written."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import packets as P
+import pytest
+import tunoffload as t
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+
+TS = [("NOP", None), ("NOP", None), ("Timestamp", (0x11223344, 0x55667788))]
+FULL_OPTS = [
+    ("MSS", 1460),
+    ("SAckOK", b""),
+    ("Timestamp", (1, 2)),
+    ("NOP", None),
+    ("WScale", 7),
+    ("SAck", (100, 200)),
+    ("SAck", (300, 400)),
+]  # 40 bytes
+CANARY = 0xA5
+
+
+def H(h: dict) -> t.VirtioNetHdr:
+    return t.VirtioNetHdr(**h)
+
+
+def split(packet, h: dict, *, n_bufs=None, buf_size=None, out_offset=0, is_v6=None):
+    """Run gso_split into canary-filled bytearrays; check nothing outside the segments changed."""
+    if n_bufs is None or buf_size is None:
+        model = P.kernel_gso(bytes(packet), h)  # only to size the buffers generously
+        n_bufs = len(model) + 2 if n_bufs is None else n_bufs
+        buf_size = out_offset + max(map(len, model)) + 16 if buf_size is None else buf_size
+    out = [bytearray([CANARY]) * buf_size for _ in range(n_bufs)]
+    sizes = [0] * n_bufs
+    kw = {} if is_v6 is None else {"is_v6": is_v6}
+    n = t.gso_split(packet, H(h), out, sizes, out_offset, **kw)
+    assert isinstance(n, int) and 1 <= n <= n_bufs
+    segs = []
+    for i in range(n_bufs):
+        if i < n:
+            assert 0 < sizes[i] <= buf_size - out_offset
+            end = out_offset + sizes[i]
+            assert out[i][:out_offset] == bytearray([CANARY]) * out_offset, f"buf {i} head"
+            assert out[i][end:] == bytearray([CANARY]) * (buf_size - end), f"buf {i} tail"
+            segs.append(bytes(out[i][out_offset:end]))
+        else:
+            assert out[i] == bytearray([CANARY]) * buf_size, f"unused buf {i} was written"
+    return segs
+
+
+def scapy_check(sup: bytes, h: dict, segs: list[bytes]) -> None:
+    """Every field of every segment, independently of the reference model."""
+    info = P.l3_info(sup)
+    tcp = info.proto == 6
+    L = IPv6 if info.v6 else IP
+    T = TCP if tcp else UDP
+    orig = L(sup)
+    cs = h["csum_start"]
+    thlen = (sup[cs + 12] >> 4) * 4 if tcp else 8
+    payload = sup[cs + thlen :]
+    g = h["gso_size"]
+    base = h["gso_type"] & ~P.GSO_ECN
+    really = base != P.GSO_NONE and len(payload) > g
+    n = (len(payload) + g - 1) // g if really else 1
+    assert len(segs) == n
+    assert b"".join(s[cs + thlen :] for s in segs) == payload
+    for i, s in enumerate(segs):
+        p = L(s)
+        if info.v6:
+            assert p.plen == len(s) - 40
+            assert (p.tc, p.fl, p.hlim, p.nh) == (orig.tc, orig.fl, orig.hlim, orig.nh)
+        else:
+            assert p.len == len(s)
+            assert p.id == (orig.id + i) & 0xFFFF
+            assert (p.ttl, p.tos, p.flags, p.frag, p.proto) == (
+                orig.ttl,
+                orig.tos,
+                orig.flags,
+                orig.frag,
+                orig.proto,
+            )
+            assert s[20:cs] == sup[20:cs], "IPv4 options"
+            q = IP(s)
+            del q.chksum
+            assert IP(bytes(q)).chksum == p.chksum, "IPv4 header checksum"
+        l4 = p[T]
+        if tcp:
+            assert l4.seq == (orig[TCP].seq + i * g) & 0xFFFFFFFF
+            f = int(orig[TCP].flags)
+            if i < n - 1:
+                f &= ~(P.FIN | P.PSH)
+            if i > 0:
+                f &= ~P.CWR
+            assert int(l4.flags) == f, (i, int(l4.flags), f)
+            # everything else in the TCP header (ports, ack, offset, window, urg, options)
+            assert s[cs : cs + 4] == sup[cs : cs + 4]
+            assert s[cs + 8 : cs + 13] == sup[cs + 8 : cs + 13]
+            assert s[cs + 14 : cs + 16] == sup[cs + 14 : cs + 16]
+            assert s[cs + 18 : cs + thlen] == sup[cs + 18 : cs + thlen]
+        else:
+            assert l4.len == len(s) - cs
+            assert s[cs : cs + 4] == sup[cs : cs + 4]
+        q = L(s)
+        del q[T].chksum
+        want = L(bytes(q))[T].chksum
+        if want == 0 and not (tcp and really):
+            want = 0xFFFF  # UDP, and a completed single segment (skb_checksum_help)
+        assert l4.chksum == want, f"segment {i}: checksum {l4.chksum:#06x} != {want:#06x}"
+
+
+def check(sup: bytes, h: dict, **kw) -> list[bytes]:
+    segs = split(sup, h, **kw)
+    assert segs == P.kernel_gso(sup, h)
+    scapy_check(sup, h, segs)
+    return segs
+
+
+def payload(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+# --------------------------------------------------------------------------- GSO_NONE
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_gso_none_without_needs_csum_is_passthrough(v6, proto):
+    build = P.tcp_pkt if proto == "tcp" else P.udp_pkt
+    pkt = bytearray(build(v6, payload(777)))
+    pkt[-1] ^= 0xFF  # a wrong checksum is not touched without NEEDS_CSUM
+    segs = split(bytes(pkt), P.none_hdr())
+    assert segs == [bytes(pkt)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("n", [0, 1, 2, 1000, 8000])
+def test_gso_none_needs_csum_completes_checksum(v6, proto, n):
+    build = P.tcp_pkt if proto == "tcp" else P.udp_pkt
+    full = build(v6, payload(n, n))
+    sup = P.partial_csum(full)
+    h = P.none_hdr(sup, needs_csum=True)
+    segs = check(sup, h)
+    assert segs == [full]  # scapy's own checksum
+
+
+def test_gso_none_needs_csum_any_offset():
+    """NEEDS_CSUM is generic: here an ICMP echo with its checksum at csum_start + 2."""
+    full = bytes(IP(src=P.SRC4, dst=P.DST4) / ICMP(id=7, seq=9) / payload(101))
+    sup = bytearray(full)
+    sup[22:24] = b"\0\0"
+    h = dict(P.none_hdr(), flags=P.F_NEEDS_CSUM, csum_start=20, csum_offset=2)
+    assert split(bytes(sup), h) == [full]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_gso_none_needs_csum_zero_becomes_ffff(v6, proto):
+    build = P.tcp_pkt if proto == "tcp" else P.udp_pkt
+    sup = P.partial_csum(build(v6, payload(301)))
+    h = P.none_hdr(sup, needs_csum=True)
+    sup = P.craft_zero_csum(sup, h, 0)
+    (seg,) = check(sup, h)
+    assert seg[h["csum_start"] + h["csum_offset"] :][:2] == b"\xff\xff"
+
+
+def _fragments(v6: bool) -> list[bytes]:
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    if v6:
+        big = IPv6(src=P.SRC6, dst=P.DST6) / IPv6ExtHdrFragment() / UDP() / payload(3000)
+        return [bytes(f) for f in fragment6(big, 1280)]
+    return [bytes(f) for f in fragment(IP(src=P.SRC4, dst=P.DST4) / UDP() / payload(3000), 1000)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_gso_none_ip_fragments_pass_through(v6):
+    """TUN reads deliver IP fragments (GSO_NONE, no flags): they pass through unchanged."""
+    frags = _fragments(v6)
+    assert len(frags) >= 3
+    for f in frags:
+        assert split(f, P.none_hdr()) == [f]
+
+
+# --------------------------------------------------------------------------- TCP
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("opts", [(), TS, FULL_OPTS], ids=["noopt", "ts", "40B-opts"])
+@pytest.mark.parametrize("plen", [4000, 4001, 3999, 3017, 1001, 65535 - 120])
+def test_tcp_split(v6, opts, plen):
+    sup, h = P.super_tcp(v6, payload(plen, plen), 1000, options=opts, flags=P.ACK | P.PSH)
+    segs = check(sup, h)
+    assert len(segs) == (plen + 999) // 1000
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        P.ACK,
+        P.ACK | P.PSH,
+        P.ACK | P.FIN,
+        P.ACK | P.FIN | P.PSH,
+        P.ACK | P.CWR,
+        P.ACK | P.CWR | P.ECE | P.URG | P.PSH | P.FIN,
+        P.PSH,
+        0,
+    ],
+)
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_tcp_flags(flags, v6):
+    sup, h = P.super_tcp(v6, payload(2500), 1000, flags=flags, urgptr=5 if flags & P.URG else 0)
+    segs = check(sup, h)
+    fl = [s[h["csum_start"] + 13] for s in segs]
+    assert fl[-1] & (P.FIN | P.PSH) == flags & (P.FIN | P.PSH)
+    assert all(f & (P.FIN | P.PSH) == 0 for f in fl[:-1])
+    assert fl[0] & P.CWR == flags & P.CWR
+    assert all(f & P.CWR == 0 for f in fl[1:])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_tcp_gso_without_needs_csum(v6):
+    """Without NEEDS_CSUM the kernel computes the pseudo-header from the addresses."""
+    full = P.tcp_pkt(v6, payload(3500), options=TS)
+    l4 = 40 if v6 else 20
+    odd = bytearray(full)
+    odd[l4 + 16 : l4 + 18] = b"\xbe\xef"
+    h = dict(P.none_hdr(), gso_type=P.GSO_TCPV6 if v6 else P.GSO_TCPV4, gso_size=1000)
+    segs = split(bytes(odd), h)
+    assert segs == P.kernel_gso(bytes(odd), h)
+    scapy_check(P.partial_csum(full), dict(h, csum_start=l4, csum_offset=16), segs)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_tcp_ecn_gso_type(v6):
+    sup, h = P.super_tcp(v6, payload(3000), 1000, ecn=True, flags=P.ACK | P.CWR | P.ECE)
+    assert h["gso_type"] & P.GSO_ECN
+    check(sup, h)
+
+
+def test_ipv4_id_wraps():
+    sup, h = P.super_tcp(False, payload(4000), 1000, ip_id=0xFFFE)
+    segs = check(sup, h)
+    assert [struct.unpack_from("!H", s, 4)[0] for s in segs] == [0xFFFE, 0xFFFF, 0, 1]
+
+
+@pytest.mark.parametrize("df", [True, False])
+def test_ipv4_id_increments_with_and_without_df(df):
+    sup, h = P.super_tcp(False, payload(3000), 1000, ip_id=0x1234, df=df)
+    segs = check(sup, h)
+    assert [struct.unpack_from("!H", s, 4)[0] for s in segs] == [0x1234, 0x1235, 0x1236]
+
+
+def test_tcp_seq_wraps():
+    sup, h = P.super_tcp(True, payload(3000), 1000, seq=0xFFFFFC18)  # 2**32 - 1000
+    segs = check(sup, h)
+    assert [struct.unpack_from("!I", s, 44)[0] for s in segs] == [0xFFFFFC18, 0, 1000]
+
+
+def test_ipv4_options():
+    from scapy.layers.inet import IPOption_NOP
+
+    sup, h = P.super_tcp(False, payload(2500), 1000, ip_options=[IPOption_NOP()] * 8, options=TS)
+    assert h["csum_start"] == 28
+    check(sup, h)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_tcp_gso_size_one(v6):
+    sup, h = P.super_tcp(v6, payload(150), 1)
+    segs = check(sup, h)
+    assert len(segs) == 150
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("seg", [0, 1, 3])
+def test_tcp_split_zero_checksum_stays_zero(v6, seg):
+    sup, h = P.super_tcp(v6, payload(3500), 1000, options=TS)
+    sup = P.craft_zero_csum(sup, h, seg)
+    segs = check(sup, h)
+    assert segs[seg][h["csum_start"] + 16 :][:2] == b"\0\0"
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("plen", [1, 999, 1000])
+def test_not_really_gso_single_segment(v6, proto, plen):
+    """payload <= gso_size: one segment, the packet itself with its checksum completed."""
+    sup, h = (P.super_tcp if proto == "tcp" else P.super_udp)(v6, payload(plen), 1000, ip_id=77)
+    (seg,) = check(sup, h)
+    cs = h["csum_start"]
+    assert seg[:cs] == sup[:cs]  # IP header untouched (ID, length)
+    assert seg == P.complete_csum(sup, cs, h["csum_offset"])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_not_really_gso_zero_checksum_becomes_ffff(v6):
+    sup, h = P.super_tcp(v6, payload(700), 1000)
+    sup = P.craft_zero_csum(sup, h, 0)
+    (seg,) = check(sup, h)
+    assert seg[h["csum_start"] + 16 :][:2] == b"\xff\xff"
+
+
+# --------------------------------------------------------------------------- UDP
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("plen", [1200 * 3, 1200 * 3 + 1, 1200 * 3 - 1, 1201, 64000])
+def test_udp_split(v6, plen):
+    sup, h = P.super_udp(v6, payload(plen, plen), 1200)
+    assert h["gso_type"] == P.GSO_UDP_L4
+    segs = check(sup, h)
+    assert len(segs) == (plen + 1199) // 1200
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("seg", [0, 2, 4])
+def test_udp_zero_checksum_sent_as_ffff(v6, seg):
+    sup, h = P.super_udp(v6, payload(4500, 3), 1000)
+    sup = P.craft_zero_csum(sup, h, seg)
+    _, raws = P.kernel_gso(sup, h, raw=True)
+    assert raws[seg] == 0  # the crafted segment really sums to 0
+    segs = check(sup, h)
+    assert segs[seg][h["csum_start"] + 6 :][:2] == b"\xff\xff"
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "gso_none"])
+def test_checksum_field_is_adjusted_not_recomputed(v6, proto, gso):
+    """The kernel takes the partial sum already in the checksum field (adjusting it for each
+    segment's length); it never recomputes the pseudo-header from the addresses."""
+    build = P.super_tcp if proto == "tcp" else P.super_udp
+    sup, h = build(v6, payload(3500), 1000)
+    if not gso:
+        h = P.none_hdr(sup, needs_csum=True)
+    at = h["csum_start"] + h["csum_offset"]
+    odd = bytearray(sup)
+    struct.pack_into("!H", odd, at, struct.unpack_from("!H", sup, at)[0] ^ 0x1234)
+    odd = bytes(odd)
+    segs = split(odd, h)
+    assert segs == P.kernel_gso(odd, h)
+    proper = P.kernel_gso(sup, h)
+    assert len(segs) == len(proper)
+    for a, b in zip(segs, proper):
+        assert a[:at] == b[:at] and a[at + 2 :] == b[at + 2 :]
+        assert a[at : at + 2] != b[at : at + 2], "checksum recomputed from the addresses"
+
+
+# --------------------------------------------------------------------------- hdr_len, buffers
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_hdr_len_is_not_trusted(proto, v6):
+    build = P.super_tcp if proto == "tcp" else P.super_udp
+    kw = {"options": TS} if proto == "tcp" else {}
+    sup, h = build(v6, payload(3500), 1000, **kw)
+    good = split(sup, h)
+    hl = h["hdr_len"]
+    for bogus in (0, 1, hl - 1, hl + 1, hl + 1000, len(sup), 0xFFFF):
+        assert split(sup, dict(h, hdr_len=bogus)) == good, bogus
+
+
+@pytest.mark.parametrize("out_offset", [0, 1, 13, 100])
+def test_output_only_in_region(out_offset):
+    sup, h = P.super_tcp(False, payload(3333), 1000, options=TS)
+    segs = split(sup, h, n_bufs=7, buf_size=out_offset + 1200, out_offset=out_offset)
+    assert segs == P.kernel_gso(sup, h)
+
+
+def test_buffers_exactly_large_enough():
+    sup, h = P.super_udp(True, payload(2500), 1000)
+    want = P.kernel_gso(sup, h)
+    out = [bytearray(5 + len(w)) for w in want]
+    sizes = [0] * 3
+    assert t.gso_split(sup, H(h), out, sizes, 5) == 3
+    assert [bytes(o[5:]) for o in out] == want
+    assert sizes == [len(w) for w in want]
+
+
+def test_memoryview_outputs_with_canaries():
+    sup, h = P.super_tcp(True, payload(5000), 1400)
+    want = P.kernel_gso(sup, h)
+    slot = 1600
+    big = bytearray([CANARY]) * (slot * 6 + 64)
+    mv = memoryview(big)
+    out = [mv[32 + i * slot : 32 + i * slot + 1500] for i in range(6)]
+    sizes = [0] * 6
+    n = t.gso_split(sup, H(h), out, sizes, 3)
+    assert n == len(want) == 4
+    expect = bytearray([CANARY]) * len(big)
+    for i, w in enumerate(want):
+        start = 32 + i * slot + 3
+        expect[start : start + len(w)] = w
+    assert big == expect
+
+
+def test_mixed_bytearray_and_memoryview_outputs():
+    sup, h = P.super_udp(False, payload(2000), 1000)
+    a = bytearray(1100)
+    b = memoryview(bytearray(1100))
+    sizes = [0, 0, 99]
+    assert t.gso_split(sup, H(h), [a, b], sizes) == 2
+    assert [bytes(a[: sizes[0]]), bytes(b[: sizes[1]])] == P.kernel_gso(sup, h)
+
+
+def test_read_only_and_various_inputs():
+    sup, h = P.super_tcp(False, payload(2500), 1000)
+    want = P.kernel_gso(sup, h)
+    ba = bytearray(sup)
+    inputs = [
+        sup,
+        ba,
+        memoryview(sup),
+        memoryview(ba).toreadonly(),
+        memoryview(b"xx" + sup + b"yy")[2:-2],
+    ]
+    for inp in inputs:
+        assert split(inp, h) == want, type(inp)
+    assert ba == sup, "the input packet was modified"
+
+
+def test_is_v6_explicit():
+    for v6 in (False, True):
+        sup, h = P.super_tcp(v6, payload(2500), 1000)
+        assert split(sup, h, is_v6=v6) == split(sup, h, is_v6=None) == P.kernel_gso(sup, h)
+
+
+def test_sizes_longer_than_needed_and_return_value():
+    sup, h = P.super_tcp(False, payload(2500), 1000)
+    out = [bytearray(1100) for _ in range(10)]
+    sizes = [0] * 10
+    n = t.gso_split(sup, H(h), out, sizes)
+    assert n == 3
+    assert sizes[:3] == [len(s) for s in P.kernel_gso(sup, h)]
+
+
+def test_ipv6_destination_options_header():
+    """An IPv6 extension header between the fixed header and TCP (csum_start = 48)."""
+    full = P.with_dest_opts(P.tcp_pkt(True, payload(2500), options=TS))
+    sup = P.partial_csum(full, l4_off=48, proto=6)
+    h = {
+        "flags": P.F_NEEDS_CSUM,
+        "gso_type": P.GSO_TCPV6,
+        "hdr_len": 48 + 32,
+        "gso_size": 1000,
+        "csum_start": 48,
+        "csum_offset": 16,
+    }
+    segs = split(sup, h)
+    assert segs == P.kernel_gso(sup, h)
+    for s in segs:
+        q = IPv6(s)
+        assert q.plen == len(s) - 40
+        want = q[TCP].chksum
+        del q[TCP].chksum
+        assert IPv6(bytes(q))[TCP].chksum == want
+
+
+@pytest.mark.parametrize("seed_", range(40))
+def test_random_cases_match_model(seed_, seed):
+    rng = random.Random(seed * 1000 + seed_)
+    for _ in range(5):
+        case = P.random_case(rng)
+        segs = split(case.packet, case.hdr)
+        assert segs == P.kernel_gso(case.packet, case.hdr), case.desc
+
+
+# --------------------------------------------------------------------------- malformed input
+
+
+def _base(kind="tcp4"):
+    v6 = kind.endswith("6")
+    if kind.startswith("tcp"):
+        return P.super_tcp(v6, payload(3000), 1000, options=TS)
+    return P.super_udp(v6, payload(3000), 1000)
+
+
+def _set(pkt: bytes, off: int, fmt: str, val) -> bytes:
+    b = bytearray(pkt)
+    struct.pack_into(fmt, b, off, val)
+    return bytes(b)
+
+
+def _fix_ipv4_csum(pkt: bytes) -> bytes:
+    b = bytearray(pkt)
+    ihl = (b[0] & 15) * 4
+    b[10:12] = b"\0\0"
+    struct.pack_into("!H", b, 10, P.inet_csum(b[:ihl]))
+    return bytes(b)
+
+
+def _bad(name):
+    """(packet, hdr, split kwargs) for one malformed input."""
+    sup, h = _base()
+    sup6, h6 = _base("tcp6")
+    u4, hu4 = _base("udp4")
+    u6, hu6 = _base("udp6")
+    none = P.none_hdr(sup, needs_csum=True)
+    kw: dict = {}
+    if name == "empty":
+        return b"", h, kw
+    if name == "empty-gso-none":
+        return b"", P.none_hdr(), kw
+    if name == "truncated-ip-header":
+        return sup[:12], h, kw
+    if name == "truncated-ipv6-header":
+        return sup6[:30], h6, kw
+    if name == "truncated-tcp-header":
+        return _fix_ipv4_csum(_set(sup[:30], 2, "!H", 30)), h, kw
+    if name == "truncated-in-tcp-options":
+        return _fix_ipv4_csum(_set(sup[:45], 2, "!H", 45)), h, kw
+    if name == "truncated-udp-header":
+        return _fix_ipv4_csum(_set(u4[:25], 2, "!H", 25)), hu4, kw
+    if name == "ipv6-with-tcpv4":
+        return sup6, dict(h6, gso_type=P.GSO_TCPV4), kw
+    if name == "ipv4-with-tcpv6":
+        return sup, dict(h, gso_type=P.GSO_TCPV6), kw
+    if name == "udp-with-tcpv4":
+        return u4, dict(hu4, gso_type=P.GSO_TCPV4, csum_offset=16), kw
+    if name == "tcp-with-udp_l4":
+        return sup, dict(h, gso_type=P.GSO_UDP_L4, csum_offset=6), kw
+    if name == "is_v6-true-for-ipv4":
+        return sup, h, {"is_v6": True}
+    if name == "is_v6-false-for-ipv6":
+        return sup6, h6, {"is_v6": False}
+    if name == "is_v6-true-for-ipv4-gso-none":
+        return sup, none, {"is_v6": True}
+    if name == "ip-version-5":
+        return bytes([0x55]) + sup[1:], h, kw
+    if name == "ipv4-ihl-4":
+        return bytes([0x44]) + sup[1:], dict(h, csum_start=16), kw
+    if name == "tcp-doff-4":
+        return sup[:32] + bytes([0x40 | (sup[32] & 15)]) + sup[33:], h, kw
+    if name == "tcp-doff-0":
+        return sup[:32] + bytes([sup[32] & 15]) + sup[33:], h, kw
+    if name == "tcp-doff-beyond-packet":
+        small, hs = P.super_tcp(False, payload(10), 1000)
+        return small[:32] + bytes([0xF0]) + small[33:], hs, kw
+    if name == "csum_start-beyond-packet":
+        return sup, dict(none, csum_start=len(sup) + 1), kw
+    if name == "csum_offset-beyond-packet":
+        return sup, dict(none, csum_offset=len(sup)), kw
+    if name == "csum-field-straddles-end":
+        return sup, dict(none, csum_start=len(sup) - 1, csum_offset=0), kw
+    if name == "csum_start+offset-overflows-u16-none":
+        return sup, dict(none, csum_start=0xFFF0, csum_offset=0x20), kw
+    if name == "csum_start+offset-overflows-u16-tcpv4":
+        return sup, dict(h, csum_start=0xFFF0, csum_offset=0x20), kw
+    if name == "csum_start-inside-ip-header-v4":
+        return sup, dict(h, csum_start=10), kw
+    if name == "csum_start-inside-ip-header-v6":
+        return sup6, dict(h6, csum_start=20), kw
+    if name == "csum_start-not-transport-header":
+        return sup, dict(h, csum_start=24), kw
+    if name == "tcp-csum_offset-not-16":
+        return sup, dict(h, csum_offset=6), kw
+    if name == "udp-csum_offset-not-6":
+        return u4, dict(hu4, csum_offset=16), kw
+    if name == "gso_size-0-tcp":
+        return sup, dict(h, gso_size=0), kw
+    if name == "gso_size-0-udp":
+        return u6, dict(hu6, gso_size=0), kw
+    if name == "gso_type-udp-ufo":
+        return u4, dict(hu4, gso_type=P.GSO_UDP), kw
+    if name.startswith("gso_type-unknown-"):
+        return sup, dict(h, gso_type=int(name.rsplit("-", 1)[1], 16)), kw
+    if name == "ipv4-total-length-too-big":
+        return _fix_ipv4_csum(_set(sup, 2, "!H", len(sup) + 1)), h, kw
+    if name == "ipv4-total-length-too-small":
+        return _fix_ipv4_csum(_set(sup, 2, "!H", len(sup) - 1)), h, kw
+    if name == "ipv4-total-length-too-small-gso-none":
+        return _fix_ipv4_csum(_set(sup, 2, "!H", len(sup) - 1)), none, kw
+    if name == "ipv6-payload-length-too-big":
+        return _set(sup6, 4, "!H", len(sup6) - 40 + 1), h6, kw
+    if name == "ipv6-payload-length-too-small":
+        return _set(sup6, 4, "!H", len(sup6) - 40 - 1), h6, kw
+    if name == "udp-length-mismatch":
+        return _set(u4, 24, "!H", len(u4) - 20 - 1), hu4, kw
+    if name == "udp-129-segments":
+        return P.super_udp(False, payload(129 * 10), 10) + ({},)
+    if name == "udp_l4-without-needs_csum":
+        return u4, dict(hu4, flags=0), kw
+    if name == "too-few-out_bufs":
+        return sup, h, {"n_bufs": 2}
+    if name == "no-out_bufs":
+        return sup, P.none_hdr(), {"n_bufs": 0}
+    if name == "out_buf-too-small":
+        return sup, h, {"buf_size": len(P.kernel_gso(sup, h)[0]) - 1}
+    if name == "out_buf-too-small-for-offset":
+        return sup, h, {"buf_size": 1100, "out_offset": 100}
+    if name == "out_offset-beyond-buffer":
+        return sup, h, {"buf_size": 1100, "out_offset": 5000}
+    if name == "sizes-too-short":
+        return sup, h, {"sizes_len": 2}
+    if name == "sizes-empty":
+        return sup, P.none_hdr(), {"sizes_len": 0}
+    raise AssertionError(name)
+
+
+BAD = [
+    "empty",
+    "empty-gso-none",
+    "truncated-ip-header",
+    "truncated-ipv6-header",
+    "truncated-tcp-header",
+    "truncated-in-tcp-options",
+    "truncated-udp-header",
+    "ipv6-with-tcpv4",
+    "ipv4-with-tcpv6",
+    "udp-with-tcpv4",
+    "tcp-with-udp_l4",
+    "is_v6-true-for-ipv4",
+    "is_v6-false-for-ipv6",
+    "is_v6-true-for-ipv4-gso-none",
+    "ip-version-5",
+    "ipv4-ihl-4",
+    "tcp-doff-4",
+    "tcp-doff-0",
+    "tcp-doff-beyond-packet",
+    "csum_start-beyond-packet",
+    "csum_offset-beyond-packet",
+    "csum-field-straddles-end",
+    "csum_start+offset-overflows-u16-none",
+    "csum_start+offset-overflows-u16-tcpv4",
+    "csum_start-inside-ip-header-v4",
+    "csum_start-inside-ip-header-v6",
+    "csum_start-not-transport-header",
+    "tcp-csum_offset-not-16",
+    "udp-csum_offset-not-6",
+    "gso_size-0-tcp",
+    "gso_size-0-udp",
+    "gso_type-udp-ufo",
+    "gso_type-unknown-02",
+    "gso_type-unknown-06",
+    "gso_type-unknown-7f",
+    "gso_type-unknown-83",
+    "ipv4-total-length-too-big",
+    "ipv4-total-length-too-small",
+    "ipv4-total-length-too-small-gso-none",
+    "ipv6-payload-length-too-big",
+    "ipv6-payload-length-too-small",
+    "udp-length-mismatch",
+    "udp-129-segments",
+    "udp_l4-without-needs_csum",
+    "too-few-out_bufs",
+    "no-out_bufs",
+    "out_buf-too-small",
+    "out_buf-too-small-for-offset",
+    "out_offset-beyond-buffer",
+    "sizes-too-short",
+    "sizes-empty",
+]
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_malformed_raises_value_error_before_writing(name):
+    pkt, h, kw = _bad(name)
+    n_bufs = kw.pop("n_bufs", 8)
+    buf_size = kw.pop("buf_size", 4000)
+    out_offset = kw.pop("out_offset", 0)
+    sizes_len = kw.pop("sizes_len", n_bufs)
+    out = [bytearray([CANARY]) * buf_size for _ in range(n_bufs)]
+    sizes = [0] * sizes_len
+    with pytest.raises(ValueError) as ei:
+        t.gso_split(pkt, H(h), out, sizes, out_offset, **kw)
+    assert str(ei.value), "the ValueError should name the problem"
+    for i, o in enumerate(out):
+        assert o == bytearray([CANARY]) * buf_size, f"out_bufs[{i}] written before raising"
+
+
+@pytest.mark.parametrize("off", [-1, -1000, -(2**70)])
+def test_negative_out_offset(off):
+    sup, h = _base()
+    out = [bytearray([CANARY]) * 4000 for _ in range(4)]
+    with pytest.raises((ValueError, OverflowError)):
+        t.gso_split(sup, H(h), out, [0] * 4, off)
+    assert all(o == bytearray([CANARY]) * 4000 for o in out)
+
+
+def test_read_only_out_buf_rejected():
+    sup, h = _base()
+    good = bytearray([CANARY]) * 2000
+    with pytest.raises((TypeError, BufferError, ValueError)):
+        t.gso_split(sup, H(h), [good, bytes(2000), bytearray(2000)], [0] * 3)
+    assert good == bytearray([CANARY]) * 2000
