@@ -289,8 +289,10 @@ def test_udp_segment_sender(link, v6):
         tx.close()
         rx.close()
     if ta.offload and ta.udp_gso:
-        # The UDP super-packet reached the forwarder whole (USO) and was split there.
+        # The UDP super-packet reached the forwarder whole (USO), was split there, and
+        # the segments were coalesced again (UDP GRO) on the way into B.
         assert ta.stats["max_read"] > MTU + t.VIRTIO_NET_HDR_LEN
+        assert tb.stats["max_write"] > MTU + t.VIRTIO_NET_HDR_LEN
     elif not ta.offload:
         assert before <= MTU and ta.stats["max_read"] <= MTU
 
