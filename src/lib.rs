@@ -4,6 +4,7 @@
 //! - `python` (feature `python`): the thin PyO3 layer that maps Python buffers, errors and
 //!   the GIL onto the engine, built by maturin as `tunoffload._native`.
 
+pub mod device;
 pub mod engine;
 
 #[cfg(feature = "python")]

@@ -2,6 +2,7 @@
 //! Nothing here decides anything about packets; that is all in `crate::engine`.
 
 pub(crate) mod buffers;
+pub(crate) mod device;
 pub(crate) mod engine;
 
 use pyo3::prelude::*;
@@ -12,5 +13,6 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     engine::register(m)?;
+    device::register(m)?;
     Ok(())
 }

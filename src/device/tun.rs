@@ -1,0 +1,870 @@
+//! [`Tun`]: one queue (file descriptor) of a Linux TUN/TAP device.
+
+use std::ffi::{c_int, c_ulong, c_void, CStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::netlink::{IfAddr, Netlink};
+use super::sys::*;
+use super::{last_error, Error};
+
+/// The size of the virtio header tunoffload uses (`struct virtio_net_hdr`, not `_mrg_rxbuf`).
+pub const VNET_HDR_LEN: usize = 10;
+
+const TUN_PATH: &CStr = c"/dev/net/tun";
+
+/// How to create or open a device.
+#[derive(Debug, Clone, Default)]
+pub struct TunOptions {
+    /// Interface name; `None` lets the kernel pick (`tun%d` / `tap%d`).
+    pub name: Option<String>,
+    /// A TAP (Ethernet) device instead of TUN (IP).
+    pub tap: bool,
+    /// `IFF_MULTI_QUEUE`: more queues can be attached with [`Tun::clone_queue`].
+    pub multi_queue: bool,
+    /// Keep the 4-byte packet information prefix (no `IFF_NO_PI`).
+    pub packet_information: bool,
+    /// Virtio header plus checksum/TSO (and USO where the kernel has it) offload.
+    pub offload: bool,
+    /// Make the device persistent (`TUNSETPERSIST 1`).
+    pub persist: bool,
+    /// `TUNSETOWNER`.
+    pub owner: Option<u32>,
+    /// `TUNSETGROUP`.
+    pub group: Option<u32>,
+    /// Set this MTU after opening.
+    pub mtu: Option<u32>,
+    /// Bring the interface up after opening.
+    pub up: bool,
+}
+
+/// Counters of one queue's reads and writes (each read or write is one packet or
+/// super-packet, virtio header included in the byte counts).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub max_read: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub max_write: AtomicU64,
+}
+
+impl Counters {
+    fn count(n: usize, count: &AtomicU64, bytes: &AtomicU64, max: &AtomicU64) {
+        count.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        max.fetch_max(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Sockets for interface configuration, opened in the device's network namespace and
+/// shared by all queues of a device.
+#[derive(Debug)]
+struct Control {
+    sock: OwnedFd,
+    nl: Mutex<Netlink>,
+    netns: Option<OwnedFd>,
+}
+
+/// One open queue of a TUN/TAP device.
+///
+/// The descriptor is always in non-blocking mode; blocking reads wait in `poll(2)` on the
+/// descriptor and on an eventfd that [`Tun::shutdown`] signals, so another thread can
+/// wake a blocked reader. The descriptor itself is closed only when the `Tun` is dropped,
+/// so no thread can ever use a recycled descriptor number.
+#[derive(Debug)]
+pub struct Tun {
+    fd: OwnedFd,
+    wake: OwnedFd,
+    closed: AtomicBool,
+    ctl: Arc<Control>,
+    flags: i16,
+    udp_gso: bool,
+    ifindex: u32,
+    /// Read and write counters (shared, so they can outlive the queue).
+    pub counters: Arc<Counters>,
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let b = name.as_bytes();
+    if b.is_empty() {
+        return Err(Error::Invalid("interface name must not be empty".into()));
+    }
+    if b.len() > IFNAMSIZ - 1 {
+        return Err(Error::Invalid(format!(
+            "interface name {name:?} is {} bytes long; Linux allows at most {}",
+            b.len(),
+            IFNAMSIZ - 1
+        )));
+    }
+    if name == "."
+        || name == ".."
+        || b.iter()
+            .any(|&c| c == b'/' || c == b':' || c == 0 || c.is_ascii_whitespace())
+    {
+        return Err(Error::Invalid(format!(
+            "interface name {name:?} is not valid (no '/', ':', NUL or whitespace, not '.' or '..')"
+        )));
+    }
+    Ok(())
+}
+
+fn ioctl_ptr<T>(fd: RawFd, req: c_ulong, arg: *mut T) -> c_int {
+    // SAFETY: every caller passes a request whose argument is a pointer to a `T` of the
+    // size the kernel expects (`ifreq` or `int`), valid for reads and writes.
+    unsafe { libc::ioctl(fd, req as _, arg as *mut c_void) }
+}
+
+fn ioctl_val(fd: RawFd, req: c_ulong, arg: c_ulong) -> c_int {
+    // SAFETY: the TUN requests used with this helper take their argument by value.
+    unsafe { libc::ioctl(fd, req as _, arg) }
+}
+
+fn open_node() -> Result<OwnedFd, Error> {
+    // SAFETY: `TUN_PATH` is a NUL-terminated string; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            TUN_PATH.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        let e = last_error("opening /dev/net/tun");
+        return Err(match e.errno() {
+            Some(libc::ENOENT) => Error::Os {
+                errno: libc::ENOENT,
+                msg: "/dev/net/tun does not exist: load the tun module (modprobe tun) or \
+                      create the node (mknod /dev/net/tun c 10 200)"
+                    .into(),
+            },
+            Some(errno @ (libc::EACCES | libc::EPERM)) => Error::Os {
+                errno,
+                msg: "permission denied opening /dev/net/tun: TUN devices need \
+                      CAP_NET_ADMIN (run as root or grant the capability)"
+                    .into(),
+            },
+            _ => e,
+        });
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_iff(fd: &OwnedFd, name: &[u8], flags: i16) -> Result<(), Error> {
+    let mut req = IfReq::new(name);
+    req.set_flags(flags);
+    if ioctl_ptr(fd.as_raw_fd(), TUNSETIFF, &mut req) == 0 {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(name).into_owned();
+    let what = if shown.is_empty() {
+        "creating a TUN device".to_string()
+    } else {
+        format!("creating or opening TUN device {shown:?}")
+    };
+    let e = last_error(&what);
+    Err(match e.errno() {
+        Some(errno @ (libc::EPERM | libc::EACCES)) => Error::Os {
+            errno,
+            msg: format!(
+                "{what}: operation not permitted: this needs CAP_NET_ADMIN \
+                 (run as root or grant the capability), or the device belongs to another user"
+            ),
+        },
+        Some(libc::EINVAL) => Error::Os {
+            errno: libc::EINVAL,
+            msg: format!(
+                "{what}: invalid argument: an interface of that name exists but is not a \
+                 TUN/TAP device of the requested kind (tun/tap, multi_queue, ...)"
+            ),
+        },
+        Some(libc::EBUSY) => Error::Os {
+            errno: libc::EBUSY,
+            msg: format!(
+                "{what}: device or resource busy: the device is already open (it is not \
+                 multi-queue, or all its queues are taken)"
+            ),
+        },
+        _ => e,
+    })
+}
+
+fn get_iff(fd: RawFd) -> Result<IfReq, Error> {
+    let mut req = IfReq::new(b"");
+    if ioctl_ptr(fd, TUNGETIFF, &mut req) != 0 {
+        return Err(last_error("TUNGETIFF"));
+    }
+    Ok(req)
+}
+
+/// Sets the virtio header size and the offload mask; returns whether UDP GSO is on.
+fn configure_offload(fd: RawFd, vnet_hdr: bool) -> Result<bool, Error> {
+    if !vnet_hdr {
+        if ioctl_val(fd, TUNSETOFFLOAD, 0) != 0 {
+            return Err(last_error("clearing the offload mask (TUNSETOFFLOAD 0)"));
+        }
+        return Ok(false);
+    }
+    let mut sz: c_int = VNET_HDR_LEN as c_int;
+    if ioctl_ptr(fd, TUNSETVNETHDRSZ, &mut sz) != 0 {
+        return Err(last_error(
+            "setting the virtio header size to 10 (TUNSETVNETHDRSZ)",
+        ));
+    }
+    let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    if ioctl_val(fd, TUNSETOFFLOAD, tso | TUN_F_USO4 | TUN_F_USO6) == 0 {
+        return Ok(true);
+    }
+    if ioctl_val(fd, TUNSETOFFLOAD, tso) == 0 {
+        return Ok(false);
+    }
+    Err(last_error(
+        "turning on checksum and TCP segmentation offload (TUNSETOFFLOAD CSUM|TSO4|TSO6)",
+    ))
+}
+
+fn fd_ino(fd: RawFd) -> Result<(u64, u64), Error> {
+    // SAFETY: all-zero is a valid `stat`; fstat fills it or fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(last_error("fstat on a namespace"));
+    }
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn open_current_netns() -> Result<OwnedFd, Error> {
+    // SAFETY: a NUL-terminated path; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/thread-self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_error("opening /proc/thread-self/ns/net"));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setns(fd: RawFd) -> Result<(), Error> {
+    // SAFETY: setns on a namespace descriptor; only this thread's namespace changes.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(last_error("switching network namespace (setns)"));
+    }
+    Ok(())
+}
+
+/// Runs `f` with the calling thread in network namespace `ns` (if it is not already
+/// there), then switches back.
+fn in_netns<T>(ns: Option<&OwnedFd>, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    let Some(ns) = ns else { return f() };
+    let here = open_current_netns()?;
+    if fd_ino(here.as_raw_fd())? == fd_ino(ns.as_raw_fd())? {
+        return f();
+    }
+    setns(ns.as_raw_fd())?;
+    let r = f();
+    if let Err(e) = setns(here.as_raw_fd()) {
+        // Leaving the thread in the device's namespace would silently misplace everything
+        // it creates later; there is no way to continue safely.
+        eprintln!("tunoffload: cannot switch back to the original network namespace: {e}");
+        std::process::abort();
+    }
+    r
+}
+
+/// The network namespace of the device behind `fd` (`TUNGETDEVNETNS`), if the kernel says.
+fn device_netns(fd: RawFd) -> Option<OwnedFd> {
+    let ns = ioctl_val(fd, TUNGETDEVNETNS, 0);
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(ns) })
+}
+
+fn new_eventfd() -> Result<OwnedFd, Error> {
+    // SAFETY: plain eventfd(2); the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(last_error("creating an eventfd"));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Control {
+    fn open(netns: Option<OwnedFd>) -> Result<Self, Error> {
+        let (sock, nl) = in_netns(netns.as_ref(), || {
+            let mut fd = -1;
+            for family in [libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK] {
+                let ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+                let proto = if family == libc::AF_NETLINK {
+                    libc::NETLINK_ROUTE
+                } else {
+                    0
+                };
+                // SAFETY: plain socket(2); the result is checked.
+                fd = unsafe { libc::socket(family, ty, proto) };
+                if fd >= 0 {
+                    break;
+                }
+            }
+            if fd < 0 {
+                return Err(last_error("opening a socket for interface ioctls"));
+            }
+            // SAFETY: a fresh descriptor that nothing else owns.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok((sock, Netlink::open()?))
+        })?;
+        Ok(Control {
+            sock,
+            nl: Mutex::new(nl),
+            netns,
+        })
+    }
+
+    fn netlink(&self) -> std::sync::MutexGuard<'_, Netlink> {
+        // A panic cannot happen while the lock is held (no indexing without checks), but
+        // recover from poisoning anyway rather than panic.
+        self.nl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Tun {
+    /// Creates the device `opts.name` (or opens the existing one) in the calling thread's
+    /// network namespace and configures it as `opts` says.
+    pub fn open(opts: &TunOptions) -> Result<Tun, Error> {
+        let name = opts.name.as_deref().unwrap_or("");
+        if opts.name.is_some() {
+            check_name(name)?;
+        }
+        if let Some(mtu) = opts.mtu {
+            check_mtu(mtu)?;
+        }
+        let fd = open_node()?;
+        let mut flags = if opts.tap { IFF_TAP } else { IFF_TUN };
+        if !opts.packet_information {
+            flags |= IFF_NO_PI;
+        }
+        if opts.offload {
+            flags |= IFF_VNET_HDR;
+        }
+        if opts.multi_queue {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        set_iff(&fd, name.as_bytes(), flags)?;
+        let ctl = Arc::new(Control::open(device_netns(fd.as_raw_fd()))?);
+        let tun = Tun::finish(fd, ctl, true)?;
+        if opts.offload && !tun.vnet_hdr() {
+            return Err(Error::Os {
+                errno: libc::EINVAL,
+                msg: "the kernel did not turn on IFF_VNET_HDR for this device".into(),
+            });
+        }
+        if let Some(uid) = opts.owner {
+            tun.set_owner(uid)?;
+        }
+        if let Some(gid) = opts.group {
+            tun.set_group(gid)?;
+        }
+        if let Some(mtu) = opts.mtu {
+            tun.set_mtu(mtu)?;
+        }
+        if opts.up {
+            tun.set_up(true)?;
+        }
+        if opts.persist {
+            tun.set_persist(true)?;
+        }
+        Ok(tun)
+    }
+
+    /// Adopts a descriptor that is already attached to a TUN/TAP device (it is duplicated;
+    /// the caller keeps its own). The open file is switched to non-blocking mode. A device
+    /// with a virtio header gets tunoffload's header size and offload mask.
+    pub fn from_fd(fd: RawFd) -> Result<Tun, Error> {
+        // SAFETY: F_DUPFD_CLOEXEC on a caller-given number; failure is checked.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(last_error("duplicating the descriptor"));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        if let Err(e) = get_iff(dup.as_raw_fd()) {
+            return Err(Error::Invalid(format!(
+                "descriptor {fd} is not attached to a TUN/TAP device ({e})"
+            )));
+        }
+        // SAFETY: F_GETFL/F_SETFL on our own descriptor.
+        unsafe {
+            let fl = libc::fcntl(dup.as_raw_fd(), libc::F_GETFL);
+            if fl < 0 || libc::fcntl(dup.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                return Err(last_error("setting O_NONBLOCK"));
+            }
+        }
+        let ctl = Arc::new(Control::open(device_netns(dup.as_raw_fd()))?);
+        Tun::finish(dup, ctl, false)
+    }
+
+    /// Reads the flags back, sets up the virtio header and offloads, finds the ifindex.
+    fn finish(fd: OwnedFd, ctl: Arc<Control>, clear_offload: bool) -> Result<Tun, Error> {
+        let req = get_iff(fd.as_raw_fd())?;
+        let flags = req.flags();
+        let vnet = flags & IFF_VNET_HDR != 0;
+        let udp_gso = if vnet || clear_offload {
+            configure_offload(fd.as_raw_fd(), vnet)?
+        } else {
+            false
+        };
+        let mut ir = IfReq::new(req.name_bytes());
+        if ioctl_ptr(ctl.sock.as_raw_fd(), SIOCGIFINDEX, &mut ir) != 0 {
+            return Err(last_error("reading the interface index (SIOCGIFINDEX)"));
+        }
+        let ifindex = ir.int() as u32;
+        Ok(Tun {
+            fd,
+            wake: new_eventfd()?,
+            closed: AtomicBool::new(false),
+            ctl,
+            flags,
+            udp_gso,
+            ifindex,
+            counters: Arc::default(),
+        })
+    }
+
+    /// Opens another queue of this multi-queue device, with the same flags and offloads.
+    pub fn clone_queue(&self) -> Result<Tun, Error> {
+        self.check_open()?;
+        if self.flags & IFF_MULTI_QUEUE == 0 {
+            return Err(Error::Invalid(
+                "clone_queue needs a device created with multi_queue=True".into(),
+            ));
+        }
+        let name = self.name()?;
+        let fd = in_netns(self.ctl.netns.as_ref(), || {
+            let fd = open_node()?;
+            let keep = IFF_TUN | IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+            set_iff(&fd, name.as_bytes(), self.flags & keep)?;
+            Ok(fd)
+        })?;
+        Tun::finish(fd, self.ctl.clone(), true)
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The descriptor of this queue.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The flags the kernel reports for the device (`TUNGETIFF`), as at open.
+    pub fn flags(&self) -> i16 {
+        self.flags
+    }
+
+    /// Reads and writes carry a 10-byte virtio header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.flags & IFF_VNET_HDR != 0
+    }
+
+    /// The kernel accepted UDP segmentation offload (USO4/USO6).
+    pub fn udp_gso(&self) -> bool {
+        self.udp_gso
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The current interface name (re-read, so a rename is seen).
+    pub fn name(&self) -> Result<String, Error> {
+        self.check_open()?;
+        let req = get_iff(self.fd.as_raw_fd())?;
+        Ok(String::from_utf8_lossy(req.name_bytes()).into_owned())
+    }
+
+    fn ifreq(&self) -> Result<IfReq, Error> {
+        Ok(IfReq::new(self.name()?.as_bytes()))
+    }
+
+    fn ctl_ioctl(&self, req: c_ulong, r: &mut IfReq, what: &str) -> Result<(), Error> {
+        if ioctl_ptr(self.ctl.sock.as_raw_fd(), req, r) != 0 {
+            return Err(last_error(what));
+        }
+        Ok(())
+    }
+
+    /// The MTU (`SIOCGIFMTU`).
+    pub fn mtu(&self) -> Result<u32, Error> {
+        let mut r = self.ifreq()?;
+        self.ctl_ioctl(SIOCGIFMTU, &mut r, "reading the MTU")?;
+        Ok(r.int() as u32)
+    }
+
+    /// Sets the MTU (`SIOCSIFMTU`), 68..=65535.
+    pub fn set_mtu(&self, mtu: u32) -> Result<(), Error> {
+        check_mtu(mtu)?;
+        let mut r = self.ifreq()?;
+        r.set_int(mtu as i32);
+        self.ctl_ioctl(SIOCSIFMTU, &mut r, &format!("setting the MTU to {mtu}"))
+    }
+
+    fn if_flags(&self) -> Result<i16, Error> {
+        let mut r = self.ifreq()?;
+        self.ctl_ioctl(SIOCGIFFLAGS, &mut r, "reading the interface flags")?;
+        Ok(r.flags())
+    }
+
+    /// Whether the interface is administratively up.
+    pub fn is_up(&self) -> Result<bool, Error> {
+        Ok(self.if_flags()? & IFF_UP != 0)
+    }
+
+    /// Whether the interface is running (up, with a queue attached).
+    pub fn is_running(&self) -> Result<bool, Error> {
+        Ok(self.if_flags()? & IFF_RUNNING != 0)
+    }
+
+    /// Brings the interface up or down (`SIOCSIFFLAGS`).
+    pub fn set_up(&self, up: bool) -> Result<(), Error> {
+        let mut r = self.ifreq()?;
+        self.ctl_ioctl(SIOCGIFFLAGS, &mut r, "reading the interface flags")?;
+        let f = r.flags();
+        r.set_flags(if up { f | IFF_UP } else { f & !IFF_UP });
+        let what = if up {
+            "bringing the interface up"
+        } else {
+            "bringing the interface down"
+        };
+        self.ctl_ioctl(SIOCSIFFLAGS, &mut r, what)
+    }
+
+    /// The transmit queue length (`SIOCGIFTXQLEN`).
+    pub fn tx_queue_len(&self) -> Result<u32, Error> {
+        let mut r = self.ifreq()?;
+        self.ctl_ioctl(SIOCGIFTXQLEN, &mut r, "reading the tx queue length")?;
+        Ok(r.int() as u32)
+    }
+
+    /// Sets the transmit queue length (`SIOCSIFTXQLEN`).
+    pub fn set_tx_queue_len(&self, len: u32) -> Result<(), Error> {
+        if len > i32::MAX as u32 {
+            return Err(Error::Invalid(format!(
+                "tx queue length {len} is too large"
+            )));
+        }
+        let mut r = self.ifreq()?;
+        r.set_int(len as i32);
+        self.ctl_ioctl(SIOCSIFTXQLEN, &mut r, "setting the tx queue length")
+    }
+
+    /// The hardware (MAC) address: 6 bytes for a TAP device, `None` for TUN.
+    pub fn mac(&self) -> Result<Option<[u8; 6]>, Error> {
+        if self.flags & IFF_TAP == 0 {
+            return Ok(None);
+        }
+        let mut r = self.ifreq()?;
+        self.ctl_ioctl(SIOCGIFHWADDR, &mut r, "reading the MAC address")?;
+        let mut mac = [0; 6];
+        mac.copy_from_slice(&r.data[2..8]);
+        Ok(Some(mac))
+    }
+
+    /// Sets a TAP device's MAC address (`SIOCSIFHWADDR`).
+    pub fn set_mac(&self, mac: [u8; 6]) -> Result<(), Error> {
+        if self.flags & IFF_TAP == 0 {
+            return Err(Error::Invalid("only a TAP device has a MAC address".into()));
+        }
+        if mac[0] & 1 != 0 {
+            return Err(Error::Invalid(
+                "a multicast MAC address cannot be assigned".into(),
+            ));
+        }
+        let mut r = self.ifreq()?;
+        r.data[..2].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
+        r.data[2..8].copy_from_slice(&mac);
+        self.ctl_ioctl(SIOCSIFHWADDR, &mut r, "setting the MAC address")
+    }
+
+    /// Whether the device is persistent (re-read with `TUNGETIFF`).
+    pub fn persist(&self) -> Result<bool, Error> {
+        self.check_open()?;
+        Ok(get_iff(self.fd.as_raw_fd())?.flags() & IFF_PERSIST != 0)
+    }
+
+    /// `TUNSETPERSIST`: a persistent device outlives its descriptors.
+    pub fn set_persist(&self, on: bool) -> Result<(), Error> {
+        self.check_open()?;
+        if ioctl_val(self.fd.as_raw_fd(), TUNSETPERSIST, on as c_ulong) != 0 {
+            return Err(last_error("TUNSETPERSIST"));
+        }
+        Ok(())
+    }
+
+    /// `TUNSETOWNER` (the uid itself is the argument; the kernel cannot unset it).
+    pub fn set_owner(&self, uid: u32) -> Result<(), Error> {
+        self.check_open()?;
+        let v = uid as c_ulong;
+        if ioctl_val(self.fd.as_raw_fd(), TUNSETOWNER, v) != 0 {
+            return Err(last_error("setting the owner (TUNSETOWNER)"));
+        }
+        Ok(())
+    }
+
+    /// `TUNSETGROUP` (the gid itself is the argument; the kernel cannot unset it).
+    pub fn set_group(&self, gid: u32) -> Result<(), Error> {
+        self.check_open()?;
+        let v = gid as c_ulong;
+        if ioctl_val(self.fd.as_raw_fd(), TUNSETGROUP, v) != 0 {
+            return Err(last_error("setting the group (TUNSETGROUP)"));
+        }
+        Ok(())
+    }
+
+    /// The owner and group, read back through rtnetlink.
+    pub fn owner_group(&self) -> Result<(Option<u32>, Option<u32>), Error> {
+        self.check_open()?;
+        self.ctl.netlink().tun_owner_group(self.ifindex)
+    }
+
+    /// Adds an IPv4 or IPv6 address (rtnetlink `RTM_NEWADDR`).
+    pub fn add_address(&self, a: &IfAddr, nodad: bool) -> Result<(), Error> {
+        self.check_open()?;
+        self.ctl.netlink().add_address(self.ifindex, a, nodad)
+    }
+
+    /// Removes an address (rtnetlink `RTM_DELADDR`).
+    pub fn remove_address(&self, a: &IfAddr) -> Result<(), Error> {
+        self.check_open()?;
+        self.ctl.netlink().remove_address(self.ifindex, a)
+    }
+
+    /// The interface's addresses, IPv4 and IPv6 (link-local ones included).
+    pub fn addresses(&self) -> Result<Vec<IfAddr>, Error> {
+        self.check_open()?;
+        self.ctl.netlink().addresses(self.ifindex)
+    }
+
+    /// Marks the queue closed and wakes every thread waiting in [`Tun::read`] or
+    /// [`Tun::wait_readable`]. The descriptor is closed when the `Tun` is dropped.
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd. A failure (counter
+        // overflow) still leaves the eventfd readable, which is all that matters.
+        unsafe {
+            libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    /// Whether [`Tun::shutdown`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the device is readable (`events = POLLIN`) or writable (`POLLOUT`),
+    /// or the queue is shut down. `EINTR` is returned to the caller.
+    fn wait(&self, events: i16) -> Result<i16, Error> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            return Err(last_error("waiting for the device (poll)"));
+        }
+        if fds[1].revents != 0 || self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(fds[0].revents)
+    }
+
+    /// Waits until a read would not block. `EINTR` comes back as an error.
+    pub fn wait_readable(&self) -> Result<(), Error> {
+        self.check_open()?;
+        self.wait(libc::POLLIN).map(|_| ())
+    }
+
+    /// Reads one packet (with its virtio header when [`Tun::vnet_hdr`]) into `buf`.
+    ///
+    /// Blocking: waits for a packet or for [`Tun::shutdown`] (then `Error::Closed`).
+    /// Non-blocking: `EAGAIN` when there is none. `EINTR` is returned, not retried, so
+    /// that the caller can check for signals. A packet larger than `buf` is dropped by the
+    /// kernel and reported as `Error::Invalid`.
+    pub fn read(&self, buf: &mut [u8], blocking: bool) -> Result<usize, Error> {
+        let mut after_err = false;
+        loop {
+            self.check_open()?;
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor is
+            // ours and stays open while `self` lives.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                let c = &self.counters;
+                Counters::count(n as usize, &c.reads, &c.read_bytes, &c.max_read);
+                return Ok(n as usize);
+            }
+            let e = last_error("reading from the TUN device");
+            match e.errno() {
+                Some(libc::EAGAIN) if blocking => {
+                    if after_err {
+                        return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
+                    }
+                    let rev = self.wait(libc::POLLIN)?;
+                    after_err = rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+                        && rev & libc::POLLIN == 0;
+                }
+                Some(libc::EFAULT) => {
+                    return Err(Error::Invalid(format!(
+                        "a packet did not fit in the {}-byte buffer and was dropped; \
+                         use a buffer of at least {} bytes",
+                        buf.len(),
+                        if self.vnet_hdr() {
+                            VNET_HDR_LEN + 65535
+                        } else {
+                            65535
+                        }
+                    )))
+                }
+                Some(libc::EBADFD) => {
+                    return Err(Error::from_errno(
+                        libc::EBADFD,
+                        "reading from the TUN device (the device was deleted)",
+                    ))
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one packet (with its virtio header when [`Tun::vnet_hdr`]). A TUN write
+    /// practically never blocks; if it would, a blocking call waits for `POLLOUT`.
+    pub fn write(&self, buf: &[u8], blocking: bool) -> Result<usize, Error> {
+        loop {
+            self.check_open()?;
+            // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the descriptor is ours.
+            let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                let c = &self.counters;
+                Counters::count(n as usize, &c.writes, &c.write_bytes, &c.max_write);
+                return Ok(n as usize);
+            }
+            let e = last_error("writing to the TUN device");
+            match e.errno() {
+                Some(libc::EAGAIN) if blocking => {
+                    self.wait(libc::POLLOUT)?;
+                }
+                Some(libc::EBADFD) => {
+                    return Err(Error::from_errno(
+                        libc::EBADFD,
+                        "writing to the TUN device (the device was deleted)",
+                    ))
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+fn check_mtu(mtu: u32) -> Result<(), Error> {
+    if !(68..=65535).contains(&mtu) {
+        return Err(Error::Invalid(format!(
+            "MTU {mtu} is out of range (68..=65535)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("tun0").is_ok());
+        assert!(check_name("a-fifteen-bytes").is_ok());
+        assert!(matches!(
+            check_name("sixteen-bytes-xx"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(check_name("").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name("..").is_err());
+    }
+
+    #[test]
+    fn mtus_are_checked() {
+        assert!(check_mtu(1500).is_ok());
+        assert!(check_mtu(67).is_err());
+        assert!(check_mtu(65536).is_err());
+    }
+
+    /// Runs only as root (with /dev/net/tun); otherwise passes without doing anything.
+    /// Works in a private network namespace, on a thread of its own so that the
+    /// namespace goes away with the thread.
+    #[test]
+    fn open_configure_read_write() {
+        std::thread::spawn(open_configure_read_write_in_new_netns)
+            .join()
+            .expect("test thread");
+    }
+
+    fn open_configure_read_write_in_new_netns() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
+            return;
+        }
+        // SAFETY: unshare on this thread only affects this thread's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return;
+        }
+        let tun = Tun::open(&TunOptions {
+            offload: true,
+            mtu: Some(1400),
+            up: true,
+            ..Default::default()
+        })
+        .expect("open");
+        assert!(tun.vnet_hdr());
+        assert!(tun.name().unwrap().starts_with("tun"));
+        assert_eq!(tun.mtu().unwrap(), 1400);
+        assert!(tun.is_up().unwrap());
+        let a = super::super::parse_ifaddr("192.0.2.1/24").unwrap();
+        tun.add_address(&a, false).unwrap();
+        assert!(tun.addresses().unwrap().contains(&a));
+        tun.remove_address(&a).unwrap();
+        assert!(!tun.addresses().unwrap().contains(&a));
+        let mut buf = vec![0u8; 70000];
+        // Nothing is queued, or only IPv6 router solicitations; either way no error
+        // other than EAGAIN.
+        match tun.read(&mut buf, false) {
+            Ok(n) => assert!(n >= VNET_HDR_LEN),
+            Err(e) => assert!(e.is_eagain(), "{e}"),
+        }
+        tun.shutdown();
+        assert_eq!(tun.read(&mut buf, true), Err(Error::Closed));
+        assert!(tun.clone_queue().is_err());
+    }
+}

@@ -1,0 +1,1128 @@
+//! The Python class `TunDevice`: `crate::device::Tun` with Python buffers, errors and the
+//! GIL. Every system call runs with the GIL released, on buffers exported (pinned) for
+//! the length of the call.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
+
+use super::buffers::Views;
+use super::engine::{gro_py, split_into_py, value_error, PyGroTable};
+use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
+use crate::engine::{
+    VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN,
+};
+
+/// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
+/// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
+fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
+    match py.get_type::<PyOSError>().call1((errno, msg)) {
+        Ok(v) => PyErr::from_value(v),
+        Err(e) => e,
+    }
+}
+
+fn to_py(py: Python<'_>, e: dev::Error) -> PyErr {
+    match e {
+        dev::Error::Invalid(m) => PyValueError::new_err(m),
+        dev::Error::Closed => os_error(py, libc::EBADF, "the TUN device is closed".into()),
+        dev::Error::Os { errno, msg } => os_error(py, errno, msg),
+    }
+}
+
+/// Runs `f` with the GIL released; on `EINTR` runs the signal handlers (which may raise,
+/// e.g. `KeyboardInterrupt`) and tries again, as PEP 475 asks.
+fn retrying<T: Send>(
+    py: Python<'_>,
+    mut f: impl FnMut() -> Result<T, dev::Error> + Send,
+) -> PyResult<T> {
+    loop {
+        match py.detach(&mut f) {
+            Err(e) if e.is_eintr() => py.check_signals()?,
+            r => return r.map_err(|e| to_py(py, e)),
+        }
+    }
+}
+
+fn non_negative(v: isize, name: &str) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
+}
+
+/// Resizes `bufs[i]` (a bytearray) to `offset + sizes[i]` for `i < n`; other buffer
+/// types are left alone.
+fn fit_bufs(bufs: &Bound<'_, PySequence>, offset: usize, sizes: &[usize]) -> PyResult<()> {
+    for (i, &size) in sizes.iter().enumerate() {
+        let obj = bufs.get_item(i)?;
+        if let Ok(ba) = obj.cast::<PyByteArray>() {
+            if ba.len() != offset + size {
+                ba.resize(offset + size)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Linux TUN (or TAP) device, optionally with the kernel's offloads.
+///
+/// ``TunDevice(name=None, *, offload=False, tap=False, multi_queue=False,
+/// packet_information=False, mtu=None, persist=False, owner=None, group=None,
+/// nonblocking=False, up=False)`` creates the device (or opens the existing one of that
+/// name) in the calling thread's network namespace. ``name=None`` lets the kernel pick
+/// (``tun0``, ``tun1``...); a name longer than 15 bytes is a ``ValueError``.
+///
+/// With ``offload=True`` the device carries a 10-byte ``virtio_net_hdr`` before every
+/// packet (``IFF_VNET_HDR``) and the kernel may hand over TCP (and, where it can, UDP)
+/// super-packets up to 64 KiB: checksum, TSO4/TSO6 and USO4/USO6 offload. ``recv`` and
+/// ``send`` then include that header; ``recv_multiple`` splits super-packets into
+/// MTU-sized ones and ``send_multiple`` coalesces packets into super-packets.
+///
+/// Errors: no CAP_NET_ADMIN gives ``PermissionError``, a missing ``/dev/net/tun``
+/// ``FileNotFoundError``, a non-blocking read with nothing to read ``BlockingIOError``,
+/// any call on a closed device ``OSError(EBADF)``. Every system call runs with the GIL
+/// released. ``close()`` wakes a thread blocked in ``recv`` (it raises ``OSError``).
+///
+/// Configuration (``mtu``, ``up()``, ``add_address()`` ...) uses sockets opened in the
+/// device's network namespace at creation, so it works from any thread afterwards.
+#[pyclass(name = "TunDevice", module = "tunoffload", frozen)]
+pub(crate) struct PyTunDevice {
+    tun: Mutex<Option<Arc<Tun>>>,
+    blocking: AtomicBool,
+    last_name: Mutex<String>,
+    offload: bool,
+    udp_gso: bool,
+    tap: bool,
+    multi_queue: bool,
+    packet_information: bool,
+    /// The queue's read/write counters (kept after close).
+    counters: Arc<dev::Counters>,
+    /// Packets out of `recv_multiple` (after splitting).
+    rx_packets: AtomicU64,
+    /// Packets into `send_multiple` (before coalescing).
+    tx_packets: AtomicU64,
+}
+
+impl PyTunDevice {
+    fn wrap(tun: Tun, blocking: bool) -> Self {
+        let flags = tun.flags();
+        let name = tun.name().unwrap_or_default();
+        PyTunDevice {
+            counters: tun.counters.clone(),
+            offload: tun.vnet_hdr(),
+            udp_gso: tun.udp_gso(),
+            tap: flags & dev::sys::IFF_TAP != 0,
+            multi_queue: flags & dev::sys::IFF_MULTI_QUEUE != 0,
+            packet_information: flags & dev::sys::IFF_NO_PI == 0,
+            tun: Mutex::new(Some(Arc::new(tun))),
+            blocking: AtomicBool::new(blocking),
+            last_name: Mutex::new(name),
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Tun>>> {
+        self.tun.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open queue, or `OSError(EBADF)`.
+    fn get(&self, py: Python<'_>) -> PyResult<Arc<Tun>> {
+        match &*self.slot() {
+            Some(t) => Ok(t.clone()),
+            None => Err(to_py(py, dev::Error::Closed)),
+        }
+    }
+
+    /// Bytes before the IP header in a read: virtio header or packet information.
+    fn header_len(&self) -> usize {
+        if self.offload {
+            VIRTIO_NET_HDR_LEN
+        } else if self.packet_information {
+            4
+        } else {
+            0
+        }
+    }
+
+    fn is_blocking(&self) -> bool {
+        self.blocking.load(Ordering::Relaxed)
+    }
+
+    /// Writes `regions` in order; returns (packets, bytes) or the error with those counts.
+    fn write_all(
+        &self,
+        py: Python<'_>,
+        tun: &Tun,
+        regions: &[&[u8]],
+    ) -> Result<(usize, usize), (PyErr, usize, usize)> {
+        let (mut packets, mut bytes) = (0usize, 0usize);
+        let mut first_err: Option<dev::Error> = None;
+        let mut next = 0;
+        while next < regions.len() {
+            // Writes until done, a fatal error, or EINTR; returns where it stopped.
+            let step = py.detach(|| {
+                let (mut p, mut b, mut i) = (0usize, 0usize, next);
+                let mut err = None;
+                while i < regions.len() {
+                    match tun.write(regions[i], true) {
+                        Ok(n) => {
+                            p += 1;
+                            b += n;
+                            i += 1;
+                        }
+                        Err(e) if e.is_eintr() => return (p, b, i, Some(e), true),
+                        Err(e @ (dev::Error::Closed | dev::Error::Invalid(_))) => {
+                            return (p, b, i, Some(e), true)
+                        }
+                        Err(e) if matches!(e.errno(), Some(libc::EBADFD | libc::EBADF)) => {
+                            return (p, b, i, Some(e), true)
+                        }
+                        // A packet the kernel refused (EINVAL, EIO on a down device,
+                        // ...): go on with the others and report the first such error.
+                        Err(e) => {
+                            err.get_or_insert(e);
+                            i += 1;
+                        }
+                    }
+                }
+                (p, b, i, err, false)
+            });
+            let (p, b, i, err, stop) = step;
+            packets += p;
+            bytes += b;
+            next = i;
+            match err {
+                Some(e) if e.is_eintr() => {
+                    if let Err(sig) = py.check_signals() {
+                        return Err((sig, packets, bytes));
+                    }
+                }
+                Some(e) if stop => return Err((to_py(py, e), packets, bytes)),
+                Some(e) => {
+                    first_err.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        match first_err {
+            Some(e) => Err((to_py(py, e), packets, bytes)),
+            None => Ok((packets, bytes)),
+        }
+    }
+}
+
+/// The TUN driver silently truncates a packet that does not fit the read buffer. A read
+/// that filled the buffer is checked against the IP header's own length: `ValueError` if
+/// the packet was cut. `skip` is what precedes the IP header (virtio header, packet
+/// information); TAP frames are not checked.
+fn check_truncation(data: &[u8], skip: usize, tap: bool) -> PyResult<()> {
+    if tap || data.len() <= skip {
+        return Ok(());
+    }
+    let pkt = &data[skip..];
+    let be16 = |i: usize| {
+        pkt.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    };
+    let want = match pkt[0] >> 4 {
+        4 => be16(2),
+        6 => be16(4).filter(|&p| p != 0).map(|p| p + 40),
+        _ => None,
+    };
+    match want {
+        Some(w) if w > pkt.len() => Err(PyValueError::new_err(format!(
+            "a {}-byte packet did not fit the {}-byte buffer and was truncated (it is lost); \
+             use a buffer of at least {} bytes",
+            w + skip,
+            data.len(),
+            skip + 65535
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Attaches `packets_sent` and `bytes_sent` to the exception.
+fn with_counts(py: Python<'_>, err: PyErr, packets: usize, bytes: usize) -> PyErr {
+    let v = err.value(py);
+    let _ = v.setattr("packets_sent", packets);
+    let _ = v.setattr("bytes_sent", bytes);
+    err
+}
+
+#[pymethods]
+impl PyTunDevice {
+    #[new]
+    #[pyo3(signature = (
+        name=None, *, offload=false, tap=false, multi_queue=false, packet_information=false,
+        mtu=None, persist=false, owner=None, group=None, nonblocking=false, up=false
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: Option<String>,
+        offload: bool,
+        tap: bool,
+        multi_queue: bool,
+        packet_information: bool,
+        mtu: Option<u32>,
+        persist: bool,
+        owner: Option<u32>,
+        group: Option<u32>,
+        nonblocking: bool,
+        up: bool,
+    ) -> PyResult<Self> {
+        if offload && packet_information {
+            return Err(PyValueError::new_err(
+                "offload=True cannot be combined with packet_information=True",
+            ));
+        }
+        if offload && tap {
+            return Err(PyValueError::new_err(
+                "offload=True is for TUN devices (IP packets); tap=True carries Ethernet frames",
+            ));
+        }
+        let opts = TunOptions {
+            name,
+            tap,
+            multi_queue,
+            packet_information,
+            offload,
+            persist,
+            owner,
+            group,
+            mtu,
+            up,
+        };
+        let tun = py.detach(|| Tun::open(&opts)).map_err(|e| to_py(py, e))?;
+        Ok(Self::wrap(tun, !nonblocking))
+    }
+
+    /// ``TunDevice.from_fd(fd, *, nonblocking=False)``: adopts a descriptor already
+    /// attached to a TUN/TAP device (for example one passed from a privileged helper).
+    ///
+    /// The descriptor is duplicated (the caller still owns and must close ``fd``); the
+    /// open file is switched to non-blocking mode, which tunoffload needs internally. If
+    /// the device carries a virtio header, offload is on: the header size is set to 10
+    /// and the offload mask to checksum/TSO (and USO where the kernel has it).
+    #[staticmethod]
+    #[pyo3(signature = (fd, *, nonblocking=false))]
+    fn from_fd(py: Python<'_>, fd: i32, nonblocking: bool) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("bad file descriptor {fd}")));
+        }
+        let tun = py.detach(|| Tun::from_fd(fd)).map_err(|e| to_py(py, e))?;
+        Ok(Self::wrap(tun, !nonblocking))
+    }
+
+    /// Opens another queue of this multi-queue device (``multi_queue=True``), with the
+    /// same offload settings and blocking mode, as a new ``TunDevice``. Each queue gets
+    /// its own share of the traffic (the kernel hashes flows over queues).
+    fn clone_queue(&self, py: Python<'_>) -> PyResult<Self> {
+        let tun = self.get(py)?;
+        let new = py.detach(|| tun.clone_queue()).map_err(|e| to_py(py, e))?;
+        Ok(Self::wrap(new, self.is_blocking()))
+    }
+
+    /// The interface name, as the kernel has it now (the last known name once closed).
+    #[getter]
+    fn name(&self, py: Python<'_>) -> PyResult<String> {
+        let Some(tun) = self.slot().clone() else {
+            return Ok(self
+                .last_name
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone());
+        };
+        let name = py.detach(|| tun.name()).map_err(|e| to_py(py, e))?;
+        name.clone_into(&mut self.last_name.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(name)
+    }
+
+    /// The interface index.
+    #[getter]
+    fn ifindex(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.get(py)?.ifindex())
+    }
+
+    /// True when reads and writes carry the 10-byte virtio header (``offload=True``).
+    #[getter]
+    fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// True when the kernel accepted UDP segmentation offload (USO4/USO6): it may then
+    /// hand over UDP super-packets, and ``send_multiple`` coalesces UDP flows too.
+    #[getter]
+    fn udp_gso(&self) -> bool {
+        self.udp_gso
+    }
+
+    /// True for a TAP (Ethernet) device.
+    #[getter]
+    fn tap(&self) -> bool {
+        self.tap
+    }
+
+    /// True for a multi-queue device (``clone_queue()`` works).
+    #[getter]
+    fn multi_queue(&self) -> bool {
+        self.multi_queue
+    }
+
+    /// True when every packet starts with the 4-byte packet information header.
+    #[getter]
+    fn packet_information(&self) -> bool {
+        self.packet_information
+    }
+
+    /// True once ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.slot().is_none()
+    }
+
+    /// The file descriptor of this queue, or -1 once closed (as ``socket.fileno()``).
+    /// The descriptor is in non-blocking mode.
+    fn fileno(&self) -> i32 {
+        self.slot().as_ref().map_or(-1, |t| t.raw_fd())
+    }
+
+    /// Closes the device (this queue). Idempotent. A thread blocked in ``recv`` or
+    /// ``recv_multiple`` on this device wakes at once and raises ``OSError(EBADF)``; the
+    /// descriptor itself is closed when the last such call has returned, so its number is
+    /// never reused under a running call. A non-persistent device disappears when its
+    /// last queue is closed.
+    fn close(&self) {
+        let taken = self.slot().take();
+        if let Some(tun) = taken {
+            tun.shutdown();
+        }
+    }
+
+    /// Returns the device itself (``with TunDevice(...) as dev:``).
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Closes the device; exceptions propagate.
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    /// ``<TunDevice name='tun0' offload=True closed=False>``.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = self.name(py).unwrap_or_default();
+        format!(
+            "<TunDevice name={name:?} offload={} closed={}>",
+            if self.offload { "True" } else { "False" },
+            if self.closed() { "True" } else { "False" }
+        )
+    }
+
+    /// ``setblocking(flag)``: in blocking mode (the default) ``recv`` waits for a packet;
+    /// in non-blocking mode it raises ``BlockingIOError`` when there is none.
+    fn setblocking(&self, flag: bool) {
+        self.blocking.store(flag, Ordering::Relaxed);
+    }
+
+    /// True in blocking mode.
+    fn getblocking(&self) -> bool {
+        self.is_blocking()
+    }
+
+    /// The MTU; assign to change it (68..=65535).
+    #[getter]
+    fn get_mtu(&self, py: Python<'_>) -> PyResult<u32> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.mtu())
+    }
+
+    #[setter]
+    fn set_mtu(&self, py: Python<'_>, mtu: u32) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_mtu(mtu))
+    }
+
+    /// Brings the interface up (``ip link set NAME up``).
+    fn up(&self, py: Python<'_>) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_up(true))
+    }
+
+    /// Brings the interface down.
+    fn down(&self, py: Python<'_>) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_up(false))
+    }
+
+    /// True when the interface is administratively up.
+    #[getter]
+    fn is_up(&self, py: Python<'_>) -> PyResult<bool> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.is_up())
+    }
+
+    /// ``add_address(address, *, nodad=False)``: adds an IPv4 or IPv6 address given as
+    /// ``"10.0.0.1/24"``, ``"fd00::1/64"`` (a bare address gets /32 or /128) or an
+    /// ``ipaddress.IPv4Interface``/``IPv6Interface``. ``nodad`` skips IPv6 duplicate
+    /// address detection. An address already present: ``FileExistsError``.
+    #[pyo3(signature = (address, *, nodad=false))]
+    fn add_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>, nodad: bool) -> PyResult<()> {
+        let a = parse_ifaddr(&address.str()?.to_cow()?).map_err(|e| to_py(py, e))?;
+        let tun = self.get(py)?;
+        retrying(py, || tun.add_address(&a, nodad))
+    }
+
+    /// ``remove_address(address)``: removes an address given as for ``add_address``.
+    /// An address not present: ``OSError(EADDRNOTAVAIL)``.
+    fn remove_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<()> {
+        let a = parse_ifaddr(&address.str()?.to_cow()?).map_err(|e| to_py(py, e))?;
+        let tun = self.get(py)?;
+        retrying(py, || tun.remove_address(&a))
+    }
+
+    /// The interface's IPv4 and IPv6 addresses as ``"address/prefix"`` strings, IPv6
+    /// link-local ones included.
+    #[getter]
+    fn addresses(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let tun = self.get(py)?;
+        let v = retrying(py, || tun.addresses())?;
+        Ok(v.iter()
+            .map(|a| format!("{}/{}", a.addr, a.prefix))
+            .collect())
+    }
+
+    /// Whether the device is persistent (outlives its descriptors); assign to change.
+    #[getter]
+    fn get_persist(&self, py: Python<'_>) -> PyResult<bool> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.persist())
+    }
+
+    #[setter]
+    fn set_persist(&self, py: Python<'_>, on: bool) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_persist(on))
+    }
+
+    /// The uid allowed to attach to the device (``TUNSETOWNER``), or None if unset;
+    /// assign a uid to change it (the kernel offers no way back to unset).
+    #[getter]
+    fn get_owner(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        let tun = self.get(py)?;
+        Ok(retrying(py, || tun.owner_group())?.0)
+    }
+
+    #[setter]
+    fn set_owner(&self, py: Python<'_>, uid: u32) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_owner(uid))
+    }
+
+    /// The gid allowed to attach to the device (``TUNSETGROUP``), or None if unset;
+    /// assign a gid to change it (the kernel offers no way back to unset).
+    #[getter]
+    fn get_group(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        let tun = self.get(py)?;
+        Ok(retrying(py, || tun.owner_group())?.1)
+    }
+
+    #[setter]
+    fn set_group(&self, py: Python<'_>, gid: u32) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_group(gid))
+    }
+
+    /// A TAP device's MAC address as ``"aa:bb:cc:dd:ee:ff"`` (None for TUN); assign a
+    /// string of that form or 6 bytes to change it.
+    #[getter]
+    fn get_mac(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let tun = self.get(py)?;
+        let mac = retrying(py, || tun.mac())?;
+        Ok(mac.map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        }))
+    }
+
+    #[setter]
+    fn set_mac(&self, py: Python<'_>, mac: &Bound<'_, PyAny>) -> PyResult<()> {
+        let bytes: Vec<u8> = if let Ok(s) = mac.extract::<String>() {
+            let parts: Vec<_> = s.split([':', '-']).collect();
+            let parsed: Option<Vec<u8>> = parts
+                .iter()
+                .map(|p| u8::from_str_radix(p, 16).ok())
+                .collect();
+            match parsed {
+                Some(v) if parts.len() == 6 && parts.iter().all(|p| p.len() == 2) => v,
+                _ => return Err(PyValueError::new_err(format!("not a MAC address: {s:?}"))),
+            }
+        } else {
+            mac.extract::<Vec<u8>>()
+                .map_err(|_| PyTypeError::new_err("mac must be a str or 6 bytes"))?
+        };
+        let arr: [u8; 6] = bytes
+            .try_into()
+            .map_err(|_| PyValueError::new_err("a MAC address has 6 bytes"))?;
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_mac(arr))
+    }
+
+    /// The transmit queue length (``txqueuelen``); assignable.
+    #[getter]
+    fn get_tx_queue_len(&self, py: Python<'_>) -> PyResult<u32> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.tx_queue_len())
+    }
+
+    #[setter]
+    fn set_tx_queue_len(&self, py: Python<'_>, len: u32) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_tx_queue_len(len))
+    }
+
+    /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
+    /// its length. With ``offload=True`` the data starts with the 10-byte virtio header
+    /// and may be a super-packet of up to 64 KiB (use ``recv_multiple`` to split it).
+    /// A packet larger than ``buf`` is truncated by the kernel (and so lost):
+    /// ``ValueError``.
+    /// Blocking mode waits; non-blocking mode raises ``BlockingIOError``.
+    fn recv(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let tun = self.get(py)?;
+        let mut views = Views::with_capacity(py, 1);
+        let r = views.write(buf, &|| "buf".to_owned())?;
+        let blocking = self.is_blocking();
+        // SAFETY: the writable export is held by `views` until after the read; this is
+        // the only reference to those bytes.
+        let data = unsafe { r.slice_mut() };
+        let n = retrying(py, || tun.read(data, blocking))?;
+        if n == data.len() {
+            check_truncation(&data[..n], self.header_len(), self.tap)?;
+        }
+        Ok(n)
+    }
+
+    /// ``read(size=65545) -> bytes``: reads one packet and returns it as ``bytes``
+    /// (allocates; ``recv`` into a reused buffer does not). Same header rule as ``recv``.
+    #[pyo3(signature = (size=65545))]
+    fn read<'py>(&self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let tun = self.get(py)?;
+        let blocking = self.is_blocking();
+        let mut v = vec![0u8; size];
+        let n = retrying(py, || tun.read(&mut v, blocking))?;
+        if n == v.len() {
+            check_truncation(&v, self.header_len(), self.tap)?;
+        }
+        Ok(PyBytes::new(py, &v[..n]))
+    }
+
+    /// ``send(buf) -> int``: writes one packet (any bytes-like object) and returns the
+    /// number of bytes written. With ``offload=True`` it must start with a 10-byte virtio
+    /// header (``bytes(VirtioNetHdr())`` for a plain packet). ``write`` is an alias.
+    fn send(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let tun = self.get(py)?;
+        let mut views = Views::with_capacity(py, 1);
+        let r = views.read(buf, &|| "buf".to_owned())?;
+        let blocking = self.is_blocking();
+        // SAFETY: the export is held by `views` until after the write.
+        let data = unsafe { r.slice() };
+        retrying(py, || tun.write(data, blocking))
+    }
+
+    /// Alias of ``send`` (python-pytun's name).
+    fn write(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.send(py, buf)
+    }
+
+    /// ``recv_multiple(original_buffer, bufs, sizes, offset=0, *, fit=False) -> int``
+    ///
+    /// One read from the device, then the packet(s) into ``bufs``: packet *i* lands in
+    /// ``bufs[i][offset:offset + sizes[i]]`` and ``sizes[i]`` is set (``sizes`` is a
+    /// list at least as long as the number of packets); returns the number of packets.
+    ///
+    /// With offload, ``original_buffer`` (writable, ideally ``VIRTIO_NET_HDR_LEN +
+    /// 65535`` bytes) receives the virtio header and the possibly 64 KiB super-packet,
+    /// which is split exactly as ``gso_split`` does. Without offload one packet is read
+    /// straight into ``bufs[0][offset:]`` and ``original_buffer`` is not used.
+    ///
+    /// Zero-copy forwarding: hand the same ``bufs`` and ``sizes`` to another device's
+    /// ``send_multiple(gro_table, bufs, offset, sizes=sizes, count=n)``; nothing is
+    /// copied, resized or allocated per packet (see ``docs/forwarding.md``)::
+    ///
+    ///     n = src.recv_multiple(original, bufs, sizes, offset)
+    ///     dst.send_multiple(gro_table, bufs, offset, sizes=sizes, count=n)
+    ///
+    /// ``fit=True`` instead resizes each filled ``bytearray`` in ``bufs`` to exactly
+    /// ``offset + sizes[i]`` (for code that wants exact-length packets, e.g. plain
+    /// ``send_multiple(gro_table, bufs[:n], offset)``); CPython may reallocate a
+    /// bytearray that shrinks or grows a lot, and the ``bufs`` must be grown back before
+    /// they can take a larger packet.
+    ///
+    /// Blocking mode waits for a packet; non-blocking raises ``BlockingIOError``. A
+    /// malformed super-packet or too few/too small ``bufs``: ``ValueError`` (that packet
+    /// is lost). The GIL is released during the read and large copies.
+    #[pyo3(signature = (original_buffer, bufs, sizes, offset=0, *, fit=false))]
+    fn recv_multiple(
+        &self,
+        py: Python<'_>,
+        original_buffer: &Bound<'_, PyAny>,
+        bufs: &Bound<'_, PyAny>,
+        sizes: &Bound<'_, PyAny>,
+        offset: isize,
+        fit: bool,
+    ) -> PyResult<usize> {
+        let offset = non_negative(offset, "offset")?;
+        let tun = self.get(py)?;
+        let bufs = bufs
+            .cast::<PySequence>()
+            .map_err(|_| PyTypeError::new_err("bufs must be a sequence of writable buffers"))?;
+        let sizes_list = sizes
+            .cast::<PyList>()
+            .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
+        if bufs.len()? == 0 || sizes_list.is_empty() {
+            return Err(PyValueError::new_err("bufs and sizes must not be empty"));
+        }
+        let blocking = self.is_blocking();
+        if !self.offload {
+            let n = {
+                let mut views = Views::with_capacity(py, 1);
+                let first = bufs.get_item(0)?;
+                let r = views.write(&first, &|| "bufs[0]".to_owned())?;
+                if r.len() <= offset {
+                    return Err(PyValueError::new_err(format!(
+                        "bufs[0] holds {} bytes: no room after offset {offset}",
+                        r.len()
+                    )));
+                }
+                // SAFETY: the writable export is held by `views` until after the read; this
+                // is the only reference to those bytes.
+                let data = &mut unsafe { r.slice_mut() }[offset..];
+                let n = retrying(py, || tun.read(data, blocking))?;
+                if n == data.len() {
+                    check_truncation(data, self.header_len(), self.tap)?;
+                }
+                n
+            };
+            sizes_list.set_item(0, n)?;
+            self.rx_packets.fetch_add(1, Ordering::Relaxed);
+            if fit {
+                fit_bufs(bufs, offset, &[n])?;
+            }
+            return Ok(1);
+        }
+        let mut views = Views::with_capacity(py, 1);
+        let orig = views.write(original_buffer, &|| "original_buffer".to_owned())?;
+        if orig.len() <= VIRTIO_NET_HDR_LEN {
+            return Err(PyValueError::new_err(format!(
+                "original_buffer holds {} bytes; it needs room for the {VIRTIO_NET_HDR_LEN}-byte \
+                 virtio header and a packet (ideally {} bytes)",
+                orig.len(),
+                VIRTIO_NET_HDR_LEN + 65535
+            )));
+        }
+        let n = {
+            // SAFETY: the writable export is held by `views` until after the read; this
+            // is the only reference to those bytes while it lives.
+            let data = unsafe { orig.slice_mut() };
+            let n = retrying(py, || tun.read(data, blocking))?;
+            if n == data.len() {
+                check_truncation(data, VIRTIO_NET_HDR_LEN, false)?;
+            }
+            n
+        };
+        // SAFETY: the export is still held; the read is over, nothing writes to it now
+        // (split_into_py checks that the outputs do not overlap it).
+        let data = unsafe { orig.slice() };
+        if n < VIRTIO_NET_HDR_LEN {
+            return Err(PyValueError::new_err(format!(
+                "short read of {n} bytes from the device"
+            )));
+        }
+        let hdr = VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN]).map_err(value_error)?;
+        let pkt = &data[VIRTIO_NET_HDR_LEN..n];
+        if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE && hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 {
+            // A plain packet with nothing to complete: it goes across as it is (as the
+            // kernel, wireguard-go and tun-rs do), whatever it holds (an IPv6 fragment, a
+            // protocol the engine does not parse, ...).
+            let mut out_views = Views::with_capacity(py, 1);
+            let first = bufs.get_item(0)?;
+            let r = out_views.write(&first, &|| "bufs[0]".to_owned())?;
+            if r.len() < offset || r.len() - offset < pkt.len() {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[0] holds {} bytes; the {}-byte packet needs {} after offset {offset}",
+                    r.len(),
+                    pkt.len(),
+                    pkt.len()
+                )));
+            }
+            // SAFETY: the writable export is held by `out_views` for this block; the
+            // overlap with the packet is checked just below before any write.
+            let out = unsafe { r.slice_mut() };
+            let dst = &mut out[offset..offset + pkt.len()];
+            let (d0, p0) = (dst.as_ptr() as usize, pkt.as_ptr() as usize);
+            if d0 < p0 + pkt.len() && p0 < d0 + pkt.len() {
+                return Err(PyValueError::new_err(
+                    "bufs[0] and original_buffer share memory",
+                ));
+            }
+            dst.copy_from_slice(pkt);
+            drop(out_views);
+            drop(views);
+            sizes_list.set_item(0, pkt.len())?;
+            self.rx_packets.fetch_add(1, Ordering::Relaxed);
+            if fit {
+                fit_bufs(bufs, offset, &[pkt.len()])?;
+            }
+            return Ok(1);
+        }
+        let count = split_into_py(
+            py,
+            &data[VIRTIO_NET_HDR_LEN..n],
+            &hdr,
+            bufs.as_any(),
+            sizes,
+            offset,
+            None,
+        )?;
+        drop(views);
+        self.rx_packets.fetch_add(count as u64, Ordering::Relaxed);
+        if fit {
+            let mut sz = Vec::with_capacity(count);
+            for i in 0..count {
+                sz.push(sizes_list.get_item(i)?.extract::<usize>()?);
+            }
+            fit_bufs(bufs, offset, &sz)?;
+        }
+        Ok(count)
+    }
+
+    /// ``send_multiple(gro_table, bufs, offset, *, sizes=None, count=None) -> int``
+    ///
+    /// Writes the packets ``bufs[i][offset:]`` to the device and returns the number of
+    /// bytes written (virtio headers included), as tun-rs does.
+    ///
+    /// With offload, ``offset >= VIRTIO_NET_HDR_LEN`` and the packets are first coalesced
+    /// exactly as ``handle_gro`` does (``bufs`` is then a list of ``bytearray``, which may
+    /// grow, and whose entries may be swapped); each resulting packet is written with its
+    /// virtio header. Without offload each packet is written as it is.
+    ///
+    /// ``sizes``: packet *i* is ``bufs[i][offset:offset + sizes[i]]`` instead (the bytes
+    /// after it are ignored), so the ``bufs`` and ``sizes`` that ``recv_multiple`` filled
+    /// go straight in, with no resizing and no copy. ``count``: only the first ``count``
+    /// packets (default: ``len(sizes)``, or all of ``bufs``). See ``docs/forwarding.md``.
+    ///
+    /// A packet the kernel refuses does not stop the others; at the end the first error
+    /// is raised. Any exception raised after writing started carries ``packets_sent`` and
+    /// ``bytes_sent`` attributes (what was written before it). The batch is written
+    /// whole even in non-blocking mode (a TUN write does not block in practice).
+    #[pyo3(signature = (gro_table, bufs, offset, *, sizes=None, count=None))]
+    fn send_multiple(
+        &self,
+        py: Python<'_>,
+        mut gro_table: PyRefMut<'_, PyGroTable>,
+        bufs: &Bound<'_, PyAny>,
+        offset: isize,
+        sizes: Option<&Bound<'_, PyAny>>,
+        count: Option<usize>,
+    ) -> PyResult<usize> {
+        let offset = non_negative(offset, "offset")?;
+        let tun = self.get(py)?;
+        let seq = bufs
+            .cast::<PySequence>()
+            .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
+        let have = seq.len()?;
+        let sizes: Option<Vec<usize>> = match sizes {
+            None => None,
+            Some(s) => {
+                let s = s
+                    .cast::<PySequence>()
+                    .map_err(|_| PyTypeError::new_err("sizes must be a list of int"))?;
+                let n = count.unwrap_or(s.len()?);
+                let mut v = Vec::with_capacity(n);
+                for i in 0..n {
+                    v.push(s.get_item(i)?.extract::<usize>()?);
+                }
+                Some(v)
+            }
+        };
+        if let Some(i) = sizes
+            .as_ref()
+            .and_then(|v| v.iter().position(|&sz| sz == 0))
+        {
+            return Err(PyValueError::new_err(format!("sizes[{i}] is 0: no packet")));
+        }
+        let n = count.or(sizes.as_ref().map(Vec::len)).unwrap_or(have);
+        if n > have {
+            return Err(PyValueError::new_err(format!(
+                "count is {n} but bufs has {have} entries"
+            )));
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
+        // (list index, packet start, packet end) of each packet to write.
+        let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
+        if self.offload {
+            let list = bufs
+                .cast::<PyList>()
+                .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
+            if sizes.is_none() && n == have {
+                let out = gro_py(py, list, offset, &mut gro_table.inner, self.udp_gso)?;
+                for &i in out {
+                    spans.push((i, offset - VIRTIO_NET_HDR_LEN, usize::MAX));
+                }
+            } else {
+                let lens = match &sizes {
+                    Some(v) => v.clone(),
+                    None => (0..n)
+                        .map(|i| Ok(seq.get_item(i)?.len()?.saturating_sub(offset)))
+                        .collect::<PyResult<_>>()?,
+                };
+                for (i, end) in
+                    sized_gro(py, list, offset, &lens, &mut gro_table.inner, self.udp_gso)?
+                {
+                    spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
+                }
+            }
+        } else {
+            for i in 0..n {
+                let end = sizes.as_ref().map_or(usize::MAX, |v| offset + v[i]);
+                spans.push((i, offset, end));
+            }
+        }
+        let mut views = Views::with_capacity(py, spans.len());
+        let mut regions: Vec<&[u8]> = Vec::with_capacity(spans.len());
+        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
+        for &(i, start, end) in &spans {
+            let obj = seq.get_item(i)?;
+            let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
+            let end = if end == usize::MAX { r.len() } else { end };
+            if end > r.len() {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {end}",
+                    r.len()
+                )));
+            }
+            if end <= start + hdr {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[{i}] holds {} bytes: no packet after offset {offset}",
+                    r.len()
+                )));
+            }
+            // SAFETY: the export is held by `views` until the writes are done; nothing
+            // writes to these bytes meanwhile (the GIL-free part only reads them).
+            regions.push(&unsafe { r.slice() }[start..end]);
+        }
+        match self.write_all(py, &tun, &regions) {
+            Ok((_, bytes)) => Ok(bytes),
+            Err((e, packets, bytes)) => Err(with_counts(py, e, packets, bytes)),
+        }
+    }
+
+    /// Counters of this queue since it was opened (still readable after close), as a dict: ``reads``, ``read_bytes``,
+    /// ``max_read`` (system calls and sizes, virtio headers included: a ``max_read``
+    /// above the MTU means super-packets came in), ``rx_packets`` (packets out of
+    /// ``recv_multiple`` after splitting), and the same for writes (``tx_packets``: packets
+    /// into ``send_multiple`` before coalescing).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let d = pyo3::types::PyDict::new(py);
+        {
+            let c = &self.counters;
+            for (k, v) in [
+                ("reads", &c.reads),
+                ("read_bytes", &c.read_bytes),
+                ("max_read", &c.max_read),
+                ("writes", &c.writes),
+                ("write_bytes", &c.write_bytes),
+                ("max_write", &c.max_write),
+            ] {
+                d.set_item(k, v.load(Ordering::Relaxed))?;
+            }
+        }
+        d.set_item("rx_packets", self.rx_packets.load(Ordering::Relaxed))?;
+        d.set_item("tx_packets", self.tx_packets.load(Ordering::Relaxed))?;
+        Ok(d)
+    }
+
+    /// Waits (GIL released) until a packet can be read, then returns; blocking even in
+    /// non-blocking mode. ``OSError(EBADF)`` if the device is closed meanwhile.
+    fn wait_readable(&self, py: Python<'_>) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.wait_readable())
+    }
+}
+
+/// A buffer of `send_multiple(..., sizes=...)`: a bytearray (or other writable buffer)
+/// whose packet ends at `len`, before the end of the buffer. GRO sees only `[..len]`;
+/// growing within the buffer just moves `len`, so a reused batch allocates nothing.
+enum SizedBuf<'py> {
+    ByteArray {
+        obj: Bound<'py, PyByteArray>,
+        len: usize,
+        fixed: bool,
+    },
+    Fixed {
+        obj: Bound<'py, PyAny>,
+        region: super::buffers::Region,
+        len: usize,
+    },
+}
+
+impl SizedBuf<'_> {
+    fn object(&self) -> &Bound<'_, PyAny> {
+        match self {
+            SizedBuf::ByteArray { obj, .. } => obj.as_any(),
+            SizedBuf::Fixed { obj, .. } => obj,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            SizedBuf::ByteArray { len, .. } | SizedBuf::Fixed { len, .. } => *len,
+        }
+    }
+}
+
+// As the engine's own `GroBuf`: used only inside `sized_gro`, with the GIL held and no
+// Python code run while a slice lives, so no other thread can resize a bytearray.
+impl crate::engine::ExpandBuffer for SizedBuf<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: GIL held, no Python code runs while the slice lives; `len` is at
+            // most the bytearray's length (checked when made, kept by `resize`).
+            SizedBuf::ByteArray { obj, len, .. } => unsafe { &obj.as_bytes()[..*len] },
+            // SAFETY: the export is held by the call's Views; buffers are disjoint.
+            SizedBuf::Fixed { region, len, .. } => unsafe { &region.slice()[..*len] },
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            // SAFETY: as above; the buffers are checked to be disjoint, so this is the
+            // only reference to these bytes.
+            SizedBuf::ByteArray { obj, len, .. } => unsafe { &mut obj.as_bytes_mut()[..*len] },
+            // SAFETY: writable export held by Views; disjoint from the other buffers.
+            SizedBuf::Fixed { region, len, .. } => unsafe { &mut region.slice_mut()[..*len] },
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        match self {
+            SizedBuf::ByteArray { fixed: false, .. } => isize::MAX as usize,
+            SizedBuf::ByteArray { obj, .. } => obj.len(),
+            SizedBuf::Fixed { region, .. } => region.len(),
+        }
+    }
+
+    fn resize(&mut self, new_len: usize) -> crate::engine::Result<()> {
+        match self {
+            SizedBuf::ByteArray { obj, len, fixed } => {
+                if new_len > obj.len() {
+                    if *fixed {
+                        return Err(crate::engine::Error::fixed(
+                            "internal: a fixed buffer was asked to grow",
+                        ));
+                    }
+                    obj.resize(new_len).map_err(|e| {
+                        crate::engine::Error::new(format!(
+                            "cannot grow a bytearray to {new_len} bytes: {e}"
+                        ))
+                    })?;
+                }
+                *len = new_len;
+                Ok(())
+            }
+            SizedBuf::Fixed { region, len, .. } => {
+                if new_len > region.len() {
+                    return Err(crate::engine::Error::fixed(
+                        "internal: a fixed buffer was asked to grow",
+                    ));
+                }
+                *len = new_len;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// GRO over the first `lens.len()` entries of `bufs`, packet i being
+/// `bufs[i][offset..offset + lens[i]]`. Returns (list index, end of packet) to write.
+fn sized_gro(
+    py: Python<'_>,
+    bufs: &Bound<'_, PyList>,
+    offset: usize,
+    lens: &[usize],
+    table: &mut crate::engine::GroTable,
+    can_udp_gro: bool,
+) -> PyResult<Vec<(usize, usize)>> {
+    let n = lens.len();
+    let mut views = Views::with_capacity(py, n);
+    let mut gbufs = Vec::with_capacity(n);
+    for (i, &plen) in lens.iter().enumerate() {
+        let obj = bufs.get_item(i)?;
+        let len = offset + plen;
+        let b = match obj.cast_into::<PyByteArray>() {
+            Ok(ba) => {
+                // SAFETY: `ba` is a bytearray (checked by the cast), so the object is a
+                // PyByteArrayObject; ob_exports is read with the GIL held.
+                let exports =
+                    unsafe { (*ba.as_ptr().cast::<pyo3::ffi::PyByteArrayObject>()).ob_exports };
+                if len > ba.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {len}",
+                        ba.len()
+                    )));
+                }
+                SizedBuf::ByteArray {
+                    obj: ba,
+                    len,
+                    fixed: exports > 0,
+                }
+            }
+            Err(e) => {
+                let obj = e.into_inner();
+                let region = views.write(&obj, &|| format!("bufs[{i}]"))?;
+                if len > region.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {len}",
+                        region.len()
+                    )));
+                }
+                SizedBuf::Fixed { obj, region, len }
+            }
+        };
+        gbufs.push(b);
+    }
+    let mut spans: Vec<(usize, usize, usize)> = gbufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let s = crate::engine::ExpandBuffer::bytes(b).as_ptr() as usize;
+            (s, s + b.len(), i)
+        })
+        .collect();
+    super::buffers::check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
+    let out =
+        crate::engine::handle_gro(&mut gbufs, offset, table, can_udp_gro).map_err(value_error)?;
+    let result = out.iter().map(|&i| (i, gbufs[i].len())).collect();
+    for (i, b) in gbufs.iter().enumerate() {
+        let current = bufs.get_item(i)?;
+        if !b.object().is(&current) {
+            bufs.set_item(i, b.object())?;
+        }
+    }
+    Ok(result)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTunDevice>()?;
+    Ok(())
+}
