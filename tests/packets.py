@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 
 VIRTIO_NET_HDR_LEN = 10
 GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 3, 4, 5, 0x80
@@ -113,9 +113,11 @@ def complete_csum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
 # --------------------------------------------------------------------------- builders
 
 
-def _ip(v6: bool, *, ttl=64, tos=0, df=True, ip_id=0x1234, ip_options=None, src=None, dst=None):
+def _ip(
+    v6: bool, *, ttl=64, tos=0, df=True, ip_id=0x1234, ip_options=None, src=None, dst=None, fl=0
+):
     if v6:
-        return IPv6(src=src or SRC6, dst=dst or DST6, hlim=ttl, tc=tos, fl=0x12345 if tos else 0)
+        return IPv6(src=src or SRC6, dst=dst or DST6, hlim=ttl, tc=tos, fl=fl)
     kw = {}
     if ip_options:
         kw["options"] = ip_options
@@ -360,7 +362,9 @@ def random_case(rng: random.Random, mtu: int = 9000, max_segs: int = 64) -> Case
     is_tcp = kind == "tcp" or (kind == "none" and rng.random() < 0.5)
     ipkw: dict = {"ttl": rng.randint(2, 255), "tos": rng.randint(0, 255)}
     notes = []
-    if not v6:
+    if v6:
+        ipkw["fl"] = rng.getrandbits(20)
+    else:
         ipkw["df"] = rng.random() < 0.5
         r = rng.random()
         ipkw["ip_id"] = (
@@ -477,11 +481,12 @@ def random_case(rng: random.Random, mtu: int = 9000, max_segs: int = 64) -> Case
     return case
 
 
-def with_dest_opts(v6_tcp_or_udp: bytes) -> bytes:
-    """Insert an 8-byte IPv6 Destination Options header (PadN) after the fixed header."""
+def with_dest_opts(v6_tcp_or_udp: bytes, hop_by_hop: bool = False) -> bytes:
+    """Insert an 8-byte IPv6 Destination Options (or Hop-by-Hop) header after the fixed one."""
     p = IPv6(v6_tcp_or_udp)
     inner = p.payload
-    q = IPv6(src=p.src, dst=p.dst, hlim=p.hlim, tc=p.tc) / IPv6ExtHdrDestOpt() / inner
+    ext = IPv6ExtHdrHopByHop() if hop_by_hop else IPv6ExtHdrDestOpt()
+    q = IPv6(src=p.src, dst=p.dst, hlim=p.hlim, tc=p.tc, fl=p.fl) / ext / inner
     return bytes(q)
 
 

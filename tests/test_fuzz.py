@@ -139,6 +139,11 @@ def test_gso_split_fuzz(seed):
             n = None
         runs += 1
         assert bytes(inp) == src, "input modified"
+        for o in out:
+            o.release()  # BufferError if the call still held an export
+        mv.release()
+        if isinstance(inp, bytearray):
+            _resizable(inp)
         expect = bytearray([CANARY]) * len(big)
         if n is not None:
             oks += 1
@@ -217,12 +222,86 @@ def test_handle_gro_fuzz(seed):
         except ALLOWED:
             assert [bytes(b) for b in bufs] == before, "buffers changed before raising"
             assert [id(b) for b in bufs] == ids
+            for b in bufs:
+                _resizable(b)
             runs += 1
             continue
         runs += 1
+        for b in bufs:
+            _resizable(b)
         assert idx == sorted(set(idx)) and all(0 <= i < len(bufs) for i in idx)
         assert sorted(id(b) for b in bufs) == sorted(ids), "buffers replaced, not swapped"
         for i in idx:
             assert len(bufs[i]) > offset
             assert len(bufs[i]) - offset <= 65535
     assert runs >= 100
+
+
+def _resizable(b: bytearray) -> None:
+    """The call released its hold on `b` (a pinned / exported bytearray cannot resize)."""
+    b.append(0)
+    del b[-1]
+
+
+def test_buffers_released_after_success_and_error():
+    sup, h = P.super_tcp(False, b"z" * 3000, 1000)
+    hdr = t.VirtioNetHdr(**h)
+    inp = bytearray(sup)
+    outs = [bytearray(1100) for _ in range(4)]
+    assert t.gso_split(inp, hdr, outs, [0] * 4) == 3
+    for b in [inp, *outs]:
+        _resizable(b)
+    small = [bytearray(1100), bytearray(10), bytearray(1100)]
+    with pytest.raises(ValueError):
+        t.gso_split(inp, hdr, small, [0] * 3)
+    for b in [inp, *small]:
+        _resizable(b)
+    dup = bytearray(1100)
+    with pytest.raises(ValueError):
+        t.gso_split(inp, hdr, [dup, dup, bytearray(1100)], [0] * 3)
+    _resizable(dup)
+    with pytest.raises(ValueError):
+        t.gso_split(inp, hdr, [inp, bytearray(1100), bytearray(1100)], [0] * 3)
+    _resizable(inp)
+    bufs = [bytearray(10) + p for p in (sup, sup)] + [bytearray(5)]
+    with pytest.raises(ValueError):
+        t.handle_gro(bufs, 10, t.GroTable())
+    for b in bufs:
+        _resizable(b)
+    bufs = [bytearray(10) + P.udp_pkt(False, b"q" * 100) for _ in range(3)]
+    t.handle_gro(bufs, 10, t.GroTable())
+    for b in bufs:
+        _resizable(b)
+
+
+def test_overlapping_outputs():
+    """Written regions that overlap each other or the packet: ValueError, nothing written.
+    Disjoint regions of one buffer are fine."""
+    sup, h = P.super_tcp(False, bytes(range(256)) * 12, 1000)
+    hdr = t.VirtioNetHdr(**h)
+    want = P.kernel_gso(sup, h)
+    x = bytearray([CANARY]) * 20000
+    mv = memoryview(x)
+    for outs in (
+        [x, mv[500:], bytearray(2000), bytearray(2000)],
+        [mv[500:], x, bytearray(2000), bytearray(2000)],
+        [x, x, bytearray(2000), bytearray(2000)],
+    ):
+        with pytest.raises(ValueError):
+            t.gso_split(sup, hdr, outs, [0] * 4)
+        assert x == bytearray([CANARY]) * 20000
+    sizes = [0] * 4
+    outs = [mv[i * 5000 : (i + 1) * 5000] for i in range(4)]
+    assert t.gso_split(sup, hdr, outs, sizes) == 4
+    assert [bytes(outs[i][: sizes[i]]) for i in range(4)] == want
+    big = bytearray(sup) + bytearray([CANARY]) * 10000
+    bmv = memoryview(big)
+    packet = bmv[: len(sup)]
+    clash = [bmv[100:], bytearray(2000), bytearray(2000), bytearray(2000)]
+    with pytest.raises(ValueError):  # the first segment would overwrite the packet
+        t.gso_split(packet, hdr, clash, [0] * 4)
+    assert big == bytearray(sup) + bytearray([CANARY]) * 10000
+    outs = [bmv[len(sup) + i * 1100 : len(sup) + (i + 1) * 1100] for i in range(4)]
+    assert t.gso_split(packet, hdr, outs, sizes) == 4
+    assert [bytes(outs[i][: sizes[i]]) for i in range(4)] == want
+    assert bytes(big[: len(sup)]) == sup

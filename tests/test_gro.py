@@ -218,6 +218,14 @@ def test_prepend_v6_with_psh_on_later():
     check_coalesced(h, pkt, [a, b])
 
 
+def test_prepend_larger_segment():
+    """A larger segment may be prepended to a lone smaller one (it becomes gso_size)."""
+    a, b = tcp_flow(0, sizes=[1000, 500])
+    ((h, pkt),) = gro([b, a])
+    check_coalesced(h, pkt, [a, b])
+    assert h.gso_size == 1000
+
+
 def test_prepend_twice_reverse_order():
     a, b, c = tcp_flow(3, False)
     out = gro([c, b, a])
@@ -327,6 +335,8 @@ def _refusal(name):
         return [tcp_flow(2, True)[0], tcp_flow(2, True, ttl=63)[1]]
     if name == "traffic-class-v6":
         return [tcp_flow(2, True)[0], tcp_flow(2, True, tos=0x20)[1]]
+    if name == "traffic-class-low-nibble-v6":
+        return [tcp_flow(2, True)[0], tcp_flow(2, True, tos=0x02)[1]]
     if name == "ack":
         return [v4[0], tcp_flow(2, False, ack=0x01020305)[1]]
     if name == "ports":
@@ -405,6 +415,7 @@ REFUSALS = [
     "df",
     "hop-limit-v6",
     "traffic-class-v6",
+    "traffic-class-low-nibble-v6",
     "ack",
     "ports",
     "tcp-options-values",

@@ -369,6 +369,9 @@ def _crafted() -> list[P.Case]:
             "csum_offset": coff,
         }
         cases.append(P.Case(f"v6 {build.__name__} dest-opts ext header", p, h, True))
+        hbh = P.with_dest_opts(build(True, pl(3000)), hop_by_hop=True)
+        p = P.partial_csum(hbh, l4_off=48, proto=proto)
+        cases.append(P.Case(f"v6 {build.__name__} hop-by-hop ext header", p, h, True))
     # TCP GSO without NEEDS_CSUM: the kernel computes the pseudo-header from the addresses
     for v6 in (False, True):
         for n, opts in ((3500, ()), (3500, ts), (900, ())):
