@@ -138,7 +138,7 @@ def tun_demo(pump: bool) -> None:
         fd: int = dev.fileno()
         print(f"created {name} (fd {fd}) with offload")
         if pump:
-            print(f"forwarded {pump_once(dev, t.GroTable())} packets")
+            print(f"forwarded {pump_once(dev, t.GroTable())} bytes")
 
 
 if __name__ == "__main__":

@@ -19,16 +19,12 @@ from tunoffload._native import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     VIRTIO_NET_HDR_LEN,
     GroTable,
+    TunDevice,
     VirtioNetHdr,
     __version__,
     gso_split,
     handle_gro,
 )
-
-try:  # the device layer (Linux only)
-    from tunoffload._native import TunDevice
-except ImportError:  # pragma: no cover - built without the device module
-    pass
 
 __all__ = [
     "IDEAL_BATCH_SIZE",

@@ -101,7 +101,7 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
             is_v6: true,
             l4_off,
             proto,
-            fragment: false,
+            fragment: proto == IPV6_FRAGMENT,
         })
     } else {
         if pkt.len() < IPV4_HDR_LEN {
