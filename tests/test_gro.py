@@ -56,7 +56,7 @@ def gro(pkts, offset=OFF, can_udp_gro=True, table=None):
     bufs = [bytearray(b"\xcc" * offset) + p for p in pkts]
     table = table if table is not None else t.GroTable()
     idx = t.handle_gro(bufs, offset, table, can_udp_gro)
-    idx = list(idx)
+    assert isinstance(idx, list)
     assert idx == sorted(set(idx)), f"indices not in order / duplicated: {idx}"
     assert all(0 <= i < len(bufs) for i in idx)
     out = []
@@ -458,6 +458,14 @@ def test_refusal_controls_do_coalesce():
     """The refusal tests' base packets do coalesce: the one difference is what stops them."""
     for pkts in (tcp_flow(2, False), tcp_flow(2, True), udp_flow(2), udp_flow(2, True)):
         assert len(gro(pkts)) == 1
+
+
+def test_keyword_arguments():
+    pkts = udp_flow(3)
+    bufs = [bytearray(OFF) + p for p in pkts]
+    assert t.handle_gro(bufs=bufs, offset=OFF, table=t.GroTable(), can_udp_gro=False) == [0, 1, 2]
+    bufs = [bytearray(OFF) + p for p in pkts]
+    assert t.handle_gro(bufs=bufs, offset=OFF, table=t.GroTable(), can_udp_gro=True) == [0]
 
 
 def test_udp_disabled():

@@ -434,6 +434,16 @@ def test_is_v6_explicit():
         assert split(sup, h, is_v6=v6) == split(sup, h, is_v6=None) == P.kernel_gso(sup, h)
 
 
+def test_keyword_arguments():
+    """The parameter names of API.md."""
+    sup, h = P.super_udp(True, payload(2500), 1000)
+    out = [bytearray(1100) for _ in range(3)]
+    sizes = [0] * 3
+    n = t.gso_split(packet=sup, hdr=H(h), out_bufs=out, sizes=sizes, out_offset=2, is_v6=True)
+    assert n == 3
+    assert [bytes(out[i][2 : 2 + sizes[i]]) for i in range(3)] == P.kernel_gso(sup, h)
+
+
 def test_sizes_longer_than_needed_and_return_value():
     sup, h = P.super_tcp(False, payload(2500), 1000)
     out = [bytearray(1100) for _ in range(10)]
@@ -643,6 +653,8 @@ BAD = [
     "gso_type-unknown-06",
     "gso_type-unknown-7f",
     "gso_type-unknown-83",
+    "gso_type-unknown-80",
+    "gso_type-unknown-85",
     "ipv4-total-length-too-big",
     "ipv4-total-length-too-small",
     "ipv4-total-length-too-small-gso-none",

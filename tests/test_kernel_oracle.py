@@ -490,6 +490,8 @@ KERNEL_REFUSES = [
     "gso_type-unknown-06",
     "gso_type-unknown-7f",
     "gso_type-unknown-83",
+    "gso_type-unknown-80",
+    "gso_type-unknown-85",
     "ipv4-total-length-too-big",
     "ipv6-payload-length-too-big",
     "udp-129-segments",
