@@ -399,6 +399,11 @@ def _refusal(name):
         return [P.tcp_pkt(False, b"", seq=5), P.tcp_pkt(False, b"", seq=5)]
     if name == "ttl-udp":
         return [udp_flow(1)[0], udp_flow(1, ttl=9)[0]]
+    if name == "flow-label-v6":
+        a, b = tcp_flow(2, True)
+        return [a, _mut(b, 3, b[3] ^ 0x01)]
+    if name == "bad-ipv4-header-csum":
+        return [v4[0], _mut(v4[1], 11, v4[1][11] ^ 0x01)]
     raise AssertionError(name)
 
 
@@ -445,6 +450,8 @@ REFUSALS = [
     "fragment-udp",
     "zero-payload",
     "ttl-udp",
+    "flow-label-v6",
+    "bad-ipv4-header-csum",
 ]
 
 

@@ -185,6 +185,11 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
         if pkt[6] & 0x20 != 0 || be16(pkt, 6) & 0x1fff != 0 {
             return None;
         }
+        // The kernel's GRO does not merge behind a corrupt IP header, and merging would
+        // write a fresh, valid checksum over it.
+        if checksum::sum(&pkt[..IPV4_HDR_LEN]) != 0xffff {
+            return None;
+        }
         (IPV4_IHL_MIN, pkt[9], 12, 4)
     };
     let udp = match proto {
@@ -241,10 +246,12 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
 
 const IPV4_IHL_MIN: usize = IPV4_HDR_LEN;
 
-/// The seed's `ip_headers_can_coalesce`: TOS / traffic class, DF and TTL / hop limit.
+/// The seed's `ip_headers_can_coalesce` (TOS / traffic class, DF and TTL / hop limit),
+/// plus the IPv6 flow label, which the kernel's GRO also requires to match (segments of a
+/// merged packet all get the first one's label back).
 fn ip_headers_match(a: &[u8], b: &[u8], v6: bool) -> bool {
     if v6 {
-        a[0] == b[0] && a[1] >> 4 == b[1] >> 4 && a[7] == b[7]
+        a[..4] == b[..4] && a[7] == b[7]
     } else {
         a[1] == b[1] && a[6] >> 5 == b[6] >> 5 && a[8] == b[8]
     }
