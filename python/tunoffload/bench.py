@@ -1,0 +1,524 @@
+"""``tunoffload bench``: how much faster a Python forwarder is with offload.
+
+Two network namespaces, A and B, each get one TUN device (A: 10.99.0.1/24, B:
+10.99.0.2/24); a forwarder written on the public API, in this process, reads packets from
+one device and writes them to the other, both ways. TCP (and UDP) traffic runs from A to B
+through it for a few seconds. Rows:
+
+- ``split+coalesce``: offload on; ``recv_multiple`` splits each super-packet into
+  MTU-sized packets (what a VPN would encrypt one by one) and ``send_multiple`` coalesces
+  them again.
+- ``plain``: offload off; one ``recv``/``send`` per packet, the path Python code has today.
+- ``passthrough``: offload on; super-packets move whole, no split (the ceiling for any
+  forwarder on TUN).
+- ``veth``: no forwarder, A and B joined by a veth pair (the kernel's own path).
+
+Traffic comes from iperf3 when installed, else from a built-in generator (one process per
+side). Everything created is removed at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MODES = ("veth", "passthrough", "split+coalesce", "plain")
+ADDR_A, ADDR_B, PORT = "10.99.0.1", "10.99.0.2", 5201
+CLONE_NEWNET = 0x40000000
+OFFSET = 16  # headroom before each packet: >= VIRTIO_NET_HDR_LEN
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``tunoffload bench``."""
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per row (default 3)")
+    p.add_argument(
+        "--streams", type=int, nargs="+", default=[1, 4], help="TCP stream counts (default 1 4)"
+    )
+    p.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="rows to run (default all)"
+    )
+    p.add_argument("--no-udp", action="store_true", help="skip the UDP (UDP_SEGMENT) rows")
+    p.add_argument("--no-iperf", action="store_true", help="use the built-in traffic generator")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+@dataclass
+class Result:
+    mode: str
+    traffic: str
+    streams: int
+    gbit_s: float = 0.0
+    pps: float = 0.0
+    cpu_s: float = 0.0
+    cpu_pct: float = 0.0
+    pkts_per_read: float = 0.0
+    pkts_per_write: float = 0.0
+    generator: str = ""
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- namespaces -----------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
+    argv = ["ip", *(["-n", ns] if ns else []), *args]
+    subprocess.run(argv, check=check, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def _entered(ns: str) -> Iterator[None]:
+    """The calling thread inside namespace ``ns`` for the body."""
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            _libc.setns(here, CLONE_NEWNET)
+    finally:
+        os.close(here)
+        os.close(there)
+
+
+class Topology:
+    """Namespaces A and B (and what joins them), deleted by ``close``."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.a, self.b = f"tunoff-bench-a-{tag}", f"tunoff-bench-b-{tag}"
+        self.devices: list[Any] = []
+        for ns in (self.a, self.b):
+            _ip("netns", "add", ns)
+            _ip("link", "set", "lo", "up", ns=ns)
+
+    def veth(self) -> None:
+        _ip(
+            "link",
+            "add",
+            "tobv0",
+            "netns",
+            self.a,
+            "type",
+            "veth",
+            "peer",
+            "tobv1",
+            "netns",
+            self.b,
+        )
+        for ns, dev, addr in ((self.a, "tobv0", ADDR_A), (self.b, "tobv1", ADDR_B)):
+            _ip("addr", "add", f"{addr}/24", "dev", dev, ns=ns)
+            _ip("link", "set", dev, "up", ns=ns)
+
+    def tuns(self, offload: bool) -> tuple[Any, Any]:
+        from tunoffload import TunDevice
+
+        pair = []
+        for ns, addr in ((self.a, ADDR_A), (self.b, ADDR_B)):
+            with _entered(ns):
+                dev = TunDevice("tob0", offload=offload)
+            self.devices.append(dev)
+            dev.add_address(f"{addr}/24")
+            dev.up()
+            pair.append(dev)
+        return pair[0], pair[1]
+
+    def close(self) -> None:
+        for d in self.devices:
+            with contextlib.suppress(Exception):
+                d.close()
+        for ns in (self.a, self.b):
+            _ip("netns", "del", ns, check=False)
+
+
+# --- forwarders -------------------------------------------------------------------------
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.reads = 0
+        self.packets = 0
+        self.writes = 0
+        self.cpu = 0.0
+
+
+def _forward_split(src: Any, dst: Any, c: Counters) -> None:
+    """recv_multiple (split into MTU packets) -> send_multiple (coalesce), zero-copy."""
+    import tunoffload as t
+
+    orig = bytearray(t.VIRTIO_NET_HDR_LEN + 65535)
+    bufs = [bytearray(OFFSET + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
+    sizes = [0] * len(bufs)
+    table = t.GroTable()
+    t0 = time.thread_time()
+    try:
+        while True:
+            n = src.recv_multiple(orig, bufs, sizes, OFFSET)
+            c.reads += 1
+            c.packets += n
+            dst.send_multiple(table, bufs, OFFSET, sizes=sizes, count=n)
+    except OSError:
+        pass  # the device was closed: the row is over
+    finally:
+        c.cpu += time.thread_time() - t0
+
+
+def _forward_whole(src: Any, dst: Any, c: Counters) -> None:
+    """One read, one write: plain packets (offload off) or whole super-packets, counted
+    as the segments their virtio header says they hold."""
+    buf = bytearray(10 + 65535)
+    view = memoryview(buf)
+    vnet = src.offload
+    t0 = time.thread_time()
+    try:
+        while True:
+            n = src.recv(buf)
+            c.reads += 1
+            if vnet and buf[1]:  # gso_type set: count the segments
+                gso_size, l4 = struct.unpack_from("=HH", buf, 4)
+                l4_len = 8 if buf[1] == 5 else (buf[10 + l4 + 12] >> 4) * 4
+                data = n - 10 - l4 - l4_len
+                c.packets += max(1, -(-data // gso_size)) if gso_size else 1
+            else:
+                c.packets += 1
+            dst.send(view[:n])
+    except OSError:
+        pass
+    finally:
+        c.cpu += time.thread_time() - t0
+
+
+# --- traffic ------------------------------------------------------------------------------
+
+_SERVER = r"""
+import socket, sys, time, json
+proto, port = sys.argv[1], int(sys.argv[2])
+streams, duration = int(sys.argv[3]), float(sys.argv[4])
+if proto == "tcp":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(streams); s.settimeout(duration + 20)
+    print("ready", flush=True)
+    conns = [s.accept()[0] for _ in range(streams)]
+    import selectors
+    sel = selectors.DefaultSelector()
+    for c in conns: c.setblocking(False); sel.register(c, selectors.EVENT_READ)
+    buf = bytearray(1 << 20); total = 0; first = last = None; open_ = len(conns)
+    while open_:
+        for key, _ in sel.select(duration + 20):
+            try: n = key.fileobj.recv_into(buf)
+            except BlockingIOError: continue
+            if n == 0: sel.unregister(key.fileobj); open_ -= 1; continue
+            now = time.monotonic(); first = first or now; last = now; total += n
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("0.0.0.0", port)); s.settimeout(2.0)
+    print("ready", flush=True)
+    buf = bytearray(65535); total = 0; first = last = None; end = time.monotonic() + duration + 10
+    while time.monotonic() < end:
+        try: n = s.recv_into(buf)
+        except socket.timeout:
+            if first: break
+            continue
+        now = time.monotonic(); first = first or now; last = now; total += n
+print(json.dumps({"bytes": total, "seconds": (last - first) if first and last else 0}), flush=True)
+"""
+
+_CLIENT = r"""
+import socket, sys, time, threading
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+streams, duration = int(sys.argv[4]), float(sys.argv[5])
+end = time.monotonic() + duration
+def tcp():
+    c = socket.create_connection((host, port), timeout=10)
+    data = memoryview(bytes(1 << 20))
+    while time.monotonic() < end: c.sendall(data)
+    c.close()
+def udp():
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.connect((host, port))
+    c.setsockopt(socket.SOL_UDP, 103, 1400)  # UDP_SEGMENT: 1400-byte datagrams, USO
+    data = bytes(1400 * 40)
+    while time.monotonic() < end:
+        try: c.send(data)
+        except OSError: time.sleep(0.0005)
+ts = [threading.Thread(target=tcp if proto == "tcp" else udp) for _ in range(streams)]
+for t in ts: t.start()
+for t in ts: t.join()
+"""
+
+
+def _traffic(
+    topo: Topology, proto: str, streams: int, duration: float, use_iperf: bool, progress: str
+) -> tuple[float, str]:
+    """Runs traffic from A to B; returns (bits per second received, generator name)."""
+    if use_iperf and proto == "tcp":
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", topo.b, "iperf3", "-s", "-1", "-B", ADDR_B],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)
+            cli = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    topo.a,
+                    "iperf3",
+                    "-c",
+                    ADDR_B,
+                    "-t",
+                    str(duration),
+                    "-P",
+                    str(streams),
+                    "-J",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            _wait(cli, duration, progress)
+            out = json.loads(cli.stdout.read() if cli.stdout else "{}")
+            return float(out["end"]["sum_received"]["bits_per_second"]), "iperf3"
+        finally:
+            srv.kill()
+            srv.wait()
+    py = sys.executable
+    srv = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            topo.b,
+            py,
+            "-c",
+            _SERVER,
+            proto,
+            str(PORT),
+            str(streams),
+            str(duration),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert srv.stdout is not None
+        srv.stdout.readline()  # "ready"
+        cli = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                topo.a,
+                py,
+                "-c",
+                _CLIENT,
+                proto,
+                ADDR_B,
+                str(PORT),
+                str(streams),
+                str(duration),
+            ]
+        )
+        _wait(cli, duration, progress)
+        line = srv.stdout.readline()
+        srv.wait(timeout=30)
+        r = json.loads(line)
+        return (r["bytes"] * 8 / r["seconds"] if r["seconds"] else 0.0), "built-in"
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def _wait(proc: subprocess.Popen[Any], duration: float, progress: str) -> None:
+    start = time.monotonic()
+    try:
+        while proc.poll() is None:
+            el = time.monotonic() - start
+            if sys.stderr.isatty():
+                print(
+                    f"\r  {progress}: {min(el, duration):4.1f}/{duration:.0f} s ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if el > duration + 30:
+                proc.kill()
+                raise TimeoutError("traffic generator did not finish")
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if sys.stderr.isatty():
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: bool) -> Result:
+    """One row: build the topology, forward, measure, tear down."""
+    res = Result(mode=mode, traffic=proto.upper(), streams=streams)
+    topo = Topology()
+    threads: list[threading.Thread] = []
+    counters = [Counters(), Counters()]
+    devs: tuple[Any, Any] | None = None
+    try:
+        if mode == "veth":
+            topo.veth()
+        else:
+            offload = mode != "plain"
+            devs = topo.tuns(offload)
+            fwd = _forward_split if mode == "split+coalesce" else _forward_whole
+            for (src, dst), c in zip(((devs[0], devs[1]), (devs[1], devs[0])), counters):
+                th = threading.Thread(target=fwd, args=(src, dst, c), daemon=True)
+                th.start()
+                threads.append(th)
+        time.sleep(0.2)
+        wall0 = time.monotonic()
+        bps, res.generator = _traffic(
+            topo, proto, streams, duration, use_iperf, f"{mode} {proto} x{streams}"
+        )
+        wall = time.monotonic() - wall0
+        res.gbit_s = bps / 1e9
+    except Exception as e:  # a row that fails is reported, the others still run
+        res.error = f"{type(e).__name__}: {e}"
+        wall = 0.0
+    finally:
+        stats = [d.stats for d in devs] if devs else []
+        topo.close()
+        for th in threads:
+            th.join(timeout=5)
+    if devs:
+        fwd_a = counters[0]  # A -> B carries the data (and B -> A the ACKs)
+        res.cpu_s = sum(c.cpu for c in counters)
+        res.cpu_pct = 100 * res.cpu_s / wall if wall else 0.0
+        res.pps = sum(c.packets for c in counters) / wall if wall else 0.0
+        res.pkts_per_read = fwd_a.packets / fwd_a.reads if fwd_a.reads else 0.0
+        writes = stats[1].get("writes", 0) if stats else 0
+        res.pkts_per_write = fwd_a.packets / writes if writes else 0.0
+        res.extra = {
+            "reads_a_to_b": fwd_a.reads,
+            "packets_a_to_b": fwd_a.packets,
+            "writes_to_b": writes,
+        }
+    return res
+
+
+def _table(rows: list[Result]) -> str:
+    head = (
+        "forwarder",
+        "traffic",
+        "streams",
+        "Gbit/s",
+        "kpkt/s",
+        "fwd CPU s",
+        "CPU %",
+        "pkt/read",
+        "pkt/write",
+    )
+    lines = [head]
+    for r in rows:
+        if r.error:
+            lines.append(
+                (r.mode, r.traffic, str(r.streams), "error: " + r.error, "", "", "", "", "")
+            )
+            continue
+        fwd = r.mode != "veth"
+        lines.append(
+            (
+                r.mode,
+                r.traffic,
+                str(r.streams),
+                f"{r.gbit_s:.2f}",
+                f"{r.pps / 1e3:.0f}" if fwd else "-",
+                f"{r.cpu_s:.2f}" if fwd else "-",
+                f"{r.cpu_pct:.0f}" if fwd else "-",
+                f"{r.pkts_per_read:.1f}" if fwd else "-",
+                f"{r.pkts_per_write:.1f}" if fwd else "-",
+            )
+        )
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
+    out = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in lines
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) to create network namespaces and TUN devices"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    if shutil.which("ip") is None:
+        return "needs the `ip` command (iproute2)"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the rows that ``args`` asks for and prints the table (or JSON)."""
+    reason = _why_not()
+    if reason:
+        print(f"tunoffload bench: {reason}", file=sys.stderr)
+        return 2
+    use_iperf = not args.no_iperf and shutil.which("iperf3") is not None
+    plan = [(m, "tcp", s) for s in args.streams for m in args.modes]
+    if not args.no_udp:
+        plan += [(m, "udp", 1) for m in args.modes]
+    rows: list[Result] = []
+    try:
+        for mode, proto, streams in plan:
+            rows.append(run_row(mode, proto, streams, args.duration, use_iperf))
+            if not args.json and sys.stderr.isatty():
+                r = rows[-1]
+                print(
+                    f"  {mode:15} {proto} x{streams}: {r.gbit_s:6.2f} Gbit/s {r.error}",
+                    file=sys.stderr,
+                )
+    except KeyboardInterrupt:
+        print("\ninterrupted; the namespaces were removed", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        gen = "iperf3" if use_iperf else "built-in generator"
+        print(
+            f"tunoffload bench: {args.duration:g} s per row, traffic from {gen}, "
+            f"{os.cpu_count()} CPUs, kernel {os.uname().release}\n"
+        )
+        print(_table(rows))
+        by = {(r.mode, r.traffic, r.streams): r for r in rows}
+        for s in args.streams:
+            a, b = by.get(("split+coalesce", "TCP", s)), by.get(("plain", "TCP", s))
+            if a and b and b.gbit_s and not (a.error or b.error):
+                print(f"\nsplit+coalesce vs plain, TCP x{s}: {a.gbit_s / b.gbit_s:.1f}x")
+    return 1 if any(r.error for r in rows) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tunoffload bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
