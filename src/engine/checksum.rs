@@ -21,26 +21,8 @@ pub fn fold(mut acc: u64) -> u16 {
 /// padded with zero), folded to 16 bits, not complemented.
 #[inline]
 pub fn sum(data: &[u8]) -> u16 {
-    #[cfg(target_arch = "x86_64")]
-    if data.len() >= 128 && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above, cached by std after the first call).
-        return unsafe { sum_avx2(data) };
-    }
-    sum_portable(data)
-}
-
-/// [`sum`] compiled for AVX2: the same loop, which LLVM then vectorises with 256-bit
-/// widening adds (measured about 1.6x faster on 64 KiB than the SSE2 build).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_avx2(data: &[u8]) -> u16 {
-    sum_portable(data)
-}
-
-#[inline(always)]
-fn sum_portable(data: &[u8]) -> u16 {
-    let mut acc = [0u64; 8];
-    let mut chunks = data.chunks_exact(32);
+    let mut acc = [0u64; 4];
+    let mut chunks = data.chunks_exact(16);
     for c in &mut chunks {
         for (k, a) in acc.iter_mut().enumerate() {
             *a += u64::from(u32::from_ne_bytes([
@@ -51,7 +33,7 @@ fn sum_portable(data: &[u8]) -> u16 {
             ]));
         }
     }
-    let mut total: u64 = acc.iter().sum();
+    let mut total = acc[0] + acc[1] + acc[2] + acc[3];
     let rest = chunks.remainder();
     let mut words = rest.chunks_exact(2);
     for w in &mut words {
