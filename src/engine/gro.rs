@@ -129,6 +129,8 @@ pub struct GroTable {
     /// Per packet: the item it created, or NONE.
     item_of: Vec<u32>,
     to_write: Vec<usize>,
+    /// Whether the last call swapped any entries of `bufs`.
+    swapped: bool,
 }
 
 impl GroTable {
@@ -145,6 +147,13 @@ impl GroTable {
         self.item_of.clear();
         self.item_of.resize(n, NONE);
         self.to_write.clear();
+        self.swapped = false;
+    }
+
+    /// Whether the last [`handle_gro`] swapped entries of its `bufs` (after coalescing a
+    /// segment that arrived before the one ahead of it).
+    pub fn swapped(&self) -> bool {
+        self.swapped
     }
 }
 
@@ -546,6 +555,7 @@ fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> 
         hdr[vnet..].copy_from_slice(&vh.to_bytes());
         if head != slot {
             bufs.swap(head, slot);
+            t.swapped = true;
         }
     }
     Ok(())

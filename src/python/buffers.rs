@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyByteArray;
+use pyo3::types::{PyByteArray, PyList};
 
 use crate::engine::{self, ExpandBuffer};
 
@@ -278,99 +278,171 @@ pub(crate) fn span(r: Region, index: usize) -> (usize, usize, usize) {
     (s, e, index)
 }
 
-/// A buffer in `handle_gro`'s list.
-pub(crate) enum GroBuf<'py> {
-    /// Grows in place; `fixed` when a memoryview of it exists (it then cannot resize).
-    ByteArray {
-        obj: Bound<'py, PyByteArray>,
-        fixed: bool,
-    },
-    /// Any other writable buffer, held by the call's `Views`.
-    Fixed {
-        obj: Bound<'py, PyAny>,
-        region: Region,
-    },
+/// A buffer in `handle_gro`'s list: its packet is `bytes()[offset..]`.
+///
+/// Two modes. *Exact* (`handle_gro`, and `send_multiple` without `sizes`): the packet ends
+/// where the buffer ends, and growing resizes the bytearray (so it stays exact). *Sized*
+/// (`send_multiple(..., sizes=...)`): the packet ends at `len`, before the end of the
+/// buffer; growing moves `len` within the buffer and only resizes when it must.
+pub(crate) struct GroBuf<'py> {
+    obj: Bound<'py, PyAny>,
+    /// Start of the bytes: cached, refreshed after every resize.
+    ptr: NonNull<u8>,
+    /// The packet's end (the logical length).
+    len: usize,
+    /// The buffer's real length.
+    cap: usize,
+    /// An exact `bytearray` that nothing else exports: it can be resized.
+    growable: bool,
+    exact: bool,
 }
 
 impl<'py> GroBuf<'py> {
-    /// Wraps `obj`; only `bytearray`s can grow (and so take merged segments).
-    pub(crate) fn new(
+    /// Wraps `bufs[index]`; `len` is the packet's end in sized mode, `None` for exact.
+    fn new(
         obj: Bound<'py, PyAny>,
         views: &mut Views<'py>,
         index: usize,
+        len: Option<usize>,
     ) -> PyResult<Self> {
-        match obj.cast_into::<PyByteArray>() {
-            Ok(ba) => {
-                // SAFETY: `ba` is a bytearray (checked by the cast), so the object is a
-                // PyByteArrayObject; ob_exports is read with the GIL held.
-                let exports = unsafe { (*ba.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports };
-                Ok(GroBuf::ByteArray {
-                    obj: ba,
-                    fixed: exports > 0,
-                })
+        let raw = obj.as_ptr();
+        // SAFETY: raw is a live object (GIL held through `Bound`).
+        let (ptr, cap, growable) = if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
+            // SAFETY: an exact bytearray is a PyByteArrayObject; read with the GIL held.
+            unsafe {
+                let exports = (*raw.cast::<ffi::PyByteArrayObject>()).ob_exports;
+                let size = usize::try_from(ffi::PyByteArray_Size(raw)).unwrap_or(0);
+                (
+                    ffi::PyByteArray_AsString(raw).cast::<u8>(),
+                    size,
+                    exports == 0,
+                )
             }
-            Err(e) => {
-                let obj = e.into_inner();
-                let region = views.write(&obj, &|| format!("bufs[{index}]"))?;
-                Ok(GroBuf::Fixed { obj, region })
-            }
+        } else {
+            let r = views.write(&obj, &|| format!("bufs[{index}]"))?;
+            (r.ptr.as_ptr(), r.len, false)
+        };
+        let exact = len.is_none();
+        let len = len.unwrap_or(cap);
+        if len > cap {
+            return Err(PyValueError::new_err(format!(
+                "bufs[{index}] holds {cap} bytes, less than offset + sizes[{index}] = {len}"
+            )));
         }
+        let ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
+        Ok(GroBuf {
+            obj,
+            ptr,
+            len,
+            cap,
+            growable,
+            exact,
+        })
     }
 
     /// The Python object (to put back into the list after swaps).
     pub(crate) fn object(&self) -> &Bound<'py, PyAny> {
-        match self {
-            GroBuf::ByteArray { obj, .. } => obj.as_any(),
-            GroBuf::Fixed { obj, .. } => obj,
-        }
+        &self.obj
     }
 
-    pub(crate) fn span(&self, index: usize) -> (usize, usize, usize) {
-        let b = self.bytes();
-        let s = b.as_ptr() as usize;
-        (s, s + b.len(), index)
+    /// Where the packet ends.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
+
+    fn span(&self, index: usize) -> (usize, usize, usize) {
+        let s = self.ptr.as_ptr() as usize;
+        (s, s + self.cap, index)
+    }
+}
+
+/// The buffers of one GRO call: `bufs[..lens.len()]` in sized mode (packet i ending at
+/// `offset + lens[i]`), else all of `bufs` in exact mode. Checked to share no memory.
+pub(crate) fn gro_bufs<'py>(
+    views: &mut Views<'py>,
+    bufs: &Bound<'py, PyList>,
+    offset: usize,
+    lens: Option<&[usize]>,
+) -> PyResult<Vec<GroBuf<'py>>> {
+    let n = lens.map_or(bufs.len(), <[usize]>::len);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let end = lens.map(|l| offset + l[i]);
+        out.push(GroBuf::new(bufs.get_item(i)?, views, i, end)?);
+    }
+    if out.iter().all(|b| b.growable) {
+        // Distinct bytearrays never share memory: only the same object twice can. Mark
+        // each with EXCLUSIVE exports and look for a mark already there (GIL held).
+        let mut dup = None;
+        for (i, b) in out.iter().enumerate() {
+            // SAFETY: growable buffers are exact bytearrays; GIL held; undone just below.
+            let e = unsafe { &mut (*b.obj.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports };
+            if *e >= EXCLUSIVE {
+                dup.get_or_insert(i);
+            }
+            *e += EXCLUSIVE;
+        }
+        for b in &out {
+            // SAFETY: as above, removing this loop's own marks.
+            unsafe { (*b.obj.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports -= EXCLUSIVE };
+        }
+        if let Some(i) = dup {
+            let first = out.iter().position(|b| b.obj.is(&out[i].obj)).unwrap_or(i);
+            return Err(PyValueError::new_err(format!(
+                "bufs[{first}] and bufs[{i}] share memory"
+            )));
+        }
+    } else {
+        let mut spans: Vec<_> = out.iter().enumerate().map(|(i, b)| b.span(i)).collect();
+        check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
+    }
+    Ok(out)
 }
 
 // These run only inside `handle_gro`, with the GIL held and no Python code called, so no
 // other thread can resize or free a bytearray while a slice of it is alive.
 impl ExpandBuffer for GroBuf<'_> {
     fn bytes(&self) -> &[u8] {
-        match self {
-            // SAFETY: GIL held, no Python code runs while the slice lives (see above).
-            GroBuf::ByteArray { obj, .. } => unsafe { obj.as_bytes() },
-            // SAFETY: the export is held by the call's Views; regions are disjoint.
-            GroBuf::Fixed { region, .. } => unsafe { region.slice() },
-        }
+        // SAFETY: ptr/len describe live memory of the object (refreshed after each
+        // resize; a non-bytearray is exported by the call's Views); GIL held and no
+        // Python code runs while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            // SAFETY: as above; bufs are checked to be disjoint, so this is the only
-            // reference to these bytes.
-            GroBuf::ByteArray { obj, .. } => unsafe { obj.as_bytes_mut() },
-            // SAFETY: writable export held by Views; disjoint from the other buffers.
-            GroBuf::Fixed { region, .. } => unsafe { region.slice_mut() },
-        }
+        // SAFETY: as above; the buffers share no memory (checked in `gro_bufs`), so this
+        // is the only reference to these bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
     fn max_len(&self) -> usize {
-        match self {
-            GroBuf::ByteArray { fixed: false, .. } => isize::MAX as usize,
-            GroBuf::ByteArray { obj, .. } => obj.len(),
-            GroBuf::Fixed { region, .. } => region.len(),
+        if self.growable {
+            isize::MAX as usize
+        } else {
+            self.cap
         }
     }
 
     fn resize(&mut self, new_len: usize) -> engine::Result<()> {
-        match self {
-            GroBuf::ByteArray { obj, fixed: false } => obj.resize(new_len).map_err(|e| {
+        if new_len > self.cap || (self.exact && new_len != self.cap) {
+            if !self.growable {
+                return Err(engine::Error::fixed(
+                    "internal: a fixed buffer was asked to grow",
+                ));
+            }
+            let ba = self
+                .obj
+                .cast::<PyByteArray>()
+                .map_err(|_| engine::Error::fixed("internal: not a bytearray"))?;
+            ba.resize(new_len).map_err(|e| {
                 engine::Error::new(format!("cannot grow a bytearray to {new_len} bytes: {e}"))
-            }),
-            _ if new_len == self.bytes().len() => Ok(()),
-            _ => Err(engine::Error::fixed(
-                "internal: a fixed buffer was asked to grow",
-            )),
+            })?;
+            // SAFETY: a bytearray (cast above), GIL held.
+            let ptr = unsafe { ffi::PyByteArray_AsString(ba.as_ptr()).cast::<u8>() };
+            self.ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
+            self.cap = new_len;
         }
+        self.len = new_len;
+        Ok(())
     }
 }

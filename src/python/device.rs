@@ -873,23 +873,18 @@ impl PyTunDevice {
             let list = bufs
                 .cast::<PyList>()
                 .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
-            if sizes.is_none() && n == have {
-                let out = gro_py(py, list, offset, &mut gro_table.inner, self.udp_gso)?;
-                for &i in out {
-                    spans.push((i, offset - VIRTIO_NET_HDR_LEN, usize::MAX));
-                }
-            } else {
-                let lens = match &sizes {
-                    Some(v) => v.clone(),
-                    None => (0..n)
+            let lens = match &sizes {
+                Some(v) => Some(v[..n].to_vec()),
+                None if n == have => None,
+                None => Some(
+                    (0..n)
                         .map(|i| Ok(seq.get_item(i)?.len()?.saturating_sub(offset)))
-                        .collect::<PyResult<_>>()?,
-                };
-                for (i, end) in
-                    sized_gro(py, list, offset, &lens, &mut gro_table.inner, self.udp_gso)?
-                {
-                    spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
-                }
+                        .collect::<PyResult<Vec<usize>>>()?,
+                ),
+            };
+            let udp = self.udp_gso;
+            for (i, end) in gro_py(py, list, offset, lens.as_deref(), &mut gro_table.inner, udp)? {
+                spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
             }
         } else {
             for i in 0..n {
@@ -958,168 +953,6 @@ impl PyTunDevice {
         let tun = self.get(py)?;
         retrying(py, || tun.wait_readable())
     }
-}
-
-/// A buffer of `send_multiple(..., sizes=...)`: a bytearray (or other writable buffer)
-/// whose packet ends at `len`, before the end of the buffer. GRO sees only `[..len]`;
-/// growing within the buffer just moves `len`, so a reused batch allocates nothing.
-enum SizedBuf<'py> {
-    ByteArray {
-        obj: Bound<'py, PyByteArray>,
-        len: usize,
-        fixed: bool,
-    },
-    Fixed {
-        obj: Bound<'py, PyAny>,
-        region: super::buffers::Region,
-        len: usize,
-    },
-}
-
-impl SizedBuf<'_> {
-    fn object(&self) -> &Bound<'_, PyAny> {
-        match self {
-            SizedBuf::ByteArray { obj, .. } => obj.as_any(),
-            SizedBuf::Fixed { obj, .. } => obj,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            SizedBuf::ByteArray { len, .. } | SizedBuf::Fixed { len, .. } => *len,
-        }
-    }
-}
-
-// As the engine's own `GroBuf`: used only inside `sized_gro`, with the GIL held and no
-// Python code run while a slice lives, so no other thread can resize a bytearray.
-impl crate::engine::ExpandBuffer for SizedBuf<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            // SAFETY: GIL held, no Python code runs while the slice lives; `len` is at
-            // most the bytearray's length (checked when made, kept by `resize`).
-            SizedBuf::ByteArray { obj, len, .. } => unsafe { &obj.as_bytes()[..*len] },
-            // SAFETY: the export is held by the call's Views; buffers are disjoint.
-            SizedBuf::Fixed { region, len, .. } => unsafe { &region.slice()[..*len] },
-        }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            // SAFETY: as above; the buffers are checked to be disjoint, so this is the
-            // only reference to these bytes.
-            SizedBuf::ByteArray { obj, len, .. } => unsafe { &mut obj.as_bytes_mut()[..*len] },
-            // SAFETY: writable export held by Views; disjoint from the other buffers.
-            SizedBuf::Fixed { region, len, .. } => unsafe { &mut region.slice_mut()[..*len] },
-        }
-    }
-
-    fn max_len(&self) -> usize {
-        match self {
-            SizedBuf::ByteArray { fixed: false, .. } => isize::MAX as usize,
-            SizedBuf::ByteArray { obj, .. } => obj.len(),
-            SizedBuf::Fixed { region, .. } => region.len(),
-        }
-    }
-
-    fn resize(&mut self, new_len: usize) -> crate::engine::Result<()> {
-        match self {
-            SizedBuf::ByteArray { obj, len, fixed } => {
-                if new_len > obj.len() {
-                    if *fixed {
-                        return Err(crate::engine::Error::fixed(
-                            "internal: a fixed buffer was asked to grow",
-                        ));
-                    }
-                    obj.resize(new_len).map_err(|e| {
-                        crate::engine::Error::new(format!(
-                            "cannot grow a bytearray to {new_len} bytes: {e}"
-                        ))
-                    })?;
-                }
-                *len = new_len;
-                Ok(())
-            }
-            SizedBuf::Fixed { region, len, .. } => {
-                if new_len > region.len() {
-                    return Err(crate::engine::Error::fixed(
-                        "internal: a fixed buffer was asked to grow",
-                    ));
-                }
-                *len = new_len;
-                Ok(())
-            }
-        }
-    }
-}
-
-/// GRO over the first `lens.len()` entries of `bufs`, packet i being
-/// `bufs[i][offset..offset + lens[i]]`. Returns (list index, end of packet) to write.
-fn sized_gro(
-    py: Python<'_>,
-    bufs: &Bound<'_, PyList>,
-    offset: usize,
-    lens: &[usize],
-    table: &mut crate::engine::GroTable,
-    can_udp_gro: bool,
-) -> PyResult<Vec<(usize, usize)>> {
-    let n = lens.len();
-    let mut views = Views::with_capacity(py, n);
-    let mut gbufs = Vec::with_capacity(n);
-    for (i, &plen) in lens.iter().enumerate() {
-        let obj = bufs.get_item(i)?;
-        let len = offset + plen;
-        let b = match obj.cast_into::<PyByteArray>() {
-            Ok(ba) => {
-                // SAFETY: `ba` is a bytearray (checked by the cast), so the object is a
-                // PyByteArrayObject; ob_exports is read with the GIL held.
-                let exports =
-                    unsafe { (*ba.as_ptr().cast::<pyo3::ffi::PyByteArrayObject>()).ob_exports };
-                if len > ba.len() {
-                    return Err(PyValueError::new_err(format!(
-                        "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {len}",
-                        ba.len()
-                    )));
-                }
-                SizedBuf::ByteArray {
-                    obj: ba,
-                    len,
-                    fixed: exports > 0,
-                }
-            }
-            Err(e) => {
-                let obj = e.into_inner();
-                let region = views.write(&obj, &|| format!("bufs[{i}]"))?;
-                if len > region.len() {
-                    return Err(PyValueError::new_err(format!(
-                        "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {len}",
-                        region.len()
-                    )));
-                }
-                SizedBuf::Fixed { obj, region, len }
-            }
-        };
-        gbufs.push(b);
-    }
-    let mut spans: Vec<(usize, usize, usize)> = gbufs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let s = crate::engine::ExpandBuffer::bytes(b).as_ptr() as usize;
-            (s, s + b.len(), i)
-        })
-        .collect();
-    super::buffers::check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
-    let out =
-        crate::engine::handle_gro(&mut gbufs, offset, table, can_udp_gro).map_err(value_error)?;
-    let result = out.iter().map(|&i| (i, gbufs[i].len())).collect();
-    for (i, b) in gbufs.iter().enumerate() {
-        let current = bufs.get_item(i)?;
-        if !b.object().is(&current) {
-            bufs.set_item(i, b.object())?;
-        }
-    }
-    Ok(result)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -5,7 +5,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySequence};
 
-use super::buffers::{check_disjoint, span, GroBuf, Views};
+use super::buffers::{check_disjoint, gro_bufs, span, Views};
 use crate::engine::{self as eng, gso, VirtioNetHdr};
 
 /// Turns an engine error (a bad packet, header or argument) into `ValueError`.
@@ -334,33 +334,36 @@ impl PyGroTable {
 }
 
 /// Runs GRO over the Python list `bufs`: bytearrays grow, list entries may be swapped.
-/// Returns the indices to write (each `bufs[i][offset-10:]` then holds header + packet).
+/// Returns the indices to write and where each packet ends (`bufs[i][offset-10:end]` is
+/// then its virtio header and packet).
+///
+/// `lens`: `None` takes every buffer whole (the packet is `bufs[i][offset:]`, and a grown
+/// buffer is resized to fit exactly); `Some(lens)` takes packet i as
+/// `bufs[i][offset:offset + lens[i]]` for the first `lens.len()` buffers, growing within
+/// the buffer where it can.
 ///
 /// Runs with the GIL held: growing a bytearray needs it, and holding it is what keeps any
 /// other thread from resizing a buffer while Rust works on it.
-pub(crate) fn gro_py<'t>(
+pub(crate) fn gro_py(
     py: Python<'_>,
     bufs: &Bound<'_, PyList>,
     offset: usize,
-    table: &'t mut eng::GroTable,
+    lens: Option<&[usize]>,
+    table: &mut eng::GroTable,
     can_udp_gro: bool,
-) -> PyResult<&'t [usize]> {
-    let n = bufs.len();
-    let mut views = Views::with_capacity(py, n);
-    let mut gbufs = Vec::with_capacity(n);
-    for (i, obj) in bufs.iter().enumerate() {
-        gbufs.push(GroBuf::new(obj, &mut views, i)?);
-    }
-    let mut spans: Vec<_> = gbufs.iter().enumerate().map(|(i, b)| b.span(i)).collect();
-    check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
+) -> PyResult<Vec<(usize, usize)>> {
+    let mut views = Views::with_capacity(py, lens.map_or(bufs.len(), <[usize]>::len));
+    let mut gbufs = gro_bufs(&mut views, bufs, offset, lens)?;
     let out = eng::handle_gro(&mut gbufs, offset, table, can_udp_gro).map_err(value_error)?;
-    for (i, b) in gbufs.iter().enumerate() {
-        let current = bufs.get_item(i)?;
-        if !b.object().is(&current) {
-            bufs.set_item(i, b.object())?;
+    let written = out.iter().map(|&i| (i, gbufs[i].len())).collect();
+    if table.swapped() {
+        for (i, b) in gbufs.iter().enumerate() {
+            if !b.object().is(&bufs.get_item(i)?) {
+                bufs.set_item(i, b.object())?;
+            }
         }
     }
-    Ok(out)
+    Ok(written)
 }
 
 /// Coalesces a batch of packets for writing to a TUN device with offload.
@@ -385,8 +388,8 @@ fn handle_gro<'py>(
         .cast::<PyList>()
         .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
     let offset = non_negative(offset, "offset")?;
-    let out = gro_py(py, bufs, offset, &mut table.inner, can_udp_gro)?;
-    PyList::new(py, out)
+    let out = gro_py(py, bufs, offset, None, &mut table.inner, can_udp_gro)?;
+    PyList::new(py, out.iter().map(|&(i, _)| i))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
