@@ -193,8 +193,10 @@ pub(crate) fn split_into_py(
     let list = out_bufs.cast::<PyList>().ok();
     for i in 0..n {
         let obj = match list {
-            Some(l) => l.get_item(i)?,
-            None => out_bufs.get_item(i)?,
+            // SAFETY: i < n <= len(out_bufs), checked above, and nothing has run since
+            // that could shrink the list (GIL held, no Python code called).
+            Some(l) if i < l.len() => unsafe { l.get_item_unchecked(i) },
+            _ => out_bufs.get_item(i)?,
         };
         let (region, exclusive) = views.write_exclusive(&obj, &|| format!("out_bufs[{i}]"))?;
         all_exclusive &= exclusive;
@@ -261,11 +263,18 @@ pub(crate) fn set_sizes(
 ) -> PyResult<()> {
     let py = sizes.py();
     let mut last: Option<(usize, Bound<'_, PyAny>)> = None;
+    // An int object known to hold a value: consecutive equal sizes are one shared object,
+    // so a reused list is checked by identity, without converting every entry.
+    let mut known: Option<(usize, *mut pyo3::ffi::PyObject)> = None;
     for (i, v) in values.enumerate() {
         let current = sizes.get_item(i)?;
+        if known == Some((v, current.as_ptr())) {
+            continue;
+        }
         if current.is_exact_instance_of::<pyo3::types::PyInt>()
             && current.extract::<usize>().ok() == Some(v)
         {
+            known = Some((v, current.as_ptr()));
             continue;
         }
         let obj = match &last {
@@ -276,6 +285,7 @@ pub(crate) fn set_sizes(
                 o
             }
         };
+        known = Some((v, obj.as_ptr()));
         sizes.set_item(i, obj)?;
     }
     Ok(())
