@@ -415,6 +415,15 @@ fn fits(pkt: &[u8], head: &[u8], c: &Candidate, it: &Item) -> Fit {
     if it.udp != c.udp || usize::from(it.l4_len) != c.l4_len {
         return Fit::No;
     }
+    if !c.udp {
+        // The kernel's tcp_gro_receive flushes on any difference in the TCP header word
+        // at offset 12 but CWR/FIN/PSH: data offset, reserved bits and the window. (A
+        // merged packet's segments all get the first one's window back.)
+        let at = c.iph_len + 12;
+        if pkt[at] != head[at] || pkt[at + 2..at + 4] != head[at + 2..at + 4] {
+            return Fit::No;
+        }
+    }
     if !c.udp && c.l4_len > TCP_HDR_LEN {
         let (a, b) = (c.iph_len + TCP_HDR_LEN, c.iph_len + c.l4_len);
         if pkt[a..b] != head[a..b] {
@@ -693,6 +702,7 @@ mod tests {
             ("overlap", |s| s.seq -= 1),
             ("larger after smaller", |s| s.payload = vec![1; 101]),
             ("port", |s| s.sport = 9),
+            ("window", |s| s.window = 1000),
         ];
         for (name, mutate) in cases {
             let mut b2 = b.clone();

@@ -18,6 +18,7 @@ pub struct Spec {
     pub id: u16,
     pub tcp_opts: Vec<u8>,
     pub sport: u16,
+    pub window: u16,
 }
 
 impl Default for Spec {
@@ -35,6 +36,7 @@ impl Default for Spec {
             id: 7,
             tcp_opts: vec![],
             sport: 1234,
+            window: 65535,
         }
     }
 }
@@ -81,7 +83,7 @@ pub fn build(s: &Spec, partial: bool) -> Vec<u8> {
         put32(&mut p, iph + 8, s.ack);
         p[iph + 12] = ((l4h / 4) as u8) << 4;
         p[iph + TCP_FLAGS] = s.flags;
-        put16(&mut p, iph + 14, 65535);
+        put16(&mut p, iph + 14, s.window);
         p[iph + TCP_HDR_LEN..iph + l4h].copy_from_slice(&s.tcp_opts);
         iph + TCP_CSUM
     };
