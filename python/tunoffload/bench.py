@@ -64,8 +64,11 @@ class Result:
     pps: float = 0.0
     cpu_s: float = 0.0
     cpu_pct: float = 0.0
-    pkts_per_read: float = 0.0
-    pkts_per_write: float = 0.0
+    # packets per super-packet: per read from the source, per write to the destination
+    pkts_per_read_ab: float = 0.0
+    pkts_per_write_ab: float = 0.0
+    pkts_per_read_ba: float = 0.0
+    pkts_per_write_ba: float = 0.0
     generator: str = ""
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -411,13 +414,21 @@ def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: boo
         res.cpu_s = sum(c.cpu for c in counters)
         res.cpu_pct = 100 * res.cpu_s / wall if wall else 0.0
         res.pps = sum(c.packets for c in counters) / wall if wall else 0.0
-        res.pkts_per_read = fwd_a.packets / fwd_a.reads if fwd_a.reads else 0.0
-        writes = stats[1].get("writes", 0) if stats else 0
-        res.pkts_per_write = fwd_a.packets / writes if writes else 0.0
+        ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
+        fwd_b = counters[1]
+        writes_b = stats[1].get("writes", 0) if stats else 0
+        writes_a = stats[0].get("writes", 0) if stats else 0
+        res.pkts_per_read_ab = ratio(fwd_a.packets, fwd_a.reads)
+        res.pkts_per_write_ab = ratio(fwd_a.packets, writes_b)
+        res.pkts_per_read_ba = ratio(fwd_b.packets, fwd_b.reads)
+        res.pkts_per_write_ba = ratio(fwd_b.packets, writes_a)
         res.extra = {
             "reads_a_to_b": fwd_a.reads,
             "packets_a_to_b": fwd_a.packets,
-            "writes_to_b": writes,
+            "writes_to_b": writes_b,
+            "reads_b_to_a": fwd_b.reads,
+            "packets_b_to_a": fwd_b.packets,
+            "writes_to_a": writes_a,
         }
     return res
 
@@ -431,15 +442,15 @@ def _table(rows: list[Result]) -> str:
         "kpkt/s",
         "fwd CPU s",
         "CPU %",
-        "pkt/read",
+        "A>B pkt/read",
+        "pkt/write",
+        "B>A pkt/read",
         "pkt/write",
     )
     lines = [head]
     for r in rows:
         if r.error:
-            lines.append(
-                (r.mode, r.traffic, str(r.streams), "error: " + r.error, "", "", "", "", "")
-            )
+            lines.append((r.mode, r.traffic, str(r.streams), "error: " + r.error, *[""] * 7))
             continue
         fwd = r.mode != "veth"
         lines.append(
@@ -451,8 +462,15 @@ def _table(rows: list[Result]) -> str:
                 f"{r.pps / 1e3:.0f}" if fwd else "-",
                 f"{r.cpu_s:.2f}" if fwd else "-",
                 f"{r.cpu_pct:.0f}" if fwd else "-",
-                f"{r.pkts_per_read:.1f}" if fwd else "-",
-                f"{r.pkts_per_write:.1f}" if fwd else "-",
+                *(
+                    f"{v:.1f}" if fwd else "-"
+                    for v in (
+                        r.pkts_per_read_ab,
+                        r.pkts_per_write_ab,
+                        r.pkts_per_read_ba,
+                        r.pkts_per_write_ba,
+                    )
+                ),
             )
         )
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
