@@ -125,10 +125,12 @@ impl PyVirtioNetHdr {
             .map_err(value_error)
     }
 
+    /// The header's 10 bytes, native byte order.
     fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.get().to_bytes())
     }
 
+    /// ``VirtioNetHdr(flags=..., gso_type=..., ...)`` with every field.
     fn __repr__(&self) -> String {
         let h = self;
         format!(
