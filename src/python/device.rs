@@ -243,6 +243,10 @@ fn check_truncation(data: &[u8], skip: usize, tap: bool) -> PyResult<()> {
     }
 }
 
+/// More than any one read from a TUN/TAP device returns (virtio header or packet
+/// information, an Ethernet header and a 64 KiB packet).
+const MAX_READ: usize = 1 << 17;
+
 /// Attaches `packets_sent` and `bytes_sent` to the exception.
 fn with_counts(py: Python<'_>, err: PyErr, packets: usize, bytes: usize) -> PyErr {
     let v = err.value(py);
@@ -614,7 +618,9 @@ impl PyTunDevice {
     fn read<'py>(&self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
         let tun = self.get(py)?;
         let blocking = self.is_blocking();
-        let mut v = vec![0u8; size];
+        // No read returns more than MAX_READ: a larger `size` must not become a huge
+        // allocation, whose failure would abort the process.
+        let mut v = vec![0u8; size.min(MAX_READ)];
         let n = retrying(py, || tun.read(&mut v, blocking))?;
         if n == v.len() {
             check_truncation(&v, self.header_len(), self.tap)?;
@@ -843,10 +849,24 @@ impl PyTunDevice {
                 let s = s
                     .cast::<PySequence>()
                     .map_err(|_| PyTypeError::new_err("sizes must be a list of int"))?;
-                let n = count.unwrap_or(s.len()?);
+                let have_sizes = s.len()?;
+                let n = count.unwrap_or(have_sizes);
+                if n > have_sizes {
+                    // Checked before allocating: a huge count must not abort the process.
+                    return Err(PyValueError::new_err(format!(
+                        "count is {n} but sizes has {have_sizes} entries"
+                    )));
+                }
                 let mut v = Vec::with_capacity(n);
                 for i in 0..n {
-                    v.push(s.get_item(i)?.extract::<usize>()?);
+                    let size = s.get_item(i)?.extract::<usize>()?;
+                    // (No buffer holds isize::MAX bytes; `offset` is below it too.)
+                    if size > isize::MAX as usize || offset.checked_add(size).is_none() {
+                        return Err(PyValueError::new_err(format!(
+                            "offset + sizes[{i}] overflows: sizes[{i}] is {size}"
+                        )));
+                    }
+                    v.push(size);
                 }
                 Some(v)
             }
