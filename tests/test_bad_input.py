@@ -1,0 +1,373 @@
+"""Every public function fed wrong types, negative or huge sizes, read-only buffers where
+writable ones are needed, and closed devices: a clear Python exception, never a crash.
+
+Complements test_fuzz.py (random packets and a few wrong types for gso_split/handle_gro)
+and test_device.py (bad device names and arguments, a few calls after close). The
+device calls that once aborted the process (a huge ``read`` size, a huge ``count``)
+run in a child process, so that a regression fails this test instead of killing pytest.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import sys
+
+import packets as P
+import pytest
+import tunoffload as t
+from _netns import Netns, can_use_netns
+
+ENGINE_ERRORS = (ValueError, TypeError, OverflowError, BufferError)
+HUGE = (2**31, 2**32, 2**62, 2**63 - 1, 2**63, 2**64, 2**64 + 1, 10**30)
+NEGATIVE = (-1, -(2**63), -(2**64))
+
+SUP, H = P.super_tcp(False, bytes(range(256)) * 12, 1000)
+HDR = t.VirtioNetHdr(**H)
+
+
+def outs(n: int = 4, size: int = 2000) -> list[bytearray]:
+    return [bytearray(size) for _ in range(n)]
+
+
+def resizable(b: bytearray) -> None:
+    b.append(0)
+    del b[-1]
+
+
+# --- VirtioNetHdr ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", P.HDR_FIELDS)
+@pytest.mark.parametrize("value", [*NEGATIVE, 256, 65536, *HUGE, 1.5, "1", None, b"\x01", [1]])
+def test_hdr_fields_out_of_range_or_wrong_type(field, value):
+    if value == 256 and field not in ("flags", "gso_type"):
+        value = 65536  # 256 fits the u16 fields
+    with pytest.raises((ValueError, OverflowError, TypeError)):
+        t.VirtioNetHdr(**{field: value})
+    h = t.VirtioNetHdr()
+    with pytest.raises((ValueError, OverflowError, TypeError)):
+        setattr(h, field, value)
+    assert h == t.VirtioNetHdr(), "a failed assignment changed the header"
+    with pytest.raises((AttributeError, TypeError)):
+        delattr(h, field)
+
+
+def test_hdr_decode_and_encode_bad_buffers():
+    for bad in (None, 12, "0123456789", [0] * 10, object()):
+        with pytest.raises(TypeError):
+            t.VirtioNetHdr.decode(bad)
+    for short in (b"", b"\0" * 9, bytearray(9), memoryview(b"\0" * 20)[:9]):
+        with pytest.raises(ValueError):
+            t.VirtioNetHdr.decode(short)
+    # Non-contiguous: refused, not misread.
+    with pytest.raises(ENGINE_ERRORS):
+        t.VirtioNetHdr.decode(memoryview(bytes(40))[::2])
+    # Other item sizes and formats are fine as bytes.
+    a = array.array("H", [1, 2, 3, 4, 5])
+    assert bytes(t.VirtioNetHdr.decode(a)) == a.tobytes()
+    h = t.VirtioNetHdr(flags=1, gso_type=4, gso_size=1448)
+    for read_only in (b"\0" * 20, memoryview(b"\0" * 20), memoryview(bytearray(20)).toreadonly()):
+        with pytest.raises((TypeError, BufferError)):
+            h.encode(read_only)
+    for short in (bytearray(9), memoryview(bytearray(20))[:9]):
+        with pytest.raises(ValueError):
+            h.encode(short)
+        assert bytes(short) == bytes(len(short))
+    with pytest.raises(ENGINE_ERRORS):
+        h.encode(memoryview(bytearray(40))[::2])
+    for bad in (None, "x" * 20, 5):
+        with pytest.raises(TypeError):
+            h.encode(bad)
+    # Wrong argument counts and keywords.
+    with pytest.raises(TypeError):
+        t.VirtioNetHdr(1, 2, 3, 4, 5, 6, 7)
+    with pytest.raises(TypeError):
+        t.VirtioNetHdr(nonsense=1)
+    with pytest.raises(TypeError):
+        t.VirtioNetHdr.decode()
+
+
+# --- gso_split -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_offset", [*NEGATIVE, *HUGE, 1.0, "0", None])
+def test_gso_split_bad_out_offset(out_offset):
+    o = outs()
+    with pytest.raises((ValueError, OverflowError, TypeError)):
+        t.gso_split(SUP, HDR, o, [0] * 4, out_offset)
+    assert all(b == bytearray(2000) for b in o)
+
+
+def test_gso_split_bad_arguments():
+    sizes = [0] * 4
+    cases = {
+        "is_v6 not a bool": lambda: t.gso_split(SUP, HDR, outs(), sizes, 0, "yes"),
+        "is_v6 wrong": lambda: t.gso_split(SUP, HDR, outs(), sizes, 0, True),
+        "sizes a tuple": lambda: t.gso_split(SUP, HDR, outs(), (0, 0, 0, 0)),
+        "sizes too short": lambda: t.gso_split(SUP, HDR, outs(), [0, 0]),
+        "sizes empty": lambda: t.gso_split(SUP, HDR, outs(), []),
+        "out_bufs a generator": lambda: t.gso_split(SUP, HDR, (b for b in outs()), sizes),
+        "out_bufs a dict": lambda: t.gso_split(SUP, HDR, {0: bytearray(2000)}, sizes),
+        "out_bufs empty": lambda: t.gso_split(SUP, HDR, [], sizes),
+        "out_bufs bytes": lambda: t.gso_split(SUP, HDR, [b"\0" * 2000] * 4, sizes),
+        "out_bufs read-only view": lambda: t.gso_split(
+            SUP, HDR, [memoryview(bytearray(2000)).toreadonly() for _ in range(4)], sizes
+        ),
+        "out_bufs strided": lambda: t.gso_split(
+            SUP, HDR, [memoryview(bytearray(4000))[::2] for _ in range(4)], sizes
+        ),
+        "out_bufs str": lambda: t.gso_split(SUP, HDR, ["x" * 2000] * 4, sizes),
+        "out_bufs None": lambda: t.gso_split(SUP, HDR, [None] * 4, sizes),
+        "out_bufs too small": lambda: t.gso_split(SUP, HDR, outs(4, 100), sizes),
+        "packet str": lambda: t.gso_split("x" * 100, HDR, outs(), sizes),
+        "packet strided": lambda: t.gso_split(memoryview(SUP * 2)[::2], HDR, outs(), sizes),
+        "packet huge": lambda: t.gso_split(bytes(1 << 20), HDR, outs(), sizes),
+        "packet empty": lambda: t.gso_split(b"", HDR, outs(), sizes),
+        "hdr a dict": lambda: t.gso_split(SUP, dict(H), outs(), sizes),
+        "hdr bytes": lambda: t.gso_split(SUP, bytes(HDR), outs(), sizes),
+        "missing arguments": lambda: t.gso_split(SUP, HDR),
+        "unknown keyword": lambda: t.gso_split(SUP, HDR, outs(), sizes, offset=0),
+    }
+    for name, call in cases.items():
+        with pytest.raises(ENGINE_ERRORS):
+            call()
+            pytest.fail(f"{name}: accepted")
+    assert sizes == [0] * 4
+
+
+def test_gso_split_keeps_no_hold_on_buffers_after_errors():
+    inp = bytearray(SUP)
+    o = outs(4, 100)
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            t.gso_split(inp, HDR, o, [0] * 4)
+    for b in (inp, *o):
+        resizable(b)
+
+
+# --- handle_gro ------------------------------------------------------------------------
+
+
+def gro_bufs(n: int = 3, offset: int = 10) -> list[bytearray]:
+    pkts = [P.tcp_pkt(False, b"a" * 100, seq=1000 + 100 * i) for i in range(n)]
+    return [bytearray(offset) + p for p in pkts]
+
+
+@pytest.mark.parametrize("offset", [*NEGATIVE, *HUGE, 0, 9, 1.0, "10", None])
+def test_handle_gro_bad_offset(offset):
+    bufs = gro_bufs()
+    before = [bytes(b) for b in bufs]
+    with pytest.raises((ValueError, OverflowError, TypeError)):
+        t.handle_gro(bufs, offset, t.GroTable())
+    assert [bytes(b) for b in bufs] == before
+    for b in bufs:
+        resizable(b)
+
+
+def test_handle_gro_bad_arguments():
+    table = t.GroTable()
+    cases = {
+        "bufs a tuple": lambda: t.handle_gro(tuple(gro_bufs()), 10, table),
+        "bufs a generator": lambda: t.handle_gro((b for b in gro_bufs()), 10, table),
+        "bufs None": lambda: t.handle_gro(None, 10, table),
+        "an int in bufs": lambda: t.handle_gro([*gro_bufs(), 5], 10, table),
+        "bytes in bufs": lambda: t.handle_gro([bytes(b) for b in gro_bufs()], 10, table),
+        "read-only view in bufs": lambda: t.handle_gro(
+            [memoryview(b).toreadonly() for b in gro_bufs()], 10, table
+        ),
+        "strided view in bufs": lambda: t.handle_gro(
+            [memoryview(b * 2)[::2] for b in gro_bufs()], 10, table
+        ),
+        "empty bytearray": lambda: t.handle_gro([*gro_bufs(), bytearray()], 10, table),
+        "headroom only": lambda: t.handle_gro([*gro_bufs(), bytearray(10)], 10, table),
+        "table wrong type": lambda: t.handle_gro(gro_bufs(), 10, "table"),
+        "table None": lambda: t.handle_gro(gro_bufs(), 10, None),
+        "can_udp_gro not a bool": lambda: t.handle_gro(gro_bufs(), 10, table, "yes"),
+        "same bytearray twice": lambda: (lambda b: t.handle_gro([b, b], 10, table))(gro_bufs(1)[0]),
+        "overlapping views": lambda: (
+            lambda x: t.handle_gro([memoryview(x)[:200], memoryview(x)[100:]], 10, table)
+        )(bytearray(300)),
+    }
+    for name, call in cases.items():
+        with pytest.raises(ENGINE_ERRORS):
+            call()
+            pytest.fail(f"{name}: accepted")
+    # The table still works afterwards.
+    bufs = gro_bufs()
+    assert t.handle_gro(bufs, 10, table) == [0]
+
+
+def test_handle_gro_empty_list_and_exported_bytearray():
+    assert t.handle_gro([], 10, t.GroTable()) == []
+    # A bytearray with a live memoryview cannot grow: GRO leaves it alone, no crash.
+    bufs = gro_bufs()
+    views = [memoryview(b) for b in bufs]
+    before = [bytes(b[10:]) for b in bufs]
+    idx = t.handle_gro(bufs, 10, t.GroTable())
+    assert sorted(bytes(bufs[i][10:]) for i in idx) == sorted(before)
+    for v in views:
+        v.release()
+
+
+# --- TunDevice: closed devices and bad arguments -----------------------------------------
+
+_reason = can_use_netns()
+needs_root = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+
+@pytest.fixture
+def ns():
+    with Netns("tunoff-bad") as n:
+        yield n
+
+
+def _closed_calls(dev: t.TunDevice) -> dict:
+    g = t.GroTable()
+    return {
+        "recv": lambda: dev.recv(bytearray(100)),
+        "read": lambda: dev.read(),
+        "send": lambda: dev.send(b"\x45" + bytes(19)),
+        "write": lambda: dev.write(b"\x45" + bytes(19)),
+        "recv_multiple": lambda: dev.recv_multiple(bytearray(70000), [bytearray(2000)], [0], 10),
+        "send_multiple": lambda: dev.send_multiple(g, gro_bufs(), 10),
+        "wait_readable": lambda: dev.wait_readable(),
+        "clone_queue": lambda: dev.clone_queue(),
+        "mtu": lambda: dev.mtu,
+        "set mtu": lambda: setattr(dev, "mtu", 1400),
+        "up": lambda: dev.up(),
+        "down": lambda: dev.down(),
+        "is_up": lambda: dev.is_up,
+        "ifindex": lambda: dev.ifindex,
+        "add_address": lambda: dev.add_address("192.0.2.1/24"),
+        "remove_address": lambda: dev.remove_address("192.0.2.1/24"),
+        "addresses": lambda: dev.addresses,
+        "persist": lambda: setattr(dev, "persist", True),
+        "owner": lambda: setattr(dev, "owner", 0),
+        "group": lambda: setattr(dev, "group", 0),
+        "mac": lambda: dev.mac,
+        "tx_queue_len": lambda: dev.tx_queue_len,
+    }
+
+
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_every_call_on_a_closed_device_is_ebadf(ns, offload):
+    with ns.entered():
+        dev = t.TunDevice("closed0", offload=offload, multi_queue=True)
+    dev.close()
+    for name, call in _closed_calls(dev).items():
+        with pytest.raises(OSError) as ei:
+            call()
+            pytest.fail(f"{name}: no error on a closed device")
+        assert ei.value.errno == errno.EBADF, name
+    # These stay usable after close.
+    assert dev.closed and dev.fileno() == -1 and dev.name == "closed0"
+    assert isinstance(dev.stats, dict) and isinstance(repr(dev), str)
+    dev.close()
+    dev.setblocking(False)
+    assert not dev.getblocking()
+
+
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_device_io_bad_arguments(ns, offload):
+    off = 10 if offload else 0
+    with ns.entered():
+        dev = t.TunDevice("badio0", offload=offload, up=True, nonblocking=True)
+    g = t.GroTable()
+    ro = memoryview(bytearray(70000)).toreadonly()
+    cases = {
+        "recv bytes": lambda: dev.recv(bytes(2000)),
+        "recv read-only view": lambda: dev.recv(ro),
+        "recv None": lambda: dev.recv(None),
+        "recv str": lambda: dev.recv("x" * 100),
+        "read negative": lambda: dev.read(-1),
+        "read huge": lambda: dev.read(2**64),
+        "read str": lambda: dev.read("10"),
+        "send str": lambda: dev.send("hello"),
+        "send None": lambda: dev.send(None),
+        "recv_multiple offset negative": lambda: dev.recv_multiple(
+            bytearray(70000), [bytearray(2000)], [0], -1
+        ),
+        "recv_multiple offset huge": lambda: dev.recv_multiple(
+            bytearray(70000), [bytearray(2000)], [0], 2**64
+        ),
+        "recv_multiple sizes tuple": lambda: dev.recv_multiple(
+            bytearray(70000), [bytearray(2000)], (0,), off
+        ),
+        "recv_multiple bufs None": lambda: dev.recv_multiple(bytearray(70000), None, [0], off),
+        "recv_multiple bufs empty": lambda: dev.recv_multiple(bytearray(70000), [], [0], off),
+        "recv_multiple sizes empty": lambda: dev.recv_multiple(
+            bytearray(70000), [bytearray(2000)], [], off
+        ),
+        "send_multiple offset negative": lambda: dev.send_multiple(g, gro_bufs(), -5),
+        "send_multiple offset huge": lambda: dev.send_multiple(g, gro_bufs(), 2**63),
+        "send_multiple table wrong": lambda: dev.send_multiple("t", gro_bufs(), 10),
+        "send_multiple bufs None": lambda: dev.send_multiple(g, None, 10),
+        "send_multiple sizes negative": lambda: dev.send_multiple(g, gro_bufs(), 10, sizes=[-1]),
+        "send_multiple sizes str": lambda: dev.send_multiple(g, gro_bufs(), 10, sizes="abc"),
+        "send_multiple sizes too big": lambda: dev.send_multiple(
+            g, gro_bufs(), 10, sizes=[5000, 5000, 5000]
+        ),
+        "send_multiple count negative": lambda: dev.send_multiple(g, gro_bufs(), 10, count=-1),
+        "send_multiple count beyond bufs": lambda: dev.send_multiple(g, gro_bufs(), 10, count=9),
+    }
+    if offload:
+        cases["recv_multiple original read-only"] = lambda: dev.recv_multiple(
+            ro, [bytearray(2000)], [0], 10
+        )
+        cases["recv_multiple original bytes"] = lambda: dev.recv_multiple(
+            bytes(70000), [bytearray(2000)], [0], 10
+        )
+        cases["send_multiple offset below 10"] = lambda: dev.send_multiple(g, gro_bufs(), 9)
+    with dev:
+        for name, call in cases.items():
+            with pytest.raises((*ENGINE_ERRORS, BlockingIOError)) as ei:
+                call()
+                pytest.fail(f"{name}: accepted")
+            if "read" in name and "huge" not in name and "negative" not in name:
+                assert not isinstance(ei.value, BlockingIOError), f"{name}: argument unchecked"
+
+
+_CHILD = r"""
+import sys, tunoffload as t
+dev = t.TunDevice("huge0", offload=sys.argv[1] == "1", up=True, nonblocking=True)
+off = 10 if dev.offload else 0
+pkt = bytearray(off) + bytearray.fromhex("4500001c000000004011f98ec0000201c0000202") + bytearray(8)
+calls = {
+    "read(2**40)": lambda: dev.read(2**40),
+    "read(2**63-1)": lambda: dev.read(2**63 - 1),
+    "count=2**40": lambda: dev.send_multiple(t.GroTable(), [pkt], off, sizes=[5], count=2**40),
+    "sizes=[2**64-1]": lambda: dev.send_multiple(t.GroTable(), [pkt], off, sizes=[2**64 - 1]),
+    "sizes=[2**63]": lambda: dev.send_multiple(t.GroTable(), [pkt], off, sizes=[2**63]),
+    "sizes=[2**63-1]": lambda: dev.send_multiple(t.GroTable(), [pkt], off, sizes=[2**63 - 1]),
+}
+for name, call in calls.items():
+    try:
+        r = call()
+        print(name, "returned", type(r).__name__, flush=True)
+    except BlockingIOError:
+        print(name, "BlockingIOError", flush=True)
+    except Exception as e:
+        print(name, type(e).__name__, flush=True)
+dev.close()
+print("done", flush=True)
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("offload", ["0", "1"])
+def test_huge_sizes_never_abort_the_process(ns, offload):
+    """Regression: read(size) allocated `size` bytes and send_multiple(count=) `count`
+    entries up front; a huge value made the allocation fail, which aborts the process.
+    A size that, added to the offset, overflowed was taken as "the whole buffer"."""
+    r = ns.run(sys.executable, "-c", _CHILD, offload, check=False)
+    assert r.returncode == 0, f"the process died ({r.returncode}): {r.stdout}{r.stderr}"
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+    assert r.stdout.rstrip().endswith("done")
+    # Reads with a huge size just read (here: nothing to read).
+    assert lines["read(2**40)"] in ("BlockingIOError", "returned bytes")
+    assert lines["read(2**63-1)"] in ("BlockingIOError", "returned bytes")
+    for name in ("count=2**40", "sizes=[2**64-1]", "sizes=[2**63]", "sizes=[2**63-1]"):
+        assert lines[name] == "ValueError", f"{name}: {lines[name]}"
