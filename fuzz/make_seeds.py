@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' seed corpus (fuzz/seeds/<target>/) from real packets.
+
+The packets come from the test suite's scapy builders (tests/packets.py): TCP and UDP
+super-packets over IPv4 and IPv6 as a TUN device with offload hands them over (partial
+checksum, virtio header), and in-order flows of the kind handle_gro coalesces. The input
+formats are documented in fuzz/src/lib.rs (`gso`, `decode_gro`, `decode`).
+
+    python3 fuzz/make_seeds.py          # needs scapy (pip install '.[test]')
+
+The seeds are committed, so running this again is only needed when the formats change.
+They are kept few and small; libFuzzer grows its own corpus from them (fuzz/corpus/,
+not committed).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import packets as P  # noqa: E402
+
+
+def gso_seed(pkt: bytes, hdr: dict, ctl: int = 0) -> bytes:
+    return bytes([ctl]) + P.hdr_bytes(hdr) + pkt
+
+
+def gro_seed(pkts: list[bytes], offset: int = 10, can_udp_gro: bool = True) -> bytes:
+    """Raw records (tag 0, 16-bit length, bytes), then one spare byte per packet."""
+    ctl = (offset - 10) | (8 if can_udp_gro else 0)
+    out = bytearray([ctl])
+    for p in pkts:
+        out += b"\x00" + struct.pack("!H", len(p)) + p
+    # Spare room per packet for the fixed-region target: some exact, some roomy.
+    out += bytes(i % 6 for i in range(len(pkts)))
+    return bytes(out)
+
+
+def main() -> None:
+    rng = random.Random(6)
+    pl = bytes(range(256)) * 12
+
+    gso = {
+        "tcp4-3seg": P.super_tcp(False, pl[:2800], 1000, flags=P.ACK | P.PSH | P.FIN),
+        "tcp6-3seg": P.super_tcp(True, pl[:2500], 1000),
+        "tcp4-options-ecn": P.super_tcp(
+            False,
+            pl[:1500],
+            600,
+            ecn=True,
+            flags=P.ACK | P.CWR,
+            options=[("MSS", 1400), ("NOP", None), ("NOP", None), ("SAck", (1, 2))],
+        ),
+        "udp4-4seg": P.super_udp(False, pl[:1700], 500),
+        "udp6-3seg": P.super_udp(True, pl[:1100], 400),
+    }
+    seeds = {"gso_split": {}, "handle_gro_vec": {}, "handle_gro_fixed": {}, "virtio_decode": {}}
+    for name, (pkt, hdr) in gso.items():
+        seeds["gso_split"][name] = gso_seed(pkt, hdr)
+    tcp = P.tcp_pkt(False, pl[:300])
+    seeds["gso_split"]["none-needs-csum"] = gso_seed(
+        P.partial_csum(tcp), P.none_hdr(tcp, needs_csum=True)
+    )
+    seeds["gso_split"]["v6-dest-opts"] = gso_seed(
+        *(lambda p: (p, {**P.gso_hdr(p, 700), "csum_start": 48}))(
+            P.partial_csum(P.with_dest_opts(P.udp_pkt(True, pl[:2000])), l4_off=48, proto=17)
+        )
+    )
+
+    def flow(v6: bool, udp: bool, n: int, size: int, **kw) -> list[bytes]:
+        out, seq = [], 5000
+        for _ in range(n):
+            data = P.rand_bytes(rng, size)
+            if udp:
+                out.append(P.udp_pkt(v6, data, **kw))
+            else:
+                out.append(P.tcp_pkt(v6, data, seq=seq, **kw))
+                seq += size
+        return out
+
+    gro = {
+        "tcp4-flow": flow(False, False, 6, 200),
+        "tcp6-flow-psh": flow(True, False, 4, 150)
+        + [P.tcp_pkt(True, b"end", seq=5600, flags=P.ACK | P.PSH)],
+        "udp4-udp6": flow(False, True, 4, 120) + flow(True, True, 3, 100),
+        "mixed": P.make_flows(rng)[0][:16],
+    }
+    gro["mixed"] = [p for p in gro["mixed"] if len(p) <= 1500][:12]
+    for name, pkts in gro.items():
+        seeds["handle_gro_vec"][name] = gro_seed(pkts, offset=10 + len(name) % 4)
+        seeds["handle_gro_fixed"][name] = gro_seed(pkts, offset=12)
+
+    for name, (_, hdr) in list(gso.items())[:3]:
+        seeds["virtio_decode"][name] = P.hdr_bytes(hdr) + b"\x00\x01"
+    seeds["virtio_decode"]["short"] = b"\x01\x02\x03"
+
+    for target, files in seeds.items():
+        d = HERE / "seeds" / target
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():
+            old.unlink()
+        for name, data in files.items():
+            (d / name).write_bytes(data)
+        total = sum(map(len, files.values()))
+        print(f"{target}: {len(files)} seeds, {total} bytes")
+
+
+if __name__ == "__main__":
+    main()
