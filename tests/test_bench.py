@@ -14,8 +14,10 @@ pytestmark = pytest.mark.skipif(can_use_netns() is not None, reason=str(can_use_
 
 
 def _netns_list() -> set[str]:
+    """The benchmark's own namespaces (others may come and go on a shared machine)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    return {n for n in names if n.startswith("tunoff-bench-")}
 
 
 def test_bench_json_forwards_super_packets_and_cleans_up():

@@ -21,19 +21,30 @@ pub fn fold(mut acc: u64) -> u16 {
 /// padded with zero), folded to 16 bits, not complemented.
 #[inline]
 pub fn sum(data: &[u8]) -> u16 {
-    let mut acc = [0u64; 4];
-    let mut chunks = data.chunks_exact(16);
-    for c in &mut chunks {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a += u64::from(u32::from_ne_bytes([
-                c[4 * k],
-                c[4 * k + 1],
-                c[4 * k + 2],
-                c[4 * k + 3],
-            ]));
-        }
+    #[cfg(target_arch = "x86_64")]
+    if data.len() >= 128 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above, cached by std after the first call).
+        return unsafe { sum_avx2(data) };
     }
-    let mut total = acc[0] + acc[1] + acc[2] + acc[3];
+    sum_portable(data)
+}
+
+/// [`sum`] compiled for AVX2: the same loop, which LLVM then vectorises with 256-bit
+/// widening adds (64 KiB: 0.69 us against 1.36 us for the SSE2 build). The loop reads
+/// whole 4-byte words; an earlier form that built each word from 32-byte chunks was
+/// vectorised byte by byte under AVX2 and ran twice as slow inside the extension.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(data: &[u8]) -> u16 {
+    sum_portable(data)
+}
+
+#[inline(always)]
+fn sum_portable(data: &[u8]) -> u16 {
+    let mut chunks = data.chunks_exact(4);
+    let mut total: u64 = (&mut chunks)
+        .map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .sum();
     let rest = chunks.remainder();
     let mut words = rest.chunks_exact(2);
     for w in &mut words {
