@@ -23,68 +23,45 @@ fn non_negative(v: isize, name: &str) -> PyResult<usize> {
 /// Fields: ``flags`` (``VIRTIO_NET_HDR_F_*``), ``gso_type`` (``VIRTIO_NET_HDR_GSO_*``),
 /// ``hdr_len``, ``gso_size``, ``csum_start``, ``csum_offset``. Out-of-range values raise
 /// ``OverflowError``.
-#[pyclass(
-    name = "VirtioNetHdr",
-    module = "tunoffload",
-    eq,
-    get_all,
-    set_all,
-    from_py_object
-)]
+#[pyclass(name = "VirtioNetHdr", module = "tunoffload", eq, from_py_object)]
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct PyVirtioNetHdr {
-    flags: u8,
-    gso_type: u8,
-    hdr_len: u16,
-    gso_size: u16,
-    csum_start: u16,
-    csum_offset: u16,
-}
-
-impl From<VirtioNetHdr> for PyVirtioNetHdr {
-    fn from(h: VirtioNetHdr) -> Self {
-        let VirtioNetHdr {
-            flags,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset,
-        } = h;
-        PyVirtioNetHdr {
-            flags,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset,
-        }
-    }
-}
+pub(crate) struct PyVirtioNetHdr(VirtioNetHdr);
 
 impl PyVirtioNetHdr {
     pub(crate) fn get(&self) -> VirtioNetHdr {
-        let PyVirtioNetHdr {
-            flags,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset,
-        } = *self;
-        VirtioNetHdr {
-            flags,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset,
-        }
+        self.0
     }
 }
 
-#[pymethods]
-impl PyVirtioNetHdr {
+/// The class's methods, with a getter and a range-checked setter (PyO3 raises
+/// `OverflowError`) for each field of the wrapped header.
+macro_rules! methods_with_fields {
+    ($($name:ident / $setter:ident: $t:ty),*; $($method:item)*) => {
+        #[pymethods]
+        impl PyVirtioNetHdr {
+            $(
+                #[getter]
+                fn $name(&self) -> $t {
+                    self.0.$name
+                }
+                #[setter]
+                fn $setter(&mut self, value: $t) {
+                    self.0.$name = value;
+                }
+            )*
+            $($method)*
+        }
+    };
+}
+
+methods_with_fields! {
+    flags / set_flags: u8,
+    gso_type / set_gso_type: u8,
+    hdr_len / set_hdr_len: u16,
+    gso_size / set_gso_size: u16,
+    csum_start / set_csum_start: u16,
+    csum_offset / set_csum_offset: u16;
+
     #[new]
     #[pyo3(signature = (flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0))]
     fn new(
@@ -95,14 +72,14 @@ impl PyVirtioNetHdr {
         csum_start: u16,
         csum_offset: u16,
     ) -> Self {
-        PyVirtioNetHdr {
+        PyVirtioNetHdr(VirtioNetHdr {
             flags,
             gso_type,
             hdr_len,
             gso_size,
             csum_start,
             csum_offset,
-        }
+        })
     }
 
     /// Decodes the first 10 bytes of a bytes-like object (``ValueError`` if shorter).
@@ -112,7 +89,7 @@ impl PyVirtioNetHdr {
         let r = views.read(buf, &|| "buf".to_owned())?;
         // SAFETY: the export is held by `views` for this scope; nothing writes to it.
         let bytes = unsafe { r.slice() };
-        Ok(VirtioNetHdr::decode(bytes).map_err(value_error)?.into())
+        Ok(PyVirtioNetHdr(VirtioNetHdr::decode(bytes).map_err(value_error)?))
     }
 
     /// Writes the 10 bytes at the start of a writable bytes-like object.
@@ -132,7 +109,7 @@ impl PyVirtioNetHdr {
 
     /// ``VirtioNetHdr(flags=..., gso_type=..., ...)`` with every field.
     fn __repr__(&self) -> String {
-        let h = self;
+        let h = &self.0;
         format!(
             "VirtioNetHdr(flags={}, gso_type={}, hdr_len={}, gso_size={}, csum_start={}, csum_offset={})",
             h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset
