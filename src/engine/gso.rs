@@ -303,6 +303,29 @@ pub fn write_segments<B: AsMut<[u8]>>(
             let seq = be32(pkt, l4 + 4);
             let csum_at = l4 + if tcp { TCP_CSUM } else { UDP_CSUM };
             let last = plan.segments - 1;
+            // The headers' sums without the fields that change per segment (IPv4 length,
+            // ID and checksum; TCP sequence, flags word and checksum; UDP length and
+            // checksum): each segment then adds its own values, not 40+ bytes again.
+            let ip_base = if ip.is_v6 {
+                0
+            } else {
+                let h = &pkt[..l4];
+                fold(
+                    u64::from(checksum::sum(h))
+                        + u64::from(!be16(h, 2))
+                        + u64::from(!be16(h, 4))
+                        + u64::from(!be16(h, 10)),
+                )
+            };
+            let l4h = &pkt[l4..hdrs];
+            let mut l4_base = u64::from(checksum::sum(l4h)) + u64::from(!be16(l4h, csum_at - l4));
+            if tcp {
+                l4_base +=
+                    u64::from(!be16(l4h, 4)) + u64::from(!be16(l4h, 6)) + u64::from(!be16(l4h, 12));
+            } else {
+                l4_base += u64::from(!be16(l4h, 4));
+            }
+            let l4_base = fold(l4_base);
             for (i, out) in outs[..plan.segments].iter_mut().enumerate() {
                 let seg_len = plan.segment_len(i);
                 let out = &mut out.as_mut()[out_offset..out_offset + seg_len];
@@ -311,30 +334,34 @@ pub fn write_segments<B: AsMut<[u8]>>(
                 if ip.is_v6 {
                     put16(out, 4, (seg_len - IPV6_HDR_LEN) as u16);
                 } else {
+                    let id = ip_id.wrapping_add(i as u16);
                     put16(out, 2, seg_len as u16);
-                    put16(out, 4, ip_id.wrapping_add(i as u16));
-                    let c = checksum::ipv4_header_checksum(&out[..l4]);
+                    put16(out, 4, id);
+                    let c = !fold(u64::from(ip_base) + seg_len as u64 + u64::from(id));
                     put16(out, 10, c);
                 }
                 let l4_len = (seg_len - l4) as u16;
-                if tcp {
-                    put32(out, l4 + 4, seq.wrapping_add((i * plan.gso_size) as u32));
+                let changed = if tcp {
+                    let s = seq.wrapping_add((i * plan.gso_size) as u32);
+                    put32(out, l4 + 4, s);
                     if i != last {
                         out[l4 + TCP_FLAGS] &= !(TCP_FIN | TCP_PSH);
                     }
                     if i != 0 {
                         out[l4 + TCP_FLAGS] &= !TCP_CWR;
                     }
+                    u64::from(s >> 16) + u64::from(s & 0xffff) + u64::from(be16(out, l4 + 12))
                 } else {
                     put16(out, l4 + 4, l4_len);
-                }
-                put16(out, csum_at, 0);
-                let (head, body) = out.split_at_mut(hdrs);
+                    u64::from(l4_len)
+                };
+                let body = &mut out[hdrs..];
                 let payload_sum =
                     checksum::copy_and_sum(body, &pkt[data_at..data_at + (seg_len - hdrs)]);
                 let total = fold(
                     u64::from(add(seed, l4_len))
-                        + u64::from(checksum::sum(&head[l4..]))
+                        + u64::from(l4_base)
+                        + changed
                         + u64::from(payload_sum),
                 );
                 let c = !total;
