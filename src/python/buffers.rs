@@ -137,10 +137,9 @@ impl<'py> Views<'py> {
                 }
                 *exports += count;
                 ffi::Py_INCREF(raw);
-                (
-                    ffi::PyByteArray_AsString(raw).cast::<u8>(),
-                    ffi::PyByteArray_Size(raw),
-                )
+                // PyByteArray_AS_STRING and Py_SIZE, read in place (no call per packet).
+                let o = &*raw.cast::<ffi::PyByteArrayObject>();
+                (o.ob_start.cast::<u8>(), o.ob_base.ob_size)
             };
             self.pinned
                 .push((NonNull::new(raw).expect("a live object"), count));
