@@ -2,8 +2,10 @@
 //! `handle_gro` and the constants.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySequence};
+use pyo3::Borrowed;
 
 use super::buffers::{check_disjoint, gro_bufs, span, Views};
 use crate::engine::{self as eng, gso, VirtioNetHdr};
@@ -171,13 +173,18 @@ pub(crate) fn split_into_py(
     let mut all_exclusive = true;
     let list = out_bufs.cast::<PyList>().ok();
     for i in 0..n {
-        let obj = match list {
-            // SAFETY: i < n <= len(out_bufs), checked above, and nothing has run since
-            // that could shrink the list (GIL held, no Python code called).
-            Some(l) if i < l.len() => unsafe { l.get_item_unchecked(i) },
-            _ => out_bufs.get_item(i)?,
+        let what = || format!("out_bufs[{i}]");
+        let (region, exclusive) = match list {
+            Some(l) if i < l.len() => {
+                // SAFETY: i < len(out_bufs) (checked on this line, GIL held), so the item
+                // is a live object the list owns; it is borrowed only until it is pinned
+                // (which takes its own reference), with no Python code run in between.
+                let obj =
+                    unsafe { Borrowed::from_ptr(py, ffi::PyList_GET_ITEM(l.as_ptr(), i as isize)) };
+                views.write_exclusive(&obj, &what)?
+            }
+            _ => views.write_exclusive(&out_bufs.get_item(i)?, &what)?,
         };
-        let (region, exclusive) = views.write_exclusive(&obj, &|| format!("out_bufs[{i}]"))?;
         all_exclusive &= exclusive;
         outs.push(Out(region));
     }
@@ -246,7 +253,14 @@ pub(crate) fn set_sizes(
     // so a reused list is checked by identity, without converting every entry.
     let mut known: Option<(usize, *mut pyo3::ffi::PyObject)> = None;
     for (i, v) in values.enumerate() {
-        let current = sizes.get_item(i)?;
+        if i >= sizes.len() {
+            // Another thread shrank the list while the GIL was released.
+            return Err(PyValueError::new_err("sizes was shortened during the call"));
+        }
+        // SAFETY: i < len(sizes), checked just above with the GIL held; the borrowed item
+        // is not used after `set_item` replaces it.
+        let current =
+            unsafe { Borrowed::from_ptr(py, ffi::PyList_GET_ITEM(sizes.as_ptr(), i as isize)) };
         if known == Some((v, current.as_ptr())) {
             continue;
         }
