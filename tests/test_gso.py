@@ -704,3 +704,18 @@ def test_read_only_out_buf_rejected():
     with pytest.raises((TypeError, BufferError, ValueError)):
         t.gso_split(sup, H(h), [good, bytes(2000), bytearray(2000)], [0] * 3)
     assert good == bytearray([CANARY]) * 2000
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_payload_fitting_only_without_options_is_refused_like_the_kernel(v6):
+    """TCP options count as payload in the kernel's "really GSO" test but not when it
+    segments: such a packet is dropped by the kernel, and refused here, nothing written."""
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]  # 12 bytes of options
+    pkt, h = P.super_tcp(v6, bytes(i % 251 for i in range(1000)), 1005, options=opts)
+    out = [bytearray([0x5A]) * 2000 for _ in range(4)]
+    with pytest.raises(ValueError, match="the kernel drops it"):
+        t.gso_split(pkt, t.VirtioNetHdr(**h), out, [0] * 4)
+    assert all(o == bytearray([0x5A]) * 2000 for o in out)
+    # One byte more of gso_size (payload + options fit) and it is one plain segment.
+    pkt, h = P.super_tcp(v6, bytes(i % 251 for i in range(1000)), 1012, options=opts)
+    assert t.gso_split(pkt, t.VirtioNetHdr(**h), out, [0] * 4) == 1

@@ -168,8 +168,18 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
     }
     let gso_size = usize::from(hdr.gso_size);
     let payload = pkt.len() - hdrs;
-    // include/linux/virtio_net.h: "Too small packets are not really GSO ones."
-    if pkt.len() - (l4 + base_hdr) <= gso_size || payload <= gso_size {
+    // include/linux/virtio_net.h: "Too small packets are not really GSO ones." It
+    // measures from csum_start + sizeof(struct tcphdr), so TCP options count as payload.
+    let really_gso = pkt.len() - (l4 + base_hdr) > gso_size;
+    if really_gso && payload <= gso_size {
+        // tcp_gso_segment then finds no more than one segment's payload and the kernel
+        // drops the packet; a Linux sender never makes one.
+        bail!(
+            "{name} packet whose {payload}-byte payload fits in gso_size {gso_size} only \
+             without its TCP options: the kernel drops it"
+        );
+    }
+    if !really_gso {
         return Ok(if needs_csum {
             single(Kind::CompleteChecksum {
                 start: l4,
@@ -663,6 +673,21 @@ mod tests {
             (
                 "gso_none csum in ip header",
                 v4.clone(),
+                (
+                    "payload fits gso_size only without the options (the kernel drops it)",
+                    build(
+                        &Spec {
+                            payload: vec![1; 1000],
+                            tcp_opts: vec![1; 12],
+                            ..Spec::default()
+                        },
+                        true,
+                    ),
+                    VirtioNetHdr {
+                        gso_size: 1005,
+                        ..h4
+                    },
+                ),
                 VirtioNetHdr {
                     gso_type: 0,
                     csum_start: 4,
