@@ -673,25 +673,25 @@ mod tests {
             (
                 "gso_none csum in ip header",
                 v4.clone(),
-                (
-                    "payload fits gso_size only without the options (the kernel drops it)",
-                    build(
-                        &Spec {
-                            payload: vec![1; 1000],
-                            tcp_opts: vec![1; 12],
-                            ..Spec::default()
-                        },
-                        true,
-                    ),
-                    VirtioNetHdr {
-                        gso_size: 1005,
-                        ..h4
-                    },
-                ),
                 VirtioNetHdr {
                     gso_type: 0,
                     csum_start: 4,
                     csum_offset: 0,
+                    ..h4
+                },
+            ),
+            (
+                "payload fits gso_size only without the options (the kernel drops it)",
+                build(
+                    &Spec {
+                        payload: vec![1; 1000],
+                        tcp_opts: vec![1; 12],
+                        ..Spec::default()
+                    },
+                    true,
+                ),
+                VirtioNetHdr {
+                    gso_size: 1005,
                     ..h4
                 },
             ),
