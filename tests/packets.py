@@ -585,3 +585,18 @@ def make_flows(rng: random.Random, min_ttl: int = 1) -> tuple[list[bytes], dict]
     for p in seq_pkts:
         expected.setdefault(flow_key(p), []).append(p)
     return seq_pkts, expected
+
+
+def kernel_drops(case: Case) -> bool:
+    """The one kind of well-formed input the kernel is known to drop on this path.
+
+    TCP with options whose payload fits in gso_size while payload + options do not:
+    virtio_net_hdr_to_skb measures from csum_start + sizeof(struct tcphdr) and marks the packet
+    GSO, then tcp_gso_segment refuses a packet of <= mss payload.
+    """
+    h, pkt = case.hdr, case.packet
+    if h["gso_type"] & ~GSO_ECN not in (GSO_TCPV4, GSO_TCPV6):
+        return False
+    cs = h["csum_start"] if h["flags"] & F_NEEDS_CSUM else l3_info(pkt).l4_off
+    thlen = (pkt[cs + 12] >> 4) * 4
+    return len(pkt) - cs - thlen <= h["gso_size"] < len(pkt) - cs - 20

@@ -194,19 +194,7 @@ def oracle():
     )
 
 
-def kernel_drops(case: P.Case) -> bool:
-    """The one kind of well-formed input the kernel is known to drop on this path.
-
-    TCP with options whose payload fits in gso_size while payload + options do not:
-    virtio_net_hdr_to_skb measures from csum_start + sizeof(struct tcphdr) and marks the packet
-    GSO, then tcp_gso_segment refuses a packet of <= mss payload.
-    """
-    h, pkt = case.hdr, case.packet
-    if h["gso_type"] & ~P.GSO_ECN not in (P.GSO_TCPV4, P.GSO_TCPV6):
-        return False
-    cs = h["csum_start"] if h["flags"] & P.F_NEEDS_CSUM else P.l3_info(pkt).l4_off
-    thlen = (pkt[cs + 12] >> 4) * 4
-    return len(pkt) - cs - thlen <= h["gso_size"] < len(pkt) - cs - 20
+kernel_drops = P.kernel_drops
 
 
 def run_case(oracle: KernelOracle, case: P.Case) -> tuple[str, str]:
