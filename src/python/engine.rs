@@ -168,10 +168,20 @@ pub(crate) fn split_into_py(
             "the packet splits into {n} segments but only {have} out_bufs were given"
         )));
     }
+    if sizes.len() < n {
+        return Err(PyValueError::new_err(format!(
+            "the packet splits into {n} segments but sizes has room for {}",
+            sizes.len()
+        )));
+    }
     let mut views = Views::with_capacity(py, n);
     let mut outs = Vec::with_capacity(n);
     let mut all_exclusive = true;
     let list = out_bufs.cast::<PyList>().ok();
+    let p = packet.as_ptr() as usize;
+    let packet_span = (p, p + packet.len());
+    // One pass: pin each output, check its room, and (for exclusively pinned bytearrays,
+    // which are distinct objects) that the part written does not overlap the packet.
     for i in 0..n {
         let what = || format!("out_bufs[{i}]");
         let (region, exclusive) = match list {
@@ -185,49 +195,35 @@ pub(crate) fn split_into_py(
             }
             _ => views.write_exclusive(&out_bufs.get_item(i)?, &what)?,
         };
+        let need = plan.segment_len(i);
+        if region.len() < out_offset || region.len() - out_offset < need {
+            return Err(PyValueError::new_err(format!(
+                "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
+                region.len()
+            )));
+        }
+        let (s, _, _) = span(region, i);
+        let (ws, we) = (s + out_offset, s + out_offset + need);
+        if ws < packet_span.1 && packet_span.0 < we {
+            return Err(PyValueError::new_err(format!(
+                "{} and the packet share memory",
+                what()
+            )));
+        }
         all_exclusive &= exclusive;
         outs.push(Out(region));
     }
-    gso::check_outputs(
-        &plan,
-        outs.iter().map(|o| o.0.len()),
-        sizes.len(),
-        out_offset,
-    )
-    .map_err(value_error)?;
-    // The written parts must not overlap each other or the packet. Exclusively pinned
-    // bytearrays are distinct objects, so only the packet needs checking against them.
-    let written_span = |i: usize, o: &Out| {
-        let (s, _, _) = span(o.0, i);
-        (s + out_offset, s + out_offset + plan.segment_len(i), i)
-    };
-    let p = packet.as_ptr() as usize;
-    let packet_span = (p, p + packet.len(), n);
-    let name = |i: usize| {
-        if i == n {
-            "packet".to_owned()
-        } else {
-            format!("out_bufs[{i}]")
-        }
-    };
-    if all_exclusive {
-        for (i, o) in outs.iter().enumerate() {
-            let (s, e, _) = written_span(i, o);
-            if s < packet_span.1 && packet_span.0 < e {
-                return Err(PyValueError::new_err(format!(
-                    "{} and the packet share memory",
-                    name(i)
-                )));
-            }
-        }
-    } else {
+    if !all_exclusive {
+        // Some output is not a plain bytearray (a memoryview, say): check every pair.
         let mut spans: Vec<_> = outs
             .iter()
             .enumerate()
-            .map(|(i, o)| written_span(i, o))
+            .map(|(i, o)| {
+                let (s, _, _) = span(o.0, i);
+                (s + out_offset, s + out_offset + plan.segment_len(i), i)
+            })
             .collect();
-        spans.push(packet_span);
-        check_disjoint(&mut spans, &name)?;
+        check_disjoint(&mut spans, &|i| format!("out_bufs[{i}]"))?;
     }
     let written = if packet.len() >= DETACH_MIN_BYTES {
         py.detach(|| gso::write_segments(&plan, packet, &mut outs, out_offset))
