@@ -199,7 +199,7 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
         if checksum::sum(&pkt[..IPV4_HDR_LEN]) != 0xffff {
             return None;
         }
-        (IPV4_IHL_MIN, pkt[9], 12, 4)
+        (IPV4_HDR_LEN, pkt[9], 12, 4)
     };
     let udp = match proto {
         PROTO_TCP => false,
@@ -252,8 +252,6 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
         v6,
     })
 }
-
-const IPV4_IHL_MIN: usize = IPV4_HDR_LEN;
 
 /// The seed's `ip_headers_can_coalesce` (TOS / traffic class, DF and TTL / hop limit),
 /// plus the IPv6 flow label, which the kernel's GRO also requires to match (segments of a

@@ -30,9 +30,9 @@ enum Kind {
     /// One segment: the packet with the checksum over `[start..]` stored at `at`.
     CompleteChecksum { start: usize, at: usize },
     /// TCP segments. `seed` plus each segment's L4 length gives its pseudo-header sum.
-    Tcp { seed: u16 },
+    Tcp { seed: u16, ip: IpInfo },
     /// UDP segments, as TCP.
-    Udp { seed: u16 },
+    Udp { seed: u16, ip: IpInfo },
 }
 
 /// How a super-packet splits: validated, nothing written yet.
@@ -41,7 +41,6 @@ pub struct GsoPlan {
     kind: Kind,
     segments: usize,
     len: usize,
-    ip: IpInfo,
     /// IP plus transport headers, copied to every segment.
     hdrs: usize,
     gso_size: usize,
@@ -70,22 +69,24 @@ impl GsoPlan {
 ///
 /// `is_v6`: `None` takes the version from the packet; otherwise it must agree.
 pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPlan> {
-    let ip = parse_ip(pkt, is_v6)?;
     let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
     let single = |kind| GsoPlan {
         kind,
         segments: 1,
         len: pkt.len(),
-        ip,
         hdrs: 0,
         gso_size: 0,
     };
+    if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE && !needs_csum {
+        // A plain packet crosses as it is, whatever it holds (an IP fragment, headers the
+        // engine does not parse), as it does through the kernel: only `is_v6` is checked.
+        version(pkt, is_v6)?;
+        return Ok(single(Kind::Verbatim));
+    }
+    let ip = parse_ip(pkt, is_v6)?;
     let ecn = hdr.gso_type & VIRTIO_NET_HDR_GSO_ECN != 0;
     let (proto, v6) = match hdr.gso_type & !VIRTIO_NET_HDR_GSO_ECN {
         VIRTIO_NET_HDR_GSO_NONE if !ecn => {
-            if !needs_csum {
-                return Ok(single(Kind::Verbatim));
-            }
             let (start, at) = checksum_location(pkt, hdr, &ip)?;
             return Ok(single(Kind::CompleteChecksum { start, at }));
         }
@@ -200,20 +201,20 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
             let (a, n) = ip.addrs();
             checksum::pseudo_header_no_len(PROTO_TCP, &pkt[a..a + n], &pkt[a + n..a + 2 * n])
         };
-        Kind::Tcp { seed }
+        Kind::Tcp { seed, ip }
     } else {
         if segments > UDP_MAX_SEGMENTS {
             bail!("UDP GSO into {segments} segments; the kernel allows at most {UDP_MAX_SEGMENTS}");
         }
         Kind::Udp {
             seed: add(be16(pkt, csum_at), !be16(pkt, l4 + 4)),
+            ip,
         }
     };
     Ok(GsoPlan {
         kind,
         segments,
         len: pkt.len(),
-        ip,
         hdrs,
         gso_size,
     })
@@ -304,9 +305,8 @@ pub fn write_segments<B: AsMut<[u8]>>(
             let c = !checksum::sum(&out[start..]);
             put16(out, at, if c == 0 { 0xffff } else { c });
         }
-        Kind::Tcp { seed } | Kind::Udp { seed } => {
+        Kind::Tcp { seed, ip } | Kind::Udp { seed, ip } => {
             let tcp = matches!(plan.kind, Kind::Tcp { .. });
-            let ip = plan.ip;
             let l4 = ip.l4_off;
             let hdrs = plan.hdrs;
             let ip_id = be16(pkt, 4);

@@ -65,23 +65,11 @@ impl IpInfo {
 ///
 /// `is_v6`, when given, must agree with the version nibble.
 pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
-    let Some(&first) = pkt.first() else {
-        bail!("empty packet");
-    };
-    let version = first >> 4;
-    let v6 = match version {
+    let v6 = match version(pkt, is_v6)? {
         4 => false,
         6 => true,
         v => bail!("not an IP packet: version nibble is {v}, expected 4 or 6"),
     };
-    if let Some(want) = is_v6 {
-        if want != v6 {
-            bail!(
-                "is_v6={want} but the packet is IPv{version}",
-                want = if want { "True" } else { "False" }
-            );
-        }
-    }
     if v6 {
         if pkt.len() < IPV6_HDR_LEN {
             bail!(
@@ -110,7 +98,7 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
                 pkt.len()
             );
         }
-        let ihl = usize::from(first & 0x0f) * 4;
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
         if ihl < IPV4_HDR_LEN {
             bail!("IPv4 header length {ihl} is below the minimum of 20");
         }
@@ -135,6 +123,23 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
             fragment,
         })
     }
+}
+
+/// The version nibble of a non-empty packet; `is_v6`, when given, must agree with it.
+pub(crate) fn version(pkt: &[u8], is_v6: Option<bool>) -> Result<u8> {
+    let Some(&first) = pkt.first() else {
+        bail!("empty packet");
+    };
+    let version = first >> 4;
+    if let Some(want) = is_v6 {
+        if version != if want { 6 } else { 4 } {
+            bail!(
+                "is_v6={} but the packet is IPv{version}",
+                if want { "True" } else { "False" }
+            );
+        }
+    }
+    Ok(version)
 }
 
 /// Walks IPv6 extension headers to the transport (or fragment) header: (offset, protocol).

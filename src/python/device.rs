@@ -10,11 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
 use super::buffers::Views;
-use super::engine::{gro_py, split_into_py, value_error, PyGroTable};
+use super::engine::{gro_py, non_negative, split_into_py, value_error, PyGroTable};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
-use crate::engine::{
-    VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN,
-};
+use crate::engine::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 /// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
 /// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
@@ -45,10 +43,6 @@ fn retrying<T: Send>(
             r => return r.map_err(|e| to_py(py, e)),
         }
     }
-}
-
-fn non_negative(v: isize, name: &str) -> PyResult<usize> {
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
 }
 
 /// Resizes `bufs[i]` (a bytearray) to `offset + sizes[i]` for `i < n`; other buffer
@@ -750,43 +744,9 @@ impl PyTunDevice {
                 "short read of {n} bytes from the device"
             )));
         }
+        // Everything goes through the engine: super-packets are split, a plain packet
+        // (GSO_NONE without NEEDS_CSUM) is copied across as it is, whatever it holds.
         let hdr = VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN]).map_err(value_error)?;
-        let pkt = &data[VIRTIO_NET_HDR_LEN..n];
-        if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE && hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 {
-            // A plain packet with nothing to complete: it goes across as it is (as the
-            // kernel, wireguard-go and tun-rs do), whatever it holds (an IPv6 fragment, a
-            // protocol the engine does not parse, ...).
-            let mut out_views = Views::with_capacity(py, 1);
-            let first = bufs.get_item(0)?;
-            let r = out_views.write(&first, &|| "bufs[0]".to_owned())?;
-            if r.len() < offset || r.len() - offset < pkt.len() {
-                return Err(PyValueError::new_err(format!(
-                    "bufs[0] holds {} bytes; the {}-byte packet needs {} after offset {offset}",
-                    r.len(),
-                    pkt.len(),
-                    pkt.len()
-                )));
-            }
-            // SAFETY: the writable export is held by `out_views` for this block; the
-            // overlap with the packet is checked just below before any write.
-            let out = unsafe { r.slice_mut() };
-            let dst = &mut out[offset..offset + pkt.len()];
-            let (d0, p0) = (dst.as_ptr() as usize, pkt.as_ptr() as usize);
-            if d0 < p0 + pkt.len() && p0 < d0 + pkt.len() {
-                return Err(PyValueError::new_err(
-                    "bufs[0] and original_buffer share memory",
-                ));
-            }
-            dst.copy_from_slice(pkt);
-            drop(out_views);
-            drop(views);
-            sizes_list.set_item(0, pkt.len())?;
-            self.rx_packets.fetch_add(1, Ordering::Relaxed);
-            if fit {
-                fit_bufs(bufs, offset, &[pkt.len()])?;
-            }
-            return Ok(1);
-        }
         let count = split_into_py(
             py,
             &data[VIRTIO_NET_HDR_LEN..n],

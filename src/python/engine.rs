@@ -15,7 +15,8 @@ pub(crate) fn value_error(e: eng::Error) -> PyErr {
     PyValueError::new_err(e.message().to_owned())
 }
 
-fn non_negative(v: isize, name: &str) -> PyResult<usize> {
+/// `v` as a size, or `ValueError` naming the argument when it is negative.
+pub(crate) fn non_negative(v: isize, name: &str) -> PyResult<usize> {
     usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
 }
 
