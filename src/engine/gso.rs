@@ -249,7 +249,7 @@ fn gso_name(gso_type: u8) -> &'static str {
 }
 
 /// Checks that `out_bufs` and `sizes` can take the plan's segments at `out_offset`.
-pub fn check_outputs(
+fn check_outputs(
     plan: &GsoPlan,
     out_lens: impl ExactSizeIterator<Item = usize>,
     sizes_len: usize,
@@ -395,12 +395,14 @@ pub fn gso_split<B: AsMut<[u8]>>(
     is_v6: Option<bool>,
 ) -> Result<usize> {
     let plan = plan(pkt, hdr, is_v6)?;
-    check_outputs(
-        &plan,
-        out_bufs.iter_mut().map(|b| b.as_mut().len()),
-        sizes.len(),
-        out_offset,
-    )?;
+    let n = plan.segments;
+    if sizes.len() < n {
+        bail!(
+            "the packet splits into {n} segments but sizes has room for {}",
+            sizes.len()
+        );
+    }
+    // write_segments checks the outputs before writing anything.
     let n = write_segments(&plan, pkt, out_bufs, out_offset)?;
     for (i, s) in sizes[..n].iter_mut().enumerate() {
         *s = plan.segment_len(i);

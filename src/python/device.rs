@@ -853,17 +853,19 @@ impl PyTunDevice {
             let list = bufs
                 .cast::<PyList>()
                 .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
-            let lens = match &sizes {
-                Some(v) => Some(v[..n].to_vec()),
+            let whole_lens: Vec<usize>;
+            let lens: Option<&[usize]> = match &sizes {
+                Some(v) => Some(&v[..n]),
                 None if n == have => None,
-                None => Some(
-                    (0..n)
+                None => {
+                    whole_lens = (0..n)
                         .map(|i| Ok(seq.get_item(i)?.len()?.saturating_sub(offset)))
-                        .collect::<PyResult<Vec<usize>>>()?,
-                ),
+                        .collect::<PyResult<_>>()?;
+                    Some(&whole_lens)
+                }
             };
             let udp = self.udp_gso;
-            for (i, end) in gro_py(py, list, offset, lens.as_deref(), &mut gro_table.inner, udp)? {
+            for (i, end) in gro_py(py, list, offset, lens, &mut gro_table.inner, udp)? {
                 spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
             }
         } else {
