@@ -723,3 +723,63 @@ def test_payload_fitting_only_without_options_is_refused_like_the_kernel(v6):
     # One byte more of gso_size (payload + options fit) and it is one plain segment.
     pkt, h = P.super_tcp(v6, bytes(i % 251 for i in range(1000)), 1012, options=opts)
     assert t.gso_split(pkt, t.VirtioNetHdr(**h), out, [0] * 4) == 1
+
+
+@pytest.mark.parametrize(
+    "initial",
+    [
+        lambda n: [0] * n,  # a fresh list
+        lambda n: [1448 + 40] * n,  # already holding the common size (identity fast path)
+        lambda n: [True, 1.0, "x", None] + [object()] * (n - 4),  # not ints: replaced
+        lambda n: [2**70, -1] + [1488] * (n - 2),  # ints that do not fit or differ
+    ],
+)
+def test_sizes_list_is_filled_whatever_it_held(initial):
+    """gso_split leaves entries that already hold the size alone and replaces the rest;
+    every entry ends up an exact int equal to the segment's length."""
+    sup, h = P.super_tcp(False, payload(1448 * 7 + 100), 1448)
+    want = [len(s) for s in P.kernel_gso(sup, h)]
+    out = [bytearray(1600) for _ in range(len(want))]
+    sizes = initial(len(want)) + ["tail"]
+    for _ in range(2):  # the second call finds the list already filled
+        assert t.gso_split(sup, H(h), out, sizes) == len(want)
+        assert sizes[:-1] == want
+        assert all(type(v) is int for v in sizes[:-1])
+        assert sizes[-1] == "tail"
+
+
+def test_sizes_entry_whose_release_shrinks_the_list():
+    """Replacing an entry drops the old object, which may run Python code; a list emptied
+    that way is reported, not written past."""
+    sup, h = P.super_tcp(False, payload(1448 * 4), 1448)
+    sizes: list = []
+
+    class Shrinks:
+        def __del__(self):
+            sizes.clear()
+
+    sizes.extend([Shrinks()] + [0] * 5)
+    out = [bytearray(1600) for _ in range(4)]
+    with pytest.raises(ValueError, match="sizes was shortened"):
+        t.gso_split(sup, H(h), out, sizes)
+    assert sizes == []
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview, lambda b: memoryview(b)[0:]])
+def test_packet_of_any_bytes_like_type(kind):
+    """The packet is read in place whatever its type (bytes without an export)."""
+    sup, h = P.super_udp(True, payload(3000), 1000)
+    assert split(kind(sup), h) == P.kernel_gso(sup, h)
+
+
+def test_bytes_packet_is_not_kept_alive_or_leaked():
+    """A bytes packet is referenced only during the call."""
+    import sys
+
+    sup, h = P.super_tcp(False, payload(3000), 1000)
+    packet = bytes(sup)
+    before = sys.getrefcount(packet)
+    out = [bytearray(1100) for _ in range(3)]
+    for _ in range(100):
+        t.gso_split(packet, H(h), out, [0] * 3)
+    assert sys.getrefcount(packet) == before

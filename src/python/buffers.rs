@@ -16,6 +16,7 @@ use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList};
+use pyo3::Borrowed;
 
 use crate::engine::{self, ExpandBuffer};
 
@@ -63,7 +64,8 @@ impl Region {
 ///
 /// An exact `bytearray` (the common case, one per packet) is pinned directly: a strong
 /// reference plus `ob_exports += 1`, which is what its buffer export does, without the
-/// `Py_buffer` round trip. Anything else goes through `PyObject_GetBuffer`.
+/// `Py_buffer` round trip. An exact `bytes` read is a strong reference alone (it is
+/// immutable). Anything else goes through `PyObject_GetBuffer`.
 pub(crate) struct Views<'py> {
     py: Python<'py>,
     views: Vec<ffi::Py_buffer>,
@@ -112,6 +114,31 @@ impl<'py> Views<'py> {
         let raw = obj.as_ptr();
         let writable = mode != Mode::Read;
         // SAFETY: raw is a live object (GIL held through `Bound`).
+        if !writable && unsafe { ffi::PyBytes_CheckExact(raw) } != 0 {
+            if self.pinned.len() == self.pinned.capacity() {
+                return Err(PyValueError::new_err(
+                    "internal: too many buffer pins for this call",
+                ));
+            }
+            // SAFETY: an exact bytes object: immutable, its bytes live as long as it does,
+            // and the reference taken here (dropped in `drop`; count 0: no export to undo)
+            // keeps it alive. GIL held.
+            let (ptr, len) = unsafe {
+                ffi::Py_INCREF(raw);
+                (
+                    ffi::PyBytes_AS_STRING(raw).cast::<u8>().cast_mut(),
+                    ffi::Py_SIZE(raw),
+                )
+            };
+            self.pinned
+                .push((NonNull::new(raw).expect("a live object"), 0));
+            let region = Region {
+                ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
+                len: usize::try_from(len).unwrap_or(0),
+            };
+            return Ok((region, false));
+        }
+        // SAFETY: raw is a live object (GIL held through `Bound`).
         if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
             if self.pinned.len() == self.pinned.capacity() {
                 return Err(PyValueError::new_err(
@@ -130,10 +157,7 @@ impl<'py> Views<'py> {
             let (ptr, len) = unsafe {
                 let exports = &mut (*raw.cast::<ffi::PyByteArrayObject>()).ob_exports;
                 if mode == Mode::Exclusive && *exports >= EXCLUSIVE {
-                    return Err(PyValueError::new_err(format!(
-                        "{} is already being written by this call or another thread (the same bytearray twice?)",
-                        what()
-                    )));
+                    return Err(already_written(what));
                 }
                 *exports += count;
                 ffi::Py_INCREF(raw);
@@ -214,6 +238,43 @@ impl<'py> Views<'py> {
         Ok(self.get(obj, Mode::Write, what)?.0)
     }
 
+    /// The fast path of [`write_exclusive`](Self::write_exclusive) for an exact
+    /// `bytearray` (what `gso_split` and `recv_multiple` are handed, one per segment): a
+    /// few loads and stores, no `PyErr` built on the way. `Err(true)`: the bytearray is
+    /// already pinned exclusively (listed twice, or written by another thread);
+    /// `Err(false)`: not an exact bytearray, so the caller takes the general path.
+    ///
+    /// # Safety
+    /// `raw` is a live object (the GIL is held and something owns a reference to it).
+    #[inline(always)]
+    pub(crate) unsafe fn pin_bytearray_exclusive(
+        &mut self,
+        raw: *mut ffi::PyObject,
+    ) -> Result<Region, bool> {
+        // SAFETY: raw is live (the caller's contract).
+        if unsafe { ffi::PyByteArray_CheckExact(raw) } == 0 {
+            return Err(false);
+        }
+        if self.pinned.len() == self.pinned.capacity() {
+            return Err(false); // the general path reports it
+        }
+        // SAFETY: an exact bytearray is a PyByteArrayObject; with the GIL held we take a
+        // reference and count EXCLUSIVE exports (undone in `drop`), as `get` does.
+        unsafe {
+            let o = &mut *raw.cast::<ffi::PyByteArrayObject>();
+            if o.ob_exports >= EXCLUSIVE {
+                return Err(true);
+            }
+            o.ob_exports += EXCLUSIVE;
+            ffi::Py_INCREF(raw);
+            self.pinned.push((NonNull::new_unchecked(raw), EXCLUSIVE));
+            Ok(Region {
+                ptr: NonNull::new(o.ob_start.cast::<u8>()).unwrap_or(NonNull::dangling()),
+                len: o.ob_base.ob_size as usize,
+            })
+        }
+    }
+
     /// As [`write`](Self::write), and for a `bytearray` also makes sure no other exclusive
     /// pin holds it (in this call or in another thread's): then returns true, and the
     /// region is known not to overlap any other exclusive region.
@@ -235,10 +296,12 @@ impl Drop for Views<'_> {
             unsafe { ffi::PyBuffer_Release(v) };
         }
         for (o, count) in &self.pinned {
-            // SAFETY: each pin took a reference and `count` exports on a bytearray, undone
-            // once here with the GIL held.
+            // SAFETY: each pin took a reference, and `count` exports if it is a bytearray
+            // (a bytes object is pinned with count 0), undone once here with the GIL held.
             unsafe {
-                (*o.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports -= count;
+                if *count != 0 {
+                    (*o.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports -= count;
+                }
                 ffi::Py_DECREF(o.as_ptr());
             }
         }
@@ -250,6 +313,14 @@ impl Drop for Views<'_> {
         };
         SPARE.with(|s| s.set(Some(spare)));
     }
+}
+
+/// The `ValueError` for an output bytearray that an exclusive pin already holds.
+pub(crate) fn already_written(what: &dyn Fn() -> String) -> PyErr {
+    PyValueError::new_err(format!(
+        "{} is already being written by this call or another thread (the same bytearray twice?)",
+        what()
+    ))
 }
 
 /// Fails if any two regions share a byte (`names[i]` names region i in the message).
@@ -307,14 +378,14 @@ impl<'py> GroBuf<'py> {
         let raw = obj.as_ptr();
         // SAFETY: raw is a live object (GIL held through `Bound`).
         let (ptr, cap, growable) = if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
-            // SAFETY: an exact bytearray is a PyByteArrayObject; read with the GIL held.
+            // SAFETY: an exact bytearray is a PyByteArrayObject; its fields are read in
+            // place (PyByteArray_AS_STRING and Py_SIZE) with the GIL held.
             unsafe {
-                let exports = (*raw.cast::<ffi::PyByteArrayObject>()).ob_exports;
-                let size = usize::try_from(ffi::PyByteArray_Size(raw)).unwrap_or(0);
+                let o = &*raw.cast::<ffi::PyByteArrayObject>();
                 (
-                    ffi::PyByteArray_AsString(raw).cast::<u8>(),
-                    size,
-                    exports == 0,
+                    o.ob_start.cast::<u8>(),
+                    usize::try_from(o.ob_base.ob_size).unwrap_or(0),
+                    o.ob_exports == 0,
                 )
             }
         } else {
@@ -367,7 +438,17 @@ pub(crate) fn gro_bufs<'py>(
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let end = lens.map(|l| offset + l[i]);
-        out.push(GroBuf::new(bufs.get_item(i)?, views, i, end)?);
+        let obj = if i < bufs.len() {
+            // SAFETY: i < len(bufs), checked on this line with the GIL held: a live item
+            // the list owns, of which a new reference is taken at once.
+            unsafe {
+                Borrowed::from_ptr(bufs.py(), ffi::PyList_GET_ITEM(bufs.as_ptr(), i as isize))
+            }
+            .to_owned()
+        } else {
+            bufs.get_item(i)? // raises the IndexError
+        };
+        out.push(GroBuf::new(obj, views, i, end)?);
     }
     if out.iter().all(|b| b.growable) {
         // Distinct bytearrays never share memory: only the same object twice can. Mark

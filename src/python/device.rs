@@ -666,7 +666,7 @@ impl PyTunDevice {
     ///
     /// Blocking mode waits for a packet; non-blocking raises ``BlockingIOError``. A
     /// malformed super-packet or too few/too small ``bufs``: ``ValueError`` (that packet
-    /// is lost). The GIL is released during the read and large copies.
+    /// is lost). The GIL is released during the read (once per call); the split holds it.
     #[pyo3(signature = (original_buffer, bufs, sizes, offset=0, *, fit=false))]
     fn recv_multiple(
         &self,

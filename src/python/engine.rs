@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySequence};
 use pyo3::Borrowed;
 
-use super::buffers::{check_disjoint, gro_bufs, span, Views};
+use super::buffers::{already_written, check_disjoint, gro_bufs, span, Views};
 use crate::engine::{self as eng, gso, VirtioNetHdr};
 
 /// Turns an engine error (a bad packet, header or argument) into `ValueError`.
@@ -140,12 +140,9 @@ impl AsMut<[u8]> for Out {
     }
 }
 
-/// Below this many bytes a split is quicker than releasing and retaking the GIL.
-const DETACH_MIN_BYTES: usize = 16 * 1024;
-
 /// `gso_split` for a packet already in Rust memory (the Python function, and the device's
-/// `recv_multiple`). Validates everything, exports only the `out_bufs` it needs, releases
-/// the GIL while copying, then fills `sizes`.
+/// `recv_multiple`). Validates everything, pins only the `out_bufs` it needs, splits, then
+/// fills `sizes`.
 pub(crate) fn split_into_py(
     py: Python<'_>,
     packet: &[u8],
@@ -176,27 +173,44 @@ pub(crate) fn split_into_py(
         )));
     }
     let mut views = Views::with_capacity(py, n);
-    let mut outs = Vec::with_capacity(n);
+    let mut outs = OUTS.with(|o| o.take());
+    outs.reserve(n);
     let mut all_exclusive = true;
     let list = out_bufs.cast::<PyList>().ok();
     let p = packet.as_ptr() as usize;
     let packet_span = (p, p + packet.len());
+    let (seg_len, last_len) = (plan.segment_len(0), plan.segment_len(n.saturating_sub(1)));
     // One pass: pin each output, check its room, and (for exclusively pinned bytearrays,
     // which are distinct objects) that the part written does not overlap the packet.
     for i in 0..n {
         let what = || format!("out_bufs[{i}]");
-        let (region, exclusive) = match list {
-            Some(l) if i < l.len() => {
-                // SAFETY: i < len(out_bufs) (checked on this line, GIL held), so the item
-                // is a live object the list owns; it is borrowed only until it is pinned
-                // (which takes its own reference), with no Python code run in between.
-                let obj =
-                    unsafe { Borrowed::from_ptr(py, ffi::PyList_GET_ITEM(l.as_ptr(), i as isize)) };
-                views.write_exclusive(&obj, &what)?
-            }
-            _ => views.write_exclusive(&out_bufs.get_item(i)?, &what)?,
+        let fast = match list {
+            // SAFETY: i < len(out_bufs) (checked on this line, GIL held), so the item is a
+            // live object the list owns, pinned (with its own reference) before any Python
+            // code could run.
+            Some(l) if i < l.len() => unsafe {
+                let raw = ffi::PyList_GET_ITEM(l.as_ptr(), i as isize);
+                match views.pin_bytearray_exclusive(raw) {
+                    Ok(region) => Ok(region),
+                    Err(true) => return Err(already_written(&what)),
+                    Err(false) => Err(Some(Borrowed::from_ptr(py, raw).to_owned())),
+                }
+            },
+            _ => Err(None),
         };
-        let need = plan.segment_len(i);
+        let region = match fast {
+            Ok(region) => region,
+            Err(obj) => {
+                let obj = match obj {
+                    Some(obj) => obj,
+                    None => out_bufs.get_item(i)?,
+                };
+                let (region, exclusive) = views.write_exclusive(&obj, &what)?;
+                all_exclusive &= exclusive;
+                region
+            }
+        };
+        let need = if i + 1 == n { last_len } else { seg_len };
         if region.len() < out_offset || region.len() - out_offset < need {
             return Err(PyValueError::new_err(format!(
                 "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
@@ -211,7 +225,6 @@ pub(crate) fn split_into_py(
                 what()
             )));
         }
-        all_exclusive &= exclusive;
         outs.push(Out(region));
     }
     if !all_exclusive {
@@ -226,59 +239,77 @@ pub(crate) fn split_into_py(
             .collect();
         check_disjoint(&mut spans, &|i| format!("out_bufs[{i}]"))?;
     }
-    let written = if packet.len() >= DETACH_MIN_BYTES {
-        py.detach(|| gso::write_segments(&plan, packet, &mut outs, out_offset))
-    } else {
-        gso::write_segments(&plan, packet, &mut outs, out_offset)
-    }
-    .map_err(value_error)?;
-    drop(outs);
+    // The GIL stays held: a 64 KiB split takes a few microseconds, less than handing the
+    // GIL to another thread and waiting for it back, which a CPU-bound thread can make
+    // last a whole switch interval (5 ms). `recv_multiple` releases it for its read.
+    let written = gso::write_segments(&plan, packet, &mut outs, out_offset).map_err(value_error)?;
+    outs.clear();
+    OUTS.with(|o| o.set(outs));
     drop(views);
     set_sizes(sizes, (0..written).map(|i| plan.segment_len(i)))?;
     Ok(written)
 }
 
+thread_local! {
+    /// `split_into_py`'s output list, kept between calls so a steady stream of splits
+    /// allocates nothing.
+    static OUTS: std::cell::Cell<Vec<Out>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Stores `values` into the first entries of `sizes`, leaving entries that already hold
 /// the value alone (a reused list usually does) and sharing one int object per value.
-pub(crate) fn set_sizes(
-    sizes: &Bound<'_, PyList>,
+pub(crate) fn set_sizes<'py>(
+    sizes: &Bound<'py, PyList>,
     values: impl Iterator<Item = usize>,
 ) -> PyResult<()> {
-    let py = sizes.py();
-    let mut last: Option<(usize, Bound<'_, PyAny>)> = None;
-    // An int object known to hold a value: consecutive equal sizes are one shared object,
-    // so a reused list is checked by identity, without converting every entry.
-    let mut known: Option<(usize, *mut pyo3::ffi::PyObject)> = None;
+    // An int object known to hold a value (owned, so its address stays its own):
+    // consecutive equal sizes are one shared object, so a reused list is checked by
+    // identity, without converting every entry.
+    let mut known: Option<(usize, Bound<'py, PyAny>)> = None;
+    let mut known_key = (usize::MAX, std::ptr::null_mut());
     for (i, v) in values.enumerate() {
-        if i >= sizes.len() {
-            // Another thread shrank the list while the GIL was released.
-            return Err(PyValueError::new_err("sizes was shortened during the call"));
-        }
-        // SAFETY: i < len(sizes), checked just above with the GIL held; the borrowed item
-        // is not used after `set_item` replaces it.
-        let current =
-            unsafe { Borrowed::from_ptr(py, ffi::PyList_GET_ITEM(sizes.as_ptr(), i as isize)) };
-        if known == Some((v, current.as_ptr())) {
-            continue;
-        }
-        if current.is_exact_instance_of::<pyo3::types::PyInt>()
-            && current.extract::<usize>().ok() == Some(v)
-        {
-            known = Some((v, current.as_ptr()));
-            continue;
-        }
-        let obj = match &last {
-            Some((lv, o)) if *lv == v => o.clone(),
-            _ => {
-                let o = v.into_pyobject(py)?.into_any();
-                last = Some((v, o.clone()));
-                o
+        // SAFETY: a list's first `len` items are live objects it owns; len and items are
+        // read afresh each time (GIL held), since `store_size` may run Python code.
+        let current = unsafe {
+            let l = sizes.as_ptr().cast::<ffi::PyListObject>();
+            if i >= ffi::Py_SIZE(l.cast()) as usize {
+                // Shortened by Python code run while storing an earlier entry.
+                return Err(PyValueError::new_err("sizes was shortened during the call"));
             }
+            *(*l).ob_item.add(i)
         };
-        known = Some((v, obj.as_ptr()));
-        sizes.set_item(i, obj)?;
+        if known_key != (v, current) {
+            let obj = store_size(sizes, i, v, current, known.take())?;
+            known_key = (v, obj.as_ptr());
+            known = Some((v, obj));
+        }
     }
     Ok(())
+}
+
+/// `set_sizes`'s slow path: `sizes[i] = v` unless `current` (the entry) already equals it;
+/// `known` is the last int object stored, with its value. Returns the int object now there.
+#[cold]
+fn store_size<'py>(
+    sizes: &Bound<'py, PyList>,
+    i: usize,
+    v: usize,
+    current: *mut ffi::PyObject,
+    known: Option<(usize, Bound<'py, PyAny>)>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sizes.py();
+    // SAFETY: `current` is the list's live entry i (read by the caller with the GIL held,
+    // no Python code run since); a new reference is taken before anything else happens.
+    let cur = unsafe { Borrowed::from_ptr(py, current) }.to_owned();
+    if cur.is_exact_instance_of::<pyo3::types::PyInt>() && cur.extract::<usize>().ok() == Some(v) {
+        return Ok(cur);
+    }
+    let obj = match known {
+        Some((kv, o)) if kv == v => o,
+        _ => v.into_pyobject(py)?.into_any(),
+    };
+    sizes.set_item(i, &obj)?;
+    Ok(obj)
 }
 
 /// Splits a GSO super-packet read from a TUN device into the packets the Linux kernel
@@ -292,7 +323,8 @@ pub(crate) fn set_sizes(
 /// ``GSO_NONE`` gives the packet itself, its checksum completed when ``F_NEEDS_CSUM`` is set.
 /// ``hdr_len`` is never trusted. Any malformed packet or header, too few or too small
 /// ``out_bufs``, or a short ``sizes`` raises ``ValueError`` before anything is written.
-/// The GIL is released while large packets are copied.
+/// The GIL is held throughout: a 64 KiB split takes a few microseconds, less than a GIL
+/// hand-off between threads costs.
 #[pyfunction]
 #[pyo3(signature = (packet, hdr, out_bufs, sizes, out_offset=0, is_v6=None))]
 fn gso_split(
