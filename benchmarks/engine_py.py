@@ -1,15 +1,19 @@
-"""The engine from Python: gso_split and handle_gro on 64 KiB inputs against a 64 KiB
-bytearray copy in the same process, and against the Rust engine's own numbers (criterion,
-benchmarks/rust) when they have been run.
+"""The engine from Python: gso_split and handle_gro on 64 KiB inputs, timed side by side
+with the Rust engine itself and with a 64 KiB bytearray copy, in the same process.
 
-    python benchmarks/engine_py.py [--json]
+    cargo build --release --lib --manifest-path benchmarks/rust/Cargo.toml   # once
+    python benchmarks/engine_py.py [--rounds N] [--json]
 
-Medians of repeated timings; handle_gro is timed on freshly built (cache-warm) batches.
+Each round times, back to back, the Python call, the same operation in the Rust engine (the
+benchmarks' library, loaded with ctypes: the loops of the criterion benchmarks) and the
+copy; the ratios are taken within a round and their medians reported, so the VM's drift in
+speed cancels out. Without the library the Rust columns are left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import pathlib
 import statistics
@@ -19,7 +23,7 @@ import time
 import tunoffload as t
 
 OFFSET = 10
-CRITERION = pathlib.Path(__file__).parent / "rust" / "target" / "criterion"
+LIB = pathlib.Path(__file__).parent / "rust" / "target" / "release" / "libtunoffload_bench.so"
 
 
 def _fold(s: int) -> int:
@@ -62,94 +66,158 @@ def super_packet(v6: bool, udp: bool, payload: int) -> tuple[bytes, t.VirtioNetH
     return ip + l4 + data, hdr
 
 
-def median_us(fn, inner: int, reps: int = 15) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner * 1e6)
-    return statistics.median(times)
+class RustEngine:
+    """The Rust engine, timed in this process (benchmarks/rust/src/lib.rs)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        lib = ctypes.CDLL(str(path))
+        p, n = ctypes.c_void_p, ctypes.c_size_t
+        lib.tob_gso_new.argtypes = (ctypes.c_char_p, n, ctypes.c_char_p)
+        lib.tob_gso_new.restype = p
+        lib.tob_gro_new.argtypes = (ctypes.c_char_p, ctypes.POINTER(n), n)
+        lib.tob_gro_new.restype = p
+        for f in (lib.tob_gso_run, lib.tob_gro_run):
+            f.argtypes, f.restype = (p, ctypes.c_uint64), ctypes.c_double
+        for f in (lib.tob_gso_free, lib.tob_gro_free):
+            f.argtypes, f.restype = (p,), None
+        self.lib = lib
+
+    def gso(self, pkt: bytes, hdr: t.VirtioNetHdr):
+        s = self.lib.tob_gso_new(pkt, len(pkt), bytes(hdr))
+        if not s:
+            raise ValueError("the Rust engine refused the packet")
+        return lambda iters: self.lib.tob_gso_run(s, iters) / 1000
+
+    def gro(self, segs: list[bytes]):
+        lens = (ctypes.c_size_t * len(segs))(*map(len, segs))
+        s = self.lib.tob_gro_new(b"".join(segs), lens, len(segs))
+        return lambda iters: self.lib.tob_gro_run(s, iters) / 1000
 
 
-def gro_us(segs: list[bytes], reps: int = 301, per: int = 4) -> float:
-    table = t.GroTable()
-    times = []
-    for _ in range(reps):
+def gso_py(pkt: bytes, hdr: t.VirtioNetHdr, out: list, sizes: list, iters: int) -> float:
+    """Microseconds per call of back-to-back gso_split calls."""
+    f, o = t.gso_split, OFFSET
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        f(pkt, hdr, out, sizes, o)
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def gro_py(segs: list[bytes], table: t.GroTable, iters: int, per: int = 4) -> float:
+    """Microseconds per handle_gro call, on fresh batches built outside the timed part
+    (``per`` at a time, so they are still in cache)."""
+    f, o, total = t.handle_gro, OFFSET, 0.0
+    for _ in range(iters // per):
         batches = [[bytearray(OFFSET) + s for s in segs] for _ in range(per)]
         t0 = time.perf_counter()
         for b in batches:
-            t.handle_gro(b, OFFSET, table)
-        times.append((time.perf_counter() - t0) / per * 1e6)
-    return statistics.median(times)
+            f(b, o, table)
+        total += time.perf_counter() - t0
+    return total / (iters // per * per) * 1e6
 
 
-def criterion_us(group: str, name: str) -> float | None:
-    f = CRITERION / group / name / "new" / "estimates.json"
-    if not f.exists():
-        return None
-    return json.loads(f.read_text())["median"]["point_estimate"] / 1000
+COPY_SRC, COPY_DST = bytearray(65536), bytearray(65536)
+
+
+def copy_us(iters: int) -> float:
+    """Microseconds per 64 KiB bytearray copy."""
+    src, dst = COPY_SRC, COPY_DST
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        dst[:] = src
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def measure(name: str, v6: bool, udp: bool, rust: RustEngine | None, rounds: int) -> dict:
+    iph, l4h = (40 if v6 else 20), (8 if udp else 20)
+    pkt, hdr = super_packet(v6, udp, 65535 - iph - l4h - (20 if v6 else 0))
+    out = [bytearray(OFFSET + 1600) for _ in range(64)]
+    sizes = [0] * 64
+    n = t.gso_split(pkt, hdr, out, sizes, OFFSET)
+    seg_pkt, seg_hdr = super_packet(v6, udp, 1448 * 45)
+    k = t.gso_split(seg_pkt, seg_hdr, out, sizes, OFFSET)
+    segs = [bytes(out[i][OFFSET : OFFSET + sizes[i]]) for i in range(k)]
+    table = t.GroTable()
+    assert len(t.handle_gro([bytearray(OFFSET) + s for s in segs], OFFSET, table)) == 1
+    rust_gso = rust.gso(pkt, hdr) if rust else None
+    rust_gro = rust.gro(segs) if rust else None
+    cols: dict[str, list[float]] = {}
+
+    def add(key: str, v: float) -> None:
+        cols.setdefault(key, []).append(v)
+
+    gso_py(pkt, hdr, out, sizes, 500)  # warm up
+    for _ in range(rounds):
+        # Each pair back to back, each after a few untimed calls of its own.
+        copy_us(20)
+        c = copy_us(200)
+        gso_py(pkt, hdr, out, sizes, 20)
+        g = gso_py(pkt, hdr, out, sizes, 200)
+        if rust_gso:
+            rust_gso(20)
+            rg = rust_gso(200)
+        gro_py(segs, table, 4)
+        h = gro_py(segs, table, 32)
+        if rust_gro:
+            rust_gro(4)
+            rh = rust_gro(32)
+        add("memcpy_us", c)
+        add("gso_split_us", g)
+        add("handle_gro_45_us", h)
+        add("gso_vs_memcpy", g / c)
+        add("gro_vs_memcpy", h / c)
+        if rust_gso and rust_gro:
+            add("rust_gso_split_us", rg)
+            add("rust_handle_gro_45_us", rh)
+            add("gso_vs_rust", g / rg)
+            add("gro_vs_rust", h / rh)
+    row: dict = {"input": name, "segments": n, "rounds": rounds}
+    row.update({k: med(v) for k, v in cols.items()})
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=41, help="interleaved rounds (default 41)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    src, dst = bytearray(65535), bytearray(65535)
-
-    def copy() -> None:
-        dst[:] = src
-
-    memcpy = median_us(copy, 5000)
-    rows = []
-    for name, v6, udp in (("tcp4", False, False), ("tcp6", True, False), ("udp4", False, True)):
-        iph, l4h = (40 if v6 else 20), (8 if udp else 20)
-        pkt, hdr = super_packet(v6, udp, 65535 - iph - l4h - (20 if v6 else 0))
-        out = [bytearray(OFFSET + 1600) for _ in range(64)]
-        sizes = [0] * 64
-        n = t.gso_split(pkt, hdr, out, sizes, OFFSET)
-        gso = median_us(lambda p=pkt, h=hdr, o=out, z=sizes: t.gso_split(p, h, o, z, OFFSET), 2000)
-        seg_pkt, seg_hdr = super_packet(v6, udp, 1448 * 45)
-        k = t.gso_split(seg_pkt, seg_hdr, out, sizes, OFFSET)
-        segs = [bytes(out[i][OFFSET : OFFSET + sizes[i]]) for i in range(k)]
-        assert len(t.handle_gro([bytearray(OFFSET) + s for s in segs], OFFSET, t.GroTable())) == 1
-        gro = gro_us(segs)
-        rust_gso = criterion_us("gso_split_64k", f"tunoffload_{name}")
-        rust_gro = criterion_us("handle_gro_45", f"tunoffload_{name}")
-        rows.append(
-            {
-                "input": name,
-                "segments": n,
-                "gso_split_us": gso,
-                "gso_vs_memcpy": gso / memcpy,
-                "gso_vs_rust": gso / rust_gso if rust_gso else None,
-                "handle_gro_45_us": gro,
-                "gro_vs_memcpy": gro / memcpy,
-                "gro_vs_rust": gro / rust_gro if rust_gro else None,
-            }
-        )
+    rust = RustEngine(LIB) if LIB.exists() else None
+    if rust is None and not args.json:
+        print(f"(no {LIB}: build it for the Rust columns)\n")
+    rows = [
+        measure(name, v6, udp, rust, args.rounds)
+        for name, v6, udp in (("tcp4", False, False), ("tcp6", True, False), ("udp4", False, True))
+    ]
     if args.json:
-        print(json.dumps({"memcpy_64k_us": memcpy, "rows": rows}, indent=2))
+        print(json.dumps({"rows": rows}, indent=2))
         return
-    print(f"64 KiB bytearray copy: {memcpy:.2f} us (median)\n")
-    cols = ("input", "gso_split", "x memcpy", "x Rust", "handle_gro(45)", "x memcpy", "x Rust")
-    widths = (6, 10, 9, 7, 16, 9, 7)
-    head = " ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))
-    print(head)
-    print("-" * len(head))
+    print(f"medians of {args.rounds} interleaved rounds; ratios taken within each round\n")
+    cols = (
+        ("input", "input", "{}"),
+        ("memcpy", "memcpy_us", "{:.2f}us"),
+        ("gso_split", "gso_split_us", "{:.2f}us"),
+        ("Rust", "rust_gso_split_us", "{:.2f}us"),
+        ("x Rust", "gso_vs_rust", "{:.3f}"),
+        ("x memcpy", "gso_vs_memcpy", "{:.2f}"),
+        ("handle_gro(45)", "handle_gro_45_us", "{:.2f}us"),
+        ("Rust", "rust_handle_gro_45_us", "{:.2f}us"),
+        ("x Rust", "gro_vs_rust", "{:.3f}"),
+        ("x memcpy", "gro_vs_memcpy", "{:.2f}"),
+    )
+    cells = [[h for h, _, _ in cols]]
     for r in rows:
-        cells = (
-            r["input"],
-            f"{r['gso_split_us']:.2f}us",
-            f"{r['gso_vs_memcpy']:.2f}",
-            f"{r['gso_vs_rust']:.2f}" if r["gso_vs_rust"] else "n/a",
-            f"{r['handle_gro_45_us']:.2f}us",
-            f"{r['gro_vs_memcpy']:.2f}",
-            f"{r['gro_vs_rust']:.2f}" if r["gro_vs_rust"] else "n/a",
-        )
+        cells.append([fmt.format(r[k]) if k in r else "n/a" for _, k, fmt in cols])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    for j, line in enumerate(cells):
         print(
-            " ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
         )
+        if j == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
 
 
 if __name__ == "__main__":

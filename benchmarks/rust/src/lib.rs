@@ -1,0 +1,157 @@
+//! The Rust engine timed from inside a Python process (`benchmarks/engine_py.py` loads this
+//! library with ctypes), so the binding's overhead is measured side by side with the engine
+//! it wraps: same process, same moment, same inputs, interleaved round by round. A shared
+//! VM's speed drifts by 2x within minutes; a ratio of numbers taken minutes apart (Python
+//! now, criterion earlier) measures the drift as much as the binding.
+//!
+//! Build: `cargo build --release --lib` in `benchmarks/rust`. The loops are the same as the
+//! criterion benchmarks' (`benches/engine.rs`).
+
+use std::time::Instant;
+
+use tunoffload::engine::{self as eng, VirtioNetHdr};
+
+const OFFSET: usize = 10;
+
+/// State for timing `gso_split` of one packet.
+pub struct Gso {
+    pkt: Vec<u8>,
+    hdr: VirtioNetHdr,
+    outs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+/// State for timing `handle_gro` of one batch.
+pub struct Gro {
+    segs: Vec<Vec<u8>>,
+    bufs: Vec<Vec<u8>>,
+    table: eng::GroTable,
+}
+
+/// # Safety
+/// `p` points to `len` readable bytes (or `len` is 0).
+unsafe fn bytes<'a>(p: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+}
+
+/// A timing state for `gso_split` of the packet `pkt[..len]` with the 10-byte virtio header
+/// `hdr`, into 64 outputs of `OFFSET + 1600` bytes (as `engine_py.py` and criterion use);
+/// null if the header does not decode or the packet does not split.
+///
+/// # Safety
+/// `pkt` points to `len` readable bytes and `hdr` to 10.
+#[no_mangle]
+pub unsafe extern "C" fn tob_gso_new(pkt: *const u8, len: usize, hdr: *const u8) -> *mut Gso {
+    // SAFETY: the caller's contract.
+    let (pkt, hdr) = unsafe { (bytes(pkt, len).to_vec(), bytes(hdr, 10)) };
+    let Ok(hdr) = VirtioNetHdr::decode(hdr) else {
+        return std::ptr::null_mut();
+    };
+    let mut s = Gso {
+        pkt,
+        hdr,
+        outs: vec![vec![0u8; OFFSET + 1600]; 64],
+        sizes: vec![0; 64],
+    };
+    if eng::gso_split(&s.pkt, &s.hdr, &mut s.outs, &mut s.sizes, OFFSET, None).is_err() {
+        return std::ptr::null_mut();
+    }
+    Box::into_raw(Box::new(s))
+}
+
+/// Nanoseconds per call over `iters` back-to-back calls (criterion's `b.iter`).
+///
+/// # Safety
+/// `s` came from [`tob_gso_new`] and was not freed.
+#[no_mangle]
+pub unsafe extern "C" fn tob_gso_run(s: *mut Gso, iters: u64) -> f64 {
+    // SAFETY: the caller's contract.
+    let s = unsafe { &mut *s };
+    let t = Instant::now();
+    for _ in 0..iters {
+        let pkt = std::hint::black_box(&s.pkt);
+        let n = eng::gso_split(pkt, &s.hdr, &mut s.outs, &mut s.sizes, OFFSET, None);
+        std::hint::black_box(n.ok());
+    }
+    t.elapsed().as_nanos() as f64 / iters.max(1) as f64
+}
+
+/// # Safety
+/// `s` came from [`tob_gso_new`] and is freed once.
+#[no_mangle]
+pub unsafe extern "C" fn tob_gso_free(s: *mut Gso) {
+    if !s.is_null() {
+        // SAFETY: the caller's contract.
+        drop(unsafe { Box::from_raw(s) });
+    }
+}
+
+/// A timing state for `handle_gro` of `n` packets laid end to end in `data`, packet `i`
+/// being `lens[i]` bytes (each gets `OFFSET` bytes of headroom); null for `n == 0`.
+///
+/// # Safety
+/// `lens` points to `n` lengths and `data` to their sum of readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn tob_gro_new(data: *const u8, lens: *const usize, n: usize) -> *mut Gro {
+    if n == 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the caller's contract.
+    let lens = unsafe { std::slice::from_raw_parts(lens, n) };
+    // SAFETY: the caller's contract.
+    let mut data = unsafe { bytes(data, lens.iter().sum()) };
+    let mut segs = Vec::with_capacity(n);
+    for &l in lens {
+        let mut b = vec![0u8; OFFSET];
+        b.extend_from_slice(&data[..l]);
+        data = &data[l..];
+        segs.push(b);
+    }
+    Box::into_raw(Box::new(Gro {
+        segs,
+        bufs: Vec::new(),
+        table: eng::GroTable::new(),
+    }))
+}
+
+/// Nanoseconds per call over `iters` calls, each on the batch restored outside the timed
+/// part into long-lived buffers with room to grow (criterion's `timed`: no allocation or
+/// page fault timed). The Python side cannot do that (a bytearray has no spare room), so
+/// its figure includes growing the first bytearray of each flow to the coalesced size.
+///
+/// # Safety
+/// `s` came from [`tob_gro_new`] and was not freed.
+#[no_mangle]
+pub unsafe extern "C" fn tob_gro_run(s: *mut Gro, iters: u64) -> f64 {
+    // SAFETY: the caller's contract.
+    let s = unsafe { &mut *s };
+    let mut total = std::time::Duration::ZERO;
+    for _ in 0..iters {
+        s.bufs
+            .resize_with(s.segs.len(), || Vec::with_capacity(OFFSET * 2 + 65536));
+        for (b, seg) in s.bufs.iter_mut().zip(&s.segs) {
+            b.clear();
+            b.extend_from_slice(seg);
+        }
+        let t = Instant::now();
+        let r = eng::handle_gro(&mut s.bufs, OFFSET, &mut s.table, true).map(|w| w.len());
+        std::hint::black_box(r.ok());
+        total += t.elapsed();
+    }
+    total.as_nanos() as f64 / iters.max(1) as f64
+}
+
+/// # Safety
+/// `s` came from [`tob_gro_new`] and is freed once.
+#[no_mangle]
+pub unsafe extern "C" fn tob_gro_free(s: *mut Gro) {
+    if !s.is_null() {
+        // SAFETY: the caller's contract.
+        drop(unsafe { Box::from_raw(s) });
+    }
+}
