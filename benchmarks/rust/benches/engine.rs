@@ -224,7 +224,9 @@ fn bench_checksum(c: &mut Criterion) {
     let mut g = c.benchmark_group("checksum_64k");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("tunoffload", |b| b.iter(|| checksum::sum(black_box(&data))));
-    g.bench_function("tun-rs", |b| b.iter(|| tun_rs::checksum(black_box(&data), 0)));
+    g.bench_function("tun-rs", |b| {
+        b.iter(|| tun_rs::checksum(black_box(&data), 0))
+    });
     g.finish();
 }
 
