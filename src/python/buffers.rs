@@ -89,8 +89,12 @@ struct Spare {
     pinned: Vec<(NonNull<ffi::PyObject>, ffi::Py_ssize_t)>,
 }
 
+/// How many `Views` may be alive at once in a thread and still allocate nothing: a call
+/// that holds one while it makes another (`gso_split`: the packet, then the outputs).
+const SPARES: usize = 4;
+
 thread_local! {
-    static SPARE: std::cell::Cell<Option<Spare>> = const { std::cell::Cell::new(None) };
+    static SPARE: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<'py> Views<'py> {
@@ -99,7 +103,9 @@ impl<'py> Views<'py> {
         let Spare {
             mut views,
             mut pinned,
-        } = SPARE.with(|s| s.take()).unwrap_or_default();
+        } = SPARE
+            .with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+            .unwrap_or_default();
         views.reserve(n);
         pinned.reserve(n);
         Views { py, views, pinned }
@@ -311,7 +317,13 @@ impl Drop for Views<'_> {
             views: std::mem::take(&mut self.views),
             pinned: std::mem::take(&mut self.pinned),
         };
-        SPARE.with(|s| s.set(Some(spare)));
+        SPARE.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARES {
+                    s.push(spare);
+                }
+            }
+        });
     }
 }
 
