@@ -17,14 +17,17 @@ pub(crate) const TCP_CWR: u8 = 0x80;
 pub(crate) const TCP_CSUM: usize = 16;
 pub(crate) const UDP_CSUM: usize = 6;
 
-#[inline]
+// `inline(always)`: plain `#[inline]` left `be32` as a call on GRO's per-packet path
+// (75 instructions a packet under callgrind).
+#[inline(always)]
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    let w: [u8; 4] = b[at..at + 4].try_into().expect("a 4-byte slice");
+    u32::from_be_bytes(w)
 }
 
 #[inline]
