@@ -180,51 +180,43 @@ pub(crate) fn split_into_py(
     let p = packet.as_ptr() as usize;
     let packet_span = (p, p + packet.len());
     let (seg_len, last_len) = (plan.segment_len(0), plan.segment_len(n.saturating_sub(1)));
-    // One pass: pin each output, check its room, and (for exclusively pinned bytearrays,
-    // which are distinct objects) that the part written does not overlap the packet.
-    for i in 0..n {
-        let what = || format!("out_bufs[{i}]");
-        let fast = match list {
-            // SAFETY: i < len(out_bufs) (checked on this line, GIL held), so the item is a
-            // live object the list owns, pinned (with its own reference) before any Python
-            // code could run.
-            Some(l) if i < l.len() => unsafe {
-                let raw = ffi::PyList_GET_ITEM(l.as_ptr(), i as isize);
-                match views.pin_bytearray_exclusive(raw) {
-                    Ok(region) => Ok(region),
-                    Err(true) => return Err(already_written(&what)),
-                    Err(false) => Err(Some(Borrowed::from_ptr(py, raw).to_owned())),
+    let need = |i: usize| if i + 1 == n { last_len } else { seg_len };
+    let check = |region: super::buffers::Region, i: usize| -> PyResult<()> {
+        if out_fits(region, out_offset, need(i), packet_span) {
+            Ok(())
+        } else {
+            Err(out_error(region, i, out_offset, need(i)))
+        }
+    };
+    // The common case in a tight loop: a list of exact bytearrays. Nothing in it runs
+    // Python code, so the list cannot change while its item array is read.
+    let mut first_other = 0;
+    if let Some(l) = list {
+        let m = n.min(l.len());
+        // SAFETY: a list's item array holds len(list) live objects it owns; GIL held.
+        let items = unsafe { (*l.as_ptr().cast::<ffi::PyListObject>()).ob_item };
+        while first_other < m {
+            let i = first_other;
+            // SAFETY: i < m <= len(list), read just above with the GIL held.
+            let raw = unsafe { *items.add(i) };
+            // SAFETY: raw is a live item of the list.
+            match unsafe { views.pin_bytearray_exclusive(raw) } {
+                Ok(region) => {
+                    check(region, i)?;
+                    outs.push(Out(region));
                 }
-            },
-            _ => Err(None),
-        };
-        let region = match fast {
-            Ok(region) => region,
-            Err(obj) => {
-                let obj = match obj {
-                    Some(obj) => obj,
-                    None => out_bufs.get_item(i)?,
-                };
-                let (region, exclusive) = views.write_exclusive(&obj, &what)?;
-                all_exclusive &= exclusive;
-                region
+                Err(true) => return Err(already_written(&|| format!("out_bufs[{i}]"))),
+                Err(false) => break,
             }
-        };
-        let need = if i + 1 == n { last_len } else { seg_len };
-        if region.len() < out_offset || region.len() - out_offset < need {
-            return Err(PyValueError::new_err(format!(
-                "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
-                region.len()
-            )));
+            first_other += 1;
         }
-        let (s, _, _) = span(region, i);
-        let (ws, we) = (s + out_offset, s + out_offset + need);
-        if ws < packet_span.1 && packet_span.0 < we {
-            return Err(PyValueError::new_err(format!(
-                "{} and the packet share memory",
-                what()
-            )));
-        }
+    }
+    // Anything else (a memoryview, a tuple of buffers ...) through the buffer protocol.
+    for i in first_other..n {
+        let obj = out_bufs.get_item(i)?;
+        let (region, exclusive) = views.write_exclusive(&obj, &|| format!("out_bufs[{i}]"))?;
+        all_exclusive &= exclusive;
+        check(region, i)?;
         outs.push(Out(region));
     }
     if !all_exclusive {
@@ -246,8 +238,49 @@ pub(crate) fn split_into_py(
     outs.clear();
     OUTS.with(|o| o.set(outs));
     drop(views);
-    set_sizes(sizes, (0..written).map(|i| plan.segment_len(i)))?;
+    set_sizes(
+        sizes,
+        written,
+        seg_len,
+        plan.segment_len(written.saturating_sub(1)),
+    )?;
     Ok(written)
+}
+
+/// Whether an output region has room for `need` bytes after `out_offset`, and (for the
+/// exclusively pinned bytearrays this is called for, which are distinct objects) those
+/// bytes do not overlap the packet `packet_span`.
+#[inline(always)]
+fn out_fits(
+    region: super::buffers::Region,
+    out_offset: usize,
+    need: usize,
+    packet_span: (usize, usize),
+) -> bool {
+    if !region
+        .len()
+        .checked_sub(out_offset)
+        .is_some_and(|r| r >= need)
+    {
+        return false;
+    }
+    // No overflow: out_offset + need <= region.len(), and the region is in memory.
+    let (s, _, _) = span(region, 0);
+    let (ws, we) = (s + out_offset, s + out_offset + need);
+    !(ws < packet_span.1 && packet_span.0 < we)
+}
+
+/// The `ValueError` for an output that [`out_fits`] refused.
+#[cold]
+fn out_error(region: super::buffers::Region, i: usize, out_offset: usize, need: usize) -> PyErr {
+    if region.len() < out_offset || region.len() - out_offset < need {
+        PyValueError::new_err(format!(
+            "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
+            region.len()
+        ))
+    } else {
+        PyValueError::new_err(format!("out_bufs[{i}] and the packet share memory"))
+    }
 }
 
 thread_local! {
@@ -258,16 +291,20 @@ thread_local! {
 
 /// Stores `values` into the first entries of `sizes`, leaving entries that already hold
 /// the value alone (a reused list usually does) and sharing one int object per value.
+/// The values are `common` for entries `0..n-1` and `last` for entry `n-1`, as a split makes.
 pub(crate) fn set_sizes<'py>(
     sizes: &Bound<'py, PyList>,
-    values: impl Iterator<Item = usize>,
+    n: usize,
+    common: usize,
+    last: usize,
 ) -> PyResult<()> {
     // An int object known to hold a value (owned, so its address stays its own):
     // consecutive equal sizes are one shared object, so a reused list is checked by
     // identity, without converting every entry.
     let mut known: Option<(usize, Bound<'py, PyAny>)> = None;
     let mut known_key = (usize::MAX, std::ptr::null_mut());
-    for (i, v) in values.enumerate() {
+    for i in 0..n {
+        let v = if i + 1 == n { last } else { common };
         // SAFETY: a list's first `len` items are live objects it owns; len and items are
         // read afresh each time (GIL held), since `store_size` may run Python code.
         let current = unsafe {
