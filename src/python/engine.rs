@@ -257,10 +257,10 @@ fn out_fits(
     need: usize,
     packet_span: (usize, usize),
 ) -> bool {
-    if !region
+    if region
         .len()
         .checked_sub(out_offset)
-        .is_some_and(|r| r >= need)
+        .is_none_or(|r| r < need)
     {
         return false;
     }
