@@ -60,6 +60,15 @@ impl Region {
     }
 }
 
+/// The region `len` bytes long at `ptr` (a null pointer or a negative length: empty).
+#[inline(always)]
+fn region_at(ptr: *mut u8, len: ffi::Py_ssize_t) -> Region {
+    Region {
+        ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
+        len: usize::try_from(len).unwrap_or(0),
+    }
+}
+
 /// Buffer exports held for one call; released (with the GIL) on drop.
 ///
 /// An exact `bytearray` (the common case, one per packet) is pinned directly: a strong
@@ -120,65 +129,39 @@ impl<'py> Views<'py> {
         let raw = obj.as_ptr();
         let writable = mode != Mode::Read;
         // SAFETY: raw is a live object (GIL held through `Bound`).
-        if !writable && unsafe { ffi::PyBytes_CheckExact(raw) } != 0 {
-            if self.pinned.len() == self.pinned.capacity() {
-                return Err(PyValueError::new_err(
-                    "internal: too many buffer pins for this call",
-                ));
-            }
+        let (is_bytes, is_bytearray) = unsafe {
+            (
+                !writable && ffi::PyBytes_CheckExact(raw) != 0,
+                ffi::PyByteArray_CheckExact(raw) != 0,
+            )
+        };
+        if (is_bytes || is_bytearray) && !self.can_pin() {
+            return Err(PyValueError::new_err(
+                "internal: too many buffer pins for this call",
+            ));
+        }
+        if is_bytes {
             // SAFETY: an exact bytes object: immutable, its bytes live as long as it does,
             // and the reference taken here (dropped in `drop`; count 0: no export to undo)
             // keeps it alive. GIL held.
-            let (ptr, len) = unsafe {
+            let region = unsafe {
                 ffi::Py_INCREF(raw);
-                (
+                self.pinned.push((NonNull::new_unchecked(raw), 0));
+                region_at(
                     ffi::PyBytes_AS_STRING(raw).cast::<u8>().cast_mut(),
                     ffi::Py_SIZE(raw),
                 )
             };
-            self.pinned
-                .push((NonNull::new(raw).expect("a live object"), 0));
-            let region = Region {
-                ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
-                len: usize::try_from(len).unwrap_or(0),
-            };
             return Ok((region, false));
         }
-        // SAFETY: raw is a live object (GIL held through `Bound`).
-        if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
-            if self.pinned.len() == self.pinned.capacity() {
-                return Err(PyValueError::new_err(
-                    "internal: too many buffer pins for this call",
-                ));
-            }
-            let count = if mode == Mode::Exclusive {
-                EXCLUSIVE
-            } else {
-                1
+        if is_bytearray {
+            let exclusive = mode == Mode::Exclusive;
+            let count = if exclusive { EXCLUSIVE } else { 1 };
+            // SAFETY: raw is a live exact bytearray; GIL held; room checked above.
+            return match unsafe { self.pin_bytearray(raw, count) } {
+                Some(region) => Ok((region, exclusive)),
+                None => Err(already_written(what)),
             };
-            // SAFETY: raw is an exact bytearray, so it is a PyByteArrayObject. With the GIL
-            // held we take a reference (it outlives any list that drops it) and count an
-            // export, which makes PyByteArray_Resize and `del b[...]` refuse until `drop`.
-            // An exclusive pin counts EXCLUSIVE exports, so a second one is detectable.
-            let (ptr, len) = unsafe {
-                let exports = &mut (*raw.cast::<ffi::PyByteArrayObject>()).ob_exports;
-                if mode == Mode::Exclusive && *exports >= EXCLUSIVE {
-                    return Err(already_written(what));
-                }
-                *exports += count;
-                ffi::Py_INCREF(raw);
-                // PyByteArray_AS_STRING and Py_SIZE, read in place (no call per packet).
-                let o = &*raw.cast::<ffi::PyByteArrayObject>();
-                (o.ob_start.cast::<u8>(), o.ob_base.ob_size)
-            };
-            self.pinned
-                .push((NonNull::new(raw).expect("a live object"), count));
-            let len = usize::try_from(len).unwrap_or(0);
-            let region = Region {
-                ptr: NonNull::new(ptr).unwrap_or(NonNull::dangling()),
-                len,
-            };
-            return Ok((region, mode == Mode::Exclusive));
         }
         if self.views.len() == self.views.capacity() {
             return Err(PyValueError::new_err(
@@ -215,15 +198,8 @@ impl<'py> Views<'py> {
         // does not move the earlier views.
         self.views.push(unsafe { view.assume_init() });
         let v = self.views.last().expect("just pushed");
-        let len = usize::try_from(v.len).unwrap_or(0);
-        let ptr = NonNull::new(v.buf.cast::<u8>()).unwrap_or(NonNull::dangling());
-        Ok((
-            Region {
-                ptr,
-                len: if v.buf.is_null() { 0 } else { len },
-            },
-            false,
-        ))
+        let len = if v.buf.is_null() { 0 } else { v.len };
+        Ok((region_at(v.buf.cast::<u8>(), len), false))
     }
 
     /// Exports `obj` read-only.
@@ -258,26 +234,42 @@ impl<'py> Views<'py> {
         raw: *mut ffi::PyObject,
     ) -> Result<Region, bool> {
         // SAFETY: raw is live (the caller's contract).
-        if unsafe { ffi::PyByteArray_CheckExact(raw) } == 0 {
-            return Err(false);
+        if unsafe { ffi::PyByteArray_CheckExact(raw) } == 0 || !self.can_pin() {
+            return Err(false); // the general path handles it (or reports the full table)
         }
-        if self.pinned.len() == self.pinned.capacity() {
-            return Err(false); // the general path reports it
-        }
-        // SAFETY: an exact bytearray is a PyByteArrayObject; with the GIL held we take a
-        // reference and count EXCLUSIVE exports (undone in `drop`), as `get` does.
+        // SAFETY: a live exact bytearray, GIL held, room checked just above.
+        unsafe { self.pin_bytearray(raw, EXCLUSIVE) }.ok_or(true)
+    }
+
+    /// Whether one more object can be pinned without reallocating `pinned`.
+    #[inline(always)]
+    fn can_pin(&self) -> bool {
+        self.pinned.len() < self.pinned.capacity()
+    }
+
+    /// Pins an exact bytearray: a reference plus `count` exports, which makes
+    /// PyByteArray_Resize and `del b[...]` refuse until `drop` undoes them. An exclusive
+    /// pin counts EXCLUSIVE exports, so a second one is seen: then `None`, nothing pinned.
+    ///
+    /// # Safety
+    /// `raw` is a live exact bytearray, the GIL is held, and [`can_pin`](Self::can_pin).
+    #[inline(always)]
+    unsafe fn pin_bytearray(
+        &mut self,
+        raw: *mut ffi::PyObject,
+        count: ffi::Py_ssize_t,
+    ) -> Option<Region> {
+        // SAFETY: the caller's contract; the fields are read in place
+        // (PyByteArray_AS_STRING and Py_SIZE, no call per packet).
         unsafe {
             let o = &mut *raw.cast::<ffi::PyByteArrayObject>();
-            if o.ob_exports >= EXCLUSIVE {
-                return Err(true);
+            if count == EXCLUSIVE && o.ob_exports >= EXCLUSIVE {
+                return None;
             }
-            o.ob_exports += EXCLUSIVE;
+            o.ob_exports += count;
             ffi::Py_INCREF(raw);
-            self.pinned.push((NonNull::new_unchecked(raw), EXCLUSIVE));
-            Ok(Region {
-                ptr: NonNull::new(o.ob_start.cast::<u8>()).unwrap_or(NonNull::dangling()),
-                len: o.ob_base.ob_size as usize,
-            })
+            self.pinned.push((NonNull::new_unchecked(raw), count));
+            Some(region_at(o.ob_start.cast::<u8>(), o.ob_base.ob_size))
         }
     }
 
@@ -394,11 +386,8 @@ impl<'py> GroBuf<'py> {
             // place (PyByteArray_AS_STRING and Py_SIZE) with the GIL held.
             unsafe {
                 let o = &*raw.cast::<ffi::PyByteArrayObject>();
-                (
-                    o.ob_start.cast::<u8>(),
-                    usize::try_from(o.ob_base.ob_size).unwrap_or(0),
-                    o.ob_exports == 0,
-                )
+                let r = region_at(o.ob_start.cast::<u8>(), o.ob_base.ob_size);
+                (r.ptr.as_ptr(), r.len, o.ob_exports == 0)
             }
         } else {
             let r = views.write(&obj, &|| format!("bufs[{index}]"))?;

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySequence};
 use pyo3::Borrowed;
 
-use super::buffers::{already_written, check_disjoint, gro_bufs, span, Views};
+use super::buffers::{already_written, check_disjoint, gro_bufs, span, Region, Views};
 use crate::engine::{self as eng, gso, VirtioNetHdr};
 
 /// Turns an engine error (a bad packet, header or argument) into `ValueError`.
@@ -129,7 +129,7 @@ methods_with_fields! {
 }
 
 /// An output region of `gso_split`, inside an export held by the call's `Views`.
-struct Out(super::buffers::Region);
+struct Out(Region);
 
 impl AsMut<[u8]> for Out {
     fn as_mut(&mut self) -> &mut [u8] {
@@ -181,7 +181,7 @@ pub(crate) fn split_into_py(
     let packet_span = (p, p + packet.len());
     let (seg_len, last_len) = (plan.segment_len(0), plan.segment_len(n.saturating_sub(1)));
     let need = |i: usize| if i + 1 == n { last_len } else { seg_len };
-    let check = |region: super::buffers::Region, i: usize| -> PyResult<()> {
+    let check = |region: Region, i: usize| -> PyResult<()> {
         if out_fits(region, out_offset, need(i), packet_span) {
             Ok(())
         } else {
@@ -251,12 +251,7 @@ pub(crate) fn split_into_py(
 /// exclusively pinned bytearrays this is called for, which are distinct objects) those
 /// bytes do not overlap the packet `packet_span`.
 #[inline(always)]
-fn out_fits(
-    region: super::buffers::Region,
-    out_offset: usize,
-    need: usize,
-    packet_span: (usize, usize),
-) -> bool {
+fn out_fits(region: Region, out_offset: usize, need: usize, packet_span: (usize, usize)) -> bool {
     if region
         .len()
         .checked_sub(out_offset)
@@ -272,7 +267,7 @@ fn out_fits(
 
 /// The `ValueError` for an output that [`out_fits`] refused.
 #[cold]
-fn out_error(region: super::buffers::Region, i: usize, out_offset: usize, need: usize) -> PyErr {
+fn out_error(region: Region, i: usize, out_offset: usize, need: usize) -> PyErr {
     if region.len() < out_offset || region.len() - out_offset < need {
         PyValueError::new_err(format!(
             "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
@@ -289,9 +284,9 @@ thread_local! {
     static OUTS: std::cell::Cell<Vec<Out>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Stores `values` into the first entries of `sizes`, leaving entries that already hold
-/// the value alone (a reused list usually does) and sharing one int object per value.
-/// The values are `common` for entries `0..n-1` and `last` for entry `n-1`, as a split makes.
+/// Stores a split's sizes into the first `n` entries of `sizes`: `common` for entries
+/// `0..n-1`, `last` for entry `n-1`. Entries that already hold the value are left alone (a
+/// reused list usually does), and one int object is shared per value.
 pub(crate) fn set_sizes<'py>(
     sizes: &Bound<'py, PyList>,
     n: usize,
