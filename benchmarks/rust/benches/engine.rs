@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tunoffload::engine::{self as eng, checksum, VirtioNetHdr};
+use tunoffload_bench::reset;
 
 const OFFSET: usize = 10;
 
@@ -127,16 +128,6 @@ fn segments(v6: bool, udp: bool, n: usize) -> Vec<Vec<u8>> {
         .zip(&sizes)
         .map(|(o, s)| o[..OFFSET + s].to_vec())
         .collect()
-}
-
-/// Puts the original packets back into long-lived buffers (keeping their capacity, so no
-/// allocation or page fault lands in the timed part).
-fn reset(bufs: &mut Vec<Vec<u8>>, segs: &[Vec<u8>]) {
-    bufs.resize_with(segs.len(), || Vec::with_capacity(OFFSET * 2 + 65536));
-    for (b, s) in bufs.iter_mut().zip(segs) {
-        b.clear();
-        b.extend_from_slice(s);
-    }
 }
 
 /// Times `f` on a freshly reset batch, `iters` times, after an untimed `prep` of `state`.

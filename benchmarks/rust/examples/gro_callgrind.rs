@@ -2,8 +2,10 @@
 use tunoffload::engine as eng;
 
 #[inline(never)]
-fn run_gro(bufs: &mut Vec<Vec<u8>>, t: &mut eng::GroTable) -> usize {
-    eng::handle_gro(bufs, 10, t, true).map(|w| w.len()).unwrap_or(0)
+fn run_gro(bufs: &mut [Vec<u8>], t: &mut eng::GroTable) -> usize {
+    eng::handle_gro(bufs, 10, t, true)
+        .map(|w| w.len())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -23,11 +25,7 @@ fn main() {
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     let mut n = 0;
     for _ in 0..2000 {
-        bufs.resize_with(segs.len(), || Vec::with_capacity(20 + 65536));
-        for (b, s) in bufs.iter_mut().zip(&segs) {
-            b.clear();
-            b.extend_from_slice(s);
-        }
+        tunoffload_bench::reset(&mut bufs, &segs);
         n += run_gro(&mut bufs, &mut t);
     }
     println!("{n}");
