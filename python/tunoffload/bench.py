@@ -24,10 +24,13 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -35,8 +38,16 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MODES = ("veth", "passthrough", "split+coalesce", "plain")
+# tunnel rows: their label -> the mode of the peer program (tunoffload._tunnel)
+TUNNEL_ROWS = {"tunnel-plain": "plain", "tunnel": "tunoffload", "tunnel+vpn": "vpn"}
+MODES = ("veth", "passthrough", "split+coalesce", "plain", *TUNNEL_ROWS)
 ADDR_A, ADDR_B, PORT = "10.99.0.1", "10.99.0.2", 5201
+# the tunnel rows: the veth between the namespaces is the underlay, the TUN devices the
+# overlay; one tunnel process per namespace
+UNDERLAY_A, UNDERLAY_B = "10.98.0.1", "10.98.0.2"
+OVERLAY_A, OVERLAY_B = "10.97.0.1", "10.97.0.2"
+TUNNEL_PORT = 51820
+TUNNEL_MTU = 1420  # 1500 on the veth - 20 (IPv4) - 8 (UDP) - 28 (the vpn's nonce and tag)
 CLONE_NEWNET = 0x40000000
 OFFSET = 16  # headroom before each packet: >= VIRTIO_NET_HDR_LEN
 
@@ -48,7 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--streams", type=int, nargs="+", default=[1, 4], help="TCP stream counts (default 1 4)"
     )
     p.add_argument(
-        "--modes", nargs="+", choices=MODES, default=list(MODES), help="rows to run (default all)"
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=None,
+        help="rows to run (default all; tunnel+vpn when cryptography is installed)",
     )
     p.add_argument("--no-udp", action="store_true", help="skip the UDP (UDP_SEGMENT) rows")
     p.add_argument("--no-iperf", action="store_true", help="use the built-in traffic generator")
@@ -118,7 +133,7 @@ class Topology:
             _ip("netns", "add", ns)
             _ip("link", "set", "lo", "up", ns=ns)
 
-    def veth(self) -> None:
+    def veth(self, addr_a: str = ADDR_A, addr_b: str = ADDR_B) -> None:
         _ip(
             "link",
             "add",
@@ -132,7 +147,7 @@ class Topology:
             "netns",
             self.b,
         )
-        for ns, dev, addr in ((self.a, "tobv0", ADDR_A), (self.b, "tobv1", ADDR_B)):
+        for ns, dev, addr in ((self.a, "tobv0", addr_a), (self.b, "tobv1", addr_b)):
             _ip("addr", "add", f"{addr}/24", "dev", dev, ns=ns)
             _ip("link", "set", dev, "up", ns=ns)
 
@@ -254,6 +269,7 @@ _CLIENT = r"""
 import socket, sys, time, threading
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 streams, duration = int(sys.argv[4]), float(sys.argv[5])
+size = int(sys.argv[6]) if len(sys.argv) > 6 else 1400
 end = time.monotonic() + duration
 def tcp():
     c = socket.create_connection((host, port), timeout=10)
@@ -262,8 +278,8 @@ def tcp():
     c.close()
 def udp():
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.connect((host, port))
-    c.setsockopt(socket.SOL_UDP, 103, 1400)  # UDP_SEGMENT: 1400-byte datagrams, USO
-    data = bytes(1400 * 40)
+    c.setsockopt(socket.SOL_UDP, 103, size)  # UDP_SEGMENT: size-byte datagrams, USO
+    data = bytes(size * 40)
     while time.monotonic() < end:
         try: c.send(data)
         except OSError: time.sleep(0.0005)
@@ -274,18 +290,26 @@ for t in ts: t.join()
 
 
 def _traffic(
-    topo: Topology, proto: str, streams: int, duration: float, use_iperf: bool, progress: str
+    topo: Topology,
+    proto: str,
+    streams: int,
+    duration: float,
+    use_iperf: bool,
+    progress: str,
+    dst: str = ADDR_B,
+    udp_size: int = 1400,
 ) -> tuple[float, str]:
-    """Runs traffic from A to B; returns (bits per second received, generator name)."""
+    """Runs traffic from A to ``dst`` in B; returns (bits per second received, generator
+    name). UDP goes out in ``udp_size``-byte datagrams."""
     if use_iperf and proto == "tcp":
-        srv = subprocess.Popen(
-            ["ip", "netns", "exec", topo.b, "iperf3", "-s", "-1", "-B", ADDR_B],
+        iperf_srv = subprocess.Popen(
+            ["ip", "netns", "exec", topo.b, "iperf3", "-s", "-1", "-B", dst],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
             time.sleep(0.3)
-            cli = subprocess.Popen(
+            iperf_cli = subprocess.Popen(
                 [
                     "ip",
                     "netns",
@@ -293,7 +317,7 @@ def _traffic(
                     topo.a,
                     "iperf3",
                     "-c",
-                    ADDR_B,
+                    dst,
                     "-t",
                     str(duration),
                     "-P",
@@ -304,12 +328,12 @@ def _traffic(
                 stderr=subprocess.DEVNULL,
                 text=True,
             )
-            _wait(cli, duration, progress)
-            out = json.loads(cli.stdout.read() if cli.stdout else "{}")
+            _wait(iperf_cli, duration, progress)
+            out = json.loads(iperf_cli.stdout.read() if iperf_cli.stdout else "{}")
             return float(out["end"]["sum_received"]["bits_per_second"]), "iperf3"
         finally:
-            srv.kill()
-            srv.wait()
+            iperf_srv.kill()
+            iperf_srv.wait()
     py = sys.executable
     srv = subprocess.Popen(
         [
@@ -341,10 +365,11 @@ def _traffic(
                 "-c",
                 _CLIENT,
                 proto,
-                ADDR_B,
+                dst,
                 str(PORT),
                 str(streams),
                 str(duration),
+                str(udp_size),
             ]
         )
         _wait(cli, duration, progress)
@@ -384,6 +409,8 @@ def _wait(proc: subprocess.Popen[Any], duration: float, progress: str) -> None:
 
 def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: bool) -> Result:
     """One row: build the topology, forward, measure, tear down."""
+    if mode in TUNNEL_ROWS:
+        return run_tunnel_row(mode, TUNNEL_ROWS[mode], proto, streams, duration, use_iperf)
     res = Result(mode=mode, traffic=proto.upper(), streams=streams)
     topo = Topology()
     threads: list[threading.Thread] = []
@@ -420,7 +447,6 @@ def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: boo
         res.cpu_s = sum(c.cpu for c in counters)
         res.cpu_pct = 100 * res.cpu_s / wall if wall else 0.0
         res.pps = sum(c.packets for c in counters) / wall if wall else 0.0
-        ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
         fwd_b = counters[1]
         writes_b = stats[1].get("writes", 0) if stats else 0
         writes_a = stats[0].get("writes", 0) if stats else 0
@@ -439,6 +465,146 @@ def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: boo
     return res
 
 
+# --- tunnels -------------------------------------------------------------------------
+
+
+def have_cryptography() -> bool:
+    """Whether the vpn rows can run (they need the ``cryptography`` package)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cryptography") is not None
+
+
+class TunnelPeers:
+    """One tunnel process (``python -m tunoffload._tunnel MODE``) in each namespace of
+    ``topo``, joined through its veth; ``stop`` ends them and returns their counters."""
+
+    def __init__(self, topo: Topology, peer_mode: str, mtu: int = TUNNEL_MTU) -> None:
+        self.procs: list[tuple[subprocess.Popen[str], Any]] = []
+        self.key_file: str | None = None
+        if peer_mode == "vpn":
+            fd, self.key_file = tempfile.mkstemp(prefix="tunoff-key-", suffix=".hex")
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": pkg_parent + (os.pathsep + path if path else "")}
+        for ns, me, peer, addr in (
+            (topo.a, UNDERLAY_A, UNDERLAY_B, OVERLAY_A),
+            (topo.b, UNDERLAY_B, UNDERLAY_A, OVERLAY_B),
+        ):
+            # no IPv6 on the new devices: nothing but the benchmark's traffic in the tunnel
+            _ip("netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
+            argv = [
+                *("ip", "netns", "exec", ns, sys.executable, "-m", "tunoffload._tunnel"),
+                *(peer_mode, "--tun", "tunl0", "--address", f"{addr}/24", "--mtu", str(mtu)),
+                *("--listen", f"{me}:{TUNNEL_PORT}", "--peer", f"{peer}:{TUNNEL_PORT}"),
+                *(("--key-file", self.key_file) if self.key_file else ()),
+            ]
+            err = tempfile.TemporaryFile(mode="w+")
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+            self.procs.append((proc, err))
+        for proc, err in self.procs:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            line = proc.stdout.readline() if ready else ""
+            if line.strip() != "ready":
+                raise RuntimeError(f"tunnel process did not start: {self._stderr(err)}")
+
+    @staticmethod
+    def _stderr(err: Any) -> str:
+        err.seek(0)
+        text: str = err.read().strip()
+        return text.splitlines()[-1] if text else "(no output)"
+
+    def stop(self) -> list[dict[str, Any]]:
+        """SIGTERM to both; their counters (empty for one that had died)."""
+        stats: list[dict[str, Any]] = []
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, err in self.procs:
+            try:
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            lines = [x for x in (out or "").splitlines() if x.startswith("{")]
+            s: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+            if not lines:
+                s["error"] = f"exit {proc.returncode}: {self._stderr(err)}"
+            err.close()
+            stats.append(s)
+        if self.key_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.key_file)
+        self.procs = []
+        return stats
+
+
+def run_tunnel_row(
+    label: str,
+    peer_mode: str,
+    proto: str,
+    streams: int,
+    duration: float,
+    use_iperf: bool,
+    mtu: int = TUNNEL_MTU,
+) -> Result:
+    """One tunnel row: namespaces A and B joined by veth, a tunnel process in each (mode
+    ``peer_mode`` of ``tunoffload._tunnel``), traffic from A's overlay address to B's."""
+    res = Result(mode=label, traffic=proto.upper(), streams=streams)
+    if peer_mode == "vpn" and not have_cryptography():
+        res.error = "needs the cryptography package (pip install 'tunoffload[vpn]')"
+        return res
+    topo = Topology()
+    peers: TunnelPeers | None = None
+    stats: list[dict[str, Any]] = []
+    wall = 0.0
+    try:
+        topo.veth(UNDERLAY_A, UNDERLAY_B)
+        peers = TunnelPeers(topo, peer_mode, mtu)
+        time.sleep(0.2)
+        wall0 = time.monotonic()
+        bps, res.generator = _traffic(
+            topo,
+            proto,
+            streams,
+            duration,
+            use_iperf,
+            f"{label} {proto} x{streams}",
+            dst=OVERLAY_B,
+            udp_size=mtu - 28,  # IPv4 + UDP headers: datagrams fill the MTU
+        )
+        wall = time.monotonic() - wall0
+        res.gbit_s = bps / 1e9
+    except Exception as e:  # a row that fails is reported, the others still run
+        res.error = f"{type(e).__name__}: {e}"
+    finally:
+        if peers is not None:
+            stats = peers.stop()
+        topo.close()
+    if len(stats) == 2:
+        a, b = stats
+        for s in stats:
+            if s.get("error") and not res.error:
+                res.error = f"tunnel process: {s['error']}"
+        res.cpu_s = a.get("cpu_s", 0.0) + b.get("cpu_s", 0.0)
+        res.cpu_pct = 100 * res.cpu_s / wall if wall else 0.0
+        packets = sum(s.get("tun_packets", 0) for s in stats)
+        res.pps = packets / wall if wall else 0.0
+        res.pkts_per_read_ab = ratio(a.get("tun_packets", 0), a.get("tun_reads", 0))
+        res.pkts_per_write_ab = ratio(b.get("udp_datagrams", 0), b.get("tun_writes", 0))
+        res.pkts_per_read_ba = ratio(b.get("tun_packets", 0), b.get("tun_reads", 0))
+        res.pkts_per_write_ba = ratio(a.get("udp_datagrams", 0), a.get("tun_writes", 0))
+        res.extra = {"peer_a": a, "peer_b": b, "mtu": mtu}
+    return res
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
 def _table(rows: list[Result]) -> str:
     head = (
         "forwarder",
@@ -453,7 +619,7 @@ def _table(rows: list[Result]) -> str:
         "B>A pkt/read",
         "pkt/write",
     )
-    lines = [head]
+    lines: list[tuple[str, ...]] = [head]
     for r in rows:
         if r.error:
             lines.append((r.mode, r.traffic, str(r.streams), "error: " + r.error, *[""] * 7))
@@ -515,9 +681,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"tunoffload bench: {reason}", file=sys.stderr)
         return 2
     use_iperf = not args.no_iperf and shutil.which("iperf3") is not None
-    plan = [(m, "tcp", s) for s in args.streams for m in args.modes]
+    modes = args.modes or [m for m in MODES if m != "tunnel+vpn" or have_cryptography()]
+    plan = [(m, "tcp", s) for s in args.streams for m in modes]
     if not args.no_udp:
-        plan += [(m, "udp", 1) for m in args.modes]
+        plan += [(m, "udp", 1) for m in modes]
     runs: dict[tuple[str, str, int], list[Result]] = {}
     try:
         for rep in range(max(1, args.repeat)):
@@ -549,6 +716,10 @@ def run(args: argparse.Namespace) -> int:
             a, b = by.get(("split+coalesce", "TCP", s)), by.get(("plain", "TCP", s))
             if a and b and b.gbit_s and not (a.error or b.error):
                 print(f"\nsplit+coalesce vs plain, TCP x{s}: {a.gbit_s / b.gbit_s:.1f}x")
+            for fast in ("tunnel", "tunnel+vpn"):
+                a, b = by.get((fast, "TCP", s)), by.get(("tunnel-plain", "TCP", s))
+                if a and b and b.gbit_s and not (a.error or b.error):
+                    print(f"{fast} vs tunnel-plain, TCP x{s}: {a.gbit_s / b.gbit_s:.1f}x")
     return 1 if any(r.error for r in rows) else 0
 
 
