@@ -1,0 +1,430 @@
+"""examples/vpn.py: its packet cipher and replay window, then two copies of it end to end.
+
+The end-to-end tests build two network namespaces joined by a veth pair (the underlay) and
+run one ``examples/vpn.py`` in each (``ip netns exec``); TCP and UDP cross the tunnel
+between the two TUN devices (the overlay) and are checked byte for byte. Real encrypted
+datagrams are captured on the underlay (an AF_PACKET socket on the veth) and sent again,
+replayed and tampered with: the receiver must drop and count them, and nothing extra may
+come out of its TUN device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _netns import Netns, can_use_netns
+
+try:
+    import cryptography  # noqa: F401
+
+    NO_CRYPTO = None
+except ImportError:
+    NO_CRYPTO = "needs the cryptography package (pip install '.[vpn]')"
+
+needs_crypto = pytest.mark.skipif(NO_CRYPTO is not None, reason=str(NO_CRYPTO))
+_why = can_use_netns() or NO_CRYPTO
+needs_netns = pytest.mark.skipif(_why is not None, reason=str(_why))
+
+VPN = Path(__file__).resolve().parent.parent / "examples" / "vpn.py"
+UNDER_A, UNDER_B = "10.96.0.1", "10.96.0.2"
+OVER_A, OVER_B = "10.95.0.1", "10.95.0.2"
+PORT = 51820
+KEY = bytes(range(32))
+
+
+def _packet(payload: bytes = b"x" * 40) -> bytearray:
+    """An IPv4 packet (the cipher only looks at the version nibble)."""
+    return bytearray(b"\x45" + bytes(19) + payload)
+
+
+# --- the replay window and the cipher, without devices ---------------------------------
+
+
+@needs_crypto
+def test_replay_window_accepts_each_counter_once_within_the_window():
+    from tunoffload._tunnel import ReplayWindow
+
+    w = ReplayWindow(64)
+    for c in (10, 11, 13, 12, 100):  # in order, a gap, the gap filled, a jump
+        assert not w.seen(c)
+        w.mark(c)
+        assert w.seen(c)
+    assert not w.seen(100 - 63)  # the oldest counter the window still knows
+    w.mark(100 - 63)
+    assert w.seen(100 - 63)
+    assert w.seen(100 - 64)  # too old to tell: a replay
+    assert w.seen(13) and w.seen(12)  # slid out of the window
+    assert not w.seen(99) and not w.seen(101)
+    w.mark(1000)  # a jump past the whole window forgets it
+    assert w.seen(100) and not w.seen(999) and w.seen(1000)
+
+
+@needs_crypto
+def test_replay_window_of_2048_by_default():
+    from tunoffload._tunnel import ReplayWindow
+
+    w = ReplayWindow()
+    w.mark(5000)
+    assert not w.seen(5000 - 2047) and w.seen(5000 - 2048)
+
+
+def _seal(cipher, packets):
+    wire = [bytearray(65535) for _ in packets]
+    sizes = [0] * len(packets)
+    cipher.seal(packets, 0, [len(p) for p in packets], len(packets), _views(wire), sizes)
+    return [bytes(w[:s]) for w, s in zip(wire, sizes)]
+
+
+def _views(bufs):
+    return [memoryview(b) for b in bufs]
+
+
+def _open(cipher, datagrams, offset=10):
+    wire = [bytearray(d) + bytearray(100) for d in datagrams]
+    plain = [bytearray(offset + 65535) for _ in datagrams]
+    sizes = [0] * len(datagrams)
+    m = cipher.open(_views(wire), [len(d) for d in datagrams], len(datagrams), plain, offset, sizes)
+    return [bytes(plain[j][offset : offset + sizes[j]]) for j in range(m)]
+
+
+@needs_crypto
+def test_cipher_round_trip_and_nonces():
+    from tunoffload._tunnel import OVERHEAD, PacketCipher, sender_id
+
+    a_id, b_id = sender_id("10.0.0.1/24"), sender_id("10.0.0.2/24")
+    assert a_id == bytes([10, 0, 0, 1]) and b_id == bytes([10, 0, 0, 2])
+    a, b = PacketCipher(KEY, a_id, counter=7), PacketCipher(KEY, b_id)
+    packets = [_packet(bytes([i]) * (i * 50)) for i in range(1, 9)]
+    datagrams = _seal(a, packets)
+    for i, (p, d) in enumerate(zip(packets, datagrams)):
+        assert len(d) == len(p) + OVERHEAD
+        assert d[:4] == a_id and struct.unpack_from("<Q", d, 4)[0] == 7 + i
+        assert bytes(p[20:]) not in d  # encrypted
+    assert a.counter == 7 + len(packets)
+    assert _open(b, datagrams) == [bytes(p) for p in packets]
+    # the other direction uses the other half of the nonce space
+    back = _seal(b, [_packet()])
+    assert back[0][:4] == b_id and _open(a, back) == [bytes(_packet())]
+    # the default counter starts at the clock: above any earlier run's
+    assert PacketCipher(KEY, a_id).counter > time.time_ns() - 10**9 * 60
+
+
+@needs_crypto
+def test_cipher_drops_forged_replayed_reflected_and_malformed():
+    from tunoffload._tunnel import PacketCipher, sender_id
+
+    a = PacketCipher(KEY, sender_id("10.0.0.1/24"))
+    b = PacketCipher(KEY, sender_id("10.0.0.2/24"))
+    good = _seal(a, [_packet(b"first" * 10), _packet(b"second" * 10)])
+    third = _seal(a, [_packet(b"third" * 10)])[0]
+    tampered = bytearray(third)
+    tampered[30] ^= 1
+    other_key = _seal(PacketCipher(bytes(32), sender_id("10.0.0.1/24")), [_packet()])[0]
+    reflected = _seal(b, [_packet()])[0]  # b's own datagram sent back to it
+    not_ip = _seal(a, [bytearray(b"\x00" * 40)])[0]
+    batch = [good[0], bytes(tampered), good[0], other_key, reflected, b"short", not_ip]
+    # a forged datagram does not move the window: the real one with its counter still opens
+    out = _open(b, [*batch, good[1], third])
+    assert out == [bytes(_packet(w * 10)) for w in (b"first", b"second", b"third")]
+    assert (b.dropped_forged, b.dropped_replayed, b.dropped_malformed) == (2, 2, 2)
+    assert _open(b, [third]) == [] and b.dropped_replayed == 3
+
+
+@needs_crypto
+def test_read_key(tmp_path):
+    from tunoffload._tunnel import read_key
+
+    good = tmp_path / "k"
+    good.write_text(KEY.hex()[:30] + "\n  " + KEY.hex()[30:] + "\n")
+    assert read_key(str(good)) == KEY
+    for text in ("abcd", "zz" * 32, KEY.hex() + "00"):
+        bad = tmp_path / "bad"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="64 hex"):
+            read_key(str(bad))
+
+
+# --- two vpn.py processes, end to end ----------------------------------------------------
+
+
+@dataclass
+class Peer:
+    ns: Netns
+    proc: subprocess.Popen[str]
+    stats_file: Path
+    log: Path
+
+    def stats(self) -> dict[str, int]:
+        """The counters, fresh: SIGUSR1 makes the process rewrite its stats file."""
+        with contextlib.suppress(FileNotFoundError):
+            self.stats_file.unlink()
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not self.stats_file.exists():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "no stats file after SIGUSR1"
+            time.sleep(0.02)
+        return json.loads(self.stats_file.read_text())
+
+
+@dataclass
+class Tunnel:
+    a: Peer
+    b: Peer
+
+
+@contextlib.contextmanager
+def _tunnel(tmp: Path) -> Iterator[Tunnel]:
+    a_ns, b_ns = Netns("tunoff-vpn-a"), Netns("tunoff-vpn-b")
+    peers: list[Peer] = []
+    try:
+        subprocess.run(
+            ["ip", "link", "add", "va", "netns", a_ns.name, "type", "veth", "peer", "vb"]
+            + ["netns", b_ns.name],
+            check=True,
+        )
+        key = tmp / "key.hex"
+        key.write_text(os.urandom(32).hex() + "\n")
+        for ns, dev, me, peer, over in (
+            (a_ns, "va", UNDER_A, UNDER_B, OVER_A),
+            (b_ns, "vb", UNDER_B, UNDER_A, OVER_B),
+        ):
+            ns.run("ip", "addr", "add", f"{me}/24", "dev", dev)
+            ns.run("ip", "link", "set", dev, "up")
+            # nothing but the tests' own packets in the tunnel (no IPv6 autoconfiguration)
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+            stats, log = tmp / f"{dev}.json", tmp / f"{dev}.log"
+            argv = [
+                *("ip", "netns", "exec", ns.name, sys.executable, str(VPN), "--tun", "vpn0"),
+                *("--address", f"{over}/24", "--listen", f"0.0.0.0:{PORT}"),
+                *("--peer", f"{peer}:{PORT}", "--key-file", str(key), "--stats-file", str(stats)),
+            ]
+            with open(log, "w") as err:
+                proc = subprocess.Popen(argv, stderr=err, text=True)
+            peers.append(Peer(ns, proc, stats, log))
+        for p in peers:  # up when it says so
+            deadline = time.monotonic() + 30
+            while "up, peer" not in p.log.read_text():
+                assert p.proc.poll() is None, p.log.read_text()
+                assert time.monotonic() < deadline, "vpn.py did not come up"
+                time.sleep(0.05)
+        yield Tunnel(*peers)
+    finally:
+        for p in peers:
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        for p in peers:
+            try:
+                p.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait()
+        a_ns.close()
+        b_ns.close()
+
+
+@pytest.fixture(scope="module")
+def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
+    with _tunnel(tmp_path_factory.mktemp("vpn")) as t:
+        yield t
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+@needs_netns
+def test_tcp_through_the_tunnel_both_ways(tunnel: Tunnel):
+    to_b, to_a = os.urandom(6 << 20), os.urandom(5 << 20)
+    got: dict[str, bytes] = {}
+    with tunnel.b.ns.entered():
+        server = socket.create_server((OVER_B, 5001))
+    server.settimeout(30)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.settimeout(30)
+        sender = threading.Thread(target=lambda: (conn.sendall(to_a), conn.shutdown(1)))
+        sender.start()
+        got["b"] = _recv_all(conn)
+        sender.join()
+        conn.close()
+
+    th = threading.Thread(target=serve)
+    th.start()
+    try:
+        with tunnel.a.ns.entered():
+            client = socket.create_connection((OVER_B, 5001), timeout=30)
+        sender = threading.Thread(target=lambda: (client.sendall(to_b), client.shutdown(1)))
+        sender.start()
+        got["a"] = _recv_all(client)
+        sender.join()
+        client.close()
+    finally:
+        th.join(timeout=60)
+        server.close()
+    assert hashlib.sha256(got["b"]).hexdigest() == hashlib.sha256(to_b).hexdigest()
+    assert hashlib.sha256(got["a"]).hexdigest() == hashlib.sha256(to_a).hexdigest()
+    for peer in (tunnel.a, tunnel.b):
+        s = peer.stats()
+        assert s["sent"] > 0 and s["received"] > 0
+        assert s["dropped_forged"] == s["dropped_replayed"] == s["dropped_malformed"] == 0
+
+
+@needs_netns
+def test_udp_datagrams_through_the_tunnel(tunnel: Tunnel):
+    # 1392 fills the 1420-byte MTU; 3000 crosses as two IP fragments, reassembled in B
+    sizes = [1, 2, 100, 576, 1000, 1391, 1392, 3000] * 4
+    for src, dst, dst_addr in ((tunnel.a, tunnel.b, OVER_B), (tunnel.b, tunnel.a, OVER_A)):
+        with dst.ns.entered():
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with src.ns.entered():
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with rx, tx:
+            rx.bind((dst_addr, 6001))
+            rx.settimeout(10)
+            sent = [os.urandom(n) for n in sizes]
+            for d in sent:
+                tx.sendto(d, (dst_addr, 6001))
+            received = [rx.recv(65535) for _ in sent]
+            assert sorted(received) == sorted(sent)
+
+
+def _capture_socket(ns: Netns, dev: str) -> socket.socket:
+    """Every frame on ``dev``, both ways (ETH_P_ALL: a socket for one protocol would see
+    only what comes in)."""
+    eth_p_all = 0x0003
+    with ns.entered():
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_all))
+    cap.bind((dev, eth_p_all))
+    cap.settimeout(10)
+    return cap
+
+
+def _capture(cap: socket.socket, outgoing: bool, length: int) -> bytes:
+    """The UDP payload of the next frame on the tunnel's port whose payload is
+    ``length`` bytes, received (or, with ``outgoing``, sent) on the veth."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        frame, addr = cap.recvfrom(65535)
+        if (addr[2] == socket.PACKET_OUTGOING) != outgoing or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 15) * 4
+        if ip[9] != 17:
+            continue
+        sport, dport, ulen = struct.unpack_from("!HHH", ip, ihl)
+        if PORT in (sport, dport) and ulen - 8 == length:
+            return bytes(ip[ihl + 8 : ihl + ulen])
+    raise AssertionError("the encrypted datagram was not seen on the veth")
+
+
+@needs_netns
+def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
+    from tunoffload._tunnel import OVERHEAD
+
+    a, b = tunnel.a, tunnel.b
+    with a.ns.entered():
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((OVER_A, 6002))
+    with b.ns.entered():
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # through the tunnel
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # straight at A's port
+        b_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b_rx.bind((OVER_B, 6003))
+    with a.ns.entered():
+        a_tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cap = _capture_socket(a.ns, "va")
+    rx.settimeout(10)
+    b_rx.settimeout(10)
+    with rx, tx, raw, b_rx, a_tx, cap:
+        inner = os.urandom(333)
+        wire_len = 20 + 8 + len(inner) + OVERHEAD
+        tx.sendto(inner, (OVER_A, 6002))
+        incoming = _capture(cap, outgoing=False, length=wire_len)  # B -> A, encrypted
+        assert rx.recv(65535) == inner
+        assert inner not in incoming
+        # one of A's own datagrams, to reflect back at it
+        a_tx.sendto(inner, (OVER_B, 6003))
+        outgoing = _capture(cap, outgoing=True, length=wire_len)
+        assert b_rx.recv(65535) == inner
+
+        before = a.stats()
+        forged = bytearray(incoming)
+        counter = struct.unpack_from("<Q", forged, 4)[0]
+        struct.pack_into("<Q", forged, 4, counter + 1000)  # a fresh counter: not a replay
+        forged[40] ^= 0x20  # and a flipped ciphertext bit
+        for datagram in (incoming, bytes(forged), outgoing, b"\x01" * 20):
+            raw.sendto(datagram, (UNDER_A, PORT))
+        want = {
+            "dropped_replayed": before["dropped_replayed"] + 2,  # the replay, the reflection
+            "dropped_forged": before["dropped_forged"] + 1,
+            "dropped_malformed": before["dropped_malformed"] + 1,
+        }
+        deadline = time.monotonic() + 10
+        after = a.stats()
+        while any(after[k] < v for k, v in want.items()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = a.stats()
+        assert {k: after[k] for k in want} == want
+        assert after["received"] == before["received"]  # nothing reached A's TUN device
+        # and nothing came out of it: the next datagram A's socket gets is a new one
+        marker = b"marker" + os.urandom(8)
+        tx.sendto(marker, (OVER_A, 6002))
+        assert rx.recv(65535) == marker
+        rx.setblocking(False)
+        assert select.select([rx], [], [], 0)[0] == []
+        assert a.stats()["received"] == before["received"] + 1
+
+
+@needs_netns
+def test_sigterm_stops_both_ends_cleanly(tmp_path: Path):
+    with _tunnel(tmp_path) as t:
+        peers = [t.a, t.b]
+        for p in peers:
+            p.proc.send_signal(signal.SIGTERM)
+        for p in peers:
+            assert p.proc.wait(timeout=15) == 0, p.log.read_text()
+            final = json.loads(p.stats_file.read_text())
+            assert set(final) >= {
+                "sent",
+                "received",
+                "dropped_forged",
+                "dropped_replayed",
+                "dropped_malformed",
+            }
+            # the device went with the process
+            assert p.ns.run("ip", "link", "show", "vpn0", check=False).returncode != 0
+
+
+def test_vpn_refuses_a_bad_key_file(tmp_path: Path):
+    bad = tmp_path / "key.hex"
+    bad.write_text("not a key")
+    r = subprocess.run(
+        [sys.executable, str(VPN), "--address", "10.95.0.1/24", "--listen", "127.0.0.1:1"]
+        + ["--peer", "127.0.0.1:2", "--key-file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "64 hexadecimal digits" in r.stderr, r.stderr
