@@ -1,0 +1,713 @@
+//! The Python class `UdpSocket`: `crate::udp::UdpBatch` on a `socket.socket`, with Python
+//! buffers, addresses, errors and the GIL. The system calls, the batching and the pending
+//! queue are all in `crate::udp`; this maps arguments and results.
+
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
+
+use super::buffers::{Region, Views};
+use super::engine::non_negative;
+use crate::engine::{self as eng, ExpandBuffer};
+use crate::udp::{self, Dest, SendError, UdpBatch, Wait};
+
+/// `OSError(errno, msg)`: Python picks the subclass from the errno.
+fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
+    match py.get_type::<PyOSError>().call1((errno, msg)) {
+        Ok(v) => PyErr::from_value(v),
+        Err(e) => e,
+    }
+}
+
+fn to_py(py: Python<'_>, e: udp::Error) -> PyErr {
+    match e {
+        udp::Error::Os { errno, msg } => os_error(py, errno, msg),
+        udp::Error::Invalid(m) => PyValueError::new_err(m),
+        e @ udp::Error::BufferTooSmall { .. } => PyValueError::new_err(e.to_string()),
+        udp::Error::WouldBlock => os_error(py, libc::EAGAIN, udp::Error::WouldBlock.to_string()),
+        udp::Error::Timeout => PyTimeoutError::new_err("timed out"),
+        udp::Error::Interrupted => os_error(py, libc::EINTR, "Interrupted system call".into()),
+    }
+}
+
+/// Locks `m`; if another thread holds it (with the GIL released, in a system call), waits
+/// for it with the GIL released too, so that the holder can get the GIL back.
+fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(m.lock())),
+        }
+    }
+}
+
+/// A buffer of `recv_multiple`: a `bytearray` (grown when a datagram needs it) or another
+/// writable buffer, exported for the call. Used only with the GIL held: no Python code
+/// runs while a slice of it is alive, so nothing can resize or free it meanwhile. The
+/// bytes are looked up afresh on every access (a resize may move them).
+enum RecvBuf<'a, 'py> {
+    Array(&'a Bound<'py, PyByteArray>),
+    Fixed(Region),
+}
+
+impl ExpandBuffer for RecvBuf<'_, '_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: GIL held, no Python code runs while the slice lives (see the type).
+            RecvBuf::Array(b) => unsafe { b.as_bytes() },
+            // SAFETY: the export is held by the call's `Views`.
+            RecvBuf::Fixed(r) => unsafe { r.slice() },
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            // SAFETY: as above; the only live reference to these bytes.
+            RecvBuf::Array(b) => unsafe { b.as_bytes_mut() },
+            // SAFETY: a writable export held by the call's `Views`; no other reference.
+            RecvBuf::Fixed(r) => unsafe { r.slice_mut() },
+        }
+    }
+
+    fn max_len(&self) -> usize {
+        match self {
+            RecvBuf::Array(_) => isize::MAX as usize,
+            RecvBuf::Fixed(r) => r.len(),
+        }
+    }
+
+    fn resize(&mut self, new_len: usize) -> eng::Result<()> {
+        match self {
+            RecvBuf::Array(b) => b
+                .resize(new_len)
+                .map_err(|e| eng::Error::new(format!("the bytearray cannot grow: {e}"))),
+            RecvBuf::Fixed(_) => Err(eng::Error::fixed("a fixed-size buffer cannot grow")),
+        }
+    }
+}
+
+/// Receive side: its batch, the arrays `deliver` fills, and the last sender's tuple.
+struct RxSide {
+    batch: UdpBatch,
+    sizes: Vec<usize>,
+    addrs: Vec<Option<SocketAddr>>,
+    last_addr: Option<(SocketAddr, Py<PyAny>)>,
+}
+
+/// Send side: its batch, the parsed addresses, and the last address object parsed.
+struct TxSide {
+    batch: UdpBatch,
+    addrs: Vec<SocketAddr>,
+    last_addr: Option<(Py<PyAny>, SocketAddr)>,
+}
+
+/// Batched UDP on a ``socket.socket``, with the kernel's segmentation (``UDP_SEGMENT``)
+/// and coalescing (``UDP_GRO``) offloads.
+///
+/// ``UdpSocket(sock, *, gso=True, gro=True)`` wraps an ``AF_INET`` or ``AF_INET6``,
+/// ``SOCK_DGRAM`` socket, bound or not, connected or not; anything else is a
+/// ``TypeError`` (not a socket) or ``ValueError`` (another family, type or protocol). It
+/// keeps a reference to ``sock`` and never closes it; every call re-reads
+/// ``sock.fileno()`` (a closed socket: ``OSError(EBADF)``) and ``sock.gettimeout()``:
+/// blocking (``None``) waits, non-blocking (``0.0``) raises ``BlockingIOError``, a timeout
+/// waits that long and raises ``TimeoutError``, as the socket's own calls do.
+///
+/// It turns ``UDP_GRO`` on for the socket where the kernel has it (``gro=False``: it does
+/// not). Note that this changes the socket for every reader: a plain ``sock.recv`` may then
+/// return several coalesced datagrams at once. ``gso`` and ``gro`` say whether the
+/// offloads are in use; ``gso`` turns off for good if the kernel refuses a segmented send
+/// with ``EIO`` (a route whose device lacks checksum offload).
+///
+/// Several ``UdpSocket`` may wrap one socket (say one per thread). One ``UdpSocket`` may
+/// receive in one thread while it sends in another; two calls of the same kind on one
+/// ``UdpSocket`` take turns. Datagrams one ``UdpSocket`` received but has not delivered yet
+/// (*pending*) are delivered by that ``UdpSocket`` only.
+#[pyclass(name = "UdpSocket", module = "tunoffload", frozen)]
+pub(crate) struct PyUdpSocket {
+    sock: Py<PyAny>,
+    family: i32,
+    gso: AtomicBool,
+    gro: bool,
+    rx: Mutex<RxSide>,
+    tx: Mutex<TxSide>,
+}
+
+/// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
+fn sock_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let fd: i32 = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+    if fd < 0 {
+        return Err(os_error(py, libc::EBADF, "the socket is closed".into()));
+    }
+    Ok(fd)
+}
+
+impl PyUdpSocket {
+    /// The socket's descriptor now, or `OSError(EBADF)` if it is closed.
+    fn fd(&self, py: Python<'_>) -> PyResult<i32> {
+        sock_fd(py, self.sock.bind(py))
+    }
+
+    /// How long a call may wait, from the socket's timeout.
+    fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
+        let t: Option<f64> = self
+            .sock
+            .bind(py)
+            .call_method0(pyo3::intern!(py, "gettimeout"))?
+            .extract()?;
+        Ok(Wait::from_timeout(t.map(|s| {
+            Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)
+        })))
+    }
+
+    /// The Python form of `a`, as `socket.recvfrom` gives it.
+    fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
+        let host = PyString::new(py, &udp::host_string(a));
+        let t = match a {
+            SocketAddr::V4(v) => PyTuple::new(
+                py,
+                [host.into_any(), v.port().into_pyobject(py)?.into_any()],
+            )?,
+            SocketAddr::V6(v) => PyTuple::new(
+                py,
+                [
+                    host.into_any(),
+                    v.port().into_pyobject(py)?.into_any(),
+                    v.flowinfo().into_pyobject(py)?.into_any(),
+                    v.scope_id().into_pyobject(py)?.into_any(),
+                ],
+            )?,
+        };
+        Ok(t.into_any().unbind())
+    }
+
+    /// Reads an address as `socket.sendto` does (IP literals only; see the class docs).
+    fn parse_addr(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        what: &dyn Fn() -> String,
+    ) -> PyResult<SocketAddr> {
+        let v6 = self.family == libc::AF_INET6;
+        let form = if v6 {
+            "(host, port[, flowinfo[, scope_id]])"
+        } else {
+            "(host, port)"
+        };
+        let bad_form = || {
+            PyTypeError::new_err(format!(
+                "{} must be a tuple {form} for an {} socket, not {}",
+                what(),
+                if v6 { "AF_INET6" } else { "AF_INET" },
+                obj.get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string())
+            ))
+        };
+        let t = obj.cast::<PyTuple>().map_err(|_| bad_form())?;
+        let n = t.len();
+        if n < 2 || n > if v6 { 4 } else { 2 } {
+            return Err(bad_form());
+        }
+        let host = t.get_item(0)?;
+        let host = host
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err(format!("{}: the host must be a str", what())))?;
+        let int = |i: usize, name: &str, max: u64| -> PyResult<u64> {
+            let v: i128 = t.get_item(i)?.extract().map_err(|_| {
+                PyTypeError::new_err(format!("{}: the {name} must be an int", what()))
+            })?;
+            u64::try_from(v).ok().filter(|&v| v <= max).ok_or_else(|| {
+                PyValueError::new_err(format!("{}: {name} must be 0-{max}, got {v}", what()))
+            })
+        };
+        let port = int(1, "port", 65535)? as u16;
+        let flowinfo = if n > 2 {
+            int(2, "flowinfo", 0xf_ffff)? as u32
+        } else {
+            0
+        };
+        let scope_id = if n > 3 {
+            int(3, "scope_id", u32::MAX as u64)? as u32
+        } else {
+            0
+        };
+        let (ip, scope) = udp::parse_host(host.to_str()?, self.family)
+            .map_err(|e| PyValueError::new_err(format!("{}: {e}", what())))?;
+        match ip {
+            std::net::IpAddr::V4(a) => Ok(SocketAddr::V4(SocketAddrV4::new(a, port))),
+            std::net::IpAddr::V6(a) if v6 => Ok(SocketAddr::V6(SocketAddrV6::new(
+                a,
+                port,
+                flowinfo,
+                if scope_id != 0 {
+                    scope_id
+                } else {
+                    scope.unwrap_or(0)
+                },
+            ))),
+            std::net::IpAddr::V6(a) => Err(PyValueError::new_err(format!(
+                "{}: {a} is an IPv6 address, but the socket is AF_INET",
+                what()
+            ))),
+        }
+    }
+
+    /// `addr` parsed, through a one-entry cache of the last address object (tuples are
+    /// immutable, and the cache holds a reference, so identity is enough).
+    fn parse_cached(
+        &self,
+        cache: &mut Option<(Py<PyAny>, SocketAddr)>,
+        obj: &Bound<'_, PyAny>,
+        what: &dyn Fn() -> String,
+    ) -> PyResult<SocketAddr> {
+        if let Some((o, a)) = cache {
+            if o.is(obj) {
+                return Ok(*a);
+            }
+        }
+        let a = self.parse_addr(obj, what)?;
+        *cache = Some((obj.clone().unbind(), a));
+        Ok(a)
+    }
+}
+
+/// A list or tuple (whose items the container owns for the call), or `TypeError`.
+fn items<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if let Ok(l) = obj.cast::<PyList>() {
+        return Ok(l.iter().collect());
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return Ok(t.iter().collect());
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what} must be a list or tuple, not {}",
+        obj.get_type()
+            .name()
+            .map_or_else(|_| "?".into(), |n| n.to_string())
+    )))
+}
+
+/// Attaches `datagrams_sent` to an exception raised after sending started.
+fn with_sent(py: Python<'_>, err: PyErr, sent: usize) -> PyErr {
+    let _ = err.value(py).setattr("datagrams_sent", sent);
+    err
+}
+
+#[pymethods]
+impl PyUdpSocket {
+    #[new]
+    #[pyo3(signature = (sock, *, gso=true, gro=true))]
+    fn new(py: Python<'_>, sock: &Bound<'_, PyAny>, gso: bool, gro: bool) -> PyResult<Self> {
+        let socket_type = py.import("socket")?.getattr("socket")?;
+        if !sock.is_instance(&socket_type)? {
+            return Err(PyTypeError::new_err(format!(
+                "UdpSocket wraps a socket.socket, not {}",
+                sock.get_type().name()?
+            )));
+        }
+        let family: i32 = sock.getattr("family")?.extract()?;
+        if family != libc::AF_INET && family != libc::AF_INET6 {
+            return Err(PyValueError::new_err(format!(
+                "UdpSocket needs an AF_INET or AF_INET6 socket, not {}",
+                sock.getattr("family")?.repr()?
+            )));
+        }
+        let ty: i32 = sock.getattr("type")?.extract()?;
+        if ty != libc::SOCK_DGRAM {
+            return Err(PyValueError::new_err(format!(
+                "UdpSocket needs a SOCK_DGRAM (UDP) socket, not {}",
+                sock.getattr("type")?.repr()?
+            )));
+        }
+        let fd = sock_fd(py, sock)?;
+        // SAFETY: `fd` is the socket's open descriptor (just read from it); it is only
+        // used during these calls, while `sock` is alive.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let rx = UdpBatch::with_offloads(bfd, false, gro).map_err(|e| to_py(py, e))?;
+        let tx = UdpBatch::with_offloads(bfd, gso, false).map_err(|e| to_py(py, e))?;
+        Ok(PyUdpSocket {
+            sock: sock.clone().unbind(),
+            family,
+            gso: AtomicBool::new(tx.gso()),
+            gro: rx.gro(),
+            rx: Mutex::new(RxSide {
+                batch: rx,
+                sizes: Vec::new(),
+                addrs: Vec::new(),
+                last_addr: None,
+            }),
+            tx: Mutex::new(TxSide {
+                batch: tx,
+                addrs: Vec::new(),
+                last_addr: None,
+            }),
+        })
+    }
+
+    /// True while runs of equal-size datagrams go out as single ``UDP_SEGMENT`` sends.
+    /// False if the kernel lacks ``UDP_SEGMENT``, with ``gso=False``, or once the kernel
+    /// refused a segmented send with ``EIO`` (then it stays off for this ``UdpSocket``).
+    #[getter]
+    fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// True if this ``UdpSocket`` turned ``UDP_GRO`` on for the socket (the kernel then
+    /// hands over coalesced reads, which ``recv_multiple`` splits).
+    #[getter]
+    fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// The wrapped ``socket.socket``.
+    #[getter]
+    fn socket(&self, py: Python<'_>) -> Py<PyAny> {
+        self.sock.clone_ref(py)
+    }
+
+    /// The socket's family (``socket.AF_INET`` or ``socket.AF_INET6``), as an int.
+    #[getter]
+    fn family(&self) -> i32 {
+        self.family
+    }
+
+    /// Datagrams received and not yet delivered: the next ``recv_multiple`` returns them
+    /// first, without waiting.
+    #[getter]
+    fn pending(&self, py: Python<'_>) -> usize {
+        lock(py, &self.rx).batch.pending()
+    }
+
+    /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
+    fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
+        self.sock
+            .bind(py)
+            .call_method0(pyo3::intern!(py, "fileno"))?
+            .extract()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "<UdpSocket gso={} gro={} sock={}>",
+            if self.gso() { "True" } else { "False" },
+            if self.gro { "True" } else { "False" },
+            self.sock.bind(py).repr()?
+        ))
+    }
+
+    /// ``recv_multiple(bufs, sizes, offset=0, addrs=None) -> int``
+    ///
+    /// Waits for at least one datagram (GIL released), then takes every datagram already
+    /// queued, up to ``len(bufs)``, in one ``recvmmsg``; a coalesced read (``UDP_GRO``) is
+    /// split at its segment size. Datagram *i* lands in ``bufs[i][offset:offset +
+    /// sizes[i]]`` (``sizes`` is a list, at least as long as ``bufs``; its first *n* entries
+    /// are set); returns *n* >= 1. ``bufs`` is a list or tuple of writable buffers: a
+    /// ``bytearray`` too short for its datagram is grown (never shrunk); any other buffer
+    /// too short is a ``ValueError`` naming it and the sizes, raised before anything is
+    /// copied, with the datagram kept for the next call. ``addrs``: a list, at least as
+    /// long as ``bufs``, whose entry *i* is set to datagram *i*'s sender as
+    /// ``socket.recvfrom`` gives it (one tuple object for consecutive datagrams from one
+    /// sender).
+    ///
+    /// No datagram is cut short or lost: datagrams received beyond ``len(bufs)`` (a
+    /// coalesced read can hold up to 64) are kept *pending* and returned first by the next
+    /// call, at once. Argument errors are raised before anything is received.
+    #[pyo3(signature = (bufs, sizes, offset=0, addrs=None))]
+    fn recv_multiple(
+        &self,
+        py: Python<'_>,
+        bufs: &Bound<'_, PyAny>,
+        sizes: &Bound<'_, PyAny>,
+        offset: isize,
+        addrs: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let offset = non_negative(offset, "offset")?;
+        let objs = items(bufs, "bufs")?;
+        let nb = objs.len();
+        if nb == 0 {
+            return Err(PyValueError::new_err("bufs must not be empty"));
+        }
+        let sizes = sizes
+            .cast::<PyList>()
+            .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
+        if sizes.len() < nb {
+            return Err(PyValueError::new_err(format!(
+                "sizes has {} entries, fewer than the {nb} bufs",
+                sizes.len()
+            )));
+        }
+        let addrs = match addrs {
+            Some(a) if !a.is_none() => {
+                let l = a
+                    .cast::<PyList>()
+                    .map_err(|_| PyTypeError::new_err("addrs must be a list or None"))?;
+                if l.len() < nb {
+                    return Err(PyValueError::new_err(format!(
+                        "addrs has {} entries, fewer than the {nb} bufs",
+                        l.len()
+                    )));
+                }
+                Some(l)
+            }
+            _ => None,
+        };
+        let mut views = Views::with_capacity(py, nb);
+        let mut arrays: Vec<Bound<'_, PyByteArray>> = Vec::with_capacity(nb);
+        let mut kinds: Vec<Option<Region>> = Vec::with_capacity(nb);
+        for (i, obj) in objs.iter().enumerate() {
+            if let Ok(b) = obj.cast::<PyByteArray>() {
+                arrays.push(b.clone());
+                kinds.push(None);
+            } else {
+                kinds.push(Some(views.write(obj, &|| format!("bufs[{i}]"))?));
+            }
+        }
+        let fd = self.fd(py)?;
+        let wait = self.wait(py)?;
+        // SAFETY: the socket's open descriptor, used only during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut guard = lock(py, &self.rx);
+        let side = &mut *guard;
+        loop {
+            let batch = &mut side.batch;
+            match py.detach(|| batch.fill(bfd, nb, wait)) {
+                Ok(_) => break,
+                Err(udp::Error::Interrupted) => py.check_signals()?,
+                Err(e) => return Err(to_py(py, e)),
+            }
+        }
+        let mut next_array = arrays.iter();
+        let mut rbufs: Vec<RecvBuf<'_, '_>> = kinds
+            .into_iter()
+            .map(|k| match k {
+                Some(r) => RecvBuf::Fixed(r),
+                // One bytearray per None, in order.
+                None => RecvBuf::Array(next_array.next().expect("one per bytearray")),
+            })
+            .collect();
+        side.sizes.resize(nb, 0);
+        let want_addrs = addrs.is_some();
+        if want_addrs {
+            side.addrs.resize(nb, None);
+        }
+        let n = side
+            .batch
+            .deliver(
+                &mut rbufs,
+                &mut side.sizes[..nb],
+                offset,
+                want_addrs.then_some(&mut side.addrs[..nb]),
+            )
+            .map_err(|e| to_py(py, e))?;
+        drop(rbufs);
+        drop(views);
+        let mut last: Option<(usize, Bound<'_, PyAny>)> = None;
+        for (i, &s) in side.sizes[..n].iter().enumerate() {
+            let obj = match &last {
+                Some((v, o)) if *v == s => o.clone(),
+                _ => s.into_pyobject(py)?.into_any(),
+            };
+            sizes.set_item(i, &obj)?;
+            last = Some((s, obj));
+        }
+        if let Some(list) = addrs {
+            for i in 0..n {
+                let obj = match side.addrs[i] {
+                    None => py.None(),
+                    Some(a) => match &side.last_addr {
+                        Some((la, o)) if *la == a => o.clone_ref(py),
+                        _ => {
+                            let o = Self::addr_tuple(py, &a)?;
+                            side.last_addr = Some((a, o.clone_ref(py)));
+                            o
+                        }
+                    },
+                };
+                list.set_item(i, obj)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// ``send_multiple(bufs, offset=0, *, sizes=None, count=None, addr=None) -> int``
+    ///
+    /// Sends datagram *i* = ``bufs[i][offset:]`` (with ``sizes``: ``bufs[i][offset:offset +
+    /// sizes[i]]``) for the first ``count`` of ``bufs`` (default: all), in order, to
+    /// ``addr`` (one address, or a list of one per datagram) or, with ``addr=None``, the
+    /// connected peer. ``bufs`` is a list or tuple of bytes-like objects (read-only ones
+    /// too). Runs of consecutive equal-size datagrams to one address (the last of a run may
+    /// be shorter) go out as one ``UDP_SEGMENT`` message each, without copying, and the
+    /// whole batch in one ``sendmmsg`` where the kernel takes it. Returns the number of
+    /// datagrams sent: all of them, unless an exception is raised.
+    ///
+    /// Addresses are what ``socket.sendto`` takes, for IP literals only: ``(host, port)``
+    /// on ``AF_INET``, ``(host, port[, flowinfo[, scope_id]])`` on ``AF_INET6``, where an
+    /// IPv4 host is sent to as its v4-mapped address (``::ffff:a.b.c.d``); a host name is
+    /// a ``ValueError`` (resolve it first with ``socket.getaddrinfo``).
+    ///
+    /// Bad arguments (a datagram over 65507 bytes to IPv4 or 65527 to IPv6, a bad offset,
+    /// too few ``sizes`` or addresses, ``count`` out of range, a bad address): ``ValueError``
+    /// or ``TypeError``, before anything is sent. If the kernel refuses a segmented send
+    /// (``EIO``, ``EINVAL`` or ``EMSGSIZE``), its datagrams go out one by one instead (and
+    /// after ``EIO`` ``gso`` turns off); nothing is lost or sent twice.
+    ///
+    /// When a non-blocking socket would block (``BlockingIOError``), its timeout passes
+    /// (``TimeoutError``) or the system refuses a datagram (``OSError``), the exception
+    /// carries ``datagrams_sent``: how many of the batch went out before it (in order);
+    /// the rest were not sent. The return value is always the whole count.
+    #[pyo3(signature = (bufs, offset=0, *, sizes=None, count=None, addr=None))]
+    fn send_multiple(
+        &self,
+        py: Python<'_>,
+        bufs: &Bound<'_, PyAny>,
+        offset: isize,
+        sizes: Option<&Bound<'_, PyAny>>,
+        count: Option<isize>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let offset = non_negative(offset, "offset")?;
+        let objs = items(bufs, "bufs")?;
+        let nb = objs.len();
+        let n = match count {
+            None => nb,
+            Some(c) => {
+                let c = non_negative(c, "count")?;
+                if c > nb {
+                    return Err(PyValueError::new_err(format!(
+                        "count is {c} but bufs has {nb} entries"
+                    )));
+                }
+                c
+            }
+        };
+        let sizes = match sizes {
+            Some(s) if !s.is_none() => {
+                let s = items(s, "sizes")?;
+                if s.len() < n {
+                    return Err(PyValueError::new_err(format!(
+                        "sizes has {} entries, fewer than the {n} datagrams to send",
+                        s.len()
+                    )));
+                }
+                Some(s)
+            }
+            _ => None,
+        };
+        let mut views = Views::with_capacity(py, n);
+        let mut data: Vec<&[u8]> = Vec::with_capacity(n);
+        for (i, obj) in objs[..n].iter().enumerate() {
+            let r = views.read(obj, &|| format!("bufs[{i}]"))?;
+            // SAFETY: the export is held by `views` until the send is over; nothing
+            // writes to these bytes meanwhile (the send only reads them).
+            let b = unsafe { r.slice() };
+            let end = match &sizes {
+                Some(s) => {
+                    let sz: isize = s[i]
+                        .extract()
+                        .map_err(|_| PyTypeError::new_err(format!("sizes[{i}] must be an int")))?;
+                    let sz = non_negative(sz, &format!("sizes[{i}]"))?;
+                    match offset.checked_add(sz) {
+                        Some(end) if end <= b.len() => end,
+                        _ => {
+                            return Err(PyValueError::new_err(format!(
+                                "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = \
+                                 {offset} + {sz}",
+                                b.len()
+                            )))
+                        }
+                    }
+                }
+                None => {
+                    if offset > b.len() {
+                        return Err(PyValueError::new_err(format!(
+                            "bufs[{i}] holds {} bytes, less than offset {offset}",
+                            b.len()
+                        )));
+                    }
+                    b.len()
+                }
+            };
+            data.push(&b[offset..end]);
+        }
+        let mut guard = lock(py, &self.tx);
+        let side = &mut *guard;
+        let dest = match addr {
+            None => Dest::Connected,
+            Some(a) if a.is_none() => Dest::Connected,
+            Some(a) => match a.cast::<PyList>() {
+                Ok(list) => {
+                    if list.len() < n {
+                        return Err(PyValueError::new_err(format!(
+                            "addr has {} entries, fewer than the {n} datagrams to send",
+                            list.len()
+                        )));
+                    }
+                    side.addrs.clear();
+                    let mut cache = side.last_addr.take();
+                    for i in 0..n {
+                        let o = list.get_item(i)?;
+                        let parsed = self.parse_cached(&mut cache, &o, &|| format!("addr[{i}]"));
+                        match parsed {
+                            Ok(p) => side.addrs.push(p),
+                            Err(e) => {
+                                side.last_addr = cache;
+                                return Err(e);
+                            }
+                        }
+                    }
+                    side.last_addr = cache;
+                    Dest::Each(&side.addrs)
+                }
+                Err(_) => {
+                    let mut cache = side.last_addr.take();
+                    let r = self.parse_cached(&mut cache, a, &|| "addr".to_owned());
+                    side.last_addr = cache;
+                    Dest::One(r?)
+                }
+            },
+        };
+        let fd = self.fd(py)?;
+        let wait = self.wait(py)?;
+        // SAFETY: the socket's open descriptor, used only during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let batch = &mut side.batch;
+        let mut done = 0;
+        let result = loop {
+            let part = &data[done..];
+            let to = dest.skip(done);
+            match py.detach(|| batch.send(bfd, part, to, wait)) {
+                Ok(k) => {
+                    done += k;
+                    break Ok(done);
+                }
+                Err(SendError {
+                    sent,
+                    error: udp::Error::Interrupted,
+                }) => {
+                    done += sent;
+                    if let Err(e) = py.check_signals() {
+                        break Err(with_sent(py, e, done));
+                    }
+                }
+                Err(SendError { sent, error }) => {
+                    done += sent;
+                    break Err(with_sent(py, to_py(py, error), done));
+                }
+            }
+        };
+        self.gso.store(batch.gso(), Ordering::Relaxed);
+        drop(views);
+        result
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyUdpSocket>()?;
+    Ok(())
+}
