@@ -111,14 +111,14 @@ class Tunnel:
             m = self.opener.open(wire_views, wire_sizes, n, plain, OFFSET, sizes)
             if not m:
                 continue
+            self.received += m  # counted first: whoever sees the packet sees the count
             try:
                 self.tun.send_multiple(gro, plain, OFFSET, sizes=sizes, count=m)
             except OSError as e:
                 if self.tun.closed:
                     raise
                 self.tun_errors += 1  # the kernel refused a packet; the others went in
-                m = getattr(e, "packets_sent", 0)
-            self.received += m
+                self.received -= m - getattr(e, "packets_sent", 0)
 
     def run_thread(self, body: Any) -> threading.Thread:
         def run() -> None:
