@@ -74,8 +74,8 @@ class Tunnel:
         self.sock.settimeout(0.5)  # so the receiving thread sees a stop within 0.5 s
         # one UdpSocket per thread on the one socket; not connected: datagrams are
         # accepted from any address (the tag says who sent them), sent to --peer
-        self.udp_out = t.UdpSocket(self.sock)  # type: ignore[attr-defined]
-        self.udp_in = t.UdpSocket(self.sock)  # type: ignore[attr-defined]
+        self.udp_out = t.UdpSocket(self.sock)
+        self.udp_in = t.UdpSocket(self.sock)
 
     def tun_to_peer(self) -> None:
         original = bytearray(t.VIRTIO_NET_HDR_LEN + BUF)  # one super-packet as read

@@ -368,7 +368,7 @@ def gso_rx(tun: t.TunDevice, sock: socket.socket, c: Counters) -> None:
         c.calls += 1
 
 
-def tunoffload_tx(tun: t.TunDevice, udp: Any, c: Counters) -> None:
+def tunoffload_tx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters) -> None:
     original = bytearray(t.VIRTIO_NET_HDR_LEN + 65535)
     bufs, sizes = _bufs(size=65535), [0] * BATCH
     while True:
@@ -379,7 +379,7 @@ def tunoffload_tx(tun: t.TunDevice, udp: Any, c: Counters) -> None:
         c.calls += 1
 
 
-def tunoffload_rx(tun: t.TunDevice, udp: Any, c: Counters) -> None:
+def tunoffload_rx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters) -> None:
     bufs, sizes, gro = _bufs(), [0] * BATCH, t.GroTable()
     while True:
         n = udp.recv_multiple(bufs, sizes, TUN_OFFSET)
@@ -389,7 +389,7 @@ def tunoffload_rx(tun: t.TunDevice, udp: Any, c: Counters) -> None:
         c.calls += 1
 
 
-def vpn_tx(tun: t.TunDevice, udp: Any, c: Counters, cipher: PacketCipher) -> None:
+def vpn_tx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PacketCipher) -> None:
     original = bytearray(t.VIRTIO_NET_HDR_LEN + 65535)
     plain, sizes = _bufs(size=65535), [0] * BATCH
     wire = _bufs(size=65535)
@@ -403,7 +403,7 @@ def vpn_tx(tun: t.TunDevice, udp: Any, c: Counters, cipher: PacketCipher) -> Non
         c.calls += 1
 
 
-def vpn_rx(tun: t.TunDevice, udp: Any, c: Counters, cipher: PacketCipher) -> None:
+def vpn_rx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PacketCipher) -> None:
     wire = _bufs(size=65535)
     wire_views, wire_sizes = _views(wire), [0] * BATCH
     plain, sizes, gro = _bufs(), [0] * BATCH, t.GroTable()
@@ -480,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     udp_rx: Any = sock
     ciphers: list[PacketCipher] = []
     if mode in ("tunoffload", "vpn"):
-        udp_tx = t.UdpSocket(sock)  # type: ignore[attr-defined]
-        udp_rx = t.UdpSocket(sock)  # type: ignore[attr-defined]
+        udp_tx = t.UdpSocket(sock)
+        udp_rx = t.UdpSocket(sock)
     loops: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
         "plain": (plain_tx, plain_rx),
         "offload-stdlib-perpacket": (perpacket_tx, perpacket_rx),

@@ -13,6 +13,20 @@ through it for a few seconds. Rows:
   forwarder on TUN).
 - ``veth``: no forwarder, A and B joined by a veth pair (the kernel's own path).
 
+The tunnel rows are a VPN's shape instead: A and B joined by a veth pair (the underlay,
+10.98.0.1/24 and 10.98.0.2/24), and in each one tunnel process (``python -m
+tunoffload._tunnel``) with a TUN device (the overlay, 10.97.0.1/24 and 10.97.0.2/24, MTU
+1420) and a UDP socket to the other; traffic runs between the overlay addresses:
+
+- ``tunnel-plain``: offload off, one ``os.read``/``os.write`` and one ``send``/``recv``
+  per packet.
+- ``tunnel``: ``TunDevice`` offload + ``UdpSocket``: super-packets split into datagrams
+  sent as ``UDP_SEGMENT`` runs; ``UDP_GRO`` reads split and coalesced again into the TUN.
+- ``tunnel+vpn``: ``tunnel`` with ``examples/vpn.py``'s ChaCha20-Poly1305 per packet
+  (when ``cryptography`` is installed).
+
+``benchmarks/tunnel.py`` runs more tunnel variants side by side.
+
 Traffic comes from iperf3 when installed, else from a built-in generator (one process per
 side). Everything created is removed at the end, also on Ctrl-C.
 """
