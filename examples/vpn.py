@@ -31,10 +31,11 @@ of them reaches the TUN device. The cipher and the window are
 read them for the details and the limits (no handshake: no forward secrecy, and a
 receiver that restarts forgets its window).
 
-Counters (sent, received, dropped_forged, dropped_replayed, dropped_malformed) are
-written as JSON to ``--stats-file`` (else to stderr) on SIGUSR1 and at exit. SIGTERM or
-SIGINT stops the tunnel: the device is closed, which ends the blocked read, and both
-threads are joined. Needs root (or CAP_NET_ADMIN) and ``pip install 'tunoffload[vpn]'``.
+Counters (sent, received, dropped_forged, dropped_replayed, dropped_malformed, and
+tun_errors / send_errors for what the kernel refused) are written as JSON to
+``--stats-file`` (else to stderr) on SIGUSR1 and at exit. SIGTERM or SIGINT stops the
+tunnel: the device is closed, which ends the blocked read, and both threads are joined.
+Needs root (or CAP_NET_ADMIN) and ``pip install 'tunoffload[vpn]'``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Tunnel:
         self.stats_file: str | None = args.stats_file
         self.sealer = PacketCipher(key, own_id)  # TUN -> peer: the send counter
         self.opener = PacketCipher(key, own_id)  # peer -> TUN: the replay window
-        self.sent = self.received = self.tun_errors = 0
+        self.sent = self.received = self.tun_errors = self.send_errors = 0
         self.stopping = threading.Event()
         self.failed = False  # a thread ended by an error, not by the stop
 
@@ -91,9 +92,17 @@ class Tunnel:
                 print(f"vpn: {e}", file=sys.stderr)
                 continue
             self.sealer.seal(plain, 0, sizes, n, wire_views, wire_sizes)
-            self.sent += self.udp_out.send_multiple(
-                wire, 0, sizes=wire_sizes, count=n, addr=self.peer
-            )
+            try:
+                self.sent += self.udp_out.send_multiple(
+                    wire, 0, sizes=wire_sizes, count=n, addr=self.peer
+                )
+            except OSError as e:  # no route to the peer, say: these are lost, go on
+                if self.stopping.is_set():
+                    raise
+                self.send_errors += 1
+                if self.send_errors == 1:
+                    print(f"vpn: sending to the peer: {e}", file=sys.stderr)
+                self.sent += getattr(e, "datagrams_sent", 0)
 
     def peer_to_tun(self) -> None:
         wire = [bytearray(BUF) for _ in range(BATCH)]
@@ -144,6 +153,7 @@ class Tunnel:
             "dropped_replayed": o.dropped_replayed,
             "dropped_malformed": o.dropped_malformed,
             "tun_errors": self.tun_errors,
+            "send_errors": self.send_errors,
         }
 
     def dump(self) -> None:
