@@ -363,6 +363,40 @@ def test_nonblocking_and_timeout(ns: Netns) -> None:
     assert ub.recv_multiple(bufs, sizes) == 1 and bytes(bufs[0][: sizes[0]]) == b"late"
 
 
+def _slow_lo(ns: Netns) -> None:
+    """A rate-limited qdisc on lo: sent datagrams wait there, charged to the sender's
+    send buffer, so a small one fills up and the sender would block."""
+    if shutil.which("tc") is None:
+        pytest.skip("tc (iproute2) is missing")
+    r = ns.run("tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "20mbit",
+               "burst", "2000", "limit", "10000000", check=False)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"no tbf qdisc here: {r.stderr.strip()}")
+
+
+def test_send_that_would_block_reports_datagrams_sent(ns: Netns) -> None:
+    _slow_lo(ns)
+    a, b = pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ua = t.UdpSocket(a, gso=False)
+    data = [dgram(i, 1000) for i in range(100)]
+    a.setblocking(False)
+    with pytest.raises(BlockingIOError) as e:
+        ua.send_multiple(data)
+    sent = e.value.datagrams_sent  # type: ignore[attr-defined]
+    assert 0 < sent < 100
+    assert recv_plain(b, sent) == data[:sent]  # the first `sent`, in order
+    a.settimeout(5)
+    assert ua.send_multiple(data[sent:]) == 100 - sent  # blocking: waits for room
+    assert recv_plain(b, 100 - sent) == data[sent:]
+    # A timeout that passes: TimeoutError, also with the count.
+    a.settimeout(0.001)
+    with pytest.raises(TimeoutError) as e2:
+        for _ in range(10):
+            ua.send_multiple(data)
+    assert 0 <= e2.value.datagrams_sent < 100  # type: ignore[attr-defined]
+
+
 def test_closed_socket_is_ebadf(ns: Netns) -> None:
     a, b = pair()
     ua, ub = t.UdpSocket(a), t.UdpSocket(b)
