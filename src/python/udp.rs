@@ -502,7 +502,11 @@ impl PyUdpSocket {
                 &mut rbufs,
                 &mut side.sizes[..nb],
                 offset,
-                want_addrs.then_some(&mut side.addrs[..nb]),
+                if want_addrs {
+                    Some(&mut side.addrs[..nb])
+                } else {
+                    None
+                },
             )
             .map_err(|e| to_py(py, e))?;
         drop(rbufs);

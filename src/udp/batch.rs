@@ -180,9 +180,9 @@ impl UdpBatch {
             libc::SO_PROTOCOL,
             "reading the socket protocol (SO_PROTOCOL)",
         )?;
-        if proto != libc::IPPROTO_UDP {
+        if proto != libc::IPPROTO_UDP && proto != libc::IPPROTO_UDPLITE {
             return Err(Error::Invalid(format!(
-                "the socket's protocol is {proto}, not UDP (IPPROTO_UDP)"
+                "the socket's protocol is {proto}, not UDP (IPPROTO_UDP or IPPROTO_UDPLITE)"
             )));
         }
         let gso = gso && sys::getsockopt_int(fd, SOL_UDP, UDP_SEGMENT).is_ok();
