@@ -102,13 +102,25 @@ def _open(cipher, datagrams, offset=10):
     return [bytes(plain[j][offset : offset + sizes[j]]) for j in range(m)]
 
 
+def _cipher(key, own_id, into, **kw):
+    """A PacketCipher; ``into=False`` takes the path of cryptography < 46 (no
+    encrypt_into / decrypt_into: the bytes they return are copied)."""
+    from tunoffload._tunnel import PacketCipher
+
+    c = PacketCipher(key, own_id, **kw)
+    if not into:
+        c._into = False
+    return c
+
+
 @needs_crypto
-def test_cipher_round_trip_and_nonces():
+@pytest.mark.parametrize("into", [True, False], ids=["into", "bytes"])
+def test_cipher_round_trip_and_nonces(into):
     from tunoffload._tunnel import OVERHEAD, PacketCipher, sender_id
 
     a_id, b_id = sender_id("10.0.0.1/24"), sender_id("10.0.0.2/24")
     assert a_id == bytes([10, 0, 0, 1]) and b_id == bytes([10, 0, 0, 2])
-    a, b = PacketCipher(KEY, a_id, counter=7), PacketCipher(KEY, b_id)
+    a, b = _cipher(KEY, a_id, into, counter=7), _cipher(KEY, b_id, into)
     packets = [_packet(bytes([i]) * (i * 50)) for i in range(1, 9)]
     datagrams = _seal(a, packets)
     for i, (p, d) in enumerate(zip(packets, datagrams)):
@@ -125,11 +137,12 @@ def test_cipher_round_trip_and_nonces():
 
 
 @needs_crypto
-def test_cipher_drops_forged_replayed_reflected_and_malformed():
+@pytest.mark.parametrize("into", [True, False], ids=["into", "bytes"])
+def test_cipher_drops_forged_replayed_reflected_and_malformed(into):
     from tunoffload._tunnel import PacketCipher, sender_id
 
-    a = PacketCipher(KEY, sender_id("10.0.0.1/24"))
-    b = PacketCipher(KEY, sender_id("10.0.0.2/24"))
+    a = _cipher(KEY, sender_id("10.0.0.1/24"), into)
+    b = _cipher(KEY, sender_id("10.0.0.2/24"), into)
     good = _seal(a, [_packet(b"first" * 10), _packet(b"second" * 10)])
     third = _seal(a, [_packet(b"third" * 10)])[0]
     tampered = bytearray(third)

@@ -192,18 +192,18 @@ class PacketCipher:
             if sid == own_id or window.seen(counter):
                 self.dropped_replayed += 1
                 continue
-            nonce = bytes(src[:HEADER_LEN])
             length = size - OVERHEAD
             buf = plain[j]
             try:
                 if self._into:
                     aead.decrypt_into(
-                        nonce,
+                        src[:HEADER_LEN],
                         src[HEADER_LEN:size],
                         None,
                         memoryview(buf)[offset : offset + length],
                     )
                 else:
+                    nonce = bytes(src[:HEADER_LEN])
                     buf[offset : offset + length] = aead.decrypt(nonce, src[HEADER_LEN:size], None)
             except InvalidTag:
                 self.dropped_forged += 1
