@@ -730,10 +730,13 @@ def run(args: argparse.Namespace) -> int:
             a, b = by.get(("split+coalesce", "TCP", s)), by.get(("plain", "TCP", s))
             if a and b and b.gbit_s and not (a.error or b.error):
                 print(f"\nsplit+coalesce vs plain, TCP x{s}: {a.gbit_s / b.gbit_s:.1f}x")
-            for fast in ("tunnel", "tunnel+vpn"):
-                a, b = by.get((fast, "TCP", s)), by.get(("tunnel-plain", "TCP", s))
+            for fast, slow, what in (
+                ("tunnel", "tunnel-plain", ""),
+                ("tunnel+vpn", "tunnel", " (what the encryption costs)"),
+            ):
+                a, b = by.get((fast, "TCP", s)), by.get((slow, "TCP", s))
                 if a and b and b.gbit_s and not (a.error or b.error):
-                    print(f"{fast} vs tunnel-plain, TCP x{s}: {a.gbit_s / b.gbit_s:.1f}x")
+                    print(f"{fast} vs {slow}, TCP x{s}: {a.gbit_s / b.gbit_s:.2f}x{what}")
     return 1 if any(r.error for r in rows) else 0
 
 
