@@ -89,29 +89,46 @@ def sender_id(address: str) -> bytes:
 
 
 class ReplayWindow:
-    """The counters seen lately: ``top`` is the highest, bit k of ``bits`` is ``top - k``."""
+    """The counters seen lately, as WireGuard keeps them: ``top`` is the highest accepted,
+    and a ring of ``size`` flags (a power of two) says which of the counters ``top - size
+    + 1 .. top`` were seen; the flag of counter c is ``ring[c % size]``. Anything older is
+    too old to tell, and refused."""
 
     def __init__(self, size: int = REPLAY_WINDOW) -> None:
+        if size <= 0 or size & (size - 1):
+            raise ValueError("the window size must be a power of two")
         self.size = size
         self.top = -1
-        self.bits = 0
-        self._mask = (1 << size) - 1
+        self._mask = size - 1
+        self._ring = bytearray(size)
+        self._zeros = memoryview(bytes(size))
 
     def seen(self, counter: int) -> bool:
         """True when ``counter`` was accepted already or is too old to tell."""
-        if counter > self.top:
+        top = self.top
+        if counter > top:
             return False
-        back = self.top - counter
-        return back >= self.size or (self.bits >> back) & 1 == 1
+        return top - counter >= self.size or self._ring[counter & self._mask] == 1
 
     def mark(self, counter: int) -> None:
         """Records ``counter`` (call it only for a datagram whose tag verified)."""
-        if counter > self.top:
-            shift = counter - self.top
-            self.bits = ((self.bits << shift) | 1) & self._mask if shift < self.size else 1
+        ring, mask = self._ring, self._mask
+        top = self.top
+        if counter > top:
+            # the window slides up: the flags of the counters skipped over are cleared
+            gap = counter - top - 1
+            if gap >= self.size:
+                ring[:] = self._zeros
+            elif gap:
+                start = (top + 1) & mask
+                end = start + gap
+                if end <= self.size:
+                    ring[start:end] = self._zeros[:gap]
+                else:
+                    ring[start:] = self._zeros[: self.size - start]
+                    ring[: end - self.size] = self._zeros[: end - self.size]
             self.top = counter
-        else:
-            self.bits |= 1 << (self.top - counter)
+        ring[counter & mask] = 1
 
 
 class PacketCipher:
