@@ -81,6 +81,7 @@ class Tunnel:
     def tun_to_peer(self) -> None:
         original = bytearray(t.VIRTIO_NET_HDR_LEN + BUF)  # one super-packet as read
         plain = [bytearray(BUF) for _ in range(BATCH)]  # the packets it splits into
+        plain_views = [memoryview(b) for b in plain]  # views made once, not per packet
         sizes = [0] * BATCH
         wire = [bytearray(BUF) for _ in range(BATCH)]  # the datagrams
         wire_views = [memoryview(b) for b in wire]
@@ -91,7 +92,7 @@ class Tunnel:
             except ValueError as e:  # a super-packet that cannot be split: lost, go on
                 print(f"vpn: {e}", file=sys.stderr)
                 continue
-            self.sealer.seal(plain, 0, sizes, n, wire_views, wire_sizes)
+            self.sealer.seal(plain_views, 0, sizes, n, wire_views, wire_sizes)
             try:
                 self.sent += self.udp_out.send_multiple(
                     wire, 0, sizes=wire_sizes, count=n, addr=self.peer

@@ -155,7 +155,7 @@ class PacketCipher:
 
     def seal(
         self,
-        plain: Sequence[bytearray],
+        plain: Sequence[memoryview],
         offset: int,
         sizes: Sequence[int],
         n: int,
@@ -163,8 +163,8 @@ class PacketCipher:
         out_sizes: list[int],
     ) -> None:
         """Packet i = ``plain[i][offset:offset + sizes[i]]`` becomes datagram i =
-        ``out[i][:out_sizes[i]]`` (``out`` are memoryviews on buffers of at least 65535
-        bytes)."""
+        ``out[i][:out_sizes[i]]``. Both are memoryviews, made once (the ``out`` buffers
+        hold at least 65535 bytes)."""
         counter = self.counter
         if counter + n >= _COUNTER_LIMIT:
             raise OverflowError("the send counter is exhausted: use a new key")
@@ -176,7 +176,7 @@ class PacketCipher:
             counter += 1
             dst = out[i]
             dst[:HEADER_LEN] = nonce
-            src = memoryview(plain[i])[offset : offset + size]
+            src = plain[i][offset : offset + size]
             if self._into:
                 aead.encrypt_into(nonce, src, None, dst[HEADER_LEN : HEADER_LEN + size + TAG_LEN])
             else:
@@ -409,11 +409,12 @@ def tunoffload_rx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters) -> None:
 def vpn_tx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PacketCipher) -> None:
     original = bytearray(t.VIRTIO_NET_HDR_LEN + 65535)
     plain, sizes = _bufs(size=65535), [0] * BATCH
+    plain_views = _views(plain)
     wire = _bufs(size=65535)
     wire_views, wire_sizes = _views(wire), [0] * BATCH
     while True:
         n = tun.recv_multiple(original, plain, sizes, 0)
-        cipher.seal(plain, 0, sizes, n, wire_views, wire_sizes)
+        cipher.seal(plain_views, 0, sizes, n, wire_views, wire_sizes)
         udp.send_multiple(wire, 0, sizes=wire_sizes, count=n)
         c.reads += 1
         c.packets += n
