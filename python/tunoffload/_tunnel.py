@@ -488,17 +488,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     mode: str = args.mode
+    tx_extra: tuple[Any, ...] = ()  # the vpn's ciphers, one per direction
+    rx_extra: tuple[Any, ...] = ()
+    ciphers: list[PacketCipher] = []
+    if mode == "vpn":
+        if not args.key_file:
+            p.error("vpn mode needs --key-file")
+        key, own = read_key(args.key_file), sender_id(args.address)
+        ciphers = [PacketCipher(key, own), PacketCipher(key, own)]
+        tx_extra, rx_extra = (ciphers[0],), (ciphers[1],)
     tun = t.TunDevice(args.tun, offload=mode != "plain", mtu=args.mtu)
     tun.add_address(args.address)
     tun.up()
+    # every mode: a bound and connected socket with 4 MiB buffers
     sock = make_socket(args.listen, args.peer)
     tx, rx = Counters(), Counters()
-    extra: tuple[Any, ...] = ()
     udp_tx: Any = sock
     udp_rx: Any = sock
-    ciphers: list[PacketCipher] = []
     if mode in ("tunoffload", "vpn"):
-        udp_tx = t.UdpSocket(sock)
+        udp_tx = t.UdpSocket(sock)  # one per thread
         udp_rx = t.UdpSocket(sock)
     loops: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
         "plain": (plain_tx, plain_rx),
@@ -508,14 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         "vpn": (vpn_tx, vpn_rx),
     }
     tx_loop, rx_loop = loops[mode]
-    tx_extra: tuple[Any, ...] = extra
-    rx_extra: tuple[Any, ...] = extra
-    if mode == "vpn":
-        if not args.key_file:
-            p.error("vpn mode needs --key-file")
-        key, own = read_key(args.key_file), sender_id(args.address)
-        ciphers = [PacketCipher(key, own), PacketCipher(key, own)]
-        tx_extra, rx_extra = (ciphers[0],), (ciphers[1],)
     errors: list[str] = []
 
     def report(signum: int, frame: object) -> None:
