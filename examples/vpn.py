@@ -46,7 +46,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
 
 import tunoffload as t
 from tunoffload._tunnel import PacketCipher, make_socket, parse_endpoint, read_key, sender_id
@@ -130,7 +130,7 @@ class Tunnel:
                 self.tun_errors += 1  # the kernel refused a packet; the others went in
                 self.received -= m - getattr(e, "packets_sent", 0)
 
-    def run_thread(self, body: Any) -> threading.Thread:
+    def run_thread(self, body: Callable[[], None]) -> threading.Thread:
         def run() -> None:
             try:
                 body()
@@ -141,7 +141,7 @@ class Tunnel:
             finally:
                 self.stopping.set()  # one direction ending ends the tunnel
 
-        th = threading.Thread(target=run, name=body.__name__)
+        th = threading.Thread(target=run, name=getattr(body, "__name__", "vpn"))
         th.start()
         return th
 
