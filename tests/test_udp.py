@@ -342,6 +342,8 @@ def test_bytearray_too_small_is_grown(ns: Netns) -> None:
             bufs = bufs[1:] + bufs[:1]
     assert got == [dgram(0, 3000), dgram(1, 10)]
     assert sorted(len(x) for x in bufs) == [50, 3004]
+    grown = next(x for x in bufs if len(x) == 3004)
+    assert grown[:4] == bytes(4)  # the headroom of a grown bytearray is zeroed
 
 
 # ----- blocking modes, closed sockets, signals ---------------------------------------------

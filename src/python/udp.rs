@@ -85,9 +85,18 @@ impl ExpandBuffer for RecvBuf<'_, '_> {
 
     fn resize(&mut self, new_len: usize) -> eng::Result<()> {
         match self {
-            RecvBuf::Array(b) => b
-                .resize(new_len)
-                .map_err(|e| eng::Error::new(format!("the bytearray cannot grow: {e}"))),
+            RecvBuf::Array(b) => {
+                let old = b.len();
+                b.resize(new_len)
+                    .map_err(|e| eng::Error::new(format!("the bytearray cannot grow: {e}")))?;
+                // The new bytes are whatever the allocator had: zero them, so that none
+                // of the heap shows through before `offset`.
+                // SAFETY: GIL held, no Python code runs while the slice lives.
+                if let Some(fresh) = unsafe { b.as_bytes_mut() }.get_mut(old..) {
+                    fresh.fill(0);
+                }
+                Ok(())
+            }
             RecvBuf::Fixed(_) => Err(eng::Error::fixed("a fixed-size buffer cannot grow")),
         }
     }
