@@ -441,6 +441,37 @@ def test_signal_during_a_blocking_receive(ns: Netns) -> None:
         signal.signal(signal.SIGALRM, old)
 
 
+def test_signal_handler_may_use_the_same_udpsocket(ns: Netns) -> None:
+    """A handler that runs while a receive waits may call the same object (no lock is
+    held while Python code runs): the handler gets the first datagram, the interrupted
+    call, going on, the second."""
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    b.settimeout(None)
+    inner: list[bytes] = []
+
+    def handler(signum: int, frame: object) -> None:
+        a.send(b"one")
+        a.send(b"two")
+        buf, sizes = bytearray(10), [0]
+        assert ub.recv_multiple([buf], sizes) == 1
+        inner.append(bytes(buf[: sizes[0]]))
+        assert ua.send_multiple([b"x"], addr=b.getsockname()) == 1  # and sends, too
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        bufs, sizes = [bytearray(10), bytearray(10)], [0, 0]
+        n = ub.recv_multiple(bufs, sizes)
+        got = [bytes(bufs[i][: sizes[i]]) for i in range(n)]
+        if n == 1:
+            got += recv_all(ub, 1)
+        assert inner == [b"one"] and got == [b"two", b"x"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_one_thread_receives_while_another_sends(ns: Netns) -> None:
     a, b = pair()
     b.connect(a.getsockname())
