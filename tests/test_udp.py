@@ -342,6 +342,8 @@ def test_bytearray_too_small_is_grown(ns: Netns) -> None:
             bufs = bufs[1:] + bufs[:1]
     assert got == [dgram(0, 3000), dgram(1, 10)]
     assert sorted(len(x) for x in bufs) == [50, 3004]
+    grown = next(x for x in bufs if len(x) == 3004)
+    assert grown[:4] == bytes(4)  # the headroom of a grown bytearray is zeroed
 
 
 # ----- blocking modes, closed sockets, signals ---------------------------------------------
@@ -434,6 +436,37 @@ def test_signal_during_a_blocking_receive(ns: Netns) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(KeyboardInterrupt):
             ub.recv_multiple(bufs, sizes)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_signal_handler_may_use_the_same_udpsocket(ns: Netns) -> None:
+    """A handler that runs while a receive waits may call the same object (no lock is
+    held while Python code runs): the handler gets the first datagram, the interrupted
+    call, going on, the second."""
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    b.settimeout(None)
+    inner: list[bytes] = []
+
+    def handler(signum: int, frame: object) -> None:
+        a.send(b"one")
+        a.send(b"two")
+        buf, sizes = bytearray(10), [0]
+        assert ub.recv_multiple([buf], sizes) == 1
+        inner.append(bytes(buf[: sizes[0]]))
+        assert ua.send_multiple([b"x"], addr=b.getsockname()) == 1  # and sends, too
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        bufs, sizes = [bytearray(10), bytearray(10)], [0, 0]
+        n = ub.recv_multiple(bufs, sizes)
+        got = [bytes(bufs[i][: sizes[i]]) for i in range(n)]
+        if n == 1:
+            got += recv_all(ub, 1)
+        assert inner == [b"one"] and got == [b"two", b"x"]
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)

@@ -52,12 +52,12 @@ fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
 /// writable buffer, exported for the call. Used only with the GIL held: no Python code
 /// runs while a slice of it is alive, so nothing can resize or free it meanwhile. The
 /// bytes are looked up afresh on every access (a resize may move them).
-enum RecvBuf<'a, 'py> {
-    Array(&'a Bound<'py, PyByteArray>),
+enum RecvBuf<'py> {
+    Array(Bound<'py, PyByteArray>),
     Fixed(Region),
 }
 
-impl ExpandBuffer for RecvBuf<'_, '_> {
+impl ExpandBuffer for RecvBuf<'_> {
     fn bytes(&self) -> &[u8] {
         match self {
             // SAFETY: GIL held, no Python code runs while the slice lives (see the type).
@@ -85,9 +85,18 @@ impl ExpandBuffer for RecvBuf<'_, '_> {
 
     fn resize(&mut self, new_len: usize) -> eng::Result<()> {
         match self {
-            RecvBuf::Array(b) => b
-                .resize(new_len)
-                .map_err(|e| eng::Error::new(format!("the bytearray cannot grow: {e}"))),
+            RecvBuf::Array(b) => {
+                let old = b.len();
+                b.resize(new_len)
+                    .map_err(|e| eng::Error::new(format!("the bytearray cannot grow: {e}")))?;
+                // The new bytes are whatever the allocator had: zero them, so that none
+                // of the heap shows through before `offset`.
+                // SAFETY: GIL held, no Python code runs while the slice lives.
+                if let Some(fresh) = unsafe { b.as_bytes_mut() }.get_mut(old..) {
+                    fresh.fill(0);
+                }
+                Ok(())
+            }
             RecvBuf::Fixed(_) => Err(eng::Error::fixed("a fixed-size buffer cannot grow")),
         }
     }
@@ -458,85 +467,97 @@ impl PyUdpSocket {
             _ => None,
         };
         let mut views = Views::with_capacity(py, nb);
-        let mut arrays: Vec<Bound<'_, PyByteArray>> = Vec::with_capacity(nb);
-        let mut kinds: Vec<Option<Region>> = Vec::with_capacity(nb);
+        let mut rbufs: Vec<RecvBuf<'_>> = Vec::with_capacity(nb);
         for (i, obj) in objs.iter().enumerate() {
-            if let Ok(b) = obj.cast::<PyByteArray>() {
-                arrays.push(b.clone());
-                kinds.push(None);
-            } else {
-                kinds.push(Some(views.write(obj, &|| format!("bufs[{i}]"))?));
-            }
+            rbufs.push(match obj.cast::<PyByteArray>() {
+                Ok(b) => RecvBuf::Array(b.clone()),
+                Err(_) => RecvBuf::Fixed(views.write(obj, &|| format!("bufs[{i}]"))?),
+            });
         }
-        let fd = self.fd(py)?;
         let wait = self.wait(py)?;
-        // SAFETY: the socket's open descriptor, used only during this call.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut guard = lock(py, &self.rx);
-        let side = &mut *guard;
-        loop {
-            let batch = &mut side.batch;
-            match py.detach(|| batch.fill(bfd, nb, wait)) {
-                Ok(_) => break,
-                Err(udp::Error::Interrupted) => py.check_signals()?,
-                Err(e) => return Err(to_py(py, e)),
-            }
-        }
-        let mut next_array = arrays.iter();
-        let mut rbufs: Vec<RecvBuf<'_, '_>> = kinds
-            .into_iter()
-            .map(|k| match k {
-                Some(r) => RecvBuf::Fixed(r),
-                // One bytearray per None, in order.
-                None => RecvBuf::Array(next_array.next().expect("one per bytearray")),
-            })
-            .collect();
-        side.sizes.resize(nb, 0);
         let want_addrs = addrs.is_some();
-        if want_addrs {
-            side.addrs.resize(nb, None);
-        }
-        let n = side
-            .batch
-            .deliver(
-                &mut rbufs,
-                &mut side.sizes[..nb],
-                offset,
+        // No Python code runs while the lock is held (a signal handler or a destructor
+        // could call this object again): results are taken out of it first.
+        let (n, out_sizes, out_addrs, mut last_addr) = loop {
+            let fd = self.fd(py)?; // again after signal handlers: one may have closed it
+                                   // SAFETY: the socket's open descriptor, used only during this call.
+            let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let mut guard = lock(py, &self.rx);
+            let side = &mut *guard;
+            let batch = &mut side.batch;
+            let r = py.detach(|| batch.fill(bfd, nb, wait)).and_then(|_| {
+                side.sizes.resize(nb, 0);
                 if want_addrs {
+                    side.addrs.resize(nb, None);
+                }
+                let addrs = if want_addrs {
                     Some(&mut side.addrs[..nb])
                 } else {
                     None
-                },
-            )
-            .map_err(|e| to_py(py, e))?;
+                };
+                side.batch
+                    .deliver(&mut rbufs, &mut side.sizes[..nb], offset, addrs)
+            });
+            match r {
+                Ok(n) => {
+                    break (
+                        n,
+                        std::mem::take(&mut side.sizes),
+                        std::mem::take(&mut side.addrs),
+                        side.last_addr.take(),
+                    )
+                }
+                Err(udp::Error::Interrupted) => {
+                    drop(guard);
+                    py.check_signals()?;
+                }
+                Err(e) => {
+                    drop(guard);
+                    return Err(to_py(py, e));
+                }
+            }
+        };
         drop(rbufs);
         drop(views);
-        let mut last: Option<(usize, Bound<'_, PyAny>)> = None;
-        for (i, &s) in side.sizes[..n].iter().enumerate() {
-            let obj = match &last {
-                Some((v, o)) if *v == s => o.clone(),
-                _ => s.into_pyobject(py)?.into_any(),
-            };
-            sizes.set_item(i, &obj)?;
-            last = Some((s, obj));
-        }
-        if let Some(list) = addrs {
-            for i in 0..n {
-                let obj = match side.addrs[i] {
-                    None => py.None(),
-                    Some(a) => match &side.last_addr {
-                        Some((la, o)) if *la == a => o.clone_ref(py),
-                        _ => {
-                            let o = Self::addr_tuple(py, &a)?;
-                            side.last_addr = Some((a, o.clone_ref(py)));
-                            o
-                        }
-                    },
+        let written = (|| -> PyResult<()> {
+            let mut last: Option<(usize, Bound<'_, PyAny>)> = None;
+            for (i, &s) in out_sizes[..n].iter().enumerate() {
+                let obj = match &last {
+                    Some((v, o)) if *v == s => o.clone(),
+                    _ => s.into_pyobject(py)?.into_any(),
                 };
-                list.set_item(i, obj)?;
+                sizes.set_item(i, &obj)?;
+                last = Some((s, obj));
+            }
+            if let Some(list) = addrs {
+                for (i, a) in out_addrs[..n].iter().enumerate() {
+                    let obj = match a {
+                        None => py.None(),
+                        Some(a) => match &last_addr {
+                            Some((la, o)) if la == a => o.clone_ref(py),
+                            _ => {
+                                let o = Self::addr_tuple(py, a)?;
+                                last_addr = Some((*a, o.clone_ref(py)));
+                                o
+                            }
+                        },
+                    };
+                    list.set_item(i, obj)?;
+                }
+            }
+            Ok(())
+        })();
+        // Hand the arrays back for the next call (keeping their capacity).
+        {
+            let mut guard = lock(py, &self.rx);
+            guard.sizes = out_sizes;
+            guard.addrs = out_addrs;
+            if guard.last_addr.is_none() {
+                guard.last_addr = last_addr.take();
             }
         }
-        Ok(n)
+        drop(last_addr);
+        written.map(|()| n)
     }
 
     /// ``send_multiple(bufs, offset=0, *, sizes=None, count=None, addr=None) -> int``
@@ -639,75 +660,90 @@ impl PyUdpSocket {
             };
             data.push(&b[offset..end]);
         }
-        let mut guard = lock(py, &self.tx);
-        let side = &mut *guard;
-        let dest = match addr {
-            None => Dest::Connected,
-            Some(a) if a.is_none() => Dest::Connected,
+        // Addresses are parsed outside the lock (parsing may run Python code), with the
+        // arrays and the cache taken out of it and handed back afterwards.
+        let (mut parsed, mut cache) = {
+            let mut guard = lock(py, &self.tx);
+            (std::mem::take(&mut guard.addrs), guard.last_addr.take())
+        };
+        parsed.clear();
+        let one = match addr {
+            None => Ok(None),
+            Some(a) if a.is_none() => Ok(None),
             Some(a) => match a.cast::<PyList>() {
-                Ok(list) => {
-                    if list.len() < n {
-                        return Err(PyValueError::new_err(format!(
-                            "addr has {} entries, fewer than the {n} datagrams to send",
-                            list.len()
-                        )));
-                    }
-                    side.addrs.clear();
-                    let mut cache = side.last_addr.take();
+                Ok(list) if list.len() < n => Err(PyValueError::new_err(format!(
+                    "addr has {} entries, fewer than the {n} datagrams to send",
+                    list.len()
+                ))),
+                Ok(list) => (|| {
                     for i in 0..n {
                         let o = list.get_item(i)?;
-                        let parsed = self.parse_cached(&mut cache, &o, &|| format!("addr[{i}]"));
-                        match parsed {
-                            Ok(p) => side.addrs.push(p),
-                            Err(e) => {
-                                side.last_addr = cache;
-                                return Err(e);
-                            }
-                        }
+                        parsed.push(self.parse_cached(&mut cache, &o, &|| format!("addr[{i}]"))?);
                     }
-                    side.last_addr = cache;
-                    Dest::Each(&side.addrs)
-                }
-                Err(_) => {
-                    let mut cache = side.last_addr.take();
-                    let r = self.parse_cached(&mut cache, a, &|| "addr".to_owned());
-                    side.last_addr = cache;
-                    Dest::One(r?)
-                }
+                    Ok(None)
+                })(),
+                Err(_) => self
+                    .parse_cached(&mut cache, a, &|| "addr".to_owned())
+                    .map(Some),
             },
         };
-        let fd = self.fd(py)?;
+        let each = matches!(addr, Some(a) if a.is_instance_of::<PyList>());
+        let result = one.and_then(|one| {
+            let dest = match one {
+                Some(a) => Dest::One(a),
+                None if each => Dest::Each(&parsed),
+                None => Dest::Connected,
+            };
+            self.send_all(py, &data, dest)
+        });
+        {
+            let mut guard = lock(py, &self.tx);
+            guard.addrs = parsed;
+            if guard.last_addr.is_none() {
+                guard.last_addr = cache.take();
+            }
+        }
+        drop(cache);
+        drop(views);
+        result
+    }
+}
+
+impl PyUdpSocket {
+    /// Sends `data` to `dest`, going on after signals (PEP 475); returns the count, or the
+    /// exception with `datagrams_sent`.
+    fn send_all(&self, py: Python<'_>, data: &[&[u8]], dest: Dest<'_>) -> PyResult<usize> {
         let wait = self.wait(py)?;
-        // SAFETY: the socket's open descriptor, used only during this call.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let batch = &mut side.batch;
         let mut done = 0;
-        let result = loop {
+        loop {
+            // Again after signal handlers: one may have closed the socket.
+            let fd = self.fd(py).map_err(|e| with_sent(py, e, done))?;
+            // SAFETY: the socket's open descriptor, used only during this call.
+            let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
             let part = &data[done..];
             let to = dest.skip(done);
-            match py.detach(|| batch.send(bfd, part, to, wait)) {
-                Ok(k) => {
-                    done += k;
-                    break Ok(done);
-                }
+            let r = {
+                let mut guard = lock(py, &self.tx);
+                let batch = &mut guard.batch;
+                let r = py.detach(|| batch.send(bfd, part, to, wait));
+                self.gso.store(batch.gso(), Ordering::Relaxed);
+                r
+            };
+            match r {
+                Ok(k) => return Ok(done + k),
                 Err(SendError {
                     sent,
                     error: udp::Error::Interrupted,
                 }) => {
                     done += sent;
-                    if let Err(e) = py.check_signals() {
-                        break Err(with_sent(py, e, done));
-                    }
+                    py.check_signals().map_err(|e| with_sent(py, e, done))?;
                 }
                 Err(SendError { sent, error }) => {
                     done += sent;
-                    break Err(with_sent(py, to_py(py, error), done));
+                    return Err(with_sent(py, to_py(py, error), done));
                 }
             }
-        };
-        self.gso.store(batch.gso(), Ordering::Relaxed);
-        drop(views);
-        result
+        }
     }
 }
 
