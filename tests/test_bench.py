@@ -20,30 +20,37 @@ def _netns_list() -> set[str]:
     return {n for n in names if n.startswith("tunoff-bench-")}
 
 
-def test_bench_json_forwards_super_packets_and_cleans_up():
-    before = _netns_list()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tunoffload",
-            "bench",
-            "--json",
-            "--duration",
-            "1",
-            "--streams",
-            "1",
-            "--modes",
-            "split+coalesce",
-            "plain",
-            "--no-iperf",
-        ],
-        capture_output=True,
+def _bench(*args: str, timeout: float) -> tuple[int, str, str, int]:
+    """Runs ``tunoffload bench ARGS``: (exit status, stdout, stderr, its pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunoffload", "bench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err, proc.pid
+
+
+def _left_behind(pid: int) -> list[str]:
+    """The namespaces of the benchmark run ``pid`` (they are named after it) still there;
+    other runs' (other tests, other users on a shared machine) may come and go meanwhile."""
+    return [n for n in _netns_list() if f"-{pid}-" in n]
+
+
+def test_bench_json_forwards_super_packets_and_cleans_up():
+    code, out, err, pid = _bench(
+        *("--json", "--duration", "1", "--streams", "1", "--no-iperf"),
+        *("--modes", "split+coalesce", "plain"),
         timeout=120,
     )
-    assert r.returncode == 0, r.stderr
-    rows = {(x["mode"], x["traffic"]): x for x in json.loads(r.stdout)}
+    assert code == 0, err
+    rows = {(x["mode"], x["traffic"]): x for x in json.loads(out)}
     split, plain = rows[("split+coalesce", "TCP")], rows[("plain", "TCP")]
     udp = rows[("split+coalesce", "UDP")]
     for row in (split, plain, udp):
@@ -55,7 +62,7 @@ def test_bench_json_forwards_super_packets_and_cleans_up():
     assert split["pkts_per_read_ab"] > 4 and split["pkts_per_write_ab"] > 4
     assert plain["pkts_per_read_ab"] == 1.0
     assert udp["pkts_per_read_ab"] > 4  # UDP_SEGMENT traffic arrives as USO super-packets
-    assert _netns_list() == before
+    assert _left_behind(pid) == []
 
 
 def test_bench_table_and_help():
@@ -78,20 +85,12 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         modes = ["tunnel-plain", "tunnel", "tunnel+vpn"]
     except ImportError:
         modes = ["tunnel-plain", "tunnel"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunoffload", "bench", "--json", "--duration", "1"]
-        + ["--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, out, err, pid = _bench(
+        *("--json", "--duration", "1", "--streams", "1", "--no-udp", "--no-iperf"),
+        *("--modes", *modes),
+        timeout=180,
     )
-    try:
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    assert code == 0, err
     rows = {x["mode"]: x for x in json.loads(out)}
     assert sorted(rows) == sorted(modes)
     for row in rows.values():
@@ -108,5 +107,4 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
     if "tunnel+vpn" in rows:
         b = rows["tunnel+vpn"]["extra"]["peer_b"]
         assert b["dropped_forged"] == b["dropped_replayed"] == b["dropped_malformed"] == 0
-    # its namespaces (named after its pid) are gone; others' may come and go meanwhile
-    assert not [n for n in _netns_list() if f"-{proc.pid}-" in n]
+    assert _left_behind(pid) == []
