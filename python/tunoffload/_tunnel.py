@@ -11,8 +11,10 @@ nonce is bound to its ciphertext). A nonce must never repeat for one key:
 
 - the two peers use disjoint halves of the nonce space: the sender id is the last four
   bytes of the sender's own tunnel address (``--address``), and the two ends of one link
-  have different addresses. A datagram that carries the receiver's own id (one of its own
-  datagrams reflected back at it) is dropped as replayed;
+  have different addresses (they must, for routing; two ends configured with the same
+  address would reuse nonces, so never do that with a key in use). A datagram that
+  carries the receiver's own id (one of its own datagrams reflected back at it) is
+  dropped as replayed;
 - within one sender the 64-bit counter goes up by one per datagram and starts, when the
   process starts, at the wall clock in nanoseconds since 1970, so a restarted sender
   continues above every counter it used before (a process sends far fewer than one
@@ -20,12 +22,12 @@ nonce is bound to its ciphertext). A nonce must never repeat for one key:
   assumes the clock is not stepped back by more than the previous run lasted; a real VPN
   (WireGuard) makes fresh keys with a handshake instead.
 
-The receiver keeps a sliding window of the last ``REPLAY_WINDOW`` counters (a bitmap, as
-WireGuard does): a counter already seen or older than the window is a replay. The window
-is updated only after the tag verified, so a forged datagram cannot move it. Without a
-handshake, a receiver that restarts will accept once each datagram captured before its
-restart that is newer than what it has seen since; this example does not defend
-against that.
+The receiver keeps a sliding window of the last ``REPLAY_WINDOW`` counters (a ring of
+flags, as WireGuard keeps it): a counter already seen or older than the window is a
+replay. The window is updated only after the tag verified, so a forged datagram cannot
+move it. Without a handshake, a receiver that restarts will accept once each datagram
+captured before its restart that is newer than what it has seen since; this example does
+not defend against that.
 
 The peer program, ``python -m tunoffload._tunnel MODE --tun NAME --address A/N --listen
 HOST:PORT --peer HOST:PORT [--key-file F]``, is one end of a tunnel in one of the
