@@ -485,7 +485,13 @@ impl PyUdpSocket {
             let mut guard = lock(py, &self.rx);
             let side = &mut *guard;
             let batch = &mut side.batch;
-            let r = py.detach(|| batch.fill(bfd, nb, wait)).and_then(|_| {
+            // Datagrams already pending need no system call, so no GIL hand-off either.
+            let filled = if batch.pending() > 0 {
+                Ok(batch.pending())
+            } else {
+                py.detach(|| batch.fill(bfd, nb, wait))
+            };
+            let r = filled.and_then(|_| {
                 side.sizes.resize(nb, 0);
                 if want_addrs {
                     side.addrs.resize(nb, None);
