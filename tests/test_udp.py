@@ -177,6 +177,18 @@ def test_coalesced_read_is_split_at_the_sizes_sent(ns: Netns) -> None:
     assert ub.pending == 0
 
 
+def test_without_offloads_every_datagram_goes_alone(ns: Netns) -> None:
+    a, b = pair()
+    ua, ub = t.UdpSocket(a, gso=False), t.UdpSocket(b, gro=False)
+    assert not ua.gso and not ub.gro
+    data = [dgram(i, 1400) for i in range(45)]
+    assert ua.send_multiple(data) == 45
+    bufs, sizes = [bytearray(2000)], [0]
+    assert ub.recv_multiple(bufs, sizes) == 1
+    assert ub.pending == 0  # plain datagrams: one per read
+    assert [bytes(bufs[0][: sizes[0]])] + recv_all(ub, 44) == data
+
+
 def test_sizes_list_and_offset(ns: Netns) -> None:
     a, b = pair()
     ua, ub = t.UdpSocket(a), t.UdpSocket(b)
@@ -247,6 +259,10 @@ def test_addrs_filled_as_recvfrom_gives_them(ns: Netns, family: int) -> None:
     assert r.recvfrom(10) == (b"probe", s1.getsockname())
     if family == AF6:
         assert len(got[0][1]) == 4  # type: ignore[arg-type]
+        host, port = to[0], to[1]
+        for form in [(host, port), (host, port, 0), (host, port, 0, 0), ("::1%lo", port)]:
+            assert u1.send_multiple([b"v6"], addr=form) == 1
+            assert r.recvfrom(10) == (b"v6", s1.getsockname())
 
 
 def test_addrs_reuse_one_tuple_per_sender(ns: Netns) -> None:
