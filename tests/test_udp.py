@@ -175,6 +175,10 @@ def test_coalesced_read_is_split_at_the_sizes_sent(ns: Netns) -> None:
     got = [bytes(bufs[0][: sizes[0]])] + recv_all(ub, len(data) - 1)
     assert got == data
     assert ub.pending == 0
+    # Two runs (46, then 9 + the shorter 700) in one sendmmsg; two coalesced reads.
+    assert ua.stats["send_calls"] == 1 and ua.stats["send_messages"] == 2
+    assert ua.stats["send_datagrams"] == len(data) and ua.stats["fallbacks"] == 0
+    assert ub.stats["recv_messages"] == 2 and ub.stats["recv_datagrams"] == len(data)
 
 
 def test_without_offloads_every_datagram_goes_alone(ns: Netns) -> None:
@@ -525,6 +529,7 @@ def test_segments_above_the_mtu_fall_back(ns: Netns) -> None:
     data = [dgram(i, n) for i, n in enumerate(lens)]
     assert ua.send_multiple(data) == len(data)
     assert ua.gso  # EINVAL turns nothing off
+    assert ua.stats["fallbacks"] == 2  # the two runs of 2000-byte segments
     assert recv_all(ub, len(data)) == data
 
 

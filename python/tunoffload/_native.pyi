@@ -190,6 +190,10 @@ class UdpSocket:
     def pending(self) -> int:
         """Datagrams received but not yet delivered (the next ``recv_multiple`` returns
         them first)."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``recv_calls``, ``recv_messages``, ``recv_datagrams``, ``send_calls``,
+        ``send_messages``, ``send_datagrams``, ``fallbacks``, ``truncated``."""
     def fileno(self) -> int:
         """The socket's descriptor (-1 once it is closed)."""
     def recv_multiple(

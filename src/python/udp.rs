@@ -393,6 +393,32 @@ impl PyUdpSocket {
         lock(py, &self.rx).batch.pending()
     }
 
+    /// Counters of this ``UdpSocket`` since it was made, as a dict: ``recv_calls``
+    /// (``recvmmsg`` calls that returned data), ``recv_messages`` (reads: a coalesced read
+    /// counts once), ``recv_datagrams`` (after splitting), ``send_calls`` (``sendmmsg``
+    /// calls), ``send_messages`` (a ``UDP_SEGMENT`` run counts once), ``send_datagrams``,
+    /// ``fallbacks`` (segmented messages the kernel refused, re-sent one by one) and
+    /// ``truncated`` (reads cut short by the kernel; practically always 0).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let r = lock(py, &self.rx).batch.stats();
+        let t = lock(py, &self.tx).batch.stats();
+        let d = pyo3::types::PyDict::new(py);
+        for (k, v) in [
+            ("recv_calls", r.recv_calls),
+            ("recv_messages", r.recv_messages),
+            ("recv_datagrams", r.recv_datagrams),
+            ("send_calls", t.send_calls),
+            ("send_messages", t.send_messages),
+            ("send_datagrams", t.send_datagrams),
+            ("fallbacks", t.fallbacks),
+            ("truncated", r.truncated),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
     fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
         self.sock
