@@ -518,6 +518,40 @@ def test_one_thread_receives_while_another_sends(ns: Netns) -> None:
     assert a.recv(10) == b"back"
 
 
+def test_two_udpsockets_on_one_socket_in_two_threads(ns: Netns) -> None:
+    """The tunnel pattern: one socket, one UdpSocket receiving in a thread while another
+    sends from this one; an echo peer sends every datagram back."""
+    s, peer = sock(), sock()
+    u_in, u_out = t.UdpSocket(s), t.UdpSocket(s)
+    data = [dgram(i, 1300) for i in range(200)]
+    got: list[bytes] = []
+    err: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            got.extend(recv_all(u_in, len(data)))
+        except BaseException as e:  # reported below
+            err.append(e)
+
+    def echo() -> None:
+        try:
+            for _ in range(len(data)):
+                d, frm = peer.recvfrom(2000)
+                peer.sendto(d, frm)
+        except BaseException as e:  # reported below
+            err.append(e)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=echo)]
+    for th in threads:
+        th.start()
+    for i in range(0, len(data), 40):
+        assert u_out.send_multiple(data[i : i + 40], addr=peer.getsockname()) == 40
+    for th in threads:
+        th.join(10)
+    assert not any(th.is_alive() for th in threads) and not err
+    assert got == data
+
+
 # ----- kernel refusals -------------------------------------------------------------------------
 
 
