@@ -508,6 +508,7 @@ def test_one_thread_receives_while_another_sends(ns: Netns) -> None:
 
     th = threading.Thread(target=reader)
     th.start()
+    assert ub.pending == 0 and ub.stats["recv_calls"] == 0  # do not wait for the reader
     for i in range(0, len(data), 30):
         assert ua.send_multiple(data[i : i + 30]) == 30
     th.join(10)
