@@ -175,6 +175,22 @@ def test_coalesced_read_is_split_at_the_sizes_sent(ns: Netns) -> None:
     got = [bytes(bufs[0][: sizes[0]])] + recv_all(ub, len(data) - 1)
     assert got == data
     assert ub.pending == 0
+    # Two runs (46, then 9 + the shorter 700) in one sendmmsg; two coalesced reads.
+    assert ua.stats["send_calls"] == 1 and ua.stats["send_messages"] == 2
+    assert ua.stats["send_datagrams"] == len(data) and ua.stats["fallbacks"] == 0
+    assert ub.stats["recv_messages"] == 2 and ub.stats["recv_datagrams"] == len(data)
+
+
+def test_without_offloads_every_datagram_goes_alone(ns: Netns) -> None:
+    a, b = pair()
+    ua, ub = t.UdpSocket(a, gso=False), t.UdpSocket(b, gro=False)
+    assert not ua.gso and not ub.gro
+    data = [dgram(i, 1400) for i in range(45)]
+    assert ua.send_multiple(data) == 45
+    bufs, sizes = [bytearray(2000)], [0]
+    assert ub.recv_multiple(bufs, sizes) == 1
+    assert ub.pending == 0  # plain datagrams: one per read
+    assert [bytes(bufs[0][: sizes[0]])] + recv_all(ub, 44) == data
 
 
 def test_sizes_list_and_offset(ns: Netns) -> None:
@@ -247,6 +263,10 @@ def test_addrs_filled_as_recvfrom_gives_them(ns: Netns, family: int) -> None:
     assert r.recvfrom(10) == (b"probe", s1.getsockname())
     if family == AF6:
         assert len(got[0][1]) == 4  # type: ignore[arg-type]
+        host, port = to[0], to[1]
+        for form in [(host, port), (host, port, 0), (host, port, 0, 0), ("::1%lo", port)]:
+            assert u1.send_multiple([b"v6"], addr=form) == 1
+            assert r.recvfrom(10) == (b"v6", s1.getsockname())
 
 
 def test_addrs_reuse_one_tuple_per_sender(ns: Netns) -> None:
@@ -488,6 +508,7 @@ def test_one_thread_receives_while_another_sends(ns: Netns) -> None:
 
     th = threading.Thread(target=reader)
     th.start()
+    assert ub.pending == 0 and ub.stats["recv_calls"] == 0  # do not wait for the reader
     for i in range(0, len(data), 30):
         assert ua.send_multiple(data[i : i + 30]) == 30
     th.join(10)
@@ -496,6 +517,40 @@ def test_one_thread_receives_while_another_sends(ns: Netns) -> None:
     # The same socket object sends the other way from this thread meanwhile.
     assert ub.send_multiple([b"back"]) == 1
     assert a.recv(10) == b"back"
+
+
+def test_two_udpsockets_on_one_socket_in_two_threads(ns: Netns) -> None:
+    """The tunnel pattern: one socket, one UdpSocket receiving in a thread while another
+    sends from this one; an echo peer sends every datagram back."""
+    s, peer = sock(), sock()
+    u_in, u_out = t.UdpSocket(s), t.UdpSocket(s)
+    data = [dgram(i, 1300) for i in range(200)]
+    got: list[bytes] = []
+    err: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            got.extend(recv_all(u_in, len(data)))
+        except BaseException as e:  # reported below
+            err.append(e)
+
+    def echo() -> None:
+        try:
+            for _ in range(len(data)):
+                d, frm = peer.recvfrom(2000)
+                peer.sendto(d, frm)
+        except BaseException as e:  # reported below
+            err.append(e)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=echo)]
+    for th in threads:
+        th.start()
+    for i in range(0, len(data), 40):
+        assert u_out.send_multiple(data[i : i + 40], addr=peer.getsockname()) == 40
+    for th in threads:
+        th.join(10)
+    assert not any(th.is_alive() for th in threads) and not err
+    assert got == data
 
 
 # ----- kernel refusals -------------------------------------------------------------------------
@@ -509,6 +564,7 @@ def test_segments_above_the_mtu_fall_back(ns: Netns) -> None:
     data = [dgram(i, n) for i, n in enumerate(lens)]
     assert ua.send_multiple(data) == len(data)
     assert ua.gso  # EINVAL turns nothing off
+    assert ua.stats["fallbacks"] == 2  # the two runs of 2000-byte segments
     assert recv_all(ub, len(data)) == data
 
 

@@ -3,7 +3,7 @@
 import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv6Interface
-from typing import Final
+from typing import Any, Final
 
 from typing_extensions import Buffer
 
@@ -190,6 +190,10 @@ class UdpSocket:
     def pending(self) -> int:
         """Datagrams received but not yet delivered (the next ``recv_multiple`` returns
         them first)."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``recv_calls``, ``recv_messages``, ``recv_datagrams``, ``send_calls``,
+        ``send_messages``, ``send_datagrams``, ``fallbacks``, ``truncated``."""
     def fileno(self) -> int:
         """The socket's descriptor (-1 once it is closed)."""
     def recv_multiple(
@@ -197,7 +201,7 @@ class UdpSocket:
         bufs: list[bytearray] | Sequence[Buffer],
         sizes: list[int],
         offset: int = 0,
-        addrs: list[_Address | None] | None = None,
+        addrs: list[Any] | None = None,
     ) -> int:
         """Waits for a datagram, then takes all queued ones up to ``len(bufs)``: datagram
         *i* lands in ``bufs[i][offset:offset + sizes[i]]`` (bytearrays grow to fit);
@@ -209,7 +213,7 @@ class UdpSocket:
         *,
         sizes: Sequence[int] | None = None,
         count: int | None = None,
-        addr: _Address | list[_Address] | None = None,
+        addr: _Address | list[Any] | None = None,
     ) -> int:
         """Sends ``bufs[i][offset:]`` (or ``[offset:offset + sizes[i]]``) for the first
         ``count``, in order, to ``addr`` (one, or one per datagram) or the connected peer;

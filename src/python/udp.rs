@@ -15,7 +15,7 @@ use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 use super::buffers::{Region, Views};
 use super::engine::non_negative;
 use crate::engine::{self as eng, ExpandBuffer};
-use crate::udp::{self, Dest, SendError, UdpBatch, Wait};
+use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
 
 /// `OSError(errno, msg)`: Python picks the subclass from the errno.
 fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
@@ -146,6 +146,16 @@ pub(crate) struct PyUdpSocket {
     gro: bool,
     rx: Mutex<RxSide>,
     tx: Mutex<TxSide>,
+    /// Counters and pending count as of the last call that ended: readable while another
+    /// thread waits in a call (which holds `rx` or `tx` meanwhile).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    rx: Stats,
+    tx: Stats,
+    pending: usize,
 }
 
 /// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
@@ -356,6 +366,7 @@ impl PyUdpSocket {
                 addrs: Vec::new(),
                 last_addr: None,
             }),
+            seen: Mutex::default(),
         })
     }
 
@@ -387,10 +398,39 @@ impl PyUdpSocket {
     }
 
     /// Datagrams received and not yet delivered: the next ``recv_multiple`` returns them
-    /// first, without waiting.
+    /// first, without waiting. (As of the last call that ended: reading it never waits
+    /// for a call another thread is in, nor do ``stats``.)
     #[getter]
     fn pending(&self, py: Python<'_>) -> usize {
-        lock(py, &self.rx).batch.pending()
+        lock(py, &self.seen).pending
+    }
+
+    /// Counters of this ``UdpSocket`` since it was made, as a dict: ``recv_calls``
+    /// (``recvmmsg`` calls that returned data), ``recv_messages`` (reads: a coalesced read
+    /// counts once), ``recv_datagrams`` (after splitting), ``send_calls`` (``sendmmsg``
+    /// calls), ``send_messages`` (a ``UDP_SEGMENT`` run counts once), ``send_datagrams``,
+    /// ``fallbacks`` (segmented messages the kernel refused, re-sent one by one) and
+    /// ``truncated`` (reads cut short by the kernel; practically always 0).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let (r, t) = {
+            let seen = lock(py, &self.seen);
+            (seen.rx, seen.tx)
+        };
+        let d = pyo3::types::PyDict::new(py);
+        for (k, v) in [
+            ("recv_calls", r.recv_calls),
+            ("recv_messages", r.recv_messages),
+            ("recv_datagrams", r.recv_datagrams),
+            ("send_calls", t.send_calls),
+            ("send_messages", t.send_messages),
+            ("send_datagrams", t.send_datagrams),
+            ("fallbacks", t.fallbacks),
+            ("truncated", r.truncated),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
     }
 
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
@@ -485,7 +525,13 @@ impl PyUdpSocket {
             let mut guard = lock(py, &self.rx);
             let side = &mut *guard;
             let batch = &mut side.batch;
-            let r = py.detach(|| batch.fill(bfd, nb, wait)).and_then(|_| {
+            // Datagrams already pending need no system call, so no GIL hand-off either.
+            let filled = if batch.pending() > 0 {
+                Ok(batch.pending())
+            } else {
+                py.detach(|| batch.fill(bfd, nb, wait))
+            };
+            let r = filled.and_then(|_| {
                 side.sizes.resize(nb, 0);
                 if want_addrs {
                     side.addrs.resize(nb, None);
@@ -498,6 +544,11 @@ impl PyUdpSocket {
                 side.batch
                     .deliver(&mut rbufs, &mut side.sizes[..nb], offset, addrs)
             });
+            {
+                let mut seen = lock(py, &self.seen);
+                seen.rx = side.batch.stats();
+                seen.pending = side.batch.pending();
+            }
             match r {
                 Ok(n) => {
                     break (
@@ -727,6 +778,7 @@ impl PyUdpSocket {
                 let batch = &mut guard.batch;
                 let r = py.detach(|| batch.send(bfd, part, to, wait));
                 self.gso.store(batch.gso(), Ordering::Relaxed);
+                lock(py, &self.seen).tx = batch.stats();
                 r
             };
             match r {

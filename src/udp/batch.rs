@@ -40,6 +40,28 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
+/// Counters of a [`UdpBatch`] since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `recvmmsg` calls that returned messages.
+    pub recv_calls: u64,
+    /// Messages (reads) they returned; a coalesced read is one message.
+    pub recv_messages: u64,
+    /// Datagrams in those messages, after splitting.
+    pub recv_datagrams: u64,
+    /// `sendmmsg` calls that sent something.
+    pub send_calls: u64,
+    /// Messages sent; a `UDP_SEGMENT` run is one message.
+    pub send_messages: u64,
+    /// Datagrams in those messages.
+    pub send_datagrams: u64,
+    /// Segmented messages the kernel refused, whose datagrams were re-sent one by one.
+    pub fallbacks: u64,
+    /// Reads the kernel cut short (more than 64 KiB): their complete segments were
+    /// delivered, a single datagram was dropped. Practically always 0.
+    pub truncated: u64,
+}
+
 /// One message of the last `recvmmsg`: `len` bytes in slot `slot`, segments of `seg`
 /// bytes (0: one datagram), the sender in the slot's name.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +114,6 @@ struct Rx {
     /// The next datagram to deliver: message index and byte offset in it.
     next: usize,
     next_off: usize,
-    truncated: u64,
 }
 
 // SAFETY: the raw pointers in `iov` and `hdrs` point into this struct's own heap buffers
@@ -130,7 +151,7 @@ pub struct UdpBatch {
     family: c_int,
     gso: bool,
     gro: bool,
-    fallbacks: u64,
+    stats: Stats,
     rx: Rx,
     tx: Tx,
 }
@@ -191,7 +212,7 @@ impl UdpBatch {
             family,
             gso,
             gro,
-            fallbacks: 0,
+            stats: Stats::default(),
             rx: Rx {
                 data: Vec::new(),
                 names: Vec::new(),
@@ -201,7 +222,6 @@ impl UdpBatch {
                 msgs: Vec::new(),
                 next: 0,
                 next_off: 0,
-                truncated: 0,
             },
             tx: Tx {
                 iov: Vec::new(),
@@ -263,15 +283,9 @@ impl UdpBatch {
         self.rx.msgs.len() - self.rx.next
     }
 
-    /// Segmented messages the kernel refused, whose datagrams were re-sent one by one.
-    pub fn fallbacks(&self) -> u64 {
-        self.fallbacks
-    }
-
-    /// Coalesced reads the kernel cut short (more than 64 KiB; their complete segments
-    /// were delivered) or single datagrams it truncated (dropped). Practically always 0.
-    pub fn truncated(&self) -> u64 {
-        self.rx.truncated
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     // ----- receiving -------------------------------------------------------------------
@@ -335,8 +349,13 @@ impl UdpBatch {
                 )
             };
             if n > 0 {
-                rx.parse(n as usize);
+                let truncated = rx.parse(n as usize);
                 let pending = self.pending();
+                let st = &mut self.stats;
+                st.recv_calls += 1;
+                st.recv_messages += n as u64;
+                st.recv_datagrams += pending as u64;
+                st.truncated += truncated;
                 if pending > 0 {
                     return Ok(pending);
                 }
@@ -487,6 +506,11 @@ impl UdpBatch {
                     )
                 };
                 if rc > 0 {
+                    let st = &mut self.stats;
+                    st.send_calls += 1;
+                    st.send_messages += rc as u64;
+                    let sent = &tx.msgs[m..m + rc as usize];
+                    st.send_datagrams += sent.iter().map(|s| s.count as u64).sum::<u64>();
                     m += rc as usize;
                     continue;
                 }
@@ -505,13 +529,13 @@ impl UdpBatch {
                         // No checksum offload on this route: segmentation cannot work on
                         // this socket (wireguard-go turns it off for good, too).
                         self.gso = false;
-                        self.fallbacks += 1;
+                        self.stats.fallbacks += 1;
                         start = msg.first;
                         plain_until = n;
                         continue 'plan;
                     }
                     libc::EINVAL | libc::EMSGSIZE if msg.count > 1 => {
-                        self.fallbacks += 1;
+                        self.stats.fallbacks += 1;
                         start = msg.first;
                         plain_until = msg.first + msg.count;
                         continue 'plan;
@@ -742,8 +766,10 @@ impl Rx {
         self.hdrs = hdrs;
     }
 
-    /// Reads the results of a `recvmmsg` of `n` messages.
-    fn parse(&mut self, n: usize) {
+    /// Reads the results of a `recvmmsg` of `n` messages; returns how many were cut
+    /// short.
+    fn parse(&mut self, n: usize) -> u64 {
+        let mut truncated = 0;
         self.msgs.clear();
         self.next = 0;
         self.next_off = 0;
@@ -768,7 +794,7 @@ impl Rx {
                 }
             }
             if mh.msg_flags & libc::MSG_TRUNC != 0 {
-                self.truncated += 1;
+                truncated += 1;
                 if seg == 0 {
                     continue; // cut short: nothing of it can be delivered whole
                 }
@@ -784,6 +810,7 @@ impl Rx {
                 name_len: mh.msg_namelen as usize,
             });
         }
+        truncated
     }
 }
 

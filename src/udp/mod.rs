@@ -32,7 +32,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{SendError, UdpBatch};
+pub use batch::{SendError, Stats, UdpBatch};
 pub use sys::{host_string, parse_host};
 
 use std::fmt;

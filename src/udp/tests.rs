@@ -121,6 +121,15 @@ fn gso_send_gro_receive_as_root() {
         assert_eq!(rx.fill(b.as_fd(), 64, soon()), Ok(45));
         assert_eq!(rx.pending_reads(), 1);
         expect_all(&mut rx, &b, &lens, 64);
+        let (t, r) = (tx.stats(), rx.stats());
+        assert_eq!(
+            (t.send_calls, t.send_messages, t.send_datagrams),
+            (1, 1, 45)
+        );
+        assert_eq!(
+            (r.recv_calls, r.recv_messages, r.recv_datagrams),
+            (1, 1, 45)
+        );
     });
 }
 
@@ -347,7 +356,7 @@ fn segment_above_mtu_falls_back_as_root() {
         );
         assert!(tx.gso());
         assert_eq!(
-            tx.fallbacks(),
+            tx.stats().fallbacks,
             1,
             "the 2000-byte run was refused, the others not"
         );
