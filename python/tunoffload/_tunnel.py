@@ -535,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_s": times.user + times.system,
             "udp_gso": bool(getattr(udp_tx, "gso", False)),
             "udp_gro": bool(getattr(udp_rx, "gro", False)),
+            # UdpSocket's own counters (system calls, messages, datagrams), when in use
+            "udp_stats_tx": dict(getattr(udp_tx, "stats", {})),
+            "udp_stats_rx": dict(getattr(udp_rx, "stats", {})),
             "errors": errors,
         }
         for name in ("dropped_forged", "dropped_replayed", "dropped_malformed"):
