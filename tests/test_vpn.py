@@ -438,11 +438,11 @@ def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
 
 
 @needs_netns
-def test_sigterm_stops_both_ends_cleanly(tmp_path: Path):
+def test_sigterm_and_sigint_stop_an_end_cleanly(tmp_path: Path):
     with _tunnel(tmp_path) as t:
         peers = [t.a, t.b]
-        for p in peers:
-            p.proc.send_signal(signal.SIGTERM)
+        for p, sig in zip(peers, (signal.SIGTERM, signal.SIGINT)):
+            p.proc.send_signal(sig)
         for p in peers:
             assert p.proc.wait(timeout=15) == 0, p.log.read_text()
             final = json.loads(p.stats_file.read_text())
