@@ -4,8 +4,6 @@ The engine (checksums, the virtio header, GSO splitting and GRO coalescing) is R
 this package re-exports it. See ``help(tunoffload.gso_split)`` and the README.
 """
 
-from __future__ import annotations
-
 from tunoffload._native import (
     IDEAL_BATCH_SIZE,
     UDP_MAX_SEGMENTS,
