@@ -33,7 +33,9 @@ OFFLOAD = (
 MTU = 9000
 SENTINEL_PORT = 9
 SENTINEL_MAGIC = b"tunoffload-oracle-sentinel:"
-CASE_TIMEOUT = 2.0  # seconds to wait for one case's sentinel
+# A hang guard, not a measurement: the sentinel comes within milliseconds; if it never
+# does, the case fails with a clear message instead of hanging the suite.
+CASE_TIMEOUT = 30.0
 
 TEST_ADDRS = {
     (bytes([10, 11, 0, 2]), bytes([10, 12, 0, 2])),
@@ -232,7 +234,6 @@ def run_case(oracle: KernelOracle, case: P.Case) -> tuple[str, str]:
 
 
 N_RANDOM = 1000
-RANDOM_BUDGET = 30.0  # seconds; bounds the loop (the count assertion has a wide margin)
 
 
 def test_kernel_oracle_random(oracle, seed):
@@ -240,10 +241,7 @@ def test_kernel_oracle_random(oracle, seed):
     failures: list[str] = []
     dropped: list[P.Case] = []
     ran = 0
-    deadline = time.monotonic() + RANDOM_BUDGET
     for _ in range(N_RANDOM):
-        if time.monotonic() > deadline:
-            break
         case = P.random_case(rng, mtu=MTU)
         status, msg = run_case(oracle, case)
         ran += 1
@@ -259,7 +257,7 @@ def test_kernel_oracle_random(oracle, seed):
     assert len(dropped) <= max(3, ran // 40), (
         f"too many cases skipped by the kernel: {len(dropped)}"
     )
-    assert ran >= 300
+    assert ran == N_RANDOM
 
 
 def _crafted() -> list[P.Case]:
