@@ -821,24 +821,28 @@ mod tests {
         assert!(check_mtu(65536).is_err());
     }
 
-    /// Runs only as root (with /dev/net/tun); otherwise passes without doing anything.
-    /// Works in a private network namespace, on a thread of its own so that the
-    /// namespace goes away with the thread.
+    /// Needs root and /dev/net/tun (ignored otherwise, see build.rs). Works in a private
+    /// network namespace, on a thread of its own so that the namespace goes away with
+    /// the thread.
     #[test]
+    #[cfg_attr(
+        not(tunoffload_root_tests),
+        ignore = "needs root and /dev/net/tun (run cargo test as root)"
+    )]
     fn open_configure_read_write() {
+        crate::testsupport::require_root();
         std::thread::spawn(open_configure_read_write_in_new_netns)
             .join()
             .expect("test thread");
     }
 
     fn open_configure_read_write_in_new_netns() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-            return;
-        }
         // SAFETY: unshare on this thread only affects this thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return;
+            panic!(
+                "unshare(CLONE_NEWNET) as root: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let tun = Tun::open(&TunOptions {
             offload: true,
