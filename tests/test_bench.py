@@ -13,16 +13,16 @@ from _netns import can_use_netns
 pytestmark = pytest.mark.skipif(can_use_netns() is not None, reason=str(can_use_netns()))
 
 
-def _netns_list() -> set[str]:
-    """The benchmark's own namespaces (others may come and go on a shared machine)."""
+def _netns_of(pid: int) -> set[str]:
+    """The namespaces the benchmark process `pid` made (tunoff-bench-{a,b}-<pid>-<tag>);
+    other benchmarks and tests may create and delete theirs meanwhile on a shared machine."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    return {n for n in names if n.startswith("tunoff-bench-")}
+    return {n for n in names if n.startswith((f"tunoff-bench-a-{pid}-", f"tunoff-bench-b-{pid}-"))}
 
 
 def test_bench_json_forwards_super_packets_and_cleans_up():
-    before = _netns_list()
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -38,12 +38,18 @@ def test_bench_json_forwards_super_packets_and_cleans_up():
             "plain",
             "--no-iperf",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert r.returncode == 0, r.stderr
-    rows = {(x["mode"], x["traffic"]): x for x in json.loads(r.stdout)}
+    try:
+        stdout, stderr = proc.communicate(timeout=120)  # a hang guard
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    rows = {(x["mode"], x["traffic"]): x for x in json.loads(stdout)}
     split, plain = rows[("split+coalesce", "TCP")], rows[("plain", "TCP")]
     udp = rows[("split+coalesce", "UDP")]
     for row in (split, plain, udp):
@@ -55,7 +61,7 @@ def test_bench_json_forwards_super_packets_and_cleans_up():
     assert split["pkts_per_read_ab"] > 4 and split["pkts_per_write_ab"] > 4
     assert plain["pkts_per_read_ab"] == 1.0
     assert udp["pkts_per_read_ab"] > 4  # UDP_SEGMENT traffic arrives as USO super-packets
-    assert _netns_list() == before
+    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"
 
 
 def test_bench_table_and_help():
