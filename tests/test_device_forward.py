@@ -234,7 +234,7 @@ def _collect(rx: socket.socket, expect: int, deadline: float) -> list[bytes]:
     while len(got) < expect and time.monotonic() < deadline:
         try:
             got.append(rx.recv(70000))
-        except socket.timeout:
+        except TimeoutError:
             break
     return got
 

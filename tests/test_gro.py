@@ -80,7 +80,7 @@ def split(hdr, pkt) -> list[bytes]:
 
 def assert_untouched(out, pkts):
     assert len(out) == len(pkts), f"expected {len(pkts)} packets written, got {len(out)}"
-    for (h, p), orig in zip(out, pkts):
+    for (h, p), orig in zip(out, pkts, strict=True):
         assert bytes(h) == ZERO_HDR, f"non-coalesced packet needs a GSO_NONE header, got {h!r}"
         assert p == orig
 
@@ -198,10 +198,10 @@ def test_interleaved_flows():
     b = tcp_flow(6, True, sport=2222)
     c = udp_flow(6, False, sport=3333)
     d = tcp_flow(6, False, sport=1111, ack=0x999)  # same 4-tuple as a, other ACK: other flow
-    pkts = [x for quad in zip(a, b, c, d) for x in quad]
+    pkts = [x for quad in zip(a, b, c, d, strict=True) for x in quad]
     out = gro(pkts)
     assert len(out) == 4
-    for (h, pkt), orig in zip(out, (a, b, c, d)):
+    for (h, pkt), orig in zip(out, (a, b, c, d), strict=True):
         check_coalesced(h, pkt, orig)
 
 

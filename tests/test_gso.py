@@ -349,7 +349,7 @@ def test_checksum_field_is_adjusted_not_recomputed(v6, proto, gso):
     assert segs == P.kernel_gso(odd, h)
     proper = P.kernel_gso(sup, h)
     assert len(segs) == len(proper)
-    for a, b in zip(segs, proper):
+    for a, b in zip(segs, proper, strict=True):
         assert a[:at] == b[:at] and a[at + 2 :] == b[at + 2 :]
         assert a[at : at + 2] != b[at : at + 2], "checksum recomputed from the addresses"
 

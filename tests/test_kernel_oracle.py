@@ -222,7 +222,7 @@ def run_case(oracle: KernelOracle, case: P.Case) -> tuple[str, str]:
         STATS["identical"] += 1
         return "identical", case.desc
     msg = f"[mismatch] {case.desc}: engine {len(mine)} segments, kernel {len(kn)}"
-    for i, (a, b) in enumerate(zip(mine, kn)):
+    for i, (a, b) in enumerate(zip(mine, kn, strict=False)):
         if a != b:
             msg += f"; first differing segment {i}: {describe_diff(a, b)}"
             break

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tunoffload._native import GroTable, TunDevice
 
