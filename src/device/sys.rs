@@ -5,10 +5,11 @@
 //! `<linux/sockios.h>`, `<linux/if.h>`, `<linux/if_arp.h>`). The ioctl numbers in
 //! particular must not be written out by hand: `_IOW`/`_IOR` encode the direction and the
 //! argument size differently per architecture (powerpc, mips and sparc use other bits
-//! than x86_64 and aarch64), and `libc` computes them with each target's encoding. Every
-//! constant this module needs is in `libc` >= 0.2.150 (`TUNGETDEVNETNS` is the newest),
-//! so nothing here is computed locally; a constant `libc` lacks would have to be built
-//! with the same per-architecture `_IOW`-style encoding, never as a literal.
+//! than x86_64 and aarch64), and `libc` computes them with each target's `_IOC` encoding
+//! (since 0.2.172 on every Linux architecture). Every constant this module needs is in
+//! the `libc` that Cargo.toml asks for (0.2.191), so nothing here is computed locally; a
+//! constant `libc` lacked would have to be built with the same per-architecture
+//! `_IOW`-style encoding, never written as a literal.
 //!
 //! The names keep the types the rest of `src/device/` uses (`c_ulong` requests, `i16`
 //! interface flags, `c_ulong` offload bits); the casts below only change the type.
