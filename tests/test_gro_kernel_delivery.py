@@ -117,7 +117,7 @@ def test_udp_datagrams_arrive_in_order(setup):
             try:
                 if rx.recv(100) == b"probe":
                     break
-            except TimeoutError:  # TimeoutError from 3.10 on
+            except TimeoutError:  # socket.timeout is an alias of it from 3.10 on
                 assert time.monotonic() < deadline, "the probe never arrived"
         writes = write_coalesced(dev, pkts)
         assert writes < len(pkts) // 10, f"{writes} writes for {len(pkts)} datagrams"
