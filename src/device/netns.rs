@@ -532,4 +532,79 @@ mod tests {
         .join()
         .expect("test thread");
     }
+
+    fn ip(args: &[&str]) -> bool {
+        std::process::Command::new("ip")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `ip netns del` on drop.
+    struct Named(String);
+
+    impl Drop for Named {
+        fn drop(&mut self) {
+            ip(&["netns", "del", &self.0]);
+        }
+    }
+
+    /// Root and `ip` only (skips with a note on stderr otherwise). A device created in a
+    /// named namespace from a thread elsewhere, configured from there, then moved to a
+    /// second namespace with `ip link set ... netns` and followed there.
+    #[test]
+    fn device_in_a_named_netns_is_followed_after_a_move() {
+        use super::super::{parse_ifaddr, Tun, TunOptions};
+        use std::sync::Arc;
+        const TEST: &str = "device_in_a_named_netns_is_followed_after_a_move";
+        if skip_unless_root(TEST) {
+            return;
+        }
+        if !Path::new("/dev/net/tun").exists() || !ip(&["-V"]) {
+            eprintln!("{TEST}: skipped: needs /dev/net/tun and the `ip` command");
+            return;
+        }
+        let pid = std::process::id();
+        let (na, nb) = (format!("tunoff-rs-{pid}-a"), format!("tunoff-rs-{pid}-b"));
+        assert!(ip(&["netns", "add", &na]));
+        let _da = Named(na.clone());
+        assert!(ip(&["netns", "add", &nb]));
+        let _db = Named(nb.clone());
+        std::thread::spawn(move || {
+            let a = Arc::new(Netns::open(&NetnsTarget::Name(na.clone())).unwrap());
+            let b = Netns::open(&NetnsTarget::Name(nb.clone())).unwrap();
+            assert_eq!(a.name(), Some(na.as_str()));
+            let here = Netns::current().unwrap();
+            let index_in = |ns: &Netns| {
+                let _g = ns.enter_scoped().unwrap();
+                // SAFETY: a NUL-terminated name.
+                unsafe { libc::if_nametoindex(c"rsns0".as_ptr()) }
+            };
+            let tun = Tun::open(&TunOptions {
+                name: Some("rsns0".into()),
+                netns: Some(a.clone()),
+                mtu: Some(1400),
+                ..Default::default()
+            })
+            .unwrap();
+            assert!(here.is_current().unwrap());
+            assert_eq!(index_in(&a), tun.ifindex());
+            assert_eq!(index_in(&here), 0);
+            assert_eq!(tun.mtu().unwrap(), 1400);
+
+            assert!(ip(&["-n", &na, "link", "set", "rsns0", "netns", &nb]));
+            assert_eq!(index_in(&a), 0);
+            tun.set_up(true).unwrap();
+            assert!(tun.is_up().unwrap());
+            assert_eq!(index_in(&b), tun.current_ifindex().unwrap());
+            let addr = parse_ifaddr("192.0.2.1/24").unwrap();
+            tun.add_address(&addr, true).unwrap();
+            assert!(tun.addresses().unwrap().contains(&addr));
+            assert!(here.is_current().unwrap());
+        })
+        .join()
+        .expect("test thread");
+    }
 }
