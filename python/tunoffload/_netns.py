@@ -23,8 +23,9 @@ class netns:  # noqa: N801 (a context manager named like a function, as contextl
     descriptor of one. Inside the block, sockets and TUN devices the thread creates
     belong to that namespace; on leaving, normally or by an exception, the thread is back
     in the namespace it came from. Only the calling thread moves; other threads stay
-    where they are. ``with`` blocks nest (also on one ``netns`` object, and in several
-    threads at once).
+    where they are (in asyncio code every task on the loop's thread is inside while the
+    block runs: do not ``await`` in it). ``with`` blocks nest (also on one ``netns``
+    object, and in several threads at once).
 
     ``__enter__`` returns a :class:`NetnsSwitch` (``name``, ``path``, ``inode``,
     ``fileno()``, ``thread_id``, ``active``).
