@@ -403,12 +403,21 @@ pub(crate) fn in_netns<T>(
     ns: Option<&OwnedFd>,
     f: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
+    in_netns_named(ns, "the device's network namespace", f)
+}
+
+/// [`in_netns`], with `desc` naming the namespace in errors.
+pub(crate) fn in_netns_named<T>(
+    ns: Option<&OwnedFd>,
+    desc: &str,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
     let Some(ns) = ns else { return f() };
     let here = open_current()?;
     if fd_id(here.as_raw_fd())? == fd_id(ns.as_raw_fd())? {
         return f();
     }
-    setns(ns.as_raw_fd(), "the device's network namespace")?;
+    setns(ns.as_raw_fd(), desc)?;
     let r = f();
     if let Err(e) = setns(here.as_raw_fd(), "the original network namespace") {
         // As in NetnsGuard: the thread must not stay in the device's namespace.

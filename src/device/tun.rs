@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::netlink::{IfAddr, Netlink};
-use super::netns::{fd_id, in_netns, open_current, Netns};
+use super::netns::{fd_id, in_netns, in_netns_named, open_current, Netns};
 use super::sys::*;
 use super::{last_error, Error};
 
@@ -324,7 +324,9 @@ impl Tun {
             flags |= IFF_MULTI_QUEUE;
         }
         // The device is created in the namespace of the thread that opens the node.
-        let fd = in_netns(opts.netns.as_ref().map(|n| n.fd()), || {
+        let ns = opts.netns.as_deref();
+        let desc = ns.map_or("", |n| n.describe());
+        let fd = in_netns_named(ns.map(|n| n.fd()), desc, || {
             let fd = open_node()?;
             set_iff(&fd, name.as_bytes(), flags)?;
             Ok(fd)
