@@ -19,12 +19,14 @@ from tunoffload._native import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     VIRTIO_NET_HDR_LEN,
     GroTable,
+    NetnsSwitch,
     TunDevice,
     VirtioNetHdr,
     __version__,
     gso_split,
     handle_gro,
 )
+from tunoffload._netns import NetnsTarget, netns
 
 __all__ = [
     "IDEAL_BATCH_SIZE",
@@ -39,9 +41,12 @@ __all__ = [
     "VIRTIO_NET_HDR_GSO_UDP_L4",
     "VIRTIO_NET_HDR_LEN",
     "GroTable",
+    "NetnsSwitch",
+    "NetnsTarget",
     "TunDevice",
     "VirtioNetHdr",
     "__version__",
     "gso_split",
     "handle_gro",
+    "netns",
 ]
