@@ -99,20 +99,16 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
                 "gso_type GSO_UDP (UDP fragmentation offload) is not supported"
             )
         }
-        t if ecn
-            && matches!(
-                t & !VIRTIO_NET_HDR_GSO_ECN,
-                VIRTIO_NET_HDR_GSO_NONE | VIRTIO_NET_HDR_GSO_UDP_L4
-            ) =>
-        {
-            bail!(
+        // Reached only with the ECN bit: the arms above take these types without it.
+        VIRTIO_NET_HDR_GSO_NONE | VIRTIO_NET_HDR_GSO_UDP_L4 => bail!(
             EcnRefused,
-            "gso_type {t:#04x} is not a known GSO type: the ECN bit 0x80 goes only with TCP (1, 4)"
-        )
-        }
-        t => bail!(
+            "gso_type {:#04x}: the ECN bit 0x80 goes only with GSO_TCPV4 or GSO_TCPV6",
+            hdr.gso_type
+        ),
+        _ => bail!(
             UnknownGsoType,
-            "gso_type {t:#04x} is not a known GSO type (0, 1, 4, 5, optionally | 0x80 for TCP)"
+            "gso_type {:#04x} is not a known GSO type (0, 1, 4, 5, optionally | 0x80 for TCP)",
+            hdr.gso_type
         ),
     };
     let name = gso_name(hdr.gso_type);
