@@ -443,3 +443,18 @@ def test_huge_sizes_never_abort_the_process(ns, offload):
     assert lines["read(2**63-1)"] in ("BlockingIOError", "returned bytes")
     for name in ("count=2**40", "sizes=[2**64-1]", "sizes=[2**63]", "sizes=[2**63-1]"):
         assert lines[name] == "ValueError", f"{name}: {lines[name]}"
+
+
+# --- the error kinds ----------------------------------------------------------------------
+
+
+def test_error_kinds_are_exported_unique_and_documented():
+    import pathlib
+    import re
+
+    kinds = t.ERROR_KINDS
+    assert isinstance(kinds, tuple) and len(set(kinds)) == len(kinds)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", k) for k in kinds), kinds
+    api = pathlib.Path(__file__).resolve().parent.parent / "docs" / "API.md"
+    documented = set(re.findall(r"^  \| `([a-z0-9_]+)` \|", api.read_text(), re.M))
+    assert documented == set(kinds), "docs/API.md's table of kinds is not ERROR_KINDS"
