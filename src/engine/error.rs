@@ -164,6 +164,15 @@ impl Error {
         self
     }
 
+    /// The same kind and index with another message (a caller that renames a buffer in
+    /// it, say).
+    pub fn with_message(self, msg: String) -> Self {
+        Error {
+            detail: Cow::Owned(msg),
+            ..self
+        }
+    }
+
     /// Which refusal this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -245,6 +254,11 @@ mod tests {
         assert_eq!(e.kind().as_str(), "out_buf_too_small");
         assert_eq!(e.index(), Some(3));
         assert_eq!(e.to_string(), "out_bufs[3] holds 5 bytes");
+        let r = e.clone().with_message("x[3] holds 5 bytes".into());
+        assert_eq!(
+            (r.kind(), r.index(), r.message()),
+            (e.kind(), Some(3), "x[3] holds 5 bytes")
+        );
         let f = Error::fixed(ErrorKind::PacketChanged, "changed");
         assert_eq!((f.index(), f.message()), (None, "changed"));
     }
