@@ -7,6 +7,7 @@ this package re-exports it. See ``help(tunoffload.gso_split)`` and the README.
 from __future__ import annotations
 
 from tunoffload._native import (
+    ERROR_KINDS,
     IDEAL_BATCH_SIZE,
     UDP_MAX_SEGMENTS,
     VIRTIO_NET_HDR_F_DATA_VALID,
@@ -29,6 +30,7 @@ from tunoffload._native import (
 from tunoffload._netns import NetnsTarget, netns
 
 __all__ = [
+    "ERROR_KINDS",
     "IDEAL_BATCH_SIZE",
     "UDP_MAX_SEGMENTS",
     "VIRTIO_NET_HDR_F_DATA_VALID",

@@ -12,6 +12,9 @@ __version__: Final[str]
 VIRTIO_NET_HDR_LEN: Final[int]
 IDEAL_BATCH_SIZE: Final[int]
 UDP_MAX_SEGMENTS: Final[int]
+ERROR_KINDS: Final[tuple[str, ...]]
+"""Every ``kind`` an engine ``ValueError`` can carry (``err.kind``; ``err.index`` is the
+buffer or packet index, or ``None``). Names are stable; new ones may be added."""
 VIRTIO_NET_HDR_GSO_NONE: Final[int]
 VIRTIO_NET_HDR_GSO_TCPV4: Final[int]
 VIRTIO_NET_HDR_GSO_UDP: Final[int]
@@ -22,7 +25,11 @@ VIRTIO_NET_HDR_F_NEEDS_CSUM: Final[int]
 VIRTIO_NET_HDR_F_DATA_VALID: Final[int]
 
 class VirtioNetHdr:
-    """The 10-byte ``struct virtio_net_hdr``, in native byte order."""
+    """The 10-byte ``struct virtio_net_hdr``, in native byte order.
+
+    A field out of its range (``flags``/``gso_type`` 0..=255, the others 0..=65535) raises
+    ``OverflowError`` naming the field and the range; a non-int raises ``TypeError``.
+    """
 
     flags: int
     gso_type: int
