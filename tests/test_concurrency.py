@@ -316,7 +316,7 @@ class QueueForwarder:
     def __init__(self, qa: list, qb: list) -> None:
         self.errors: list[BaseException] = []
         self.threads = []
-        for a, b in zip(qa, qb):
+        for a, b in zip(qa, qb, strict=True):
             for src, dst in ((a, b), (b, a)):
                 th = threading.Thread(target=self._run, args=(src, dst), daemon=True)
                 th.start()

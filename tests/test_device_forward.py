@@ -231,7 +231,7 @@ def _collect(rx: socket.socket, expect: int) -> list[bytes]:
     while len(got) < expect:
         try:
             got.append(rx.recv(70000))
-        except socket.timeout:
+        except TimeoutError:
             break
     return got
 

@@ -5,6 +5,7 @@ this package re-exports it. See ``help(tunoffload.gso_split)`` and the README.
 """
 
 from tunoffload._native import (
+    ERROR_KINDS,
     IDEAL_BATCH_SIZE,
     UDP_MAX_SEGMENTS,
     VIRTIO_NET_HDR_F_DATA_VALID,
@@ -17,14 +18,17 @@ from tunoffload._native import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     VIRTIO_NET_HDR_LEN,
     GroTable,
+    NetnsSwitch,
     TunDevice,
     VirtioNetHdr,
     __version__,
     gso_split,
     handle_gro,
 )
+from tunoffload._netns import NetnsTarget, netns
 
 __all__ = [
+    "ERROR_KINDS",
     "IDEAL_BATCH_SIZE",
     "UDP_MAX_SEGMENTS",
     "VIRTIO_NET_HDR_F_DATA_VALID",
@@ -37,9 +41,12 @@ __all__ = [
     "VIRTIO_NET_HDR_GSO_UDP_L4",
     "VIRTIO_NET_HDR_LEN",
     "GroTable",
+    "NetnsSwitch",
+    "NetnsTarget",
     "TunDevice",
     "VirtioNetHdr",
     "__version__",
     "gso_split",
     "handle_gro",
+    "netns",
 ]

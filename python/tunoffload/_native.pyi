@@ -10,6 +10,7 @@
 #   function to the runtime `__all__`): add new names to it as well as to `__init__.py`;
 # - buffers: `Buffer` (any object with the buffer protocol) where the runtime takes one.
 
+import os
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import ClassVar, Final, final
@@ -29,11 +30,14 @@ __all__ = [
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",
     "VIRTIO_NET_HDR_F_DATA_VALID",
     "UDP_MAX_SEGMENTS",
+    "ERROR_KINDS",
     "VirtioNetHdr",
     "GroTable",
     "gso_split",
     "handle_gro",
     "TunDevice",
+    "NetnsSwitch",
+    "netns_enter",
 ]
 
 __version__: Final[str]
@@ -41,6 +45,9 @@ __version__: Final[str]
 VIRTIO_NET_HDR_LEN: Final[int]
 IDEAL_BATCH_SIZE: Final[int]
 UDP_MAX_SEGMENTS: Final[int]
+ERROR_KINDS: Final[tuple[str, ...]]
+"""Every ``kind`` an engine ``ValueError`` can carry (``err.kind``; ``err.index`` is the
+buffer or packet index, or ``None``). Names are stable; new ones may be added."""
 VIRTIO_NET_HDR_GSO_NONE: Final[int]
 VIRTIO_NET_HDR_GSO_TCPV4: Final[int]
 VIRTIO_NET_HDR_GSO_UDP: Final[int]
@@ -52,7 +59,11 @@ VIRTIO_NET_HDR_F_DATA_VALID: Final[int]
 
 @final
 class VirtioNetHdr:
-    """The 10-byte ``struct virtio_net_hdr``, in native byte order."""
+    """The 10-byte ``struct virtio_net_hdr``, in native byte order.
+
+    A field out of its range (``flags``/``gso_type`` 0..=255, the others 0..=65535) raises
+    ``OverflowError`` naming the field and the range; a non-int raises ``TypeError``.
+    """
 
     flags: int
     gso_type: int
@@ -118,6 +129,7 @@ class TunDevice:
         group: int | None = None,
         nonblocking: bool = False,
         up: bool = False,
+        netns: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int | None = None,
     ) -> TunDevice: ...
     @staticmethod
     def from_fd(fd: int, *, nonblocking: bool = False) -> TunDevice: ...
@@ -194,3 +206,26 @@ class TunDevice:
         count: int | None = None,
     ) -> int: ...
     def wait_readable(self) -> None: ...
+
+@final
+class NetnsSwitch:
+    """The calling thread's stay in a network namespace (``tunoffload.netns``)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def inode(self) -> int: ...
+    @property
+    def thread_id(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def entered_here(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def leave(self) -> None: ...
+
+def netns_enter(
+    target: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int,
+) -> NetnsSwitch: ...

@@ -25,7 +25,8 @@ Linux does).
 
 import asyncio
 import errno
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tunoffload._native import GroTable, TunDevice
 

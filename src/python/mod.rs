@@ -4,6 +4,7 @@
 pub(crate) mod buffers;
 pub(crate) mod device;
 pub(crate) mod engine;
+pub(crate) mod netns;
 
 use pyo3::prelude::*;
 
@@ -14,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     engine::register(m)?;
     device::register(m)?;
+    netns::register(m)?;
     Ok(())
 }
