@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import pytest
 import tunoffload as t
 
 # What a refusal case expects: an engine error kind (a ``ValueError`` whose ``kind`` is
 # that name) or an exception class (a ``TypeError`` for a wrong type, say).
-Want = Union[str, type[BaseException]]
+Want = str | type[BaseException]
 
 
 def refused(call: Callable[[], Any], want: Want, match: str | None = None) -> BaseException:
