@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod engine;
+pub mod udp;
 
 #[cfg(feature = "python")]
 mod python;

@@ -11,9 +11,10 @@
 # - buffers: `Buffer` (any object with the buffer protocol) where the runtime takes one.
 
 import os
+import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv6Interface
-from typing import ClassVar, Final, final
+from typing import Any, ClassVar, Final, final
 
 from typing_extensions import Buffer
 
@@ -38,6 +39,7 @@ __all__ = [
     "TunDevice",
     "NetnsSwitch",
     "netns_enter",
+    "UdpSocket",
 ]
 
 __version__: Final[str]
@@ -229,3 +231,62 @@ class NetnsSwitch:
 def netns_enter(
     target: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int,
 ) -> NetnsSwitch: ...
+
+_Address = tuple[str, int] | tuple[str, int, int] | tuple[str, int, int, int]
+
+@final
+class UdpSocket:
+    """Batched UDP on a ``socket.socket``, with the kernel's segmentation
+    (``UDP_SEGMENT``) and coalescing (``UDP_GRO``) offloads.
+
+    Wraps an ``AF_INET``/``AF_INET6`` ``SOCK_DGRAM`` socket (kept, never closed), whose
+    ``fileno()`` and ``gettimeout()`` are re-read on every call. Turns ``UDP_GRO`` on for
+    the socket unless ``gro=False``.
+    """
+
+    def __new__(cls, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> UdpSocket: ...
+    @property
+    def gso(self) -> bool:
+        """Runs of equal-size datagrams go out as ``UDP_SEGMENT`` sends."""
+    @property
+    def gro(self) -> bool:
+        """This object turned ``UDP_GRO`` on; coalesced reads are split."""
+    @property
+    def socket(self) -> socket.socket:
+        """The wrapped socket."""
+    @property
+    def family(self) -> int:
+        """``socket.AF_INET`` or ``socket.AF_INET6``."""
+    @property
+    def pending(self) -> int:
+        """Datagrams received but not yet delivered (the next ``recv_multiple`` returns
+        them first)."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``recv_calls``, ``recv_messages``, ``recv_datagrams``, ``send_calls``,
+        ``send_messages``, ``send_datagrams``, ``fallbacks``, ``truncated``."""
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once it is closed)."""
+    def recv_multiple(
+        self,
+        bufs: list[bytearray] | Sequence[Buffer],
+        sizes: list[int],
+        offset: int = 0,
+        addrs: list[Any] | None = None,
+    ) -> int:
+        """Waits for a datagram, then takes all queued ones up to ``len(bufs)``: datagram
+        *i* lands in ``bufs[i][offset:offset + sizes[i]]`` (bytearrays grow to fit);
+        ``addrs[i]`` is its sender. Returns n >= 1; the rest stay pending."""
+    def send_multiple(
+        self,
+        bufs: Sequence[Buffer],
+        offset: int = 0,
+        *,
+        sizes: Sequence[int] | None = None,
+        count: int | None = None,
+        addr: _Address | list[Any] | None = None,
+    ) -> int:
+        """Sends ``bufs[i][offset:]`` (or ``[offset:offset + sizes[i]]``) for the first
+        ``count``, in order, to ``addr`` (one, or one per datagram) or the connected peer;
+        runs of equal sizes as ``UDP_SEGMENT`` sends. Returns the count; an exception
+        carries ``datagrams_sent``."""

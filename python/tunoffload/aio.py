@@ -1,5 +1,6 @@
 """asyncio support: :class:`AsyncTunDevice`, a :class:`~tunoffload.TunDevice` whose reads
-and writes are awaited on the event loop (``loop.add_reader`` / ``loop.add_writer``).
+and writes are awaited on the event loop (``loop.add_reader`` / ``loop.add_writer``), and
+:class:`AsyncUdpSocket`, the same for a :class:`~tunoffload.UdpSocket`.
 
 ::
 
@@ -25,12 +26,13 @@ Linux does).
 
 import asyncio
 import errno
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from tunoffload._native import GroTable, TunDevice
+from tunoffload._native import GroTable, TunDevice, UdpSocket
 
-__all__ = ["AsyncTunDevice"]
+__all__ = ["AsyncTunDevice", "AsyncUdpSocket"]
 
 T = TypeVar("T")
 
@@ -149,6 +151,150 @@ class AsyncTunDevice:
         self._dev.close()
 
     async def __aenter__(self) -> "AsyncTunDevice":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _socket_closed_error() -> OSError:
+    return OSError(errno.EBADF, "the socket is closed")
+
+
+class AsyncUdpSocket:
+    """A :class:`~tunoffload.UdpSocket` for asyncio.
+
+    ``AsyncUdpSocket(sock, **kwargs)`` wraps a ``socket.socket`` (as ``UdpSocket(sock,
+    **kwargs)``) or an existing ``UdpSocket``; the socket is switched to non-blocking mode.
+    ``recv_multiple`` and ``send_multiple`` are coroutines with the arguments and results
+    of ``UdpSocket``'s: a receive that would block waits for the socket to become readable,
+    a send that would block waits for it to become writable and sends the rest of the
+    batch (so the result is always the whole count). Every other attribute (``gso``,
+    ``gro``, ``pending``, ``fileno()`` ...) is the wrapped ``UdpSocket``'s.
+
+    ``close()`` (or leaving ``async with``) makes every pending ``await`` raise
+    ``OSError(EBADF)`` and closes the socket.
+
+    ::
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 5000))
+        async with AsyncUdpSocket(sock) as udp:
+            bufs = [bytearray(2048) for _ in range(64)]
+            sizes = [0] * 64
+            n = await udp.recv_multiple(bufs, sizes)
+    """
+
+    def __init__(self, sock: socket.socket | UdpSocket, **kwargs: Any) -> None:
+        udp = sock if isinstance(sock, UdpSocket) else UdpSocket(sock, **kwargs)
+        udp.socket.setblocking(False)
+        self._udp = udp
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def udp(self) -> UdpSocket:
+        """The wrapped :class:`~tunoffload.UdpSocket`."""
+        return self._udp
+
+    @property
+    def socket(self) -> socket.socket:
+        """The wrapped ``socket.socket``."""
+        return self._udp.socket
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._udp, name)
+
+    def __repr__(self) -> str:
+        return f"<AsyncUdpSocket {self._udp!r}>"
+
+    async def _wait(self, writable: bool) -> None:
+        fd = self._udp.fileno()
+        if fd < 0:
+            raise _socket_closed_error()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        add, remove = (
+            (loop.add_writer, loop.remove_writer)
+            if writable
+            else (loop.add_reader, loop.remove_reader)
+        )
+        add(fd, ready)
+        self._waiters.add(fut)
+        try:
+            await fut
+        finally:
+            self._waiters.discard(fut)
+            if self._udp.fileno() >= 0:  # close() unregistered it already
+                remove(fd)
+
+    async def recv_multiple(
+        self,
+        bufs: Sequence[Any],
+        sizes: list[int],
+        offset: int = 0,
+        addrs: list[Any] | None = None,
+    ) -> int:
+        """Awaits a datagram, then takes what is queued, as ``UdpSocket.recv_multiple``."""
+        while True:
+            try:
+                return self._udp.recv_multiple(bufs, sizes, offset, addrs)
+            except BlockingIOError:
+                await self._wait(False)
+
+    async def send_multiple(
+        self,
+        bufs: Sequence[Any],
+        offset: int = 0,
+        *,
+        sizes: Sequence[int] | None = None,
+        count: int | None = None,
+        addr: Any = None,
+    ) -> int:
+        """Sends the whole batch as ``UdpSocket.send_multiple``, waiting for the socket to
+        become writable whenever it would block; returns the number of datagrams."""
+        n = len(bufs) if count is None else count
+        done = 0
+        while True:
+            try:
+                if done == 0:
+                    sent = self._udp.send_multiple(
+                        bufs, offset, sizes=sizes, count=count, addr=addr
+                    )
+                else:
+                    rest_addr = addr[done:n] if isinstance(addr, list) else addr
+                    sent = self._udp.send_multiple(
+                        list(bufs[done:n]),
+                        offset,
+                        sizes=None if sizes is None else list(sizes[done:n]),
+                        addr=rest_addr,
+                    )
+                return done + sent
+            except BlockingIOError as e:
+                done += int(getattr(e, "datagrams_sent", 0))
+                await self._wait(True)
+
+    def close(self) -> None:
+        """Makes pending awaits raise ``OSError(EBADF)`` and closes the socket. Idempotent."""
+        fd = self._udp.fileno()
+        for fut in list(self._waiters):
+            if not fut.done():
+                fut.set_exception(_socket_closed_error())
+        if fd >= 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
+        self._udp.socket.close()
+
+    async def __aenter__(self) -> AsyncUdpSocket:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ pub(crate) mod buffers;
 pub(crate) mod device;
 pub(crate) mod engine;
 pub(crate) mod netns;
+pub(crate) mod udp;
 
 use pyo3::prelude::*;
 
@@ -16,5 +17,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     device::register(m)?;
     netns::register(m)?;
+    udp::register(m)?;
     Ok(())
 }

@@ -1,0 +1,169 @@
+//! Batched UDP: `sendmmsg` with `UDP_SEGMENT` (segmentation offload, "GSO") and
+//! `recvmmsg` with `UDP_GRO` (coalescing offload), the outer half of a tunnel.
+//!
+//! Pure Rust, no Python: the PyO3 class in `crate::python::udp` wraps [`UdpBatch`].
+//!
+//! A [`UdpBatch`] does not own its socket: every call takes the descriptor (so a caller
+//! that re-reads it each time never uses a stale number). It owns the state that makes a
+//! batch cheap: scratch buffers for `recvmmsg`, the `mmsghdr`/`iovec`/cmsg arrays for
+//! `sendmmsg` (kept between calls, so the steady state allocates nothing), and the
+//! datagrams received but not yet delivered (*pending*: more than the caller had buffers
+//! for, or one too large for its buffer), which the next receive delivers first.
+//!
+//! ```no_run
+//! use std::net::UdpSocket;
+//! use std::os::fd::AsFd;
+//! use tunoffload::udp::{Dest, UdpBatch, Wait};
+//!
+//! let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+//! sock.connect(sock.local_addr().unwrap()).unwrap();
+//! let mut batch = UdpBatch::new(sock.as_fd()).unwrap();
+//! let data = vec![vec![7u8; 1400]; 45];
+//! // One sendmmsg, one message of 45 segments (UDP_SEGMENT 1400) where the kernel can.
+//! batch.send(sock.as_fd(), &data, Dest::Connected, Wait::Block).unwrap();
+//! let mut bufs = vec![Vec::new(); 64];
+//! let mut sizes = vec![0; 64];
+//! let n = batch.recv(sock.as_fd(), &mut bufs, &mut sizes, 0, None, Wait::Block).unwrap();
+//! assert!(n >= 1 && sizes[0] == 1400);
+//! ```
+
+mod batch;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+pub use batch::{SendError, Stats, UdpBatch};
+pub use sys::{host_string, parse_host};
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// At most this many segments go in one `UDP_SEGMENT` message (the kernel's
+/// `UDP_MAX_SEGMENTS` is 64 on older kernels and 128 on newer ones; 64 is safe on all).
+pub const MAX_SEGMENTS: usize = 64;
+/// The largest UDP payload over IPv4 (65535 - 20 - 8).
+pub const MAX_PAYLOAD_V4: usize = 65507;
+/// The largest UDP payload over IPv6 without jumbograms (65535 - 8).
+pub const MAX_PAYLOAD_V6: usize = 65527;
+/// How many `recvmmsg` slots a [`UdpBatch`] keeps (each [`SLOT_SIZE`] bytes).
+pub const RECV_SLOTS: usize = 64;
+/// The size of one receive slot: more than any UDP datagram or coalesced read.
+pub const SLOT_SIZE: usize = 65536;
+
+/// What the socket layer reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A system call failed.
+    Os { errno: i32, msg: String },
+    /// A bad argument (Python: `ValueError`); nothing was sent or consumed.
+    Invalid(String),
+    /// Datagram `index` of this call needs `offset + len = need` bytes of its buffer, which
+    /// holds `have` and cannot grow. Nothing was consumed: it is still pending.
+    BufferTooSmall {
+        index: usize,
+        need: usize,
+        have: usize,
+        reason: String,
+    },
+    /// Non-blocking, and the call would block (`EAGAIN`).
+    WouldBlock,
+    /// The deadline passed before the socket was ready.
+    Timeout,
+    /// A signal interrupted a wait (`EINTR`): check for signals, then call again.
+    Interrupted,
+}
+
+impl Error {
+    /// An `Os` error for `errno` while doing `what`.
+    pub fn from_errno(errno: i32, what: &str) -> Self {
+        Error::Os {
+            errno,
+            msg: format!("{what}: {}", crate::device::strerror(errno)),
+        }
+    }
+
+    /// The errno this error stands for, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Os { errno, .. } => Some(*errno),
+            Error::WouldBlock => Some(libc::EAGAIN),
+            Error::Timeout => Some(libc::ETIMEDOUT),
+            Error::Interrupted => Some(libc::EINTR),
+            Error::Invalid(_) | Error::BufferTooSmall { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Os { msg, .. } => f.write_str(msg),
+            Error::Invalid(msg) => f.write_str(msg),
+            Error::BufferTooSmall {
+                index,
+                need,
+                have,
+                reason,
+            } => write!(
+                f,
+                "bufs[{index}] holds {have} bytes, but its datagram needs offset + size = \
+                 {need} ({reason}); the datagram is kept for the next call"
+            ),
+            Error::WouldBlock => f.write_str("Resource temporarily unavailable"),
+            Error::Timeout => f.write_str("timed out"),
+            Error::Interrupted => f.write_str("Interrupted system call"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with the socket layer's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How long a call may wait for the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// As long as it takes (a blocking socket, `timeout=None`).
+    Block,
+    /// Not at all: [`Error::WouldBlock`] instead (a non-blocking socket, `timeout=0.0`).
+    NonBlocking,
+    /// Until this instant, then [`Error::Timeout`] (a socket timeout, computed once per
+    /// call so that retries after a signal keep the same deadline).
+    Until(Instant),
+}
+
+impl Wait {
+    /// From a socket timeout as Python has it: `None` blocks, zero does not wait.
+    pub fn from_timeout(timeout: Option<Duration>) -> Wait {
+        match timeout {
+            None => Wait::Block,
+            Some(d) if d.is_zero() => Wait::NonBlocking,
+            Some(d) => match Instant::now().checked_add(d) {
+                Some(t) => Wait::Until(t),
+                None => Wait::Block,
+            },
+        }
+    }
+}
+
+/// Where `send` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest<'a> {
+    /// The connected peer (no address in the messages).
+    Connected,
+    /// One address for every datagram.
+    One(std::net::SocketAddr),
+    /// One address per datagram (at least as many as datagrams).
+    Each(&'a [std::net::SocketAddr]),
+}
+
+impl<'a> Dest<'a> {
+    /// The same destinations for the datagrams from `start` on.
+    pub fn skip(self, start: usize) -> Dest<'a> {
+        match self {
+            Dest::Each(a) => Dest::Each(a.get(start..).unwrap_or(&[])),
+            other => other,
+        }
+    }
+}

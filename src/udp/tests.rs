@@ -1,0 +1,401 @@
+//! Socket tests against the kernel, each in a private network namespace on a thread of its
+//! own (`unshare(CLONE_NEWNET)`, `lo` brought up with `SIOCSIFFLAGS`), so the namespace
+//! goes away with the thread. They need root: without it each prints "skipped" and why
+//! to stderr and passes without checking anything (the names end in `_as_root`).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::device::sys::{IfReq, IFF_UP, SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFMTU};
+
+fn ioctl(fd: i32, req: std::ffi::c_ulong, r: &mut IfReq) {
+    // SAFETY: these interface requests take a pointer to an `ifreq`, valid for writes.
+    let rc = unsafe { libc::ioctl(fd, req as _, r as *mut IfReq) };
+    assert_eq!(rc, 0, "ioctl {req:#x}: {}", std::io::Error::last_os_error());
+}
+
+/// Brings `lo` up (and sets its MTU) in the calling thread's namespace.
+fn lo_setup(mtu: Option<i32>) {
+    let s = UdpSocket::bind("0.0.0.0:0").expect("a socket for ioctls");
+    let mut r = IfReq::new(b"lo");
+    ioctl(s.as_raw_fd(), SIOCGIFFLAGS, &mut r);
+    r.set_flags(r.flags() | IFF_UP);
+    ioctl(s.as_raw_fd(), SIOCSIFFLAGS, &mut r);
+    if let Some(mtu) = mtu {
+        let mut r = IfReq::new(b"lo");
+        r.set_int(mtu);
+        ioctl(s.as_raw_fd(), SIOCSIFMTU, &mut r);
+    }
+}
+
+/// Runs `f` in a new network namespace with `lo` up, or prints why it cannot.
+fn in_netns(name: &'static str, mtu: Option<i32>, f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("{name}: skipped: needs root for a private network namespace");
+            return;
+        }
+        // SAFETY: unshare on this thread only changes this thread's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            eprintln!(
+                "{name}: skipped: unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        lo_setup(mtu);
+        f();
+    })
+    .join()
+    .expect("test thread");
+}
+
+fn pair(host: &str) -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind(format!("{host}:0")).unwrap();
+    let b = UdpSocket::bind(format!("{host}:0")).unwrap();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    (a, b)
+}
+
+/// Datagram `i` of `len` bytes: its index, then a pattern.
+fn datagram(i: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|j| {
+            if j < 2 {
+                (i >> (8 * j)) as u8
+            } else {
+                (i * 7 + j) as u8
+            }
+        })
+        .collect()
+}
+
+fn soon() -> Wait {
+    Wait::Until(Instant::now() + Duration::from_secs(5))
+}
+
+/// Receives `lens.len()` datagrams with `batch` (in batches of `per_call`) and checks
+/// them against `datagram(i, lens[i])`.
+fn expect_all(batch: &mut UdpBatch, sock: &UdpSocket, lens: &[usize], per_call: usize) {
+    let mut got = 0;
+    let mut bufs = vec![Vec::new(); per_call];
+    let mut sizes = vec![0; per_call];
+    for _ in 0..lens.len() {
+        if got == lens.len() {
+            break;
+        }
+        let n = batch
+            .recv(sock.as_fd(), &mut bufs, &mut sizes, 3, None, soon())
+            .unwrap();
+        assert!((1..=per_call).contains(&n));
+        for i in 0..n {
+            assert_eq!(sizes[i], lens[got], "datagram {got}");
+            assert_eq!(
+                &bufs[i][3..3 + sizes[i]],
+                &datagram(got, lens[got])[..],
+                "datagram {got}"
+            );
+            got += 1;
+        }
+    }
+    assert_eq!(got, lens.len());
+}
+
+#[test]
+fn gso_send_gro_receive_as_root() {
+    in_netns("gso_send_gro_receive_as_root", None, || {
+        let (a, b) = pair("127.0.0.1");
+        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        assert!(
+            tx.gso() && rx.gro(),
+            "a 6.x kernel has UDP_SEGMENT and UDP_GRO"
+        );
+        let lens = [1400; 45];
+        let data: Vec<_> = (0..45).map(|i| datagram(i, 1400)).collect();
+        assert_eq!(tx.send(a.as_fd(), &data, Dest::Connected, soon()), Ok(45));
+        // One segmented send arrives as one coalesced read of 45 segments.
+        assert_eq!(rx.fill(b.as_fd(), 64, soon()), Ok(45));
+        assert_eq!(rx.pending_reads(), 1);
+        expect_all(&mut rx, &b, &lens, 64);
+        let (t, r) = (tx.stats(), rx.stats());
+        assert_eq!(
+            (t.send_calls, t.send_messages, t.send_datagrams),
+            (1, 1, 45)
+        );
+        assert_eq!(
+            (r.recv_calls, r.recv_messages, r.recv_datagrams),
+            (1, 1, 45)
+        );
+    });
+}
+
+#[test]
+fn mixed_sizes_in_order_as_root() {
+    in_netns("mixed_sizes_in_order_as_root", None, || {
+        let (a, b) = pair("127.0.0.1");
+        let lens = [
+            1400, 1400, 1000, 1400, 500, 500, 500, 2000, 1, 1, 65507, 0, 7, 8972, 8972, 8972,
+        ];
+        let data: Vec<_> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| datagram(i, l))
+            .collect();
+        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
+        assert_eq!(
+            tx.send(a.as_fd(), &data, Dest::Connected, soon()),
+            Ok(lens.len())
+        );
+        // A plain reader (no UDP_GRO on `b`): the kernel splits the runs itself.
+        let mut buf = vec![0; 70000];
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for (i, d) in data.iter().enumerate() {
+            let n = b.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &d[..], "datagram {i}");
+        }
+        // And the same through a coalescing reader, a few at a time.
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        assert_eq!(
+            tx.send(a.as_fd(), &data, Dest::Connected, soon()),
+            Ok(lens.len())
+        );
+        expect_all(&mut rx, &b, &lens, 5);
+    });
+}
+
+#[test]
+fn pending_across_calls_as_root() {
+    in_netns("pending_across_calls_as_root", None, || {
+        let (a, b) = pair("127.0.0.1");
+        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        let data: Vec<_> = (0..10).map(|i| datagram(i, 100)).collect();
+        tx.send(a.as_fd(), &data, Dest::Connected, soon()).unwrap();
+        let mut bufs = vec![Vec::new(); 3];
+        let mut sizes = vec![0; 3];
+        let mut seen = 0;
+        for want in [3, 3, 3, 1] {
+            let n = rx
+                .recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, soon())
+                .unwrap();
+            assert_eq!(n, want);
+            for i in 0..n {
+                assert_eq!(&bufs[i][..sizes[i]], &data[seen][..]);
+                seen += 1;
+            }
+        }
+        assert_eq!(rx.pending(), 0);
+        let r = rx.recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, Wait::NonBlocking);
+        assert_eq!(r, Err(Error::WouldBlock));
+    });
+}
+
+#[test]
+fn too_small_fixed_buffer_keeps_the_datagram_as_root() {
+    in_netns(
+        "too_small_fixed_buffer_keeps_the_datagram_as_root",
+        None,
+        || {
+            let (a, b) = pair("127.0.0.1");
+            let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+            a.send(&datagram(0, 1400)).unwrap();
+            let mut small = [0u8; 100];
+            let mut sizes = [0; 1];
+            let r = rx.recv(
+                b.as_fd(),
+                &mut [&mut small[..]],
+                &mut sizes,
+                10,
+                None,
+                soon(),
+            );
+            match r {
+                Err(Error::BufferTooSmall {
+                    index: 0,
+                    need: 1410,
+                    have: 100,
+                    ..
+                }) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(rx.pending(), 1);
+            let mut big = [0u8; 2000];
+            let n = rx.recv(b.as_fd(), &mut [&mut big[..]], &mut sizes, 10, None, soon());
+            assert_eq!(n, Ok(1));
+            assert_eq!(sizes[0], 1400);
+            assert_eq!(&big[10..1410], &datagram(0, 1400)[..]);
+            // A growable buffer grows to fit.
+            a.send(&datagram(1, 3000)).unwrap();
+            let mut bufs = vec![vec![0u8; 5]];
+            assert_eq!(
+                rx.recv(b.as_fd(), &mut bufs, &mut sizes, 10, None, soon()),
+                Ok(1)
+            );
+            assert_eq!(bufs[0].len(), 3010);
+            assert_eq!(&bufs[0][10..], &datagram(1, 3000)[..]);
+        },
+    );
+}
+
+#[test]
+fn waits_end_as_root() {
+    in_netns("waits_end_as_root", None, || {
+        let (_a, b) = pair("127.0.0.1");
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        let mut bufs = vec![Vec::new(); 4];
+        let mut sizes = vec![0; 4];
+        let r = rx.recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, Wait::NonBlocking);
+        assert_eq!(r, Err(Error::WouldBlock));
+        let t0 = Instant::now();
+        let wait = Wait::Until(t0 + Duration::from_millis(30));
+        let r = rx.recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, wait);
+        assert_eq!(r, Err(Error::Timeout));
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+    });
+}
+
+#[test]
+fn ipv6_unconnected_with_addresses_as_root() {
+    in_netns("ipv6_unconnected_with_addresses_as_root", None, || {
+        let a = UdpSocket::bind("[::1]:0").unwrap();
+        let b = UdpSocket::bind("[::1]:0").unwrap();
+        let c = UdpSocket::bind("[::1]:0").unwrap();
+        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
+        let mut tx_c = UdpBatch::new(c.as_fd()).unwrap();
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        let to = b.local_addr().unwrap();
+        let lens = [65527, 1200, 1200, 1200, 100];
+        let data: Vec<_> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| datagram(i, l))
+            .collect();
+        assert_eq!(tx.send(a.as_fd(), &data, Dest::One(to), soon()), Ok(5));
+        let more = [datagram(5, 10)];
+        assert_eq!(
+            tx_c.send(c.as_fd(), &more, Dest::Each(&[to]), soon()),
+            Ok(1)
+        );
+        let mut bufs = vec![Vec::new(); 8];
+        let mut sizes = vec![0; 8];
+        let mut addrs = vec![None; 8];
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            if got.len() == 6 {
+                break;
+            }
+            let n = rx
+                .recv(
+                    b.as_fd(),
+                    &mut bufs,
+                    &mut sizes,
+                    0,
+                    Some(&mut addrs),
+                    soon(),
+                )
+                .unwrap();
+            for i in 0..n {
+                got.push((bufs[i][..sizes[i]].to_vec(), addrs[i]));
+            }
+        }
+        let want: Vec<_> = data
+            .iter()
+            .map(|d| (d.clone(), Some(a.local_addr().unwrap())))
+            .chain([(more[0].clone(), Some(c.local_addr().unwrap()))])
+            .collect();
+        assert_eq!(got, want);
+        // Over the limit: refused before anything is sent.
+        let big = [vec![0u8; 65528]];
+        let r = tx.send(a.as_fd(), &big, Dest::One(to), soon());
+        assert!(
+            matches!(
+                r,
+                Err(SendError {
+                    sent: 0,
+                    error: Error::Invalid(_)
+                })
+            ),
+            "{r:?}"
+        );
+        let v4: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let r = tx.send(a.as_fd(), &[vec![0u8; 65508]], Dest::One(v4), soon());
+        assert!(
+            matches!(
+                r,
+                Err(SendError {
+                    sent: 0,
+                    error: Error::Invalid(_)
+                })
+            ),
+            "{r:?}"
+        );
+    });
+}
+
+/// With `lo` at MTU 1500, segments of 2000 bytes are refused (EINVAL): each run falls back
+/// to plain datagrams, which IPv4 fragments; every datagram arrives, and GSO stays on.
+#[test]
+fn segment_above_mtu_falls_back_as_root() {
+    in_netns("segment_above_mtu_falls_back_as_root", Some(1500), || {
+        let (a, b) = pair("127.0.0.1");
+        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        let lens = [2000, 2000, 2000, 1000, 1000, 1000, 500];
+        let data: Vec<_> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| datagram(i, l))
+            .collect();
+        assert_eq!(
+            tx.send(a.as_fd(), &data, Dest::Connected, soon()),
+            Ok(lens.len())
+        );
+        assert!(tx.gso());
+        assert_eq!(
+            tx.stats().fallbacks,
+            1,
+            "the 2000-byte run was refused, the others not"
+        );
+        expect_all(&mut rx, &b, &lens, 64);
+    });
+}
+
+#[test]
+fn address_text_forms() {
+    let p = |h: &str, f| parse_host(h, f);
+    assert_eq!(
+        p("127.0.0.1", libc::AF_INET).unwrap().0.to_string(),
+        "127.0.0.1"
+    );
+    assert_eq!(p("", libc::AF_INET6).unwrap().0.to_string(), "::");
+    assert_eq!(
+        p("<broadcast>", libc::AF_INET).unwrap().0.to_string(),
+        "255.255.255.255"
+    );
+    assert_eq!(p("fe80::1%7", libc::AF_INET6).unwrap().1, Some(7));
+    assert!(matches!(
+        p("example.com", libc::AF_INET),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        p("fe80::1%no-such-if0", libc::AF_INET6),
+        Err(Error::Invalid(_))
+    ));
+    let a: SocketAddr = "[::ffff:1.2.3.4]:5".parse().unwrap();
+    assert_eq!(host_string(&a), "::ffff:1.2.3.4");
+    let a: SocketAddr = "[2001:db8::1]:5".parse().unwrap();
+    assert_eq!(host_string(&a), "2001:db8::1");
+    let a = SocketAddr::V6(std::net::SocketAddrV6::new(
+        "2001:db8::1".parse().unwrap(),
+        5,
+        0,
+        3,
+    ));
+    assert_eq!(host_string(&a), "2001:db8::1%3");
+    let a: SocketAddr = "10.1.2.3:5".parse().unwrap();
+    assert_eq!(host_string(&a), "10.1.2.3");
+}

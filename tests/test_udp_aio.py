@@ -1,0 +1,115 @@
+"""tunoffload.aio.AsyncUdpSocket under the default asyncio event loop, on loopback in a
+network namespace of the test's own (root needed; skips otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+
+import pytest
+import tunoffload as t
+from _netns import Netns
+from test_udp import dgram
+from tunoffload.aio import AsyncUdpSocket
+
+_reason = None
+if os.geteuid() != 0:
+    _reason = "needs root (CAP_NET_ADMIN) to create a network namespace"
+elif shutil.which("ip") is None:
+    _reason = "the `ip` command (iproute2) is missing"
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    b.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: room for every test
+    a.connect(b.getsockname())
+    return a, b
+
+
+def test_recv_waits_then_takes_the_batch() -> None:
+    with Netns("tunoff-udpaio") as ns, ns.entered():
+        a, b = _pair()
+
+        async def main() -> None:
+            ua, ub = AsyncUdpSocket(a), AsyncUdpSocket(b)
+            assert not b.getblocking() and ub.gso and ub.gro
+            bufs = [bytearray(1500) for _ in range(64)]
+            sizes = [0] * 64
+            addrs: list[object] = [None] * 64
+            task = asyncio.ensure_future(ub.recv_multiple(bufs, sizes, 4, addrs))
+            await asyncio.sleep(0.02)
+            assert not task.done()  # waiting on the loop, not in a thread
+            data = [dgram(i, 1400) for i in range(20)]
+            assert await ua.send_multiple(data) == 20
+            n = await asyncio.wait_for(task, 5)
+            got = [bytes(bufs[i][4 : 4 + sizes[i]]) for i in range(n)]
+            while len(got) < 20:
+                n = await asyncio.wait_for(ub.recv_multiple(bufs, sizes, 4, addrs), 5)
+                got += [bytes(bufs[i][4 : 4 + sizes[i]]) for i in range(n)]
+            assert got == data
+            assert addrs[0] == a.getsockname()
+
+        asyncio.run(main())
+        a.close()
+        b.close()
+
+
+def test_send_resumes_after_would_block() -> None:
+    if shutil.which("tc") is None:
+        pytest.skip("tc (iproute2) is missing")
+    with Netns("tunoff-udpaio") as ns, ns.entered():
+        r = ns.run("tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "40mbit",
+                   "burst", "2000", "limit", "10000000", check=False)  # fmt: skip
+        if r.returncode != 0:
+            pytest.skip(f"no tbf qdisc here: {r.stderr.strip()}")
+        a, b = _pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.settimeout(5)
+        data = [dgram(i, 1000) for i in range(200)]
+
+        waits = []
+
+        class Counting(AsyncUdpSocket):
+            async def _wait(self, writable: bool) -> None:
+                waits.append(writable)
+                await super()._wait(writable)
+
+        async def main() -> int:
+            ua = Counting(t.UdpSocket(a, gso=False))
+            return await asyncio.wait_for(ua.send_multiple(data), 10)
+
+        assert asyncio.run(main()) == 200
+        assert waits and all(waits)  # it did wait for the socket to become writable
+        assert [b.recv(2000) for _ in range(200)] == data
+        a.close()
+        b.close()
+
+
+def test_close_wakes_pending_awaits() -> None:
+    with Netns("tunoff-udpaio") as ns, ns.entered():
+        a, b = _pair()
+
+        async def main() -> None:
+            ub = AsyncUdpSocket(b)
+            task = asyncio.ensure_future(ub.recv_multiple([bytearray(10)], [0]))
+            await asyncio.sleep(0.02)
+            assert not task.done()
+            ub.close()
+            with pytest.raises(OSError) as ei:
+                await asyncio.wait_for(task, 2)
+            assert ei.value.errno == errno.EBADF
+            assert b.fileno() == -1  # close() closes the socket
+            ub.close()  # idempotent
+            with pytest.raises(OSError) as ei:
+                await ub.recv_multiple([bytearray(10)], [0])
+            assert ei.value.errno == errno.EBADF
+
+        asyncio.run(main())
+        a.close()
