@@ -239,7 +239,10 @@ def main() -> None:
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     for j, line in enumerate(cells):
         print(
-            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
         )
         if j == 0:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))

@@ -6,15 +6,21 @@ Runs anywhere (no device, no root): python examples/quickstart.py
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 import tunoffload as t
 
+if TYPE_CHECKING:  # collections.abc.Buffer from Python 3.12 on
+    from typing_extensions import Buffer
 
-def csum_fold(data: bytes, start: int = 0) -> int:
+
+def csum_fold(data: Buffer, start: int = 0) -> int:
+    """The folded 16-bit ones' complement sum of any bytes-like ``data``."""
     s = start
-    if len(data) % 2:
-        data += b"\0"
-    for (w,) in struct.iter_unpack("!H", data):
+    words = bytes(data)
+    if len(words) % 2:
+        words += b"\0"
+    for (w,) in struct.iter_unpack("!H", words):
         s += w
     while s > 0xFFFF:
         s = (s & 0xFFFF) + (s >> 16)

@@ -10,3 +10,28 @@ pub mod udp;
 
 #[cfg(feature = "python")]
 mod python;
+
+/// Helpers shared by the unit tests of every module.
+#[cfg(test)]
+pub(crate) mod testsupport {
+    /// The first call of every root-only test (those marked
+    /// `#[cfg_attr(not(tunoffload_root_tests), ignore = "...")]`, see build.rs). Panics if
+    /// this process is not root or `/dev/net/tun` is missing: a test binary built as root
+    /// but run as another user (or `--ignored` as a user) fails loudly instead of passing
+    /// without testing anything.
+    pub fn require_root() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert!(
+            euid == 0,
+            "this test needs root, but runs with effective uid {euid} (a test binary built \
+             as root, where build.rs enables the root tests, run as another user; or \
+             --ignored without root): run cargo test as root, or build and run it as this \
+             user to have these tests ignored"
+        );
+        assert!(
+            std::path::Path::new("/dev/net/tun").exists(),
+            "this test needs /dev/net/tun (modprobe tun), which is missing"
+        );
+    }
+}

@@ -16,6 +16,7 @@ import sys
 import packets as P
 import pytest
 import tunoffload as t
+from _kinds import refused
 from _netns import Netns, can_use_netns
 
 ENGINE_ERRORS = (ValueError, TypeError, OverflowError, BufferError)
@@ -38,16 +39,27 @@ def resizable(b: bytearray) -> None:
 # --- VirtioNetHdr ----------------------------------------------------------------------
 
 
+FIELD_MAX = {"flags": 255, "gso_type": 255}
+
+
 @pytest.mark.parametrize("field", P.HDR_FIELDS)
 @pytest.mark.parametrize("value", [*NEGATIVE, 256, 65536, *HUGE, 1.5, "1", None, b"\x01", [1]])
 def test_hdr_fields_out_of_range_or_wrong_type(field, value):
-    if value == 256 and field not in ("flags", "gso_type"):
+    top = FIELD_MAX.get(field, 65535)
+    if value == 256 and top > 256:
         value = 65536  # 256 fits the u16 fields
-    with pytest.raises((ValueError, OverflowError, TypeError)):
-        t.VirtioNetHdr(**{field: value})
+    if isinstance(value, int):
+        # OverflowError for every field, naming it and its range.
+        want: type[BaseException] = OverflowError
+        match = f"^{field} must be in 0..={top}, got {value}$"
+    else:
+        want, match = (
+            TypeError,
+            f"^{field} must be an int in 0..={top}, not {type(value).__name__}$",
+        )
+    refused(lambda: t.VirtioNetHdr(**{field: value}), want, match)
     h = t.VirtioNetHdr()
-    with pytest.raises((ValueError, OverflowError, TypeError)):
-        setattr(h, field, value)
+    refused(lambda: setattr(h, field, value), want, match)
     assert h == t.VirtioNetHdr(), "a failed assignment changed the header"
     with pytest.raises((AttributeError, TypeError)):
         delattr(h, field)
@@ -58,8 +70,9 @@ def test_hdr_decode_and_encode_bad_buffers():
         with pytest.raises(TypeError):
             t.VirtioNetHdr.decode(bad)
     for short in (b"", b"\0" * 9, bytearray(9), memoryview(b"\0" * 20)[:9]):
-        with pytest.raises(ValueError):
-            t.VirtioNetHdr.decode(short)
+        refused(
+            lambda s=short: t.VirtioNetHdr.decode(s), "virtio_hdr_too_short", f"got {len(short)}$"
+        )
     # Non-contiguous: refused, not misread.
     with pytest.raises(ENGINE_ERRORS):
         t.VirtioNetHdr.decode(memoryview(bytes(40))[::2])
@@ -71,8 +84,7 @@ def test_hdr_decode_and_encode_bad_buffers():
         with pytest.raises((TypeError, BufferError)):
             h.encode(read_only)
     for short in (bytearray(9), memoryview(bytearray(20))[:9]):
-        with pytest.raises(ValueError):
-            h.encode(short)
+        refused(lambda s=short: h.encode(s), "virtio_hdr_too_short")
         assert bytes(short) == bytes(len(short))
     with pytest.raises(ENGINE_ERRORS):
         h.encode(memoryview(bytearray(40))[::2])
@@ -94,45 +106,65 @@ def test_hdr_decode_and_encode_bad_buffers():
 @pytest.mark.parametrize("out_offset", [*NEGATIVE, *HUGE, 1.0, "0", None])
 def test_gso_split_bad_out_offset(out_offset):
     o = outs()
-    with pytest.raises((ValueError, OverflowError, TypeError)):
-        t.gso_split(SUP, HDR, o, [0] * 4, out_offset)
+    if not isinstance(out_offset, int):
+        want: object = TypeError
+    elif out_offset < -(2**63) or out_offset >= 2**63:
+        want = OverflowError  # beyond the C integer type
+    else:
+        want = "negative_argument" if out_offset < 0 else "out_buf_too_small"
+    refused(lambda: t.gso_split(SUP, HDR, o, [0] * 4, out_offset), want)  # type: ignore[arg-type]
     assert all(b == bytearray(2000) for b in o)
 
 
-def test_gso_split_bad_arguments():
+# (name, call, what it raises: an engine error kind or an exception class)
+GSO_SPLIT_BAD_ARGUMENTS = [
+    ("is_v6 not a bool", lambda s: t.gso_split(SUP, HDR, outs(), s, 0, "yes"), TypeError),
+    ("is_v6 wrong", lambda s: t.gso_split(SUP, HDR, outs(), s, 0, True), "ip_version_mismatch"),
+    ("sizes a tuple", lambda s: t.gso_split(SUP, HDR, outs(), (0, 0, 0, 0)), TypeError),
+    ("sizes too short", lambda s: t.gso_split(SUP, HDR, outs(), [0, 0]), "sizes_too_short"),
+    ("sizes empty", lambda s: t.gso_split(SUP, HDR, outs(), []), "sizes_too_short"),
+    ("out_bufs a generator", lambda s: t.gso_split(SUP, HDR, (b for b in outs()), s), TypeError),
+    ("out_bufs a dict", lambda s: t.gso_split(SUP, HDR, {0: bytearray(2000)}, s), TypeError),
+    ("out_bufs empty", lambda s: t.gso_split(SUP, HDR, [], s), "too_few_out_bufs"),
+    ("out_bufs bytes", lambda s: t.gso_split(SUP, HDR, [b"\0" * 2000] * 4, s), BufferError),
+    (
+        "out_bufs read-only view",
+        lambda s: t.gso_split(
+            SUP, HDR, [memoryview(bytearray(2000)).toreadonly() for _ in range(4)], s
+        ),
+        BufferError,
+    ),
+    (
+        "out_bufs strided",
+        lambda s: t.gso_split(SUP, HDR, [memoryview(bytearray(4000))[::2] for _ in range(4)], s),
+        BufferError,
+    ),
+    ("out_bufs str", lambda s: t.gso_split(SUP, HDR, ["x" * 2000] * 4, s), TypeError),
+    ("out_bufs None", lambda s: t.gso_split(SUP, HDR, [None] * 4, s), TypeError),
+    ("out_bufs too small", lambda s: t.gso_split(SUP, HDR, outs(4, 100), s), "out_buf_too_small"),
+    ("packet str", lambda s: t.gso_split("x" * 100, HDR, outs(), s), TypeError),
+    (
+        "packet strided",
+        lambda s: t.gso_split(memoryview(SUP * 2)[::2], HDR, outs(), s),
+        BufferError,
+    ),
+    ("packet huge", lambda s: t.gso_split(bytes(1 << 20), HDR, outs(), s), "bad_ip_version"),
+    ("packet empty", lambda s: t.gso_split(b"", HDR, outs(), s), "empty_packet"),
+    ("hdr a dict", lambda s: t.gso_split(SUP, dict(H), outs(), s), TypeError),
+    ("hdr bytes", lambda s: t.gso_split(SUP, bytes(HDR), outs(), s), TypeError),
+    ("missing arguments", lambda s: t.gso_split(SUP, HDR), TypeError),
+    ("unknown keyword", lambda s: t.gso_split(SUP, HDR, outs(), s, offset=0), TypeError),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "call", "want"), GSO_SPLIT_BAD_ARGUMENTS, ids=[c[0] for c in GSO_SPLIT_BAD_ARGUMENTS]
+)
+def test_gso_split_bad_arguments(name, call, want):
     sizes = [0] * 4
-    cases = {
-        "is_v6 not a bool": lambda: t.gso_split(SUP, HDR, outs(), sizes, 0, "yes"),
-        "is_v6 wrong": lambda: t.gso_split(SUP, HDR, outs(), sizes, 0, True),
-        "sizes a tuple": lambda: t.gso_split(SUP, HDR, outs(), (0, 0, 0, 0)),
-        "sizes too short": lambda: t.gso_split(SUP, HDR, outs(), [0, 0]),
-        "sizes empty": lambda: t.gso_split(SUP, HDR, outs(), []),
-        "out_bufs a generator": lambda: t.gso_split(SUP, HDR, (b for b in outs()), sizes),
-        "out_bufs a dict": lambda: t.gso_split(SUP, HDR, {0: bytearray(2000)}, sizes),
-        "out_bufs empty": lambda: t.gso_split(SUP, HDR, [], sizes),
-        "out_bufs bytes": lambda: t.gso_split(SUP, HDR, [b"\0" * 2000] * 4, sizes),
-        "out_bufs read-only view": lambda: t.gso_split(
-            SUP, HDR, [memoryview(bytearray(2000)).toreadonly() for _ in range(4)], sizes
-        ),
-        "out_bufs strided": lambda: t.gso_split(
-            SUP, HDR, [memoryview(bytearray(4000))[::2] for _ in range(4)], sizes
-        ),
-        "out_bufs str": lambda: t.gso_split(SUP, HDR, ["x" * 2000] * 4, sizes),
-        "out_bufs None": lambda: t.gso_split(SUP, HDR, [None] * 4, sizes),
-        "out_bufs too small": lambda: t.gso_split(SUP, HDR, outs(4, 100), sizes),
-        "packet str": lambda: t.gso_split("x" * 100, HDR, outs(), sizes),
-        "packet strided": lambda: t.gso_split(memoryview(SUP * 2)[::2], HDR, outs(), sizes),
-        "packet huge": lambda: t.gso_split(bytes(1 << 20), HDR, outs(), sizes),
-        "packet empty": lambda: t.gso_split(b"", HDR, outs(), sizes),
-        "hdr a dict": lambda: t.gso_split(SUP, dict(H), outs(), sizes),
-        "hdr bytes": lambda: t.gso_split(SUP, bytes(HDR), outs(), sizes),
-        "missing arguments": lambda: t.gso_split(SUP, HDR),
-        "unknown keyword": lambda: t.gso_split(SUP, HDR, outs(), sizes, offset=0),
-    }
-    for name, call in cases.items():
-        with pytest.raises(ENGINE_ERRORS):
-            call()
-            pytest.fail(f"{name}: accepted")
+    e = refused(lambda: call(sizes), want)
+    if isinstance(e, (TypeError, BufferError)):
+        assert "Error: " not in str(e), "the message repeats an exception's type"
     assert sizes == [0] * 4
 
 
@@ -158,41 +190,83 @@ def gro_bufs(n: int = 3, offset: int = 10) -> list[bytearray]:
 def test_handle_gro_bad_offset(offset):
     bufs = gro_bufs()
     before = [bytes(b) for b in bufs]
-    with pytest.raises((ValueError, OverflowError, TypeError)):
-        t.handle_gro(bufs, offset, t.GroTable())
+    if not isinstance(offset, int):
+        want: object = TypeError
+    elif offset < -(2**63) or offset >= 2**63:
+        want = OverflowError  # beyond the C integer type
+    elif offset < 0:
+        want = "negative_argument"
+    else:
+        want = "offset_too_small" if offset < 10 else "no_packet_after_offset"
+    refused(lambda: t.handle_gro(bufs, offset, t.GroTable()), want)  # type: ignore[arg-type]
     assert [bytes(b) for b in bufs] == before
     for b in bufs:
         resizable(b)
 
 
-def test_handle_gro_bad_arguments():
+def _twice(b: bytearray) -> list[bytearray]:
+    return [b, b]
+
+
+def _overlapping(x: bytearray) -> list[memoryview]:
+    return [memoryview(x)[:200], memoryview(x)[100:]]
+
+
+# (name, call with a table, what it raises: an engine error kind or an exception class)
+HANDLE_GRO_BAD_ARGUMENTS = [
+    ("bufs a tuple", lambda g: t.handle_gro(tuple(gro_bufs()), 10, g), TypeError),
+    ("bufs a generator", lambda g: t.handle_gro((b for b in gro_bufs()), 10, g), TypeError),
+    ("bufs None", lambda g: t.handle_gro(None, 10, g), TypeError),
+    ("an int in bufs", lambda g: t.handle_gro([*gro_bufs(), 5], 10, g), TypeError),
+    ("bytes in bufs", lambda g: t.handle_gro([bytes(b) for b in gro_bufs()], 10, g), BufferError),
+    (
+        "read-only view in bufs",
+        lambda g: t.handle_gro([memoryview(b).toreadonly() for b in gro_bufs()], 10, g),
+        BufferError,
+    ),
+    (
+        "strided view in bufs",
+        lambda g: t.handle_gro([memoryview(b * 2)[::2] for b in gro_bufs()], 10, g),
+        BufferError,
+    ),
+    (
+        "empty bytearray",
+        lambda g: t.handle_gro([*gro_bufs(), bytearray()], 10, g),
+        "no_packet_after_offset",
+    ),
+    (
+        "headroom only",
+        lambda g: t.handle_gro([*gro_bufs(), bytearray(10)], 10, g),
+        "no_packet_after_offset",
+    ),
+    ("table wrong type", lambda g: t.handle_gro(gro_bufs(), 10, "table"), TypeError),
+    ("table None", lambda g: t.handle_gro(gro_bufs(), 10, None), TypeError),
+    ("can_udp_gro not a bool", lambda g: t.handle_gro(gro_bufs(), 10, g, "yes"), TypeError),
+    (
+        "same bytearray twice",
+        lambda g: t.handle_gro(_twice(gro_bufs(1)[0]), 10, g),
+        "overlapping_buffers",
+    ),
+    (
+        "overlapping views",
+        lambda g: t.handle_gro(_overlapping(bytearray(300)), 10, g),
+        "overlapping_buffers",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "call", "want"), HANDLE_GRO_BAD_ARGUMENTS, ids=[c[0] for c in HANDLE_GRO_BAD_ARGUMENTS]
+)
+def test_handle_gro_bad_arguments(name, call, want):
     table = t.GroTable()
-    cases = {
-        "bufs a tuple": lambda: t.handle_gro(tuple(gro_bufs()), 10, table),
-        "bufs a generator": lambda: t.handle_gro((b for b in gro_bufs()), 10, table),
-        "bufs None": lambda: t.handle_gro(None, 10, table),
-        "an int in bufs": lambda: t.handle_gro([*gro_bufs(), 5], 10, table),
-        "bytes in bufs": lambda: t.handle_gro([bytes(b) for b in gro_bufs()], 10, table),
-        "read-only view in bufs": lambda: t.handle_gro(
-            [memoryview(b).toreadonly() for b in gro_bufs()], 10, table
-        ),
-        "strided view in bufs": lambda: t.handle_gro(
-            [memoryview(b * 2)[::2] for b in gro_bufs()], 10, table
-        ),
-        "empty bytearray": lambda: t.handle_gro([*gro_bufs(), bytearray()], 10, table),
-        "headroom only": lambda: t.handle_gro([*gro_bufs(), bytearray(10)], 10, table),
-        "table wrong type": lambda: t.handle_gro(gro_bufs(), 10, "table"),
-        "table None": lambda: t.handle_gro(gro_bufs(), 10, None),
-        "can_udp_gro not a bool": lambda: t.handle_gro(gro_bufs(), 10, table, "yes"),
-        "same bytearray twice": lambda: (lambda b: t.handle_gro([b, b], 10, table))(gro_bufs(1)[0]),
-        "overlapping views": lambda: (
-            lambda x: t.handle_gro([memoryview(x)[:200], memoryview(x)[100:]], 10, table)
-        )(bytearray(300)),
-    }
-    for name, call in cases.items():
-        with pytest.raises(ENGINE_ERRORS):
-            call()
-            pytest.fail(f"{name}: accepted")
+    e = refused(lambda: call(table), want)
+    if isinstance(e, (TypeError, BufferError)):
+        assert "Error: " not in str(e), "the message repeats an exception's type"
+    if want == "no_packet_after_offset":
+        assert getattr(e, "index", None) == 3, "the index of the buffer with no packet"
+    if want == "overlapping_buffers":
+        assert getattr(e, "index", None) == 1, "the index of the second buffer"
     # The table still works afterwards.
     bufs = gro_bufs()
     assert t.handle_gro(bufs, 10, table) == [0]
@@ -371,3 +445,18 @@ def test_huge_sizes_never_abort_the_process(ns, offload):
     assert lines["read(2**63-1)"] in ("BlockingIOError", "returned bytes")
     for name in ("count=2**40", "sizes=[2**64-1]", "sizes=[2**63]", "sizes=[2**63-1]"):
         assert lines[name] == "ValueError", f"{name}: {lines[name]}"
+
+
+# --- the error kinds ----------------------------------------------------------------------
+
+
+def test_error_kinds_are_exported_unique_and_documented():
+    import pathlib
+    import re
+
+    kinds = t.ERROR_KINDS
+    assert isinstance(kinds, tuple) and len(set(kinds)) == len(kinds)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", k) for k in kinds), kinds
+    api = pathlib.Path(__file__).resolve().parent.parent / "docs" / "API.md"
+    documented = set(re.findall(r"^  \| `([a-z0-9_]+)` \|", api.read_text(), re.M))
+    assert documented == set(kinds), "docs/API.md's table of kinds is not ERROR_KINDS"

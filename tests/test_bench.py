@@ -13,44 +13,43 @@ from _netns import can_use_netns
 pytestmark = pytest.mark.skipif(can_use_netns() is not None, reason=str(can_use_netns()))
 
 
-def _netns_list() -> set[str]:
-    """The benchmark's own namespaces (others may come and go on a shared machine)."""
+def _netns_of(pid: int) -> set[str]:
+    """The namespaces the benchmark process `pid` made (tunoff-bench-{a,b}-<pid>-<tag>);
+    other benchmarks and tests may create and delete theirs meanwhile on a shared machine."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    return {n for n in names if n.startswith("tunoff-bench-")}
+    return {n for n in names if n.startswith((f"tunoff-bench-a-{pid}-", f"tunoff-bench-b-{pid}-"))}
 
 
-def _bench(*args: str, timeout: float) -> tuple[int, str, str, int]:
-    """Runs ``tunoffload bench ARGS``: (exit status, stdout, stderr, its pid)."""
+def test_bench_json_forwards_super_packets_and_cleans_up():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tunoffload", "bench", *args],
+        [
+            sys.executable,
+            "-m",
+            "tunoffload",
+            "bench",
+            "--json",
+            "--duration",
+            "1",
+            "--streams",
+            "1",
+            "--modes",
+            "split+coalesce",
+            "plain",
+            "--no-iperf",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=120)  # a hang guard
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return proc.returncode, out, err, proc.pid
-
-
-def _left_behind(pid: int) -> list[str]:
-    """The namespaces of the benchmark run ``pid`` (they are named after it) still there;
-    other runs' (other tests, other users on a shared machine) may come and go meanwhile."""
-    return [n for n in _netns_list() if f"-{pid}-" in n]
-
-
-def test_bench_json_forwards_super_packets_and_cleans_up():
-    code, out, err, pid = _bench(
-        *("--json", "--duration", "1", "--streams", "1", "--no-iperf"),
-        *("--modes", "split+coalesce", "plain"),
-        timeout=120,
-    )
-    assert code == 0, err
-    rows = {(x["mode"], x["traffic"]): x for x in json.loads(out)}
+    assert proc.returncode == 0, stderr
+    rows = {(x["mode"], x["traffic"]): x for x in json.loads(stdout)}
     split, plain = rows[("split+coalesce", "TCP")], rows[("plain", "TCP")]
     udp = rows[("split+coalesce", "UDP")]
     for row in (split, plain, udp):
@@ -62,7 +61,7 @@ def test_bench_json_forwards_super_packets_and_cleans_up():
     assert split["pkts_per_read_ab"] > 4 and split["pkts_per_write_ab"] > 4
     assert plain["pkts_per_read_ab"] == 1.0
     assert udp["pkts_per_read_ab"] > 4  # UDP_SEGMENT traffic arrives as USO super-packets
-    assert _left_behind(pid) == []
+    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"
 
 
 def test_bench_table_and_help():
@@ -85,13 +84,21 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         modes = ["tunnel-plain", "tunnel", "tunnel+vpn"]
     except ImportError:
         modes = ["tunnel-plain", "tunnel"]
-    code, out, err, pid = _bench(
-        *("--json", "--duration", "1", "--streams", "1", "--no-udp", "--no-iperf"),
-        *("--modes", *modes),
-        timeout=180,
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunoffload", "bench", "--json", "--duration", "1"]
+        + ["--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert code == 0, err
-    rows = {x["mode"]: x for x in json.loads(out)}
+    try:
+        stdout, stderr = proc.communicate(timeout=180)  # a hang guard
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    rows = {x["mode"]: x for x in json.loads(stdout)}
     assert sorted(rows) == sorted(modes)
     for row in rows.values():
         assert row["error"] == "" and row["gbit_s"] > 0 and row["traffic"] == "TCP"
@@ -107,4 +114,4 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
     if "tunnel+vpn" in rows:
         b = rows["tunnel+vpn"]["extra"]["peer_b"]
         assert b["dropped_forged"] == b["dropped_replayed"] == b["dropped_malformed"] == 0
-    assert _left_behind(pid) == []
+    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"

@@ -16,23 +16,26 @@ retried through once and then raises out of a blocking recv. This file adds:
   the packet; SIGINT's default handler (KeyboardInterrupt) and a raising SIGALRM handler
   stop recv_multiple / wait_readable / read.
 
-Every device lives in a namespace created here; every wait is bounded. Needs root.
+Every device lives in a namespace created here. No test sleeps for a guessed time: a
+thread is known to be blocked when the kernel shows it asleep in poll(2) (tests/_threads.py);
+every wait is bounded by a generous hang guard, which is not a measurement. Needs root.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from _netns import Netns, can_use_netns
+from _threads import HANG_GUARD, MainSignaller, wait_blocked_in_poll
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -41,7 +44,7 @@ if _reason is None:
     import tunoffload as t
 
 HDR = 10
-JOIN = 5.0  # seconds a woken thread gets to finish
+JOIN = HANG_GUARD  # a hang guard for joins, not a measurement
 
 
 @pytest.fixture
@@ -94,30 +97,37 @@ def test_close_wakes_every_blocking_call(ns, offload):
     calls = _blocking_calls(dev)
     # Two threads in each blocking call at once.
     waiting = {f"{name}#{k}": Blocked(call) for name, call in calls.items() for k in range(2)}
-    time.sleep(0.3)
     for name, b in waiting.items():
-        assert b.thread.is_alive(), f"{name} returned without a packet: {b.result}"
+        wait_blocked_in_poll(b.thread, name)  # fails if it returned without a packet
     dev.close()
     for name, b in waiting.items():
         outcome = b.join()
         assert _ebadf(outcome), f"{name}: {outcome}"
 
 
-def test_close_races_starting_readers(ns):
-    """close() at random moments around a reader's start: it always ends with EBADF
-    (or never gets to block), never hangs."""
-    rng = random.Random(6)
+def test_close_races_starting_readers(ns, seed):
+    """close() at random moments around a reader's start (right away, after a few
+    yields, or once it is blocked): it always ends with EBADF, never hangs."""
+    rng = random.Random(seed ^ 6)
     with ns.entered():
         base = t.TunDevice("race0", multi_queue=True, offload=True)
+    blocked_rounds = 0
     try:
         for _ in range(40):
             q = base.clone_queue()
             b = Blocked(_blocking_calls(q)[rng.choice(["recv_multiple", "recv", "wait_readable"])])
-            time.sleep(rng.choice([0, 0, 0.0005, 0.002]))
+            when = rng.choice(["now", "now", "yield", "blocked"])
+            if when == "yield":
+                for _ in range(rng.randrange(1, 200)):
+                    os.sched_yield()
+            elif when == "blocked":
+                wait_blocked_in_poll(b.thread)
+                blocked_rounds += 1
             q.close()
-            assert _ebadf(b.join())
+            assert _ebadf(b.join()), when
     finally:
         base.close()
+    assert blocked_rounds > 0, "no round closed a blocked reader: the seed never chose it"
 
 
 @pytest.mark.parametrize("call", ["recv_multiple", "wait_readable"])
@@ -125,8 +135,7 @@ def test_link_deleted_under_offload_reader(ns, call):
     with ns.entered():
         dev = t.TunDevice("gone0", offload=True)
     b = Blocked(_blocking_calls(dev)[call])
-    time.sleep(0.2)
-    assert b.thread.is_alive()
+    wait_blocked_in_poll(b.thread, call)
     ns.run("ip", "link", "del", "gone0")
     kind, value = b.join()
     if call == "wait_readable":
@@ -141,8 +150,13 @@ def test_link_deleted_under_offload_reader(ns, call):
 
 # --- the GIL -----------------------------------------------------------------------------
 
+GIL_SPINS = 100_000
+
 _GIL_CHILD = r"""
-import sys, threading, time, tunoffload as t
+import sys, threading
+sys.path.insert(0, sys.argv[2])
+import tunoffload as t
+from _threads import HANG_GUARD, wait_blocked_in_poll
 dev = t.TunDevice("gil0", offload=True)
 calls = {
     "recv": lambda: dev.recv(bytearray(70000)),
@@ -158,19 +172,19 @@ def reader():
         call()
     except OSError as e:
         ended.append(e.errno)
-th = threading.Thread(target=reader)
+th = threading.Thread(target=reader, daemon=True)
 th.start()
 started.wait()
-time.sleep(0.1)   # the reader is now blocked in the call
-# If the call held the GIL, this loop could not run at all (and the parent's timeout
-# fails the test).
+# This thread runs Python code while the reader is inside poll(2) (that is how it sees
+# it there), then a fixed amount more. If the call held the GIL, none of it could run
+# (and the parent's timeout fails the test).
+wait_blocked_in_poll(th, sys.argv[1])
 spins = 0
-end = time.monotonic() + 0.3
-while time.monotonic() < end:
+for _ in range(int(sys.argv[3])):
     spins += 1
 alive = th.is_alive()
 dev.close()
-th.join(5)
+th.join(HANG_GUARD)
 print(spins, alive, ended, flush=True)
 """
 
@@ -178,12 +192,13 @@ print(spins, alive, ended, flush=True)
 @pytest.mark.parametrize("call", ["recv", "recv_multiple", "wait_readable"])
 def test_gil_is_released_during_a_blocking_read(ns, call):
     try:
-        r = ns.run(sys.executable, "-c", _GIL_CHILD, call, check=False)
+        here = os.path.dirname(os.path.abspath(__file__))
+        r = ns.run(sys.executable, "-c", _GIL_CHILD, call, here, str(GIL_SPINS), check=False)
     except subprocess.TimeoutExpired:
         pytest.fail("the child hung: the blocking read holds the GIL")
     assert r.returncode == 0, r.stderr
     spins, alive, ended = r.stdout.split(" ", 2)
-    assert int(spins) > 0
+    assert int(spins) == GIL_SPINS
     assert alive == "True", "the reader returned without a packet"
     assert ended.strip() == f"[{errno.EBADF}]"
 
@@ -196,20 +211,6 @@ def _main_thread_only():
         pytest.skip("signals need the main thread")
 
 
-def _kill_main_later(sig: int, delay: float, repeat: int = 1, gap: float = 0.05):
-    main = threading.main_thread().ident
-
-    def run():
-        time.sleep(delay)
-        for _ in range(repeat):
-            signal.pthread_kill(main, sig)
-            time.sleep(gap)
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return th
-
-
 @pytest.mark.parametrize("call", ["recv_multiple", "wait_readable", "read"])
 def test_keyboard_interrupt_stops_a_blocking_read(ns, call):
     _main_thread_only()
@@ -217,12 +218,11 @@ def test_keyboard_interrupt_stops_a_blocking_read(ns, call):
         dev = t.TunDevice("kbd0", offload=True)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        killer = _kill_main_later(signal.SIGINT, 0.2)
-        t0 = time.monotonic()
+        killer = MainSignaller(signal.SIGINT)  # once the call is blocked in poll(2)
         with pytest.raises(KeyboardInterrupt):
             _blocking_calls(dev)[call]()
-        killer.join(JOIN)
-        assert time.monotonic() - t0 < JOIN
+        killer.join()
+        assert killer.sent == 1
     finally:
         signal.signal(signal.SIGINT, old)
         dev.close()
@@ -243,11 +243,12 @@ def test_raising_alarm_handler_stops_a_blocking_read(ns, call):
 
     old = signal.signal(signal.SIGALRM, handler)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        alarm = MainSignaller(signal.SIGALRM)  # once the call is blocked in poll(2)
         with pytest.raises(Alarm):
             _blocking_calls(dev)[call]()
+        alarm.join()
+        assert alarm.sent == 1
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         dev.close()
 
@@ -262,29 +263,38 @@ def test_eintr_is_retried_and_the_read_then_returns_the_packet(ns):
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     payload = b"after-the-signals:" + bytes(range(200))
     seen = []
-    old = signal.signal(signal.SIGUSR1, lambda s, f: seen.append(s))
+    handled = threading.Semaphore(0)
+
+    def handler(signum, frame):
+        seen.append(signum)
+        handled.release()
+
+    old = signal.signal(signal.SIGUSR1, handler)
     try:
         tx.bind(("192.0.2.1", 0))
-        killer = _kill_main_later(signal.SIGUSR1, 0.1, repeat=5)
+        # Five signals, each while the main thread is blocked in poll(2), the next only
+        # after the handler ran and the read blocked again.
+        killer = MainSignaller(signal.SIGUSR1, count=5, handled=handled)
 
-        def send_later():
-            killer.join(JOIN)
-            time.sleep(0.05)
+        def send_after_the_signals():
+            killer.join()
+            assert handled.acquire(timeout=JOIN), "the handler did not run for signal 5"
+            wait_blocked_in_poll(threading.main_thread(), "the read after the signals")
             tx.sendto(payload, ("192.0.2.2", 9))
 
-        sender = threading.Thread(target=send_later, daemon=True)
-        sender.start()
+        sender = Blocked(send_after_the_signals)
         original = bytearray(HDR + 65535)
         bufs, sizes = [bytearray(HDR + 2000)], [0]
-        deadline = time.monotonic() + JOIN
-        while True:  # skip the namespace's own IPv6 chatter
+        for _ in range(100):  # skip the namespace's own IPv6 chatter
             assert dev.recv_multiple(original, bufs, sizes, HDR) == 1
             pkt = bytes(bufs[0][HDR : HDR + sizes[0]])
             if pkt[0] >> 4 == 4 and pkt[9] == 17:
                 break
-            assert time.monotonic() < deadline, "the packet never came"
-        sender.join(JOIN)
-        assert len(seen) == 5, "the handler did not run for every signal"
+        else:
+            pytest.fail("the packet was not among the first 100 packets read")
+        kind, value = sender.join()
+        assert kind == "returned", value
+        assert seen == [signal.SIGUSR1] * 5, "the handler did not run for every signal"
         assert pkt.endswith(payload)
     finally:
         signal.signal(signal.SIGUSR1, old)
@@ -306,7 +316,7 @@ class QueueForwarder:
     def __init__(self, qa: list, qb: list) -> None:
         self.errors: list[BaseException] = []
         self.threads = []
-        for a, b in zip(qa, qb):
+        for a, b in zip(qa, qb, strict=True):
             for src, dst in ((a, b), (b, a)):
                 th = threading.Thread(target=self._run, args=(src, dst), daemon=True)
                 th.start()

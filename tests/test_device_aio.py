@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from _netns import Netns, can_use_netns
+from _threads import HANG_GUARD  # bounds the awaits; not a measurement
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -19,6 +20,16 @@ if _reason is None:
     from tunoffload.aio import AsyncTunDevice
 
 HDR = 10
+
+
+async def parked(dev: AsyncTunDevice) -> None:
+    """Returns once a coroutine is awaiting the device (its reader is registered with
+    the loop): a bounded number of loop turns, no guessed sleep."""
+    for _ in range(1000):
+        if dev._waiters:
+            return
+        await asyncio.sleep(0)
+    pytest.fail("no coroutine ever waited on the device")
 
 
 def test_recv_multiple_and_close_wake():
@@ -35,23 +46,32 @@ def test_recv_multiple_and_close_wake():
             with ns.entered():
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("192.0.2.1", 0))
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.05, s.sendto, b"ping", ("192.0.2.2", 9))
-            while True:
-                n = await asyncio.wait_for(dev.recv_multiple(original, bufs, sizes, HDR), 5)
+
+            async def ping_once_parked() -> None:
+                await parked(dev)
+                s.sendto(b"ping", ("192.0.2.2", 9))
+
+            pinger = asyncio.ensure_future(ping_once_parked())
+            for _ in range(100):  # skip the namespace's IPv6 chatter
+                n = await asyncio.wait_for(
+                    dev.recv_multiple(original, bufs, sizes, HDR), HANG_GUARD
+                )
                 assert n == 1
                 if bufs[0][HDR] >> 4 == 4:
                     break
+            else:
+                pytest.fail("the ping was not among the first 100 packets read")
+            await pinger
             assert bytes(bufs[0][HDR + sizes[0] - 4 : HDR + sizes[0]]) == b"ping"
             s.close()
 
             # close() wakes a pending await with OSError(EBADF).
             task = asyncio.ensure_future(dev.recv(bytearray(HDR + 65535)))
-            await asyncio.sleep(0.05)
+            await parked(dev)
             assert not task.done()
             dev.close()
             with pytest.raises(OSError) as ei:
-                await asyncio.wait_for(task, 2)
+                await asyncio.wait_for(task, HANG_GUARD)
             assert ei.value.errno == errno.EBADF
             dev.close()  # idempotent
 
@@ -98,17 +118,16 @@ def test_async_forwarder_tcp(offload):
             await stop.wait()
             ta.close()
             tb.close()
-            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+            await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD)
 
         th = threading.Thread(target=asyncio.run, args=(main(),))
         th.start()
         try:
-            assert ready.wait(5)
-            mbps = tcp_transfer(na, nb, B4, 16 * 1024 * 1024)
-            print(f"\nasyncio forwarder TCP/IPv4 16 MiB, offload={offload}: {mbps:.0f} MB/s")
+            assert ready.wait(HANG_GUARD), "the event loop thread did not start"
+            tcp_transfer(na, nb, B4, 16 * 1024 * 1024)
             if offload:
                 assert ta.stats["max_read"] > MTU + HDR
         finally:
             state["stop"]()
-            th.join(10)
-        assert not th.is_alive()
+            th.join(HANG_GUARD)
+        assert not th.is_alive(), "the asyncio forwarder did not stop after close()"

@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from _netns import Netns, can_use_netns
+from _threads import HANG_GUARD, wait_blocked_in_poll
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -74,7 +74,7 @@ class Forwarder:
 
     def join(self) -> None:
         for th in self.threads:
-            th.join(timeout=5)
+            th.join(HANG_GUARD)  # a hang guard, not a measurement
             assert not th.is_alive(), "forwarder thread did not stop after close()"
 
 
@@ -108,7 +108,7 @@ def link(request):
 
 
 SERVER = r"""
-import hashlib, socket, sys, time
+import hashlib, socket, sys
 fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,16 +122,13 @@ h = hashlib.sha256()
 buf = bytearray(1 << 20)
 mv = memoryview(buf)
 n = 0
-t0 = None
 while True:
     k = c.recv_into(buf)
-    if t0 is None:
-        t0 = time.perf_counter()
     if not k:
         break
     h.update(mv[:k])
     n += k
-print(n, h.hexdigest(), time.perf_counter() - t0, flush=True)
+print(n, h.hexdigest(), flush=True)
 """
 
 CLIENT = r"""
@@ -145,8 +142,8 @@ print(hashlib.sha256(data).hexdigest(), flush=True)
 """
 
 
-def tcp_transfer(na: Netns, nb: Netns, server_addr: str, nbytes: int) -> float:
-    """Sends nbytes A -> B over TCP; checks SHA-256; returns MB/s seen by the server."""
+def tcp_transfer(na: Netns, nb: Netns, server_addr: str, nbytes: int) -> None:
+    """Sends nbytes A -> B over TCP and checks its SHA-256 (speed is for benchmarks/)."""
     srv = subprocess.Popen(
         ["ip", "netns", "exec", nb.name, sys.executable, "-c", SERVER, server_addr, "5201"],
         stdout=subprocess.PIPE,
@@ -181,18 +178,17 @@ def tcp_transfer(na: Netns, nb: Netns, server_addr: str, nbytes: int) -> float:
             srv.kill()
             srv.wait()
     assert srv.returncode == 0, err
-    n, digest, secs = out.split()
+    n, digest = out.split()
     assert int(n) == nbytes
     assert digest == cli.stdout.strip(), "SHA-256 differs: the stream was corrupted"
-    return nbytes / float(secs) / 1e6
 
 
 def test_tcp_64mib_v4(link):
     na, nb, ta, tb, _ = link
-    mbps = tcp_transfer(na, nb, B4, TCP_BYTES)
+    tcp_transfer(na, nb, B4, TCP_BYTES)
     sa, sb = ta.stats, tb.stats
     print(
-        f"\nforwarder TCP/IPv4 64 MiB, offload={ta.offload}: {mbps:.0f} MB/s; "
+        f"\nforwarder TCP/IPv4 64 MiB, offload={ta.offload}: "
         f"A->B reads={sa['reads']} rx_packets={sa['rx_packets']} "
         f"writes={sb['writes']} tx_packets={sa['tx_packets']}"
     )
@@ -209,8 +205,7 @@ def test_tcp_64mib_v4(link):
 
 def test_tcp_v6(link):
     na, nb, ta, tb, _ = link
-    mbps = tcp_transfer(na, nb, B6, 16 * 1024 * 1024)
-    print(f"\nforwarder TCP/IPv6 16 MiB, offload={ta.offload}: {mbps:.0f} MB/s")
+    tcp_transfer(na, nb, B6, 16 * 1024 * 1024)
     if ta.offload:
         assert ta.stats["max_read"] > MTU + t.VIRTIO_NET_HDR_LEN
         assert tb.stats["max_write"] > MTU + t.VIRTIO_NET_HDR_LEN
@@ -225,16 +220,18 @@ def _udp_pair(na: Netns, nb: Netns, v6: bool):
     with na.entered():
         tx = socket.socket(fam, socket.SOCK_DGRAM)
         tx.connect((B6 if v6 else B4, 5300))
-    rx.settimeout(5)
+    rx.settimeout(30)  # no datagram for this long: it was lost (a hang guard, too)
     return tx, rx
 
 
-def _collect(rx: socket.socket, expect: int, deadline: float) -> list[bytes]:
+def _collect(rx: socket.socket, expect: int) -> list[bytes]:
+    """Up to `expect` datagrams; fewer if the socket's timeout passes with none coming
+    (a lost datagram: the caller's comparison then fails)."""
     got = []
-    while len(got) < expect and time.monotonic() < deadline:
+    while len(got) < expect:
         try:
             got.append(rx.recv(70000))
-        except socket.timeout:
+        except TimeoutError:
             break
     return got
 
@@ -246,7 +243,6 @@ def test_udp_mixed_sizes(link, v6):
     rnd = random.Random(3)
     sizes = [1, 8, 100, 512, 1000, 1200, 1400, 1432, 1452, 1472, 3000, 9000, 20000, 60000]
     sent = []
-    deadline = time.monotonic() + 30
     try:
         for burst in range(40):
             batch = []
@@ -258,7 +254,7 @@ def test_udp_mixed_sizes(link, v6):
                 d = d[:size]
                 tx.send(d)
                 batch.append(d)
-            got = _collect(rx, len(batch), deadline)
+            got = _collect(rx, len(batch))
             assert got == batch, f"burst {burst}: datagrams lost, reordered or changed"
             sent += batch
     finally:
@@ -275,7 +271,6 @@ def test_udp_segment_sender(link, v6):
     rnd = random.Random(5)
     gso = 1200
     tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, gso)
-    deadline = time.monotonic() + 30
     before = ta.stats["max_read"]
     try:
         for k in range(1, 41):
@@ -283,7 +278,7 @@ def test_udp_segment_sender(link, v6):
             payload = rnd.randbytes(total)
             tx.send(payload)
             expect = [payload[i : i + gso] for i in range(0, total, gso)]
-            got = _collect(rx, len(expect), deadline)
+            got = _collect(rx, len(expect))
             assert got == expect, f"send {k}: segments lost or changed"
     finally:
         tx.close()
@@ -300,7 +295,8 @@ def test_udp_segment_sender(link, v6):
 def test_forwarder_stops_on_close(link):
     """Closing the devices wakes the blocked forwarder threads (checked by the fixture)."""
     na, nb, ta, tb, fwd = link
-    time.sleep(0.05)
+    for th in fwd.threads:
+        wait_blocked_in_poll(th, "a forwarder's recv_multiple")
     ta.close()
     tb.close()
     fwd.join()

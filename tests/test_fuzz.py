@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 
 import packets as P
 import pytest
 import tunoffload as t
 
 ALLOWED = (ValueError, TypeError, OverflowError)
-BUDGET = 4.0  # seconds per fuzz loop (a bound, not an assertion)
+# Fixed iteration counts (not time budgets): every run checks the same cases for a seed.
+N_GSO_FUZZ = 1000
+N_GRO_FUZZ = 300
 CANARY = 0x5C
 FIELDS = P.HDR_FIELDS
 LIMITS = {"flags": 255, "gso_type": 255}
@@ -110,11 +111,8 @@ def _base_inputs(rng: random.Random):
 
 def test_gso_split_fuzz(seed):
     rng = random.Random(seed + 1)
-    deadline = time.monotonic() + BUDGET
     runs = oks = 0
-    for _ in range(3000):
-        if time.monotonic() > deadline:
-            break
+    for _ in range(N_GSO_FUZZ):
         pkt, h = _base_inputs(rng)
         if rng.random() < 0.8:
             pkt = mutate(rng, pkt)
@@ -153,8 +151,8 @@ def test_gso_split_fuzz(seed):
                 start = gap + i * (slot + gap) + out_offset
                 expect[start : start + sizes[i]] = big[start : start + sizes[i]]
             assert big == expect, "bytes outside the output regions changed"
-    assert runs >= 100
-    assert oks > 0
+    assert runs == N_GSO_FUZZ
+    assert oks > 0, "no fuzzed case was accepted: the success path went untested"
 
 
 def test_gso_split_fuzz_does_not_touch_neighbours_on_success(seed):
@@ -206,12 +204,9 @@ def _gro_packets(rng: random.Random) -> list[bytes]:
 
 def test_handle_gro_fuzz(seed):
     rng = random.Random(seed + 3)
-    deadline = time.monotonic() + BUDGET
     table = t.GroTable()
     runs = 0
-    for _ in range(1500):
-        if time.monotonic() > deadline:
-            break
+    for _ in range(N_GRO_FUZZ):
         pkts = _gro_packets(rng)
         offset = rng.choice([10, 10, 12, 40, rng.randint(0, 12)])
         bufs = [bytearray(rng.randbytes(offset)) + p for p in pkts]
@@ -236,7 +231,7 @@ def test_handle_gro_fuzz(seed):
         for i in idx:
             assert len(bufs[i]) > offset
             assert len(bufs[i]) - offset <= 65535
-    assert runs >= 100
+    assert runs == N_GRO_FUZZ
 
 
 def _resizable(b: bytearray) -> None:

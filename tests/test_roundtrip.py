@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import random
-import time
 
 import packets as P
 import pytest
 import tunoffload as t
 
 ITERATIONS = 60
-TIME_BUDGET = 15.0  # seconds, a bound on the loop, not an assertion
 
 
 def split_all(buf: bytearray, offset: int) -> list[bytes]:
@@ -40,11 +38,8 @@ def rng_fill(n: int) -> bytes:
 def test_roundtrip_seeded(seed):
     rng = random.Random(seed)
     table = t.GroTable()
-    deadline = time.monotonic() + TIME_BUDGET
     done = coalesced_runs = 0
     for it in range(ITERATIONS):
-        if time.monotonic() > deadline:
-            break
         pkts, expected = P.make_flows(rng)
         offset = rng.choice([10, 12, 16, 64])
         can_udp = rng.random() < 0.8
@@ -54,7 +49,7 @@ def test_roundtrip_seeded(seed):
             assert got[k] == expected[k], f"iteration {it}: flow {k} differs after GRO+GSO"
         coalesced_runs += len(pkts) - n_written
         done += 1
-    assert done >= 10
+    assert done == ITERATIONS
     assert coalesced_runs > 0, "the generated flows never coalesced: the test is not testing"
 
 

@@ -114,7 +114,7 @@ def _seal(cipher, packets):
     sizes = [0] * len(packets)
     plain = _views(packets)
     cipher.seal(plain, 0, [len(p) for p in packets], len(packets), _views(wire), sizes)
-    return [bytes(w[:s]) for w, s in zip(wire, sizes)]
+    return [bytes(w[:s]) for w, s in zip(wire, sizes, strict=True)]
 
 
 def _views(bufs):
@@ -150,7 +150,7 @@ def test_cipher_round_trip_and_nonces(into):
     a, b = _cipher(KEY, a_id, into, counter=7), _cipher(KEY, b_id, into)
     packets = [_packet(bytes([i]) * (i * 50)) for i in range(1, 9)]
     datagrams = _seal(a, packets)
-    for i, (p, d) in enumerate(zip(packets, datagrams)):
+    for i, (p, d) in enumerate(zip(packets, datagrams, strict=True)):
         assert len(d) == len(p) + OVERHEAD
         assert d[:4] == a_id and struct.unpack_from("<Q", d, 4)[0] == 7 + i
         assert bytes(p[20:]) not in d  # encrypted
@@ -441,7 +441,7 @@ def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
 def test_sigterm_and_sigint_stop_an_end_cleanly(tmp_path: Path):
     with _tunnel(tmp_path) as t:
         peers = [t.a, t.b]
-        for p, sig in zip(peers, (signal.SIGTERM, signal.SIGINT)):
+        for p, sig in zip(peers, (signal.SIGTERM, signal.SIGINT), strict=True):
             p.proc.send_signal(sig)
         for p in peers:
             assert p.proc.wait(timeout=15) == 0, p.log.read_text()

@@ -16,7 +16,7 @@
 
 use tunoffload::engine::gso::{plan, write_segments};
 use tunoffload::engine::{
-    gso_split, handle_gro, ExpandBuffer, GroTable, VirtioNetHdr, UDP_MAX_SEGMENTS,
+    gso_split, handle_gro, ErrorKind, ExpandBuffer, GroTable, VirtioNetHdr, UDP_MAX_SEGMENTS,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
     VIRTIO_NET_HDR_LEN,
@@ -283,7 +283,17 @@ pub fn gso(data: &[u8]) {
         (Err(_), Ok(n)) => panic!("gso_split made {n} segments of a packet plan() refuses"),
         (Ok(_), Err(e)) if !short => panic!("plan() accepts but gso_split fails: {e}"),
         (Ok(_), Ok(_)) if short => panic!("gso_split wrote into a buffer one byte short"),
-        (_, Err(_)) => {
+        (planned, Err(e)) => {
+            match planned {
+                // The same refusal, whichever call makes it.
+                Err(pe) => assert_eq!(&e, pe, "plan() and gso_split refuse differently"),
+                Ok(p) => assert_eq!(
+                    (e.kind(), e.index()),
+                    (ErrorKind::OutBufTooSmall, Some(p.segments() - 1)),
+                    "the short buffer's refusal: {e}"
+                ),
+            }
+            assert!(!e.message().is_empty(), "an error without a message");
             // Nothing written, nothing set.
             assert!(sizes.iter().all(|&s| s == usize::MAX), "sizes set on error");
             assert!(
@@ -773,10 +783,12 @@ pub fn gro_vec(data: &[u8]) {
     let before = bufs.clone();
     let mut table = GroTable::new();
     match handle_gro(&mut bufs, g.offset, &mut table, g.can_udp_gro) {
-        Err(_) => {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::NoPacketAfterOffset, "{e}");
+            let i = e.index().expect("the buffer's index");
             assert!(
-                g.packets.iter().any(|p| p.is_empty()),
-                "error without an empty packet"
+                g.packets[i].is_empty(),
+                "error without an empty packet: {e}"
             );
             assert_eq!(bufs, before, "changed before an error");
         }
@@ -920,7 +932,10 @@ pub fn gro_fixed(data: &[u8]) {
 /// and `encode` writes exactly those 10 bytes and nothing after them.
 pub fn decode(data: &[u8]) {
     match VirtioNetHdr::decode(data) {
-        Err(_) => assert!(data.len() < VIRTIO_NET_HDR_LEN),
+        Err(e) => {
+            assert!(data.len() < VIRTIO_NET_HDR_LEN);
+            assert_eq!(e.kind(), ErrorKind::VirtioHdrTooShort);
+        }
         Ok(h) => {
             assert!(data.len() >= VIRTIO_NET_HDR_LEN);
             assert_eq!(h.to_bytes()[..], data[..VIRTIO_NET_HDR_LEN]);

@@ -4,9 +4,8 @@ The engine (checksums, the virtio header, GSO splitting and GRO coalescing) is R
 this package re-exports it. See ``help(tunoffload.gso_split)`` and the README.
 """
 
-from __future__ import annotations
-
 from tunoffload._native import (
+    ERROR_KINDS,
     IDEAL_BATCH_SIZE,
     UDP_MAX_SEGMENTS,
     VIRTIO_NET_HDR_F_DATA_VALID,
@@ -19,6 +18,7 @@ from tunoffload._native import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     VIRTIO_NET_HDR_LEN,
     GroTable,
+    NetnsSwitch,
     TunDevice,
     UdpSocket,
     VirtioNetHdr,
@@ -26,8 +26,10 @@ from tunoffload._native import (
     gso_split,
     handle_gro,
 )
+from tunoffload._netns import NetnsTarget, netns
 
 __all__ = [
+    "ERROR_KINDS",
     "IDEAL_BATCH_SIZE",
     "UDP_MAX_SEGMENTS",
     "VIRTIO_NET_HDR_F_DATA_VALID",
@@ -40,10 +42,13 @@ __all__ = [
     "VIRTIO_NET_HDR_GSO_UDP_L4",
     "VIRTIO_NET_HDR_LEN",
     "GroTable",
+    "NetnsSwitch",
+    "NetnsTarget",
     "TunDevice",
     "UdpSocket",
     "VirtioNetHdr",
     "__version__",
     "gso_split",
     "handle_gro",
+    "netns",
 ]

@@ -1,7 +1,5 @@
 """``python -m tunoffload`` and the ``tunoffload`` console script."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Sequence
 

@@ -1,17 +1,55 @@
 """Type stubs for the native module (Rust, PyO3)."""
 
+# Conventions, checked by `python -m mypy.stubtest tunoffload._native` (in .ci/typecheck):
+# - every #[pyclass] is `@final` here (PyO3 classes cannot be subclassed unless declared
+#   `subclass`), and its constructor is `__new__` (PyO3's #[new]), never `__init__`;
+# - dunder parameters are positional-only, as the runtime has them:
+#   `def __eq__(self, value: object, /) -> bool`; a class with `__eq__` and no `__hash__`
+#   is unhashable at runtime: say so with `__hash__: ClassVar[None]`;
+# - `__all__` lists exactly the names the module adds (PyO3 appends every class and
+#   function to the runtime `__all__`): add new names to it as well as to `__init__.py`;
+# - buffers: `Buffer` (any object with the buffer protocol) where the runtime takes one.
+
+import os
 import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv6Interface
-from typing import Any, Final
+from typing import Any, ClassVar, Final, final
 
 from typing_extensions import Buffer
+
+__all__ = [
+    "__version__",
+    "VIRTIO_NET_HDR_LEN",
+    "IDEAL_BATCH_SIZE",
+    "VIRTIO_NET_HDR_GSO_NONE",
+    "VIRTIO_NET_HDR_GSO_TCPV4",
+    "VIRTIO_NET_HDR_GSO_UDP",
+    "VIRTIO_NET_HDR_GSO_TCPV6",
+    "VIRTIO_NET_HDR_GSO_UDP_L4",
+    "VIRTIO_NET_HDR_GSO_ECN",
+    "VIRTIO_NET_HDR_F_NEEDS_CSUM",
+    "VIRTIO_NET_HDR_F_DATA_VALID",
+    "UDP_MAX_SEGMENTS",
+    "ERROR_KINDS",
+    "VirtioNetHdr",
+    "GroTable",
+    "gso_split",
+    "handle_gro",
+    "TunDevice",
+    "NetnsSwitch",
+    "netns_enter",
+    "UdpSocket",
+]
 
 __version__: Final[str]
 
 VIRTIO_NET_HDR_LEN: Final[int]
 IDEAL_BATCH_SIZE: Final[int]
 UDP_MAX_SEGMENTS: Final[int]
+ERROR_KINDS: Final[tuple[str, ...]]
+"""Every ``kind`` an engine ``ValueError`` can carry (``err.kind``; ``err.index`` is the
+buffer or packet index, or ``None``). Names are stable; new ones may be added."""
 VIRTIO_NET_HDR_GSO_NONE: Final[int]
 VIRTIO_NET_HDR_GSO_TCPV4: Final[int]
 VIRTIO_NET_HDR_GSO_UDP: Final[int]
@@ -21,8 +59,13 @@ VIRTIO_NET_HDR_GSO_ECN: Final[int]
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final[int]
 VIRTIO_NET_HDR_F_DATA_VALID: Final[int]
 
+@final
 class VirtioNetHdr:
-    """The 10-byte ``struct virtio_net_hdr``, in native byte order."""
+    """The 10-byte ``struct virtio_net_hdr``, in native byte order.
+
+    A field out of its range (``flags``/``gso_type`` 0..=255, the others 0..=65535) raises
+    ``OverflowError`` naming the field and the range; a non-int raises ``TypeError``.
+    """
 
     flags: int
     gso_type: int
@@ -31,27 +74,29 @@ class VirtioNetHdr:
     csum_start: int
     csum_offset: int
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         flags: int = 0,
         gso_type: int = 0,
         hdr_len: int = 0,
         gso_size: int = 0,
         csum_start: int = 0,
         csum_offset: int = 0,
-    ) -> None: ...
+    ) -> VirtioNetHdr: ...
     @staticmethod
     def decode(buf: Buffer) -> VirtioNetHdr: ...
     def encode(self, buf: Buffer) -> None: ...
     def __bytes__(self) -> bytes: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     def __copy__(self) -> VirtioNetHdr: ...
     def __deepcopy__(self, memo: object) -> VirtioNetHdr: ...
 
+@final
 class GroTable:
     """Reusable coalescing state for :func:`handle_gro`; one per thread."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> GroTable: ...
 
 def gso_split(
     packet: Buffer,
@@ -68,11 +113,12 @@ def handle_gro(
     can_udp_gro: bool = True,
 ) -> list[int]: ...
 
+@final
 class TunDevice:
     """A Linux TUN (or TAP) device, optionally with the kernel's offloads."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str | None = None,
         *,
         offload: bool = False,
@@ -85,7 +131,8 @@ class TunDevice:
         group: int | None = None,
         nonblocking: bool = False,
         up: bool = False,
-    ) -> None: ...
+        netns: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int | None = None,
+    ) -> TunDevice: ...
     @staticmethod
     def from_fd(fd: int, *, nonblocking: bool = False) -> TunDevice: ...
     def clone_queue(self) -> TunDevice: ...
@@ -162,8 +209,32 @@ class TunDevice:
     ) -> int: ...
     def wait_readable(self) -> None: ...
 
+@final
+class NetnsSwitch:
+    """The calling thread's stay in a network namespace (``tunoffload.netns``)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def inode(self) -> int: ...
+    @property
+    def thread_id(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def entered_here(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def leave(self) -> None: ...
+
+def netns_enter(
+    target: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int,
+) -> NetnsSwitch: ...
+
 _Address = tuple[str, int] | tuple[str, int, int] | tuple[str, int, int, int]
 
+@final
 class UdpSocket:
     """Batched UDP on a ``socket.socket``, with the kernel's segmentation
     (``UDP_SEGMENT``) and coalescing (``UDP_GRO``) offloads.
@@ -173,7 +244,7 @@ class UdpSocket:
     the socket unless ``gro=False``.
     """
 
-    def __init__(self, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> None: ...
+    def __new__(cls, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> UdpSocket: ...
     @property
     def gso(self) -> bool:
         """Runs of equal-size datagrams go out as ``UDP_SEGMENT`` sends."""

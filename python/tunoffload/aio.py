@@ -24,13 +24,11 @@ Works with any asyncio event loop that implements ``add_reader`` (the default on
 Linux does).
 """
 
-from __future__ import annotations
-
 import asyncio
 import errno
 import socket
-from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from tunoffload._native import GroTable, TunDevice, UdpSocket
 
@@ -62,7 +60,7 @@ class AsyncTunDevice:
         self._waiters: set[asyncio.Future[None]] = set()
 
     @classmethod
-    def open(cls, name: str | None = None, **kwargs: Any) -> AsyncTunDevice:
+    def open(cls, name: str | None = None, **kwargs: Any) -> "AsyncTunDevice":
         """Creates (or opens) a device as ``TunDevice(name, **kwargs)`` and wraps it."""
         kwargs["nonblocking"] = True
         return cls(TunDevice(name, **kwargs))
@@ -152,7 +150,7 @@ class AsyncTunDevice:
                 loop.remove_writer(fd)
         self._dev.close()
 
-    async def __aenter__(self) -> AsyncTunDevice:
+    async def __aenter__(self) -> "AsyncTunDevice":
         return self
 
     async def __aexit__(self, *exc: object) -> None:

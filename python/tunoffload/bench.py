@@ -437,7 +437,9 @@ def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: boo
             offload = mode != "plain"
             devs = topo.tuns(offload)
             fwd = _forward_split if mode == "split+coalesce" else _forward_whole
-            for (src, dst), c in zip(((devs[0], devs[1]), (devs[1], devs[0])), counters):
+            for (src, dst), c in zip(
+                ((devs[0], devs[1]), (devs[1], devs[0])), counters, strict=True
+            ):
                 th = threading.Thread(target=fwd, args=(src, dst, c), daemon=True)
                 th.start()
                 threads.append(th)
@@ -661,7 +663,10 @@ def _table(rows: list[Result]) -> str:
         )
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
     out = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
         for row in lines
     ]
     out.insert(1, "  ".join("-" * w for w in widths))

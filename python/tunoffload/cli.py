@@ -5,8 +5,6 @@ problem) even when the native module does not load, and ``tunoffload bench`` is 
 optional module, ``tunoffload.bench``, that may not be present.
 """
 
-from __future__ import annotations
-
 import argparse
 import importlib
 import json

@@ -5,10 +5,12 @@
 //! Every `unsafe` block here is a system call or ioctl on descriptors this module owns.
 
 pub mod netlink;
+pub mod netns;
 pub mod sys;
 mod tun;
 
 pub use netlink::{parse_ifaddr, IfAddr};
+pub use netns::{Netns, NetnsGuard, NetnsTarget, Switch};
 pub use tun::{Counters, Tun, TunOptions};
 
 use std::fmt;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::netlink::{IfAddr, Netlink};
+use super::netns::{fd_id, in_netns, in_netns_named, open_current, Netns};
 use super::sys::*;
 use super::{last_error, Error};
 
@@ -37,6 +38,9 @@ pub struct TunOptions {
     pub mtu: Option<u32>,
     /// Bring the interface up after opening.
     pub up: bool,
+    /// Create (or open) the device in this network namespace instead of the calling
+    /// thread's.
+    pub netns: Option<Arc<Netns>>,
 }
 
 /// Counters of one queue's reads and writes (each read or write is one packet or
@@ -60,12 +64,15 @@ impl Counters {
 }
 
 /// Sockets for interface configuration, opened in the device's network namespace and
-/// shared by all queues of a device.
+/// shared by all queues of a device, with the device's ifindex there.
 #[derive(Debug)]
 struct Control {
     sock: OwnedFd,
     nl: Mutex<Netlink>,
     netns: Option<OwnedFd>,
+    /// `(st_dev, st_ino)` of the namespace the sockets are in.
+    netns_id: (u64, u64),
+    ifindex: u32,
 }
 
 /// One open queue of a TUN/TAP device.
@@ -79,10 +86,10 @@ pub struct Tun {
     fd: OwnedFd,
     wake: OwnedFd,
     closed: AtomicBool,
-    ctl: Arc<Control>,
+    /// Replaced when the device is found in another namespace than this one's sockets.
+    ctl: Mutex<Arc<Control>>,
     flags: i16,
     udp_gso: bool,
-    ifindex: u32,
     /// Read and write counters (shared, so they can outlive the queue).
     pub counters: Arc<Counters>,
 }
@@ -225,58 +232,6 @@ fn configure_offload(fd: RawFd, vnet_hdr: bool) -> Result<bool, Error> {
     ))
 }
 
-fn fd_ino(fd: RawFd) -> Result<(u64, u64), Error> {
-    // SAFETY: all-zero is a valid `stat`; fstat fills it or fails.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is valid for writes.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(last_error("fstat on a namespace"));
-    }
-    Ok((st.st_dev, st.st_ino))
-}
-
-fn open_current_netns() -> Result<OwnedFd, Error> {
-    // SAFETY: a NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/thread-self/ns/net".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(last_error("opening /proc/thread-self/ns/net"));
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setns(fd: RawFd) -> Result<(), Error> {
-    // SAFETY: setns on a namespace descriptor; only this thread's namespace changes.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-        return Err(last_error("switching network namespace (setns)"));
-    }
-    Ok(())
-}
-
-/// Runs `f` with the calling thread in network namespace `ns` (if it is not already
-/// there), then switches back.
-fn in_netns<T>(ns: Option<&OwnedFd>, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    let Some(ns) = ns else { return f() };
-    let here = open_current_netns()?;
-    if fd_ino(here.as_raw_fd())? == fd_ino(ns.as_raw_fd())? {
-        return f();
-    }
-    setns(ns.as_raw_fd())?;
-    let r = f();
-    if let Err(e) = setns(here.as_raw_fd()) {
-        // Leaving the thread in the device's namespace would silently misplace everything
-        // it creates later; there is no way to continue safely.
-        eprintln!("tunoffload: cannot switch back to the original network namespace: {e}");
-        std::process::abort();
-    }
-    r
-}
-
 /// The network namespace of the device behind `fd` (`TUNGETDEVNETNS`), if the kernel says.
 fn device_netns(fd: RawFd) -> Option<OwnedFd> {
     let ns = ioctl_val(fd, TUNGETDEVNETNS, 0);
@@ -298,7 +253,13 @@ fn new_eventfd() -> Result<OwnedFd, Error> {
 }
 
 impl Control {
-    fn open(netns: Option<OwnedFd>) -> Result<Self, Error> {
+    /// Opens the sockets in `netns` (the calling thread's namespace for `None`) and finds
+    /// the ifindex of interface `name` there.
+    fn open(netns: Option<OwnedFd>, name: &[u8]) -> Result<Self, Error> {
+        let netns_id = match &netns {
+            Some(ns) => fd_id(ns.as_raw_fd())?,
+            None => fd_id(open_current()?.as_raw_fd())?,
+        };
         let (sock, nl) = in_netns(netns.as_ref(), || {
             let mut fd = -1;
             for family in [libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK] {
@@ -321,10 +282,16 @@ impl Control {
             let sock = unsafe { OwnedFd::from_raw_fd(fd) };
             Ok((sock, Netlink::open()?))
         })?;
+        let mut ir = IfReq::new(name);
+        if ioctl_ptr(sock.as_raw_fd(), SIOCGIFINDEX, &mut ir) != 0 {
+            return Err(last_error("reading the interface index (SIOCGIFINDEX)"));
+        }
         Ok(Control {
             sock,
             nl: Mutex::new(nl),
             netns,
+            netns_id,
+            ifindex: ir.int() as u32,
         })
     }
 
@@ -346,7 +313,6 @@ impl Tun {
         if let Some(mtu) = opts.mtu {
             check_mtu(mtu)?;
         }
-        let fd = open_node()?;
         let mut flags = if opts.tap { IFF_TAP } else { IFF_TUN };
         if !opts.packet_information {
             flags |= IFF_NO_PI;
@@ -357,8 +323,18 @@ impl Tun {
         if opts.multi_queue {
             flags |= IFF_MULTI_QUEUE;
         }
-        set_iff(&fd, name.as_bytes(), flags)?;
-        let ctl = Arc::new(Control::open(device_netns(fd.as_raw_fd()))?);
+        // The device is created in the namespace of the thread that opens the node.
+        let ns = opts.netns.as_deref();
+        let desc = ns.map_or("", |n| n.describe());
+        let fd = in_netns_named(ns.map(|n| n.fd()), desc, || {
+            let fd = open_node()?;
+            set_iff(&fd, name.as_bytes(), flags)?;
+            Ok(fd)
+        })?;
+        let ctl = Arc::new(Control::open(
+            device_netns(fd.as_raw_fd()),
+            get_iff(fd.as_raw_fd())?.name_bytes(),
+        )?);
         let tun = Tun::finish(fd, ctl, true)?;
         if opts.offload && !tun.vnet_hdr() {
             return Err(Error::Os {
@@ -407,11 +383,14 @@ impl Tun {
                 return Err(last_error("setting O_NONBLOCK"));
             }
         }
-        let ctl = Arc::new(Control::open(device_netns(dup.as_raw_fd()))?);
+        let ctl = Arc::new(Control::open(
+            device_netns(dup.as_raw_fd()),
+            get_iff(dup.as_raw_fd())?.name_bytes(),
+        )?);
         Tun::finish(dup, ctl, false)
     }
 
-    /// Reads the flags back, sets up the virtio header and offloads, finds the ifindex.
+    /// Reads the flags back, sets up the virtio header and offloads.
     fn finish(fd: OwnedFd, ctl: Arc<Control>, clear_offload: bool) -> Result<Tun, Error> {
         let req = get_iff(fd.as_raw_fd())?;
         let flags = req.flags();
@@ -421,19 +400,13 @@ impl Tun {
         } else {
             false
         };
-        let mut ir = IfReq::new(req.name_bytes());
-        if ioctl_ptr(ctl.sock.as_raw_fd(), SIOCGIFINDEX, &mut ir) != 0 {
-            return Err(last_error("reading the interface index (SIOCGIFINDEX)"));
-        }
-        let ifindex = ir.int() as u32;
         Ok(Tun {
             fd,
             wake: new_eventfd()?,
             closed: AtomicBool::new(false),
-            ctl,
+            ctl: Mutex::new(ctl),
             flags,
             udp_gso,
-            ifindex,
             counters: Arc::default(),
         })
     }
@@ -446,14 +419,17 @@ impl Tun {
                 "clone_queue needs a device created with multi_queue=True".into(),
             ));
         }
+        // The device's namespace now (it may have been moved since it was opened), so
+        // that the name is looked up where the device is.
+        let ctl = self.control()?;
         let name = self.name()?;
-        let fd = in_netns(self.ctl.netns.as_ref(), || {
+        let fd = in_netns(ctl.netns.as_ref(), || {
             let fd = open_node()?;
             let keep = IFF_TUN | IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
             set_iff(&fd, name.as_bytes(), self.flags & keep)?;
             Ok(fd)
         })?;
-        Tun::finish(fd, self.ctl.clone(), true)
+        Tun::finish(fd, ctl, true)
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -484,9 +460,47 @@ impl Tun {
         self.udp_gso
     }
 
-    /// The interface index.
+    /// The interface index, as last seen (see [`Tun::current_ifindex`]).
     pub fn ifindex(&self) -> u32 {
-        self.ifindex
+        self.ctl_slot().ifindex
+    }
+
+    /// The interface index in the namespace the device is in now (it changes when a
+    /// move to another namespace finds the old one taken there).
+    pub fn current_ifindex(&self) -> Result<u32, Error> {
+        self.check_open()?;
+        Ok(self.control()?.ifindex)
+    }
+
+    fn ctl_slot(&self) -> Arc<Control> {
+        self.ctl.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The configuration sockets, in the namespace the device is in now. A device moved
+    /// to another namespace since (`ip link set DEV netns NS`) is followed there: new
+    /// sockets are opened in its namespace. Where that cannot be done (no CAP_SYS_ADMIN
+    /// for setns, say), the error says the device was moved.
+    fn control(&self) -> Result<Arc<Control>, Error> {
+        let cur = self.ctl_slot();
+        // Without TUNGETDEVNETNS (old kernel, or no CAP_NET_ADMIN over the device's
+        // namespace) a move cannot be seen here; ENODEV is then explained in ctl_ioctl.
+        let Some(now) = device_netns(self.fd.as_raw_fd()) else {
+            return Ok(cur);
+        };
+        if fd_id(now.as_raw_fd())? == cur.netns_id {
+            return Ok(cur);
+        }
+        let name = self.name()?;
+        let new = Control::open(Some(now), name.as_bytes()).map_err(|e| moved(&name, &e))?;
+        let new = Arc::new(new);
+        let mut slot = self.ctl.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.netns_id == cur.netns_id {
+            *slot = new.clone();
+            Ok(new)
+        } else {
+            // Another thread followed it first.
+            Ok(slot.clone())
+        }
     }
 
     /// The current interface name (re-read, so a rename is seen).
@@ -501,8 +515,16 @@ impl Tun {
     }
 
     fn ctl_ioctl(&self, req: c_ulong, r: &mut IfReq, what: &str) -> Result<(), Error> {
-        if ioctl_ptr(self.ctl.sock.as_raw_fd(), req, r) != 0 {
-            return Err(last_error(what));
+        let ctl = self.control()?;
+        if ioctl_ptr(ctl.sock.as_raw_fd(), req, r) != 0 {
+            let e = last_error(what);
+            if e.errno() == Some(libc::ENODEV) {
+                // The descriptor is still attached (ifreq() read the name through it),
+                // so the interface is somewhere else than the sockets.
+                let name = String::from_utf8_lossy(r.name_bytes()).into_owned();
+                return Err(moved(&name, &e));
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -637,25 +659,33 @@ impl Tun {
     /// The owner and group, read back through rtnetlink.
     pub fn owner_group(&self) -> Result<(Option<u32>, Option<u32>), Error> {
         self.check_open()?;
-        self.ctl.netlink().tun_owner_group(self.ifindex)
+        let ctl = self.control()?;
+        let r = ctl.netlink().tun_owner_group(ctl.ifindex);
+        r
     }
 
     /// Adds an IPv4 or IPv6 address (rtnetlink `RTM_NEWADDR`).
     pub fn add_address(&self, a: &IfAddr, nodad: bool) -> Result<(), Error> {
         self.check_open()?;
-        self.ctl.netlink().add_address(self.ifindex, a, nodad)
+        let ctl = self.control()?;
+        let r = ctl.netlink().add_address(ctl.ifindex, a, nodad);
+        r
     }
 
     /// Removes an address (rtnetlink `RTM_DELADDR`).
     pub fn remove_address(&self, a: &IfAddr) -> Result<(), Error> {
         self.check_open()?;
-        self.ctl.netlink().remove_address(self.ifindex, a)
+        let ctl = self.control()?;
+        let r = ctl.netlink().remove_address(ctl.ifindex, a);
+        r
     }
 
     /// The interface's addresses, IPv4 and IPv6 (link-local ones included).
     pub fn addresses(&self) -> Result<Vec<IfAddr>, Error> {
         self.check_open()?;
-        self.ctl.netlink().addresses(self.ifindex)
+        let ctl = self.control()?;
+        let r = ctl.netlink().addresses(ctl.ifindex);
+        r
     }
 
     /// Marks the queue closed and wakes every thread waiting in [`Tun::read`] or
@@ -787,6 +817,20 @@ impl Tun {
     }
 }
 
+/// The error for a device that is no longer in the namespace of its configuration
+/// sockets and could not be followed; `e` is what failed.
+fn moved(name: &str, e: &Error) -> Error {
+    let msg = format!(
+        "{name} was moved to another network namespace (ip link set {name} netns ...) after \
+         it was opened, and its configuration cannot follow it there: {e}; configure it \
+         from its new namespace (I/O on the descriptor still works)"
+    );
+    match e.errno() {
+        Some(errno) => Error::Os { errno, msg },
+        None => Error::Invalid(msg),
+    }
+}
+
 fn check_mtu(mtu: u32) -> Result<(), Error> {
     if !(68..=65535).contains(&mtu) {
         return Err(Error::Invalid(format!(
@@ -821,24 +865,28 @@ mod tests {
         assert!(check_mtu(65536).is_err());
     }
 
-    /// Runs only as root (with /dev/net/tun); otherwise passes without doing anything.
-    /// Works in a private network namespace, on a thread of its own so that the
-    /// namespace goes away with the thread.
+    /// Needs root and /dev/net/tun (ignored otherwise, see build.rs). Works in a private
+    /// network namespace, on a thread of its own so that the namespace goes away with
+    /// the thread.
     #[test]
+    #[cfg_attr(
+        not(tunoffload_root_tests),
+        ignore = "needs root and /dev/net/tun (run cargo test as root)"
+    )]
     fn open_configure_read_write() {
+        crate::testsupport::require_root();
         std::thread::spawn(open_configure_read_write_in_new_netns)
             .join()
             .expect("test thread");
     }
 
     fn open_configure_read_write_in_new_netns() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-            return;
-        }
         // SAFETY: unshare on this thread only affects this thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return;
+            panic!(
+                "unshare(CLONE_NEWNET) as root: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let tun = Tun::open(&TunOptions {
             offload: true,

@@ -1,34 +1,202 @@
 //! The engine's one error type: a malformed packet, header or argument.
 //!
-//! Every variant's message names the problem; the Python layer raises it as `ValueError`.
+//! An [`Error`] is a [`ErrorKind`] (which refusal it is, with a stable snake_case name),
+//! optionally the index of the buffer or packet it is about, and a message that names the
+//! problem with its numbers. Nothing is allocated until an error is made. The Python layer
+//! raises it as `ValueError` with the kind's name as `err.kind` and the index as
+//! `err.index`.
 
 use std::borrow::Cow;
 use std::fmt;
 
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// Which refusal an [`Error`] is. New kinds may be added; a kind's name
+        /// ([`ErrorKind::as_str`]) never changes.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorKind {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$variant,)*];
+
+            /// The kind's stable snake_case name (Python's `err.kind`).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    // --- The IP header (GSO, and the binding's version checks) ---
+    /// A packet of 0 bytes.
+    EmptyPacket = "empty_packet",
+    /// The version nibble is neither 4 nor 6.
+    BadIpVersion = "bad_ip_version",
+    /// `is_v6` was given and disagrees with the packet's version nibble.
+    IpVersionMismatch = "ip_version_mismatch",
+    /// Fewer bytes than the fixed IPv4 (20) or IPv6 (40) header.
+    TruncatedIpHeader = "truncated_ip_header",
+    /// The IPv4 header length (IHL) is below 20 or beyond the packet.
+    BadIhl = "bad_ihl",
+    /// The IPv4 total length or IPv6 payload length disagrees with the packet's length.
+    IpLengthMismatch = "ip_length_mismatch",
+    /// An IPv6 extension header is cut short by the end of the packet.
+    TruncatedIpv6Extension = "truncated_ipv6_extension",
+    /// More IPv6 extension headers than the engine walks.
+    TooManyIpv6Extensions = "too_many_ipv6_extensions",
+    /// A GSO packet that is an IP fragment.
+    IpFragment = "ip_fragment",
+
+    // --- The virtio header ---
+    /// Fewer than 10 bytes to decode a `virtio_net_hdr` from, or to encode one into.
+    VirtioHdrTooShort = "virtio_hdr_too_short",
+    /// A `gso_type` the engine does not do: `GSO_UDP` (UDP fragmentation offload).
+    UnsupportedGsoType = "unsupported_gso_type",
+    /// A `gso_type` that is no GSO type at all.
+    UnknownGsoType = "unknown_gso_type",
+    /// The ECN bit (0x80) on a `gso_type` that is not TCP (`GSO_NONE`, `GSO_UDP_L4`).
+    EcnRefused = "ecn_refused",
+    /// The `gso_type` is for the other IP version (`GSO_TCPV4` on IPv6, `GSO_TCPV6` on IPv4).
+    GsoIpVersionMismatch = "gso_ip_version_mismatch",
+    /// The `gso_type` is for another transport protocol than the packet's.
+    GsoProtocolMismatch = "gso_protocol_mismatch",
+    /// `gso_size` is 0 on a GSO packet.
+    GsoSizeZero = "gso_size_zero",
+    /// `csum_start` is inside the IP header or beyond the packet.
+    CsumStartOutOfRange = "csum_start_out_of_range",
+    /// `csum_start + csum_offset` (the checksum field) runs past the packet.
+    CsumOffsetOutOfRange = "csum_offset_out_of_range",
+    /// `csum_start` of a GSO packet is not the transport header's offset.
+    CsumStartMismatch = "csum_start_mismatch",
+    /// `csum_offset` of a GSO packet is not its TCP (16) or UDP (6) checksum's offset.
+    CsumOffsetMismatch = "csum_offset_mismatch",
+    /// `GSO_UDP_L4` without `F_NEEDS_CSUM` (the kernel refuses it).
+    MissingNeedsCsum = "missing_needs_csum",
+
+    // --- The transport header ---
+    /// Fewer bytes after the IP header than the TCP (20) or UDP (8) header.
+    TruncatedTransportHeader = "truncated_transport_header",
+    /// The TCP data offset is below 20 bytes or runs past the packet.
+    BadTcpDataOffset = "bad_tcp_data_offset",
+    /// The UDP length disagrees with the bytes from the UDP header on.
+    UdpLengthMismatch = "udp_length_mismatch",
+    /// A well-formed packet the kernel drops on this path (a TCP payload that fits in
+    /// `gso_size` only without its options).
+    KernelWouldDrop = "kernel_would_drop",
+    /// A UDP GSO packet of more than `UDP_MAX_SEGMENTS` (128) segments.
+    TooManySegments = "too_many_segments",
+
+    // --- The output of a split ---
+    /// Fewer `out_bufs` than the packet has segments.
+    TooFewOutBufs = "too_few_out_bufs",
+    /// `sizes` has fewer entries than the packet has segments.
+    SizesTooShort = "sizes_too_short",
+    /// An output buffer too small for its segment after `out_offset` (`index`: which).
+    OutBufTooSmall = "out_buf_too_small",
+    /// The packet's length changed between planning a split and writing it.
+    PacketChanged = "packet_changed",
+    /// `sizes` was shortened (by Python code run while it was filled) during the call.
+    SizesChanged = "sizes_changed",
+
+    // --- GRO's buffers ---
+    /// `offset` leaves no room for the 10-byte virtio header.
+    OffsetTooSmall = "offset_too_small",
+    /// More buffers than a GRO table can index.
+    TooManyBuffers = "too_many_buffers",
+    /// A buffer that ends at or before `offset` (`index`: which).
+    NoPacketAfterOffset = "no_packet_after_offset",
+    /// A buffer that had to grow and cannot (a fixed-size one, or out of memory).
+    BufferCannotGrow = "buffer_cannot_grow",
+
+    // --- Arguments checked by the Python binding ---
+    /// Two buffers of one call share memory (`index`: the second).
+    OverlappingBuffers = "overlapping_buffers",
+    /// An output bytearray already being written, by this call (the same one twice) or
+    /// another thread (`index`: which).
+    BufferInUse = "buffer_in_use",
+    /// A size or offset argument below 0.
+    NegativeArgument = "negative_argument",
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A packet, virtio header or argument the engine cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error(Cow<'static, str>);
+pub struct Error {
+    kind: ErrorKind,
+    index: Option<usize>,
+    detail: Cow<'static, str>,
+}
 
 impl Error {
     /// An error with a fixed message.
-    pub const fn fixed(msg: &'static str) -> Self {
-        Error(Cow::Borrowed(msg))
+    pub const fn fixed(kind: ErrorKind, msg: &'static str) -> Self {
+        Error {
+            kind,
+            index: None,
+            detail: Cow::Borrowed(msg),
+        }
     }
 
     /// An error with a formatted message (only built on the error path).
-    pub fn new(msg: String) -> Self {
-        Error(Cow::Owned(msg))
+    pub fn new(kind: ErrorKind, msg: String) -> Self {
+        Error {
+            kind,
+            index: None,
+            detail: Cow::Owned(msg),
+        }
     }
 
-    /// The message.
+    /// The same error, about buffer or packet `index` of the call.
+    pub fn at(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// The same kind and index with another message (a caller that renames a buffer in
+    /// it, say).
+    pub fn with_message(self, msg: String) -> Self {
+        Error {
+            detail: Cow::Owned(msg),
+            ..self
+        }
+    }
+
+    /// Which refusal this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The index of the buffer or packet the error is about, when there is one.
+    pub fn index(&self) -> Option<usize> {
+        self.index
+    }
+
+    /// The message: the problem, with its numbers.
     pub fn message(&self) -> &str {
-        &self.0
+        &self.detail
+    }
+
+    /// The message, owned.
+    pub fn into_message(self) -> String {
+        self.detail.into_owned()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.detail)
     }
 }
 
@@ -37,10 +205,61 @@ impl std::error::Error for Error {}
 /// `Result` with the engine's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Returns early with a formatted [`Error`].
+/// Returns early with a formatted [`Error`] of a kind: `bail!(Kind, "fmt", args)`, or
+/// `bail!(Kind @ index, "fmt", args)` for an error about buffer or packet `index`.
 macro_rules! bail {
-    ($($arg:tt)*) => {
-        return Err($crate::engine::error::Error::new(format!($($arg)*)))
+    ($kind:ident @ $index:expr, $($arg:tt)*) => {
+        return Err($crate::engine::error::Error::new(
+            $crate::engine::error::ErrorKind::$kind,
+            format!($($arg)*),
+        )
+        .at($index))
+    };
+    ($kind:ident, $($arg:tt)*) => {
+        return Err($crate::engine::error::Error::new(
+            $crate::engine::error::ErrorKind::$kind,
+            format!($($arg)*),
+        ))
     };
 }
 pub(crate) use bail;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for k in ErrorKind::ALL {
+            let n = k.as_str();
+            assert!(seen.insert(n), "{n} twice");
+            assert!(
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
+                "{n} is not snake_case"
+            );
+        }
+    }
+
+    #[test]
+    fn carries_kind_index_and_message() {
+        let e = Error::new(
+            ErrorKind::OutBufTooSmall,
+            "out_bufs[3] holds 5 bytes".into(),
+        )
+        .at(3);
+        assert_eq!(e.kind(), ErrorKind::OutBufTooSmall);
+        assert_eq!(e.kind().as_str(), "out_buf_too_small");
+        assert_eq!(e.index(), Some(3));
+        assert_eq!(e.to_string(), "out_bufs[3] holds 5 bytes");
+        let r = e.clone().with_message("x[3] holds 5 bytes".into());
+        assert_eq!(
+            (r.kind(), r.index(), r.message()),
+            (e.kind(), Some(3), "x[3] holds 5 bytes")
+        );
+        let f = Error::fixed(ErrorKind::PacketChanged, "changed");
+        assert_eq!((f.index(), f.message()), (None, "changed"));
+    }
+}

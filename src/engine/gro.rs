@@ -65,6 +65,7 @@ impl ExpandBuffer for &mut [u8] {
     fn resize(&mut self, new_len: usize) -> Result<()> {
         if new_len != self.len() {
             bail!(
+                BufferCannotGrow,
                 "a fixed-size buffer of {} bytes cannot become {new_len}",
                 self.len()
             );
@@ -300,15 +301,18 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
     can_udp_gro: bool,
 ) -> Result<&'t [usize]> {
     if offset < VIRTIO_NET_HDR_LEN {
-        bail!("offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header");
+        bail!(
+            OffsetTooSmall,
+            "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header"
+        );
     }
     if bufs.len() >= NONE as usize {
-        bail!("too many buffers");
+        bail!(TooManyBuffers, "too many buffers: {}", bufs.len());
     }
     for (i, b) in bufs.iter().enumerate() {
         let len = b.bytes().len();
         if len <= offset {
-            bail!("bufs[{i}] holds {len} bytes: no packet after offset {offset}");
+            bail!(NoPacketAfterOffset @ i, "bufs[{i}] holds {len} bytes: no packet after offset {offset}");
         }
     }
     table.reset(bufs.len());
@@ -622,8 +626,8 @@ impl Hasher for FxHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::gso_split;
     use crate::engine::testutil::{build, Spec};
+    use crate::engine::{gso_split, ErrorKind};
 
     const OFF: usize = 12;
 
@@ -756,15 +760,46 @@ mod tests {
 
     #[test]
     fn bad_arguments_change_nothing() {
-        let mut b = bufs(&[Spec::default(), Spec::default()]);
-        let before = b.clone();
-        let mut t = GroTable::new();
-        assert!(handle_gro(&mut b, 9, &mut t, true).is_err());
-        b[1].truncate(OFF);
-        let before1 = b.clone();
-        assert!(handle_gro(&mut b, OFF, &mut t, true).is_err());
-        assert_eq!(b, before1);
-        assert_eq!(b[0], before[0]);
+        use crate::engine::ErrorKind::*;
+        type Mutate = fn(&mut Vec<Vec<u8>>);
+        // (name, offset, how the two good buffers are spoiled, kind, index)
+        let cases: &[(&str, usize, Mutate, ErrorKind, Option<usize>)] = &[
+            ("offset 9", 9, |_| {}, OffsetTooSmall, None),
+            ("offset 0", 0, |_| {}, OffsetTooSmall, None),
+            (
+                "headroom only",
+                OFF,
+                |b| b[1].truncate(OFF),
+                NoPacketAfterOffset,
+                Some(1),
+            ),
+            (
+                "empty buffer",
+                OFF,
+                |b| b[0].clear(),
+                NoPacketAfterOffset,
+                Some(0),
+            ),
+            ("offset beyond", 200, |_| {}, NoPacketAfterOffset, Some(0)),
+        ];
+        for &(name, offset, mutate, kind, index) in cases {
+            let mut b = bufs(&[Spec::default(), seg(&Spec::default(), 1, 100)]);
+            mutate(&mut b);
+            let before = b.clone();
+            let mut t = GroTable::new();
+            let e = handle_gro(&mut b, offset, &mut t, true).expect_err(name);
+            assert_eq!((e.kind(), e.index()), (kind, index), "{name}: {e}");
+            assert_eq!(b, before, "{name}: changed the buffers");
+        }
+    }
+
+    #[test]
+    fn a_fixed_buffer_that_must_grow_is_refused() {
+        let mut raw = [0u8; 4];
+        let mut b: &mut [u8] = &mut raw;
+        assert!(ExpandBuffer::resize(&mut b, 4).is_ok());
+        let e = ExpandBuffer::resize(&mut b, 5).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BufferCannotGrow);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   can hold a whole first segment); it is never used.
 
 use super::checksum::{self, add, fold};
-use super::error::{bail, Error, Result};
+use super::error::{bail, Error, ErrorKind, Result};
 use super::packet::*;
 use super::virtio::*;
 
@@ -94,26 +94,42 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         VIRTIO_NET_HDR_GSO_TCPV6 => (PROTO_TCP, Some(true)),
         VIRTIO_NET_HDR_GSO_UDP_L4 if !ecn => (PROTO_UDP, None),
         VIRTIO_NET_HDR_GSO_UDP => {
-            bail!("gso_type GSO_UDP (UDP fragmentation offload) is not supported")
+            bail!(
+                UnsupportedGsoType,
+                "gso_type GSO_UDP (UDP fragmentation offload) is not supported"
+            )
         }
-        t => bail!(
-            "gso_type {t:#04x} is not a known GSO type (0, 1, 4, 5, optionally | 0x80 for TCP)"
+        // Reached only with the ECN bit: the arms above take these types without it.
+        VIRTIO_NET_HDR_GSO_NONE | VIRTIO_NET_HDR_GSO_UDP_L4 => bail!(
+            EcnRefused,
+            "gso_type {:#04x}: the ECN bit 0x80 goes only with GSO_TCPV4 or GSO_TCPV6",
+            hdr.gso_type
+        ),
+        _ => bail!(
+            UnknownGsoType,
+            "gso_type {:#04x} is not a known GSO type (0, 1, 4, 5, optionally | 0x80 for TCP)",
+            hdr.gso_type
         ),
     };
     let name = gso_name(hdr.gso_type);
     if let Some(want_v6) = v6 {
         if want_v6 != ip.is_v6 {
-            bail!("{name} on an IPv{} packet", if ip.is_v6 { 6 } else { 4 });
+            bail!(
+                GsoIpVersionMismatch,
+                "{name} on an IPv{} packet",
+                if ip.is_v6 { 6 } else { 4 }
+            );
         }
     }
     if ip.proto != proto {
         bail!(
+            GsoProtocolMismatch,
             "{name} on a packet whose transport protocol is {}",
             ip.proto
         );
     }
     if ip.fragment {
-        bail!("{name} on an IP fragment");
+        bail!(IpFragment, "{name} on an IP fragment");
     }
     let l4 = ip.l4_off;
     let (base_hdr, csum_field) = if proto == PROTO_TCP {
@@ -124,20 +140,28 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
     if needs_csum {
         let (start, at) = checksum_location(pkt, hdr, &ip)?;
         if start != l4 {
-            bail!("csum_start {start} is not the transport header's offset {l4}");
+            bail!(
+                CsumStartMismatch,
+                "csum_start {start} is not the transport header's offset {l4}"
+            );
         }
         if at != l4 + csum_field {
             bail!(
+                CsumOffsetMismatch,
                 "csum_offset {} is not the {} checksum's offset {csum_field}",
                 hdr.csum_offset,
                 if proto == PROTO_TCP { "TCP" } else { "UDP" }
             );
         }
     } else if proto == PROTO_UDP {
-        bail!("GSO_UDP_L4 without F_NEEDS_CSUM (the kernel refuses it)");
+        bail!(
+            MissingNeedsCsum,
+            "GSO_UDP_L4 without F_NEEDS_CSUM (the kernel refuses it)"
+        );
     }
     if l4 + base_hdr > pkt.len() {
         bail!(
+            TruncatedTransportHeader,
             "truncated transport header: {} bytes after offset {l4}",
             pkt.len() - l4
         );
@@ -145,10 +169,14 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
     let hdrs = if proto == PROTO_TCP {
         let doff = usize::from(pkt[l4 + 12] >> 4) * 4;
         if doff < TCP_HDR_LEN {
-            bail!("TCP data offset {doff} is below the minimum of 20");
+            bail!(
+                BadTcpDataOffset,
+                "TCP data offset {doff} is below the minimum of 20"
+            );
         }
         if l4 + doff > pkt.len() {
             bail!(
+                BadTcpDataOffset,
                 "TCP header of {doff} bytes runs past the {}-byte packet",
                 pkt.len()
             );
@@ -158,6 +186,7 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         let udp_len = usize::from(be16(pkt, l4 + 4));
         if udp_len != pkt.len() - l4 {
             bail!(
+                UdpLengthMismatch,
                 "UDP length {udp_len} disagrees with the {} bytes from the UDP header on",
                 pkt.len() - l4
             );
@@ -165,7 +194,7 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         l4 + UDP_HDR_LEN
     };
     if hdr.gso_size == 0 {
-        bail!("gso_size is 0");
+        bail!(GsoSizeZero, "gso_size is 0");
     }
     let gso_size = usize::from(hdr.gso_size);
     let payload = pkt.len() - hdrs;
@@ -176,6 +205,7 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         // tcp_gso_segment then finds no more than one segment's payload and the kernel
         // drops the packet; a Linux sender never makes one.
         bail!(
+            KernelWouldDrop,
             "{name} packet whose {payload}-byte payload fits in gso_size {gso_size} only \
              without its TCP options: the kernel drops it"
         );
@@ -204,7 +234,10 @@ pub fn plan(pkt: &[u8], hdr: &VirtioNetHdr, is_v6: Option<bool>) -> Result<GsoPl
         Kind::Tcp { seed, ip }
     } else {
         if segments > UDP_MAX_SEGMENTS {
-            bail!("UDP GSO into {segments} segments; the kernel allows at most {UDP_MAX_SEGMENTS}");
+            bail!(
+                TooManySegments,
+                "UDP GSO into {segments} segments; the kernel allows at most {UDP_MAX_SEGMENTS}"
+            );
         }
         Kind::Udp {
             seed: add(be16(pkt, csum_at), !be16(pkt, l4 + 4)),
@@ -227,14 +260,25 @@ fn checksum_location(pkt: &[u8], hdr: &VirtioNetHdr, ip: &IpInfo) -> Result<(usi
     let at = start + usize::from(hdr.csum_offset);
     let ip_hdr = if ip.is_v6 { IPV6_HDR_LEN } else { ip.l4_off };
     if start < ip_hdr {
-        bail!("csum_start {start} is inside the {ip_hdr}-byte IP header");
+        bail!(
+            CsumStartOutOfRange,
+            "csum_start {start} is inside the {ip_hdr}-byte IP header"
+        );
     }
     if at + 2 > pkt.len() {
-        bail!(
-            "csum_start {start} + csum_offset {} + 2 is beyond the {}-byte packet",
-            hdr.csum_offset,
-            pkt.len()
-        );
+        let kind = if start >= pkt.len() {
+            ErrorKind::CsumStartOutOfRange
+        } else {
+            ErrorKind::CsumOffsetOutOfRange
+        };
+        return Err(Error::new(
+            kind,
+            format!(
+                "csum_start {start} + csum_offset {} + 2 is beyond the {}-byte packet",
+                hdr.csum_offset,
+                pkt.len()
+            ),
+        ));
     }
     Ok((start, at))
 }
@@ -258,17 +302,21 @@ fn check_outputs(
     let n = plan.segments;
     if out_lens.len() < n {
         bail!(
+            TooFewOutBufs,
             "the packet splits into {n} segments but only {} out_bufs were given",
             out_lens.len()
         );
     }
     if sizes_len < n {
-        bail!("the packet splits into {n} segments but sizes has room for {sizes_len}");
+        bail!(
+            SizesTooShort,
+            "the packet splits into {n} segments but sizes has room for {sizes_len}"
+        );
     }
     for (i, len) in out_lens.take(n).enumerate() {
         let need = plan.segment_len(i);
         if len < out_offset || len - out_offset < need {
-            bail!("out_bufs[{i}] holds {len} bytes; segment {i} needs {need} after out_offset {out_offset}");
+            bail!(OutBufTooSmall @ i, "out_bufs[{i}] holds {len} bytes; segment {i} needs {need} after out_offset {out_offset}");
         }
     }
     Ok(())
@@ -286,6 +334,7 @@ pub fn write_segments<B: AsMut<[u8]>>(
 ) -> Result<usize> {
     if pkt.len() != plan.len {
         return Err(Error::fixed(
+            ErrorKind::PacketChanged,
             "the packet changed between planning and writing",
         ));
     }
@@ -398,6 +447,7 @@ pub fn gso_split<B: AsMut<[u8]>>(
     let n = plan.segments;
     if sizes.len() < n {
         bail!(
+            SizesTooShort,
             "the packet splits into {n} segments but sizes has room for {}",
             sizes.len()
         );
@@ -520,203 +570,367 @@ mod tests {
         assert!(l4_checksum_ok(seg0));
     }
 
+    /// One refused input: the packet and header, the outputs offered, the error wanted.
+    struct Refusal {
+        name: &'static str,
+        pkt: Vec<u8>,
+        hdr: VirtioNetHdr,
+        outs: usize,
+        out_len: usize,
+        sizes: usize,
+        out_offset: usize,
+        is_v6: Option<bool>,
+        want: ErrorKind,
+        index: Option<usize>,
+    }
+
+    fn refusal(name: &'static str, pkt: &[u8], hdr: VirtioNetHdr, want: ErrorKind) -> Refusal {
+        Refusal {
+            name,
+            pkt: pkt.to_vec(),
+            hdr,
+            outs: 8,
+            out_len: 4000,
+            sizes: 8,
+            out_offset: 0,
+            is_v6: None,
+            want,
+            index: None,
+        }
+    }
+
+    fn edit(pkt: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut p = pkt.to_vec();
+        f(&mut p);
+        p
+    }
+
     #[test]
     fn malformed_inputs_are_errors() {
-        let v4 = build(
-            &Spec {
-                payload: vec![1; 3000],
-                ..Spec::default()
-            },
-            true,
-        );
+        use ErrorKind::*;
+        let payload = |n| Spec {
+            payload: vec![1; n],
+            ..Spec::default()
+        };
+        let v4 = build(&payload(3000), true);
         let v6 = build(
             &Spec {
                 v6: true,
-                payload: vec![1; 3000],
-                ..Spec::default()
+                ..payload(3000)
+            },
+            true,
+        );
+        let u4 = build(
+            &Spec {
+                udp: true,
+                ..payload(3000)
             },
             true,
         );
         let h4 = tcp_hdr(false, 1000);
-        let cases: Vec<(&str, Vec<u8>, VirtioNetHdr)> = vec![
-            ("empty", vec![], h4),
-            ("truncated", v4[..30].to_vec(), h4),
-            ("v6 packet for TCPV4", v6.clone(), h4),
-            ("v4 packet for TCPV6", v4.clone(), tcp_hdr(true, 1000)),
-            ("gso_size 0", v4.clone(), VirtioNetHdr { gso_size: 0, ..h4 }),
-            (
+        let h6 = tcp_hdr(true, 1000);
+        let hu = VirtioNetHdr {
+            gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+            csum_offset: 6,
+            ..h4
+        };
+        let none = VirtioNetHdr { gso_type: 0, ..h4 };
+        let opts = build(
+            &Spec {
+                tcp_opts: vec![1; 12],
+                ..payload(1000)
+            },
+            true,
+        );
+        // A hop-by-hop extension header whose length runs past the packet.
+        let ext = edit(&v6[..48], |p| {
+            put16(p, 4, 8);
+            p[6] = 0;
+            p[41] = 1;
+        });
+        // Nine destination-options headers in a row: more than the walk takes.
+        let exts = edit(&v6[..40], |p| {
+            put16(p, 4, 72);
+            p[6] = 60;
+            for _ in 0..9 {
+                p.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
+            }
+        });
+        let cases = vec![
+            refusal("empty", &[], h4, EmptyPacket),
+            refusal(
+                "empty, plain GSO_NONE",
+                &[],
+                VirtioNetHdr::default(),
+                EmptyPacket,
+            ),
+            refusal("truncated", &v4[..30], h4, IpLengthMismatch),
+            refusal("truncated IPv4 header", &v4[..12], h4, TruncatedIpHeader),
+            refusal("truncated IPv6 header", &v6[..30], h6, TruncatedIpHeader),
+            refusal("not ip", &edit(&v4, |p| p[0] = 0x55), h4, BadIpVersion),
+            refusal("ihl < 5", &edit(&v4, |p| p[0] = 0x44), h4, BadIhl),
+            refusal(
+                "ihl beyond",
+                &edit(&v4[..30], |p| {
+                    p[0] = 0x4f;
+                    put16(p, 2, 30)
+                }),
+                h4,
+                BadIhl,
+            ),
+            refusal(
+                "total length",
+                &edit(&v4, |p| put16(p, 2, 100)),
+                h4,
+                IpLengthMismatch,
+            ),
+            refusal(
+                "v6 payload length",
+                &edit(&v6, |p| put16(p, 4, 7)),
+                h6,
+                IpLengthMismatch,
+            ),
+            refusal("v6 extension runs past", &ext, h6, TruncatedIpv6Extension),
+            refusal("v6 extensions too many", &exts, h6, TooManyIpv6Extensions),
+            refusal("fragment", &edit(&v4, |p| p[6] = 0x20), h4, IpFragment),
+            refusal("v6 packet for TCPV4", &v6, h4, GsoIpVersionMismatch),
+            refusal("v4 packet for TCPV6", &v4, h6, GsoIpVersionMismatch),
+            refusal(
+                "UDP packet for TCPV4",
+                &u4,
+                VirtioNetHdr {
+                    csum_offset: 16,
+                    ..h4
+                },
+                GsoProtocolMismatch,
+            ),
+            refusal(
+                "gso_size 0",
+                &v4,
+                VirtioNetHdr { gso_size: 0, ..h4 },
+                GsoSizeZero,
+            ),
+            refusal(
+                "UFO",
+                &v4,
+                VirtioNetHdr {
+                    gso_type: VIRTIO_NET_HDR_GSO_UDP,
+                    ..h4
+                },
+                UnsupportedGsoType,
+            ),
+            refusal(
+                "unknown type",
+                &v4,
+                VirtioNetHdr { gso_type: 2, ..h4 },
+                UnknownGsoType,
+            ),
+            refusal(
+                "udp ecn",
+                &u4,
+                VirtioNetHdr {
+                    gso_type: 0x85,
+                    ..hu
+                },
+                EcnRefused,
+            ),
+            refusal(
+                "gso_none ecn",
+                &v4,
+                VirtioNetHdr {
+                    gso_type: 0x80,
+                    ..h4
+                },
+                EcnRefused,
+            ),
+            refusal(
                 "csum_start beyond",
-                v4.clone(),
+                &v4,
                 VirtioNetHdr {
                     csum_start: 4000,
                     ..h4
                 },
+                CsumStartOutOfRange,
             ),
-            (
+            refusal(
                 "csum overflow u16",
-                v4.clone(),
+                &v4,
                 VirtioNetHdr {
                     csum_start: 0xfff0,
                     csum_offset: 0x20,
                     ..h4
                 },
+                CsumStartOutOfRange,
             ),
-            (
+            refusal(
+                "csum_offset beyond",
+                &v4,
+                VirtioNetHdr {
+                    csum_offset: 3019,
+                    ..h4
+                },
+                CsumOffsetOutOfRange,
+            ),
+            refusal(
                 "csum_offset wrong",
-                v4.clone(),
+                &v4,
                 VirtioNetHdr {
                     csum_offset: 6,
                     ..h4
                 },
+                CsumOffsetMismatch,
             ),
-            (
+            refusal(
                 "csum_start wrong",
-                v4.clone(),
+                &v4,
                 VirtioNetHdr {
                     csum_start: 24,
                     ..h4
                 },
+                CsumStartMismatch,
             ),
-            (
-                "UFO",
-                v4.clone(),
-                VirtioNetHdr {
-                    gso_type: VIRTIO_NET_HDR_GSO_UDP,
-                    ..h4
-                },
-            ),
-            (
-                "unknown type",
-                v4.clone(),
-                VirtioNetHdr { gso_type: 2, ..h4 },
-            ),
-            (
-                "udp ecn",
-                v4.clone(),
-                VirtioNetHdr {
-                    gso_type: 0x85,
-                    ..h4
-                },
-            ),
-            (
-                "data offset < 5",
-                {
-                    let mut p = v4.clone();
-                    p[32] = 0x40;
-                    p
-                },
-                h4,
-            ),
-            (
-                "data offset beyond",
-                {
-                    let mut p = v4[..50].to_vec();
-                    put16(&mut p, 2, 50);
-                    p[32] = 0xf0;
-                    p
-                },
-                h4,
-            ),
-            (
-                "total length",
-                {
-                    let mut p = v4.clone();
-                    put16(&mut p, 2, 100);
-                    p
-                },
-                h4,
-            ),
-            (
-                "ihl < 5",
-                {
-                    let mut p = v4.clone();
-                    p[0] = 0x44;
-                    p
-                },
-                h4,
-            ),
-            (
-                "not ip",
-                {
-                    let mut p = v4.clone();
-                    p[0] = 0x55;
-                    p
-                },
-                h4,
-            ),
-            (
-                "fragment",
-                {
-                    let mut p = v4.clone();
-                    p[6] = 0x20;
-                    p
-                },
-                h4,
-            ),
-            (
-                "v6 payload length",
-                {
-                    let mut p = v6.clone();
-                    put16(&mut p, 4, 7);
-                    p
-                },
-                tcp_hdr(true, 1000),
-            ),
-            (
+            refusal(
                 "gso_none csum beyond",
-                v4.clone(),
+                &v4,
                 VirtioNetHdr {
-                    gso_type: 0,
-                    csum_start: 3019,
-                    csum_offset: 16,
-                    ..h4
+                    csum_start: 3039,
+                    csum_offset: 0,
+                    ..none
                 },
+                CsumOffsetOutOfRange,
             ),
-            (
+            refusal(
                 "gso_none csum in ip header",
-                v4.clone(),
+                &v4,
                 VirtioNetHdr {
-                    gso_type: 0,
                     csum_start: 4,
                     csum_offset: 0,
-                    ..h4
+                    ..none
                 },
+                CsumStartOutOfRange,
             ),
-            (
-                "payload fits gso_size only without the options (the kernel drops it)",
-                build(
+            refusal(
+                "udp without NEEDS_CSUM",
+                &u4,
+                VirtioNetHdr { flags: 0, ..hu },
+                MissingNeedsCsum,
+            ),
+            refusal(
+                "truncated tcp header",
+                &edit(&v4[..30], |p| put16(p, 2, 30)),
+                VirtioNetHdr { flags: 0, ..h4 },
+                TruncatedTransportHeader,
+            ),
+            refusal(
+                "truncated tcp header, checksum field in it",
+                &edit(&v4[..38], |p| put16(p, 2, 38)),
+                h4,
+                TruncatedTransportHeader,
+            ),
+            refusal(
+                "data offset < 5",
+                &edit(&v4, |p| p[32] = 0x40),
+                h4,
+                BadTcpDataOffset,
+            ),
+            refusal(
+                "data offset beyond",
+                &edit(&v4[..50], |p| {
+                    put16(p, 2, 50);
+                    p[32] = 0xf0;
+                }),
+                h4,
+                BadTcpDataOffset,
+            ),
+            refusal(
+                "udp length",
+                &edit(&u4, |p| put16(p, 24, 7)),
+                hu,
+                UdpLengthMismatch,
+            ),
+            refusal(
+                "udp into 129 segments",
+                &build(
                     &Spec {
-                        payload: vec![1; 1000],
-                        tcp_opts: vec![1; 12],
-                        ..Spec::default()
+                        udp: true,
+                        ..payload(129 * 10)
                     },
                     true,
                 ),
+                VirtioNetHdr { gso_size: 10, ..hu },
+                TooManySegments,
+            ),
+            refusal(
+                "payload fits gso_size only without the options (the kernel drops it)",
+                &opts,
                 VirtioNetHdr {
                     gso_size: 1005,
                     ..h4
                 },
+                KernelWouldDrop,
             ),
+            Refusal {
+                is_v6: Some(true),
+                ..refusal("is_v6 wrong", &v4, h4, IpVersionMismatch)
+            },
+            Refusal {
+                is_v6: Some(true),
+                ..refusal(
+                    "is_v6 wrong, plain GSO_NONE",
+                    &v4,
+                    VirtioNetHdr::default(),
+                    IpVersionMismatch,
+                )
+            },
+            Refusal {
+                outs: 2,
+                ..refusal("too few outputs", &v4, h4, TooFewOutBufs)
+            },
+            Refusal {
+                out_len: 1000,
+                index: Some(0),
+                ..refusal("outputs too small", &v4, h4, OutBufTooSmall)
+            },
+            Refusal {
+                out_offset: 1500,
+                out_len: 2000,
+                index: Some(0),
+                ..refusal("out_offset leaves too little", &v4, h4, OutBufTooSmall)
+            },
+            Refusal {
+                out_offset: 5000,
+                index: Some(0),
+                ..refusal("out_offset beyond the outputs", &v4, h4, OutBufTooSmall)
+            },
+            Refusal {
+                sizes: 2,
+                ..refusal("sizes too short", &v4, h4, SizesTooShort)
+            },
         ];
-        for (name, pkt, h) in cases {
-            let mut outs = vec![vec![0x5au8; 2000]; 8];
-            let mut sizes = [0usize; 8];
-            let r = gso_split(&pkt, &h, &mut outs, &mut sizes, 0, None);
-            assert!(r.is_err(), "{name}: accepted");
+        for c in cases {
+            let mut outs = vec![vec![0x5au8; c.out_len]; c.outs];
+            let mut sizes = vec![0usize; c.sizes];
+            let r = gso_split(&c.pkt, &c.hdr, &mut outs, &mut sizes, c.out_offset, c.is_v6);
+            let name = c.name;
+            let e = r.expect_err(name);
+            assert_eq!(e.kind(), c.want, "{name}: {e}");
+            assert_eq!(e.index(), c.index, "{name}: {e}");
+            assert!(!e.message().is_empty(), "{name}");
             assert!(
                 outs.iter().all(|o| o.iter().all(|&b| b == 0x5a)),
                 "{name}: wrote"
             );
+            assert!(sizes.iter().all(|&s| s == 0), "{name}: sizes written");
         }
-        // Too few and too small outputs, and a short sizes slice.
-        let mut outs = vec![vec![0u8; 2000]; 2];
-        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, None).is_err());
-        let mut outs = vec![vec![0u8; 1000]; 8];
-        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, None).is_err());
-        let mut outs = vec![vec![0u8; 2000]; 8];
-        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 2], 0, None).is_err());
-        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 1500, None).is_err());
-        assert!(gso_split(&v4, &h4, &mut outs, &mut [0; 8], 0, Some(true)).is_err());
+    }
+
+    #[test]
+    fn a_packet_changed_after_planning_is_refused() {
+        let pkt = build(&Spec::default(), true);
+        let p = plan(&pkt, &tcp_hdr(false, 40), None).unwrap();
+        let mut outs = vec![vec![0u8; 200]; 8];
+        let e = write_segments(&p, &pkt[..pkt.len() - 1], &mut outs, 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PacketChanged);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod packet;
 mod testutil;
 pub mod virtio;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use gro::{handle_gro, ExpandBuffer, GroTable};
 pub use gso::{gso_split, GsoPlan, UDP_MAX_SEGMENTS};
 pub use virtio::*;

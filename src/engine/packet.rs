@@ -71,11 +71,15 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
     let v6 = match version(pkt, is_v6)? {
         4 => false,
         6 => true,
-        v => bail!("not an IP packet: version nibble is {v}, expected 4 or 6"),
+        v => bail!(
+            BadIpVersion,
+            "not an IP packet: version nibble is {v}, expected 4 or 6"
+        ),
     };
     if v6 {
         if pkt.len() < IPV6_HDR_LEN {
             bail!(
+                TruncatedIpHeader,
                 "truncated IPv6 header: {} bytes, need {IPV6_HDR_LEN}",
                 pkt.len()
             );
@@ -83,6 +87,7 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
         let plen = be16(pkt, 4) as usize;
         if plen != pkt.len() - IPV6_HDR_LEN {
             bail!(
+                IpLengthMismatch,
                 "IPv6 payload length {plen} disagrees with the {} bytes after the header",
                 pkt.len() - IPV6_HDR_LEN
             );
@@ -97,16 +102,21 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
     } else {
         if pkt.len() < IPV4_HDR_LEN {
             bail!(
+                TruncatedIpHeader,
                 "truncated IPv4 header: {} bytes, need {IPV4_HDR_LEN}",
                 pkt.len()
             );
         }
         let ihl = usize::from(pkt[0] & 0x0f) * 4;
         if ihl < IPV4_HDR_LEN {
-            bail!("IPv4 header length {ihl} is below the minimum of 20");
+            bail!(
+                BadIhl,
+                "IPv4 header length {ihl} is below the minimum of 20"
+            );
         }
         if ihl > pkt.len() {
             bail!(
+                BadIhl,
                 "IPv4 header length {ihl} is beyond the {}-byte packet",
                 pkt.len()
             );
@@ -114,6 +124,7 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
         let total = be16(pkt, 2) as usize;
         if total != pkt.len() {
             bail!(
+                IpLengthMismatch,
                 "IPv4 total length {total} disagrees with the packet's {} bytes",
                 pkt.len()
             );
@@ -131,12 +142,13 @@ pub(crate) fn parse_ip(pkt: &[u8], is_v6: Option<bool>) -> Result<IpInfo> {
 /// The version nibble of a non-empty packet; `is_v6`, when given, must agree with it.
 pub(crate) fn version(pkt: &[u8], is_v6: Option<bool>) -> Result<u8> {
     let Some(&first) = pkt.first() else {
-        bail!("empty packet");
+        bail!(EmptyPacket, "empty packet");
     };
     let version = first >> 4;
     if let Some(want) = is_v6 {
         if version != if want { 6 } else { 4 } {
             bail!(
+                IpVersionMismatch,
                 "is_v6={} but the packet is IPv{version}",
                 if want { "True" } else { "False" }
             );
@@ -154,11 +166,17 @@ fn skip_ipv6_extensions(pkt: &[u8]) -> Result<(usize, u8)> {
         match next {
             0 | 43 | 60 => {
                 if off + 2 > pkt.len() {
-                    bail!("truncated IPv6 extension header at offset {off}");
+                    bail!(
+                        TruncatedIpv6Extension,
+                        "truncated IPv6 extension header at offset {off}"
+                    );
                 }
                 let len = (usize::from(pkt[off + 1]) + 1) * 8;
                 if off + len > pkt.len() {
-                    bail!("IPv6 extension header at offset {off} runs past the packet");
+                    bail!(
+                        TruncatedIpv6Extension,
+                        "IPv6 extension header at offset {off} runs past the packet"
+                    );
                 }
                 next = pkt[off];
                 off += len;
@@ -168,5 +186,5 @@ fn skip_ipv6_extensions(pkt: &[u8]) -> Result<(usize, u8)> {
             _ => return Ok((off, next)),
         }
     }
-    bail!("too many IPv6 extension headers")
+    bail!(TooManyIpv6Extensions, "too many IPv6 extension headers")
 }

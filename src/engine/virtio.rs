@@ -4,7 +4,7 @@
 //! The multi-byte fields are in the device's vnet byte order, which is the host's native
 //! order unless `TUNSETVNETLE`/`TUNSETVNETBE` changed it; tunoffload never changes it.
 
-use super::error::{Error, Result};
+use super::error::{Error, ErrorKind, Result};
 
 /// Size of `struct virtio_net_hdr` in bytes. (Not 12: that is `virtio_net_hdr_mrg_rxbuf`.)
 pub const VIRTIO_NET_HDR_LEN: usize = 10;
@@ -52,10 +52,13 @@ impl VirtioNetHdr {
     /// Decodes the first [`VIRTIO_NET_HDR_LEN`] bytes of `buf`.
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let Some(b) = buf.get(..VIRTIO_NET_HDR_LEN) else {
-            return Err(Error::new(format!(
-                "virtio_net_hdr needs {VIRTIO_NET_HDR_LEN} bytes, got {}",
-                buf.len()
-            )));
+            return Err(Error::new(
+                ErrorKind::VirtioHdrTooShort,
+                format!(
+                    "virtio_net_hdr needs {VIRTIO_NET_HDR_LEN} bytes, got {}",
+                    buf.len()
+                ),
+            ));
         };
         let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
         Ok(VirtioNetHdr {
@@ -84,9 +87,10 @@ impl VirtioNetHdr {
     pub fn encode(&self, buf: &mut [u8]) -> Result<()> {
         let len = buf.len();
         let Some(dst) = buf.get_mut(..VIRTIO_NET_HDR_LEN) else {
-            return Err(Error::new(format!(
-                "virtio_net_hdr needs {VIRTIO_NET_HDR_LEN} bytes of room, got {len}"
-            )));
+            return Err(Error::new(
+                ErrorKind::VirtioHdrTooShort,
+                format!("virtio_net_hdr needs {VIRTIO_NET_HDR_LEN} bytes of room, got {len}"),
+            ));
         };
         dst.copy_from_slice(&self.to_bytes());
         Ok(())
@@ -118,7 +122,10 @@ mod tests {
 
     #[test]
     fn short_buffers() {
-        assert!(VirtioNetHdr::decode(&[0; 9]).is_err());
-        assert!(VirtioNetHdr::default().encode(&mut [0; 9]).is_err());
+        let e = VirtioNetHdr::decode(&[0; 9]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::VirtioHdrTooShort);
+        assert_eq!(e.message(), "virtio_net_hdr needs 10 bytes, got 9");
+        let e = VirtioNetHdr::default().encode(&mut [0; 9]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::VirtioHdrTooShort);
     }
 }

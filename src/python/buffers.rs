@@ -180,12 +180,12 @@ impl<'py> Views<'py> {
         if rc != 0 {
             let cause = PyErr::fetch(self.py);
             let msg = if writable {
-                format!("{} must be a writable, contiguous bytes-like object (bytearray, memoryview): {}", what(), cause)
+                format!("{} must be a writable, contiguous bytes-like object (bytearray, memoryview): {}", what(), cause.value(self.py))
             } else {
                 format!(
                     "{} must be a contiguous bytes-like object: {}",
                     what(),
-                    cause
+                    cause.value(self.py)
                 )
             };
             return Err(if cause.is_instance_of::<PyBufferError>(self.py) {
@@ -321,10 +321,14 @@ impl Drop for Views<'_> {
 
 /// The `ValueError` for an output bytearray that an exclusive pin already holds.
 pub(crate) fn already_written(what: &dyn Fn() -> String) -> PyErr {
-    PyValueError::new_err(format!(
-        "{} is already being written by this call or another thread (the same bytearray twice?)",
-        what()
-    ))
+    super::engine::kind_error(
+        engine::ErrorKind::BufferInUse,
+        None,
+        format!(
+            "{} is already being written by this call or another thread (the same bytearray twice?)",
+            what()
+        ),
+    )
 }
 
 /// Fails if any two regions share a byte (`names[i]` names region i in the message).
@@ -336,11 +340,11 @@ pub(crate) fn check_disjoint(
     for w in regions.windows(2) {
         let ((_, a_end, a), (b_start, _, b)) = (w[0], w[1]);
         if b_start < a_end {
-            return Err(PyValueError::new_err(format!(
-                "{} and {} share memory",
-                name(a),
-                name(b)
-            )));
+            return Err(super::engine::kind_error(
+                engine::ErrorKind::OverlappingBuffers,
+                Some(b),
+                format!("{} and {} share memory", name(a), name(b)),
+            ));
         }
     }
     Ok(())
@@ -469,9 +473,11 @@ pub(crate) fn gro_bufs<'py>(
         }
         if let Some(i) = dup {
             let first = out.iter().position(|b| b.obj.is(&out[i].obj)).unwrap_or(i);
-            return Err(PyValueError::new_err(format!(
-                "bufs[{first}] and bufs[{i}] share memory"
-            )));
+            return Err(super::engine::kind_error(
+                engine::ErrorKind::OverlappingBuffers,
+                Some(i),
+                format!("bufs[{first}] and bufs[{i}] share memory"),
+            ));
         }
     } else {
         let mut spans: Vec<_> = out.iter().enumerate().map(|(i, b)| b.span(i)).collect();
@@ -508,15 +514,24 @@ impl ExpandBuffer for GroBuf<'_> {
         if new_len > self.cap || (self.exact && new_len != self.cap) {
             if !self.growable {
                 return Err(engine::Error::fixed(
+                    engine::ErrorKind::BufferCannotGrow,
                     "internal: a fixed buffer was asked to grow",
                 ));
             }
-            let ba = self
-                .obj
-                .cast::<PyByteArray>()
-                .map_err(|_| engine::Error::fixed("internal: not a bytearray"))?;
+            let ba = self.obj.cast::<PyByteArray>().map_err(|_| {
+                engine::Error::fixed(
+                    engine::ErrorKind::BufferCannotGrow,
+                    "internal: not a bytearray",
+                )
+            })?;
             ba.resize(new_len).map_err(|e| {
-                engine::Error::new(format!("cannot grow a bytearray to {new_len} bytes: {e}"))
+                engine::Error::new(
+                    engine::ErrorKind::BufferCannotGrow,
+                    format!(
+                        "cannot grow a bytearray to {new_len} bytes: {}",
+                        e.value(ba.py())
+                    ),
+                )
             })?;
             // SAFETY: a bytearray (cast above), GIL held.
             let ptr = unsafe { ffi::PyByteArray_AsString(ba.as_ptr()).cast::<u8>() };

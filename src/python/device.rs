@@ -23,7 +23,7 @@ fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
     }
 }
 
-fn to_py(py: Python<'_>, e: dev::Error) -> PyErr {
+pub(crate) fn to_py(py: Python<'_>, e: dev::Error) -> PyErr {
     match e {
         dev::Error::Invalid(m) => PyValueError::new_err(m),
         dev::Error::Closed => os_error(py, libc::EBADF, "the TUN device is closed".into()),
@@ -63,8 +63,9 @@ fn fit_bufs(bufs: &Bound<'_, PySequence>, offset: usize, sizes: &[usize]) -> PyR
 ///
 /// ``TunDevice(name=None, *, offload=False, tap=False, multi_queue=False,
 /// packet_information=False, mtu=None, persist=False, owner=None, group=None,
-/// nonblocking=False, up=False)`` creates the device (or opens the existing one of that
-/// name) in the calling thread's network namespace. ``name=None`` lets the kernel pick
+/// nonblocking=False, up=False, netns=None)`` creates the device (or opens the existing
+/// one of that name) in the calling thread's network namespace, or in ``netns`` (a name
+/// under ``/run/netns``, a path to a namespace file, or a descriptor of one). ``name=None`` lets the kernel pick
 /// (``tun0``, ``tun1``...); a name longer than 15 bytes is a ``ValueError``.
 ///
 /// With ``offload=True`` the device carries a 10-byte ``virtio_net_hdr`` before every
@@ -79,7 +80,9 @@ fn fit_bufs(bufs: &Bound<'_, PySequence>, offset: usize, sizes: &[usize]) -> PyR
 /// released. ``close()`` wakes a thread blocked in ``recv`` (it raises ``OSError``).
 ///
 /// Configuration (``mtu``, ``up()``, ``add_address()`` ...) uses sockets opened in the
-/// device's network namespace at creation, so it works from any thread afterwards.
+/// device's network namespace at creation, so it works from any thread afterwards. A
+/// device moved to another namespace later (``ip link set DEV netns NS``) is followed
+/// there (that needs CAP_SYS_ADMIN for setns; without it the error says it was moved).
 #[pyclass(name = "TunDevice", module = "tunoffload", frozen)]
 pub(crate) struct PyTunDevice {
     tun: Mutex<Option<Arc<Tun>>>,
@@ -254,7 +257,8 @@ impl PyTunDevice {
     #[new]
     #[pyo3(signature = (
         name=None, *, offload=false, tap=false, multi_queue=false, packet_information=false,
-        mtu=None, persist=false, owner=None, group=None, nonblocking=false, up=false
+        mtu=None, persist=false, owner=None, group=None, nonblocking=false, up=false,
+        netns=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -270,6 +274,7 @@ impl PyTunDevice {
         group: Option<u32>,
         nonblocking: bool,
         up: bool,
+        netns: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if offload && packet_information {
             return Err(PyValueError::new_err(
@@ -292,6 +297,10 @@ impl PyTunDevice {
             group,
             mtu,
             up,
+            netns: match netns {
+                Some(t) if !t.is_none() => Some(Arc::new(super::netns::open(py, t)?)),
+                _ => None,
+            },
         };
         let tun = py.detach(|| Tun::open(&opts)).map_err(|e| to_py(py, e))?;
         Ok(Self::wrap(tun, !nonblocking))
@@ -341,7 +350,9 @@ impl PyTunDevice {
     /// The interface index.
     #[getter]
     fn ifindex(&self, py: Python<'_>) -> PyResult<u32> {
-        Ok(self.get(py)?.ifindex())
+        let tun = self.get(py)?;
+        py.detach(|| tun.current_ifindex())
+            .map_err(|e| to_py(py, e))
     }
 
     /// True when reads and writes carry the 10-byte virtio header (``offload=True``).

@@ -1,31 +1,62 @@
 //! Python classes and functions of the engine: `VirtioNetHdr`, `gso_split`, `GroTable`,
 //! `handle_gro` and the constants.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PySequence};
+use pyo3::types::{PyBytes, PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
 use super::buffers::{already_written, check_disjoint, gro_bufs, span, Region, Views};
-use crate::engine::{self as eng, gso, VirtioNetHdr};
+use crate::engine::{self as eng, gso, ErrorKind, VirtioNetHdr};
 
-/// Turns an engine error (a bad packet, header or argument) into `ValueError`.
+/// Turns an engine error (a bad packet, header or argument) into `ValueError`, with the
+/// kind's name as its `kind` attribute and the buffer or packet index (or `None`) as
+/// `index`.
+#[cold]
 pub(crate) fn value_error(e: eng::Error) -> PyErr {
-    PyValueError::new_err(e.message().to_owned())
+    Python::attach(|py| {
+        let (kind, index) = (e.kind().as_str(), e.index());
+        let err = PyValueError::new_err(e.into_message());
+        let v = err.value(py);
+        // Setting an attribute of a fresh exception fails only without memory; the
+        // ValueError is raised all the same.
+        let _ = v.setattr(intern!(py, "kind"), kind);
+        let _ = v.setattr(intern!(py, "index"), index);
+        err
+    })
+}
+
+/// A `ValueError` the binding raises itself for an argument, with its kind (as
+/// [`value_error`]): `index` is the buffer it is about, if any.
+#[cold]
+pub(crate) fn kind_error(kind: ErrorKind, index: Option<usize>, msg: String) -> PyErr {
+    let e = eng::Error::new(kind, msg);
+    value_error(match index {
+        Some(i) => e.at(i),
+        None => e,
+    })
 }
 
 /// `v` as a size, or `ValueError` naming the argument when it is negative.
 pub(crate) fn non_negative(v: isize, name: &str) -> PyResult<usize> {
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
+    usize::try_from(v).map_err(|_| {
+        kind_error(
+            ErrorKind::NegativeArgument,
+            None,
+            format!("{name} must be >= 0, got {v}"),
+        )
+    })
 }
 
 /// The 10-byte `struct virtio_net_hdr` that precedes each packet on a TUN device with
 /// offload (``IFF_VNET_HDR``), in native byte order.
 ///
 /// Fields: ``flags`` (``VIRTIO_NET_HDR_F_*``), ``gso_type`` (``VIRTIO_NET_HDR_GSO_*``),
-/// ``hdr_len``, ``gso_size``, ``csum_start``, ``csum_offset``. Out-of-range values raise
-/// ``OverflowError``.
+/// ``hdr_len``, ``gso_size``, ``csum_start``, ``csum_offset``. A value out of its field's
+/// range (``flags``/``gso_type`` 0..=255, the others 0..=65535, negatives included) raises
+/// ``OverflowError`` naming the field and the range; a non-int raises ``TypeError``.
 #[pyclass(name = "VirtioNetHdr", module = "tunoffload", eq, from_py_object)]
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct PyVirtioNetHdr(VirtioNetHdr);
@@ -36,10 +67,60 @@ impl PyVirtioNetHdr {
     }
 }
 
-/// The class's methods, with a getter and a range-checked setter (PyO3 raises
-/// `OverflowError`) for each field of the wrapped header.
+/// The header's field names, indexed by [`Field`]'s `F`.
+const FIELD_NAMES: [&str; 6] = [
+    "flags",
+    "gso_type",
+    "hdr_len",
+    "gso_size",
+    "csum_start",
+    "csum_offset",
+];
+
+/// A header field's integer type.
+trait FieldInt: for<'a, 'py> FromPyObject<'a, 'py, Error = PyErr> + Copy {
+    const MAX: u16;
+}
+impl FieldInt for u8 {
+    const MAX: u16 = u8::MAX as u16;
+}
+impl FieldInt for u16 {
+    const MAX: u16 = u16::MAX;
+}
+
+/// The value of field `FIELD_NAMES[F]`, range-checked on extraction: `OverflowError`
+/// ("gso_size must be in 0..=65535, got 70000") or `TypeError`, naming the field.
+#[derive(Clone, Copy)]
+struct Field<const F: usize, T>(T);
+
+impl<'a, 'py, const F: usize, T: FieldInt> FromPyObject<'a, 'py> for Field<F, T> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.extract::<T>()
+            .map(Field)
+            .map_err(|e| field_error(obj.py(), FIELD_NAMES[F], T::MAX, &obj, &e))
+    }
+}
+
+/// The error for a field value `obj` that did not extract (`e`).
+#[cold]
+fn field_error(py: Python<'_>, name: &str, max: u16, obj: &Bound<'_, PyAny>, e: &PyErr) -> PyErr {
+    if obj.is_instance_of::<PyInt>() || e.is_instance_of::<PyOverflowError>(py) {
+        PyOverflowError::new_err(format!("{name} must be in 0..={max}, got {obj}"))
+    } else {
+        let ty = obj
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+        PyTypeError::new_err(format!("{name} must be an int in 0..={max}, not {ty}"))
+    }
+}
+
+/// The class's methods, with a getter and a range-checked setter for each field of the
+/// wrapped header.
 macro_rules! methods_with_fields {
-    ($($name:ident / $setter:ident: $t:ty),*; $($method:item)*) => {
+    ($($name:ident / $setter:ident: $t:ty = $f:literal),*; $($method:item)*) => {
         #[pymethods]
         impl PyVirtioNetHdr {
             $(
@@ -48,8 +129,8 @@ macro_rules! methods_with_fields {
                     self.0.$name
                 }
                 #[setter]
-                fn $setter(&mut self, value: $t) {
-                    self.0.$name = value;
+                fn $setter(&mut self, value: Field<$f, $t>) {
+                    self.0.$name = value.0;
                 }
             )*
             $($method)*
@@ -58,30 +139,33 @@ macro_rules! methods_with_fields {
 }
 
 methods_with_fields! {
-    flags / set_flags: u8,
-    gso_type / set_gso_type: u8,
-    hdr_len / set_hdr_len: u16,
-    gso_size / set_gso_size: u16,
-    csum_start / set_csum_start: u16,
-    csum_offset / set_csum_offset: u16;
+    flags / set_flags: u8 = 0,
+    gso_type / set_gso_type: u8 = 1,
+    hdr_len / set_hdr_len: u16 = 2,
+    gso_size / set_gso_size: u16 = 3,
+    csum_start / set_csum_start: u16 = 4,
+    csum_offset / set_csum_offset: u16 = 5;
 
     #[new]
-    #[pyo3(signature = (flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0))]
+    #[pyo3(
+        signature = (flags=Field(0), gso_type=Field(0), hdr_len=Field(0), gso_size=Field(0), csum_start=Field(0), csum_offset=Field(0)),
+        text_signature = "(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0)"
+    )]
     fn new(
-        flags: u8,
-        gso_type: u8,
-        hdr_len: u16,
-        gso_size: u16,
-        csum_start: u16,
-        csum_offset: u16,
+        flags: Field<0, u8>,
+        gso_type: Field<1, u8>,
+        hdr_len: Field<2, u16>,
+        gso_size: Field<3, u16>,
+        csum_start: Field<4, u16>,
+        csum_offset: Field<5, u16>,
     ) -> Self {
         PyVirtioNetHdr(VirtioNetHdr {
-            flags,
-            gso_type,
-            hdr_len,
-            gso_size,
-            csum_start,
-            csum_offset,
+            flags: flags.0,
+            gso_type: gso_type.0,
+            hdr_len: hdr_len.0,
+            gso_size: gso_size.0,
+            csum_start: csum_start.0,
+            csum_offset: csum_offset.0,
         })
     }
 
@@ -162,15 +246,21 @@ pub(crate) fn split_into_py(
         .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
     let have = out_bufs.len()?;
     if have < n {
-        return Err(PyValueError::new_err(format!(
-            "the packet splits into {n} segments but only {have} out_bufs were given"
-        )));
+        return Err(kind_error(
+            ErrorKind::TooFewOutBufs,
+            None,
+            format!("the packet splits into {n} segments but only {have} out_bufs were given"),
+        ));
     }
     if sizes.len() < n {
-        return Err(PyValueError::new_err(format!(
-            "the packet splits into {n} segments but sizes has room for {}",
-            sizes.len()
-        )));
+        return Err(kind_error(
+            ErrorKind::SizesTooShort,
+            None,
+            format!(
+                "the packet splits into {n} segments but sizes has room for {}",
+                sizes.len()
+            ),
+        ));
     }
     let mut views = Views::with_capacity(py, n);
     let mut outs = OUTS.with(|o| o.take());
@@ -269,12 +359,20 @@ fn out_fits(region: Region, out_offset: usize, need: usize, packet_span: (usize,
 #[cold]
 fn out_error(region: Region, i: usize, out_offset: usize, need: usize) -> PyErr {
     if region.len() < out_offset || region.len() - out_offset < need {
-        PyValueError::new_err(format!(
-            "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
-            region.len()
-        ))
+        kind_error(
+            ErrorKind::OutBufTooSmall,
+            Some(i),
+            format!(
+                "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
+                region.len()
+            ),
+        )
     } else {
-        PyValueError::new_err(format!("out_bufs[{i}] and the packet share memory"))
+        kind_error(
+            ErrorKind::OverlappingBuffers,
+            Some(i),
+            format!("out_bufs[{i}] and the packet share memory"),
+        )
     }
 }
 
@@ -306,7 +404,11 @@ pub(crate) fn set_sizes<'py>(
             let l = sizes.as_ptr().cast::<ffi::PyListObject>();
             if i >= ffi::Py_SIZE(l.cast()) as usize {
                 // Shortened by Python code run while storing an earlier entry.
-                return Err(PyValueError::new_err("sizes was shortened during the call"));
+                return Err(kind_error(
+                    ErrorKind::SizesChanged,
+                    None,
+                    "sizes was shortened during the call".to_owned(),
+                ));
             }
             *(*l).ob_item.add(i)
         };
@@ -469,6 +571,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VIRTIO_NET_HDR_F_NEEDS_CSUM", VIRTIO_NET_HDR_F_NEEDS_CSUM)?;
     m.add("VIRTIO_NET_HDR_F_DATA_VALID", VIRTIO_NET_HDR_F_DATA_VALID)?;
     m.add("UDP_MAX_SEGMENTS", eng::UDP_MAX_SEGMENTS)?;
+    let kinds = eng::ErrorKind::ALL.iter().map(|k| k.as_str());
+    m.add("ERROR_KINDS", PyTuple::new(m.py(), kinds)?)?;
     m.add_class::<PyVirtioNetHdr>()?;
     m.add_class::<PyGroTable>()?;
     m.add_function(wrap_pyfunction!(gso_split, m)?)?;

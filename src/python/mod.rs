@@ -4,6 +4,7 @@
 pub(crate) mod buffers;
 pub(crate) mod device;
 pub(crate) mod engine;
+pub(crate) mod netns;
 pub(crate) mod udp;
 
 use pyo3::prelude::*;
@@ -15,6 +16,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     engine::register(m)?;
     device::register(m)?;
+    netns::register(m)?;
     udp::register(m)?;
     Ok(())
 }

@@ -87,8 +87,12 @@ impl ExpandBuffer for RecvBuf<'_> {
         match self {
             RecvBuf::Array(b) => {
                 let old = b.len();
-                b.resize(new_len)
-                    .map_err(|e| eng::Error::new(format!("the bytearray cannot grow: {e}")))?;
+                b.resize(new_len).map_err(|e| {
+                    eng::Error::new(
+                        eng::ErrorKind::BufferCannotGrow,
+                        format!("the bytearray cannot grow: {e}"),
+                    )
+                })?;
                 // The new bytes are whatever the allocator had: zero them, so that none
                 // of the heap shows through before `offset`.
                 // SAFETY: GIL held, no Python code runs while the slice lives.
@@ -97,7 +101,10 @@ impl ExpandBuffer for RecvBuf<'_> {
                 }
                 Ok(())
             }
-            RecvBuf::Fixed(_) => Err(eng::Error::fixed("a fixed-size buffer cannot grow")),
+            RecvBuf::Fixed(_) => Err(eng::Error::fixed(
+                eng::ErrorKind::BufferCannotGrow,
+                "a fixed-size buffer cannot grow",
+            )),
         }
     }
 }

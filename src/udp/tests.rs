@@ -1,7 +1,7 @@
 //! Socket tests against the kernel, each in a private network namespace on a thread of its
 //! own (`unshare(CLONE_NEWNET)`, `lo` brought up with `SIOCSIFFLAGS`), so the namespace
-//! goes away with the thread. They need root: without it each prints "skipped" and why
-//! to stderr and passes without checking anything (the names end in `_as_root`).
+//! goes away with the thread. They need root: built without it they are listed as ignored
+//! (`cfg(tunoffload_root_tests)`, see build.rs), and run without it they fail.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
@@ -33,19 +33,15 @@ fn lo_setup(mtu: Option<i32>) {
 /// Runs `f` in a new network namespace with `lo` up, or prints why it cannot.
 fn in_netns(name: &'static str, mtu: Option<i32>, f: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("{name}: skipped: needs root for a private network namespace");
-            return;
-        }
+        crate::testsupport::require_root();
         // SAFETY: unshare on this thread only changes this thread's namespaces.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "{name}: skipped: unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "{name}: unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         lo_setup(mtu);
         f();
     })
@@ -105,6 +101,10 @@ fn expect_all(batch: &mut UdpBatch, sock: &UdpSocket, lens: &[usize], per_call: 
 }
 
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn gso_send_gro_receive_as_root() {
     in_netns("gso_send_gro_receive_as_root", None, || {
         let (a, b) = pair("127.0.0.1");
@@ -134,6 +134,10 @@ fn gso_send_gro_receive_as_root() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn mixed_sizes_in_order_as_root() {
     in_netns("mixed_sizes_in_order_as_root", None, || {
         let (a, b) = pair("127.0.0.1");
@@ -168,6 +172,10 @@ fn mixed_sizes_in_order_as_root() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn pending_across_calls_as_root() {
     in_netns("pending_across_calls_as_root", None, || {
         let (a, b) = pair("127.0.0.1");
@@ -195,6 +203,10 @@ fn pending_across_calls_as_root() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn too_small_fixed_buffer_keeps_the_datagram_as_root() {
     in_netns(
         "too_small_fixed_buffer_keeps_the_datagram_as_root",
@@ -242,6 +254,10 @@ fn too_small_fixed_buffer_keeps_the_datagram_as_root() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn waits_end_as_root() {
     in_netns("waits_end_as_root", None, || {
         let (_a, b) = pair("127.0.0.1");
@@ -259,6 +275,10 @@ fn waits_end_as_root() {
 }
 
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn ipv6_unconnected_with_addresses_as_root() {
     in_netns("ipv6_unconnected_with_addresses_as_root", None, || {
         let a = UdpSocket::bind("[::1]:0").unwrap();
@@ -339,6 +359,10 @@ fn ipv6_unconnected_with_addresses_as_root() {
 /// With `lo` at MTU 1500, segments of 2000 bytes are refused (EINVAL): each run falls back
 /// to plain datagrams, which IPv4 fragments; every datagram arrives, and GSO stays on.
 #[test]
+#[cfg_attr(
+    not(tunoffload_root_tests),
+    ignore = "needs root and /dev/net/tun (run cargo test as root)"
+)]
 fn segment_above_mtu_falls_back_as_root() {
     in_netns("segment_above_mtu_falls_back_as_root", Some(1500), || {
         let (a, b) = pair("127.0.0.1");

@@ -1,0 +1,197 @@
+//! The native half of `tunoffload.netns` and the `netns=` argument of `TunDevice`:
+//! Python targets mapped onto `crate::device::netns`, its errors onto Python's.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
+
+use super::device::to_py;
+use crate::device::{Netns, NetnsTarget, Switch};
+
+const FORMS: &str = "a name under /run/netns (str), a path to a namespace file (str \
+                     with a '/', or os.PathLike) or an open file descriptor (int)";
+
+fn name_or_path(s: &OsStr) -> NetnsTarget {
+    if s.as_bytes().contains(&b'/') {
+        NetnsTarget::Path(PathBuf::from(s))
+    } else {
+        NetnsTarget::Name(s.to_string_lossy().into_owned())
+    }
+}
+
+/// A Python `netns` argument as a target: an `int` is a descriptor, a `str` (or `bytes`)
+/// without a `/` a name under `/run/netns` and with one a path, an `os.PathLike` a path.
+pub(crate) fn target(obj: &Bound<'_, PyAny>) -> PyResult<NetnsTarget> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "a network namespace is {FORMS}, not bool"
+        )));
+    }
+    if let Ok(i) = obj.cast::<PyInt>() {
+        return match i.extract::<i32>() {
+            Ok(fd) if fd >= 0 => Ok(NetnsTarget::Fd(fd)),
+            _ => Err(PyValueError::new_err(format!(
+                "bad file descriptor {i} for a network namespace"
+            ))),
+        };
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(name_or_path(OsStr::new(s.to_str()?)));
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(name_or_path(OsStr::from_bytes(b.as_bytes())));
+    }
+    let os = obj.py().import("os")?;
+    let Ok(p) = os.call_method1("fspath", (obj,)) else {
+        return Err(PyTypeError::new_err(format!(
+            "a network namespace is {FORMS}, not {}",
+            obj.get_type().name()?
+        )));
+    };
+    if let Ok(s) = p.cast::<PyString>() {
+        return Ok(NetnsTarget::Path(PathBuf::from(s.to_str()?)));
+    }
+    let b = p.cast::<PyBytes>()?;
+    Ok(NetnsTarget::Path(PathBuf::from(OsStr::from_bytes(
+        b.as_bytes(),
+    ))))
+}
+
+/// Opens and checks a Python `netns` argument (GIL released for the system calls).
+pub(crate) fn open(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Netns> {
+    let t = target(obj)?;
+    py.detach(|| Netns::open(&t)).map_err(|e| to_py(py, e))
+}
+
+/// What ``with tunoffload.netns(target) as ns:`` gives: the calling thread's stay in a
+/// network namespace.
+///
+/// ``name`` (for a name target) and ``path`` (for a name or path) say what was opened,
+/// ``inode`` is the namespace's inode number (as ``os.stat("/proc/thread-self/ns/net")``
+/// shows inside), ``fileno()`` a descriptor of it that this object owns (valid while the
+/// object lives; pass it on, e.g. ``TunDevice(netns=ns.fileno())``, but do not close
+/// it). ``active`` is true until ``leave()``; ``thread_id`` is the native id of the
+/// thread that entered (``threading.get_native_id()``).
+#[pyclass(name = "NetnsSwitch", module = "tunoffload", frozen)]
+pub(crate) struct PyNetnsSwitch {
+    ns: Netns,
+    sw: Mutex<Switch>,
+}
+
+impl PyNetnsSwitch {
+    fn sw(&self) -> std::sync::MutexGuard<'_, Switch> {
+        self.sw.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyNetnsSwitch {
+    /// The name under ``/run/netns``, or None when not entered by name.
+    #[getter]
+    fn name(&self) -> Option<String> {
+        self.ns.name().map(str::to_owned)
+    }
+
+    /// The namespace file's path, or None when entered by descriptor.
+    #[getter]
+    fn path(&self) -> Option<String> {
+        self.ns.path().map(|p| p.to_string_lossy().into_owned())
+    }
+
+    /// The namespace's inode number.
+    #[getter]
+    fn inode(&self) -> u64 {
+        self.ns.inode()
+    }
+
+    /// The native thread id of the thread that entered.
+    #[getter]
+    fn thread_id(&self) -> i64 {
+        self.sw().thread_id() as i64
+    }
+
+    /// True until ``leave()``.
+    #[getter]
+    fn active(&self) -> bool {
+        !self.sw().is_left()
+    }
+
+    /// True when this is active and the calling thread is the one that entered.
+    #[getter]
+    fn entered_here(&self) -> bool {
+        let sw = self.sw();
+        !sw.is_left() && sw.on_this_thread()
+    }
+
+    /// A descriptor of the namespace, owned by this object.
+    fn fileno(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.ns.fd().as_raw_fd()
+    }
+
+    /// Moves the calling thread back to the namespace it was in before. ``RuntimeError``
+    /// (and nothing switched) on another thread than the one that entered, when a switch
+    /// entered later on this thread is still active, or when already left.
+    fn leave(&self, py: Python<'_>) -> PyResult<()> {
+        let mut sw = self.sw();
+        if sw.is_left() {
+            return Err(PyRuntimeError::new_err(
+                "this network namespace switch was already left",
+            ));
+        }
+        if !sw.on_this_thread() {
+            return Err(PyRuntimeError::new_err(format!(
+                "tunoffload.netns: leaving {} in another thread than the one that entered \
+                 it (native thread id {}); a thread can only leave its own namespace switch",
+                self.ns.describe(),
+                sw.thread_id()
+            )));
+        }
+        if !sw.is_innermost() {
+            return Err(PyRuntimeError::new_err(format!(
+                "tunoffload.netns: leaving {} while a namespace entered after it on this \
+                 thread is still active; leave the innermost first",
+                self.ns.describe()
+            )));
+        }
+        let sw: &mut Switch = &mut sw;
+        py.detach(|| sw.leave()).map_err(|e| to_py(py, e))
+    }
+
+    fn __repr__(&self) -> String {
+        let what = match (self.ns.name(), self.ns.path()) {
+            (Some(n), _) => format!("name={n:?}"),
+            (None, Some(p)) => format!("path={:?}", p.to_string_lossy()),
+            _ => "fd".into(),
+        };
+        format!(
+            "<NetnsSwitch {what} inode={} active={}>",
+            self.ns.inode(),
+            if self.active() { "True" } else { "False" }
+        )
+    }
+}
+
+/// ``netns_enter(target) -> NetnsSwitch``: moves the calling thread into the network
+/// namespace ``target`` (a name under ``/run/netns``, a path, or a descriptor) until
+/// ``leave()``. ``tunoffload.netns`` is the context manager over this.
+#[pyfunction]
+fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
+    let ns = open(py, target)?;
+    let sw = py.detach(|| ns.enter()).map_err(|e| to_py(py, e))?;
+    Ok(PyNetnsSwitch {
+        ns,
+        sw: Mutex::new(sw),
+    })
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyNetnsSwitch>()?;
+    m.add_function(wrap_pyfunction!(netns_enter, m)?)?;
+    Ok(())
+}
