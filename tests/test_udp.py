@@ -286,8 +286,8 @@ def test_per_datagram_addresses(ns: Netns) -> None:
     to = [r1.getsockname(), r1.getsockname(), r2.getsockname(), r1.getsockname()] * 3
     data = [dgram(i, 1000) for i in range(len(to))]
     assert us.send_multiple(data, addr=to) == len(data)
-    want1 = [d for d, a in zip(data, to) if a == r1.getsockname()]
-    want2 = [d for d, a in zip(data, to) if a == r2.getsockname()]
+    want1 = [d for d, a in zip(data, to, strict=True) if a == r1.getsockname()]
+    want2 = [d for d, a in zip(data, to, strict=True) if a == r2.getsockname()]
     assert recv_plain(r1, len(want1)) == want1
     assert recv_plain(r2, len(want2)) == want2
     # Hosts as strings of all accepted forms.

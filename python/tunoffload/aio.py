@@ -294,7 +294,7 @@ class AsyncUdpSocket:
                 loop.remove_writer(fd)
         self._udp.socket.close()
 
-    async def __aenter__(self) -> AsyncUdpSocket:
+    async def __aenter__(self) -> "AsyncUdpSocket":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
