@@ -46,7 +46,7 @@ def test_dir_of_package_is_all_plus_dunders() -> None:
 
 def test_aio_all_is_defined() -> None:
     names, all_ = _fresh_namespace("tunoffload.aio")
-    assert all_ == ["AsyncTunDevice"]
+    assert all_ == ["AsyncTunDevice", "AsyncUdpSocket"]
     assert set(all_) <= set(names)
 
 
