@@ -4,10 +4,15 @@
 //! Pure Rust, no Python: the PyO3 class in `crate::python::device` wraps [`Tun`].
 //! Every `unsafe` block here is a system call or ioctl on descriptors this module owns.
 
+pub mod batch;
 pub mod netlink;
 pub mod sys;
 mod tun;
 
+pub use batch::{
+    check_packet, check_truncation, coalesce, recv_multiple, send_multiple, write_packets,
+    RecvState, SendError, Sent, Split, SplitError,
+};
 pub use netlink::{parse_ifaddr, IfAddr};
 pub use tun::{Counters, Tun, TunOptions};
 

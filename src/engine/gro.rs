@@ -311,6 +311,16 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
             bail!("bufs[{i}] holds {len} bytes: no packet after offset {offset}");
         }
     }
+    if bufs.len() == 1 {
+        // One packet never coalesces (the ACK direction of a TCP forwarder, mostly): it
+        // only gets its plain virtio header, without setting up the table.
+        table.to_write.clear();
+        table.to_write.push(0);
+        table.swapped = false;
+        let plain = VirtioNetHdr::default().to_bytes();
+        bufs[0].bytes_mut()[offset - VIRTIO_NET_HDR_LEN..offset].copy_from_slice(&plain);
+        return Ok(&table.to_write);
+    }
     table.reset(bufs.len());
     for i in 0..bufs.len() {
         let pkt = &bufs[i].bytes()[offset..];
@@ -508,7 +518,10 @@ fn pair<B>(bufs: &mut [B], dst: usize, src: usize) -> (&mut B, &B) {
 fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> Result<()> {
     let vnet = offset - VIRTIO_NET_HDR_LEN;
     let plain = VirtioNetHdr::default().to_bytes();
-    for &slot in &t.to_write {
+    let mut k = 0;
+    while k < t.to_write.len() {
+        let slot = t.to_write[k];
+        k += 1;
         let idx = t.item_of[slot];
         if idx == NONE || t.items[idx as usize].merged == 0 {
             bufs[slot].bytes_mut()[vnet..offset].copy_from_slice(&plain);
@@ -519,7 +532,22 @@ fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> 
         let hdrs = usize::from(it.iph_len) + usize::from(it.l4_len);
         let total = hdrs + it.payload as usize;
         let mut at = bufs[head].bytes().len();
-        bufs[head].resize(offset + total)?;
+        if bufs[head].resize(offset + total).is_err() {
+            // The head could not grow after all (a Python bytearray that something else
+            // exports): its segments are written as they are, each alone, in sequence
+            // order, in the item's place.
+            let mut chain = Vec::new();
+            let mut seg = it.head;
+            while seg != NONE {
+                chain.push(seg as usize);
+                bufs[seg as usize].bytes_mut()[vnet..offset].copy_from_slice(&plain);
+                seg = t.next[seg as usize];
+            }
+            let added = chain.len() - 1;
+            t.to_write.splice(k - 1..k, chain);
+            k += added;
+            continue;
+        }
         let mut seg = t.next[head];
         while seg != NONE {
             let (dst, src) = pair(bufs, head, seg as usize);
