@@ -201,7 +201,7 @@ def test_send_multiple_refuses_what_the_kernel_would(ns, offload):
         "version 0": bytearray(off) + bytearray(28),
         "version 5": bytearray(off) + bytearray(b"\x55" + bytes(27)),
         "IHL past the end": bytearray(off) + bytearray(b"\x4f" + bytes(27)),
-        "total length past the end": good[:off] + good[off : off + 2] + b"\x01\x00" + good[off + 4 :],
+        "total length past the end": good[: off + 2] + b"\x01\x00" + good[off + 4 :],
         "IPv6 header cut": bytearray(off) + bytearray(b"\x60" + bytes(20)),
     }
     with dev:

@@ -702,7 +702,10 @@ mod forward {
     fn device_in_new_netns(addr: &str) -> Result<Arc<Tun>, String> {
         // SAFETY: unshare on this thread only affects this thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let tun = Tun::open(&TunOptions {
             offload: true,
@@ -727,7 +730,14 @@ mod forward {
         let (mut reads, mut packets) = (0, 0);
         loop {
             let n = match recv_multiple(
-                src, &state, &mut original, &mut bufs, &mut sizes, offset, true, true,
+                src,
+                &state,
+                &mut original,
+                &mut bufs,
+                &mut sizes,
+                offset,
+                true,
+                true,
             ) {
                 Ok(n) => n,
                 Err(e) if e.is_eintr() => continue,
@@ -766,7 +776,8 @@ mod forward {
             let l = TcpListener::bind("10.77.1.2:5001").map_err(|e| e.to_string())?;
             tx_b.send(tun).map_err(|e| e.to_string())?;
             let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .map_err(|e| e.to_string())?;
             let mut got = 0usize;
             let mut buf = vec![0u8; 1 << 16];
             loop {
@@ -792,7 +803,8 @@ mod forward {
                 Duration::from_secs(10),
             )
             .map_err(|e| e.to_string())?;
-            s.set_write_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(Duration::from_secs(20)))
+                .map_err(|e| e.to_string())?;
             let data: Vec<u8> = (0..BYTES).map(pattern).collect();
             s.write_all(&data).map_err(|e| e.to_string())?;
             Ok(())
@@ -817,7 +829,9 @@ mod forward {
         let _ = ba.join().expect("forwarder b->a");
         sent.expect("sender");
         assert_eq!(got.expect("receiver"), BYTES);
-        eprintln!("tcp_through_a_rust_forwarder: {BYTES} bytes, {packets} packets in {reads} reads");
+        eprintln!(
+            "tcp_through_a_rust_forwarder: {BYTES} bytes, {packets} packets in {reads} reads"
+        );
         // Super-packets came through: far fewer reads than packets.
         assert!(packets > 2 * reads, "{packets} packets in {reads} reads");
     }
