@@ -260,9 +260,11 @@ pub(crate) struct Buf<'py> {
     len: usize,
     /// The buffer's real length.
     cap: usize,
-    /// An exact `bytearray`: it can be resized (unless something else exports it, which
-    /// `PyByteArray_Resize` then refuses).
+    /// May be resized: an exact `bytearray` (unless something else exports it, which
+    /// `PyByteArray_Resize` then refuses) in a call that grows its buffers.
     growable: bool,
+    /// An exact `bytearray`, read in place.
+    bytearray: bool,
     exact: bool,
 }
 
@@ -280,7 +282,8 @@ impl<'py> Buf<'py> {
     ) -> PyResult<Self> {
         let raw = obj.as_ptr();
         // SAFETY: raw is a live object (GIL held through `Bound`).
-        let (r, growable) = if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
+        let bytearray = unsafe { ffi::PyByteArray_CheckExact(raw) } != 0;
+        let (r, growable) = if bytearray {
             // SAFETY: an exact bytearray, GIL held: the C API's own accessors.
             let r = unsafe { bytearray_region(raw) };
             (r, grow)
@@ -302,6 +305,7 @@ impl<'py> Buf<'py> {
             len,
             cap: r.len,
             growable,
+            bytearray,
             exact,
         })
     }
@@ -314,6 +318,12 @@ impl<'py> Buf<'py> {
     /// Where the packet ends.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether this is an exact `bytearray` (its memory is its own: another such buffer
+    /// shares none of it unless it is the same object).
+    pub(crate) fn is_bytearray(&self) -> bool {
+        self.bytearray
     }
 
     /// (start, end) of bytes `from..to` of the buffer, as addresses.
@@ -377,18 +387,122 @@ pub(crate) fn bufs_of<'py>(
     name: &str,
 ) -> PyResult<Vec<Buf<'py>>> {
     let mut out = Vec::with_capacity(n);
+    let list = seq.cast::<PyList>().ok();
     for i in 0..n {
-        let obj = seq_item(seq, i)?;
+        let obj = match list.and_then(|l| list_item(l, i)) {
+            Some(o) => o,
+            None => seq.get_item(i)?,
+        };
         let end = lens.map(|l| base + l[i]);
         out.push(Buf::new(obj, views, end, grow, &|| format!("{name}[{i}]"))?);
     }
     Ok(out)
 }
 
-/// (start, end, index) of a buffer's whole bytes, for [`check_disjoint`].
-pub(crate) fn buf_span(b: &Buf<'_>, index: usize) -> (usize, usize, usize) {
-    let (s, e) = b.span(0, b.cap);
-    (s, e, index)
+/// The first index `i >= from` of `list` whose item is not an exact `bytearray` or is
+/// `same_as`; `None` if there is none. Reads the items borrowed (GIL held, no Python code
+/// run): a pass over 128 buffers costs a few hundred instructions.
+pub(crate) fn scan_bytearrays(
+    list: &Bound<'_, PyList>,
+    from: usize,
+    same_as: *mut ffi::PyObject,
+) -> Option<usize> {
+    let raw = list.as_ptr();
+    // SAFETY: a live list, GIL held; its length is read once and nothing in the loop runs
+    // Python code, so the first `len` items stay live objects the list owns.
+    unsafe {
+        let len = ffi::PyList_GET_SIZE(raw) as usize;
+        (from..len).find(|&i| {
+            let item = ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t);
+            item == same_as || ffi::PyByteArray_CheckExact(item) == 0
+        })
+    }
+}
+
+/// The first pair `(i, j)`, `i < j`, with `keys[i] == keys[j]`, if any: pairwise for a
+/// few keys, else an open-addressing set (reused per thread) of twice as many slots: a few
+/// instructions per key, where sorting 45 costs a couple of thousand.
+pub(crate) fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
+    if keys.len() <= 8 {
+        for j in 1..keys.len() {
+            if let Some(i) = keys[..j].iter().position(|&k| k == keys[j]) {
+                return Some((i, j));
+            }
+        }
+        return None;
+    }
+    let bits = (2 * keys.len()).next_power_of_two();
+    let mask = bits - 1;
+    let mut table = SLOTS.with(|t| t.take());
+    table.clear();
+    table.resize(bits, (0, u32::MAX));
+    let mut found = None;
+    'keys: for (j, &k) in keys.iter().enumerate() {
+        let mut h = (k >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        loop {
+            let slot = &mut table[h & mask];
+            if slot.1 == u32::MAX {
+                *slot = (k, j as u32);
+                break;
+            }
+            if slot.0 == k {
+                found = Some((slot.1 as usize, j));
+                break 'keys;
+            }
+            h += 1;
+        }
+    }
+    SLOTS.with(|t| t.set(table));
+    found
+}
+
+thread_local! {
+    /// `find_duplicate`'s table, reused between calls.
+    static SLOTS: std::cell::Cell<Vec<(usize, u32)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Fails if two of `bufs` may share memory: the same bytearray twice (found by object)
+/// when all are bytearrays, else any two overlapping (found by sorting their spans).
+/// `part(i)` is the range of buffer i to check, `name(i)` names it.
+pub(crate) fn check_bufs_disjoint(
+    bufs: &[Buf<'_>],
+    part: &dyn Fn(usize, &Buf<'_>) -> (usize, usize),
+    name: &dyn Fn(usize) -> String,
+) -> PyResult<()> {
+    if bufs.iter().all(Buf::is_bytearray) {
+        let mut keys = KEYS.with(|k| k.take());
+        keys.clear();
+        keys.extend(bufs.iter().map(|b| b.obj.as_ptr() as usize));
+        let dup = find_duplicate(&keys);
+        KEYS.with(|k| k.set(keys));
+        return match dup {
+            Some((i, j)) => Err(PyValueError::new_err(format!(
+                "{} and {} share memory (the same bytearray twice)",
+                name(i),
+                name(j)
+            ))),
+            None => Ok(()),
+        };
+    }
+    let mut spans: Vec<(usize, usize, usize)> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (s, e) = part(i, b);
+            (s, e, i)
+        })
+        .collect();
+    check_disjoint(&mut spans, name)
+}
+
+thread_local! {
+    /// `check_bufs_disjoint`'s key list, reused between calls.
+    static KEYS: std::cell::Cell<Vec<usize>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// (start, end) of a buffer's whole bytes.
+pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
+    b.span(0, b.cap)
 }
 
 // These run only with the GIL held and no Python code called, so no other thread can

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
-use super::buffers::{list_item, seq_item, Views};
+use super::buffers::{list_item, scan_bytearrays, seq_item, Views};
 use super::engine::{gro_py, non_negative, split_to_py, PyGroTable};
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
@@ -194,25 +194,35 @@ fn check_outputs(
     offset: usize,
     original: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    for i in 0..have {
+    let same_as = original.map_or(std::ptr::null_mut(), |o| o.as_ptr());
+    let list = bufs.cast::<PyList>().ok();
+    let mut i = 0;
+    while i < have {
+        // A list of bytearrays (the usual case) is passed over without references taken.
+        if let Some(l) = list {
+            match scan_bytearrays(l, i, same_as) {
+                Some(j) => i = j,
+                None => break,
+            }
+        }
         let obj = seq_item(bufs, i)?;
         if original.is_some_and(|o| o.is(&obj)) {
             return Err(PyValueError::new_err(format!(
                 "bufs[{i}] is original_buffer: the packet read would be overwritten"
             )));
         }
-        if obj.is_exact_instance_of::<PyByteArray>() {
-            continue;
+        if !obj.is_exact_instance_of::<PyByteArray>() {
+            let mut views = Views::with_capacity(py, 1);
+            let r = views.write(&obj, &|| format!("bufs[{i}]"))?;
+            if r.len() <= offset {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[{i}] holds {} bytes and cannot grow (not a bytearray): no room \
+                     after offset {offset}",
+                    r.len()
+                )));
+            }
         }
-        let mut views = Views::with_capacity(py, 1);
-        let r = views.write(&obj, &|| format!("bufs[{i}]"))?;
-        if r.len() <= offset {
-            return Err(PyValueError::new_err(format!(
-                "bufs[{i}] holds {} bytes and cannot grow (not a bytearray): no room after \
-                 offset {offset}",
-                r.len()
-            )));
-        }
+        i += 1;
     }
     Ok(())
 }

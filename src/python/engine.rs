@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySequence};
 use pyo3::Borrowed;
 
-use super::buffers::{buf_span, bufs_of, check_disjoint, list_item, Buf, Views};
+use super::buffers::{buf_span, bufs_of, check_bufs_disjoint, list_item, Buf, Views};
 use crate::device::batch::Split;
 use crate::engine::{self as eng, VirtioNetHdr};
 
@@ -175,26 +175,20 @@ pub(crate) fn split_to_py(
             err: PyValueError::new_err(e.error.to_string().replace("bufs[", &format!("{name}["))),
             keep: e.keep,
         })?;
-    // The written ranges and the packet must not share a byte (a memoryview into a
-    // bytearray, the same bytearray twice, the packet inside an output).
-    let mut spans = SPANS.with(|s| s.take());
-    spans.clear();
-    for (i, b) in bufs.iter().enumerate() {
-        let (s, e) = b.span(out_offset, out_offset + split.size(i));
-        spans.push((s, e, i));
-    }
+    // The written ranges must not share a byte with each other (the same bytearray twice,
+    // views of one buffer) nor with the packet (a view of an output as original_buffer).
     let p = packet.as_ptr() as usize;
-    spans.push((p, p + packet.len(), n));
-    let named = |i: usize| {
-        if i == n {
-            "the packet".to_owned()
-        } else {
-            format!("{name}[{i}]")
-        }
-    };
-    let disjoint = check_disjoint(&mut spans, &named);
-    SPANS.with(|s| s.set(spans));
-    disjoint.map_err(buffers_error)?;
+    let (ps, pe) = (p, p + packet.len());
+    let part = |i: usize, b: &Buf<'_>| b.span(out_offset, out_offset + split.size(i));
+    if let Some(i) = bufs.iter().enumerate().position(|(i, b)| {
+        let (s, e) = part(i, b);
+        s < pe && ps < e
+    }) {
+        return Err(buffers_error(PyValueError::new_err(format!(
+            "{name}[{i}] and the packet share memory"
+        ))));
+    }
+    check_bufs_disjoint(&bufs, &part, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
     let written = split
         .write_packet(packet, &mut bufs, out_offset, fit)
         .map_err(|e| SplitFailed {
@@ -207,12 +201,6 @@ pub(crate) fn split_to_py(
     set_sizes(sizes, written, split.size(0), last)
         .map_err(|err| SplitFailed { err, keep: false })?;
     Ok(written)
-}
-
-thread_local! {
-    /// `split_to_py`'s span list, kept between calls so a steady stream of splits
-    /// allocates nothing for it.
-    static SPANS: std::cell::Cell<Vec<(usize, usize, usize)>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Stores a split's sizes into the first `n` entries of `sizes`: `common` for entries
@@ -362,7 +350,7 @@ pub(crate) fn gro_py(
     let n = lens.map_or(bufs.len(), <[usize]>::len);
     let mut views = Views::with_capacity(py, n);
     let mut gbufs = bufs_of(&mut views, bufs.as_any(), n, lens, offset, true, "bufs")?;
-    check_gro_disjoint(&gbufs)?;
+    check_bufs_disjoint(&gbufs, &|_, b| buf_span(b), &|i| format!("bufs[{i}]"))?;
     let out = crate::device::batch::coalesce(&mut gbufs, offset, table, can_udp_gro)
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     let written = out.iter().map(|&i| (i, gbufs[i].len())).collect();
@@ -375,17 +363,6 @@ pub(crate) fn gro_py(
         }
     }
     Ok(written)
-}
-
-/// Fails if two buffers of a GRO batch share memory (the same bytearray twice, views of
-/// one buffer): each may be written.
-fn check_gro_disjoint(bufs: &[Buf<'_>]) -> PyResult<()> {
-    let mut spans = SPANS.with(|s| s.take());
-    spans.clear();
-    spans.extend(bufs.iter().enumerate().map(|(i, b)| buf_span(b, i)));
-    let r = check_disjoint(&mut spans, &|i| format!("bufs[{i}]"));
-    SPANS.with(|s| s.set(spans));
-    r
 }
 
 /// Coalesces a batch of packets for writing to a TUN device with offload.
