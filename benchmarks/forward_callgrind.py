@@ -117,9 +117,8 @@ def main() -> int:
             a.send_multiple(gro, bufs, OFFSET, sizes=sizes, count=n)
         segs += n
     dt = time.perf_counter() - t0
-    print(
-        f"{mode}: {iters} iterations, {segs / iters:.1f} packets each, {dt / iters * 1e6:.1f} us each"
-    )
+    us = dt / iters * 1e6
+    print(f"{mode}: {iters} iterations, {segs / iters:.1f} packets each, {us:.1f} us each")
     a.close()
     b.close()
     return 0
