@@ -12,8 +12,11 @@ forwarded by the kernel out of ``cgb0`` as one super-packet; each iteration read
 ``cgb0`` (split) and writes it to ``cga0`` again (coalesce), so every iteration runs the
 forwarder's code on the same packet. TTL 255 minus one per pass: the batch is written afresh
 every 200 iterations. Modes: ``idiom`` (README: 128 buffers of 64 KiB, ``sizes=``/``count=``),
-``fit`` (``fit=True`` then ``bufs[:n]``), ``ack`` (one 52-byte ACK per iteration, the other
-direction of a TCP stream). Callgrind counts user space only: the kernel's part (the read,
+``small`` (the idiom with 1510-byte buffers that grow as they must), ``fit``
+(``fit=True`` then ``bufs[:n]``), ``ack`` (one 52-byte ACK per iteration, the other
+direction of a TCP stream); ``pass`` and ``ackpass``: the same packets through ``recv`` +
+``send`` whole (the passthrough forwarder). Callgrind counts user space only: the kernel's
+part (the read,
 the write, the forwarding) is not in the figures, which is what an A/B of the package wants.
 Prints instructions-free timing too (wall clock, not to be trusted on a shared machine).
 """
@@ -85,7 +88,7 @@ def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else "idiom"
     iters = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     a, b = setup()
-    if mode == "ack":
+    if mode in ("ack", "ackpass"):
         batch = [tcp_segment(1, b"")]
     else:
         batch = [
@@ -95,6 +98,8 @@ def main() -> int:
     original = bytearray(OFFSET + 65535)
     if mode == "fit":
         bufs = [bytearray() for _ in range(t.IDEAL_BATCH_SIZE)]
+    elif mode == "small":  # the idiom with buffers that grow only as far as they must
+        bufs = [bytearray(OFFSET + 1500) for _ in range(t.IDEAL_BATCH_SIZE)]
     else:
         bufs = [bytearray(OFFSET + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
     sizes = [0] * t.IDEAL_BATCH_SIZE
@@ -109,7 +114,11 @@ def main() -> int:
         if i % 200 == 199:
             drain(b)
             inject()
-        if mode == "fit":
+        if mode in ("pass", "ackpass"):  # passthrough: one recv, one send
+            k = b.recv(original)
+            a.send(memoryview(original)[:k])
+            n = 1
+        elif mode == "fit":
             n = b.recv_multiple(original, bufs, sizes, OFFSET, fit=True)
             a.send_multiple(gro, bufs[:n], OFFSET)
         else:
