@@ -123,6 +123,9 @@ struct Item {
 #[derive(Debug, Default)]
 pub struct GroTable {
     flows: HashMap<FlowKey, u32, BuildHasherDefault<FxHasher>>,
+    /// The last flow looked up and its latest item (`flows[key]`, or NONE): consecutive
+    /// packets of one flow, the usual batch, skip hashing the key.
+    last: Option<(FlowKey, u32)>,
     items: Vec<Item>,
     /// Per packet: the next segment of its item.
     next: Vec<u32>,
@@ -141,6 +144,7 @@ impl GroTable {
 
     fn reset(&mut self, n: usize) {
         self.flows.clear();
+        self.last = None;
         self.items.clear();
         self.next.clear();
         self.next.resize(n, NONE);
@@ -348,7 +352,14 @@ fn plan_packet<B: ExpandBuffer>(
     let proto = if c.udp { PROTO_UDP } else { PROTO_TCP };
     let mut pkt_csum = Csum::Unknown;
     let mut newer = NONE;
-    let mut cur = t.flows.get(&c.key).copied().unwrap_or(NONE);
+    let mut cur = match t.last {
+        Some((k, item)) if k == c.key => item,
+        _ => {
+            let item = t.flows.get(&c.key).copied().unwrap_or(NONE);
+            t.last = Some((c.key, item));
+            item
+        }
+    };
     while cur != NONE {
         let it = t.items[cur as usize];
         let head = &bufs[it.head as usize].bytes()[offset..];
@@ -401,6 +412,7 @@ fn plan_packet<B: ExpandBuffer>(
                     } else {
                         t.flows.insert(c.key, prev);
                     }
+                    t.last = Some((c.key, prev));
                 } else {
                     t.items[newer as usize].prev = prev;
                 }
@@ -470,6 +482,7 @@ fn fits(pkt: &[u8], head: &[u8], c: &Candidate, it: &Item) -> Fit {
 fn insert(t: &mut GroTable, i: usize, c: &Candidate, csum: Csum) {
     let idx = t.items.len() as u32;
     let prev = t.flows.insert(c.key, idx).unwrap_or(NONE);
+    t.last = Some((c.key, idx));
     t.items.push(Item {
         head: i as u32,
         tail: i as u32,
