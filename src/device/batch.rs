@@ -179,15 +179,6 @@ impl From<SplitError> for Error {
     }
 }
 
-/// The write target of segment `i`: `bufs[i]`'s bytes.
-struct Out<'a, B>(&'a mut B);
-
-impl<B: ExpandBuffer> AsMut<[u8]> for Out<'_, B> {
-    fn as_mut(&mut self) -> &mut [u8] {
-        self.0.bytes_mut()
-    }
-}
-
 impl Split {
     /// Checks `read` (the virtio header, then the packet) and plans the split.
     pub fn plan(read: &[u8]) -> Result<Split, SplitError> {
@@ -268,7 +259,7 @@ impl Split {
     /// Writes the packets: packet `i` into `bufs[i][offset..offset + size(i)]`, after a
     /// successful [`prepare`](Self::prepare). With `fit`, each growable buffer is then
     /// set to exactly `offset + size(i)` bytes. `read` is what [`plan`](Self::plan) saw.
-    pub fn write<B: ExpandBuffer>(
+    pub fn write<B: ExpandBuffer + AsMut<[u8]>>(
         &self,
         read: &[u8],
         bufs: &mut [B],
@@ -285,17 +276,19 @@ impl Split {
 
     /// As [`write`](Self::write), for a split made by [`plan_packet`](Self::plan_packet):
     /// `pkt` is the packet without its virtio header.
-    pub fn write_packet<B: ExpandBuffer>(
+    ///
+    /// The buffers' `AsMut<[u8]>` must give the same bytes as their
+    /// [`ExpandBuffer::bytes_mut`] (as `Vec<u8>` and `&mut [u8]` do).
+    pub fn write_packet<B: ExpandBuffer + AsMut<[u8]>>(
         &self,
         pkt: &[u8],
         bufs: &mut [B],
         offset: usize,
         fit: bool,
     ) -> Result<usize, Error> {
-        let n = self.count();
-        let mut outs: Vec<Out<'_, B>> = bufs.iter_mut().take(n).map(Out).collect();
-        let written = gso::write_segments(&self.plan, pkt, &mut outs, offset).map_err(invalid)?;
-        drop(outs);
+        let n = self.count().min(bufs.len());
+        let written =
+            gso::write_segments(&self.plan, pkt, &mut bufs[..n], offset).map_err(invalid)?;
         if fit {
             for (i, b) in bufs[..written].iter_mut().enumerate() {
                 let want = offset + self.size(i);
@@ -341,7 +334,7 @@ pub fn check_outputs<B: ExpandBuffer>(bufs: &[B], offset: usize) -> Result<(), E
 /// Without offload one packet is read straight into `bufs[0][offset..]` (grown first to
 /// [`max_read`] when `fit` and it can grow) and `original` is not used.
 #[allow(clippy::too_many_arguments)]
-pub fn recv_multiple<B: ExpandBuffer>(
+pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
     tun: &Tun,
     state: &RecvState,
     original: &mut [u8],

@@ -505,6 +505,12 @@ pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
     b.span(0, b.cap)
 }
 
+impl AsMut<[u8]> for Buf<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}
+
 // These run only with the GIL held and no Python code called, so no other thread can
 // resize or free a bytearray while a slice of it is alive.
 impl ExpandBuffer for Buf<'_> {

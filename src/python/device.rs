@@ -164,12 +164,23 @@ fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResu
         )));
     }
     let mut v = Vec::with_capacity(n);
+    let list = s.cast::<PyList>().ok();
+    // The int object last converted and its value: recv_multiple stores one shared int
+    // for equal sizes, so a list it filled converts one or two objects, not 45.
+    let mut known: Option<(Bound<'_, PyAny>, usize)> = None;
     for i in 0..n {
-        let item = match s.cast::<PyList>() {
-            Ok(l) => list_item(l, i).map_or_else(|| s.get_item(i), Ok)?,
-            Err(_) => s.get_item(i)?,
+        let item = match list.and_then(|l| list_item(l, i)) {
+            Some(o) => o,
+            None => s.get_item(i)?,
         };
-        let size = item.extract::<usize>()?;
+        let size = match &known {
+            Some((o, v)) if o.is(&item) => *v,
+            _ => {
+                let v = item.extract::<usize>()?;
+                known = Some((item, v));
+                v
+            }
+        };
         // (No buffer holds isize::MAX bytes; `offset` is below it too.)
         if size > isize::MAX as usize || offset.checked_add(size).is_none() {
             return Err(PyValueError::new_err(format!(
