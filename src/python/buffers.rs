@@ -433,12 +433,14 @@ pub(crate) fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
     }
     let bits = (2 * keys.len()).next_power_of_two();
     let mask = bits - 1;
+    // Fibonacci hashing: the product's top bits index the table.
+    let shift = 64 - bits.trailing_zeros();
     let mut table = SLOTS.with(|t| t.take());
     table.clear();
     table.resize(bits, (0, u32::MAX));
     let mut found = None;
     'keys: for (j, &k) in keys.iter().enumerate() {
-        let mut h = (k >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        let mut h = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
         loop {
             let slot = &mut table[h & mask];
             if slot.1 == u32::MAX {
@@ -503,6 +505,82 @@ thread_local! {
 /// (start, end) of a buffer's whole bytes.
 pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
     b.span(0, b.cap)
+}
+
+/// A fixed output region inside an exact `bytearray` of a list, read in place with the GIL
+/// held: the split's fast path (no reference taken, nothing allocated per call).
+pub(crate) struct Fixed(Region);
+
+impl AsMut<[u8]> for Fixed {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}
+
+impl ExpandBuffer for Fixed {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: made by `bytearray_outputs` from a bytearray the list owns, used with the
+        // GIL held and no Python code run before the last use (see there).
+        unsafe { self.0.slice() }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; the regions are distinct (checked in `bytearray_outputs`).
+        unsafe { self.0.slice_mut() }
+    }
+    fn max_len(&self) -> usize {
+        self.0.len
+    }
+    fn resize(&mut self, new_len: usize) -> engine::Result<()> {
+        if new_len == self.0.len {
+            Ok(())
+        } else {
+            Err(engine::Error::fixed(
+                "internal: a fixed output was asked to resize",
+            ))
+        }
+    }
+}
+
+/// The split's fast path: when `list[..n]` are exact bytearrays, each with at least
+/// `need(i)` bytes, none overlapping `avoid` (the packet) nor listed twice, fills `out`
+/// with their regions and returns true; anything else returns false (and the general
+/// path, which grows buffers and names problems, takes over). The regions stay valid
+/// while the GIL is held and no Python code runs: the list owns the bytearrays and
+/// nothing can resize them.
+pub(crate) fn bytearray_outputs(
+    list: &Bound<'_, PyList>,
+    n: usize,
+    need: &dyn Fn(usize) -> usize,
+    avoid: (usize, usize),
+    out: &mut Vec<Fixed>,
+) -> bool {
+    out.clear();
+    let raw = list.as_ptr();
+    let mut keys = KEYS.with(|k| k.take());
+    keys.clear();
+    // SAFETY: a live list, GIL held, nothing here runs Python code: its first `len` items
+    // are live bytearrays (checked) that it owns.
+    let ok = unsafe {
+        let len = ffi::PyList_GET_SIZE(raw) as usize;
+        n <= len
+            && (0..n).all(|i| {
+                let item = ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t);
+                if ffi::PyByteArray_CheckExact(item) == 0 {
+                    return false;
+                }
+                let r = bytearray_region(item);
+                let (s, e) = (r.ptr.as_ptr() as usize, r.ptr.as_ptr() as usize + r.len);
+                if r.len < need(i) || (s < avoid.1 && avoid.0 < e) {
+                    return false;
+                }
+                keys.push(s);
+                out.push(Fixed(r));
+                true
+            })
+    };
+    let ok = ok && find_duplicate(&keys).is_none();
+    KEYS.with(|k| k.set(keys));
+    ok
 }
 
 impl AsMut<[u8]> for Buf<'_> {

@@ -7,7 +7,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PySequence};
 use pyo3::Borrowed;
 
-use super::buffers::{buf_span, bufs_of, check_bufs_disjoint, list_item, Buf, Views};
+use super::buffers::{
+    buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, list_item, Buf, Fixed, Views,
+};
 use crate::device::batch::Split;
 use crate::engine::{self as eng, VirtioNetHdr};
 
@@ -165,6 +167,33 @@ pub(crate) fn split_to_py(
     name: &str,
 ) -> Result<usize, SplitFailed> {
     let n = split.count();
+    if !fit {
+        if let Ok(list) = out_bufs.cast::<PyList>() {
+            // The usual case: a list of bytearrays large enough, read in place.
+            let p = packet.as_ptr() as usize;
+            let need = |i: usize| out_offset.saturating_add(split.size(i));
+            let mut outs = FIXED.with(|f| f.take());
+            let fast = bytearray_outputs(list, n, &need, (p, p + packet.len()), &mut outs)
+                && sizes.len() >= n;
+            let written = if fast {
+                Some(split.write_packet(packet, &mut outs, out_offset, false))
+            } else {
+                None
+            };
+            outs.clear();
+            FIXED.with(|f| f.set(outs));
+            if let Some(w) = written {
+                let written = w.map_err(|e| SplitFailed {
+                    err: PyValueError::new_err(e.to_string()),
+                    keep: false,
+                })?;
+                let last = split.size(written.saturating_sub(1));
+                set_sizes(sizes, written, split.size(0), last)
+                    .map_err(|err| SplitFailed { err, keep: false })?;
+                return Ok(written);
+            }
+        }
+    }
     let have = out_bufs.len().map_err(buffers_error)?;
     let m = n.min(have);
     let mut views = Views::with_capacity(py, m);
@@ -201,6 +230,11 @@ pub(crate) fn split_to_py(
     set_sizes(sizes, written, split.size(0), last)
         .map_err(|err| SplitFailed { err, keep: false })?;
     Ok(written)
+}
+
+thread_local! {
+    /// The split's fast-path outputs, reused between calls.
+    static FIXED: std::cell::Cell<Vec<Fixed>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Stores a split's sizes into the first `n` entries of `sizes`: `common` for entries
