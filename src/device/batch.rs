@@ -644,6 +644,62 @@ mod tests {
         assert!(check_truncation(&p, 0, false).is_ok());
     }
 
+    /// A read as a TUN device with offload gives it: a plain virtio header, then an
+    /// IPv4/UDP packet of `len` bytes.
+    fn plain_read(len: usize) -> Vec<u8> {
+        let mut r = vec![0u8; VIRTIO_NET_HDR_LEN + len];
+        let p = &mut r[VIRTIO_NET_HDR_LEN..];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[9] = 17;
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        r
+    }
+
+    #[test]
+    fn split_grows_small_buffers_and_fits() {
+        let read = plain_read(300);
+        let split = Split::plan(&read).unwrap();
+        assert_eq!((split.count(), split.size(0)), (1, 300));
+        let mut bufs = vec![vec![0u8; 3], vec![7u8; 2]];
+        split.prepare(&mut bufs, 1, 10).unwrap();
+        assert_eq!(bufs[0].len(), 310); // grown to what the packet needs
+        assert_eq!(split.write(&read, &mut bufs, 10, true).unwrap(), 1);
+        assert_eq!(&bufs[0][10..], &read[VIRTIO_NET_HDR_LEN..]);
+        assert_eq!(bufs[1], vec![7u8; 2]); // untouched
+        let mut sizes = [0usize; 2];
+        fill_sizes(&split, &mut sizes);
+        assert_eq!(sizes, [300, 0]);
+        // Fit: a larger buffer ends exactly at its packet.
+        let mut big = vec![vec![0u8; 2000]];
+        split.prepare(&mut big, 1, 10).unwrap();
+        split.write(&read, &mut big, 10, true).unwrap();
+        assert_eq!(big[0].len(), 310);
+    }
+
+    #[test]
+    fn split_refusals_keep_the_packet() {
+        let read = plain_read(300);
+        let split = Split::plan(&read).unwrap();
+        let mut none: Vec<Vec<u8>> = Vec::new();
+        let e = split.prepare(&mut none, 1, 10).unwrap_err();
+        assert!(e.keep, "{e:?}");
+        let e = split.prepare(&mut [vec![0u8; 400]], 0, 10).unwrap_err();
+        assert!(e.keep && e.error.to_string().contains("sizes"), "{e:?}");
+        let mut fixed = [0u8; 100];
+        let mut outs: [&mut [u8]; 1] = [&mut fixed];
+        let e = split.prepare(&mut outs, 1, 10).unwrap_err();
+        assert!(e.keep && e.error.to_string().contains("bufs[0]"), "{e:?}");
+        // A bad packet is not kept.
+        let e = Split::plan(&read[..5]).unwrap_err();
+        assert!(!e.keep);
+        assert!(check_outputs(&outs, 100).is_err()); // no room after the offset, cannot grow
+        assert!(check_outputs(&[Vec::<u8>::new()], 100).is_ok()); // grows
+        assert!(check_outputs::<Vec<u8>>(&[], 0).is_err());
+    }
+
     #[test]
     fn held_packets_come_back() {
         let s = RecvState::new();
