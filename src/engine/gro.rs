@@ -115,6 +115,9 @@ struct Item {
     psh: bool,
     udp: bool,
     v6: bool,
+    /// `payload % gso_size != 0`: the item ends with a short segment (kept up to date in
+    /// `merge`, so that no division runs per packet).
+    short: bool,
     head_csum: Csum,
 }
 
@@ -458,14 +461,14 @@ fn fits(pkt: &[u8], head: &[u8], c: &Candidate, it: &Item) -> Fit {
     let gso = usize::from(it.gso_size);
     if c.udp {
         // Nothing follows a short segment, nor a larger one a smaller.
-        return if it.payload as usize % gso == 0 && c.payload <= gso {
+        return if !it.short && c.payload <= gso {
             Fit::Append
         } else {
             Fit::No
         };
     }
     if c.seq == it.seq.wrapping_add(it.payload) {
-        if it.psh || it.payload as usize % gso != 0 || c.payload > gso {
+        if it.psh || it.short || c.payload > gso {
             return Fit::No;
         }
         Fit::Append
@@ -496,6 +499,7 @@ fn insert(t: &mut GroTable, i: usize, c: &Candidate, csum: Csum) {
         psh: c.psh,
         udp: c.udp,
         v6: c.v6,
+        short: false,
         head_csum: csum,
     });
     t.item_of[i] = idx;
@@ -512,9 +516,18 @@ fn merge(t: &mut GroTable, item: u32, i: usize, c: &Candidate, fit: Fit) {
         it.tail = i as u32;
         it.psh |= c.psh;
     }
+    // An append is never larger than gso_size and a prepend never smaller (`fits`): a
+    // smaller append leaves a short end; a larger prepend (only onto one segment) makes
+    // the old segment the short one.
+    let gso = usize::from(it.gso_size);
+    it.short |= match fit {
+        Fit::Prepend => c.payload > gso,
+        _ => c.payload < gso,
+    };
     it.payload += c.payload as u32;
     it.gso_size = it.gso_size.max(c.payload as u16);
     it.merged += 1;
+    debug_assert_eq!(it.short, it.payload % u32::from(it.gso_size) != 0);
 }
 
 /// Mutable `bufs[dst]` and shared `bufs[src]`, `dst != src`.
