@@ -2,7 +2,12 @@
 with the Rust engine itself and with a 64 KiB bytearray copy, in the same process.
 
     cargo build --release --lib --manifest-path benchmarks/rust/Cargo.toml   # once
-    python benchmarks/engine_py.py [--rounds N] [--json]
+    python benchmarks/engine_py.py [--rounds N] [--json] [--no-device]
+
+As root it also times the send path on a real TUN device (in a private network namespace
+made for the process): ``send_multiple(gro, bufs, 10, sizes=sizes, count=45)`` of 45 TCP
+segments (coalesce and one 64 KiB write, the packet then dropped by the stack), beside a
+plain ``send`` of the same super-packet whole (the passthrough's write) and the copy.
 
 Each round times, back to back, the Python call, the same operation in the Rust engine (the
 benchmarks' library, loaded with ctypes: the loops of the criterion benchmarks) and the
@@ -180,6 +185,63 @@ def measure(name: str, v6: bool, udp: bool, rust: RustEngine | None, rounds: int
     return row
 
 
+def send_path(rounds: int) -> dict | None:
+    """The send path on a TUN device: coalesce + write of 45 segments, against the write of
+    the same super-packet whole and a 64 KiB copy, interleaved round by round."""
+    import os
+
+    if os.geteuid() != 0:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET: this process only
+        return None
+    dev = t.TunDevice("epy0", offload=True, up=True)
+    dev.add_address("10.97.0.1/24")
+    seg_pkt, seg_hdr = super_packet(False, False, 1448 * 45)
+    bufs = [bytearray(OFFSET + 65535) for _ in range(64)]
+    sizes = [0] * 64
+    n = t.gso_split(seg_pkt, seg_hdr, bufs, sizes, OFFSET)
+    head = bytes(bufs[0][: OFFSET + sizes[0]])  # restored before each call (GRO rewrote it)
+    whole = bytes(seg_hdr) + seg_pkt
+    table = t.GroTable()
+    assert dev.send_multiple(table, bufs, OFFSET, sizes=sizes, count=n) == len(whole)
+
+    def send_us(iters: int) -> float:
+        f, b0, hl = dev.send_multiple, bufs[0], len(head)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            b0[:hl] = head
+            f(table, bufs, OFFSET, sizes=sizes, count=n)
+        return (time.perf_counter() - t0) / iters * 1e6
+
+    def pass_us(iters: int) -> float:
+        f = dev.send
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            f(whole)
+        return (time.perf_counter() - t0) / iters * 1e6
+
+    cols: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        copy_us(20)
+        c = copy_us(200)
+        send_us(10)
+        s_ = send_us(100)
+        pass_us(10)
+        p_ = pass_us(100)
+        for k, v in (
+            ("memcpy_us", c),
+            ("send_multiple_45_us", s_),
+            ("send_whole_us", p_),
+            ("send_vs_memcpy", s_ / c),
+            ("send_vs_whole", s_ / p_),
+            ("coalesce_only_vs_memcpy", (s_ - p_) / c),
+        ):
+            cols.setdefault(k, []).append(v)
+    dev.close()
+    return {"segments": n, "rounds": rounds, **{k: med(v) for k, v in cols.items()}}
+
+
 def keep_heap() -> bool:
     """Turns off glibc's heap trimming in this process (mallopt M_TRIM_THRESHOLD).
 
@@ -206,6 +268,7 @@ def main() -> None:
         "--trim", action="store_true", help="keep glibc's heap trimming (see keep_heap())"
     )
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-device", action="store_true", help="leave out the send path")
     args = ap.parse_args()
     kept = False if args.trim else keep_heap()
     rust = RustEngine(LIB) if LIB.exists() else None
@@ -215,8 +278,9 @@ def main() -> None:
         measure(name, v6, udp, rust, args.rounds)
         for name, v6, udp in (("tcp4", False, False), ("tcp6", True, False), ("udp4", False, True))
     ]
+    send = None if args.no_device else send_path(args.rounds)
     if args.json:
-        print(json.dumps({"heap_trimming": not kept, "rows": rows}, indent=2))
+        print(json.dumps({"heap_trimming": not kept, "rows": rows, "send": send}, indent=2))
         return
     trim = "off (mallopt)" if kept else "glibc default"
     print(f"medians of {args.rounds} interleaved rounds; ratios taken within each round;")
@@ -246,6 +310,17 @@ def main() -> None:
         )
         if j == 0:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    if send is None:
+        print("\n(send path: needs root; left out)")
+        return
+    print(
+        f"\nsend path, TCP/IPv4, {send['segments']} segments on a TUN device: "
+        f"send_multiple {send['send_multiple_45_us']:.2f}us, the same super-packet "
+        f"written whole {send['send_whole_us']:.2f}us, memcpy {send['memcpy_us']:.2f}us; "
+        f"send_multiple = {send['send_vs_memcpy']:.2f}x memcpy = "
+        f"{send['send_vs_whole']:.2f}x the whole write; coalescing alone (the difference) "
+        f"{send['coalesce_only_vs_memcpy']:.2f}x memcpy"
+    )
 
 
 if __name__ == "__main__":

@@ -455,11 +455,20 @@ def test_send_multiple_error_carries_counts(ns):
         dev.add_address("192.0.2.1/24")
     with dev:
         good = bytearray.fromhex("4500001c000000004011f98ec0000201c0000202") + bytearray(8)
-        bad = bytearray(b"\x00" * 20)  # not IP: the kernel refuses it
-        with pytest.raises(OSError) as ei:
+        bad = bytearray(b"\x00" * 20)  # not IP: the kernel would refuse it
+        # Checked as the kernel would, before anything is written.
+        with pytest.raises(ValueError, match=r"bufs\[1\].*IP version 0"):
             dev.send_multiple(t.GroTable(), [good, bad, good], 0)
-        assert ei.value.packets_sent == 2
-        assert ei.value.bytes_sent == 2 * len(good)
+        assert dev.stats["writes"] == 0
+        # A packet the kernel itself refuses (EIO: the device is down) does not stop the
+        # others; the error carries what was written.
+        dev.down()
+        with pytest.raises(OSError) as ei:
+            dev.send_multiple(t.GroTable(), [good, bytearray(good), bytearray(good)], 0)
+        assert ei.value.errno == errno.EIO
+        assert ei.value.packets_sent == 0 and ei.value.bytes_sent == 0
+        dev.up()
+        assert dev.send_multiple(t.GroTable(), [good, bytearray(good)], 0) == 2 * len(good)
 
 
 # --- privilege and environment errors (in a child process) ------------------------------

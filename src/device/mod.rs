@@ -4,11 +4,16 @@
 //! Pure Rust, no Python: the PyO3 class in `crate::python::device` wraps [`Tun`].
 //! Every `unsafe` block here is a system call or ioctl on descriptors this module owns.
 
+pub mod batch;
 pub mod netlink;
 pub mod netns;
 pub mod sys;
 mod tun;
 
+pub use batch::{
+    check_packet, check_truncation, coalesce, recv_multiple, send_multiple, write_packets,
+    RecvState, SendError, Sent, Split, SplitError,
+};
 pub use netlink::{parse_ifaddr, IfAddr};
 pub use netns::{Netns, NetnsGuard, NetnsTarget, Switch};
 pub use tun::{Counters, Tun, TunOptions};
@@ -23,6 +28,9 @@ pub enum Error {
     Os { errno: i32, msg: String },
     /// A bad argument (Python: `ValueError`).
     Invalid(String),
+    /// A packet or buffer the engine refused, with its kind (Python: `ValueError` with
+    /// `kind` and `index`).
+    Engine(crate::engine::Error),
     /// The device was closed, before or during the call.
     Closed,
 }
@@ -50,7 +58,7 @@ impl Error {
         match self {
             Error::Os { errno, .. } => Some(*errno),
             Error::Closed => Some(libc::EBADF),
-            Error::Invalid(_) => None,
+            Error::Invalid(_) | Error::Engine(_) => None,
         }
     }
 
@@ -70,6 +78,7 @@ impl fmt::Display for Error {
         match self {
             Error::Os { msg, .. } => f.write_str(msg),
             Error::Invalid(msg) => f.write_str(msg),
+            Error::Engine(e) => f.write_str(e.message()),
             Error::Closed => f.write_str("the TUN device is closed"),
         }
     }

@@ -163,6 +163,34 @@ mod tests {
     }
 
     #[test]
+    fn wide_loop_matches_reference() {
+        // Lengths around the 64-byte steps and beyond one lane block, at every alignment.
+        let data: Vec<u8> = (0..(2 << 21) + 300u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let ones = vec![0xffu8; (1 << 21) + 130];
+        for (start, len) in [
+            (0, 128),
+            (1, 129),
+            (3, 191),
+            (5, 1448),
+            (7, 65535),
+            (0, 65536),
+        ]
+        .into_iter()
+        .chain([(2, 1 << 21), (1, (2 << 21) + 7)])
+        {
+            let s = &data[start..start + len];
+            let (a, b) = (sum(s), reference(s));
+            assert!(a == b || (a == 0xffff && b == 0), "{start}+{len}");
+            let mut d = vec![0u8; len];
+            assert_eq!(copy_and_sum(&mut d, s), a, "{start}+{len}");
+            assert_eq!(&d[..], s);
+        }
+        assert_eq!(sum(&ones), 0xffff); // every lane full for a whole block and more
+    }
+
+    #[test]
     fn copy_and_sum_copies() {
         let src: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
         let mut dst = vec![0; 1500];

@@ -116,6 +116,9 @@ struct Item {
     psh: bool,
     udp: bool,
     v6: bool,
+    /// `payload % gso_size != 0`: the item ends with a short segment (kept up to date in
+    /// `merge`, so that no division runs per packet).
+    short: bool,
     head_csum: Csum,
 }
 
@@ -124,6 +127,9 @@ struct Item {
 #[derive(Debug, Default)]
 pub struct GroTable {
     flows: HashMap<FlowKey, u32, BuildHasherDefault<FxHasher>>,
+    /// The last flow looked up and its latest item (`flows[key]`, or NONE): consecutive
+    /// packets of one flow, the usual batch, skip hashing the key.
+    last: Option<(FlowKey, u32)>,
     items: Vec<Item>,
     /// Per packet: the next segment of its item.
     next: Vec<u32>,
@@ -142,6 +148,7 @@ impl GroTable {
 
     fn reset(&mut self, n: usize) {
         self.flows.clear();
+        self.last = None;
         self.items.clear();
         self.next.clear();
         self.next.resize(n, NONE);
@@ -315,6 +322,16 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
             bail!(NoPacketAfterOffset @ i, "bufs[{i}] holds {len} bytes: no packet after offset {offset}");
         }
     }
+    if bufs.len() == 1 {
+        // One packet never coalesces (the ACK direction of a TCP forwarder, mostly): it
+        // only gets its plain virtio header, without setting up the table.
+        table.to_write.clear();
+        table.to_write.push(0);
+        table.swapped = false;
+        let plain = VirtioNetHdr::default().to_bytes();
+        bufs[0].bytes_mut()[offset - VIRTIO_NET_HDR_LEN..offset].copy_from_slice(&plain);
+        return Ok(&table.to_write);
+    }
     table.reset(bufs.len());
     for i in 0..bufs.len() {
         let pkt = &bufs[i].bytes()[offset..];
@@ -342,7 +359,14 @@ fn plan_packet<B: ExpandBuffer>(
     let proto = if c.udp { PROTO_UDP } else { PROTO_TCP };
     let mut pkt_csum = Csum::Unknown;
     let mut newer = NONE;
-    let mut cur = t.flows.get(&c.key).copied().unwrap_or(NONE);
+    let mut cur = match t.last {
+        Some((k, item)) if k == c.key => item,
+        _ => {
+            let item = t.flows.get(&c.key).copied().unwrap_or(NONE);
+            t.last = Some((c.key, item));
+            item
+        }
+    };
     while cur != NONE {
         let it = t.items[cur as usize];
         let head = &bufs[it.head as usize].bytes()[offset..];
@@ -395,6 +419,7 @@ fn plan_packet<B: ExpandBuffer>(
                     } else {
                         t.flows.insert(c.key, prev);
                     }
+                    t.last = Some((c.key, prev));
                 } else {
                     t.items[newer as usize].prev = prev;
                 }
@@ -440,14 +465,14 @@ fn fits(pkt: &[u8], head: &[u8], c: &Candidate, it: &Item) -> Fit {
     let gso = usize::from(it.gso_size);
     if c.udp {
         // Nothing follows a short segment, nor a larger one a smaller.
-        return if it.payload as usize % gso == 0 && c.payload <= gso {
+        return if !it.short && c.payload <= gso {
             Fit::Append
         } else {
             Fit::No
         };
     }
     if c.seq == it.seq.wrapping_add(it.payload) {
-        if it.psh || it.payload as usize % gso != 0 || c.payload > gso {
+        if it.psh || it.short || c.payload > gso {
             return Fit::No;
         }
         Fit::Append
@@ -464,6 +489,7 @@ fn fits(pkt: &[u8], head: &[u8], c: &Candidate, it: &Item) -> Fit {
 fn insert(t: &mut GroTable, i: usize, c: &Candidate, csum: Csum) {
     let idx = t.items.len() as u32;
     let prev = t.flows.insert(c.key, idx).unwrap_or(NONE);
+    t.last = Some((c.key, idx));
     t.items.push(Item {
         head: i as u32,
         tail: i as u32,
@@ -477,6 +503,7 @@ fn insert(t: &mut GroTable, i: usize, c: &Candidate, csum: Csum) {
         psh: c.psh,
         udp: c.udp,
         v6: c.v6,
+        short: false,
         head_csum: csum,
     });
     t.item_of[i] = idx;
@@ -493,9 +520,18 @@ fn merge(t: &mut GroTable, item: u32, i: usize, c: &Candidate, fit: Fit) {
         it.tail = i as u32;
         it.psh |= c.psh;
     }
+    // An append is never larger than gso_size and a prepend never smaller (`fits`): a
+    // smaller append leaves a short end; a larger prepend (only onto one segment) makes
+    // the old segment the short one.
+    let gso = usize::from(it.gso_size);
+    it.short |= match fit {
+        Fit::Prepend => c.payload > gso,
+        _ => c.payload < gso,
+    };
     it.payload += c.payload as u32;
     it.gso_size = it.gso_size.max(c.payload as u16);
     it.merged += 1;
+    debug_assert_eq!(it.short, it.payload % u32::from(it.gso_size) != 0);
 }
 
 /// Mutable `bufs[dst]` and shared `bufs[src]`, `dst != src`.
@@ -512,7 +548,10 @@ fn pair<B>(bufs: &mut [B], dst: usize, src: usize) -> (&mut B, &B) {
 fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> Result<()> {
     let vnet = offset - VIRTIO_NET_HDR_LEN;
     let plain = VirtioNetHdr::default().to_bytes();
-    for &slot in &t.to_write {
+    let mut k = 0;
+    while k < t.to_write.len() {
+        let slot = t.to_write[k];
+        k += 1;
         let idx = t.item_of[slot];
         if idx == NONE || t.items[idx as usize].merged == 0 {
             bufs[slot].bytes_mut()[vnet..offset].copy_from_slice(&plain);
@@ -523,7 +562,22 @@ fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> 
         let hdrs = usize::from(it.iph_len) + usize::from(it.l4_len);
         let total = hdrs + it.payload as usize;
         let mut at = bufs[head].bytes().len();
-        bufs[head].resize(offset + total)?;
+        if bufs[head].resize(offset + total).is_err() {
+            // The head could not grow after all (a Python bytearray that something else
+            // exports): its segments are written as they are, each alone, in sequence
+            // order, in the item's place.
+            let mut chain = Vec::new();
+            let mut seg = it.head;
+            while seg != NONE {
+                chain.push(seg as usize);
+                bufs[seg as usize].bytes_mut()[vnet..offset].copy_from_slice(&plain);
+                seg = t.next[seg as usize];
+            }
+            let added = chain.len() - 1;
+            t.to_write.splice(k - 1..k, chain);
+            k += added;
+            continue;
+        }
         let mut seg = t.next[head];
         while seg != NONE {
             let (dst, src) = pair(bufs, head, seg as usize);

@@ -1,12 +1,14 @@
-//! Python buffers seen from Rust.
+//! Python buffers seen from Rust, through the C API's own functions and macros only.
 //!
 //! - [`Views`]: buffer-protocol exports (`bytes`, `bytearray`, `memoryview`, `array`, numpy
-//!   ...) held for the length of a call. While a `bytearray` is exported it cannot be
-//!   resized, so the memory stays put even with the GIL released. The exports live in one
-//!   `Vec` allocated per call (never reallocated, since a `Py_buffer` must not move), not
-//!   one allocation per buffer as `pyo3::buffer::PyBuffer` would do.
-//! - [`GroBuf`]: the engine's [`ExpandBuffer`] over a `bytearray` (grows in place through
-//!   `PyByteArray_Resize`) or a fixed writable buffer. Used only with the GIL held.
+//!   ...) held for the length of a call, for memory used with the GIL released (a read
+//!   into `original_buffer`, the writes). While a `bytearray` is exported it cannot be
+//!   resized, so the memory stays put. The exports live in one `Vec` (never reallocated,
+//!   since a `Py_buffer` must not move), reused between calls.
+//! - [`Buf`]: the engine's [`ExpandBuffer`] over a `bytearray` (read in place with
+//!   `PyByteArray_AS_STRING`/`PyByteArray_GET_SIZE`, grown through `PyByteArray_Resize`)
+//!   or a fixed writable buffer (exported). Used only with the GIL held and no Python code
+//!   run meanwhile, so a bytearray needs no pin: nothing else can resize it.
 
 use std::ffi::c_int;
 use std::mem::MaybeUninit;
@@ -34,11 +36,6 @@ unsafe impl Send for Region {}
 impl Region {
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    fn range(&self) -> (usize, usize) {
-        let start = self.ptr.as_ptr() as usize;
-        (start, start + self.len)
     }
 
     /// The bytes.
@@ -71,31 +68,19 @@ fn region_at(ptr: *mut u8, len: ffi::Py_ssize_t) -> Region {
 
 /// Buffer exports held for one call; released (with the GIL) on drop.
 ///
-/// An exact `bytearray` (the common case, one per packet) is pinned directly: a strong
-/// reference plus `ob_exports += 1`, which is what its buffer export does, without the
-/// `Py_buffer` round trip. An exact `bytes` read is a strong reference alone (it is
-/// immutable). Anything else goes through `PyObject_GetBuffer`.
+/// An exact `bytes` read is a strong reference alone (it is immutable). Anything else,
+/// `bytearray` included, goes through `PyObject_GetBuffer`.
 pub(crate) struct Views<'py> {
     py: Python<'py>,
     views: Vec<ffi::Py_buffer>,
-    pinned: Vec<(NonNull<ffi::PyObject>, ffi::Py_ssize_t)>,
+    pinned: Vec<NonNull<ffi::PyObject>>,
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Read,
-    Write,
-    Exclusive,
-}
-
-/// The export count an exclusive pin adds: far above any real count of exports.
-const EXCLUSIVE: ffi::Py_ssize_t = 1 << 40;
 
 /// Per-thread spare storage, so a steady stream of calls allocates nothing.
 #[derive(Default)]
 struct Spare {
     views: Vec<ffi::Py_buffer>,
-    pinned: Vec<(NonNull<ffi::PyObject>, ffi::Py_ssize_t)>,
+    pinned: Vec<NonNull<ffi::PyObject>>,
 }
 
 /// How many `Views` may be alive at once in a thread and still allocate nothing: a call
@@ -123,45 +108,27 @@ impl<'py> Views<'py> {
     fn get(
         &mut self,
         obj: &Bound<'py, PyAny>,
-        mode: Mode,
+        writable: bool,
         what: &dyn Fn() -> String,
-    ) -> PyResult<(Region, bool)> {
+    ) -> PyResult<Region> {
         let raw = obj.as_ptr();
-        let writable = mode != Mode::Read;
         // SAFETY: raw is a live object (GIL held through `Bound`).
-        let (is_bytes, is_bytearray) = unsafe {
-            (
-                !writable && ffi::PyBytes_CheckExact(raw) != 0,
-                ffi::PyByteArray_CheckExact(raw) != 0,
-            )
-        };
-        if (is_bytes || is_bytearray) && !self.can_pin() {
-            return Err(PyValueError::new_err(
-                "internal: too many buffer pins for this call",
-            ));
-        }
-        if is_bytes {
+        if !writable && unsafe { ffi::PyBytes_CheckExact(raw) } != 0 {
+            if self.pinned.len() == self.pinned.capacity() {
+                return Err(PyValueError::new_err(
+                    "internal: too many buffer pins for this call",
+                ));
+            }
             // SAFETY: an exact bytes object: immutable, its bytes live as long as it does,
-            // and the reference taken here (dropped in `drop`; count 0: no export to undo)
-            // keeps it alive. GIL held.
-            let region = unsafe {
+            // and the reference taken here (dropped in `drop`) keeps it alive. GIL held.
+            return Ok(unsafe {
                 ffi::Py_INCREF(raw);
-                self.pinned.push((NonNull::new_unchecked(raw), 0));
+                self.pinned.push(NonNull::new_unchecked(raw));
                 region_at(
                     ffi::PyBytes_AS_STRING(raw).cast::<u8>().cast_mut(),
                     ffi::Py_SIZE(raw),
                 )
-            };
-            return Ok((region, false));
-        }
-        if is_bytearray {
-            let exclusive = mode == Mode::Exclusive;
-            let count = if exclusive { EXCLUSIVE } else { 1 };
-            // SAFETY: raw is a live exact bytearray; GIL held; room checked above.
-            return match unsafe { self.pin_bytearray(raw, count) } {
-                Some(region) => Ok((region, exclusive)),
-                None => Err(already_written(what)),
-            };
+            });
         }
         if self.views.len() == self.views.capacity() {
             return Err(PyValueError::new_err(
@@ -178,28 +145,14 @@ impl<'py> Views<'py> {
         // by PyObject_GetBuffer on success and not read otherwise.
         let rc = unsafe { ffi::PyObject_GetBuffer(raw, view.as_mut_ptr(), flags) };
         if rc != 0 {
-            let cause = PyErr::fetch(self.py);
-            let msg = if writable {
-                format!("{} must be a writable, contiguous bytes-like object (bytearray, memoryview): {}", what(), cause.value(self.py))
-            } else {
-                format!(
-                    "{} must be a contiguous bytes-like object: {}",
-                    what(),
-                    cause.value(self.py)
-                )
-            };
-            return Err(if cause.is_instance_of::<PyBufferError>(self.py) {
-                PyBufferError::new_err(msg)
-            } else {
-                PyTypeError::new_err(msg)
-            });
+            return Err(export_error(self.py, writable, what));
         }
         // SAFETY: GetBuffer succeeded, so view is initialised. Pushing within capacity
         // does not move the earlier views.
         self.views.push(unsafe { view.assume_init() });
         let v = self.views.last().expect("just pushed");
         let len = if v.buf.is_null() { 0 } else { v.len };
-        Ok((region_at(v.buf.cast::<u8>(), len), false))
+        Ok(region_at(v.buf.cast::<u8>(), len))
     }
 
     /// Exports `obj` read-only.
@@ -208,7 +161,7 @@ impl<'py> Views<'py> {
         obj: &Bound<'py, PyAny>,
         what: &dyn Fn() -> String,
     ) -> PyResult<Region> {
-        Ok(self.get(obj, Mode::Read, what)?.0)
+        self.get(obj, false, what)
     }
 
     /// Exports `obj` writable (a `bytes` object is a `BufferError`, a non-buffer `TypeError`).
@@ -217,71 +170,31 @@ impl<'py> Views<'py> {
         obj: &Bound<'py, PyAny>,
         what: &dyn Fn() -> String,
     ) -> PyResult<Region> {
-        Ok(self.get(obj, Mode::Write, what)?.0)
+        self.get(obj, true, what)
     }
+}
 
-    /// The fast path of [`write_exclusive`](Self::write_exclusive) for an exact
-    /// `bytearray` (what `gso_split` and `recv_multiple` are handed, one per segment): a
-    /// few loads and stores, no `PyErr` built on the way. `Err(true)`: the bytearray is
-    /// already pinned exclusively (listed twice, or written by another thread);
-    /// `Err(false)`: not an exact bytearray, so the caller takes the general path.
-    ///
-    /// # Safety
-    /// `raw` is a live object (the GIL is held and something owns a reference to it).
-    #[inline(always)]
-    pub(crate) unsafe fn pin_bytearray_exclusive(
-        &mut self,
-        raw: *mut ffi::PyObject,
-    ) -> Result<Region, bool> {
-        // SAFETY: raw is live (the caller's contract).
-        if unsafe { ffi::PyByteArray_CheckExact(raw) } == 0 || !self.can_pin() {
-            return Err(false); // the general path handles it (or reports the full table)
-        }
-        // SAFETY: a live exact bytearray, GIL held, room checked just above.
-        unsafe { self.pin_bytearray(raw, EXCLUSIVE) }.ok_or(true)
-    }
-
-    /// Whether one more object can be pinned without reallocating `pinned`.
-    #[inline(always)]
-    fn can_pin(&self) -> bool {
-        self.pinned.len() < self.pinned.capacity()
-    }
-
-    /// Pins an exact bytearray: a reference plus `count` exports, which makes
-    /// PyByteArray_Resize and `del b[...]` refuse until `drop` undoes them. An exclusive
-    /// pin counts EXCLUSIVE exports, so a second one is seen: then `None`, nothing pinned.
-    ///
-    /// # Safety
-    /// `raw` is a live exact bytearray, the GIL is held, and [`can_pin`](Self::can_pin).
-    #[inline(always)]
-    unsafe fn pin_bytearray(
-        &mut self,
-        raw: *mut ffi::PyObject,
-        count: ffi::Py_ssize_t,
-    ) -> Option<Region> {
-        // SAFETY: the caller's contract; the fields are read in place
-        // (PyByteArray_AS_STRING and Py_SIZE, no call per packet).
-        unsafe {
-            let o = &mut *raw.cast::<ffi::PyByteArrayObject>();
-            if count == EXCLUSIVE && o.ob_exports >= EXCLUSIVE {
-                return None;
-            }
-            o.ob_exports += count;
-            ffi::Py_INCREF(raw);
-            self.pinned.push((NonNull::new_unchecked(raw), count));
-            Some(region_at(o.ob_start.cast::<u8>(), o.ob_base.ob_size))
-        }
-    }
-
-    /// As [`write`](Self::write), and for a `bytearray` also makes sure no other exclusive
-    /// pin holds it (in this call or in another thread's): then returns true, and the
-    /// region is known not to overlap any other exclusive region.
-    pub(crate) fn write_exclusive(
-        &mut self,
-        obj: &Bound<'py, PyAny>,
-        what: &dyn Fn() -> String,
-    ) -> PyResult<(Region, bool)> {
-        self.get(obj, Mode::Exclusive, what)
+/// The error for an object `PyObject_GetBuffer` refused (the exception it set is fetched).
+#[cold]
+fn export_error(py: Python<'_>, writable: bool, what: &dyn Fn() -> String) -> PyErr {
+    let cause = PyErr::fetch(py);
+    let msg = if writable {
+        format!(
+            "{} must be a writable, contiguous bytes-like object (bytearray, memoryview): {}",
+            what(),
+            cause.value(py)
+        )
+    } else {
+        format!(
+            "{} must be a contiguous bytes-like object: {}",
+            what(),
+            cause.value(py)
+        )
+    };
+    if cause.is_instance_of::<PyBufferError>(py) {
+        PyBufferError::new_err(msg)
+    } else {
+        PyTypeError::new_err(msg)
     }
 }
 
@@ -293,15 +206,9 @@ impl Drop for Views<'_> {
             // once; the `py` token proves the GIL is held.
             unsafe { ffi::PyBuffer_Release(v) };
         }
-        for (o, count) in &self.pinned {
-            // SAFETY: each pin took a reference, and `count` exports if it is a bytearray
-            // (a bytes object is pinned with count 0), undone once here with the GIL held.
-            unsafe {
-                if *count != 0 {
-                    (*o.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports -= count;
-                }
-                ffi::Py_DECREF(o.as_ptr());
-            }
+        for o in &self.pinned {
+            // SAFETY: each pin took a reference, given back once here with the GIL held.
+            unsafe { ffi::Py_DECREF(o.as_ptr()) };
         }
         self.views.clear();
         self.pinned.clear();
@@ -317,18 +224,6 @@ impl Drop for Views<'_> {
             }
         });
     }
-}
-
-/// The `ValueError` for an output bytearray that an exclusive pin already holds.
-pub(crate) fn already_written(what: &dyn Fn() -> String) -> PyErr {
-    super::engine::kind_error(
-        engine::ErrorKind::BufferInUse,
-        None,
-        format!(
-            "{} is already being written by this call or another thread (the same bytearray twice?)",
-            what()
-        ),
-    )
 }
 
 /// Fails if any two regions share a byte (`names[i]` names region i in the message).
@@ -350,67 +245,67 @@ pub(crate) fn check_disjoint(
     Ok(())
 }
 
-/// (start, end, index) of a region, for [`check_disjoint`].
-pub(crate) fn span(r: Region, index: usize) -> (usize, usize, usize) {
-    let (s, e) = r.range();
-    (s, e, index)
-}
-
-/// A buffer in `handle_gro`'s list: its packet is `bytes()[offset..]`.
+/// A buffer of a split's outputs or of a GRO batch, with the GIL held throughout.
 ///
-/// Two modes. *Exact* (`handle_gro`, and `send_multiple` without `sizes`): the packet ends
-/// where the buffer ends, and growing resizes the bytearray (so it stays exact). *Sized*
-/// (`send_multiple(..., sizes=...)`): the packet ends at `len`, before the end of the
-/// buffer; growing moves `len` within the buffer and only resizes when it must.
-pub(crate) struct GroBuf<'py> {
+/// Two modes. *Exact* (`handle_gro`, `send_multiple` without `sizes`, the split's
+/// outputs): the packet ends where the buffer ends, and growing resizes the bytearray (so
+/// it stays exact). *Sized* (`send_multiple(..., sizes=...)`): the packet ends at `len`,
+/// before the end of the buffer; growing moves `len` within the buffer and only resizes
+/// when it must.
+pub(crate) struct Buf<'py> {
     obj: Bound<'py, PyAny>,
-    /// Start of the bytes: cached, refreshed after every resize.
+    /// Start of the bytes: refreshed after every resize.
     ptr: NonNull<u8>,
     /// The packet's end (the logical length).
     len: usize,
     /// The buffer's real length.
     cap: usize,
-    /// An exact `bytearray` that nothing else exports: it can be resized.
+    /// May be resized: an exact `bytearray` (unless something else exports it, which
+    /// `PyByteArray_Resize` then refuses) in a call that grows its buffers.
     growable: bool,
+    /// An exact `bytearray`, read in place.
+    bytearray: bool,
     exact: bool,
 }
 
-impl<'py> GroBuf<'py> {
-    /// Wraps `bufs[index]`; `len` is the packet's end in sized mode, `None` for exact.
-    fn new(
+impl<'py> Buf<'py> {
+    /// Wraps `obj`, the buffer `name()`; `len` is the packet's end in sized mode, `None`
+    /// for exact. A `bytearray` is read in place (no export: the GIL is held while this
+    /// lives and no Python code runs); anything else is exported writable by `views`.
+    /// `grow`: whether a bytearray may be resized.
+    pub(crate) fn new(
         obj: Bound<'py, PyAny>,
         views: &mut Views<'py>,
-        index: usize,
         len: Option<usize>,
+        grow: bool,
+        name: &dyn Fn() -> String,
     ) -> PyResult<Self> {
         let raw = obj.as_ptr();
         // SAFETY: raw is a live object (GIL held through `Bound`).
-        let (ptr, cap, growable) = if unsafe { ffi::PyByteArray_CheckExact(raw) } != 0 {
-            // SAFETY: an exact bytearray is a PyByteArrayObject; its fields are read in
-            // place (PyByteArray_AS_STRING and Py_SIZE) with the GIL held.
-            unsafe {
-                let o = &*raw.cast::<ffi::PyByteArrayObject>();
-                let r = region_at(o.ob_start.cast::<u8>(), o.ob_base.ob_size);
-                (r.ptr.as_ptr(), r.len, o.ob_exports == 0)
-            }
+        let bytearray = unsafe { ffi::PyByteArray_CheckExact(raw) } != 0;
+        let (r, growable) = if bytearray {
+            // SAFETY: an exact bytearray, GIL held: the C API's own accessors.
+            let r = unsafe { bytearray_region(raw) };
+            (r, grow)
         } else {
-            let r = views.write(&obj, &|| format!("bufs[{index}]"))?;
-            (r.ptr.as_ptr(), r.len, false)
+            (views.write(&obj, name)?, false)
         };
         let exact = len.is_none();
-        let len = len.unwrap_or(cap);
-        if len > cap {
+        let len = len.unwrap_or(r.len);
+        if len > r.len {
             return Err(PyValueError::new_err(format!(
-                "bufs[{index}] holds {cap} bytes, less than offset + sizes[{index}] = {len}"
+                "{} holds {} bytes, less than offset + its size = {len}",
+                name(),
+                r.len
             )));
         }
-        let ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
-        Ok(GroBuf {
+        Ok(Buf {
             obj,
-            ptr,
+            ptr: r.ptr,
             len,
-            cap,
+            cap: r.len,
             growable,
+            bytearray,
             exact,
         })
     }
@@ -425,70 +320,279 @@ impl<'py> GroBuf<'py> {
         self.len
     }
 
-    fn span(&self, index: usize) -> (usize, usize, usize) {
+    /// Whether this is an exact `bytearray` (its memory is its own: another such buffer
+    /// shares none of it unless it is the same object).
+    pub(crate) fn is_bytearray(&self) -> bool {
+        self.bytearray
+    }
+
+    /// (start, end) of bytes `from..to` of the buffer, as addresses.
+    pub(crate) fn span(&self, from: usize, to: usize) -> (usize, usize) {
         let s = self.ptr.as_ptr() as usize;
-        (s, s + self.cap, index)
+        (s + from, s + to)
     }
 }
 
-/// The buffers of one GRO call: `bufs[..lens.len()]` in sized mode (packet i ending at
-/// `offset + lens[i]`), else all of `bufs` in exact mode. Checked to share no memory.
-pub(crate) fn gro_bufs<'py>(
-    views: &mut Views<'py>,
-    bufs: &Bound<'py, PyList>,
-    offset: usize,
-    lens: Option<&[usize]>,
-) -> PyResult<Vec<GroBuf<'py>>> {
-    let n = lens.map_or(bufs.len(), <[usize]>::len);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let end = lens.map(|l| offset + l[i]);
-        let obj = if i < bufs.len() {
-            // SAFETY: i < len(bufs), checked on this line with the GIL held: a live item
-            // the list owns, of which a new reference is taken at once.
-            unsafe {
-                Borrowed::from_ptr(bufs.py(), ffi::PyList_GET_ITEM(bufs.as_ptr(), i as isize))
-            }
-            .to_owned()
-        } else {
-            bufs.get_item(i)? // raises the IndexError
-        };
-        out.push(GroBuf::new(obj, views, i, end)?);
+/// The bytes of an exact bytearray, through `PyByteArray_AS_STRING`/`GET_SIZE`.
+///
+/// # Safety
+/// `raw` is a live bytearray and the GIL is held.
+#[inline(always)]
+unsafe fn bytearray_region(raw: *mut ffi::PyObject) -> Region {
+    // SAFETY: the caller's contract.
+    unsafe {
+        region_at(
+            ffi::PyByteArray_AS_STRING(raw).cast::<u8>(),
+            ffi::PyByteArray_GET_SIZE(raw),
+        )
     }
-    if out.iter().all(|b| b.growable) {
-        // Distinct bytearrays never share memory: only the same object twice can. Mark
-        // each with EXCLUSIVE exports and look for a mark already there (GIL held).
-        let mut dup = None;
-        for (i, b) in out.iter().enumerate() {
-            // SAFETY: growable buffers are exact bytearrays; GIL held; undone just below.
-            let e = unsafe { &mut (*b.obj.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports };
-            if *e >= EXCLUSIVE {
-                dup.get_or_insert(i);
-            }
-            *e += EXCLUSIVE;
+}
+
+/// Item `i` of a list, or `None` past its end (a new reference, GIL held).
+#[inline(always)]
+pub(crate) fn list_item<'py>(list: &Bound<'py, PyList>, i: usize) -> Option<Bound<'py, PyAny>> {
+    let raw = list.as_ptr();
+    // SAFETY: a live list (GIL held through `Bound`); the index is checked against its
+    // current length on the same line, and a new reference to the item is taken at once.
+    unsafe {
+        if i >= ffi::PyList_GET_SIZE(raw) as usize {
+            return None;
         }
-        for b in &out {
-            // SAFETY: as above, removing this loop's own marks.
-            unsafe { (*b.obj.as_ptr().cast::<ffi::PyByteArrayObject>()).ob_exports -= EXCLUSIVE };
+        Some(
+            Borrowed::from_ptr(list.py(), ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t))
+                .to_owned(),
+        )
+    }
+}
+
+/// Item `i` of a sequence: a list's through [`list_item`], else `seq[i]`.
+pub(crate) fn seq_item<'py>(seq: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(l) = seq.cast::<PyList>() {
+        if let Some(o) = list_item(l, i) {
+            return Ok(o);
         }
-        if let Some(i) = dup {
-            let first = out.iter().position(|b| b.obj.is(&out[i].obj)).unwrap_or(i);
-            return Err(super::engine::kind_error(
-                engine::ErrorKind::OverlappingBuffers,
-                Some(i),
-                format!("bufs[{first}] and bufs[{i}] share memory"),
-            ));
-        }
-    } else {
-        let mut spans: Vec<_> = out.iter().enumerate().map(|(i, b)| b.span(i)).collect();
-        check_disjoint(&mut spans, &|i| format!("bufs[{i}]"))?;
+    }
+    seq.get_item(i)
+}
+
+/// The buffers `seq[..n]` as [`Buf`]s (`base + lens[i]` is packet i's end in sized mode).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bufs_of<'py>(
+    views: &mut Views<'py>,
+    seq: &Bound<'py, PyAny>,
+    n: usize,
+    lens: Option<&[usize]>,
+    base: usize,
+    grow: bool,
+    name: &str,
+) -> PyResult<Vec<Buf<'py>>> {
+    let mut out = Vec::with_capacity(n);
+    let list = seq.cast::<PyList>().ok();
+    for i in 0..n {
+        let obj = match list.and_then(|l| list_item(l, i)) {
+            Some(o) => o,
+            None => seq.get_item(i)?,
+        };
+        let end = lens.map(|l| base + l[i]);
+        out.push(Buf::new(obj, views, end, grow, &|| format!("{name}[{i}]"))?);
     }
     Ok(out)
 }
 
-// These run only inside `handle_gro`, with the GIL held and no Python code called, so no
-// other thread can resize or free a bytearray while a slice of it is alive.
-impl ExpandBuffer for GroBuf<'_> {
+/// The first index `i >= from` of `list` whose item is not an exact `bytearray` or is
+/// `same_as`; `None` if there is none. Reads the items borrowed (GIL held, no Python code
+/// run): a pass over 128 buffers costs a few hundred instructions.
+pub(crate) fn scan_bytearrays(
+    list: &Bound<'_, PyList>,
+    from: usize,
+    same_as: *mut ffi::PyObject,
+) -> Option<usize> {
+    let raw = list.as_ptr();
+    // SAFETY: a live list, GIL held; its length is read once and nothing in the loop runs
+    // Python code, so the first `len` items stay live objects the list owns.
+    unsafe {
+        let len = ffi::PyList_GET_SIZE(raw) as usize;
+        (from..len).find(|&i| {
+            let item = ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t);
+            item == same_as || ffi::PyByteArray_CheckExact(item) == 0
+        })
+    }
+}
+
+/// The first pair `(i, j)`, `i < j`, with `keys[i] == keys[j]`, if any: pairwise for a
+/// few keys, else an open-addressing set (reused per thread) of twice as many slots: a few
+/// instructions per key, where sorting 45 costs a couple of thousand.
+pub(crate) fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
+    if keys.len() <= 8 {
+        for j in 1..keys.len() {
+            if let Some(i) = keys[..j].iter().position(|&k| k == keys[j]) {
+                return Some((i, j));
+            }
+        }
+        return None;
+    }
+    let bits = (2 * keys.len()).next_power_of_two();
+    let mask = bits - 1;
+    // Fibonacci hashing: the product's top bits index the table.
+    let shift = 64 - bits.trailing_zeros();
+    let mut table = SLOTS.with(|t| t.take());
+    table.clear();
+    table.resize(bits, (0, u32::MAX));
+    let mut found = None;
+    'keys: for (j, &k) in keys.iter().enumerate() {
+        let mut h = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
+        loop {
+            let slot = &mut table[h & mask];
+            if slot.1 == u32::MAX {
+                *slot = (k, j as u32);
+                break;
+            }
+            if slot.0 == k {
+                found = Some((slot.1 as usize, j));
+                break 'keys;
+            }
+            h += 1;
+        }
+    }
+    SLOTS.with(|t| t.set(table));
+    found
+}
+
+thread_local! {
+    /// `find_duplicate`'s table, reused between calls.
+    static SLOTS: std::cell::Cell<Vec<(usize, u32)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Fails if two of `bufs` may share memory: the same bytearray twice (found by object)
+/// when all are bytearrays, else any two overlapping (found by sorting their spans).
+/// `part(i)` is the range of buffer i to check, `name(i)` names it.
+pub(crate) fn check_bufs_disjoint(
+    bufs: &[Buf<'_>],
+    part: &dyn Fn(usize, &Buf<'_>) -> (usize, usize),
+    name: &dyn Fn(usize) -> String,
+) -> PyResult<()> {
+    if bufs.iter().all(Buf::is_bytearray) {
+        let mut keys = KEYS.with(|k| k.take());
+        keys.clear();
+        keys.extend(bufs.iter().map(|b| b.obj.as_ptr() as usize));
+        let dup = find_duplicate(&keys);
+        KEYS.with(|k| k.set(keys));
+        return match dup {
+            Some((i, j)) => Err(PyValueError::new_err(format!(
+                "{} and {} share memory (the same bytearray twice)",
+                name(i),
+                name(j)
+            ))),
+            None => Ok(()),
+        };
+    }
+    let mut spans: Vec<(usize, usize, usize)> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (s, e) = part(i, b);
+            (s, e, i)
+        })
+        .collect();
+    check_disjoint(&mut spans, name)
+}
+
+thread_local! {
+    /// `check_bufs_disjoint`'s key list, reused between calls.
+    static KEYS: std::cell::Cell<Vec<usize>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// (start, end) of a buffer's whole bytes.
+pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
+    b.span(0, b.cap)
+}
+
+/// A fixed output region inside an exact `bytearray` of a list, read in place with the GIL
+/// held: the split's fast path (no reference taken, nothing allocated per call).
+pub(crate) struct Fixed(Region);
+
+impl AsMut<[u8]> for Fixed {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}
+
+impl ExpandBuffer for Fixed {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: made by `bytearray_outputs` from a bytearray the list owns, used with the
+        // GIL held and no Python code run before the last use (see there).
+        unsafe { self.0.slice() }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; the regions are distinct (checked in `bytearray_outputs`).
+        unsafe { self.0.slice_mut() }
+    }
+    fn max_len(&self) -> usize {
+        self.0.len
+    }
+    fn resize(&mut self, new_len: usize) -> engine::Result<()> {
+        if new_len == self.0.len {
+            Ok(())
+        } else {
+            Err(engine::Error::fixed(
+                engine::ErrorKind::BufferCannotGrow,
+                "internal: a fixed output was asked to resize",
+            ))
+        }
+    }
+}
+
+/// The split's fast path: when `list[..n]` are exact bytearrays, each with at least
+/// `need(i)` bytes, none overlapping `avoid` (the packet) nor listed twice, fills `out`
+/// with their regions and returns true; anything else returns false (and the general
+/// path, which grows buffers and names problems, takes over). The regions stay valid
+/// while the GIL is held and no Python code runs: the list owns the bytearrays and
+/// nothing can resize them.
+pub(crate) fn bytearray_outputs(
+    list: &Bound<'_, PyList>,
+    n: usize,
+    need: &dyn Fn(usize) -> usize,
+    avoid: (usize, usize),
+    out: &mut Vec<Fixed>,
+) -> bool {
+    out.clear();
+    let raw = list.as_ptr();
+    let mut keys = KEYS.with(|k| k.take());
+    keys.clear();
+    // SAFETY: a live list, GIL held, nothing here runs Python code: its first `len` items
+    // are live bytearrays (checked) that it owns.
+    let ok = unsafe {
+        let len = ffi::PyList_GET_SIZE(raw) as usize;
+        n <= len
+            && (0..n).all(|i| {
+                let item = ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t);
+                if ffi::PyByteArray_CheckExact(item) == 0 {
+                    return false;
+                }
+                let r = bytearray_region(item);
+                let (s, e) = (r.ptr.as_ptr() as usize, r.ptr.as_ptr() as usize + r.len);
+                if r.len < need(i) || (s < avoid.1 && avoid.0 < e) {
+                    return false;
+                }
+                keys.push(s);
+                out.push(Fixed(r));
+                true
+            })
+    };
+    let ok = ok && find_duplicate(&keys).is_none();
+    KEYS.with(|k| k.set(keys));
+    ok
+}
+
+impl AsMut<[u8]> for Buf<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}
+
+// These run only with the GIL held and no Python code called, so no other thread can
+// resize or free a bytearray while a slice of it is alive.
+impl ExpandBuffer for Buf<'_> {
     fn bytes(&self) -> &[u8] {
         // SAFETY: ptr/len describe live memory of the object (refreshed after each
         // resize; a non-bytearray is exported by the call's Views); GIL held and no
@@ -497,8 +601,8 @@ impl ExpandBuffer for GroBuf<'_> {
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; the buffers share no memory (checked in `gro_bufs`), so this
-        // is the only reference to these bytes.
+        // SAFETY: as above; the buffers share no memory (checked by every caller), so
+        // this is the only reference to these bytes.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
@@ -528,15 +632,15 @@ impl ExpandBuffer for GroBuf<'_> {
                 engine::Error::new(
                     engine::ErrorKind::BufferCannotGrow,
                     format!(
-                        "cannot grow a bytearray to {new_len} bytes: {}",
+                        "cannot resize a bytearray to {new_len} bytes: {}",
                         e.value(ba.py())
                     ),
                 )
             })?;
             // SAFETY: a bytearray (cast above), GIL held.
-            let ptr = unsafe { ffi::PyByteArray_AsString(ba.as_ptr()).cast::<u8>() };
-            self.ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
-            self.cap = new_len;
+            let r = unsafe { bytearray_region(ba.as_ptr()) };
+            self.ptr = r.ptr;
+            self.cap = r.len;
         }
         self.len = new_len;
         Ok(())

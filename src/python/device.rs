@@ -9,10 +9,11 @@ use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
-use super::buffers::Views;
-use super::engine::{gro_py, non_negative, split_into_py, value_error, PyGroTable};
+use super::buffers::{list_item, scan_bytearrays, seq_item, Views};
+use super::engine::{gro_py, non_negative, split_to_py, PyGroTable};
+use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
-use crate::engine::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::engine::VIRTIO_NET_HDR_LEN;
 
 /// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
 /// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
@@ -26,8 +27,10 @@ fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
 pub(crate) fn to_py(py: Python<'_>, e: dev::Error) -> PyErr {
     match e {
         dev::Error::Invalid(m) => PyValueError::new_err(m),
-        dev::Error::Closed => os_error(py, libc::EBADF, "the TUN device is closed".into()),
+        dev::Error::Engine(e) => super::engine::value_error(e),
         dev::Error::Os { errno, msg } => os_error(py, errno, msg),
+        // EBADF, with the device's own message.
+        e => os_error(py, e.errno().unwrap_or_default(), e.to_string()),
     }
 }
 
@@ -43,20 +46,6 @@ fn retrying<T: Send>(
             r => return r.map_err(|e| to_py(py, e)),
         }
     }
-}
-
-/// Resizes `bufs[i]` (a bytearray) to `offset + sizes[i]` for `i < n`; other buffer
-/// types are left alone.
-fn fit_bufs(bufs: &Bound<'_, PySequence>, offset: usize, sizes: &[usize]) -> PyResult<()> {
-    for (i, &size) in sizes.iter().enumerate() {
-        let obj = bufs.get_item(i)?;
-        if let Ok(ba) = obj.cast::<PyByteArray>() {
-            if ba.len() != offset + size {
-                ba.resize(offset + size)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A Linux TUN (or TAP) device, optionally with the kernel's offloads.
@@ -99,6 +88,8 @@ pub(crate) struct PyTunDevice {
     rx_packets: AtomicU64,
     /// Packets into `send_multiple` (before coalescing).
     tx_packets: AtomicU64,
+    /// A packet read by a `recv_multiple` whose buffers could not take it, for the next.
+    recv_state: RecvState,
 }
 
 impl PyTunDevice {
@@ -117,6 +108,7 @@ impl PyTunDevice {
             last_name: Mutex::new(name),
             rx_packets: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
+            recv_state: RecvState::new(),
         }
     }
 
@@ -132,117 +124,123 @@ impl PyTunDevice {
         }
     }
 
-    /// Bytes before the IP header in a read: virtio header or packet information.
-    fn header_len(&self) -> usize {
-        if self.offload {
-            VIRTIO_NET_HDR_LEN
-        } else if self.packet_information {
-            4
-        } else {
-            0
-        }
-    }
-
     fn is_blocking(&self) -> bool {
         self.blocking.load(Ordering::Relaxed)
     }
 
-    /// Writes `regions` in order; returns (packets, bytes) or the error with those counts.
-    fn write_all(
-        &self,
-        py: Python<'_>,
-        tun: &Tun,
-        regions: &[&[u8]],
-    ) -> Result<(usize, usize), (PyErr, usize, usize)> {
-        let (mut packets, mut bytes) = (0usize, 0usize);
-        let mut first_err: Option<dev::Error> = None;
-        let mut next = 0;
-        while next < regions.len() {
-            // Writes until done, a fatal error, or EINTR; returns where it stopped.
-            let step = py.detach(|| {
-                let (mut p, mut b, mut i) = (0usize, 0usize, next);
-                let mut err = None;
-                while i < regions.len() {
-                    match tun.write(regions[i], true) {
-                        Ok(n) => {
-                            p += 1;
-                            b += n;
-                            i += 1;
-                        }
-                        Err(e) if e.is_eintr() => return (p, b, i, Some(e), true),
-                        Err(e @ (dev::Error::Closed | dev::Error::Invalid(_))) => {
-                            return (p, b, i, Some(e), true)
-                        }
-                        Err(e) if matches!(e.errno(), Some(libc::EBADFD | libc::EBADF)) => {
-                            return (p, b, i, Some(e), true)
-                        }
-                        // A packet the kernel refused (EINVAL, EIO on a down device,
-                        // ...): go on with the others and report the first such error.
-                        Err(e) => {
-                            err.get_or_insert(e);
-                            i += 1;
-                        }
-                    }
-                }
-                (p, b, i, err, false)
-            });
-            let (p, b, i, err, stop) = step;
-            packets += p;
-            bytes += b;
-            next = i;
-            match err {
-                Some(e) if e.is_eintr() => {
-                    if let Err(sig) = py.check_signals() {
-                        return Err((sig, packets, bytes));
-                    }
-                }
-                Some(e) if stop => return Err((to_py(py, e), packets, bytes)),
-                Some(e) => {
-                    first_err.get_or_insert(e);
-                }
-                None => {}
-            }
+    /// Writes `packets` in order with the GIL released (`batch::write_packets`: a
+    /// refused packet does not stop the others); on `EINTR` runs the signal handlers and
+    /// goes on. Returns the bytes written, or the exception with what was written.
+    fn write_all(&self, py: Python<'_>, tun: &Tun, packets: &[&[u8]]) -> PyResult<usize> {
+        let blocking = self.is_blocking();
+        let mut sent = Sent::new();
+        loop {
+            let r = py.detach(|| batch::write_packets(tun, packets, blocking, &mut sent));
+            let err = match r {
+                Ok(()) => return Ok(sent.bytes),
+                Err(e) if e.is_eintr() => match py.check_signals() {
+                    Ok(()) => continue,
+                    Err(sig) => sig,
+                },
+                Err(e) => to_py(py, e),
+            };
+            return Err(with_counts(py, err, sent.packets, sent.bytes));
         }
-        match first_err {
-            Some(e) => Err((to_py(py, e), packets, bytes)),
-            None => Ok((packets, bytes)),
-        }
-    }
-}
-
-/// The TUN driver silently truncates a packet that does not fit the read buffer. A read
-/// that filled the buffer is checked against the IP header's own length: `ValueError` if
-/// the packet was cut. `skip` is what precedes the IP header (virtio header, packet
-/// information); TAP frames are not checked.
-fn check_truncation(data: &[u8], skip: usize, tap: bool) -> PyResult<()> {
-    if tap || data.len() <= skip {
-        return Ok(());
-    }
-    let pkt = &data[skip..];
-    let be16 = |i: usize| {
-        pkt.get(i..i + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-    };
-    let want = match pkt[0] >> 4 {
-        4 => be16(2),
-        6 => be16(4).filter(|&p| p != 0).map(|p| p + 40),
-        _ => None,
-    };
-    match want {
-        Some(w) if w > pkt.len() => Err(PyValueError::new_err(format!(
-            "a {}-byte packet did not fit the {}-byte buffer and was truncated (it is lost); \
-             use a buffer of at least {} bytes",
-            w + skip,
-            data.len(),
-            skip + 65535
-        ))),
-        _ => Ok(()),
     }
 }
 
 /// More than any one read from a TUN/TAP device returns (virtio header or packet
 /// information, an Ethernet header and a 64 KiB packet).
 const MAX_READ: usize = 1 << 17;
+
+/// `send_multiple`'s `sizes`: the first `count` (default all) entries, each > 0 and with
+/// `offset + size` in range.
+fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResult<Vec<usize>> {
+    let s = s
+        .cast::<PySequence>()
+        .map_err(|_| PyTypeError::new_err("sizes must be a list of int"))?;
+    let have_sizes = s.len()?;
+    let n = count.unwrap_or(have_sizes);
+    if n > have_sizes {
+        // Checked before allocating: a huge count must not abort the process.
+        return Err(PyValueError::new_err(format!(
+            "count is {n} but sizes has {have_sizes} entries"
+        )));
+    }
+    let mut v = Vec::with_capacity(n);
+    let list = s.cast::<PyList>().ok();
+    // The int object last converted and its value: recv_multiple stores one shared int
+    // for equal sizes, so a list it filled converts one or two objects, not 45.
+    let mut known: Option<(Bound<'_, PyAny>, usize)> = None;
+    for i in 0..n {
+        let item = match list.and_then(|l| list_item(l, i)) {
+            Some(o) => o,
+            None => s.get_item(i)?,
+        };
+        let size = match &known {
+            Some((o, v)) if o.is(&item) => *v,
+            _ => {
+                let v = item.extract::<usize>()?;
+                known = Some((item, v));
+                v
+            }
+        };
+        // (No buffer holds isize::MAX bytes; `offset` is below it too.)
+        if size > isize::MAX as usize || offset.checked_add(size).is_none() {
+            return Err(PyValueError::new_err(format!(
+                "offset + sizes[{i}] overflows: sizes[{i}] is {size}"
+            )));
+        }
+        if size == 0 {
+            return Err(PyValueError::new_err(format!("sizes[{i}] is 0: no packet")));
+        }
+        v.push(size);
+    }
+    Ok(v)
+}
+
+/// What `recv_multiple` can check of its outputs before it reads: each of `bufs[..have]`
+/// is a bytearray (it grows as needed) or a writable buffer with room after `offset`,
+/// and none is `original` (the buffer the read goes into).
+fn check_outputs(
+    py: Python<'_>,
+    bufs: &Bound<'_, PyAny>,
+    have: usize,
+    offset: usize,
+    original: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let same_as = original.map_or(std::ptr::null_mut(), |o| o.as_ptr());
+    let list = bufs.cast::<PyList>().ok();
+    let mut i = 0;
+    while i < have {
+        // A list of bytearrays (the usual case) is passed over without references taken.
+        if let Some(l) = list {
+            match scan_bytearrays(l, i, same_as) {
+                Some(j) => i = j,
+                None => break,
+            }
+        }
+        let obj = seq_item(bufs, i)?;
+        if original.is_some_and(|o| o.is(&obj)) {
+            return Err(PyValueError::new_err(format!(
+                "bufs[{i}] is original_buffer: the packet read would be overwritten"
+            )));
+        }
+        if !obj.is_exact_instance_of::<PyByteArray>() {
+            let mut views = Views::with_capacity(py, 1);
+            let r = views.write(&obj, &|| format!("bufs[{i}]"))?;
+            if r.len() <= offset {
+                return Err(PyValueError::new_err(format!(
+                    "bufs[{i}] holds {} bytes and cannot grow (not a bytearray): no room \
+                     after offset {offset}",
+                    r.len()
+                )));
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
 
 /// Attaches `packets_sent` and `bytes_sent` to the exception.
 fn with_counts(py: Python<'_>, err: PyErr, packets: usize, bytes: usize) -> PyErr {
@@ -610,11 +608,7 @@ impl PyTunDevice {
         // SAFETY: the writable export is held by `views` until after the read; this is
         // the only reference to those bytes.
         let data = unsafe { r.slice_mut() };
-        let n = retrying(py, || tun.read(data, blocking))?;
-        if n == data.len() {
-            check_truncation(&data[..n], self.header_len(), self.tap)?;
-        }
-        Ok(n)
+        retrying(py, || self.recv_state.read(&tun, data, blocking))
     }
 
     /// ``read(size=65545) -> bytes``: reads one packet and returns it as ``bytes``
@@ -626,10 +620,7 @@ impl PyTunDevice {
         // No read returns more than MAX_READ: a larger `size` must not become a huge
         // allocation, whose failure would abort the process.
         let mut v = vec![0u8; size.min(MAX_READ)];
-        let n = retrying(py, || tun.read(&mut v, blocking))?;
-        if n == v.len() {
-            check_truncation(&v, self.header_len(), self.tap)?;
-        }
+        let n = retrying(py, || self.recv_state.read(&tun, &mut v, blocking))?;
         Ok(PyBytes::new(py, &v[..n]))
     }
 
@@ -671,13 +662,17 @@ impl PyTunDevice {
     ///
     /// ``fit=True`` instead resizes each filled ``bytearray`` in ``bufs`` to exactly
     /// ``offset + sizes[i]`` (for code that wants exact-length packets, e.g. plain
-    /// ``send_multiple(gro_table, bufs[:n], offset)``); CPython may reallocate a
-    /// bytearray that shrinks or grows a lot, and the ``bufs`` must be grown back before
-    /// they can take a larger packet.
+    /// ``send_multiple(gro_table, bufs[:n], offset)``), and such a loop just works: a
+    /// ``bytearray`` too small for its packet is grown (with or without ``fit``).
     ///
-    /// Blocking mode waits for a packet; non-blocking raises ``BlockingIOError``. A
-    /// malformed super-packet or too few/too small ``bufs``: ``ValueError`` (that packet
-    /// is lost). The GIL is released during the read (once per call); the split holds it.
+    /// Blocking mode waits for a packet; non-blocking raises ``BlockingIOError``.
+    /// Arguments wrong whatever arrives (types, a negative offset, empty ``bufs`` or
+    /// ``sizes``, a read-only or too small ``original_buffer``, an output that is not a
+    /// writable buffer or, not being a ``bytearray``, has no room after ``offset``, an
+    /// output that is ``original_buffer``) raise before anything is read. Too few or too
+    /// small ``bufs`` for the packet that came: ``ValueError``, and the packet is kept
+    /// for the next call. A malformed super-packet: ``ValueError`` (that packet is lost).
+    /// The GIL is released during the read (once per call); the split holds it.
     #[pyo3(signature = (original_buffer, bufs, sizes, offset=0, *, fit=false))]
     fn recv_multiple(
         &self,
@@ -690,40 +685,48 @@ impl PyTunDevice {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let tun = self.get(py)?;
-        let bufs = bufs
-            .cast::<PySequence>()
-            .map_err(|_| PyTypeError::new_err("bufs must be a sequence of writable buffers"))?;
+        if bufs.cast::<PySequence>().is_err() {
+            return Err(PyTypeError::new_err(
+                "bufs must be a sequence of writable buffers",
+            ));
+        }
         let sizes_list = sizes
             .cast::<PyList>()
             .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
-        if bufs.len()? == 0 || sizes_list.is_empty() {
+        let have = bufs.len()?;
+        if have == 0 || sizes_list.is_empty() {
             return Err(PyValueError::new_err("bufs and sizes must not be empty"));
         }
+        let orig_obj = self.offload.then_some(original_buffer);
+        check_outputs(py, bufs, have, offset, orig_obj)?;
         let blocking = self.is_blocking();
         if !self.offload {
+            let first = seq_item(bufs, 0)?;
+            let ba = first
+                .cast::<PyByteArray>()
+                .ok()
+                .filter(|b| b.is_exact_instance_of::<PyByteArray>());
+            let want = offset + batch::max_read(&tun);
+            if let Some(b) = ba {
+                if b.len() <= offset || (fit && b.len() < want) {
+                    b.resize(want)?;
+                }
+            }
             let n = {
                 let mut views = Views::with_capacity(py, 1);
-                let first = bufs.get_item(0)?;
                 let r = views.write(&first, &|| "bufs[0]".to_owned())?;
-                if r.len() <= offset {
-                    return Err(PyValueError::new_err(format!(
-                        "bufs[0] holds {} bytes: no room after offset {offset}",
-                        r.len()
-                    )));
-                }
-                // SAFETY: the writable export is held by `views` until after the read; this
-                // is the only reference to those bytes.
+                // SAFETY: the writable export is held by `views` until after the read;
+                // this is the only reference to those bytes (check_outputs made sure the
+                // buffer has room after `offset`).
                 let data = &mut unsafe { r.slice_mut() }[offset..];
-                let n = retrying(py, || tun.read(data, blocking))?;
-                if n == data.len() {
-                    check_truncation(data, self.header_len(), self.tap)?;
-                }
-                n
+                retrying(py, || self.recv_state.read(&tun, data, blocking))?
             };
             sizes_list.set_item(0, n)?;
             self.rx_packets.fetch_add(1, Ordering::Relaxed);
-            if fit {
-                fit_bufs(bufs, offset, &[n])?;
+            if let (true, Some(b)) = (fit, ba) {
+                if b.len() != offset + n {
+                    b.resize(offset + n)?;
+                }
             }
             return Ok(1);
         }
@@ -741,41 +744,34 @@ impl PyTunDevice {
             // SAFETY: the writable export is held by `views` until after the read; this
             // is the only reference to those bytes while it lives.
             let data = unsafe { orig.slice_mut() };
-            let n = retrying(py, || tun.read(data, blocking))?;
-            if n == data.len() {
-                check_truncation(data, VIRTIO_NET_HDR_LEN, false)?;
-            }
-            n
+            retrying(py, || self.recv_state.read(&tun, data, blocking))?
         };
         // SAFETY: the export is still held; the read is over, nothing writes to it now
-        // (split_into_py checks that the outputs do not overlap it).
-        let data = unsafe { orig.slice() };
-        if n < VIRTIO_NET_HDR_LEN {
-            return Err(PyValueError::new_err(format!(
-                "short read of {n} bytes from the device"
-            )));
-        }
+        // (split_to_py checks that the outputs do not overlap it).
+        let read = &unsafe { orig.slice() }[..n];
         // Everything goes through the engine: super-packets are split, a plain packet
         // (GSO_NONE without NEEDS_CSUM) is copied across as it is, whatever it holds.
-        let hdr = VirtioNetHdr::decode(&data[..VIRTIO_NET_HDR_LEN]).map_err(value_error)?;
-        let count = split_into_py(
-            py,
-            &data[VIRTIO_NET_HDR_LEN..n],
-            &hdr,
-            bufs.as_any(),
-            sizes,
-            offset,
-            None,
-        )?;
+        let split = Split::plan(read).map_err(|e| to_py(py, e.error))?;
+        let packet = &read[VIRTIO_NET_HDR_LEN..];
+        let count = split_to_py(
+            py, &split, packet, bufs, sizes_list, offset, true, fit, "bufs",
+        )
+        .map_err(|f| {
+            if !f.keep {
+                return f.err;
+            }
+            self.recv_state.hold(read);
+            if f.err.is_instance_of::<PyValueError>(py) {
+                PyValueError::new_err(format!(
+                    "{} (the packet is kept for the next call)",
+                    f.err.value(py)
+                ))
+            } else {
+                f.err
+            }
+        })?;
         drop(views);
         self.rx_packets.fetch_add(count as u64, Ordering::Relaxed);
-        if fit {
-            let mut sz = Vec::with_capacity(count);
-            for i in 0..count {
-                sz.push(sizes_list.get_item(i)?.extract::<usize>()?);
-            }
-            fit_bufs(bufs, offset, &sz)?;
-        }
         Ok(count)
     }
 
@@ -794,10 +790,14 @@ impl PyTunDevice {
     /// go straight in, with no resizing and no copy. ``count``: only the first ``count``
     /// packets (default: ``len(sizes)``, or all of ``bufs``). See ``docs/forwarding.md``.
     ///
-    /// A packet the kernel refuses does not stop the others; at the end the first error
-    /// is raised. Any exception raised after writing started carries ``packets_sent`` and
-    /// ``bytes_sent`` attributes (what was written before it). The batch is written
-    /// whole even in non-blocking mode (a TUN write does not block in practice).
+    /// On a TUN device every packet to write is checked first as the kernel would refuse
+    /// it (IP version, IPv4 header length, total or payload length against the buffer):
+    /// a bad one is a ``ValueError`` naming its index, raised before anything is
+    /// written. A packet the kernel still refuses does not stop the others; at the end
+    /// the first error is raised. Any exception raised after writing started carries
+    /// ``packets_sent`` and ``bytes_sent`` attributes (what was written before it). The
+    /// batch is written whole even in non-blocking mode (a TUN write does not block in
+    /// practice).
     #[pyo3(signature = (gro_table, bufs, offset, *, sizes=None, count=None))]
     fn send_multiple(
         &self,
@@ -816,42 +816,17 @@ impl PyTunDevice {
         let have = seq.len()?;
         let sizes: Option<Vec<usize>> = match sizes {
             None => None,
-            Some(s) => {
-                let s = s
-                    .cast::<PySequence>()
-                    .map_err(|_| PyTypeError::new_err("sizes must be a list of int"))?;
-                let have_sizes = s.len()?;
-                let n = count.unwrap_or(have_sizes);
-                if n > have_sizes {
-                    // Checked before allocating: a huge count must not abort the process.
-                    return Err(PyValueError::new_err(format!(
-                        "count is {n} but sizes has {have_sizes} entries"
-                    )));
-                }
-                let mut v = Vec::with_capacity(n);
-                for i in 0..n {
-                    let size = s.get_item(i)?.extract::<usize>()?;
-                    // (No buffer holds isize::MAX bytes; `offset` is below it too.)
-                    if size > isize::MAX as usize || offset.checked_add(size).is_none() {
-                        return Err(PyValueError::new_err(format!(
-                            "offset + sizes[{i}] overflows: sizes[{i}] is {size}"
-                        )));
-                    }
-                    v.push(size);
-                }
-                Some(v)
-            }
+            Some(s) => Some(sizes_of(s, count, offset)?),
         };
-        if let Some(i) = sizes
-            .as_ref()
-            .and_then(|v| v.iter().position(|&sz| sz == 0))
-        {
-            return Err(PyValueError::new_err(format!("sizes[{i}] is 0: no packet")));
-        }
         let n = count.or(sizes.as_ref().map(Vec::len)).unwrap_or(have);
         if n > have {
             return Err(PyValueError::new_err(format!(
                 "count is {n} but bufs has {have} entries"
+            )));
+        }
+        if self.offload && offset < VIRTIO_NET_HDR_LEN {
+            return Err(PyValueError::new_err(format!(
+                "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header"
             )));
         }
         if n == 0 {
@@ -870,7 +845,7 @@ impl PyTunDevice {
                 None if n == have => None,
                 None => {
                     whole_lens = (0..n)
-                        .map(|i| Ok(seq.get_item(i)?.len()?.saturating_sub(offset)))
+                        .map(|i| Ok(seq_item(bufs, i)?.len()?.saturating_sub(offset)))
                         .collect::<PyResult<_>>()?;
                     Some(&whole_lens)
                 }
@@ -886,10 +861,10 @@ impl PyTunDevice {
             }
         }
         let mut views = Views::with_capacity(py, spans.len());
-        let mut regions: Vec<&[u8]> = Vec::with_capacity(spans.len());
+        let mut packets: Vec<&[u8]> = Vec::with_capacity(spans.len());
         let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
         for &(i, start, end) in &spans {
-            let obj = seq.get_item(i)?;
+            let obj = seq_item(bufs, i)?;
             let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
             let end = if end == usize::MAX { r.len() } else { end };
             if end > r.len() {
@@ -906,12 +881,13 @@ impl PyTunDevice {
             }
             // SAFETY: the export is held by `views` until the writes are done; nothing
             // writes to these bytes meanwhile (the GIL-free part only reads them).
-            regions.push(&unsafe { r.slice() }[start..end]);
+            packets.push(&unsafe { r.slice() }[start..end]);
         }
-        match self.write_all(py, &tun, &regions) {
-            Ok((_, bytes)) => Ok(bytes),
-            Err((e, packets, bytes)) => Err(with_counts(py, e, packets, bytes)),
+        if !self.tap && !self.packet_information {
+            batch::check_packets(&packets, self.offload, |k| spans[k].0)
+                .map_err(|e| to_py(py, e))?;
         }
+        self.write_all(py, &tun, &packets)
     }
 
     /// Counters of this queue since it was opened (still readable after close), as a dict: ``reads``, ``read_bytes``,

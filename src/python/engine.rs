@@ -8,8 +8,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
-use super::buffers::{already_written, check_disjoint, gro_bufs, span, Region, Views};
-use crate::engine::{self as eng, gso, ErrorKind, VirtioNetHdr};
+use super::buffers::{
+    buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, list_item, Buf, Fixed, Views,
+};
+use crate::device::batch::Split;
+use crate::engine::{self as eng, ErrorKind, VirtioNetHdr};
 
 /// Turns an engine error (a bad packet, header or argument) into `ValueError`, with the
 /// kind's name as its `kind` attribute and the buffer or packet index (or `None`) as
@@ -26,6 +29,16 @@ pub(crate) fn value_error(e: eng::Error) -> PyErr {
         let _ = v.setattr(intern!(py, "index"), index);
         err
     })
+}
+
+/// A device-layer refusal of a packet or argument as `ValueError` (with the engine's kind
+/// when it carries one).
+#[cold]
+pub(crate) fn invalid_error(e: crate::device::Error) -> PyErr {
+    match e {
+        crate::device::Error::Engine(x) => value_error(x),
+        other => PyValueError::new_err(other.to_string()),
+    }
 }
 
 /// A `ValueError` the binding raises itself for an argument, with its kind (as
@@ -212,174 +225,120 @@ methods_with_fields! {
     }
 }
 
-/// An output region of `gso_split`, inside an export held by the call's `Views`.
-struct Out(Region);
+/// A split that failed: the exception, and whether the caller's buffers (not the packet)
+/// were at fault, so that the packet is intact.
+pub(crate) struct SplitFailed {
+    pub(crate) err: PyErr,
+    pub(crate) keep: bool,
+}
 
-impl AsMut<[u8]> for Out {
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: an `Out` is only made in `split_into_py` from a writable export that its
-        // `Views` holds until after the last use; the regions are checked to be disjoint
-        // from each other and from the packet, so this is the only reference to them.
-        unsafe { self.0.slice_mut() }
+impl From<SplitFailed> for PyErr {
+    fn from(e: SplitFailed) -> PyErr {
+        e.err
     }
 }
 
-/// `gso_split` for a packet already in Rust memory (the Python function, and the device's
-/// `recv_multiple`). Validates everything, pins only the `out_bufs` it needs, splits, then
-/// fills `sizes`.
-pub(crate) fn split_into_py(
+fn buffers_error(err: PyErr) -> SplitFailed {
+    SplitFailed { err, keep: true }
+}
+
+/// Splits `packet` (already in Rust memory, held for the call) as `split` planned it into
+/// the Python sequence `out_bufs` (named `name` in messages), segment i at `out_offset`,
+/// then fills `sizes`. With `grow` a bytearray too small is grown (`recv_multiple`), and
+/// with `fit` each ends exactly at its packet. Runs with the GIL held throughout: the
+/// outputs are written in place without pins, since no other thread runs meanwhile (a 64
+/// KiB split takes a few microseconds, less than a GIL hand-off costs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn split_to_py(
     py: Python<'_>,
+    split: &Split,
     packet: &[u8],
-    hdr: &VirtioNetHdr,
     out_bufs: &Bound<'_, PyAny>,
-    sizes: &Bound<'_, PyAny>,
+    sizes: &Bound<'_, PyList>,
     out_offset: usize,
-    is_v6: Option<bool>,
-) -> PyResult<usize> {
-    let plan = gso::plan(packet, hdr, is_v6).map_err(value_error)?;
-    let n = plan.segments();
-    let out_bufs = out_bufs
-        .cast::<PySequence>()
-        .map_err(|_| PyTypeError::new_err("out_bufs must be a sequence of writable buffers"))?;
-    let sizes = sizes
-        .cast::<PyList>()
-        .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
-    let have = out_bufs.len()?;
-    if have < n {
-        return Err(kind_error(
-            ErrorKind::TooFewOutBufs,
-            None,
-            format!("the packet splits into {n} segments but only {have} out_bufs were given"),
-        ));
-    }
-    if sizes.len() < n {
-        return Err(kind_error(
-            ErrorKind::SizesTooShort,
-            None,
-            format!(
-                "the packet splits into {n} segments but sizes has room for {}",
-                sizes.len()
-            ),
-        ));
-    }
-    let mut views = Views::with_capacity(py, n);
-    let mut outs = OUTS.with(|o| o.take());
-    outs.reserve(n);
-    let mut all_exclusive = true;
-    let list = out_bufs.cast::<PyList>().ok();
-    let p = packet.as_ptr() as usize;
-    let packet_span = (p, p + packet.len());
-    let (seg_len, last_len) = (plan.segment_len(0), plan.segment_len(n.saturating_sub(1)));
-    let need = |i: usize| if i + 1 == n { last_len } else { seg_len };
-    let check = |region: Region, i: usize| -> PyResult<()> {
-        if out_fits(region, out_offset, need(i), packet_span) {
-            Ok(())
-        } else {
-            Err(out_error(region, i, out_offset, need(i)))
-        }
-    };
-    // The common case in a tight loop: a list of exact bytearrays. Nothing in it runs
-    // Python code, so the list cannot change while its item array is read.
-    let mut first_other = 0;
-    if let Some(l) = list {
-        let m = n.min(l.len());
-        // SAFETY: a list's item array holds len(list) live objects it owns; GIL held.
-        let items = unsafe { (*l.as_ptr().cast::<ffi::PyListObject>()).ob_item };
-        while first_other < m {
-            let i = first_other;
-            // SAFETY: i < m <= len(list), read just above with the GIL held.
-            let raw = unsafe { *items.add(i) };
-            // SAFETY: raw is a live item of the list.
-            match unsafe { views.pin_bytearray_exclusive(raw) } {
-                Ok(region) => {
-                    check(region, i)?;
-                    outs.push(Out(region));
-                }
-                Err(true) => return Err(already_written(&|| format!("out_bufs[{i}]"))),
-                Err(false) => break,
+    grow: bool,
+    fit: bool,
+    name: &str,
+) -> Result<usize, SplitFailed> {
+    let n = split.count();
+    if !fit {
+        if let Ok(list) = out_bufs.cast::<PyList>() {
+            // The usual case: a list of bytearrays large enough, read in place.
+            let p = packet.as_ptr() as usize;
+            let need = |i: usize| out_offset.saturating_add(split.size(i));
+            let mut outs = FIXED.with(|f| f.take());
+            let fast = bytearray_outputs(list, n, &need, (p, p + packet.len()), &mut outs)
+                && sizes.len() >= n;
+            let written = if fast {
+                Some(split.write_packet(packet, &mut outs, out_offset, false))
+            } else {
+                None
+            };
+            outs.clear();
+            FIXED.with(|f| f.set(outs));
+            if let Some(w) = written {
+                let written = w.map_err(|e| SplitFailed {
+                    err: invalid_error(e),
+                    keep: false,
+                })?;
+                let last = split.size(written.saturating_sub(1));
+                set_sizes(sizes, written, split.size(0), last)
+                    .map_err(|err| SplitFailed { err, keep: false })?;
+                return Ok(written);
             }
-            first_other += 1;
         }
     }
-    // Anything else (a memoryview, a tuple of buffers ...) through the buffer protocol.
-    for i in first_other..n {
-        let obj = out_bufs.get_item(i)?;
-        let (region, exclusive) = views.write_exclusive(&obj, &|| format!("out_bufs[{i}]"))?;
-        all_exclusive &= exclusive;
-        check(region, i)?;
-        outs.push(Out(region));
+    let have = out_bufs.len().map_err(buffers_error)?;
+    let m = n.min(have);
+    let mut views = Views::with_capacity(py, m);
+    let mut bufs = bufs_of(&mut views, out_bufs, m, None, 0, grow, name).map_err(buffers_error)?;
+    split
+        .prepare(&mut bufs, sizes.len(), out_offset)
+        .map_err(|e| SplitFailed {
+            err: match e.error {
+                crate::device::Error::Engine(x) => {
+                    let m = x.message().replace("bufs[", &format!("{name}["));
+                    value_error(x.with_message(m))
+                }
+                other => {
+                    PyValueError::new_err(other.to_string().replace("bufs[", &format!("{name}[")))
+                }
+            },
+            keep: e.keep,
+        })?;
+    // The written ranges must not share a byte with each other (the same bytearray twice,
+    // views of one buffer) nor with the packet (a view of an output as original_buffer).
+    let p = packet.as_ptr() as usize;
+    let (ps, pe) = (p, p + packet.len());
+    let part = |i: usize, b: &Buf<'_>| b.span(out_offset, out_offset + split.size(i));
+    if let Some(i) = bufs.iter().enumerate().position(|(i, b)| {
+        let (s, e) = part(i, b);
+        s < pe && ps < e
+    }) {
+        return Err(buffers_error(kind_error(
+            ErrorKind::OverlappingBuffers,
+            Some(i),
+            format!("{name}[{i}] and the packet share memory"),
+        )));
     }
-    if !all_exclusive {
-        // Some output is not a plain bytearray (a memoryview, say): check every pair.
-        let mut spans: Vec<_> = outs
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let (s, _, _) = span(o.0, i);
-                (s + out_offset, s + out_offset + plan.segment_len(i), i)
-            })
-            .collect();
-        check_disjoint(&mut spans, &|i| format!("out_bufs[{i}]"))?;
-    }
-    // The GIL stays held: a 64 KiB split takes a few microseconds, less than handing the
-    // GIL to another thread and waiting for it back, which a CPU-bound thread can make
-    // last a whole switch interval (5 ms). `recv_multiple` releases it for its read.
-    let written = gso::write_segments(&plan, packet, &mut outs, out_offset).map_err(value_error)?;
-    outs.clear();
-    OUTS.with(|o| o.set(outs));
+    check_bufs_disjoint(&bufs, &part, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
+    let written = split
+        .write_packet(packet, &mut bufs, out_offset, fit)
+        .map_err(|e| SplitFailed {
+            err: invalid_error(e),
+            keep: false,
+        })?;
+    drop(bufs);
     drop(views);
-    set_sizes(
-        sizes,
-        written,
-        seg_len,
-        plan.segment_len(written.saturating_sub(1)),
-    )?;
+    let last = split.size(written.saturating_sub(1));
+    set_sizes(sizes, written, split.size(0), last)
+        .map_err(|err| SplitFailed { err, keep: false })?;
     Ok(written)
 }
 
-/// Whether an output region has room for `need` bytes after `out_offset`, and (for the
-/// exclusively pinned bytearrays this is called for, which are distinct objects) those
-/// bytes do not overlap the packet `packet_span`.
-#[inline(always)]
-fn out_fits(region: Region, out_offset: usize, need: usize, packet_span: (usize, usize)) -> bool {
-    if region
-        .len()
-        .checked_sub(out_offset)
-        .is_none_or(|r| r < need)
-    {
-        return false;
-    }
-    // No overflow: out_offset + need <= region.len(), and the region is in memory.
-    let (s, _, _) = span(region, 0);
-    let (ws, we) = (s + out_offset, s + out_offset + need);
-    !(ws < packet_span.1 && packet_span.0 < we)
-}
-
-/// The `ValueError` for an output that [`out_fits`] refused.
-#[cold]
-fn out_error(region: Region, i: usize, out_offset: usize, need: usize) -> PyErr {
-    if region.len() < out_offset || region.len() - out_offset < need {
-        kind_error(
-            ErrorKind::OutBufTooSmall,
-            Some(i),
-            format!(
-                "out_bufs[{i}] holds {} bytes; segment {i} needs {need} after out_offset {out_offset}",
-                region.len()
-            ),
-        )
-    } else {
-        kind_error(
-            ErrorKind::OverlappingBuffers,
-            Some(i),
-            format!("out_bufs[{i}] and the packet share memory"),
-        )
-    }
-}
-
 thread_local! {
-    /// `split_into_py`'s output list, kept between calls so a steady stream of splits
-    /// allocates nothing.
-    static OUTS: std::cell::Cell<Vec<Out>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The split's fast-path outputs, reused between calls.
+    static FIXED: std::cell::Cell<Vec<Fixed>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Stores a split's sizes into the first `n` entries of `sizes`: `common` for entries
@@ -398,11 +357,11 @@ pub(crate) fn set_sizes<'py>(
     let mut known_key = (usize::MAX, std::ptr::null_mut());
     for i in 0..n {
         let v = if i + 1 == n { last } else { common };
-        // SAFETY: a list's first `len` items are live objects it owns; len and items are
-        // read afresh each time (GIL held), since `store_size` may run Python code.
+        // SAFETY: the list's length and item are read afresh each time through the C
+        // API's macros (GIL held), since `store_size` may run Python code.
         let current = unsafe {
-            let l = sizes.as_ptr().cast::<ffi::PyListObject>();
-            if i >= ffi::Py_SIZE(l.cast()) as usize {
+            let l = sizes.as_ptr();
+            if i >= ffi::PyList_GET_SIZE(l) as usize {
                 // Shortened by Python code run while storing an earlier entry.
                 return Err(kind_error(
                     ErrorKind::SizesChanged,
@@ -410,7 +369,7 @@ pub(crate) fn set_sizes<'py>(
                     "sizes was shortened during the call".to_owned(),
                 ));
             }
-            *(*l).ob_item.add(i)
+            ffi::PyList_GET_ITEM(l, i as ffi::Py_ssize_t)
         };
         if known_key != (v, current) {
             let obj = store_size(sizes, i, v, current, known.take())?;
@@ -476,7 +435,18 @@ fn gso_split(
     // SAFETY: the export is held by `views` until the end of this function; the outputs
     // written meanwhile are checked not to overlap it.
     let bytes = unsafe { pkt.slice() };
-    split_into_py(py, bytes, &hdr.get(), out_bufs, sizes, out_offset, is_v6)
+    let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(invalid_error)?;
+    if out_bufs.cast::<PySequence>().is_err() {
+        return Err(PyTypeError::new_err(
+            "out_bufs must be a sequence of writable buffers",
+        ));
+    }
+    let sizes = sizes
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
+    Ok(split_to_py(
+        py, &split, bytes, out_bufs, sizes, out_offset, false, false, "out_bufs",
+    )?)
 }
 
 /// Reusable coalescing state for :func:`handle_gro` (one per thread). Nothing carries
@@ -518,13 +488,17 @@ pub(crate) fn gro_py(
     table: &mut eng::GroTable,
     can_udp_gro: bool,
 ) -> PyResult<Vec<(usize, usize)>> {
-    let mut views = Views::with_capacity(py, lens.map_or(bufs.len(), <[usize]>::len));
-    let mut gbufs = gro_bufs(&mut views, bufs, offset, lens)?;
-    let out = eng::handle_gro(&mut gbufs, offset, table, can_udp_gro).map_err(value_error)?;
+    let n = lens.map_or(bufs.len(), <[usize]>::len);
+    let mut views = Views::with_capacity(py, n);
+    let mut gbufs = bufs_of(&mut views, bufs.as_any(), n, lens, offset, true, "bufs")?;
+    check_bufs_disjoint(&gbufs, &|_, b| buf_span(b), &|i| format!("bufs[{i}]"))?;
+    let out = crate::device::batch::coalesce(&mut gbufs, offset, table, can_udp_gro)
+        .map_err(invalid_error)?;
     let written = out.iter().map(|&i| (i, gbufs[i].len())).collect();
     if table.swapped() {
         for (i, b) in gbufs.iter().enumerate() {
-            if !b.object().is(&bufs.get_item(i)?) {
+            let same = list_item(bufs, i).is_some_and(|o| o.is(b.object()));
+            if !same {
                 bufs.set_item(i, b.object())?;
             }
         }

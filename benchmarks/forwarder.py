@@ -1,0 +1,280 @@
+"""A forwarder on the public API between two network namespaces, one TCP stream through it.
+
+    python benchmarks/forwarder.py [--modes passthrough idiom fit plain] [--repeat 3]
+                                   [--seconds 3] [--json]
+
+Modes (each direction a thread of this process):
+- ``passthrough``: offload on, ``recv`` + ``send`` of whole super-packets (the ceiling).
+- ``idiom``: the README's zero-copy form, ``n = src.recv_multiple(original, bufs, sizes,
+  offset)`` then ``dst.send_multiple(gro, bufs, offset, sizes=sizes, count=n)``, with 128
+  buffers of 64 KiB.
+- ``fit``: API.md's natural form in a loop, ``recv_multiple(..., fit=True)`` then
+  ``send_multiple(gro, bufs[:n], offset)`` (exact-length bytearrays, grown as needed).
+- ``plain``: offload off, one ``recv`` + one ``send`` per packet.
+
+The modes are interleaved round by round (``--repeat``) and medians reported, with each
+mode's ratio to passthrough taken within its round. Traffic: iperf3 if installed, else a
+built-in generator (a Python sender and receiver in the two namespaces). Needs root and
+the ``ip`` command; makes its own namespaces and deletes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import tunoffload as t
+
+ADDR_A, ADDR_B, PORT, OFFSET = "10.199.0.1", "10.199.0.2", 5301, t.VIRTIO_NET_HDR_LEN
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+MODES = ("passthrough", "idiom", "fit", "plain")
+
+
+def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
+    argv = ["ip", *(["-n", ns] if ns else []), *args]
+    subprocess.run(argv, check=check, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def _entered(ns: str) -> Iterator[None]:
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            _libc.setns(here, CLONE_NEWNET)
+    finally:
+        os.close(here)
+        os.close(there)
+
+
+# --- forwarders ---------------------------------------------------------------------------
+
+
+def fwd_passthrough(src: t.TunDevice, dst: t.TunDevice) -> None:
+    buf = bytearray(OFFSET + 65535)
+    view = memoryview(buf)
+    while True:
+        n = src.recv(buf)
+        dst.send(view[:n])
+
+
+def fwd_idiom(src: t.TunDevice, dst: t.TunDevice) -> None:
+    original = bytearray(OFFSET + 65535)
+    bufs = [bytearray(OFFSET + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
+    sizes = [0] * t.IDEAL_BATCH_SIZE
+    gro = t.GroTable()
+    while True:
+        n = src.recv_multiple(original, bufs, sizes, OFFSET)
+        dst.send_multiple(gro, bufs, OFFSET, sizes=sizes, count=n)
+
+
+def fwd_fit(src: t.TunDevice, dst: t.TunDevice) -> None:
+    original = bytearray(OFFSET + 65535)
+    bufs = [bytearray() for _ in range(t.IDEAL_BATCH_SIZE)]
+    sizes = [0] * t.IDEAL_BATCH_SIZE
+    gro = t.GroTable()
+    while True:
+        n = src.recv_multiple(original, bufs, sizes, OFFSET, fit=True)
+        dst.send_multiple(gro, bufs[:n], OFFSET)
+
+
+fwd_plain = fwd_passthrough  # the same loop; the devices have no offload
+
+FORWARDERS: dict[str, Callable[[t.TunDevice, t.TunDevice], None]] = {
+    "passthrough": fwd_passthrough,
+    "idiom": fwd_idiom,
+    "fit": fwd_fit,
+    "plain": fwd_plain,
+}
+
+# --- traffic ------------------------------------------------------------------------------
+
+_SERVER = r"""
+import socket, sys, time, json
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port)); s.listen(1); s.settimeout(seconds + 20)
+print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(seconds + 20)
+buf = bytearray(1 << 20); total = 0; first = last = None
+while True:
+    n = c.recv_into(buf)
+    if n == 0: break
+    now = time.monotonic(); first = first or now; last = now; total += n
+print(json.dumps({"bytes": total, "seconds": (last - first) if first and last else 0}))
+"""
+
+_CLIENT = r"""
+import socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+c = socket.create_connection((host, port), timeout=10)
+data = memoryview(bytes(1 << 20)); end = time.monotonic() + seconds
+while time.monotonic() < end: c.sendall(data)
+c.close()
+"""
+
+
+def _traffic(a: str, b: str, seconds: float) -> tuple[float, str]:
+    """One TCP stream from A to B for ``seconds``; (bits per second, generator)."""
+    if shutil.which("iperf3"):
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", ADDR_B],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)
+            out = subprocess.run(
+                ["ip", "netns", "exec", a, "iperf3", "-c", ADDR_B, "-t", str(seconds), "-J"],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 30,
+            )
+            bps = float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
+            return bps, "iperf3"
+        finally:
+            srv.kill()
+            srv.wait()
+    py = sys.executable
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", b, py, "-c", _SERVER, str(PORT), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert srv.stdout is not None
+        srv.stdout.readline()
+        subprocess.run(
+            ["ip", "netns", "exec", a, py, "-c", _CLIENT, ADDR_B, str(PORT), str(seconds)],
+            timeout=seconds + 30,
+            check=False,
+        )
+        r = json.loads(srv.stdout.readline())
+        srv.wait(timeout=30)
+        return (r["bytes"] * 8 / r["seconds"] if r["seconds"] else 0.0), "built-in"
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def run_mode(mode: str, seconds: float) -> dict[str, Any]:
+    """One run of ``mode``: namespaces, devices, forwarder threads, traffic, clean-up."""
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    a, b = f"tunoff-fwd-a-{tag}", f"tunoff-fwd-b-{tag}"
+    devs: list[t.TunDevice] = []
+    threads: list[threading.Thread] = []
+    try:
+        for ns in (a, b):
+            _ip("netns", "add", ns)
+            _ip("link", "set", "lo", "up", ns=ns)
+        for ns, addr in ((a, ADDR_A), (b, ADDR_B)):
+            with _entered(ns):
+                dev = t.TunDevice("tofw0", offload=mode != "plain")
+            devs.append(dev)
+            dev.add_address(f"{addr}/24")
+            dev.up()
+        forward = FORWARDERS[mode]
+
+        def loop(src: t.TunDevice, dst: t.TunDevice) -> None:
+            with contextlib.suppress(OSError):  # closed: the run is over
+                forward(src, dst)
+
+        for src, dst in ((devs[0], devs[1]), (devs[1], devs[0])):
+            th = threading.Thread(target=loop, args=(src, dst), daemon=True)
+            th.start()
+            threads.append(th)
+        cpu0 = time.process_time()
+        bps, gen = _traffic(a, b, seconds)
+        cpu = time.process_time() - cpu0
+        stats = devs[0].stats
+        reads = stats["reads"] or 1
+        return {
+            "mode": mode,
+            "gbit_s": bps / 1e9,
+            "generator": gen,
+            "cpu_s": cpu,
+            "packets_per_read_ab": (stats.get("rx_packets") or reads) / reads,
+        }
+    finally:
+        for d in devs:
+            d.close()
+        for th in threads:
+            th.join(timeout=5)
+        for ns in (a, b):
+            _ip("netns", "del", ns, check=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        print("needs root and the ip command", file=sys.stderr)
+        return 2
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}
+    ratios: dict[str, list[float]] = {m: [] for m in args.modes}
+    for r in range(args.repeat):
+        base = None
+        for mode in args.modes:
+            row = run_mode(mode, args.seconds)
+            runs[mode].append(row)
+            if mode == "passthrough":
+                base = row["gbit_s"]
+            if base:
+                ratios[mode].append(row["gbit_s"] / base)
+            if not args.json:
+                print(f"round {r + 1}: {mode:12s} {row['gbit_s']:6.2f} Gbit/s", flush=True)
+    summary = []
+    for mode in args.modes:
+        g = [x["gbit_s"] for x in runs[mode]]
+        summary.append(
+            {
+                "mode": mode,
+                "gbit_s_median": statistics.median(g),
+                "runs": g,
+                "vs_passthrough_median": statistics.median(ratios[mode]) if ratios[mode] else None,
+                "packets_per_read_ab": statistics.median(
+                    x["packets_per_read_ab"] for x in runs[mode]
+                ),
+                "generator": runs[mode][0]["generator"],
+            }
+        )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"\nmedians of {args.repeat} interleaved rounds, {args.seconds:g} s each, 1 TCP stream")
+    print(f"{'mode':12s} {'Gbit/s':>7s} {'x passthrough':>13s} {'pkts/read':>9s}  runs")
+    for s in summary:
+        vs = s["vs_passthrough_median"]
+        vs_txt = f"{vs:13.2f}" if vs is not None else f"{'-':>13s}"
+        runs_txt = ", ".join(f"{x:.2f}" for x in s["runs"])
+        print(
+            f"{s['mode']:12s} {s['gbit_s_median']:7.2f} {vs_txt} "
+            f"{s['packets_per_read_ab']:9.1f}  {runs_txt}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The batch path on a real device: growth of too-small outputs (the ``fit=True`` loop),
+arguments checked before the read (the queued packet stays for the next call), packets
+that the buffers cannot take kept for the next call, and packets the kernel would refuse
+raised as ``ValueError`` before anything is written."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from _netns import Netns, can_use_netns
+
+_reason = can_use_netns()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+import tunoffload as t  # noqa: E402
+
+HDR = t.VIRTIO_NET_HDR_LEN
+UDP_SEGMENT = 103
+
+
+@pytest.fixture
+def ns():
+    with Netns("tunoff-batch") as n:
+        n.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+        n.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        yield n
+
+
+def _device(ns: Netns, name: str, offload: bool = True) -> t.TunDevice:
+    with ns.entered():
+        dev = t.TunDevice(name, offload=offload, up=True, nonblocking=True)
+        dev.add_address("192.0.2.1/24")
+    _drain(dev)
+    return dev
+
+
+def _drain(dev: t.TunDevice) -> None:
+    buf = bytearray(HDR + 65535)
+    for _ in range(1000):
+        try:
+            dev.recv(buf)
+        except BlockingIOError:
+            return
+
+
+def _udp(ns: Netns, payload: bytes, segment: int | None = None) -> None:
+    with ns.entered():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if segment is not None:
+                s.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, segment)
+            s.bind(("192.0.2.1", 4000))
+            s.sendto(payload, ("192.0.2.2", 9))
+        finally:
+            s.close()
+
+
+def _udp_payload(pkt: bytes) -> bytes:
+    assert pkt[0] >> 4 == 4 and pkt[9] == 17, pkt[:20].hex()
+    ihl = (pkt[0] & 15) * 4
+    (length,) = struct.unpack("!H", pkt[ihl + 4 : ihl + 6])
+    return pkt[ihl + 8 : ihl + length]
+
+
+def test_fit_loop_grows_trimmed_buffers(ns):
+    """API.md's form in a loop: fit=True trims, the next larger packet grows them back."""
+    dev = _device(ns, "fit1")
+    with dev:
+        original = bytearray(HDR + 65535)
+        bufs = [bytearray(HDR + 1) for _ in range(4)]  # far too small: grown
+        sizes = [0] * 4
+        gro = t.GroTable()
+        for payload in (b"a" * 10, b"b" * 1000, b"c" * 30, b"d" * 1400):
+            _udp(ns, payload)
+            n = dev.recv_multiple(original, bufs, sizes, HDR, fit=True)
+            assert n == 1
+            assert len(bufs[0]) == HDR + sizes[0] == HDR + 28 + len(payload)
+            assert _udp_payload(bytes(bufs[0][HDR:])) == payload
+            written = dev.send_multiple(gro, bufs[:n], HDR)
+            assert written == HDR + sizes[0]
+        assert len(bufs[1]) == HDR + 1  # never used: untouched
+
+
+def test_plain_device_fit_loop(ns):
+    dev = _device(ns, "fit2", offload=False)
+    with dev:
+        bufs = [bytearray(0)]
+        sizes = [0]
+        for payload in (b"x" * 10, b"y" * 1200):
+            _udp(ns, payload)
+            assert dev.recv_multiple(None, bufs, sizes, 4, fit=True) == 1
+            assert len(bufs[0]) == 4 + sizes[0]
+            assert _udp_payload(bytes(bufs[0][4:])) == payload
+
+
+def test_argument_errors_raise_before_the_read(ns):
+    """Each call is wrong whatever arrives: it raises, and the queued packet is still there
+    for the next call."""
+    dev = _device(ns, "arg1")
+    ro = memoryview(bytearray(2000)).toreadonly()
+    original = bytearray(HDR + 65535)
+    ok = [bytearray(2000)]
+    bad = {
+        "negative offset": lambda: dev.recv_multiple(original, ok, [0], -1),
+        "sizes a tuple": lambda: dev.recv_multiple(original, ok, (0,), HDR),
+        "sizes empty": lambda: dev.recv_multiple(original, ok, [], HDR),
+        "bufs empty": lambda: dev.recv_multiple(original, [], [0], HDR),
+        "bufs not a sequence": lambda: dev.recv_multiple(original, 5, [0], HDR),
+        "a read-only output": lambda: dev.recv_multiple(original, [bytearray(10), ro], [0], HDR),
+        "a bytes output": lambda: dev.recv_multiple(original, [bytes(2000)], [0], HDR),
+        "an int output": lambda: dev.recv_multiple(original, [bytearray(9), 3], [0], HDR),
+        "a view with no room after offset": lambda: dev.recv_multiple(
+            original, [bytearray(2000), memoryview(bytearray(HDR))], [0, 0], HDR
+        ),
+        "original read-only": lambda: dev.recv_multiple(ro, ok, [0], HDR),
+        "original too small": lambda: dev.recv_multiple(bytearray(HDR), ok, [0], HDR),
+        "original is an output": lambda: dev.recv_multiple(original, [original], [0], HDR),
+    }
+    with dev:
+        _udp(ns, b"kept")
+        for name, call in bad.items():
+            with pytest.raises((ValueError, TypeError, BufferError)):
+                call()
+                pytest.fail(f"{name}: accepted")
+        assert dev.stats["reads"] == 0  # nothing was read
+        sizes = [0]
+        assert dev.recv_multiple(original, ok, sizes, HDR) == 1
+        assert _udp_payload(bytes(ok[0][HDR : HDR + sizes[0]])) == b"kept"
+
+
+def test_packet_the_buffers_cannot_take_is_kept(ns):
+    dev = _device(ns, "keep1")
+    original = bytearray(HDR + 65535)
+    with dev:
+        _udp(ns, b"z" * 500)
+        small = memoryview(bytearray(HDR + 100))  # not a bytearray: cannot grow
+        with pytest.raises(ValueError, match="kept for the next call"):
+            dev.recv_multiple(original, [small], [0], HDR)
+        assert dev.stats["reads"] == 1
+        out = [bytearray(HDR + 1)]
+        sizes = [0]
+        assert dev.recv_multiple(original, out, sizes, HDR) == 1
+        assert _udp_payload(bytes(out[0][HDR : HDR + sizes[0]])) == b"z" * 500
+        assert dev.stats["reads"] == 1  # the kept packet, not a new read
+        # A plain recv also gets a kept packet first.
+        _udp(ns, b"w" * 300)
+        with pytest.raises(ValueError, match="kept"):
+            dev.recv_multiple(original, [memoryview(bytearray(HDR + 10))], [0], HDR)
+        buf = bytearray(HDR + 65535)
+        n = dev.recv(buf)
+        assert _udp_payload(bytes(buf[HDR:n])) == b"w" * 300
+
+
+def test_too_few_bufs_for_a_super_packet_keeps_it(ns):
+    dev = _device(ns, "keep2")
+    if not dev.udp_gso:
+        dev.close()
+        pytest.skip("the kernel gives this device no UDP segmentation offload")
+    original = bytearray(HDR + 65535)
+    with dev:
+        payload = bytes(range(256)) * 12  # 3072 bytes: 4 segments of 1000 bytes at most
+        _udp(ns, payload, segment=1000)
+        with pytest.raises(ValueError, match="kept"):
+            dev.recv_multiple(original, [bytearray(2000), bytearray(2000)], [0, 0], HDR)
+        bufs = [bytearray(0) for _ in range(8)]
+        sizes = [0] * 8
+        n = dev.recv_multiple(original, bufs, sizes, HDR)
+        assert n == 4
+        got = b"".join(_udp_payload(bytes(bufs[i][HDR : HDR + sizes[i]])) for i in range(n))
+        assert got == payload
+        # Too few sizes: kept as well.
+        _udp(ns, payload, segment=1000)
+        with pytest.raises(ValueError, match="kept"):
+            dev.recv_multiple(original, bufs, [0, 0], HDR)
+        assert dev.recv_multiple(original, bufs, sizes, HDR) == 4
+
+
+def test_same_bytearray_twice_is_refused_and_kept(ns):
+    dev = _device(ns, "dup1")
+    original = bytearray(HDR + 65535)
+    with dev:
+        if not dev.udp_gso:
+            pytest.skip("the kernel gives this device no UDP segmentation offload")
+        _udp(ns, b"q" * 2500, segment=1000)
+        b = bytearray(2000)
+        with pytest.raises(ValueError, match="share memory"):
+            dev.recv_multiple(original, [b, b, bytearray(2000)], [0] * 3, HDR)
+        assert dev.recv_multiple(original, [bytearray(0) for _ in range(3)], [0] * 3, HDR) == 3
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_send_multiple_refuses_what_the_kernel_would(ns, offload):
+    dev = _device(ns, "bad1", offload=offload)
+    off = HDR if offload else 0
+    good = bytearray(off) + bytearray.fromhex(
+        "4500001c000000004011f98ec0000201c0000202" + "0fa0000900080000"
+    )
+    cases = {
+        "version 0": bytearray(off) + bytearray(28),
+        "version 5": bytearray(off) + bytearray(b"\x55" + bytes(27)),
+        "IHL past the end": bytearray(off) + bytearray(b"\x4f" + bytes(27)),
+        "total length past the end": good[: off + 2] + b"\x01\x00" + good[off + 4 :],
+        "IPv6 header cut": bytearray(off) + bytearray(b"\x60" + bytes(20)),
+    }
+    with dev:
+        for name, pkt in cases.items():
+            with pytest.raises(ValueError, match=r"bufs\[1\]"):
+                dev.send_multiple(t.GroTable(), [bytearray(good), pkt, bytearray(good)], off)
+                pytest.fail(f"{name}: accepted")
+        assert dev.stats["writes"] == 0  # nothing was written
+        assert dev.send_multiple(t.GroTable(), [bytearray(good)], off) == len(good)
+        assert dev.stats["writes"] == 1
