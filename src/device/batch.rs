@@ -22,7 +22,9 @@ use std::sync::Mutex;
 
 use super::sys::{IFF_NO_PI, IFF_TAP};
 use super::{Error, Tun};
-use crate::engine::{self, gso, ExpandBuffer, GroTable, GsoPlan, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::engine::{
+    self, gso, ErrorKind, ExpandBuffer, GroTable, GsoPlan, VirtioNetHdr, VIRTIO_NET_HDR_LEN,
+};
 
 /// The largest IP packet.
 pub const MAX_IP_PACKET: usize = 65535;
@@ -165,9 +167,13 @@ impl SplitError {
     fn bad(error: Error) -> Self {
         SplitError { error, keep: false }
     }
-    fn buffers(msg: String) -> Self {
+    fn buffers(kind: ErrorKind, index: Option<usize>, msg: String) -> Self {
+        let e = engine::Error::new(kind, msg);
         SplitError {
-            error: Error::Invalid(msg),
+            error: Error::Engine(match index {
+                Some(i) => e.at(i),
+                None => e,
+            }),
             keep: true,
         }
     }
@@ -227,15 +233,21 @@ impl Split {
     ) -> Result<(), SplitError> {
         let n = self.count();
         if bufs.len() < n {
-            return Err(SplitError::buffers(format!(
-                "the packet splits into {n} segments but only {} bufs were given",
-                bufs.len()
-            )));
+            return Err(SplitError::buffers(
+                ErrorKind::TooFewOutBufs,
+                None,
+                format!(
+                    "the packet splits into {n} segments but only {} bufs were given",
+                    bufs.len()
+                ),
+            ));
         }
         if sizes_len < n {
-            return Err(SplitError::buffers(format!(
-                "the packet splits into {n} segments but sizes has room for {sizes_len}"
-            )));
+            return Err(SplitError::buffers(
+                ErrorKind::SizesTooShort,
+                None,
+                format!("the packet splits into {n} segments but sizes has room for {sizes_len}"),
+            ));
         }
         for (i, b) in bufs[..n].iter_mut().enumerate() {
             let need = offset.saturating_add(self.size(i));
@@ -243,14 +255,22 @@ impl Split {
                 continue;
             }
             if b.max_len() < need {
-                return Err(SplitError::buffers(format!(
-                    "bufs[{i}] holds {} bytes; segment {i} needs {} after offset {offset}",
-                    b.bytes().len(),
-                    self.size(i)
-                )));
+                return Err(SplitError::buffers(
+                    ErrorKind::OutBufTooSmall,
+                    Some(i),
+                    format!(
+                        "bufs[{i}] holds {} bytes; segment {i} needs {} after offset {offset}",
+                        b.bytes().len(),
+                        self.size(i)
+                    ),
+                ));
             }
             b.resize(need).map_err(|e| {
-                SplitError::buffers(format!("bufs[{i}] cannot grow to {need} bytes: {e}"))
+                SplitError::buffers(
+                    ErrorKind::BufferCannotGrow,
+                    Some(i),
+                    format!("bufs[{i}] cannot grow to {need} bytes: {}", e.message()),
+                )
             })?;
         }
         Ok(())
@@ -316,10 +336,16 @@ pub fn check_outputs<B: ExpandBuffer>(bufs: &[B], offset: usize) -> Result<(), E
     }
     for (i, b) in bufs.iter().enumerate() {
         if b.max_len() <= offset {
-            return Err(Error::Invalid(format!(
-                "bufs[{i}] holds {} bytes and cannot grow: no room after offset {offset}",
-                b.bytes().len()
-            )));
+            return Err(Error::Engine(
+                engine::Error::new(
+                    ErrorKind::OutBufTooSmall,
+                    format!(
+                        "bufs[{i}] holds {} bytes and cannot grow: no room after offset {offset}",
+                        b.bytes().len()
+                    ),
+                )
+                .at(i),
+            ));
         }
     }
     Ok(())
@@ -415,12 +441,15 @@ pub fn coalesce<'t, B: ExpandBuffer>(
 /// packet: version 4 or 6, an IPv4 header length within the packet and a total length
 /// that is the packet's (an IPv6 payload length of 0 is a jumbogram, not checked). A
 /// message naming the problem, for the caller to prefix with the packet's index.
-pub fn check_packet(buf: &[u8], vnet: bool) -> Result<(), String> {
+pub fn check_packet(buf: &[u8], vnet: bool) -> Result<(), engine::Error> {
     let pkt = if vnet {
         if buf.len() < VIRTIO_NET_HDR_LEN {
-            return Err(format!(
-                "{} bytes: shorter than the {VIRTIO_NET_HDR_LEN}-byte virtio header",
-                buf.len()
+            return Err(engine::Error::new(
+                ErrorKind::VirtioHdrTooShort,
+                format!(
+                    "{} bytes: shorter than the {VIRTIO_NET_HDR_LEN}-byte virtio header",
+                    buf.len()
+                ),
             ));
         }
         &buf[VIRTIO_NET_HDR_LEN..]
@@ -428,44 +457,60 @@ pub fn check_packet(buf: &[u8], vnet: bool) -> Result<(), String> {
         buf
     };
     let Some(&b0) = pkt.first() else {
-        return Err("no packet (0 bytes)".into());
+        return Err(engine::Error::fixed(
+            ErrorKind::EmptyPacket,
+            "no packet (0 bytes)",
+        ));
     };
     let be16 = |i: usize| u16::from_be_bytes([pkt[i], pkt[i + 1]]) as usize;
     match b0 >> 4 {
         4 => {
             let ihl = usize::from(b0 & 0x0f) * 4;
             if ihl < 20 || pkt.len() < ihl {
-                return Err(format!(
-                    "an IPv4 header of {ihl} bytes in a {}-byte packet",
-                    pkt.len()
+                return Err(engine::Error::new(
+                    ErrorKind::BadIhl,
+                    format!(
+                        "an IPv4 header of {ihl} bytes in a {}-byte packet",
+                        pkt.len()
+                    ),
                 ));
             }
             let total = be16(2);
             if total < ihl || total > pkt.len() {
-                return Err(format!(
-                    "IPv4 total length {total} in a {}-byte packet (header {ihl} bytes)",
-                    pkt.len()
+                return Err(engine::Error::new(
+                    ErrorKind::IpLengthMismatch,
+                    format!(
+                        "IPv4 total length {total} in a {}-byte packet (header {ihl} bytes)",
+                        pkt.len()
+                    ),
                 ));
             }
         }
         6 => {
             if pkt.len() < 40 {
-                return Err(format!(
-                    "an IPv6 packet of {} bytes, shorter than its 40-byte header",
-                    pkt.len()
+                return Err(engine::Error::new(
+                    ErrorKind::TruncatedIpHeader,
+                    format!(
+                        "an IPv6 packet of {} bytes, shorter than its 40-byte header",
+                        pkt.len()
+                    ),
                 ));
             }
             let payload = be16(4);
             if payload != 0 && 40 + payload > pkt.len() {
-                return Err(format!(
-                    "IPv6 payload length {payload} in a {}-byte packet",
-                    pkt.len()
+                return Err(engine::Error::new(
+                    ErrorKind::IpLengthMismatch,
+                    format!(
+                        "IPv6 payload length {payload} in a {}-byte packet",
+                        pkt.len()
+                    ),
                 ));
             }
         }
         v => {
-            return Err(format!(
-                "IP version {v} (the first byte is {b0:#04x}): not an IPv4 or IPv6 packet"
+            return Err(engine::Error::new(
+                ErrorKind::BadIpVersion,
+                format!("IP version {v} (the first byte is {b0:#04x}): not an IPv4 or IPv6 packet"),
             ))
         }
     }
@@ -480,11 +525,13 @@ pub fn check_packets(
     index_of: impl Fn(usize) -> usize,
 ) -> Result<(), Error> {
     for (k, p) in packets.iter().enumerate() {
-        if let Err(m) = check_packet(p, vnet) {
-            return Err(Error::Invalid(format!(
-                "bufs[{}] is not a packet the kernel takes: {m}; nothing was written",
-                index_of(k)
-            )));
+        if let Err(e) = check_packet(p, vnet) {
+            let i = index_of(k);
+            let m = format!(
+                "bufs[{i}] is not a packet the kernel takes: {}; nothing was written",
+                e.message()
+            );
+            return Err(Error::Engine(e.with_message(m).at(i)));
         }
     }
     Ok(())
@@ -576,10 +623,16 @@ pub fn send_multiple<B: ExpandBuffer>(
     for &i in &idx {
         let b = bufs[i].bytes();
         if b.len() <= offset {
-            return Err(fail(Error::Invalid(format!(
-                "bufs[{i}] holds {} bytes: no packet after offset {offset}",
-                b.len()
-            ))));
+            return Err(fail(Error::Engine(
+                engine::Error::new(
+                    ErrorKind::NoPacketAfterOffset,
+                    format!(
+                        "bufs[{i}] holds {} bytes: no packet after offset {offset}",
+                        b.len()
+                    ),
+                )
+                .at(i),
+            )));
         }
         packets.push(&b[start..]);
     }
@@ -618,6 +671,7 @@ mod tests {
         assert!(check_packet(&v4[..5], true).is_err()); // no whole virtio header
         assert!(check_packet(&[0u8; 20], false)
             .unwrap_err()
+            .message()
             .contains("version 0"));
         assert!(check_packet(&[], false).is_err());
         let mut long = v4.clone();

@@ -478,11 +478,15 @@ pub(crate) fn check_bufs_disjoint(
         let dup = find_duplicate(&keys);
         KEYS.with(|k| k.set(keys));
         return match dup {
-            Some((i, j)) => Err(PyValueError::new_err(format!(
-                "{} and {} share memory (the same bytearray twice)",
-                name(i),
-                name(j)
-            ))),
+            Some((i, j)) => Err(super::engine::kind_error(
+                engine::ErrorKind::OverlappingBuffers,
+                Some(j),
+                format!(
+                    "{} and {} share memory (the same bytearray twice)",
+                    name(i),
+                    name(j)
+                ),
+            )),
             None => Ok(()),
         };
     }
