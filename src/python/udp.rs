@@ -30,9 +30,13 @@ fn to_py(py: Python<'_>, e: udp::Error) -> PyErr {
         udp::Error::Os { errno, msg } => os_error(py, errno, msg),
         udp::Error::Invalid(m) => PyValueError::new_err(m),
         e @ udp::Error::BufferTooSmall { .. } => PyValueError::new_err(e.to_string()),
-        udp::Error::WouldBlock => os_error(py, libc::EAGAIN, udp::Error::WouldBlock.to_string()),
+        udp::Error::WouldBlock => {
+            os_error(py, udp::consts::EAGAIN, udp::Error::WouldBlock.to_string())
+        }
         udp::Error::Timeout => PyTimeoutError::new_err("timed out"),
-        udp::Error::Interrupted => os_error(py, libc::EINTR, "Interrupted system call".into()),
+        udp::Error::Interrupted => {
+            os_error(py, udp::consts::EINTR, "Interrupted system call".into())
+        }
     }
 }
 
@@ -169,7 +173,11 @@ struct Seen {
 fn sock_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     let fd: i32 = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
     if fd < 0 {
-        return Err(os_error(py, libc::EBADF, "the socket is closed".into()));
+        return Err(os_error(
+            py,
+            udp::consts::EBADF,
+            "the socket is closed".into(),
+        ));
     }
     Ok(fd)
 }
@@ -219,7 +227,7 @@ impl PyUdpSocket {
         obj: &Bound<'_, PyAny>,
         what: &dyn Fn() -> String,
     ) -> PyResult<SocketAddr> {
-        let v6 = self.family == libc::AF_INET6;
+        let v6 = self.family == udp::consts::AF_INET6;
         let form = if v6 {
             "(host, port[, flowinfo[, scope_id]])"
         } else {
@@ -338,14 +346,14 @@ impl PyUdpSocket {
             )));
         }
         let family: i32 = sock.getattr("family")?.extract()?;
-        if family != libc::AF_INET && family != libc::AF_INET6 {
+        if family != udp::consts::AF_INET && family != udp::consts::AF_INET6 {
             return Err(PyValueError::new_err(format!(
                 "UdpSocket needs an AF_INET or AF_INET6 socket, not {}",
                 sock.getattr("family")?.repr()?
             )));
         }
         let ty: i32 = sock.getattr("type")?.extract()?;
-        if ty != libc::SOCK_DGRAM {
+        if ty != udp::consts::SOCK_DGRAM {
             return Err(PyValueError::new_err(format!(
                 "UdpSocket needs a SOCK_DGRAM (UDP) socket, not {}",
                 sock.getattr("type")?.repr()?
