@@ -702,7 +702,10 @@ impl PyUdpSocket {
                     let sz: isize = s[i]
                         .extract()
                         .map_err(|_| PyTypeError::new_err(format!("sizes[{i}] must be an int")))?;
-                    let sz = non_negative(sz, &format!("sizes[{i}]"))?;
+                    let sz = match usize::try_from(sz) {
+                        Ok(sz) => sz,
+                        Err(_) => non_negative(sz, &format!("sizes[{i}]"))?,
+                    };
                     match offset.checked_add(sz) {
                         Some(end) if end <= b.len() => end,
                         _ => {
