@@ -34,6 +34,33 @@ from tunoffload._native import GroTable, TunDevice, UdpSocket
 
 __all__ = ["AsyncTunDevice", "AsyncUdpSocket"]
 
+
+async def _wait_fd(
+    fd: int, writable: bool, waiters: set[asyncio.Future[None]], still_open: Callable[[], bool]
+) -> None:
+    """Waits until the event loop sees ``fd`` readable (or writable); ``waiters`` holds the
+    future meanwhile, so that ``close()`` can wake it. The callback is removed afterwards
+    unless ``still_open()`` says ``close()`` has done that already."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    add, remove = (
+        (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+    )
+    add(fd, ready)
+    waiters.add(fut)
+    try:
+        await fut
+    finally:
+        waiters.discard(fut)
+        if still_open():
+            remove(fd)
+
+
 T = TypeVar("T")
 
 
@@ -80,26 +107,7 @@ class AsyncTunDevice:
         fd = self._dev.fileno()
         if fd < 0:
             raise _closed_error()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        add, remove = (
-            (loop.add_writer, loop.remove_writer)
-            if writable
-            else (loop.add_reader, loop.remove_reader)
-        )
-        add(fd, ready)
-        self._waiters.add(fut)
-        try:
-            await fut
-        finally:
-            self._waiters.discard(fut)
-            if not self._dev.closed:  # close() unregistered it already
-                remove(fd)
+        await _wait_fd(fd, writable, self._waiters, lambda: not self._dev.closed)
 
     async def _io(self, writable: bool, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         while True:
@@ -211,26 +219,7 @@ class AsyncUdpSocket:
         fd = self._udp.fileno()
         if fd < 0:
             raise _socket_closed_error()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        add, remove = (
-            (loop.add_writer, loop.remove_writer)
-            if writable
-            else (loop.add_reader, loop.remove_reader)
-        )
-        add(fd, ready)
-        self._waiters.add(fut)
-        try:
-            await fut
-        finally:
-            self._waiters.discard(fut)
-            if self._udp.fileno() >= 0:  # close() unregistered it already
-                remove(fd)
+        await _wait_fd(fd, writable, self._waiters, lambda: self._udp.fileno() >= 0)
 
     async def recv_multiple(
         self,
