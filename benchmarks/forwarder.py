@@ -32,8 +32,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import tunoffload as t
 
