@@ -49,6 +49,22 @@ fn in_netns(name: &'static str, mtu: Option<i32>, f: impl FnOnce() + Send + 'sta
     .expect("test thread");
 }
 
+/// A socket test that needs root: `fn name(mtu: None | Some(mtu)) { body }` runs `body` in
+/// [`in_netns`] (with `lo` at that MTU), and is listed as ignored in builds without root.
+macro_rules! root_test {
+    ($(#[doc = $doc:literal])* fn $name:ident(mtu: $mtu:expr) $body:block) => {
+        $(#[doc = $doc])*
+        #[test]
+        #[cfg_attr(
+            not(tunoffload_root_tests),
+            ignore = "needs root and /dev/net/tun (run cargo test as root)"
+        )]
+        fn $name() {
+            in_netns(stringify!($name), $mtu, || $body);
+        }
+    };
+}
+
 fn pair(host: &str) -> (UdpSocket, UdpSocket) {
     let a = UdpSocket::bind(format!("{host}:0")).unwrap();
     let b = UdpSocket::bind(format!("{host}:0")).unwrap();
@@ -67,6 +83,36 @@ fn datagram(i: usize, len: usize) -> Vec<u8> {
             }
         })
         .collect()
+}
+
+/// A sending and a receiving batch on `a` and `b`.
+fn batches(a: &UdpSocket, b: &UdpSocket) -> (UdpBatch, UdpBatch) {
+    (
+        UdpBatch::new(a.as_fd()).unwrap(),
+        UdpBatch::new(b.as_fd()).unwrap(),
+    )
+}
+
+/// `datagram(i, lens[i])` for every i.
+fn datagrams(lens: &[usize]) -> Vec<Vec<u8>> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &l)| datagram(i, l))
+        .collect()
+}
+
+/// Asserts that a send was refused as a bad argument before anything went out.
+fn refused_before_sending(r: std::result::Result<usize, SendError>) {
+    assert!(
+        matches!(
+            r,
+            Err(SendError {
+                sent: 0,
+                error: Error::Invalid(_)
+            })
+        ),
+        "{r:?}"
+    );
 }
 
 fn soon() -> Wait {
@@ -100,22 +146,16 @@ fn expect_all(batch: &mut UdpBatch, sock: &UdpSocket, lens: &[usize], per_call: 
     assert_eq!(got, lens.len());
 }
 
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn gso_send_gro_receive_as_root() {
-    in_netns("gso_send_gro_receive_as_root", None, || {
+root_test! {
+    fn gso_send_gro_receive_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
-        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
-        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        let (mut tx, mut rx) = batches(&a, &b);
         assert!(
             tx.gso() && rx.gro(),
             "a 6.x kernel has UDP_SEGMENT and UDP_GRO"
         );
         let lens = [1400; 45];
-        let data: Vec<_> = (0..45).map(|i| datagram(i, 1400)).collect();
+        let data = datagrams(&lens);
         assert_eq!(tx.send(a.as_fd(), &data, Dest::Connected, soon()), Ok(45));
         // One segmented send arrives as one coalesced read of 45 segments.
         assert_eq!(rx.fill(b.as_fd(), 64, soon()), Ok(45));
@@ -130,25 +170,16 @@ fn gso_send_gro_receive_as_root() {
             (r.recv_calls, r.recv_messages, r.recv_datagrams),
             (1, 1, 45)
         );
-    });
+    }
 }
 
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn mixed_sizes_in_order_as_root() {
-    in_netns("mixed_sizes_in_order_as_root", None, || {
+root_test! {
+    fn mixed_sizes_in_order_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let lens = [
             1400, 1400, 1000, 1400, 500, 500, 500, 2000, 1, 1, 65507, 0, 7, 8972, 8972, 8972,
         ];
-        let data: Vec<_> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| datagram(i, l))
-            .collect();
+        let data = datagrams(&lens);
         let mut tx = UdpBatch::new(a.as_fd()).unwrap();
         assert_eq!(
             tx.send(a.as_fd(), &data, Dest::Connected, soon()),
@@ -168,20 +199,14 @@ fn mixed_sizes_in_order_as_root() {
             Ok(lens.len())
         );
         expect_all(&mut rx, &b, &lens, 5);
-    });
+    }
 }
 
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn pending_across_calls_as_root() {
-    in_netns("pending_across_calls_as_root", None, || {
+root_test! {
+    fn pending_across_calls_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
-        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
-        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
-        let data: Vec<_> = (0..10).map(|i| datagram(i, 100)).collect();
+        let (mut tx, mut rx) = batches(&a, &b);
+        let data = datagrams(&[100; 10]);
         tx.send(a.as_fd(), &data, Dest::Connected, soon()).unwrap();
         let mut bufs = vec![Vec::new(); 3];
         let mut sizes = vec![0; 3];
@@ -199,67 +224,53 @@ fn pending_across_calls_as_root() {
         assert_eq!(rx.pending(), 0);
         let r = rx.recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, Wait::NonBlocking);
         assert_eq!(r, Err(Error::WouldBlock));
-    });
+    }
 }
 
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn too_small_fixed_buffer_keeps_the_datagram_as_root() {
-    in_netns(
-        "too_small_fixed_buffer_keeps_the_datagram_as_root",
-        None,
-        || {
-            let (a, b) = pair("127.0.0.1");
-            let mut rx = UdpBatch::new(b.as_fd()).unwrap();
-            a.send(&datagram(0, 1400)).unwrap();
-            let mut small = [0u8; 100];
-            let mut sizes = [0; 1];
-            let r = rx.recv(
-                b.as_fd(),
-                &mut [&mut small[..]],
-                &mut sizes,
-                10,
-                None,
-                soon(),
-            );
-            match r {
-                Err(Error::BufferTooSmall {
-                    index: 0,
-                    need: 1410,
-                    have: 100,
-                    ..
-                }) => {}
-                other => panic!("{other:?}"),
-            }
-            assert_eq!(rx.pending(), 1);
-            let mut big = [0u8; 2000];
-            let n = rx.recv(b.as_fd(), &mut [&mut big[..]], &mut sizes, 10, None, soon());
-            assert_eq!(n, Ok(1));
-            assert_eq!(sizes[0], 1400);
-            assert_eq!(&big[10..1410], &datagram(0, 1400)[..]);
-            // A growable buffer grows to fit.
-            a.send(&datagram(1, 3000)).unwrap();
-            let mut bufs = vec![vec![0u8; 5]];
-            assert_eq!(
-                rx.recv(b.as_fd(), &mut bufs, &mut sizes, 10, None, soon()),
-                Ok(1)
-            );
-            assert_eq!(bufs[0].len(), 3010);
-            assert_eq!(&bufs[0][10..], &datagram(1, 3000)[..]);
-        },
-    );
+root_test! {
+    fn too_small_fixed_buffer_keeps_the_datagram_as_root(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        a.send(&datagram(0, 1400)).unwrap();
+        let mut small = [0u8; 100];
+        let mut sizes = [0; 1];
+        let r = rx.recv(
+            b.as_fd(),
+            &mut [&mut small[..]],
+            &mut sizes,
+            10,
+            None,
+            soon(),
+        );
+        match r {
+            Err(Error::BufferTooSmall {
+                index: 0,
+                need: 1410,
+                have: 100,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.pending(), 1);
+        let mut big = [0u8; 2000];
+        let n = rx.recv(b.as_fd(), &mut [&mut big[..]], &mut sizes, 10, None, soon());
+        assert_eq!(n, Ok(1));
+        assert_eq!(sizes[0], 1400);
+        assert_eq!(&big[10..1410], &datagram(0, 1400)[..]);
+        // A growable buffer grows to fit.
+        a.send(&datagram(1, 3000)).unwrap();
+        let mut bufs = vec![vec![0u8; 5]];
+        assert_eq!(
+            rx.recv(b.as_fd(), &mut bufs, &mut sizes, 10, None, soon()),
+            Ok(1)
+        );
+        assert_eq!(bufs[0].len(), 3010);
+        assert_eq!(&bufs[0][10..], &datagram(1, 3000)[..]);
+    }
 }
 
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn waits_end_as_root() {
-    in_netns("waits_end_as_root", None, || {
+root_test! {
+    fn waits_end_as_root(mtu: None) {
         let (_a, b) = pair("127.0.0.1");
         let mut rx = UdpBatch::new(b.as_fd()).unwrap();
         let mut bufs = vec![Vec::new(); 4];
@@ -271,16 +282,11 @@ fn waits_end_as_root() {
         let r = rx.recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, wait);
         assert_eq!(r, Err(Error::Timeout));
         assert!(t0.elapsed() >= Duration::from_millis(30));
-    });
+    }
 }
 
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn ipv6_unconnected_with_addresses_as_root() {
-    in_netns("ipv6_unconnected_with_addresses_as_root", None, || {
+root_test! {
+    fn ipv6_unconnected_with_addresses_as_root(mtu: None) {
         let a = UdpSocket::bind("[::1]:0").unwrap();
         let b = UdpSocket::bind("[::1]:0").unwrap();
         let c = UdpSocket::bind("[::1]:0").unwrap();
@@ -289,11 +295,7 @@ fn ipv6_unconnected_with_addresses_as_root() {
         let mut rx = UdpBatch::new(b.as_fd()).unwrap();
         let to = b.local_addr().unwrap();
         let lens = [65527, 1200, 1200, 1200, 100];
-        let data: Vec<_> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| datagram(i, l))
-            .collect();
+        let data = datagrams(&lens);
         assert_eq!(tx.send(a.as_fd(), &data, Dest::One(to), soon()), Ok(5));
         let more = [datagram(5, 10)];
         assert_eq!(
@@ -331,49 +333,22 @@ fn ipv6_unconnected_with_addresses_as_root() {
         // Over the limit: refused before anything is sent.
         let big = [vec![0u8; 65528]];
         let r = tx.send(a.as_fd(), &big, Dest::One(to), soon());
-        assert!(
-            matches!(
-                r,
-                Err(SendError {
-                    sent: 0,
-                    error: Error::Invalid(_)
-                })
-            ),
-            "{r:?}"
-        );
+        refused_before_sending(r);
         let v4: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let r = tx.send(a.as_fd(), &[vec![0u8; 65508]], Dest::One(v4), soon());
-        assert!(
-            matches!(
-                r,
-                Err(SendError {
-                    sent: 0,
-                    error: Error::Invalid(_)
-                })
-            ),
-            "{r:?}"
-        );
-    });
+        refused_before_sending(r);
+    }
 }
 
-/// With `lo` at MTU 1500, segments of 2000 bytes are refused (EINVAL): each run falls back
-/// to plain datagrams, which IPv4 fragments; every datagram arrives, and GSO stays on.
-#[test]
-#[cfg_attr(
-    not(tunoffload_root_tests),
-    ignore = "needs root and /dev/net/tun (run cargo test as root)"
-)]
-fn segment_above_mtu_falls_back_as_root() {
-    in_netns("segment_above_mtu_falls_back_as_root", Some(1500), || {
+root_test! {
+    /// With `lo` at MTU 1500, segments of 2000 bytes are refused (EINVAL): each run falls
+    /// back to plain datagrams, which IPv4 fragments; every datagram arrives, and GSO
+    /// stays on.
+    fn segment_above_mtu_falls_back_as_root(mtu: Some(1500)) {
         let (a, b) = pair("127.0.0.1");
-        let mut tx = UdpBatch::new(a.as_fd()).unwrap();
-        let mut rx = UdpBatch::new(b.as_fd()).unwrap();
+        let (mut tx, mut rx) = batches(&a, &b);
         let lens = [2000, 2000, 2000, 1000, 1000, 1000, 500];
-        let data: Vec<_> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| datagram(i, l))
-            .collect();
+        let data = datagrams(&lens);
         assert_eq!(
             tx.send(a.as_fd(), &data, Dest::Connected, soon()),
             Ok(lens.len())
@@ -385,7 +360,7 @@ fn segment_above_mtu_falls_back_as_root() {
             "the 2000-byte run was refused, the others not"
         );
         expect_all(&mut rx, &b, &lens, 64);
-    });
+    }
 }
 
 #[test]
