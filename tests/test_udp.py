@@ -663,6 +663,7 @@ def test_bad_send_arguments_send_nothing(ns: Netns) -> None:
         (ValueError, {"bufs": d, "sizes": [10, 10, 10, 101]}),
         (ValueError, {"bufs": d, "sizes": [10, 10, 10, -1]}),
         (TypeError, {"bufs": d, "sizes": [10, 10, 10, "x"]}),
+        (ValueError, {"bufs": d, "sizes": [10, 10, 10, 2**70]}),
         (TypeError, {"bufs": d + [42]}),
         (TypeError, {"bufs": 42}),
         (ValueError, {"bufs": d, "addr": ("no-such-host.invalid", port)}),
@@ -684,6 +685,26 @@ def test_bad_send_arguments_send_nothing(ns: Netns) -> None:
     nothing_queued(ub)
     assert ua.send_multiple(d) == 4
     assert recv_all(ub, 4) == d
+
+
+def test_buffer_resized_during_the_call_is_refused(ns: Netns) -> None:
+    # An __index__ in sizes runs Python code while the bufs are exported: resizing one of
+    # them then fails (its export is held), and the error propagates before any send.
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    victim = bytearray(dgram(0, 100))
+
+    class Grows:
+        def __index__(self) -> int:
+            victim.extend(bytes(100000))
+            return 100
+
+    with pytest.raises(BufferError):
+        ua.send_multiple([victim], sizes=[Grows()])
+    assert victim == dgram(0, 100)
+    nothing_queued(ub)
+    assert ua.send_multiple([victim], sizes=[50]) == 1
+    assert recv_all(ub, 1) == [dgram(0, 100)[:50]]
 
 
 def test_empty_datagrams(ns: Netns) -> None:

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 
@@ -699,9 +699,20 @@ impl PyUdpSocket {
             let b = unsafe { r.slice() };
             let end = match &sizes {
                 Some(s) => {
-                    let sz: isize = s[i]
-                        .extract()
-                        .map_err(|_| PyTypeError::new_err(format!("sizes[{i}] must be an int")))?;
+                    let sz: isize = match s[i].extract() {
+                        Ok(sz) => sz,
+                        Err(e) if e.is_instance_of::<PyOverflowError>(py) => {
+                            return Err(PyValueError::new_err(format!(
+                                "sizes[{i}] is too large: {e}"
+                            )))
+                        }
+                        Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+                            return Err(PyTypeError::new_err(format!("sizes[{i}] must be an int")))
+                        }
+                        // What an `__index__` raised (say the BufferError of resizing a
+                        // buffer of this call, which the export refuses).
+                        Err(e) => return Err(e),
+                    };
                     let sz = match usize::try_from(sz) {
                         Ok(sz) => sz,
                         Err(_) => non_negative(sz, &format!("sizes[{i}]"))?,
