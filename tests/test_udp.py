@@ -707,6 +707,23 @@ def test_buffer_resized_during_the_call_is_refused(ns: Netns) -> None:
     assert recv_all(ub, 1) == [dgram(0, 100)[:50]]
 
 
+def test_bufs_shortened_during_the_call_is_a_value_error(ns: Netns) -> None:
+    # The lists are read item by item: one emptied by an __index__ in sizes mid-call is
+    # a ValueError naming it, and nothing is sent.
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    bufs = [dgram(i, 100) for i in range(3)]
+
+    class Clears:
+        def __index__(self) -> int:
+            bufs.clear()
+            return 100
+
+    with pytest.raises(ValueError, match="bufs got shorter"):
+        ua.send_multiple(bufs, sizes=[Clears(), 100, 100])
+    nothing_queued(ub)
+
+
 def test_empty_datagrams(ns: Netns) -> None:
     a, b = pair()
     ua, ub = t.UdpSocket(a), t.UdpSocket(b)

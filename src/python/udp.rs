@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyOSError, PyOverflowError, PyTimeoutError, PyTypeError, 
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 
-use super::buffers::{Region, Views};
+use super::buffers::{list_item, Region, Views};
 use super::engine::non_negative;
 use crate::engine::{self as eng, ExpandBuffer};
 use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
@@ -311,20 +311,55 @@ impl PyUdpSocket {
     }
 }
 
-/// A list or tuple (whose items the container owns for the call), or `TypeError`.
-fn items<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    if let Ok(l) = obj.cast::<PyList>() {
-        return Ok(l.iter().collect());
+/// A list or tuple argument, read item by item (no copy of its items per call).
+#[derive(Clone, Copy)]
+enum Seq<'a, 'py> {
+    List(&'a Bound<'py, PyList>),
+    Tuple(&'a Bound<'py, PyTuple>),
+}
+
+impl<'a, 'py> Seq<'a, 'py> {
+    /// `obj` as a list or tuple, or `TypeError` naming it `what`.
+    fn of(obj: &'a Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+        if let Ok(l) = obj.cast::<PyList>() {
+            return Ok(Seq::List(l));
+        }
+        if let Ok(t) = obj.cast::<PyTuple>() {
+            return Ok(Seq::Tuple(t));
+        }
+        Err(PyTypeError::new_err(format!(
+            "{what} must be a list or tuple, not {}",
+            obj.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        )))
     }
-    if let Ok(t) = obj.cast::<PyTuple>() {
-        return Ok(t.iter().collect());
+
+    fn len(self) -> usize {
+        match self {
+            Seq::List(l) => l.len(),
+            Seq::Tuple(t) => t.len(),
+        }
     }
-    Err(PyTypeError::new_err(format!(
-        "{what} must be a list or tuple, not {}",
-        obj.get_type()
-            .name()
-            .map_or_else(|_| "?".into(), |n| n.to_string())
-    )))
+
+    /// Item `i` (a new reference), or `ValueError` if a list got shorter than `i` during
+    /// the call (Python code run meanwhile may change it; `what` names it).
+    #[inline(always)]
+    fn get(self, i: usize, what: &str) -> PyResult<Bound<'py, PyAny>> {
+        let item = match self {
+            Seq::List(l) => list_item(l, i),
+            Seq::Tuple(t) => t.get_item(i).ok(),
+        };
+        match item {
+            Some(o) => Ok(o),
+            None => Err(shorter(what, i)),
+        }
+    }
+}
+
+#[cold]
+fn shorter(what: &str, i: usize) -> PyErr {
+    PyValueError::new_err(format!("{what} got shorter during the call (no item {i})"))
 }
 
 /// Attaches `datagrams_sent` to an exception raised after sending started.
@@ -492,8 +527,8 @@ impl PyUdpSocket {
         addrs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let objs = items(bufs, "bufs")?;
-        let nb = objs.len();
+        let bufs = Seq::of(bufs, "bufs")?;
+        let nb = bufs.len();
         if nb == 0 {
             return Err(PyValueError::new_err("bufs must not be empty"));
         }
@@ -523,10 +558,11 @@ impl PyUdpSocket {
         };
         let mut views = Views::with_capacity(py, nb);
         let mut rbufs: Vec<RecvBuf<'_>> = Vec::with_capacity(nb);
-        for (i, obj) in objs.iter().enumerate() {
-            rbufs.push(match obj.cast::<PyByteArray>() {
-                Ok(b) => RecvBuf::Array(b.clone()),
-                Err(_) => RecvBuf::Fixed(views.write(obj, &|| format!("bufs[{i}]"))?),
+        for i in 0..nb {
+            let obj = bufs.get(i, "bufs")?;
+            rbufs.push(match obj.cast_into::<PyByteArray>() {
+                Ok(b) => RecvBuf::Array(b),
+                Err(e) => RecvBuf::Fixed(views.write(&e.into_inner(), &|| format!("bufs[{i}]"))?),
             });
         }
         let wait = self.wait(py)?;
@@ -663,8 +699,8 @@ impl PyUdpSocket {
         addr: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let objs = items(bufs, "bufs")?;
-        let nb = objs.len();
+        let bufs = Seq::of(bufs, "bufs")?;
+        let nb = bufs.len();
         let n = match count {
             None => nb,
             Some(c) => {
@@ -679,7 +715,7 @@ impl PyUdpSocket {
         };
         let sizes = match sizes {
             Some(s) if !s.is_none() => {
-                let s = items(s, "sizes")?;
+                let s = Seq::of(s, "sizes")?;
                 if s.len() < n {
                     return Err(PyValueError::new_err(format!(
                         "sizes has {} entries, fewer than the {n} datagrams to send",
@@ -692,14 +728,14 @@ impl PyUdpSocket {
         };
         let mut views = Views::with_capacity(py, n);
         let mut data: Vec<&[u8]> = Vec::with_capacity(n);
-        for (i, obj) in objs[..n].iter().enumerate() {
-            let r = views.read(obj, &|| format!("bufs[{i}]"))?;
+        for i in 0..n {
+            let r = views.read(&bufs.get(i, "bufs")?, &|| format!("bufs[{i}]"))?;
             // SAFETY: the export is held by `views` until the send is over; nothing
             // writes to these bytes meanwhile (the send only reads them).
             let b = unsafe { r.slice() };
             let end = match &sizes {
                 Some(s) => {
-                    let sz: isize = match s[i].extract() {
+                    let sz: isize = match s.get(i, "sizes")?.extract() {
                         Ok(sz) => sz,
                         Err(e) if e.is_instance_of::<PyOverflowError>(py) => {
                             return Err(PyValueError::new_err(format!(
