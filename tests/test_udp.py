@@ -722,6 +722,19 @@ def test_bufs_shortened_during_the_call_is_a_value_error(ns: Netns) -> None:
     with pytest.raises(ValueError, match="bufs got shorter"):
         ua.send_multiple(bufs, sizes=[Clears(), 100, 100])
     nothing_queued(ub)
+    # The same for a list of addresses emptied by a port's __index__.
+    port = b.getsockname()[1]
+    addrs: list[tuple[str, object]] = []
+
+    class Empties:
+        def __index__(self) -> int:
+            addrs.clear()
+            return port
+
+    addrs += [("127.0.0.1", Empties()), ("127.0.0.1", port)]
+    with pytest.raises(ValueError, match="addr got shorter"):
+        ua.send_multiple([dgram(0, 10), dgram(1, 10)], addr=addrs)
+    nothing_queued(ub)
 
 
 def test_empty_datagrams(ns: Netns) -> None:

@@ -776,6 +776,9 @@ impl PyUdpSocket {
             };
             data.push(&b[offset..end]);
         }
+        let Some(addr) = addr.filter(|a| !a.is_none()) else {
+            return self.send_all(py, &data, Dest::Connected);
+        };
         // Addresses are parsed outside the lock (parsing may run Python code), with the
         // arrays and the cache taken out of it and handed back afterwards.
         let (mut parsed, mut cache) = {
@@ -783,35 +786,25 @@ impl PyUdpSocket {
             (std::mem::take(&mut guard.addrs), guard.last_addr.take())
         };
         parsed.clear();
-        let one = match addr {
-            None => Ok(None),
-            Some(a) if a.is_none() => Ok(None),
-            Some(a) => match a.cast::<PyList>() {
-                Ok(list) if list.len() < n => Err(PyValueError::new_err(format!(
-                    "addr has {} entries, fewer than the {n} datagrams to send",
-                    list.len()
-                ))),
-                Ok(list) => (|| {
+        let result = (|| {
+            let dest = match addr.cast::<PyList>() {
+                Ok(list) => {
+                    if list.len() < n {
+                        return Err(PyValueError::new_err(format!(
+                            "addr has {} entries, fewer than the {n} datagrams to send",
+                            list.len()
+                        )));
+                    }
                     for i in 0..n {
-                        let o = list.get_item(i)?;
+                        let o = Seq::List(list).get(i, "addr")?;
                         parsed.push(self.parse_cached(&mut cache, &o, &|| format!("addr[{i}]"))?);
                     }
-                    Ok(None)
-                })(),
-                Err(_) => self
-                    .parse_cached(&mut cache, a, &|| "addr".to_owned())
-                    .map(Some),
-            },
-        };
-        let each = matches!(addr, Some(a) if a.is_instance_of::<PyList>());
-        let result = one.and_then(|one| {
-            let dest = match one {
-                Some(a) => Dest::One(a),
-                None if each => Dest::Each(&parsed),
-                None => Dest::Connected,
+                    Dest::Each(&parsed)
+                }
+                Err(_) => Dest::One(self.parse_cached(&mut cache, addr, &|| "addr".to_owned())?),
             };
             self.send_all(py, &data, dest)
-        });
+        })();
         {
             let mut guard = lock(py, &self.tx);
             guard.addrs = parsed;
