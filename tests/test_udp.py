@@ -643,6 +643,9 @@ def test_bad_recv_arguments_consume_nothing(ns: Netns) -> None:
     for exc, args in cases:
         with pytest.raises((exc, BufferError)):
             ub.recv_multiple(*args)  # type: ignore[arg-type]
+    # An offset no bytearray can grow to: refused, the datagram kept.
+    with pytest.raises(ValueError, match="can grow to"):
+        ub.recv_multiple([bytearray()], [0], 2**63 - 1)
     sizes = [0]
     assert ub.recv_multiple(good, sizes) == 1
     assert bytes(good[0][: sizes[0]]) == dgram(0, 300)

@@ -73,9 +73,11 @@ impl ExpandBuffer for RecvBuf<'_> {
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
-            // SAFETY: as above; the only live reference to these bytes.
+            // SAFETY: as above; `deliver` holds one buffer's slice at a time, so this is
+            // the only live reference even when a bytearray is in `bufs` twice.
             RecvBuf::Array(b) => unsafe { b.as_bytes_mut() },
-            // SAFETY: a writable export held by the call's `Views`; no other reference.
+            // SAFETY: a writable export held by the call's `Views`. Two of `bufs` may be
+            // views of one buffer, but `deliver` holds one buffer's slice at a time.
             RecvBuf::Fixed(r) => unsafe { r.slice_mut() },
         }
     }
@@ -570,8 +572,12 @@ impl PyUdpSocket {
         // No Python code runs while the lock is held (a signal handler or a destructor
         // could call this object again): results are taken out of it first.
         let (n, out_sizes, out_addrs, mut last_addr) = loop {
-            let fd = self.fd(py)?; // again after signal handlers: one may have closed it
-                                   // SAFETY: the socket's open descriptor, used only during this call.
+            // Read again after signal handlers: one may have closed the socket.
+            let fd = self.fd(py)?;
+            // SAFETY: the socket's descriptor as of now, used only during this call. (As
+            // with the socket's own methods, another thread may close it while the GIL is
+            // released: the calls then fail with EBADF, or reach whatever reuses the
+            // number; no memory of this process depends on it.)
             let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
             let mut guard = lock(py, &self.rx);
             let side = &mut *guard;
@@ -827,7 +833,7 @@ impl PyUdpSocket {
         loop {
             // Again after signal handlers: one may have closed the socket.
             let fd = self.fd(py).map_err(|e| with_sent(py, e, done))?;
-            // SAFETY: the socket's open descriptor, used only during this call.
+            // SAFETY: as in `recv_multiple`: the descriptor as of now, for this call only.
             let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
             let part = &data[done..];
             let to = dest.skip(done);

@@ -375,7 +375,9 @@ impl UdpBatch {
     ///
     /// First every buffer is made long enough (grown with [`ExpandBuffer::resize`] where
     /// it is too short); if one cannot be, [`Error::BufferTooSmall`] and nothing is
-    /// consumed. Then the datagrams are copied and leave the pending queue.
+    /// consumed. Then the datagrams are copied and leave the pending queue. Each buffer's
+    /// bytes are borrowed only while that buffer is worked on, one buffer at a time (the
+    /// Python binding relies on this: two of its buffers may share memory).
     pub fn deliver<B: ExpandBuffer>(
         &mut self,
         bufs: &mut [B],
@@ -407,7 +409,11 @@ impl UdpBatch {
                     reason,
                 };
                 if buf.max_len() < need {
-                    return Err(too_small("a fixed-size buffer cannot grow".into()));
+                    return Err(too_small(if buf.max_len() == have {
+                        "a fixed-size buffer cannot grow".into()
+                    } else {
+                        format!("it can grow to {} bytes at most", buf.max_len())
+                    }));
                 }
                 buf.resize(need)
                     .map_err(|e| too_small(e.message().to_string()))?;
