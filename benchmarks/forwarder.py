@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -31,37 +30,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import tunoffload as t
 
-ADDR_A, ADDR_B, PORT, OFFSET = "10.199.0.1", "10.199.0.2", 5301, t.VIRTIO_NET_HDR_LEN
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+# the namespaces and devices are the ones ``tunoffload bench`` makes (10.99.0.1, 10.99.0.2)
+from tunoffload.bench import ADDR_B, Topology
+
+PORT, OFFSET = 5301, t.VIRTIO_NET_HDR_LEN
 MODES = ("passthrough", "idiom", "fit", "plain")
-
-
-def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
-    argv = ["ip", *(["-n", ns] if ns else []), *args]
-    subprocess.run(argv, check=check, capture_output=True, timeout=30)
-
-
-@contextlib.contextmanager
-def _entered(ns: str) -> Iterator[None]:
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(there, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            _libc.setns(here, CLONE_NEWNET)
-    finally:
-        os.close(here)
-        os.close(there)
 
 
 # --- forwarders ---------------------------------------------------------------------------
@@ -177,20 +155,10 @@ def _traffic(a: str, b: str, seconds: float) -> tuple[float, str]:
 
 def run_mode(mode: str, seconds: float) -> dict[str, Any]:
     """One run of ``mode``: namespaces, devices, forwarder threads, traffic, clean-up."""
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    a, b = f"tunoff-fwd-a-{tag}", f"tunoff-fwd-b-{tag}"
-    devs: list[t.TunDevice] = []
+    topo = Topology()
     threads: list[threading.Thread] = []
     try:
-        for ns in (a, b):
-            _ip("netns", "add", ns)
-            _ip("link", "set", "lo", "up", ns=ns)
-        for ns, addr in ((a, ADDR_A), (b, ADDR_B)):
-            with _entered(ns):
-                dev = t.TunDevice("tofw0", offload=mode != "plain")
-            devs.append(dev)
-            dev.add_address(f"{addr}/24")
-            dev.up()
+        devs = topo.tuns(offload=mode != "plain")
         forward = FORWARDERS[mode]
 
         def loop(src: t.TunDevice, dst: t.TunDevice) -> None:
@@ -202,7 +170,7 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
             th.start()
             threads.append(th)
         cpu0 = time.process_time()
-        bps, gen = _traffic(a, b, seconds)
+        bps, gen = _traffic(topo.a, topo.b, seconds)
         cpu = time.process_time() - cpu0
         stats = devs[0].stats
         reads = stats["reads"] or 1
@@ -214,12 +182,9 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
             "packets_per_read_ab": (stats.get("rx_packets") or reads) / reads,
         }
     finally:
-        for d in devs:
-            d.close()
+        topo.close()  # closes the devices: the forwarder threads end
         for th in threads:
             th.join(timeout=5)
-        for ns in (a, b):
-            _ip("netns", "del", ns, check=False)
 
 
 def main() -> int:
