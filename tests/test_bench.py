@@ -21,35 +21,38 @@ def _netns_of(pid: int) -> set[str]:
     return {n for n in names if n.startswith((f"tunoff-bench-a-{pid}-", f"tunoff-bench-b-{pid}-"))}
 
 
-def test_bench_json_forwards_super_packets_and_cleans_up():
+def _bench_json(*args: str, timeout: float) -> tuple[list[dict], int]:
+    """Runs ``python -m tunoffload bench --json *args`` (killed after ``timeout`` seconds:
+    a hang guard); asserts it succeeded and returns its rows and its pid."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tunoffload",
-            "bench",
-            "--json",
-            "--duration",
-            "1",
-            "--streams",
-            "1",
-            "--modes",
-            "split+coalesce",
-            "plain",
-            "--no-iperf",
-        ],
+        [sys.executable, "-m", "tunoffload", "bench", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=120)  # a hang guard
+        stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    rows = {(x["mode"], x["traffic"]): x for x in json.loads(stdout)}
+    return json.loads(stdout), proc.pid
+
+
+def test_bench_json_forwards_super_packets_and_cleans_up():
+    out, pid = _bench_json(
+        "--duration",
+        "1",
+        "--streams",
+        "1",
+        "--modes",
+        "split+coalesce",
+        "plain",
+        "--no-iperf",
+        timeout=120,
+    )
+    rows = {(x["mode"], x["traffic"]): x for x in out}
     split, plain = rows[("split+coalesce", "TCP")], rows[("plain", "TCP")]
     udp = rows[("split+coalesce", "UDP")]
     for row in (split, plain, udp):
@@ -61,7 +64,7 @@ def test_bench_json_forwards_super_packets_and_cleans_up():
     assert split["pkts_per_read_ab"] > 4 and split["pkts_per_write_ab"] > 4
     assert plain["pkts_per_read_ab"] == 1.0
     assert udp["pkts_per_read_ab"] > 4  # UDP_SEGMENT traffic arrives as USO super-packets
-    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"
+    assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
 
 
 def test_bench_table_and_help():
@@ -84,21 +87,11 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         modes = ["tunnel-plain", "tunnel", "tunnel+vpn"]
     except ImportError:
         modes = ["tunnel-plain", "tunnel"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunoffload", "bench", "--json", "--duration", "1"]
-        + ["--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    out, pid = _bench_json(
+        *("--duration", "1", "--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes),
+        timeout=180,
     )
-    try:
-        stdout, stderr = proc.communicate(timeout=180)  # a hang guard
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stderr
-    rows = {x["mode"]: x for x in json.loads(stdout)}
+    rows = {x["mode"]: x for x in out}
     assert sorted(rows) == sorted(modes)
     for row in rows.values():
         assert row["error"] == "" and row["gbit_s"] > 0 and row["traffic"] == "TCP"
@@ -114,4 +107,4 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
     if "tunnel+vpn" in rows:
         b = rows["tunnel+vpn"]["extra"]["peer_b"]
         assert b["dropped_forged"] == b["dropped_replayed"] == b["dropped_malformed"] == 0
-    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"
+    assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
