@@ -108,3 +108,26 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         b = rows["tunnel+vpn"]["extra"]["peer_b"]
         assert b["dropped_forged"] == b["dropped_replayed"] == b["dropped_malformed"] == 0
     assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
+
+
+def test_tunnel_peers_that_fail_to_start_leave_no_process_behind(tmp_path, monkeypatch):
+    """When the second tunnel process cannot start (its TUN name is taken by a veth
+    link), the first, already running, is stopped too: TunnelPeers raises and leaves no
+    process and no key file behind."""
+    import tempfile
+
+    from tunoffload import bench
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the key file goes
+    topo = bench.Topology()
+    try:
+        topo.veth(bench.UNDERLAY_A, bench.UNDERLAY_B)
+        bench._ip("link", "add", "tunl0", "type", "veth", "peer", "tunl0p", ns=topo.b)
+        with pytest.raises(RuntimeError, match="tunnel process did not start"):
+            bench.TunnelPeers(topo, "vpn")
+        # the processes run as `ip netns exec <ns> python -m tunoffload._tunnel ...`
+        out = subprocess.run(["ip", "netns", "pids", topo.a], capture_output=True, text=True)
+        assert out.stdout.split() == [], "peer A was left running"
+        assert list(tmp_path.glob("tunoff-key-*")) == [], "the key file was left behind"
+    finally:
+        topo.close()

@@ -479,6 +479,13 @@ class TunnelPeers:
             fd, self.key_file = tempfile.mkstemp(prefix="tunoff-key-", suffix=".hex")
             with os.fdopen(fd, "w") as f:
                 f.write(os.urandom(32).hex() + "\n")
+        try:
+            self._start(topo, peer_mode, mtu)
+        except BaseException:
+            self.stop()  # the ones already running, and the key file
+            raise
+
+    def _start(self, topo: Topology, peer_mode: str, mtu: int) -> None:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": pkg_parent + (os.pathsep + path if path else "")}
