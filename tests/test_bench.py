@@ -131,3 +131,23 @@ def test_tunnel_peers_that_fail_to_start_leave_no_process_behind(tmp_path, monke
         assert list(tmp_path.glob("tunoff-key-*")) == [], "the key file was left behind"
     finally:
         topo.close()
+
+
+def test_topology_that_fails_half_way_deletes_the_namespace_it_made(monkeypatch):
+    """When making namespace B fails, namespace A (made already) is deleted too."""
+    from tunoffload import bench
+
+    real_ip, made = bench._ip, []
+
+    def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
+        if args[:2] == ("netns", "add"):
+            if made:
+                raise subprocess.CalledProcessError(1, ["ip", *args])
+            made.append(args[2])
+        real_ip(*args, ns=ns, check=check)
+
+    monkeypatch.setattr(bench, "_ip", ip)
+    with pytest.raises(subprocess.CalledProcessError):
+        bench.Topology()
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert len(made) == 1 and made[0] not in out, (made, out)

@@ -121,9 +121,13 @@ class Topology:
         tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.a, self.b = f"tunoff-bench-a-{tag}", f"tunoff-bench-b-{tag}"
         self.devices: list[Any] = []
-        for ns in (self.a, self.b):
-            _ip("netns", "add", ns)
-            _ip("link", "set", "lo", "up", ns=ns)
+        try:
+            for ns in (self.a, self.b):
+                _ip("netns", "add", ns)
+                _ip("link", "set", "lo", "up", ns=ns)
+        except BaseException:
+            self.close()  # the one made already
+            raise
 
     def veth(self, addr_a: str = ADDR_A, addr_b: str = ADDR_B) -> None:
         _ip(
