@@ -22,46 +22,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import tunoffload as t
 
-ADDR_A, ADDR_B, PORT, OFFSET = "10.199.0.1", "10.199.0.2", 5301, t.VIRTIO_NET_HDR_LEN
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+# the namespaces, devices and traffic are the ones ``tunoffload bench`` makes
+from tunoffload import bench
+
+OFFSET = t.VIRTIO_NET_HDR_LEN
 MODES = ("passthrough", "idiom", "fit", "plain")
-
-
-def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
-    argv = ["ip", *(["-n", ns] if ns else []), *args]
-    subprocess.run(argv, check=check, capture_output=True, timeout=30)
-
-
-@contextlib.contextmanager
-def _entered(ns: str) -> Iterator[None]:
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(there, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            _libc.setns(here, CLONE_NEWNET)
-    finally:
-        os.close(here)
-        os.close(there)
 
 
 # --- forwarders ---------------------------------------------------------------------------
@@ -104,93 +81,13 @@ FORWARDERS: dict[str, Callable[[t.TunDevice, t.TunDevice], None]] = {
     "plain": fwd_plain,
 }
 
-# --- traffic ------------------------------------------------------------------------------
-
-_SERVER = r"""
-import socket, sys, time, json
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port)); s.listen(1); s.settimeout(seconds + 20)
-print("ready", flush=True)
-c, _ = s.accept(); c.settimeout(seconds + 20)
-buf = bytearray(1 << 20); total = 0; first = last = None
-while True:
-    n = c.recv_into(buf)
-    if n == 0: break
-    now = time.monotonic(); first = first or now; last = now; total += n
-print(json.dumps({"bytes": total, "seconds": (last - first) if first and last else 0}))
-"""
-
-_CLIENT = r"""
-import socket, sys, time
-host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-c = socket.create_connection((host, port), timeout=10)
-data = memoryview(bytes(1 << 20)); end = time.monotonic() + seconds
-while time.monotonic() < end: c.sendall(data)
-c.close()
-"""
-
-
-def _traffic(a: str, b: str, seconds: float) -> tuple[float, str]:
-    """One TCP stream from A to B for ``seconds``; (bits per second, generator)."""
-    if shutil.which("iperf3"):
-        srv = subprocess.Popen(
-            ["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", ADDR_B],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(0.3)
-            out = subprocess.run(
-                ["ip", "netns", "exec", a, "iperf3", "-c", ADDR_B, "-t", str(seconds), "-J"],
-                capture_output=True,
-                text=True,
-                timeout=seconds + 30,
-            )
-            bps = float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
-            return bps, "iperf3"
-        finally:
-            srv.kill()
-            srv.wait()
-    py = sys.executable
-    srv = subprocess.Popen(
-        ["ip", "netns", "exec", b, py, "-c", _SERVER, str(PORT), str(seconds)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert srv.stdout is not None
-        srv.stdout.readline()
-        subprocess.run(
-            ["ip", "netns", "exec", a, py, "-c", _CLIENT, ADDR_B, str(PORT), str(seconds)],
-            timeout=seconds + 30,
-            check=False,
-        )
-        r = json.loads(srv.stdout.readline())
-        srv.wait(timeout=30)
-        return (r["bytes"] * 8 / r["seconds"] if r["seconds"] else 0.0), "built-in"
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-
 
 def run_mode(mode: str, seconds: float) -> dict[str, Any]:
     """One run of ``mode``: namespaces, devices, forwarder threads, traffic, clean-up."""
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    a, b = f"tunoff-fwd-a-{tag}", f"tunoff-fwd-b-{tag}"
-    devs: list[t.TunDevice] = []
+    topo = bench.Topology()
     threads: list[threading.Thread] = []
     try:
-        for ns in (a, b):
-            _ip("netns", "add", ns)
-            _ip("link", "set", "lo", "up", ns=ns)
-        for ns, addr in ((a, ADDR_A), (b, ADDR_B)):
-            with _entered(ns):
-                dev = t.TunDevice("tofw0", offload=mode != "plain")
-            devs.append(dev)
-            dev.add_address(f"{addr}/24")
-            dev.up()
+        devs = topo.tuns(offload=mode != "plain")
         forward = FORWARDERS[mode]
 
         def loop(src: t.TunDevice, dst: t.TunDevice) -> None:
@@ -202,7 +99,9 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
             th.start()
             threads.append(th)
         cpu0 = time.process_time()
-        bps, gen = _traffic(a, b, seconds)
+        # one TCP stream A -> B: iperf3 if installed, else bench's built-in generator
+        use_iperf = shutil.which("iperf3") is not None
+        bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, f"{mode} TCP x1")
         cpu = time.process_time() - cpu0
         stats = devs[0].stats
         reads = stats["reads"] or 1
@@ -214,12 +113,9 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
             "packets_per_read_ab": (stats.get("rx_packets") or reads) / reads,
         }
     finally:
-        for d in devs:
-            d.close()
+        topo.close()  # closes the devices: the forwarder threads end
         for th in threads:
             th.join(timeout=5)
-        for ns in (a, b):
-            _ip("netns", "del", ns, check=False)
 
 
 def main() -> int:

@@ -6,6 +6,8 @@ tests check tunoffload against the kernel, not against itself.
 - ``Netns()``: creates a uniquely named namespace (``ip netns add``), deletes it on
   ``close()``/exit. ``with ns.entered():`` switches the *calling thread* into it
   (setns), so sockets and TUN devices created there live in the namespace.
+- ``joined_by_veth(...)``: two ``Netns`` joined by a veth pair with an address on each
+  end (the underlay of the two-host tunnel tests), deleted afterwards.
 - ``raw_tun(name, vnet_hdr=..., offload=...)``: opens a TUN device with fcntl ioctls.
 """
 
@@ -19,6 +21,7 @@ import shutil
 import struct
 import subprocess
 import uuid
+from collections.abc import Iterator
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
@@ -98,6 +101,34 @@ class Netns:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def joined_by_veth(
+    prefix: str, devs: tuple[str, str], addrs: tuple[str, str]
+) -> Iterator[tuple[Netns, Netns]]:
+    """Namespaces ``{prefix}-a`` and ``{prefix}-b`` joined by a veth pair, end
+    ``devs[i]`` in namespace i with address ``addrs[i]/24``, both up, IPv6 off (no
+    autoconfiguration: only the tests' own packets cross it); deleted on leaving."""
+    namespaces: list[Netns] = []
+    try:
+        for side in ("a", "b"):
+            namespaces.append(Netns(f"{prefix}-{side}"))
+        a, b = namespaces
+        subprocess.run(
+            ["ip", "link", "add", devs[0], "netns", a.name, "type", "veth", "peer", devs[1]]
+            + ["netns", b.name],
+            check=True,
+            timeout=30,
+        )
+        for ns, dev, addr in zip(namespaces, devs, addrs, strict=True):
+            ns.run("ip", "addr", "add", f"{addr}/24", "dev", dev)
+            ns.run("ip", "link", "set", dev, "up")
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        yield a, b
+    finally:
+        for ns in namespaces:
+            ns.close()
 
 
 def raw_tun(name: str, vnet_hdr: bool = False, offload: int = 0) -> int:

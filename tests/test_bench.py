@@ -21,35 +21,38 @@ def _netns_of(pid: int) -> set[str]:
     return {n for n in names if n.startswith((f"tunoff-bench-a-{pid}-", f"tunoff-bench-b-{pid}-"))}
 
 
-def test_bench_json_forwards_super_packets_and_cleans_up():
+def _bench_json(*args: str, timeout: float) -> tuple[list[dict], int]:
+    """Runs ``python -m tunoffload bench --json *args`` (killed after ``timeout`` seconds:
+    a hang guard); asserts it succeeded and returns its rows and its pid."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tunoffload",
-            "bench",
-            "--json",
-            "--duration",
-            "1",
-            "--streams",
-            "1",
-            "--modes",
-            "split+coalesce",
-            "plain",
-            "--no-iperf",
-        ],
+        [sys.executable, "-m", "tunoffload", "bench", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=120)  # a hang guard
+        stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    rows = {(x["mode"], x["traffic"]): x for x in json.loads(stdout)}
+    return json.loads(stdout), proc.pid
+
+
+def test_bench_json_forwards_super_packets_and_cleans_up():
+    out, pid = _bench_json(
+        "--duration",
+        "1",
+        "--streams",
+        "1",
+        "--modes",
+        "split+coalesce",
+        "plain",
+        "--no-iperf",
+        timeout=120,
+    )
+    rows = {(x["mode"], x["traffic"]): x for x in out}
     split, plain = rows[("split+coalesce", "TCP")], rows[("plain", "TCP")]
     udp = rows[("split+coalesce", "UDP")]
     for row in (split, plain, udp):
@@ -61,7 +64,7 @@ def test_bench_json_forwards_super_packets_and_cleans_up():
     assert split["pkts_per_read_ab"] > 4 and split["pkts_per_write_ab"] > 4
     assert plain["pkts_per_read_ab"] == 1.0
     assert udp["pkts_per_read_ab"] > 4  # UDP_SEGMENT traffic arrives as USO super-packets
-    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"
+    assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
 
 
 def test_bench_table_and_help():
@@ -84,21 +87,11 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         modes = ["tunnel-plain", "tunnel", "tunnel+vpn"]
     except ImportError:
         modes = ["tunnel-plain", "tunnel"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunoffload", "bench", "--json", "--duration", "1"]
-        + ["--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    out, pid = _bench_json(
+        *("--duration", "1", "--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes),
+        timeout=180,
     )
-    try:
-        stdout, stderr = proc.communicate(timeout=180)  # a hang guard
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stderr
-    rows = {x["mode"]: x for x in json.loads(stdout)}
+    rows = {x["mode"]: x for x in out}
     assert sorted(rows) == sorted(modes)
     for row in rows.values():
         assert row["error"] == "" and row["gbit_s"] > 0 and row["traffic"] == "TCP"
@@ -114,4 +107,47 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
     if "tunnel+vpn" in rows:
         b = rows["tunnel+vpn"]["extra"]["peer_b"]
         assert b["dropped_forged"] == b["dropped_replayed"] == b["dropped_malformed"] == 0
-    assert _netns_of(proc.pid) == set(), "the benchmark left its namespaces behind"
+    assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
+
+
+def test_tunnel_peers_that_fail_to_start_leave_no_process_behind(tmp_path, monkeypatch):
+    """When the second tunnel process cannot start (its TUN name is taken by a veth
+    link), the first, already running, is stopped too: TunnelPeers raises and leaves no
+    process and no key file behind."""
+    import tempfile
+
+    from tunoffload import bench
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the key file goes
+    topo = bench.Topology()
+    try:
+        topo.veth(bench.UNDERLAY_A, bench.UNDERLAY_B)
+        bench._ip("link", "add", "tunl0", "type", "veth", "peer", "tunl0p", ns=topo.b)
+        with pytest.raises(RuntimeError, match="tunnel process did not start"):
+            bench.TunnelPeers(topo, "vpn")
+        # the processes run as `ip netns exec <ns> python -m tunoffload._tunnel ...`
+        out = subprocess.run(["ip", "netns", "pids", topo.a], capture_output=True, text=True)
+        assert out.stdout.split() == [], "peer A was left running"
+        assert list(tmp_path.glob("tunoff-key-*")) == [], "the key file was left behind"
+    finally:
+        topo.close()
+
+
+def test_topology_that_fails_half_way_deletes_the_namespace_it_made(monkeypatch):
+    """When making namespace B fails, namespace A (made already) is deleted too."""
+    from tunoffload import bench
+
+    real_ip, made = bench._ip, []
+
+    def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
+        if args[:2] == ("netns", "add"):
+            if made:
+                raise subprocess.CalledProcessError(1, ["ip", *args])
+            made.append(args[2])
+        real_ip(*args, ns=ns, check=check)
+
+    monkeypatch.setattr(bench, "_ip", ip)
+    with pytest.raises(subprocess.CalledProcessError):
+        bench.Topology()
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert len(made) == 1 and made[0] not in out, (made, out)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _netns import Netns, can_use_netns
+from _netns import Netns, can_use_netns, joined_by_veth
 
 _why = can_use_netns()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
@@ -158,44 +158,29 @@ def _two_peers(tmp: Path) -> Iterator[tuple[Peer, Peer]]:
     """A and B joined by a veth pair, one PEER process in each; all gone afterwards."""
     script = tmp / "peer.py"
     script.write_text(PEER)
-    namespaces: list[Netns] = []
     peers: list[Peer] = []
-    try:
-        a_ns = Netns("tunoff-tun-a")
-        namespaces.append(a_ns)
-        b_ns = Netns("tunoff-tun-b")
-        namespaces.append(b_ns)
-        subprocess.run(
-            ["ip", "link", "add", "ua", "netns", a_ns.name, "type", "veth", "peer", "ub"]
-            + ["netns", b_ns.name],
-            check=True,
-            timeout=30,
-        )
-        for ns, dev, me, other, over in (
-            (a_ns, "ua", UNDER_A, UNDER_B, OVER_A),
-            (b_ns, "ub", UNDER_B, UNDER_A, OVER_B),
-        ):
-            ns.run("ip", "addr", "add", f"{me}/24", "dev", dev)
-            ns.run("ip", "link", "set", dev, "up")
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")  # only the test's packets
-            log = tmp / f"{ns.name}.log"
-            argv = ["ip", "netns", "exec", ns.name, sys.executable, str(script)]
-            argv += ["tun0", f"{over}/24", me, other, str(UDP_PORT)]
-            with open(log, "w") as err:
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
-            peers.append(Peer(ns, proc, log))
-        deadline = time.monotonic() + STARTUP_S
-        for p in peers:
-            p.wait_ready(deadline)
-        yield peers[0], peers[1]
-    finally:
-        for p in peers:
-            if p.proc.poll() is None:
-                p.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.proc.communicate(timeout=STOP_S)
-        for ns in namespaces:
-            ns.close()
+    with joined_by_veth("tunoff-tun", ("ua", "ub"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
+        try:
+            for ns, me, other, over in (
+                (a_ns, UNDER_A, UNDER_B, OVER_A),
+                (b_ns, UNDER_B, UNDER_A, OVER_B),
+            ):
+                log = tmp / f"{ns.name}.log"
+                argv = ["ip", "netns", "exec", ns.name, sys.executable, str(script)]
+                argv += ["tun0", f"{over}/24", me, other, str(UDP_PORT)]
+                with open(log, "w") as err:
+                    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+                peers.append(Peer(ns, proc, log))
+            deadline = time.monotonic() + STARTUP_S
+            for p in peers:
+                p.wait_ready(deadline)
+            yield peers[0], peers[1]
+        finally:
+            for p in peers:
+                if p.proc.poll() is None:
+                    p.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.proc.communicate(timeout=STOP_S)
 
 
 def _send(sock: socket.socket, data: bytes, errors: list[str], what: str) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _netns import Netns, can_use_netns
+from _netns import Netns, can_use_netns, joined_by_veth
 
 try:
     import cryptography  # noqa: F401
@@ -230,52 +230,42 @@ class Tunnel:
 
 @contextlib.contextmanager
 def _tunnel(tmp: Path) -> Iterator[Tunnel]:
-    a_ns, b_ns = Netns("tunoff-vpn-a"), Netns("tunoff-vpn-b")
     peers: list[Peer] = []
-    try:
-        subprocess.run(
-            ["ip", "link", "add", "va", "netns", a_ns.name, "type", "veth", "peer", "vb"]
-            + ["netns", b_ns.name],
-            check=True,
-        )
-        key = tmp / "key.hex"
-        key.write_text(os.urandom(32).hex() + "\n")
-        for ns, dev, me, peer, over in (
-            (a_ns, "va", UNDER_A, UNDER_B, OVER_A),
-            (b_ns, "vb", UNDER_B, UNDER_A, OVER_B),
-        ):
-            ns.run("ip", "addr", "add", f"{me}/24", "dev", dev)
-            ns.run("ip", "link", "set", dev, "up")
-            # nothing but the tests' own packets in the tunnel (no IPv6 autoconfiguration)
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-            stats, log = tmp / f"{dev}.json", tmp / f"{dev}.log"
-            argv = [
-                *("ip", "netns", "exec", ns.name, sys.executable, str(VPN), "--tun", "vpn0"),
-                *("--address", f"{over}/24", "--listen", f"0.0.0.0:{PORT}"),
-                *("--peer", f"{peer}:{PORT}", "--key-file", str(key), "--stats-file", str(stats)),
-            ]
-            with open(log, "w") as err:
-                proc = subprocess.Popen(argv, stderr=err, text=True)
-            peers.append(Peer(ns, proc, stats, log))
-        for p in peers:  # up when it says so
-            deadline = time.monotonic() + 30
-            while "up, peer" not in p.log.read_text():
-                assert p.proc.poll() is None, p.log.read_text()
-                assert time.monotonic() < deadline, "vpn.py did not come up"
-                time.sleep(0.05)
-        yield Tunnel(*peers)
-    finally:
-        for p in peers:
-            if p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in peers:
-            try:
-                p.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.proc.kill()
-                p.proc.wait()
-        a_ns.close()
-        b_ns.close()
+    with joined_by_veth("tunoff-vpn", ("va", "vb"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
+        try:
+            key = tmp / "key.hex"
+            key.write_text(os.urandom(32).hex() + "\n")
+            for ns, dev, peer, over in (
+                (a_ns, "va", UNDER_B, OVER_A),
+                (b_ns, "vb", UNDER_A, OVER_B),
+            ):
+                stats, log = tmp / f"{dev}.json", tmp / f"{dev}.log"
+                argv = [
+                    *("ip", "netns", "exec", ns.name, sys.executable, str(VPN), "--tun", "vpn0"),
+                    *("--address", f"{over}/24", "--listen", f"0.0.0.0:{PORT}"),
+                    *("--peer", f"{peer}:{PORT}", "--key-file", str(key)),
+                    *("--stats-file", str(stats)),
+                ]
+                with open(log, "w") as err:
+                    proc = subprocess.Popen(argv, stderr=err, text=True)
+                peers.append(Peer(ns, proc, stats, log))
+            for p in peers:  # up when it says so
+                deadline = time.monotonic() + 30
+                while "up, peer" not in p.log.read_text():
+                    assert p.proc.poll() is None, p.log.read_text()
+                    assert time.monotonic() < deadline, "vpn.py did not come up"
+                    time.sleep(0.05)
+            yield Tunnel(*peers)
+        finally:
+            for p in peers:
+                if p.proc.poll() is None:
+                    p.proc.send_signal(signal.SIGTERM)
+            for p in peers:
+                try:
+                    p.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.proc.kill()
+                    p.proc.wait()
 
 
 @pytest.fixture(scope="module")

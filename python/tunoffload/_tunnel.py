@@ -171,15 +171,16 @@ class PacketCipher:
         if counter + n >= _COUNTER_LIMIT:
             raise OverflowError("the send counter is exhausted: use a new key")
         self.counter = counter + n
-        own_id, aead = self._id, self._aead
+        own_id, aead, pack = self._id, self._aead, _HEADER.pack
+        into = self._into
         for i in range(n):
             size = sizes[i]
-            nonce = own_id + counter.to_bytes(8, "little")
+            nonce = pack(own_id, counter)
             counter += 1
             dst = out[i]
             dst[:HEADER_LEN] = nonce
             src = plain[i][offset : offset + size]
-            if self._into:
+            if into:
                 aead.encrypt_into(nonce, src, None, dst[HEADER_LEN : HEADER_LEN + size + TAG_LEN])
             else:
                 dst[HEADER_LEN : HEADER_LEN + size + TAG_LEN] = aead.encrypt(nonce, src, None)
@@ -200,6 +201,7 @@ class PacketCipher:
         from cryptography.exceptions import InvalidTag
 
         aead, window, own_id, unpack = self._aead, self.window, self._id, _HEADER.unpack_from
+        into = self._into
         j = 0
         for i in range(n):
             size = sizes[i]
@@ -214,7 +216,7 @@ class PacketCipher:
             length = size - OVERHEAD
             buf = plain[j]
             try:
-                if self._into:
+                if into:
                     aead.decrypt_into(
                         src[:HEADER_LEN],
                         src[HEADER_LEN:size],

@@ -27,7 +27,7 @@ Linux does).
 import asyncio
 import errno
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from tunoffload._native import GroTable, TunDevice, UdpSocket
@@ -62,6 +62,43 @@ async def _wait_fd(
 
 
 T = TypeVar("T")
+
+
+async def _io(
+    wait: Callable[[bool], Awaitable[None]],
+    writable: bool,
+    call: Callable[..., T],
+    *args: Any,
+    **kwargs: Any,
+) -> T:
+    """``call(*args, **kwargs)``, awaiting ``wait(writable)`` and calling again while it
+    would block. A call that had sent part of a batch (``packets_sent``) is not repeated:
+    its ``BlockingIOError`` is raised."""
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except BlockingIOError as e:
+            if getattr(e, "packets_sent", 0):
+                raise  # part of a batch went out: do not write it twice
+        await wait(writable)
+
+
+def _cancel_waits(
+    fd: int, waiters: set[asyncio.Future[None]], error: Callable[[], OSError]
+) -> None:
+    """What ``close()`` does before closing ``fd``: every pending wait raises ``error()``,
+    and ``fd`` is unregistered from the running loop (before its number can be reused)."""
+    for fut in list(waiters):
+        if not fut.done():
+            fut.set_exception(error())
+    if fd < 0:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    loop.remove_reader(fd)
+    loop.remove_writer(fd)
 
 
 def _closed_error() -> OSError:
@@ -109,29 +146,27 @@ class AsyncTunDevice:
             raise _closed_error()
         await _wait_fd(fd, writable, self._waiters, lambda: not self._dev.closed)
 
-    async def _io(self, writable: bool, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        while True:
-            try:
-                return call(*args, **kwargs)
-            except BlockingIOError as e:
-                if getattr(e, "packets_sent", 0):
-                    raise  # part of a batch went out: do not write it twice
-            await self._wait(writable)
-
     async def recv(self, buf: Any) -> int:
         """Awaits one packet and reads it into ``buf`` (see ``TunDevice.recv``)."""
-        return await self._io(False, self._dev.recv, buf)
+        return await _io(self._wait, False, self._dev.recv, buf)
 
     async def send(self, buf: Any) -> int:
         """Writes one packet (see ``TunDevice.send``)."""
-        return await self._io(True, self._dev.send, buf)
+        return await _io(self._wait, True, self._dev.send, buf)
 
     async def recv_multiple(
         self, original_buffer: Any, bufs: Any, sizes: list[int], offset: int = 0, **kwargs: Any
     ) -> int:
         """Awaits a packet, then reads and splits it as ``TunDevice.recv_multiple``."""
-        return await self._io(
-            False, self._dev.recv_multiple, original_buffer, bufs, sizes, offset, **kwargs
+        return await _io(
+            self._wait,
+            False,
+            self._dev.recv_multiple,
+            original_buffer,
+            bufs,
+            sizes,
+            offset,
+            **kwargs,
         )
 
     async def send_multiple(
@@ -139,23 +174,13 @@ class AsyncTunDevice:
     ) -> int:
         """Coalesces and writes a batch as ``TunDevice.send_multiple`` (a TUN write does
         not block in practice, so this rarely waits)."""
-        return await self._io(True, self._dev.send_multiple, gro_table, bufs, offset, **kwargs)
+        return await _io(
+            self._wait, True, self._dev.send_multiple, gro_table, bufs, offset, **kwargs
+        )
 
     def close(self) -> None:
         """Closes the device; pending awaits on it raise ``OSError(EBADF)``. Idempotent."""
-        fd = self._dev.fileno()
-        for fut in list(self._waiters):
-            if not fut.done():
-                fut.set_exception(_closed_error())
-        if fd >= 0:
-            # Unregister before the descriptor number can be reused.
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                loop.remove_reader(fd)
-                loop.remove_writer(fd)
+        _cancel_waits(self._dev.fileno(), self._waiters, _closed_error)
         self._dev.close()
 
     async def __aenter__(self) -> "AsyncTunDevice":
@@ -229,11 +254,7 @@ class AsyncUdpSocket:
         addrs: list[Any] | None = None,
     ) -> int:
         """Awaits a datagram, then takes what is queued, as ``UdpSocket.recv_multiple``."""
-        while True:
-            try:
-                return self._udp.recv_multiple(bufs, sizes, offset, addrs)
-            except BlockingIOError:
-                await self._wait(False)
+        return await _io(self._wait, False, self._udp.recv_multiple, bufs, sizes, offset, addrs)
 
     async def send_multiple(
         self,
@@ -269,18 +290,7 @@ class AsyncUdpSocket:
 
     def close(self) -> None:
         """Makes pending awaits raise ``OSError(EBADF)`` and closes the socket. Idempotent."""
-        fd = self._udp.fileno()
-        for fut in list(self._waiters):
-            if not fut.done():
-                fut.set_exception(_socket_closed_error())
-        if fd >= 0:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                loop.remove_reader(fd)
-                loop.remove_writer(fd)
+        _cancel_waits(self._udp.fileno(), self._waiters, _socket_closed_error)
         self._udp.socket.close()
 
     async def __aenter__(self) -> "AsyncUdpSocket":

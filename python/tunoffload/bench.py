@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -48,7 +47,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,7 +60,6 @@ UNDERLAY_A, UNDERLAY_B = "10.98.0.1", "10.98.0.2"
 OVERLAY_A, OVERLAY_B = "10.97.0.1", "10.97.0.2"
 TUNNEL_PORT = 51820
 TUNNEL_MTU = 1420  # 1500 on the veth - 20 (IPv4) - 8 (UDP) - 28 (the vpn's nonce and tag)
-CLONE_NEWNET = 0x40000000
 OFFSET = 16  # headroom before each packet: >= VIRTIO_NET_HDR_LEN
 
 
@@ -111,29 +108,10 @@ class Result:
 
 # --- namespaces -----------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
     argv = ["ip", *(["-n", ns] if ns else []), *args]
     subprocess.run(argv, check=check, capture_output=True, timeout=30)
-
-
-@contextlib.contextmanager
-def _entered(ns: str) -> Iterator[None]:
-    """The calling thread inside namespace ``ns`` for the body."""
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(there, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            _libc.setns(here, CLONE_NEWNET)
-    finally:
-        os.close(here)
-        os.close(there)
 
 
 class Topology:
@@ -143,9 +121,13 @@ class Topology:
         tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.a, self.b = f"tunoff-bench-a-{tag}", f"tunoff-bench-b-{tag}"
         self.devices: list[Any] = []
-        for ns in (self.a, self.b):
-            _ip("netns", "add", ns)
-            _ip("link", "set", "lo", "up", ns=ns)
+        try:
+            for ns in (self.a, self.b):
+                _ip("netns", "add", ns)
+                _ip("link", "set", "lo", "up", ns=ns)
+        except BaseException:
+            self.close()  # the one made already
+            raise
 
     def veth(self, addr_a: str = ADDR_A, addr_b: str = ADDR_B) -> None:
         _ip(
@@ -170,8 +152,7 @@ class Topology:
 
         pair = []
         for ns, addr in ((self.a, ADDR_A), (self.b, ADDR_B)):
-            with _entered(ns):
-                dev = TunDevice("tob0", offload=offload)
+            dev = TunDevice("tob0", offload=offload, netns=ns)
             self.devices.append(dev)
             dev.add_address(f"{addr}/24")
             dev.up()
@@ -502,6 +483,13 @@ class TunnelPeers:
             fd, self.key_file = tempfile.mkstemp(prefix="tunoff-key-", suffix=".hex")
             with os.fdopen(fd, "w") as f:
                 f.write(os.urandom(32).hex() + "\n")
+        try:
+            self._start(topo, peer_mode, mtu)
+        except BaseException:
+            self.stop()  # the ones already running, and the key file
+            raise
+
+    def _start(self, topo: Topology, peer_mode: str, mtu: int) -> None:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": pkg_parent + (os.pathsep + path if path else "")}
