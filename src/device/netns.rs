@@ -286,17 +286,7 @@ impl Netns {
     /// Moves the calling thread into this namespace until [`Switch::leave`] (on the same
     /// thread) moves it back. Switches nest; they must be left innermost first.
     pub fn enter(&self) -> Result<Switch, Error> {
-        let prev = open_current()?;
-        if fd_id(prev.as_raw_fd())? != self.id {
-            setns(self.fd.as_raw_fd(), &self.desc)?;
-        }
-        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
-        STACK.with(|s| s.borrow_mut().push(serial));
-        Ok(Switch {
-            prev: Some(prev),
-            tid: gettid(),
-            serial,
-        })
+        enter_fd(&self.fd, self.id, &self.desc)
     }
 
     /// Like [`Netns::enter`], left when the guard is dropped (on the same thread: the
@@ -307,6 +297,23 @@ impl Netns {
             _not_send: PhantomData,
         })
     }
+}
+
+/// [`Netns::enter`] for namespace file `ns` of id `id` (`desc` names it in errors).
+fn enter_fd(ns: &OwnedFd, id: (u64, u64), desc: &str) -> Result<Switch, Error> {
+    let prev = open_current()?;
+    let prev_id = fd_id(prev.as_raw_fd())?;
+    if prev_id != id {
+        setns(ns.as_raw_fd(), desc)?;
+    }
+    let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+    STACK.with(|s| s.borrow_mut().push(serial));
+    Ok(Switch {
+        prev: Some(prev),
+        prev_id,
+        tid: gettid(),
+        serial,
+    })
 }
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -322,6 +329,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct Switch {
     prev: Option<OwnedFd>,
+    /// `fd_id` of `prev`.
+    prev_id: (u64, u64),
     tid: libc::pid_t,
     serial: u64,
 }
@@ -370,7 +379,10 @@ impl Switch {
             ));
         }
         let prev = self.prev.as_ref().expect("checked above");
-        if fd_id(open_current()?.as_raw_fd())? != fd_id(prev.as_raw_fd())? {
+        // Where the thread is now; when that cannot be told (no descriptor left to open
+        // it with, say), it goes back all the same rather than stay.
+        let here = open_current().and_then(|h| fd_id(h.as_raw_fd()));
+        if here.ok() != Some(self.prev_id) {
             setns(prev.as_raw_fd(), "the original network namespace")?;
         }
         self.prev = None;
@@ -398,7 +410,7 @@ impl Drop for NetnsGuard {
 }
 
 /// Runs `f` with the calling thread in network namespace `ns` (if it is not already
-/// there), then switches back.
+/// there), then switches back, as a [`NetnsGuard`] does (a panic in `f` too).
 pub(crate) fn in_netns<T>(
     ns: Option<&OwnedFd>,
     f: impl FnOnce() -> Result<T, Error>,
@@ -413,18 +425,11 @@ pub(crate) fn in_netns_named<T>(
     f: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let Some(ns) = ns else { return f() };
-    let here = open_current()?;
-    if fd_id(here.as_raw_fd())? == fd_id(ns.as_raw_fd())? {
-        return f();
-    }
-    setns(ns.as_raw_fd(), desc)?;
-    let r = f();
-    if let Err(e) = setns(here.as_raw_fd(), "the original network namespace") {
-        // As in NetnsGuard: the thread must not stay in the device's namespace.
-        eprintln!("tunoffload: cannot switch back to the original network namespace: {e}");
-        std::process::abort();
-    }
-    r
+    let _back = NetnsGuard {
+        switch: enter_fd(ns, fd_id(ns.as_raw_fd())?, desc)?,
+        _not_send: PhantomData,
+    };
+    f()
 }
 
 #[cfg(test)]
@@ -530,6 +535,23 @@ mod tests {
             // in_netns runs the closure there and comes back.
             let inside = in_netns(Some(new.fd()), Netns::current).unwrap();
             assert_eq!(inside.id(), new.id());
+            assert!(orig.is_current().unwrap());
+            // ... and back after an error, and after a panic, in it.
+            let r: Result<(), Error> =
+                in_netns(Some(new.fd()), || Err(Error::Invalid("inside".into())));
+            assert!(matches!(r, Err(Error::Invalid(_))));
+            assert!(orig.is_current().unwrap());
+            let r = std::panic::catch_unwind(|| {
+                in_netns(Some(new.fd()), || -> Result<(), Error> { panic!("inside") })
+            });
+            assert!(r.is_err());
+            assert!(orig.is_current().unwrap());
+            // Inside a switch, in_netns comes back to the switch's namespace.
+            let mut sw = new.enter().unwrap();
+            let inside = in_netns(Some(orig.fd()), Netns::current).unwrap();
+            assert_eq!(inside.id(), orig.id());
+            assert!(new.is_current().unwrap());
+            sw.leave().unwrap();
             assert!(orig.is_current().unwrap());
         })
         .join()
