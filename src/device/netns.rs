@@ -391,6 +391,18 @@ impl Switch {
     }
 }
 
+impl Drop for Switch {
+    /// A switch dropped without [`Switch::leave`] leaves the thread where it is, but no
+    /// longer counts as active: the switches entered before it can still be left.
+    fn drop(&mut self) {
+        if self.prev.is_some() && self.on_this_thread() {
+            let serial = self.serial;
+            // try_with: nothing to do once the thread's locals are gone.
+            let _ = STACK.try_with(|s| s.borrow_mut().retain(|&x| x != serial));
+        }
+    }
+}
+
 /// [`Netns::enter_scoped`]: the thread goes back when this is dropped.
 #[derive(Debug)]
 pub struct NetnsGuard {
@@ -541,7 +553,14 @@ mod tests {
                 });
                 assert!(r.is_err());
                 assert!(orig.is_current().unwrap());
-                // Inside a switch, in_netns comes back to the switch's namespace.
+                // A switch dropped without leaving does not block the one entered before it.
+            let mut outer = new.enter().unwrap();
+            drop(orig.enter().unwrap());
+            assert!(orig.is_current().unwrap());
+            assert!(outer.is_innermost());
+            outer.leave().unwrap();
+            assert!(orig.is_current().unwrap());
+            // Inside a switch, in_netns comes back to the switch's namespace.
                 let mut sw = new.enter().unwrap();
                 let inside = in_netns(Some(orig.fd()), Netns::current).unwrap();
                 assert_eq!(inside.id(), orig.id());
