@@ -295,6 +295,21 @@ def test_leaving_out_of_order_is_refused(a, b):
     assert here() == before
 
 
+def test_a_switch_dropped_without_leaving_does_not_block_the_one_before(a, b):
+    def body():
+        before = here()
+        outer = t.netns(a.name)
+        outer.__enter__()
+        inner = t.netns(b.name)
+        inner.__enter__()
+        del inner  # its NetnsSwitch goes with it, never left: the thread stays in b
+        assert here() == ns_inode(b)
+        outer.__exit__(None, None, None)
+        assert here() == before
+
+    in_thread(body)
+
+
 def test_exit_from_another_thread_is_refused(a):
     cm = t.netns(a.name)
     entered = threading.Event()
