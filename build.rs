@@ -8,7 +8,8 @@
 //! them (they then fail loudly if they are not root). A test binary built as root but run
 //! as another user panics with a clear message rather than passing silently.
 //!
-//! Mark every such test:
+//! Declare every such test with `crate::root_test! { fn name() { ... } }` (src/lib.rs),
+//! which is the same as marking it:
 //! `#[cfg_attr(not(tunoffload_root_tests), ignore = "needs root and /dev/net/tun (run cargo test as root)")]`
 //! and start it with `crate::testsupport::require_root()` (src/lib.rs).
 

@@ -4,6 +4,28 @@
 //! - `python` (feature `python`): the thin PyO3 layer that maps Python buffers, errors and
 //!   the GIL onto the engine, built by maturin as `tunoffload._native`.
 
+/// A root-only unit test: `root_test! { /// doc\n fn name() { body } }` is a `#[test]`
+/// that is `#[ignore]`d unless build.rs enabled `cfg(tunoffload_root_tests)` (root and
+/// `/dev/net/tun` at build time) and whose body starts with
+/// [`testsupport::require_root`].
+#[cfg(test)]
+macro_rules! root_test {
+    ($(#[$attr:meta])* fn $name:ident() $body:block) => {
+        $(#[$attr])*
+        #[test]
+        #[cfg_attr(
+            not(tunoffload_root_tests),
+            ignore = "needs root and /dev/net/tun (run cargo test as root)"
+        )]
+        fn $name() {
+            $crate::testsupport::require_root();
+            $body
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use root_test;
+
 pub mod device;
 pub mod engine;
 pub mod udp;
@@ -14,8 +36,9 @@ mod python;
 /// Helpers shared by the unit tests of every module.
 #[cfg(test)]
 pub(crate) mod testsupport {
-    /// The first call of every root-only test (those marked
-    /// `#[cfg_attr(not(tunoffload_root_tests), ignore = "...")]`, see build.rs). Panics if
+    /// The first call of every root-only test (those declared with [`root_test!`], or
+    /// marked `#[cfg_attr(not(tunoffload_root_tests), ignore = "...")]`, see build.rs).
+    /// Panics if
     /// this process is not root or `/dev/net/tun` is missing: a test binary built as root
     /// but run as another user (or `--ignored` as a user) fails loudly instead of passing
     /// without testing anything.

@@ -237,6 +237,19 @@ def test_prepend_twice_reverse_order():
     assert got == [a, b, c]
 
 
+def test_a_head_that_cannot_grow_is_written_as_its_segments_in_order():
+    """A head bytearray that something else exports cannot grow: its item's segments are
+    written alone, unchanged, in sequence order and in the slots they arrived in (the
+    prepended one, which came last, moves to the first slot)."""
+    a, b, c = tcp_flow(3, False)
+    bufs = [bytearray(b"\xcc" * OFF) + p for p in (b, c, a)]
+    with memoryview(bufs[2]):  # a: the item's head once it is prepended
+        idx = t.handle_gro(bufs, OFF, t.GroTable())
+    assert idx == [0, 1, 2]
+    assert [bytes(x[OFF:]) for x in bufs] == [a, b, c]
+    assert all(bytes(x[OFF - 10 : OFF]) == ZERO_HDR for x in bufs)
+
+
 def test_prepend_then_append():
     a, b, c = tcp_flow(3, True)
     out = gro([b, a, c])

@@ -189,31 +189,41 @@ def _read_udp(dev, port: int, count: int = 20):
     raise AssertionError(f"no UDP packet to port {port} among {count}")
 
 
+def _udp_through(dev, ns: Netns, port: int, out: bytes, back: bytes):
+    """A datagram `out` from a socket made in `ns` (bound to 192.0.2.1) to 192.0.2.2:`port`,
+    routed over `dev` there, read from `dev`; then `back` written into `dev` from
+    192.0.2.2:`port` to that socket. Returns the packet read, what `dev.write` returned
+    with the length written, and the socket's `recvfrom`."""
+    with t.netns(ns.name):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with s:
+        s.bind(("192.0.2.1", 0))
+        s.sendto(out, ("192.0.2.2", port))
+        pkt = _read_udp(dev, port)
+        reply = bytes(
+            IP(src="192.0.2.2", dst="192.0.2.1") / UDP(sport=port, dport=s.getsockname()[1]) / back
+        )
+        written = dev.write(reply)
+        s.settimeout(5)
+        return pkt, (written, len(reply)), s.recvfrom(100)
+
+
 def test_io_through_a_device_in_a_namespace(a):
     with t.TunDevice("nf-io", netns=a.name, nonblocking=True) as dev:
         dev.up()
         dev.add_address("192.0.2.1/24")
         # Out through the device: a socket made in the namespace, to an address that is
-        # routed over the TUN there.
-        with t.netns(a.name):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with s:
-            s.bind(("192.0.2.1", 0))
-            s.sendto(b"out of the namespace", ("192.0.2.2", 4000))
-            pkt = _read_udp(dev, 4000)
-            assert pkt[IP].src == "192.0.2.1" and pkt[IP].dst == "192.0.2.2"
-            assert bytes(pkt[UDP].payload) == b"out of the namespace"
-            chk = pkt[UDP].chksum
-            del pkt[UDP].chksum
-            assert IP(bytes(pkt))[UDP].chksum == chk
-            # In through the device, to the socket.
-            port = s.getsockname()[1]
-            back = IP(src="192.0.2.2", dst="192.0.2.1") / UDP(sport=4000, dport=port)
-            back = back / b"into the namespace"
-            assert dev.write(bytes(back)) == len(back)
-            s.settimeout(5)
-            data, peer = s.recvfrom(100)
-            assert (data, peer) == (b"into the namespace", ("192.0.2.2", 4000))
+        # routed over the TUN there; and in through the device, to the socket.
+        pkt, (written, n), got = _udp_through(
+            dev, a, 4000, b"out of the namespace", b"into the namespace"
+        )
+        assert pkt[IP].src == "192.0.2.1" and pkt[IP].dst == "192.0.2.2"
+        assert bytes(pkt[UDP].payload) == b"out of the namespace"
+        chk = pkt[UDP].chksum
+        del pkt[UDP].chksum
+        assert IP(bytes(pkt))[UDP].chksum == chk
+        assert written == n
+        assert got == (b"into the namespace", ("192.0.2.2", 4000))
 
 
 # --- tunoffload.netns ----------------------------------------------------------------
@@ -283,6 +293,21 @@ def test_leaving_out_of_order_is_refused(a, b):
     cb.__exit__(None, None, None)
     ca.__exit__(None, None, None)
     assert here() == before
+
+
+def test_a_switch_dropped_without_leaving_does_not_block_the_one_before(a, b):
+    def body():
+        before = here()
+        outer = t.netns(a.name)
+        outer.__enter__()
+        inner = t.netns(b.name)
+        inner.__enter__()
+        del inner  # its NetnsSwitch goes with it, never left: the thread stays in b
+        assert here() == ns_inode(b)
+        outer.__exit__(None, None, None)
+        assert here() == before
+
+    in_thread(body)
 
 
 def test_exit_from_another_thread_is_refused(a):
@@ -406,17 +431,9 @@ def test_moved_device_is_followed(a, b):
         assert dev.ifindex == link(b, "nf-mv")["ifindex"]
         assert old_index > 0
         # I/O on the descriptor keeps working, with the new namespace's stack.
-        with t.netns(b.name):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with s:
-            s.bind(("192.0.2.1", 0))
-            s.sendto(b"after the move", ("192.0.2.2", 4001))
-            pkt = _read_udp(dev, 4001)
-            assert bytes(pkt[UDP].payload) == b"after the move"
-            back = IP(src="192.0.2.2", dst="192.0.2.1") / UDP(sport=4001, dport=s.getsockname()[1])
-            dev.write(bytes(back / b"reply"))
-            s.settimeout(5)
-            assert s.recv(100) == b"reply"
+        pkt, _, (data, _) = _udp_through(dev, b, 4001, b"after the move", b"reply")
+        assert bytes(pkt[UDP].payload) == b"after the move"
+        assert data == b"reply"
 
 
 def test_moved_multi_queue_clone_follows(a, b):

@@ -504,9 +504,13 @@ pub struct GroInput {
     pub offset: usize,
     pub can_udp_gro: bool,
     pub packets: Vec<Vec<u8>>,
-    /// Per packet: spare bytes after it (fixed regions only).
+    /// Per packet: spare bytes after it (fixed regions only), or [`STUCK`].
     pub spare: Vec<usize>,
 }
+
+/// A `spare` that means no spare bytes, in a region that claims room it then refuses to
+/// grow into ([`Region::Stuck`]).
+pub const STUCK: usize = usize::MAX;
 
 /// Templates for derived packets: TCP/UDP over IPv4/IPv6 with valid checksums.
 fn template(kind: u8) -> Vec<u8> {
@@ -638,7 +642,7 @@ pub fn decode_gro(data: &[u8]) -> GroInput {
         packets.push(p);
     }
     let spare = (0..packets.len())
-        .map(|_| [0usize, 0, 1, 100, 1500, 65_535][usize::from(inp.u8() % 6)])
+        .map(|_| [0usize, STUCK, 1, 100, 1500, 65_535][usize::from(inp.u8() % 6)])
         .collect();
     GroInput {
         offset,
@@ -814,21 +818,25 @@ pub fn gro_vec(data: &[u8]) {
 /// A fixed region of an arena: the packet is `region[..len]`; it may grow within the
 /// region but never beyond (the Python layer's `send_multiple(sizes=...)` buffers), or
 /// not at all (`exact`, as `&mut [u8]`).
+///
+/// `Stuck` is a buffer whose growth fails only when it is asked (a Python bytearray that
+/// something else exports): `max_len` promises room, `resize` refuses it.
 pub enum Region<'a> {
     Exact(&'a mut [u8]),
     Roomy { region: &'a mut [u8], len: usize },
+    Stuck(&'a mut [u8]),
 }
 
 impl ExpandBuffer for Region<'_> {
     fn bytes(&self) -> &[u8] {
         match self {
-            Region::Exact(b) => ExpandBuffer::bytes(b),
+            Region::Exact(b) | Region::Stuck(b) => ExpandBuffer::bytes(b),
             Region::Roomy { region, len } => &region[..*len],
         }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
-            Region::Exact(b) => ExpandBuffer::bytes_mut(b),
+            Region::Exact(b) | Region::Stuck(b) => ExpandBuffer::bytes_mut(b),
             Region::Roomy { region, len } => &mut region[..*len],
         }
     }
@@ -836,11 +844,12 @@ impl ExpandBuffer for Region<'_> {
         match self {
             Region::Exact(b) => ExpandBuffer::max_len(b),
             Region::Roomy { region, .. } => region.len(),
+            Region::Stuck(_) => usize::MAX,
         }
     }
     fn resize(&mut self, new_len: usize) -> tunoffload::engine::Result<()> {
         match self {
-            Region::Exact(b) => ExpandBuffer::resize(b, new_len),
+            Region::Exact(b) | Region::Stuck(b) => ExpandBuffer::resize(b, new_len),
             Region::Roomy { region, len } => {
                 assert!(new_len <= region.len(), "asked to grow past max_len");
                 *len = new_len;
@@ -852,11 +861,12 @@ impl ExpandBuffer for Region<'_> {
 
 /// Fuzz body for `handle_gro` over fixed regions of one arena (input as
 /// [`decode_gro`]; the spare bytes give each region's room after its packet, 0 meaning
-/// an exact `&mut [u8]`).
+/// an exact `&mut [u8]`, [`STUCK`] a [`Region::Stuck`]).
 ///
 /// Invariants: as [`gro_vec`], plus nothing outside the regions (canary gaps) is ever
 /// written, no region is asked to grow past its room, and with no spare room at all
-/// nothing is coalesced and every packet is written unchanged.
+/// (stuck regions have none) nothing is coalesced and every packet is written unchanged,
+/// in its own slot.
 pub fn gro_fixed(data: &[u8]) {
     let g = decode_gro(data);
     const GAP: usize = 8;
@@ -864,6 +874,7 @@ pub fn gro_fixed(data: &[u8]) {
     let mut layout = Vec::with_capacity(g.packets.len());
     let mut arena = vec![CANARY; GAP];
     for (p, &spare) in g.packets.iter().zip(&g.spare) {
+        let spare = if spare == STUCK { 0 } else { spare };
         let start = arena.len();
         arena.extend(std::iter::repeat_n(head, g.offset));
         arena.extend_from_slice(p);
@@ -876,12 +887,14 @@ pub fn gro_fixed(data: &[u8]) {
         let mut rest: &mut [u8] = &mut arena[..];
         let mut consumed = 0;
         let mut bufs: Vec<Region<'_>> = Vec::with_capacity(layout.len());
-        for &(start, len, spare) in &layout {
+        for (&(start, len, spare), &kind) in layout.iter().zip(&g.spare) {
             let (_, r) = std::mem::take(&mut rest).split_at_mut(start - consumed);
             let (region, r) = r.split_at_mut(len + spare);
             rest = r;
             consumed = start + len + spare;
-            bufs.push(if spare == 0 {
+            bufs.push(if kind == STUCK {
+                Region::Stuck(region)
+            } else if spare == 0 {
                 Region::Exact(region)
             } else {
                 Region::Roomy { region, len }
@@ -917,7 +930,9 @@ pub fn gro_fixed(data: &[u8]) {
         Some((out, views)) => {
             let refs: Vec<&[u8]> = views.iter().map(|v| &v[..]).collect();
             check_gro_result(&g.packets, g.offset, &out, &refs);
-            if g.spare.iter().all(|&s| s == 0) {
+            // Stuck regions coalesce nothing either: their items are written as their
+            // segments, in the order they came.
+            if g.spare.iter().all(|&s| s == 0 || s == STUCK) {
                 assert_eq!(out, (0..g.packets.len()).collect::<Vec<_>>());
             }
         }

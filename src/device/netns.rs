@@ -286,17 +286,7 @@ impl Netns {
     /// Moves the calling thread into this namespace until [`Switch::leave`] (on the same
     /// thread) moves it back. Switches nest; they must be left innermost first.
     pub fn enter(&self) -> Result<Switch, Error> {
-        let prev = open_current()?;
-        if fd_id(prev.as_raw_fd())? != self.id {
-            setns(self.fd.as_raw_fd(), &self.desc)?;
-        }
-        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
-        STACK.with(|s| s.borrow_mut().push(serial));
-        Ok(Switch {
-            prev: Some(prev),
-            tid: gettid(),
-            serial,
-        })
+        enter_fd(&self.fd, self.id, &self.desc)
     }
 
     /// Like [`Netns::enter`], left when the guard is dropped (on the same thread: the
@@ -307,6 +297,23 @@ impl Netns {
             _not_send: PhantomData,
         })
     }
+}
+
+/// [`Netns::enter`] for namespace file `ns` of id `id` (`desc` names it in errors).
+fn enter_fd(ns: &OwnedFd, id: (u64, u64), desc: &str) -> Result<Switch, Error> {
+    let prev = open_current()?;
+    let prev_id = fd_id(prev.as_raw_fd())?;
+    if prev_id != id {
+        setns(ns.as_raw_fd(), desc)?;
+    }
+    let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+    STACK.with(|s| s.borrow_mut().push(serial));
+    Ok(Switch {
+        prev: Some(prev),
+        prev_id,
+        tid: gettid(),
+        serial,
+    })
 }
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -322,6 +329,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct Switch {
     prev: Option<OwnedFd>,
+    /// `fd_id` of `prev`.
+    prev_id: (u64, u64),
     tid: libc::pid_t,
     serial: u64,
 }
@@ -370,12 +379,27 @@ impl Switch {
             ));
         }
         let prev = self.prev.as_ref().expect("checked above");
-        if fd_id(open_current()?.as_raw_fd())? != fd_id(prev.as_raw_fd())? {
+        // Where the thread is now; when that cannot be told (no descriptor left to open
+        // it with, say), it goes back all the same rather than stay.
+        let here = open_current().and_then(|h| fd_id(h.as_raw_fd()));
+        if here.ok() != Some(self.prev_id) {
             setns(prev.as_raw_fd(), "the original network namespace")?;
         }
         self.prev = None;
         STACK.with(|s| s.borrow_mut().pop());
         Ok(())
+    }
+}
+
+impl Drop for Switch {
+    /// A switch dropped without [`Switch::leave`] leaves the thread where it is, but no
+    /// longer counts as active: the switches entered before it can still be left.
+    fn drop(&mut self) {
+        if self.prev.is_some() && self.on_this_thread() {
+            let serial = self.serial;
+            // try_with: nothing to do once the thread's locals are gone.
+            let _ = STACK.try_with(|s| s.borrow_mut().retain(|&x| x != serial));
+        }
     }
 }
 
@@ -398,7 +422,7 @@ impl Drop for NetnsGuard {
 }
 
 /// Runs `f` with the calling thread in network namespace `ns` (if it is not already
-/// there), then switches back.
+/// there), then switches back, as a [`NetnsGuard`] does (a panic in `f` too).
 pub(crate) fn in_netns<T>(
     ns: Option<&OwnedFd>,
     f: impl FnOnce() -> Result<T, Error>,
@@ -413,18 +437,11 @@ pub(crate) fn in_netns_named<T>(
     f: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let Some(ns) = ns else { return f() };
-    let here = open_current()?;
-    if fd_id(here.as_raw_fd())? == fd_id(ns.as_raw_fd())? {
-        return f();
-    }
-    setns(ns.as_raw_fd(), desc)?;
-    let r = f();
-    if let Err(e) = setns(here.as_raw_fd(), "the original network namespace") {
-        // As in NetnsGuard: the thread must not stay in the device's namespace.
-        eprintln!("tunoffload: cannot switch back to the original network namespace: {e}");
-        std::process::abort();
-    }
-    r
+    let _back = NetnsGuard {
+        switch: enter_fd(ns, fd_id(ns.as_raw_fd())?, desc)?,
+        _not_send: PhantomData,
+    };
+    f()
 }
 
 #[cfg(test)]
@@ -474,66 +491,86 @@ mod tests {
         assert_eq!(here.id(), by_fd.id());
     }
 
-    /// Root only (CAP_SYS_ADMIN for unshare/setns; ignored otherwise, see build.rs). On a
-    /// thread of its own: makes a namespace with unshare, goes back to the original, then
-    /// enters and leaves it.
-    #[test]
-    #[cfg_attr(
-        not(tunoffload_root_tests),
-        ignore = "needs root and /dev/net/tun (run cargo test as root)"
-    )]
-    fn enter_and_restore() {
-        crate::testsupport::require_root();
-        std::thread::spawn(|| {
-            let orig = Netns::current().unwrap();
-            // SAFETY: unshare on this thread only affects this thread's namespaces.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-            let new = Netns::current().unwrap();
-            assert_ne!(orig.id(), new.id());
-            // Back to the original, through a path target.
-            setns(orig.fd().as_raw_fd(), "orig").unwrap();
-            assert!(orig.is_current().unwrap());
-
-            let mut sw = new.enter().unwrap();
-            assert!(new.is_current().unwrap());
-            // Nested: the original namespace, by descriptor.
-            let by_fd = Netns::open(&NetnsTarget::Fd(orig.fd().as_raw_fd())).unwrap();
-            let mut inner = by_fd.enter().unwrap();
-            assert!(orig.is_current().unwrap());
-            assert!(!sw.is_innermost());
-            assert!(matches!(sw.leave(), Err(Error::Invalid(_))));
-            inner.leave().unwrap();
-            assert!(new.is_current().unwrap());
-            assert!(matches!(inner.leave(), Err(Error::Invalid(_))));
-            {
-                let _g = orig.enter_scoped().unwrap();
+    crate::root_test! {
+        /// Root only (CAP_SYS_ADMIN for unshare/setns; ignored otherwise, see build.rs). On a
+        /// thread of its own: makes a namespace with unshare, goes back to the original, then
+        /// enters and leaves it.
+        fn enter_and_restore() {
+            std::thread::spawn(|| {
+                let orig = Netns::current().unwrap();
+                // SAFETY: unshare on this thread only affects this thread's namespaces.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+                let new = Netns::current().unwrap();
+                assert_ne!(orig.id(), new.id());
+                // Back to the original, through a path target.
+                setns(orig.fd().as_raw_fd(), "orig").unwrap();
                 assert!(orig.is_current().unwrap());
-            }
-            assert!(new.is_current().unwrap());
 
-            // Another thread cannot leave this one's switch, and switches nothing.
-            let sw = std::thread::scope(|s| {
-                s.spawn(move || {
-                    let mut sw = sw;
-                    assert!(!sw.on_this_thread());
-                    assert!(matches!(sw.leave(), Err(Error::Invalid(_))));
-                    sw
-                })
-                .join()
-                .unwrap()
-            });
-            assert!(new.is_current().unwrap());
-            let mut sw = sw;
-            sw.leave().unwrap();
-            assert!(orig.is_current().unwrap());
+                let mut sw = new.enter().unwrap();
+                assert!(new.is_current().unwrap());
+                // Nested: the original namespace, by descriptor.
+                let by_fd = Netns::open(&NetnsTarget::Fd(orig.fd().as_raw_fd())).unwrap();
+                let mut inner = by_fd.enter().unwrap();
+                assert!(orig.is_current().unwrap());
+                assert!(!sw.is_innermost());
+                assert!(matches!(sw.leave(), Err(Error::Invalid(_))));
+                inner.leave().unwrap();
+                assert!(new.is_current().unwrap());
+                assert!(matches!(inner.leave(), Err(Error::Invalid(_))));
+                {
+                    let _g = orig.enter_scoped().unwrap();
+                    assert!(orig.is_current().unwrap());
+                }
+                assert!(new.is_current().unwrap());
 
-            // in_netns runs the closure there and comes back.
-            let inside = in_netns(Some(new.fd()), Netns::current).unwrap();
-            assert_eq!(inside.id(), new.id());
+                // Another thread cannot leave this one's switch, and switches nothing.
+                let sw = std::thread::scope(|s| {
+                    s.spawn(move || {
+                        let mut sw = sw;
+                        assert!(!sw.on_this_thread());
+                        assert!(matches!(sw.leave(), Err(Error::Invalid(_))));
+                        sw
+                    })
+                    .join()
+                    .unwrap()
+                });
+                assert!(new.is_current().unwrap());
+                let mut sw = sw;
+                sw.leave().unwrap();
+                assert!(orig.is_current().unwrap());
+
+                // in_netns runs the closure there and comes back.
+                let inside = in_netns(Some(new.fd()), Netns::current).unwrap();
+                assert_eq!(inside.id(), new.id());
+                assert!(orig.is_current().unwrap());
+                // ... and back after an error, and after a panic, in it.
+                let r: Result<(), Error> =
+                    in_netns(Some(new.fd()), || Err(Error::Invalid("inside".into())));
+                assert!(matches!(r, Err(Error::Invalid(_))));
+                assert!(orig.is_current().unwrap());
+                let r = std::panic::catch_unwind(|| {
+                    in_netns(Some(new.fd()), || -> Result<(), Error> { panic!("inside") })
+                });
+                assert!(r.is_err());
+                assert!(orig.is_current().unwrap());
+                // A switch dropped without leaving does not block the one entered before it.
+            let mut outer = new.enter().unwrap();
+            drop(orig.enter().unwrap());
             assert!(orig.is_current().unwrap());
-        })
-        .join()
-        .expect("test thread");
+            assert!(outer.is_innermost());
+            outer.leave().unwrap();
+            assert!(orig.is_current().unwrap());
+            // Inside a switch, in_netns comes back to the switch's namespace.
+                let mut sw = new.enter().unwrap();
+                let inside = in_netns(Some(orig.fd()), Netns::current).unwrap();
+                assert_eq!(inside.id(), orig.id());
+                assert!(new.is_current().unwrap());
+                sw.leave().unwrap();
+                assert!(orig.is_current().unwrap());
+            })
+            .join()
+            .expect("test thread");
+        }
     }
 
     fn ip(args: &[&str]) -> bool {
@@ -554,61 +591,57 @@ mod tests {
         }
     }
 
-    /// Root, /dev/net/tun and `ip` only (ignored without root, see build.rs). A device
-    /// created in a named namespace from a thread elsewhere, configured from there, then
-    /// moved to a second namespace with `ip link set ... netns` and followed there.
-    #[test]
-    #[cfg_attr(
-        not(tunoffload_root_tests),
-        ignore = "needs root and /dev/net/tun (run cargo test as root)"
-    )]
-    fn device_in_a_named_netns_is_followed_after_a_move() {
-        use super::super::{parse_ifaddr, Tun, TunOptions};
-        use std::sync::Arc;
-        crate::testsupport::require_root();
-        assert!(
-            ip(&["-V"]),
-            "this test needs the `ip` command (iproute2), which does not run"
-        );
-        let pid = std::process::id();
-        let (na, nb) = (format!("tunoff-rs-{pid}-a"), format!("tunoff-rs-{pid}-b"));
-        assert!(ip(&["netns", "add", &na]));
-        let _da = Named(na.clone());
-        assert!(ip(&["netns", "add", &nb]));
-        let _db = Named(nb.clone());
-        std::thread::spawn(move || {
-            let a = Arc::new(Netns::open(&NetnsTarget::Name(na.clone())).unwrap());
-            let b = Netns::open(&NetnsTarget::Name(nb.clone())).unwrap();
-            assert_eq!(a.name(), Some(na.as_str()));
-            let here = Netns::current().unwrap();
-            let index_in = |ns: &Netns| {
-                let _g = ns.enter_scoped().unwrap();
-                // SAFETY: a NUL-terminated name.
-                unsafe { libc::if_nametoindex(c"rsns0".as_ptr()) }
-            };
-            let tun = Tun::open(&TunOptions {
-                name: Some("rsns0".into()),
-                netns: Some(a.clone()),
-                mtu: Some(1400),
-                ..Default::default()
-            })
-            .unwrap();
-            assert!(here.is_current().unwrap());
-            assert_eq!(index_in(&a), tun.ifindex());
-            assert_eq!(index_in(&here), 0);
-            assert_eq!(tun.mtu().unwrap(), 1400);
+    crate::root_test! {
+        /// Root, /dev/net/tun and `ip` only (ignored without root, see build.rs). A device
+        /// created in a named namespace from a thread elsewhere, configured from there, then
+        /// moved to a second namespace with `ip link set ... netns` and followed there.
+        fn device_in_a_named_netns_is_followed_after_a_move() {
+            use super::super::{parse_ifaddr, Tun, TunOptions};
+            use std::sync::Arc;
+            assert!(
+                ip(&["-V"]),
+                "this test needs the `ip` command (iproute2), which does not run"
+            );
+            let pid = std::process::id();
+            let (na, nb) = (format!("tunoff-rs-{pid}-a"), format!("tunoff-rs-{pid}-b"));
+            assert!(ip(&["netns", "add", &na]));
+            let _da = Named(na.clone());
+            assert!(ip(&["netns", "add", &nb]));
+            let _db = Named(nb.clone());
+            std::thread::spawn(move || {
+                let a = Arc::new(Netns::open(&NetnsTarget::Name(na.clone())).unwrap());
+                let b = Netns::open(&NetnsTarget::Name(nb.clone())).unwrap();
+                assert_eq!(a.name(), Some(na.as_str()));
+                let here = Netns::current().unwrap();
+                let index_in = |ns: &Netns| {
+                    let _g = ns.enter_scoped().unwrap();
+                    // SAFETY: a NUL-terminated name.
+                    unsafe { libc::if_nametoindex(c"rsns0".as_ptr()) }
+                };
+                let tun = Tun::open(&TunOptions {
+                    name: Some("rsns0".into()),
+                    netns: Some(a.clone()),
+                    mtu: Some(1400),
+                    ..Default::default()
+                })
+                .unwrap();
+                assert!(here.is_current().unwrap());
+                assert_eq!(index_in(&a), tun.ifindex());
+                assert_eq!(index_in(&here), 0);
+                assert_eq!(tun.mtu().unwrap(), 1400);
 
-            assert!(ip(&["-n", &na, "link", "set", "rsns0", "netns", &nb]));
-            assert_eq!(index_in(&a), 0);
-            tun.set_up(true).unwrap();
-            assert!(tun.is_up().unwrap());
-            assert_eq!(index_in(&b), tun.current_ifindex().unwrap());
-            let addr = parse_ifaddr("192.0.2.1/24").unwrap();
-            tun.add_address(&addr, true).unwrap();
-            assert!(tun.addresses().unwrap().contains(&addr));
-            assert!(here.is_current().unwrap());
-        })
-        .join()
-        .expect("test thread");
+                assert!(ip(&["-n", &na, "link", "set", "rsns0", "netns", &nb]));
+                assert_eq!(index_in(&a), 0);
+                tun.set_up(true).unwrap();
+                assert!(tun.is_up().unwrap());
+                assert_eq!(index_in(&b), tun.current_ifindex().unwrap());
+                let addr = parse_ifaddr("192.0.2.1/24").unwrap();
+                tun.add_address(&addr, true).unwrap();
+                assert!(tun.addresses().unwrap().contains(&addr));
+                assert!(here.is_current().unwrap());
+            })
+            .join()
+            .expect("test thread");
+        }
     }
 }

@@ -865,19 +865,15 @@ mod tests {
         assert!(check_mtu(65536).is_err());
     }
 
-    /// Needs root and /dev/net/tun (ignored otherwise, see build.rs). Works in a private
-    /// network namespace, on a thread of its own so that the namespace goes away with
-    /// the thread.
-    #[test]
-    #[cfg_attr(
-        not(tunoffload_root_tests),
-        ignore = "needs root and /dev/net/tun (run cargo test as root)"
-    )]
-    fn open_configure_read_write() {
-        crate::testsupport::require_root();
-        std::thread::spawn(open_configure_read_write_in_new_netns)
-            .join()
-            .expect("test thread");
+    crate::root_test! {
+        /// Needs root and /dev/net/tun (ignored otherwise, see build.rs). Works in a private
+        /// network namespace, on a thread of its own so that the namespace goes away with
+        /// the thread.
+        fn open_configure_read_write() {
+            std::thread::spawn(open_configure_read_write_in_new_netns)
+                .join()
+                .expect("test thread");
+        }
     }
 
     fn open_configure_read_write_in_new_netns() {

@@ -118,9 +118,6 @@ kinds! {
     // --- Arguments checked by the Python binding ---
     /// Two buffers of one call share memory (`index`: the second).
     OverlappingBuffers = "overlapping_buffers",
-    /// An output bytearray already being written, by this call (the same one twice) or
-    /// another thread (`index`: which).
-    BufferInUse = "buffer_in_use",
     /// A size or offset argument below 0.
     NegativeArgument = "negative_argument",
 }

@@ -549,6 +549,8 @@ fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> 
     let vnet = offset - VIRTIO_NET_HDR_LEN;
     let plain = VirtioNetHdr::default().to_bytes();
     let mut k = 0;
+    // Whether a split-up item put later slots among `to_write`'s (see below).
+    let mut unsorted = false;
     while k < t.to_write.len() {
         let slot = t.to_write[k];
         k += 1;
@@ -564,18 +566,33 @@ fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> 
         let mut at = bufs[head].bytes().len();
         if bufs[head].resize(offset + total).is_err() {
             // The head could not grow after all (a Python bytearray that something else
-            // exports): its segments are written as they are, each alone, in sequence
-            // order, in the item's place.
-            let mut chain = Vec::new();
+            // exports): its segments are written as they are, each alone. Like a merged
+            // item they keep the batch's order: the segments, in sequence order, move
+            // into the slots their packets arrived in (a prepended one came later).
+            let mut at = Vec::new(); // at[j]: where the j-th segment's buffer is now
             let mut seg = it.head;
             while seg != NONE {
-                chain.push(seg as usize);
-                bufs[seg as usize].bytes_mut()[vnet..offset].copy_from_slice(&plain);
+                at.push(seg as usize);
                 seg = t.next[seg as usize];
             }
-            let added = chain.len() - 1;
-            t.to_write.splice(k - 1..k, chain);
+            let mut slots = at.clone();
+            slots.sort_unstable();
+            for j in 0..at.len() {
+                let (from, to) = (at[j], slots[j]);
+                if from != to {
+                    bufs.swap(from, to);
+                    t.swapped = true;
+                    // The buffer that was at `to` is a later segment's: it is now at `from`.
+                    if let Some(p) = at[j + 1..].iter().position(|&x| x == to) {
+                        at[j + 1 + p] = from;
+                    }
+                }
+                bufs[to].bytes_mut()[vnet..offset].copy_from_slice(&plain);
+            }
+            let added = slots.len() - 1;
+            t.to_write.splice(k - 1..k, slots);
             k += added;
+            unsorted = true;
             continue;
         }
         let mut seg = t.next[head];
@@ -624,6 +641,9 @@ fn execute<B: ExpandBuffer>(bufs: &mut [B], offset: usize, t: &mut GroTable) -> 
             bufs.swap(head, slot);
             t.swapped = true;
         }
+    }
+    if unsorted {
+        t.to_write.sort_unstable();
     }
     Ok(())
 }
@@ -854,6 +874,52 @@ mod tests {
         assert!(ExpandBuffer::resize(&mut b, 4).is_ok());
         let e = ExpandBuffer::resize(&mut b, 5).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BufferCannotGrow);
+    }
+
+    /// A growable buffer whose growth fails when it is asked (a Python bytearray that
+    /// something else exports): `max_len` promises room that `resize` then refuses.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Stuck(Vec<u8>);
+
+    impl ExpandBuffer for Stuck {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+        fn max_len(&self) -> usize {
+            usize::MAX
+        }
+        fn resize(&mut self, new_len: usize) -> Result<()> {
+            if new_len != self.0.len() {
+                bail!(BufferCannotGrow, "exported");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_head_that_cannot_grow_is_written_as_its_segments_in_order() {
+        let base = Spec::default();
+        let (a, b, c) = (seg(&base, 0, 100), seg(&base, 1, 100), seg(&base, 2, 100));
+        let other = Spec {
+            sport: 9,
+            ..seg(&base, 0, 100)
+        };
+        // b, other flow, c, then a (prepended to b's item): a, b, c end in slots 0, 2, 3.
+        let specs = [b.clone(), other.clone(), c.clone(), a.clone()];
+        let mut x: Vec<Stuck> = bufs(&specs).into_iter().map(Stuck).collect();
+        let mut t = GroTable::new();
+        let w = handle_gro(&mut x, OFF, &mut t, true).unwrap().to_vec();
+        assert_eq!(w, vec![0, 1, 2, 3]);
+        assert!(t.swapped());
+        let plain = VirtioNetHdr::default().to_bytes();
+        for (slot, spec) in [(0, &a), (1, &other), (2, &b), (3, &c)] {
+            let buf = &x[slot].0;
+            assert_eq!(&buf[OFF - 10..OFF], &plain[..], "slot {slot}");
+            assert_eq!(&buf[OFF..], &build(spec, false)[..], "slot {slot}");
+        }
     }
 
     #[test]
