@@ -762,13 +762,14 @@ impl PyTunDevice {
             }
             self.recv_state.hold(read);
             if f.err.is_instance_of::<PyValueError>(py) {
-                PyValueError::new_err(format!(
-                    "{} (the packet is kept for the next call)",
-                    f.err.value(py)
-                ))
-            } else {
-                f.err
+                // The message says so; the exception itself (its `kind` and `index`) stays.
+                let v = f.err.value(py);
+                let m = format!("{v} (the packet is kept for the next call)");
+                if let Ok(args) = pyo3::types::PyTuple::new(py, [m]) {
+                    let _ = v.setattr(pyo3::intern!(py, "args"), args);
+                }
             }
+            f.err
         })?;
         drop(views);
         self.rx_packets.fetch_add(count as u64, Ordering::Relaxed);
