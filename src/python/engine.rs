@@ -11,6 +11,7 @@ use pyo3::Borrowed;
 use super::buffers::{
     buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, list_item, Buf, Fixed, Views,
 };
+use super::device::to_py;
 use crate::device::batch::Split;
 use crate::engine::{self as eng, ErrorKind, VirtioNetHdr};
 
@@ -29,16 +30,6 @@ pub(crate) fn value_error(e: eng::Error) -> PyErr {
         let _ = v.setattr(intern!(py, "index"), index);
         err
     })
-}
-
-/// A device-layer refusal of a packet or argument as `ValueError` (with the engine's kind
-/// when it carries one).
-#[cold]
-pub(crate) fn invalid_error(e: crate::device::Error) -> PyErr {
-    match e {
-        crate::device::Error::Engine(x) => value_error(x),
-        other => PyValueError::new_err(other.to_string()),
-    }
 }
 
 /// A `ValueError` the binding raises itself for an argument, with its kind (as
@@ -278,7 +269,7 @@ pub(crate) fn split_to_py(
             FIXED.with(|f| f.set(outs));
             if let Some(w) = written {
                 let written = w.map_err(|e| SplitFailed {
-                    err: invalid_error(e),
+                    err: to_py(py, e),
                     keep: false,
                 })?;
                 let last = split.size(written.saturating_sub(1));
@@ -325,7 +316,7 @@ pub(crate) fn split_to_py(
     let written = split
         .write_packet(packet, &mut bufs, out_offset, fit)
         .map_err(|e| SplitFailed {
-            err: invalid_error(e),
+            err: to_py(py, e),
             keep: false,
         })?;
     drop(bufs);
@@ -435,7 +426,7 @@ fn gso_split(
     // SAFETY: the export is held by `views` until the end of this function; the outputs
     // written meanwhile are checked not to overlap it.
     let bytes = unsafe { pkt.slice() };
-    let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(invalid_error)?;
+    let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(|e| to_py(py, e))?;
     if out_bufs.cast::<PySequence>().is_err() {
         return Err(PyTypeError::new_err(
             "out_bufs must be a sequence of writable buffers",
@@ -493,7 +484,7 @@ pub(crate) fn gro_py(
     let mut gbufs = bufs_of(&mut views, bufs.as_any(), n, lens, offset, true, "bufs")?;
     check_bufs_disjoint(&gbufs, &|_, b| buf_span(b), &|i| format!("bufs[{i}]"))?;
     let out = crate::device::batch::coalesce(&mut gbufs, offset, table, can_udp_gro)
-        .map_err(invalid_error)?;
+        .map_err(|e| to_py(py, e))?;
     let written = out.iter().map(|&i| (i, gbufs[i].len())).collect();
     if table.swapped() {
         for (i, b) in gbufs.iter().enumerate() {
