@@ -178,6 +178,27 @@ def test_gso_split_keeps_no_hold_on_buffers_after_errors():
         resizable(b)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ (PEP 688) is Python 3.12+")
+def test_gso_split_output_resized_by_a_later_outputs_export():
+    # Exporting out_bufs[1] runs its __buffer__, which grows out_bufs[0] (its memory
+    # moves): segment 0 must still land in out_bufs[0], not where its memory was.
+    first = bytearray(2000)
+    second = bytearray(2000)
+
+    class Grows:
+        def __buffer__(self, flags: int) -> memoryview:
+            first.extend(bytes(1 << 20))
+            return memoryview(second)
+
+    sizes = [0] * 4
+    o: list[object] = [first, Grows(), *outs(2)]
+    assert t.gso_split(SUP, HDR, o, sizes) == 4
+    want = P.kernel_gso(SUP, H)
+    assert bytes(first[: sizes[0]]) == want[0]
+    assert bytes(second[: sizes[1]]) == want[1]
+    assert len(first) == 2000 + (1 << 20)
+
+
 # --- handle_gro ------------------------------------------------------------------------
 
 
