@@ -425,6 +425,28 @@ def test_device_io_bad_arguments(ns, offload):
                 assert not isinstance(ei.value, BlockingIOError), f"{name}: argument unchecked"
 
 
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_send_multiple_argument_errors_have_kinds(ns, offload):
+    # The same refusals as the engine's, with its kinds, whether or not GRO runs.
+    off = 10 if offload else 0
+    with ns.entered():
+        dev = t.TunDevice("kinds0", offload=offload, up=True, nonblocking=True)
+    g = t.GroTable()
+    pkt = bytearray(off) + P.tcp_pkt(False, b"a" * 100, seq=1000)
+    with dev:
+        e = refused(lambda: dev.send_multiple(g, [pkt], off, sizes=[0]), "no_packet_after_offset")
+        assert e.index == 0  # type: ignore[attr-defined]
+        e = refused(
+            lambda: dev.send_multiple(g, [pkt, bytearray(off)], off), "no_packet_after_offset"
+        )
+        assert e.index == 1  # type: ignore[attr-defined]
+        refused(lambda: dev.send_multiple(g, [pkt], off, sizes=[5], count=2), "sizes_too_short")
+        if offload:
+            refused(lambda: dev.send_multiple(g, [pkt], 9), "offset_too_small")
+        assert dev.stats["writes"] == 0
+
+
 _CHILD = r"""
 import sys, tunoffload as t
 dev = t.TunDevice("huge0", offload=sys.argv[1] == "1", up=True, nonblocking=True)

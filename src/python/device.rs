@@ -10,10 +10,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
 use super::buffers::{list_item, scan_bytearrays, seq_item, Views};
-use super::engine::{gro_py, non_negative, split_to_py, PyGroTable};
+use super::engine::{gro_py, kind_error, non_negative, split_to_py, PyGroTable};
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
-use crate::engine::VIRTIO_NET_HDR_LEN;
+use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
 
 /// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
 /// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
@@ -163,9 +163,11 @@ fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResu
     let n = count.unwrap_or(have_sizes);
     if n > have_sizes {
         // Checked before allocating: a huge count must not abort the process.
-        return Err(PyValueError::new_err(format!(
-            "count is {n} but sizes has {have_sizes} entries"
-        )));
+        return Err(kind_error(
+            ErrorKind::SizesTooShort,
+            None,
+            format!("count is {n} but sizes has {have_sizes} entries"),
+        ));
     }
     let mut v = Vec::with_capacity(n);
     let list = s.cast::<PyList>().ok();
@@ -192,7 +194,11 @@ fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResu
             )));
         }
         if size == 0 {
-            return Err(PyValueError::new_err(format!("sizes[{i}] is 0: no packet")));
+            return Err(kind_error(
+                ErrorKind::NoPacketAfterOffset,
+                Some(i),
+                format!("sizes[{i}] is 0: no packet"),
+            ));
         }
         v.push(size);
     }
@@ -826,9 +832,14 @@ impl PyTunDevice {
             )));
         }
         if self.offload && offset < VIRTIO_NET_HDR_LEN {
-            return Err(PyValueError::new_err(format!(
-                "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header"
-            )));
+            return Err(kind_error(
+                ErrorKind::OffsetTooSmall,
+                None,
+                format!(
+                    "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio \
+                     header"
+                ),
+            ));
         }
         if n == 0 {
             return Ok(0);
@@ -875,10 +886,14 @@ impl PyTunDevice {
                 )));
             }
             if end <= start + hdr {
-                return Err(PyValueError::new_err(format!(
-                    "bufs[{i}] holds {} bytes: no packet after offset {offset}",
-                    r.len()
-                )));
+                return Err(kind_error(
+                    ErrorKind::NoPacketAfterOffset,
+                    Some(i),
+                    format!(
+                        "bufs[{i}] holds {} bytes: no packet after offset {offset}",
+                        r.len()
+                    ),
+                ));
             }
             // SAFETY: the export is held by `views` until the writes are done; nothing
             // writes to these bytes meanwhile (the GIL-free part only reads them).
