@@ -845,9 +845,11 @@ impl PyTunDevice {
             return Ok(0);
         }
         self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
-        // (list index, packet start, packet end) of each packet to write.
-        let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
-        if self.offload {
+        // Each packet to write is `bufs[i][start..end]`: its virtio header (with offload)
+        // and the packet. (i, end) of each; an end of usize::MAX is the buffer's end.
+        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
+        let start = offset - hdr;
+        let spans: Vec<(usize, usize)> = if self.offload {
             let list = bufs
                 .cast::<PyList>()
                 .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
@@ -863,19 +865,15 @@ impl PyTunDevice {
                 }
             };
             let udp = self.udp_gso;
-            for (i, end) in gro_py(py, list, offset, lens, &mut gro_table.inner, udp)? {
-                spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
-            }
+            gro_py(py, list, offset, lens, &mut gro_table.inner, udp)?
         } else {
-            for i in 0..n {
-                let end = sizes.as_ref().map_or(usize::MAX, |v| offset + v[i]);
-                spans.push((i, offset, end));
-            }
-        }
+            (0..n)
+                .map(|i| (i, sizes.as_ref().map_or(usize::MAX, |v| offset + v[i])))
+                .collect()
+        };
         let mut views = Views::with_capacity(py, spans.len());
         let mut packets: Vec<&[u8]> = Vec::with_capacity(spans.len());
-        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
-        for &(i, start, end) in &spans {
+        for &(i, end) in &spans {
             let obj = seq_item(bufs, i)?;
             let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
             let end = if end == usize::MAX { r.len() } else { end };
@@ -885,7 +883,7 @@ impl PyTunDevice {
                     r.len()
                 )));
             }
-            if end <= start + hdr {
+            if end <= offset {
                 return Err(kind_error(
                     ErrorKind::NoPacketAfterOffset,
                     Some(i),
