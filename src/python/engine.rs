@@ -268,14 +268,7 @@ pub(crate) fn split_to_py(
             outs.clear();
             FIXED.with(|f| f.set(outs));
             if let Some(w) = written {
-                let written = w.map_err(|e| SplitFailed {
-                    err: to_py(py, e),
-                    keep: false,
-                })?;
-                let last = split.size(written.saturating_sub(1));
-                set_sizes(sizes, written, split.size(0), last)
-                    .map_err(|err| SplitFailed { err, keep: false })?;
-                return Ok(written);
+                return written_sizes(py, split, sizes, w);
             }
         }
     }
@@ -291,9 +284,7 @@ pub(crate) fn split_to_py(
                     let m = x.message().replace("bufs[", &format!("{name}["));
                     value_error(x.with_message(m))
                 }
-                other => {
-                    PyValueError::new_err(other.to_string().replace("bufs[", &format!("{name}[")))
-                }
+                other => to_py(py, other),
             },
             keep: e.keep,
         })?;
@@ -313,17 +304,25 @@ pub(crate) fn split_to_py(
         )));
     }
     check_bufs_disjoint(&bufs, &part, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
-    let written = split
-        .write_packet(packet, &mut bufs, out_offset, fit)
-        .map_err(|e| SplitFailed {
-            err: to_py(py, e),
-            keep: false,
-        })?;
+    let w = split.write_packet(packet, &mut bufs, out_offset, fit);
+    // Storing the sizes may run Python code: the outputs are let go of first.
     drop(bufs);
     drop(views);
+    written_sizes(py, split, sizes, w)
+}
+
+/// The end of both paths of [`split_to_py`]: `written` packets (or the write's error),
+/// their sizes stored into `sizes`. A failure here is not the buffers' (not `keep`).
+fn written_sizes(
+    py: Python<'_>,
+    split: &Split,
+    sizes: &Bound<'_, PyList>,
+    written: Result<usize, crate::device::Error>,
+) -> Result<usize, SplitFailed> {
+    let fail = |err| SplitFailed { err, keep: false };
+    let written = written.map_err(|e| fail(to_py(py, e)))?;
     let last = split.size(written.saturating_sub(1));
-    set_sizes(sizes, written, split.size(0), last)
-        .map_err(|err| SplitFailed { err, keep: false })?;
+    set_sizes(sizes, written, split.size(0), last).map_err(fail)?;
     Ok(written)
 }
 
