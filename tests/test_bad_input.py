@@ -447,6 +447,20 @@ def test_send_multiple_argument_errors_have_kinds(ns, offload):
         assert dev.stats["writes"] == 0
 
 
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_recv_multiple_empty_outputs_have_kinds(ns, offload):
+    # As gso_split refuses them, before anything is read.
+    off = 10 if offload else 0
+    with ns.entered():
+        dev = t.TunDevice("kinds1", offload=offload, up=True, nonblocking=True)
+    with dev:
+        orig = bytearray(70000)
+        refused(lambda: dev.recv_multiple(orig, [], [0], off), "too_few_out_bufs")
+        refused(lambda: dev.recv_multiple(orig, [bytearray(2000)], [], off), "sizes_too_short")
+        assert dev.stats["reads"] == 0
+
+
 _CHILD = r"""
 import sys, tunoffload as t
 dev = t.TunDevice("huge0", offload=sys.argv[1] == "1", up=True, nonblocking=True)

@@ -332,7 +332,10 @@ pub fn fill_sizes(split: &Split, sizes: &mut [usize]) {
 /// buffer, and each one able to hold a byte after `offset` (growing if it must).
 pub fn check_outputs<B: ExpandBuffer>(bufs: &[B], offset: usize) -> Result<(), Error> {
     if bufs.is_empty() {
-        return Err(Error::Invalid("bufs must not be empty".into()));
+        return Err(Error::Engine(engine::Error::fixed(
+            ErrorKind::TooFewOutBufs,
+            "bufs must not be empty",
+        )));
     }
     for (i, b) in bufs.iter().enumerate() {
         if b.max_len() <= offset {
@@ -372,7 +375,10 @@ pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
 ) -> Result<usize, Error> {
     check_outputs(bufs, offset)?;
     if sizes.is_empty() {
-        return Err(Error::Invalid("sizes must not be empty".into()));
+        return Err(Error::Engine(engine::Error::fixed(
+            ErrorKind::SizesTooShort,
+            "sizes must not be empty",
+        )));
     }
     if !tun.vnet_hdr() {
         let b = &mut bufs[0];

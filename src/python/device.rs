@@ -700,8 +700,14 @@ impl PyTunDevice {
             .cast::<PyList>()
             .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
         let have = bufs.len()?;
-        if have == 0 || sizes_list.is_empty() {
-            return Err(PyValueError::new_err("bufs and sizes must not be empty"));
+        // As gso_split refuses them (the split's own kinds).
+        if have == 0 {
+            let m = "bufs must not be empty".to_owned();
+            return Err(kind_error(ErrorKind::TooFewOutBufs, None, m));
+        }
+        if sizes_list.is_empty() {
+            let m = "sizes must not be empty".to_owned();
+            return Err(kind_error(ErrorKind::SizesTooShort, None, m));
         }
         let orig_obj = self.offload.then_some(original_buffer);
         check_outputs(py, bufs, have, offset, orig_obj)?;
