@@ -178,6 +178,27 @@ def test_gso_split_keeps_no_hold_on_buffers_after_errors():
         resizable(b)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ (PEP 688) is Python 3.12+")
+def test_gso_split_output_resized_by_a_later_outputs_export():
+    # Exporting out_bufs[1] runs its __buffer__, which grows out_bufs[0] (its memory
+    # moves): segment 0 must still land in out_bufs[0], not where its memory was.
+    first = bytearray(2000)
+    second = bytearray(2000)
+
+    class Grows:
+        def __buffer__(self, flags: int) -> memoryview:
+            first.extend(bytes(1 << 20))
+            return memoryview(second)
+
+    sizes = [0] * 4
+    o: list[object] = [first, Grows(), *outs(2)]
+    assert t.gso_split(SUP, HDR, o, sizes) == 4
+    want = P.kernel_gso(SUP, H)
+    assert bytes(first[: sizes[0]]) == want[0]
+    assert bytes(second[: sizes[1]]) == want[1]
+    assert len(first) == 2000 + (1 << 20)
+
+
 # --- handle_gro ------------------------------------------------------------------------
 
 
@@ -402,6 +423,42 @@ def test_device_io_bad_arguments(ns, offload):
                 pytest.fail(f"{name}: accepted")
             if "read" in name and "huge" not in name and "negative" not in name:
                 assert not isinstance(ei.value, BlockingIOError), f"{name}: argument unchecked"
+
+
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_send_multiple_argument_errors_have_kinds(ns, offload):
+    # The same refusals as the engine's, with its kinds, whether or not GRO runs.
+    off = 10 if offload else 0
+    with ns.entered():
+        dev = t.TunDevice("kinds0", offload=offload, up=True, nonblocking=True)
+    g = t.GroTable()
+    pkt = bytearray(off) + P.tcp_pkt(False, b"a" * 100, seq=1000)
+    with dev:
+        e = refused(lambda: dev.send_multiple(g, [pkt], off, sizes=[0]), "no_packet_after_offset")
+        assert e.index == 0  # type: ignore[attr-defined]
+        e = refused(
+            lambda: dev.send_multiple(g, [pkt, bytearray(off)], off), "no_packet_after_offset"
+        )
+        assert e.index == 1  # type: ignore[attr-defined]
+        refused(lambda: dev.send_multiple(g, [pkt], off, sizes=[5], count=2), "sizes_too_short")
+        if offload:
+            refused(lambda: dev.send_multiple(g, [pkt], 9), "offset_too_small")
+        assert dev.stats["writes"] == 0
+
+
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_recv_multiple_empty_outputs_have_kinds(ns, offload):
+    # As gso_split refuses them, before anything is read.
+    off = 10 if offload else 0
+    with ns.entered():
+        dev = t.TunDevice("kinds1", offload=offload, up=True, nonblocking=True)
+    with dev:
+        orig = bytearray(70000)
+        refused(lambda: dev.recv_multiple(orig, [], [0], off), "too_few_out_bufs")
+        refused(lambda: dev.recv_multiple(orig, [bytearray(2000)], [], off), "sizes_too_short")
+        assert dev.stats["reads"] == 0
 
 
 _CHILD = r"""

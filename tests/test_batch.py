@@ -136,8 +136,10 @@ def test_packet_the_buffers_cannot_take_is_kept(ns):
     with dev:
         _udp(ns, b"z" * 500)
         small = memoryview(bytearray(HDR + 100))  # not a bytearray: cannot grow
-        with pytest.raises(ValueError, match="kept for the next call"):
+        with pytest.raises(ValueError, match="kept for the next call") as exc:
             dev.recv_multiple(original, [small], [0], HDR)
+        # The kept error is still the engine's, with its kind and index.
+        assert (exc.value.kind, exc.value.index) == ("out_buf_too_small", 0)
         assert dev.stats["reads"] == 1
         out = [bytearray(HDR + 1)]
         sizes = [0]
@@ -162,8 +164,9 @@ def test_too_few_bufs_for_a_super_packet_keeps_it(ns):
     with dev:
         payload = bytes(range(256)) * 12  # 3072 bytes: 4 segments of 1000 bytes at most
         _udp(ns, payload, segment=1000)
-        with pytest.raises(ValueError, match="kept"):
+        with pytest.raises(ValueError, match="kept") as exc:
             dev.recv_multiple(original, [bytearray(2000), bytearray(2000)], [0, 0], HDR)
+        assert exc.value.kind == "too_few_out_bufs"
         bufs = [bytearray(0) for _ in range(8)]
         sizes = [0] * 8
         n = dev.recv_multiple(original, bufs, sizes, HDR)
@@ -172,8 +175,9 @@ def test_too_few_bufs_for_a_super_packet_keeps_it(ns):
         assert got == payload
         # Too few sizes: kept as well.
         _udp(ns, payload, segment=1000)
-        with pytest.raises(ValueError, match="kept"):
+        with pytest.raises(ValueError, match="kept") as exc:
             dev.recv_multiple(original, bufs, [0, 0], HDR)
+        assert exc.value.kind == "sizes_too_short"
         assert dev.recv_multiple(original, bufs, sizes, HDR) == 4
 
 

@@ -332,7 +332,10 @@ pub fn fill_sizes(split: &Split, sizes: &mut [usize]) {
 /// buffer, and each one able to hold a byte after `offset` (growing if it must).
 pub fn check_outputs<B: ExpandBuffer>(bufs: &[B], offset: usize) -> Result<(), Error> {
     if bufs.is_empty() {
-        return Err(Error::Invalid("bufs must not be empty".into()));
+        return Err(Error::Engine(engine::Error::fixed(
+            ErrorKind::TooFewOutBufs,
+            "bufs must not be empty",
+        )));
     }
     for (i, b) in bufs.iter().enumerate() {
         if b.max_len() <= offset {
@@ -372,12 +375,17 @@ pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
 ) -> Result<usize, Error> {
     check_outputs(bufs, offset)?;
     if sizes.is_empty() {
-        return Err(Error::Invalid("sizes must not be empty".into()));
+        return Err(Error::Engine(engine::Error::fixed(
+            ErrorKind::SizesTooShort,
+            "sizes must not be empty",
+        )));
     }
     if !tun.vnet_hdr() {
         let b = &mut bufs[0];
-        let want = offset + max_read(tun);
-        if fit && b.bytes().len() < want && b.max_len() >= want {
+        // A buffer with no room after `offset` grows as it can (`check_outputs` made sure
+        // it can take a byte there); with `fit` one too small for any packet grows too.
+        let want = (offset + max_read(tun)).min(b.max_len());
+        if b.bytes().len() < want && (fit || b.bytes().len() <= offset) {
             b.resize(want).map_err(invalid)?;
         }
         let n = state.read(tun, &mut b.bytes_mut()[offset..], blocking)?;
@@ -854,6 +862,54 @@ mod forward {
                 Err(e) => eprintln!("send_multiple: {e:?}"),
             }
         }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(tunoffload_root_tests),
+        ignore = "needs root and /dev/net/tun (run cargo test as root)"
+    )]
+    fn recv_without_offload_grows_a_buffer_shorter_than_offset() {
+        crate::testsupport::require_root();
+        let r = std::thread::spawn(|| -> Result<(usize, usize, usize), String> {
+            // SAFETY: unshare on this thread only affects this thread's namespaces.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err("unshare(CLONE_NEWNET) failed".into());
+            }
+            let tun = Tun::open(&TunOptions {
+                up: true,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+            let a = parse_ifaddr("10.77.2.1/24").map_err(|e| e.to_string())?;
+            tun.add_address(&a, true).map_err(|e| e.to_string())?;
+            let s = std::net::UdpSocket::bind("10.77.2.1:0").map_err(|e| e.to_string())?;
+            s.send_to(b"grow", "10.77.2.2:9")
+                .map_err(|e| e.to_string())?;
+            // Shorter than the offset, not fitted: grown before the read, not sliced past.
+            let mut bufs = vec![vec![0u8; 3]];
+            let mut sizes = [0usize; 1];
+            let n = recv_multiple(
+                &tun,
+                &RecvState::new(),
+                &mut [],
+                &mut bufs,
+                &mut sizes,
+                16,
+                true,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok((n, bufs[0].len(), sizes[0]))
+        })
+        .join()
+        .expect("recv thread");
+        let (n, len, size) = r.expect("recv_multiple");
+        assert_eq!(n, 1);
+        assert!(
+            size > 0 && len >= 16 + size,
+            "{len} bytes for a {size}-byte packet"
+        );
     }
 
     #[test]

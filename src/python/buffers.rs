@@ -8,7 +8,8 @@
 //! - [`Buf`]: the engine's [`ExpandBuffer`] over a `bytearray` (read in place with
 //!   `PyByteArray_AS_STRING`/`PyByteArray_GET_SIZE`, grown through `PyByteArray_Resize`)
 //!   or a fixed writable buffer (exported). Used only with the GIL held and no Python code
-//!   run meanwhile, so a bytearray needs no pin: nothing else can resize it.
+//!   run meanwhile, so a bytearray needs no pin: nothing else can resize it. (Exports can
+//!   run Python code: [`bufs_of`] reads the bytearrays again after the last one.)
 
 use std::ffi::c_int;
 use std::mem::MaybeUninit;
@@ -290,24 +291,44 @@ impl<'py> Buf<'py> {
         } else {
             (views.write(&obj, name)?, false)
         };
-        let exact = len.is_none();
-        let len = len.unwrap_or(r.len);
-        if len > r.len {
-            return Err(PyValueError::new_err(format!(
-                "{} holds {} bytes, less than offset + its size = {len}",
-                name(),
-                r.len
-            )));
-        }
-        Ok(Buf {
+        let mut b = Buf {
             obj,
             ptr: r.ptr,
-            len,
+            len: len.unwrap_or(r.len),
             cap: r.len,
             growable,
             bytearray,
-            exact,
-        })
+            exact: len.is_none(),
+        };
+        b.set_region(r, name)?;
+        Ok(b)
+    }
+
+    /// Takes `r` as the buffer's memory (the packet's end stays where it is in sized
+    /// mode, and must fit).
+    fn set_region(&mut self, r: Region, name: &dyn Fn() -> String) -> PyResult<()> {
+        (self.ptr, self.cap) = (r.ptr, r.len);
+        if self.exact {
+            self.len = r.len;
+        } else if self.len > r.len {
+            return Err(PyValueError::new_err(format!(
+                "{} holds {} bytes, less than offset + its size = {}",
+                name(),
+                r.len,
+                self.len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads a bytearray's memory again, after Python code may have resized it.
+    fn reread(&mut self, name: &dyn Fn() -> String) -> PyResult<()> {
+        if !self.bytearray {
+            return Ok(());
+        }
+        // SAFETY: an exact bytearray (checked in `new`), kept alive by `obj`; GIL held.
+        let r = unsafe { bytearray_region(self.obj.as_ptr()) };
+        self.set_region(r, name)
     }
 
     /// The Python object (to put back into the list after swaps).
@@ -395,6 +416,14 @@ pub(crate) fn bufs_of<'py>(
         };
         let end = lens.map(|l| base + l[i]);
         out.push(Buf::new(obj, views, end, grow, &|| format!("{name}[{i}]"))?);
+    }
+    // Exporting a buffer that is not a bytearray may run Python code (a class's
+    // `__buffer__`, Python 3.12+), which may resize a bytearray read before it: read
+    // their memory again, now that no more Python code runs.
+    if !out.iter().all(Buf::is_bytearray) {
+        for (i, b) in out.iter_mut().enumerate() {
+            b.reread(&|| format!("{name}[{i}]"))?;
+        }
     }
     Ok(out)
 }

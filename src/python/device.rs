@@ -10,10 +10,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
 use super::buffers::{list_item, scan_bytearrays, seq_item, Views};
-use super::engine::{gro_py, non_negative, split_to_py, PyGroTable};
+use super::engine::{gro_py, kind_error, non_negative, split_to_py, PyGroTable};
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
-use crate::engine::VIRTIO_NET_HDR_LEN;
+use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
 
 /// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
 /// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
@@ -163,9 +163,11 @@ fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResu
     let n = count.unwrap_or(have_sizes);
     if n > have_sizes {
         // Checked before allocating: a huge count must not abort the process.
-        return Err(PyValueError::new_err(format!(
-            "count is {n} but sizes has {have_sizes} entries"
-        )));
+        return Err(kind_error(
+            ErrorKind::SizesTooShort,
+            None,
+            format!("count is {n} but sizes has {have_sizes} entries"),
+        ));
     }
     let mut v = Vec::with_capacity(n);
     let list = s.cast::<PyList>().ok();
@@ -192,7 +194,11 @@ fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResu
             )));
         }
         if size == 0 {
-            return Err(PyValueError::new_err(format!("sizes[{i}] is 0: no packet")));
+            return Err(kind_error(
+                ErrorKind::NoPacketAfterOffset,
+                Some(i),
+                format!("sizes[{i}] is 0: no packet"),
+            ));
         }
         v.push(size);
     }
@@ -694,8 +700,14 @@ impl PyTunDevice {
             .cast::<PyList>()
             .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
         let have = bufs.len()?;
-        if have == 0 || sizes_list.is_empty() {
-            return Err(PyValueError::new_err("bufs and sizes must not be empty"));
+        // As gso_split refuses them (the split's own kinds).
+        if have == 0 {
+            let m = "bufs must not be empty".to_owned();
+            return Err(kind_error(ErrorKind::TooFewOutBufs, None, m));
+        }
+        if sizes_list.is_empty() {
+            let m = "sizes must not be empty".to_owned();
+            return Err(kind_error(ErrorKind::SizesTooShort, None, m));
         }
         let orig_obj = self.offload.then_some(original_buffer);
         check_outputs(py, bufs, have, offset, orig_obj)?;
@@ -762,13 +774,14 @@ impl PyTunDevice {
             }
             self.recv_state.hold(read);
             if f.err.is_instance_of::<PyValueError>(py) {
-                PyValueError::new_err(format!(
-                    "{} (the packet is kept for the next call)",
-                    f.err.value(py)
-                ))
-            } else {
-                f.err
+                // The message says so; the exception itself (its `kind` and `index`) stays.
+                let v = f.err.value(py);
+                let m = format!("{v} (the packet is kept for the next call)");
+                if let Ok(args) = pyo3::types::PyTuple::new(py, [m]) {
+                    let _ = v.setattr(pyo3::intern!(py, "args"), args);
+                }
             }
+            f.err
         })?;
         drop(views);
         self.rx_packets.fetch_add(count as u64, Ordering::Relaxed);
@@ -825,17 +838,24 @@ impl PyTunDevice {
             )));
         }
         if self.offload && offset < VIRTIO_NET_HDR_LEN {
-            return Err(PyValueError::new_err(format!(
-                "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header"
-            )));
+            return Err(kind_error(
+                ErrorKind::OffsetTooSmall,
+                None,
+                format!(
+                    "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio \
+                     header"
+                ),
+            ));
         }
         if n == 0 {
             return Ok(0);
         }
         self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
-        // (list index, packet start, packet end) of each packet to write.
-        let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
-        if self.offload {
+        // Each packet to write is `bufs[i][start..end]`: its virtio header (with offload)
+        // and the packet. (i, end) of each; an end of usize::MAX is the buffer's end.
+        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
+        let start = offset - hdr;
+        let spans: Vec<(usize, usize)> = if self.offload {
             let list = bufs
                 .cast::<PyList>()
                 .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
@@ -851,19 +871,15 @@ impl PyTunDevice {
                 }
             };
             let udp = self.udp_gso;
-            for (i, end) in gro_py(py, list, offset, lens, &mut gro_table.inner, udp)? {
-                spans.push((i, offset - VIRTIO_NET_HDR_LEN, end));
-            }
+            gro_py(py, list, offset, lens, &mut gro_table.inner, udp)?
         } else {
-            for i in 0..n {
-                let end = sizes.as_ref().map_or(usize::MAX, |v| offset + v[i]);
-                spans.push((i, offset, end));
-            }
-        }
+            (0..n)
+                .map(|i| (i, sizes.as_ref().map_or(usize::MAX, |v| offset + v[i])))
+                .collect()
+        };
         let mut views = Views::with_capacity(py, spans.len());
         let mut packets: Vec<&[u8]> = Vec::with_capacity(spans.len());
-        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
-        for &(i, start, end) in &spans {
+        for &(i, end) in &spans {
             let obj = seq_item(bufs, i)?;
             let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
             let end = if end == usize::MAX { r.len() } else { end };
@@ -873,11 +889,15 @@ impl PyTunDevice {
                     r.len()
                 )));
             }
-            if end <= start + hdr {
-                return Err(PyValueError::new_err(format!(
-                    "bufs[{i}] holds {} bytes: no packet after offset {offset}",
-                    r.len()
-                )));
+            if end <= offset {
+                return Err(kind_error(
+                    ErrorKind::NoPacketAfterOffset,
+                    Some(i),
+                    format!(
+                        "bufs[{i}] holds {} bytes: no packet after offset {offset}",
+                        r.len()
+                    ),
+                ));
             }
             // SAFETY: the export is held by `views` until the writes are done; nothing
             // writes to these bytes meanwhile (the GIL-free part only reads them).

@@ -11,6 +11,7 @@ use pyo3::Borrowed;
 use super::buffers::{
     buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, list_item, Buf, Fixed, Views,
 };
+use super::device::to_py;
 use crate::device::batch::Split;
 use crate::engine::{self as eng, ErrorKind, VirtioNetHdr};
 
@@ -29,16 +30,6 @@ pub(crate) fn value_error(e: eng::Error) -> PyErr {
         let _ = v.setattr(intern!(py, "index"), index);
         err
     })
-}
-
-/// A device-layer refusal of a packet or argument as `ValueError` (with the engine's kind
-/// when it carries one).
-#[cold]
-pub(crate) fn invalid_error(e: crate::device::Error) -> PyErr {
-    match e {
-        crate::device::Error::Engine(x) => value_error(x),
-        other => PyValueError::new_err(other.to_string()),
-    }
 }
 
 /// A `ValueError` the binding raises itself for an argument, with its kind (as
@@ -277,14 +268,7 @@ pub(crate) fn split_to_py(
             outs.clear();
             FIXED.with(|f| f.set(outs));
             if let Some(w) = written {
-                let written = w.map_err(|e| SplitFailed {
-                    err: invalid_error(e),
-                    keep: false,
-                })?;
-                let last = split.size(written.saturating_sub(1));
-                set_sizes(sizes, written, split.size(0), last)
-                    .map_err(|err| SplitFailed { err, keep: false })?;
-                return Ok(written);
+                return written_sizes(py, split, sizes, w);
             }
         }
     }
@@ -300,9 +284,7 @@ pub(crate) fn split_to_py(
                     let m = x.message().replace("bufs[", &format!("{name}["));
                     value_error(x.with_message(m))
                 }
-                other => {
-                    PyValueError::new_err(other.to_string().replace("bufs[", &format!("{name}[")))
-                }
+                other => to_py(py, other),
             },
             keep: e.keep,
         })?;
@@ -322,17 +304,25 @@ pub(crate) fn split_to_py(
         )));
     }
     check_bufs_disjoint(&bufs, &part, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
-    let written = split
-        .write_packet(packet, &mut bufs, out_offset, fit)
-        .map_err(|e| SplitFailed {
-            err: invalid_error(e),
-            keep: false,
-        })?;
+    let w = split.write_packet(packet, &mut bufs, out_offset, fit);
+    // Storing the sizes may run Python code: the outputs are let go of first.
     drop(bufs);
     drop(views);
+    written_sizes(py, split, sizes, w)
+}
+
+/// The end of both paths of [`split_to_py`]: `written` packets (or the write's error),
+/// their sizes stored into `sizes`. A failure here is not the buffers' (not `keep`).
+fn written_sizes(
+    py: Python<'_>,
+    split: &Split,
+    sizes: &Bound<'_, PyList>,
+    written: Result<usize, crate::device::Error>,
+) -> Result<usize, SplitFailed> {
+    let fail = |err| SplitFailed { err, keep: false };
+    let written = written.map_err(|e| fail(to_py(py, e)))?;
     let last = split.size(written.saturating_sub(1));
-    set_sizes(sizes, written, split.size(0), last)
-        .map_err(|err| SplitFailed { err, keep: false })?;
+    set_sizes(sizes, written, split.size(0), last).map_err(fail)?;
     Ok(written)
 }
 
@@ -435,7 +425,7 @@ fn gso_split(
     // SAFETY: the export is held by `views` until the end of this function; the outputs
     // written meanwhile are checked not to overlap it.
     let bytes = unsafe { pkt.slice() };
-    let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(invalid_error)?;
+    let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(|e| to_py(py, e))?;
     if out_bufs.cast::<PySequence>().is_err() {
         return Err(PyTypeError::new_err(
             "out_bufs must be a sequence of writable buffers",
@@ -493,7 +483,7 @@ pub(crate) fn gro_py(
     let mut gbufs = bufs_of(&mut views, bufs.as_any(), n, lens, offset, true, "bufs")?;
     check_bufs_disjoint(&gbufs, &|_, b| buf_span(b), &|i| format!("bufs[{i}]"))?;
     let out = crate::device::batch::coalesce(&mut gbufs, offset, table, can_udp_gro)
-        .map_err(invalid_error)?;
+        .map_err(|e| to_py(py, e))?;
     let written = out.iter().map(|&i| (i, gbufs[i].len())).collect();
     if table.swapped() {
         for (i, b) in gbufs.iter().enumerate() {
