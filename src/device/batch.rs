@@ -864,127 +864,119 @@ mod forward {
         }
     }
 
-    #[test]
-    #[cfg_attr(
-        not(tunoffload_root_tests),
-        ignore = "needs root and /dev/net/tun (run cargo test as root)"
-    )]
-    fn recv_without_offload_grows_a_buffer_shorter_than_offset() {
-        crate::testsupport::require_root();
-        let r = std::thread::spawn(|| -> Result<(usize, usize, usize), String> {
-            // SAFETY: unshare on this thread only affects this thread's namespaces.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err("unshare(CLONE_NEWNET) failed".into());
-            }
-            let tun = Tun::open(&TunOptions {
-                up: true,
-                ..Default::default()
-            })
-            .map_err(|e| e.to_string())?;
-            let a = parse_ifaddr("10.77.2.1/24").map_err(|e| e.to_string())?;
-            tun.add_address(&a, true).map_err(|e| e.to_string())?;
-            let s = std::net::UdpSocket::bind("10.77.2.1:0").map_err(|e| e.to_string())?;
-            s.send_to(b"grow", "10.77.2.2:9")
+    crate::root_test! {
+        fn recv_without_offload_grows_a_buffer_shorter_than_offset() {
+            let r = std::thread::spawn(|| -> Result<(usize, usize, usize), String> {
+                // SAFETY: unshare on this thread only affects this thread's namespaces.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err("unshare(CLONE_NEWNET) failed".into());
+                }
+                let tun = Tun::open(&TunOptions {
+                    up: true,
+                    ..Default::default()
+                })
                 .map_err(|e| e.to_string())?;
-            // Shorter than the offset, not fitted: grown before the read, not sliced past.
-            let mut bufs = vec![vec![0u8; 3]];
-            let mut sizes = [0usize; 1];
-            let n = recv_multiple(
-                &tun,
-                &RecvState::new(),
-                &mut [],
-                &mut bufs,
-                &mut sizes,
-                16,
-                true,
-                false,
-            )
-            .map_err(|e| e.to_string())?;
-            Ok((n, bufs[0].len(), sizes[0]))
-        })
-        .join()
-        .expect("recv thread");
-        let (n, len, size) = r.expect("recv_multiple");
-        assert_eq!(n, 1);
-        assert!(
-            size > 0 && len >= 16 + size,
-            "{len} bytes for a {size}-byte packet"
-        );
+                let a = parse_ifaddr("10.77.2.1/24").map_err(|e| e.to_string())?;
+                tun.add_address(&a, true).map_err(|e| e.to_string())?;
+                let s = std::net::UdpSocket::bind("10.77.2.1:0").map_err(|e| e.to_string())?;
+                s.send_to(b"grow", "10.77.2.2:9")
+                    .map_err(|e| e.to_string())?;
+                // Shorter than the offset, not fitted: grown before the read, not sliced past.
+                let mut bufs = vec![vec![0u8; 3]];
+                let mut sizes = [0usize; 1];
+                let n = recv_multiple(
+                    &tun,
+                    &RecvState::new(),
+                    &mut [],
+                    &mut bufs,
+                    &mut sizes,
+                    16,
+                    true,
+                    false,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((n, bufs[0].len(), sizes[0]))
+            })
+            .join()
+            .expect("recv thread");
+            let (n, len, size) = r.expect("recv_multiple");
+            assert_eq!(n, 1);
+            assert!(
+                size > 0 && len >= 16 + size,
+                "{len} bytes for a {size}-byte packet"
+            );
+        }
     }
 
-    #[test]
-    #[cfg_attr(
-        not(tunoffload_root_tests),
-        ignore = "needs root and /dev/net/tun (run cargo test as root)"
-    )]
-    fn tcp_through_a_rust_forwarder() {
-        crate::testsupport::require_root();
-        let (tx_a, rx_a) = mpsc::channel();
-        let (tx_b, rx_b) = mpsc::channel();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        // B: the receiver, in its own namespace.
-        let b = std::thread::spawn(move || -> Result<usize, String> {
-            let tun = device_in_new_netns("10.77.1.2/16")?;
-            let l = TcpListener::bind("10.77.1.2:5001").map_err(|e| e.to_string())?;
-            tx_b.send(tun).map_err(|e| e.to_string())?;
-            let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))
-                .map_err(|e| e.to_string())?;
-            let mut got = 0usize;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    return Ok(got);
-                }
-                for (k, &x) in buf[..n].iter().enumerate() {
-                    if x != pattern(got + k) {
-                        return Err(format!("byte {} differs", got + k));
+    crate::root_test! {
+        fn tcp_through_a_rust_forwarder() {
+            let (tx_a, rx_a) = mpsc::channel();
+            let (tx_b, rx_b) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            // B: the receiver, in its own namespace.
+            let b = std::thread::spawn(move || -> Result<usize, String> {
+                let tun = device_in_new_netns("10.77.1.2/16")?;
+                let l = TcpListener::bind("10.77.1.2:5001").map_err(|e| e.to_string())?;
+                tx_b.send(tun).map_err(|e| e.to_string())?;
+                let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))
+                    .map_err(|e| e.to_string())?;
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Ok(got);
                     }
+                    for (k, &x) in buf[..n].iter().enumerate() {
+                        if x != pattern(got + k) {
+                            return Err(format!("byte {} differs", got + k));
+                        }
+                    }
+                    got += n;
                 }
-                got += n;
-            }
-        });
-        // A: the sender, in another namespace.
-        let a = std::thread::spawn(move || -> Result<(), String> {
-            let tun = device_in_new_netns("10.77.0.1/16")?;
-            tx_a.send(tun).map_err(|e| e.to_string())?;
-            go_rx.recv().map_err(|e| e.to_string())?;
-            let mut s = TcpStream::connect_timeout(
-                &"10.77.1.2:5001".parse().expect("address"),
-                Duration::from_secs(10),
-            )
-            .map_err(|e| e.to_string())?;
-            s.set_write_timeout(Some(Duration::from_secs(20)))
+            });
+            // A: the sender, in another namespace.
+            let a = std::thread::spawn(move || -> Result<(), String> {
+                let tun = device_in_new_netns("10.77.0.1/16")?;
+                tx_a.send(tun).map_err(|e| e.to_string())?;
+                go_rx.recv().map_err(|e| e.to_string())?;
+                let mut s = TcpStream::connect_timeout(
+                    &"10.77.1.2:5001".parse().expect("address"),
+                    Duration::from_secs(10),
+                )
                 .map_err(|e| e.to_string())?;
-            let data: Vec<u8> = (0..BYTES).map(pattern).collect();
-            s.write_all(&data).map_err(|e| e.to_string())?;
-            Ok(())
-        });
-        let (ta, tb) = match (rx_a.recv(), rx_b.recv()) {
-            (Ok(ta), Ok(tb)) => (ta, tb),
-            _ => {
-                let (ea, eb) = (a.join(), b.join());
-                panic!("setting up the namespaces failed: {ea:?} {eb:?}");
-            }
-        };
-        let (a2, b2) = (ta.clone(), tb.clone());
-        let ab = std::thread::spawn(move || forward(&a2, &b2));
-        let (a3, b3) = (ta.clone(), tb.clone());
-        let ba = std::thread::spawn(move || forward(&b3, &a3));
-        go_tx.send(()).expect("go");
-        let sent = a.join().expect("sender thread");
-        let got = b.join().expect("receiver thread");
-        ta.shutdown();
-        tb.shutdown();
-        let (reads, packets) = ab.join().expect("forwarder a->b");
-        let _ = ba.join().expect("forwarder b->a");
-        sent.expect("sender");
-        assert_eq!(got.expect("receiver"), BYTES);
-        eprintln!(
-            "tcp_through_a_rust_forwarder: {BYTES} bytes, {packets} packets in {reads} reads"
-        );
-        // Super-packets came through: far fewer reads than packets.
-        assert!(packets > 2 * reads, "{packets} packets in {reads} reads");
+                s.set_write_timeout(Some(Duration::from_secs(20)))
+                    .map_err(|e| e.to_string())?;
+                let data: Vec<u8> = (0..BYTES).map(pattern).collect();
+                s.write_all(&data).map_err(|e| e.to_string())?;
+                Ok(())
+            });
+            let (ta, tb) = match (rx_a.recv(), rx_b.recv()) {
+                (Ok(ta), Ok(tb)) => (ta, tb),
+                _ => {
+                    let (ea, eb) = (a.join(), b.join());
+                    panic!("setting up the namespaces failed: {ea:?} {eb:?}");
+                }
+            };
+            let (a2, b2) = (ta.clone(), tb.clone());
+            let ab = std::thread::spawn(move || forward(&a2, &b2));
+            let (a3, b3) = (ta.clone(), tb.clone());
+            let ba = std::thread::spawn(move || forward(&b3, &a3));
+            go_tx.send(()).expect("go");
+            let sent = a.join().expect("sender thread");
+            let got = b.join().expect("receiver thread");
+            ta.shutdown();
+            tb.shutdown();
+            let (reads, packets) = ab.join().expect("forwarder a->b");
+            let _ = ba.join().expect("forwarder b->a");
+            sent.expect("sender");
+            assert_eq!(got.expect("receiver"), BYTES);
+            eprintln!(
+                "tcp_through_a_rust_forwarder: {BYTES} bytes, {packets} packets in {reads} reads"
+            );
+            // Super-packets came through: far fewer reads than packets.
+            assert!(packets > 2 * reads, "{packets} packets in {reads} reads");
+        }
     }
 }

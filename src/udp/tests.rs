@@ -33,7 +33,6 @@ fn lo_setup(mtu: Option<i32>) {
 /// Runs `f` in a new network namespace with `lo` up, or prints why it cannot.
 fn in_netns(name: &'static str, mtu: Option<i32>, f: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
-        crate::testsupport::require_root();
         // SAFETY: unshare on this thread only changes this thread's namespaces.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(
@@ -51,16 +50,13 @@ fn in_netns(name: &'static str, mtu: Option<i32>, f: impl FnOnce() + Send + 'sta
 
 /// A socket test that needs root: `fn name(mtu: None | Some(mtu)) { body }` runs `body` in
 /// [`in_netns`] (with `lo` at that MTU), and is listed as ignored in builds without root.
-macro_rules! root_test {
+macro_rules! netns_test {
     ($(#[doc = $doc:literal])* fn $name:ident(mtu: $mtu:expr) $body:block) => {
-        $(#[doc = $doc])*
-        #[test]
-        #[cfg_attr(
-            not(tunoffload_root_tests),
-            ignore = "needs root and /dev/net/tun (run cargo test as root)"
-        )]
-        fn $name() {
-            in_netns(stringify!($name), $mtu, || $body);
+        crate::root_test! {
+            $(#[doc = $doc])*
+            fn $name() {
+                in_netns(stringify!($name), $mtu, || $body);
+            }
         }
     };
 }
@@ -146,7 +142,7 @@ fn expect_all(batch: &mut UdpBatch, sock: &UdpSocket, lens: &[usize], per_call: 
     assert_eq!(got, lens.len());
 }
 
-root_test! {
+netns_test! {
     fn gso_send_gro_receive_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let (mut tx, mut rx) = batches(&a, &b);
@@ -173,7 +169,7 @@ root_test! {
     }
 }
 
-root_test! {
+netns_test! {
     fn mixed_sizes_in_order_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let lens = [
@@ -202,7 +198,7 @@ root_test! {
     }
 }
 
-root_test! {
+netns_test! {
     fn pending_across_calls_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let (mut tx, mut rx) = batches(&a, &b);
@@ -227,7 +223,7 @@ root_test! {
     }
 }
 
-root_test! {
+netns_test! {
     fn too_small_fixed_buffer_keeps_the_datagram_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let mut rx = UdpBatch::new(b.as_fd()).unwrap();
@@ -269,7 +265,7 @@ root_test! {
     }
 }
 
-root_test! {
+netns_test! {
     fn waits_end_as_root(mtu: None) {
         let (_a, b) = pair("127.0.0.1");
         let mut rx = UdpBatch::new(b.as_fd()).unwrap();
@@ -285,7 +281,7 @@ root_test! {
     }
 }
 
-root_test! {
+netns_test! {
     fn ipv6_unconnected_with_addresses_as_root(mtu: None) {
         let a = UdpSocket::bind("[::1]:0").unwrap();
         let b = UdpSocket::bind("[::1]:0").unwrap();
@@ -340,7 +336,7 @@ root_test! {
     }
 }
 
-root_test! {
+netns_test! {
     /// With `lo` at MTU 1500, segments of 2000 bytes are refused (EINVAL): each run falls
     /// back to plain datagrams, which IPv4 fragments; every datagram arrives, and GSO
     /// stays on.
