@@ -749,7 +749,7 @@ impl PyTunDevice {
                 "original_buffer holds {} bytes; it needs room for the {VIRTIO_NET_HDR_LEN}-byte \
                  virtio header and a packet (ideally {} bytes)",
                 orig.len(),
-                VIRTIO_NET_HDR_LEN + 65535
+                VIRTIO_NET_HDR_LEN + batch::MAX_IP_PACKET
             )));
         }
         let n = {
