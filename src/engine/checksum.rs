@@ -1,8 +1,9 @@
 //! The Internet checksum (RFC 1071): one's-complement sums of big-endian 16-bit words.
 //!
-//! Sums are carried in `u64` accumulators and folded to 16 bits at the end. The data loop
-//! reads native-endian 32-bit words (the one's-complement sum is byte-order independent up
-//! to a final byte swap), which the compiler vectorises.
+//! Sums are carried in wide accumulators and folded to 16 bits at the end, over
+//! native-endian words (the one's-complement sum is byte-order independent up to a final
+//! byte swap). With AVX2 (checked at run time) 64 bytes go per step, and
+//! [`copy_and_sum`] copies in the same pass; elsewhere a portable loop of 32-bit words.
 
 /// Folds a wide one's-complement accumulator to 16 bits (end-around carry), not complemented.
 ///
@@ -23,24 +24,112 @@ pub fn fold(mut acc: u64) -> u16 {
 pub fn sum(data: &[u8]) -> u16 {
     #[cfg(target_arch = "x86_64")]
     if data.len() >= 128 && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above, cached by std after the first call).
-        return unsafe { sum_avx2(data) };
+        // SAFETY: the CPU has AVX2 (checked just above, cached by std after the first
+        // call); no destination, so nothing is written.
+        return finish(unsafe { acc_avx2::<false>(data, std::ptr::null_mut()) });
     }
-    sum_portable(data)
+    finish(acc_portable(data))
 }
 
-/// [`sum`] compiled for AVX2: the same loop, which LLVM then vectorises with 256-bit
-/// widening adds (64 KiB: 0.69 us against 1.36 us for the SSE2 build). The loop reads
-/// whole 4-byte words; an earlier form that built each word from 32-byte chunks was
-/// vectorised byte by byte under AVX2 and ran twice as slow inside the extension.
+/// Copies `src` into `dst` (which must be as long: a shorter one panics, as
+/// `copy_from_slice` does) and returns the one's-complement sum of the bytes, as [`sum`]
+/// would, in one pass over them: each 64-byte block is loaded once, stored and summed.
+#[inline]
+pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> u16 {
+    let dst = &mut dst[..src.len()];
+    #[cfg(target_arch = "x86_64")]
+    if src.len() >= 128 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above); `dst` is exactly `src.len()`
+        // bytes and cannot overlap `src` (one is borrowed mutably, the other shared).
+        return finish(unsafe { acc_avx2::<true>(src, dst.as_mut_ptr()) });
+    }
+    dst.copy_from_slice(src);
+    finish(acc_portable(dst))
+}
+
+/// The wide native-endian accumulator as a folded big-endian sum.
+#[inline(always)]
+fn finish(acc: u64) -> u16 {
+    let native = fold(acc);
+    if cfg!(target_endian = "little") {
+        native.swap_bytes()
+    } else {
+        native
+    }
+}
+
+/// How many bytes [`acc_avx2`] sums before it moves its 32-bit lanes into the 64-bit
+/// total: each lane gains at most 65536 in magnitude per 64-byte step, so 16384 steps
+/// (1 MiB) keep it within 2^30.
+#[cfg(target_arch = "x86_64")]
+const AVX2_FLUSH: usize = 1 << 20;
+
+/// The unfolded native-endian sum of `src`'s 16-bit words, 64 bytes per step with AVX2,
+/// and, if `COPY`, a copy of `src` into `dst` in the same pass.
+///
+/// Each word `w` is taken as the signed `w ^ 0x8000 = w - 32768`, so that `vpmaddwd`
+/// (signed 16-bit multiply by 1, adjacent pairs added into 32-bit lanes) sums them
+/// without overflow; the 32768 per word is added back at the end. Against the earlier
+/// form (32-bit words widened to 64-bit lanes, which LLVM vectorised): 1.4 KiB segments
+/// in about half the time, and the copy no longer a second pass.
+///
+/// # Safety
+/// The CPU must have AVX2. If `COPY`, `dst` must be valid for writes of `src.len()`
+/// bytes and not overlap `src`; otherwise `dst` is not used.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sum_avx2(data: &[u8]) -> u16 {
-    sum_portable(data)
+unsafe fn acc_avx2<const COPY: bool>(src: &[u8], dst: *mut u8) -> u64 {
+    use std::arch::x86_64::*;
+    let bias = _mm256_set1_epi16(i16::MIN);
+    let ones = _mm256_set1_epi16(1);
+    let whole = src.len() / 64 * 64;
+    let mut total: i64 = 0;
+    let mut i = 0;
+    while i < whole {
+        let end = whole.min(i + AVX2_FLUSH);
+        let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        while i < end {
+            // SAFETY: i + 64 <= whole <= src.len(), so both 32-byte loads are in `src`
+            // (unaligned loads); with COPY, the same offsets are in `dst` (same length).
+            let (x, y) = unsafe {
+                let p = src.as_ptr().add(i);
+                let x = _mm256_loadu_si256(p.cast());
+                let y = _mm256_loadu_si256(p.add(32).cast());
+                if COPY {
+                    _mm256_storeu_si256(dst.add(i).cast(), x);
+                    _mm256_storeu_si256(dst.add(i + 32).cast(), y);
+                }
+                (x, y)
+            };
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_xor_si256(x, bias), ones));
+            b = _mm256_add_epi32(b, _mm256_madd_epi16(_mm256_xor_si256(y, bias), ones));
+            i += 64;
+        }
+        let (mut la, mut lb) = ([0i32; 8], [0i32; 8]);
+        // SAFETY: each array is 32 bytes, what an unaligned 256-bit store writes.
+        unsafe {
+            _mm256_storeu_si256(la.as_mut_ptr().cast(), a);
+            _mm256_storeu_si256(lb.as_mut_ptr().cast(), b);
+        }
+        total += la.iter().chain(&lb).map(|&v| i64::from(v)).sum::<i64>();
+    }
+    // Add back 32768 per word: the true sum of `whole / 2` unsigned words, never negative.
+    let mut acc = (total + 32768 * (whole / 2) as i64) as u64;
+    let rest = &src[whole..];
+    if COPY {
+        // SAFETY: `dst[whole..src.len()]` is in `dst` (see the contract) and is not
+        // `src`; `rest` is `rest.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), dst.add(whole), rest.len()) };
+    }
+    // `whole` is even, so the tail's words line up with the rest.
+    acc += acc_portable(rest);
+    acc
 }
 
+/// The unfolded native-endian sum, 4 bytes at a time (an odd last byte padded with zero
+/// on the right, in big-endian terms).
 #[inline(always)]
-fn sum_portable(data: &[u8]) -> u16 {
+fn acc_portable(data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(4);
     let mut total: u64 = (&mut chunks)
         .map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
@@ -57,20 +146,7 @@ fn sum_portable(data: &[u8]) -> u16 {
             [0, *last]
         }));
     }
-    let native = fold(total);
-    if cfg!(target_endian = "little") {
-        native.swap_bytes()
-    } else {
-        native
-    }
-}
-
-/// Copies `src` into `dst` (same length) and returns the one's-complement sum of the bytes,
-/// as [`sum`] would. The copy and the sum run over the same cache-hot chunk.
-#[inline]
-pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> u16 {
-    dst.copy_from_slice(src);
-    sum(dst)
+    total
 }
 
 /// Adds two folded sums that start at byte offsets of the same parity.
@@ -131,6 +207,9 @@ mod tests {
                     a == b || (a == 0xffff && b == 0) || (a == 0 && b == 0xffff),
                     "{start}..{end}"
                 );
+                let mut d = vec![0u8; s.len()];
+                assert_eq!(copy_and_sum(&mut d, s), a, "copy {start}..{end}");
+                assert_eq!(&d[..], s, "copy {start}..{end}");
             }
         }
     }
@@ -188,6 +267,9 @@ mod tests {
             assert_eq!(&d[..], s);
         }
         assert_eq!(sum(&ones), 0xffff); // every lane full for a whole block and more
+        let mut d = vec![0u8; ones.len()];
+        assert_eq!(copy_and_sum(&mut d, &ones), 0xffff);
+        assert_eq!(d, ones);
     }
 
     #[test]
