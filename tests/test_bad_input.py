@@ -342,6 +342,8 @@ def _closed_calls(dev: t.TunDevice) -> dict:
         "group": lambda: setattr(dev, "group", 0),
         "mac": lambda: dev.mac,
         "tx_queue_len": lambda: dev.tx_queue_len,
+        "gso_max_segs": lambda: dev.gso_max_segs,
+        "set gso_max_segs": lambda: setattr(dev, "gso_max_segs", 46),
     }
 
 

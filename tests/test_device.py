@@ -165,6 +165,13 @@ def test_mtu_up_down_txqueuelen(ns):
         assert not dev.is_up and "UP" not in link_info(ns, "cfg0")["flags"]
         dev.tx_queue_len = 1234
         assert dev.tx_queue_len == 1234 == link_info(ns, "cfg0")["txqlen"]
+        assert dev.gso_max_segs == 65535 == link_info(ns, "cfg0")["gso_max_segs"]
+        dev.gso_max_segs = 46
+        assert dev.gso_max_segs == 46 == link_info(ns, "cfg0")["gso_max_segs"]
+        for bad in (0, 65536):
+            with pytest.raises(ValueError, match=f"gso_max_segs must be 1..65535, not {bad}"):
+                dev.gso_max_segs = bad
+        assert dev.gso_max_segs == 46
         assert dev.mac is None  # TUN has no MAC
 
 

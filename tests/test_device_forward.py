@@ -43,6 +43,7 @@ class Forwarder:
     def __init__(self, a: t.TunDevice, b: t.TunDevice) -> None:
         self.errors: list[BaseException] = []
         self.batches = 0
+        self.most: dict[str, int] = {}  # the most packets one read gave, by device
         self.threads = [
             threading.Thread(target=self._run, args=(a, b), daemon=True),
             threading.Thread(target=self._run, args=(b, a), daemon=True),
@@ -56,6 +57,7 @@ class Forwarder:
         bufs = [bytearray(offset + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
         sizes = [0] * t.IDEAL_BATCH_SIZE
         gro = t.GroTable()
+        name, most = src.name, 0
         while True:
             try:
                 n = src.recv_multiple(original, bufs, sizes, offset)
@@ -64,6 +66,8 @@ class Forwarder:
             except ValueError as e:  # a packet that cannot be split
                 self.errors.append(e)
                 continue
+            if n > most:
+                most = self.most[name] = n
             try:
                 dst.send_multiple(gro, bufs, offset, sizes=sizes, count=n)
             except OSError as e:
@@ -290,6 +294,19 @@ def test_udp_segment_sender(link, v6):
         assert tb.stats["max_write"] > MTU + t.VIRTIO_NET_HDR_LEN
     elif not ta.offload:
         assert before <= MTU and ta.stats["max_read"] <= MTU
+
+
+@pytest.mark.parametrize("link", [True], indirect=True, ids=["offload"])
+def test_gso_max_segs_bounds_the_super_packets_read(link):
+    na, nb, ta, tb, fwd = link
+    assert ta.gso_max_segs == 65535
+    ta.gso_max_segs = 8  # before the connection: TCP reads it when it connects
+    tcp_transfer(na, nb, B4, 8 << 20)
+    # The data's super-packets, A -> B: 8 segments at most, and 8 reached.
+    assert fwd.most["ta"] == 8
+    ta.gso_max_segs = 65535
+    tcp_transfer(na, nb, B4, 8 << 20)
+    assert fwd.most["ta"] > 8
 
 
 def test_forwarder_stops_on_close(link):

@@ -1,5 +1,5 @@
 //! A minimal rtnetlink client, written by hand: add, delete and list interface addresses,
-//! and read a TUN device's owner and group.
+//! read a TUN device's owner and group, and read and set a link's GSO segment limit.
 //!
 //! The socket is opened once, in the device's network namespace, and kept: a netlink
 //! socket talks to the namespace it was created in, whatever thread later uses it.
@@ -265,12 +265,52 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `RTM_GETLINK`: the TUN owner and group of interface `ifindex` (`None` when unset).
-    pub fn tun_owner_group(&mut self, ifindex: u32) -> Result<(Option<u32>, Option<u32>), Error> {
+    /// The `ifinfomsg` that addresses interface `ifindex` (family unspecified, no flag
+    /// changes).
+    fn link_msg(ifindex: u32) -> Vec<u8> {
         let mut body = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
         body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
         body.extend_from_slice(&[0; 8]);
-        let msgs = self.request(RTM_GETLINK, 0, &body, "reading the link")?;
+        body
+    }
+
+    /// `RTM_GETLINK`: the 32-bit link attribute `attr` of interface `ifindex`, if the
+    /// kernel reports it.
+    fn link_u32(&mut self, ifindex: u32, attr: u16, what: &str) -> Result<Option<u32>, Error> {
+        let msgs = self.request(RTM_GETLINK, 0, &Self::link_msg(ifindex), what)?;
+        for m in msgs {
+            if m.len() < 16 {
+                continue;
+            }
+            for (ty, data) in attrs(&m[16..]) {
+                if let (true, Ok(v)) = (ty == attr, <[u8; 4]>::try_from(data)) {
+                    return Ok(Some(u32::from_ne_bytes(v)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `RTM_GETLINK`: the most segments the stack puts in one super-packet for interface
+    /// `ifindex` (`IFLA_GSO_MAX_SEGS`; 65535 unless lowered).
+    pub fn gso_max_segs(&mut self, ifindex: u32) -> Result<u32, Error> {
+        let what = "reading gso_max_segs";
+        let v = self.link_u32(ifindex, IFLA_GSO_MAX_SEGS, what)?;
+        v.ok_or_else(|| Error::from_errno(libc::EOPNOTSUPP, what))
+    }
+
+    /// `RTM_NEWLINK` with `IFLA_GSO_MAX_SEGS` (`ip link set DEV gso_max_segs N`).
+    pub fn set_gso_max_segs(&mut self, ifindex: u32, segs: u32) -> Result<(), Error> {
+        let mut body = Self::link_msg(ifindex);
+        push_attr(&mut body, IFLA_GSO_MAX_SEGS, &segs.to_ne_bytes());
+        let what = format!("setting gso_max_segs to {segs}");
+        self.request(RTM_NEWLINK, NLM_F_ACK, &body, &what)
+            .map(|_| ())
+    }
+
+    /// `RTM_GETLINK`: the TUN owner and group of interface `ifindex` (`None` when unset).
+    pub fn tun_owner_group(&mut self, ifindex: u32) -> Result<(Option<u32>, Option<u32>), Error> {
+        let msgs = self.request(RTM_GETLINK, 0, &Self::link_msg(ifindex), "reading the link")?;
         let (mut owner, mut group) = (None, None);
         for m in msgs {
             if m.len() < 16 {

@@ -664,6 +664,31 @@ impl Tun {
         r
     }
 
+    /// The most segments the kernel puts in one super-packet it hands to this device
+    /// (`gso_max_segs`, read through rtnetlink; 65535 unless lowered).
+    pub fn gso_max_segs(&self) -> Result<u32, Error> {
+        self.check_open()?;
+        let ctl = self.control()?;
+        let r = ctl.netlink().gso_max_segs(ctl.ifindex);
+        r
+    }
+
+    /// Sets `gso_max_segs` (1..=65535; `ip link set DEV gso_max_segs N`): TCP then builds
+    /// super-packets of at most `segs` segments for this device, and the kernel splits
+    /// larger forwarded ones before they reach it. A tunnel sets it to the number of its
+    /// datagrams one `UDP_SEGMENT` send can carry, so that one read fills one send.
+    pub fn set_gso_max_segs(&self, segs: u32) -> Result<(), Error> {
+        if !(1..=65535).contains(&segs) {
+            return Err(Error::Invalid(format!(
+                "gso_max_segs must be 1..65535, not {segs}"
+            )));
+        }
+        self.check_open()?;
+        let ctl = self.control()?;
+        let r = ctl.netlink().set_gso_max_segs(ctl.ifindex, segs);
+        r
+    }
+
     /// Adds an IPv4 or IPv6 address (rtnetlink `RTM_NEWADDR`).
     pub fn add_address(&self, a: &IfAddr, nodad: bool) -> Result<(), Error> {
         self.check_open()?;

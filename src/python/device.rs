@@ -600,6 +600,22 @@ impl PyTunDevice {
         retrying(py, || tun.set_tx_queue_len(len))
     }
 
+    /// The most segments the kernel puts in one super-packet for this device
+    /// (``gso_max_segs``, 65535 unless lowered); assignable, 1..65535. A tunnel sets it to
+    /// ``UdpSocket.max_segments(datagram size)`` so each super-packet read from the device
+    /// leaves in one ``UDP_SEGMENT`` send and arrives as one coalesced read.
+    #[getter]
+    fn get_gso_max_segs(&self, py: Python<'_>) -> PyResult<u32> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.gso_max_segs())
+    }
+
+    #[setter]
+    fn set_gso_max_segs(&self, py: Python<'_>, segs: u32) -> PyResult<()> {
+        let tun = self.get(py)?;
+        retrying(py, || tun.set_gso_max_segs(segs))
+    }
+
     /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
     /// its length. With ``offload=True`` the data starts with the 10-byte virtio header
     /// and may be a super-packet of up to 64 KiB (use ``recv_multiple`` to split it).
