@@ -181,6 +181,57 @@ def test_coalesced_read_is_split_at_the_sizes_sent(ns: Netns) -> None:
     assert ub.stats["recv_messages"] == 2 and ub.stats["recv_datagrams"] == len(data)
 
 
+def test_a_coalesced_read_that_does_not_fit_whole_waits_whole(ns: Netns) -> None:
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    # Three sends, so three coalesced reads: 10 x 100, 10 x 200, 3 x 300.
+    runs = [[dgram(i, 100) for i in range(10)]]
+    runs.append([dgram(10 + i, 200) for i in range(10)])
+    runs.append([dgram(20 + i, 300) for i in range(3)])
+    for r in runs:
+        assert ua.send_multiple(r) == len(r)
+    bufs, sizes = [bytearray() for _ in range(15)], [0] * 15
+    # 15 buffers: the first read (10), not 5 of the second, which waits whole ...
+    assert ub.recv_multiple(bufs, sizes) == 10
+    assert [bytes(bufs[i][: sizes[i]]) for i in range(10)] == runs[0]
+    assert ub.pending == 13
+    # ... and comes next, with the third read (3), which fits after it: 13.
+    assert ub.recv_multiple(bufs, sizes) == 13
+    assert [bytes(bufs[i][: sizes[i]]) for i in range(13)] == runs[1] + runs[2]
+    assert ub.pending == 0
+    # A read larger than all the buffers on its own is still delivered in parts.
+    big = [dgram(40 + i, 100) for i in range(20)]
+    assert ua.send_multiple(big) == 20
+    assert ub.recv_multiple(bufs, sizes) == 15
+    assert ub.pending == 5
+    assert ub.recv_multiple(bufs, sizes) == 5
+    assert [bytes(bufs[i][: sizes[i]]) for i in range(5)] == big[15:]
+    assert ub.stats["recv_messages"] == 4 and ub.stats["recv_datagrams"] == 43
+
+
+@pytest.mark.parametrize(
+    ("size", "segments"),
+    [(1, 64), (100, 64), (1023, 64), (1024, 63), (1420, 46), (1472, 44), (65507, 1), (65527, 1)],
+)
+def test_max_segments_is_how_send_multiple_groups(ns: Netns, size: int, segments: int) -> None:
+    assert t.UdpSocket.max_segments(size) == segments
+    if size > 9000:
+        return
+    a, b = pair()
+    ua = t.UdpSocket(a)
+    data = [dgram(i, size) for i in range(segments + 1)]
+    assert ua.send_multiple(data) == segments + 1
+    # One UDP_SEGMENT send of `segments`, then one of the datagram left over.
+    assert ua.stats["send_messages"] == 2
+    assert recv_all(t.UdpSocket(b), segments + 1, per_call=128) == data
+
+
+@pytest.mark.parametrize("size", [0, -1, 65528, 1 << 40])
+def test_max_segments_refuses_impossible_sizes(size: int) -> None:
+    with pytest.raises(ValueError, match=r"size must be a datagram size, 1\.\.65527"):
+        t.UdpSocket.max_segments(size)
+
+
 def test_without_offloads_every_datagram_goes_alone(ns: Netns) -> None:
     a, b = pair()
     ua, ub = t.UdpSocket(a, gso=False), t.UdpSocket(b, gro=False)

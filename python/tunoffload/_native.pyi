@@ -183,6 +183,7 @@ class TunDevice:
     @mac.setter
     def mac(self, mac: str | bytes) -> None: ...
     tx_queue_len: int
+    gso_max_segs: int
     @property
     def stats(self) -> dict[str, int]: ...
     def recv(self, buf: Buffer) -> int: ...
@@ -251,6 +252,8 @@ class UdpSocket:
     @property
     def gro(self) -> bool:
         """This object turned ``UDP_GRO`` on; coalesced reads are split."""
+    @staticmethod
+    def max_segments(size: int) -> int: ...
     @property
     def socket(self) -> socket.socket:
         """The wrapped socket."""

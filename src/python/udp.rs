@@ -437,6 +437,25 @@ impl PyUdpSocket {
         self.gro
     }
 
+    /// ``max_segments(size) -> int``: how many datagrams of ``size`` bytes one
+    /// ``UDP_SEGMENT`` send carries (the kernel's limits: 64 segments, 65507 bytes), as
+    /// ``send_multiple`` groups them, whether or not ``gso`` is on. A tunnel sets its
+    /// ``TunDevice.gso_max_segs`` to this for its datagram size, so that one super-packet
+    /// read from the device leaves in one send. ``ValueError`` for a size no datagram can
+    /// have (below 1 or above 65527).
+    #[staticmethod]
+    fn max_segments(size: i64) -> PyResult<usize> {
+        usize::try_from(size)
+            .ok()
+            .and_then(crate::udp::segments_per_send)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "size must be a datagram size, 1..{}, not {size}",
+                    crate::udp::MAX_PAYLOAD_V6
+                ))
+            })
+    }
+
     /// The wrapped ``socket.socket``.
     #[getter]
     fn socket(&self, py: Python<'_>) -> Py<PyAny> {

@@ -371,7 +371,11 @@ impl UdpBatch {
     }
 
     /// Copies pending datagrams into `bufs`, in order, as many as there are buffers (and
-    /// `sizes`, and `addrs` if given); returns how many (0 if none are pending).
+    /// `sizes`, and `addrs` if given); returns how many (0 if none are pending). A
+    /// coalesced read that would not fit whole into the buffers left after others is
+    /// kept, whole, for the next call (segments that arrived together stay together, so
+    /// TUN-side coalescing of them is not cut in two); one that fills every buffer on its
+    /// own is delivered in parts.
     ///
     /// First every buffer is made long enough (grown with [`ExpandBuffer::resize`] where
     /// it is too short); if one cannot be, [`Error::BufferTooSmall`] and nothing is
@@ -395,6 +399,9 @@ impl UdpBatch {
         let mut n = 0;
         while n < k && m < rx.msgs.len() {
             let msg = rx.msgs[m];
+            if n > 0 && off == 0 && msg.remaining(0) > k - n {
+                break; // a coalesced read that would be cut: whole, next time
+            }
             let dlen = msg.datagram_len(off);
             let buf = &mut bufs[n];
             let have = buf.bytes().len();
@@ -823,6 +830,7 @@ impl Rx {
 #[cfg(test)]
 mod unit {
     use super::*;
+    use crate::udp::segments_per_send;
 
     fn runs(lens: &[usize], to: Dest<'_>, gso: bool) -> Vec<(usize, usize, usize)> {
         let data: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0; l]).collect();
@@ -853,6 +861,20 @@ mod unit {
             runs(&[10, 10], Dest::Connected, false),
             [(0, 1, 10), (1, 1, 10)]
         );
+    }
+
+    #[test]
+    fn segments_per_send_is_the_run_length_of_equal_datagrams() {
+        for size in [
+            1, 2, 100, 1023, 1024, 1420, 1472, 20000, 32753, 32754, 65507,
+        ] {
+            let run = runs(&vec![size; 200], Dest::Connected, true)[0].1;
+            assert_eq!(segments_per_send(size), Some(run), "size {size}");
+        }
+        assert_eq!(segments_per_send(1420), Some(46));
+        assert_eq!(segments_per_send(65527), Some(1));
+        assert_eq!(segments_per_send(0), None);
+        assert_eq!(segments_per_send(65528), None);
     }
 
     #[test]

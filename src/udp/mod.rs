@@ -51,6 +51,24 @@ pub const MAX_SEGMENTS: usize = 64;
 pub const MAX_PAYLOAD_V4: usize = 65507;
 /// The largest UDP payload over IPv6 without jumbograms (65535 - 8).
 pub const MAX_PAYLOAD_V6: usize = 65527;
+/// How many datagrams of `size` bytes one `UDP_SEGMENT` send carries: at most
+/// [`MAX_SEGMENTS`], and at most [`MAX_PAYLOAD_V4`] bytes in all (the limit
+/// [`UdpBatch::send`] keeps to for both families). `None` for 0 or a size no datagram can
+/// have.
+pub const fn segments_per_send(size: usize) -> Option<usize> {
+    if size == 0 || size > MAX_PAYLOAD_V6 {
+        return None;
+    }
+    let n = MAX_PAYLOAD_V4 / size;
+    Some(if n == 0 {
+        1
+    } else if n > MAX_SEGMENTS {
+        MAX_SEGMENTS
+    } else {
+        n
+    })
+}
+
 /// How many `recvmmsg` slots a [`UdpBatch`] keeps (each [`SLOT_SIZE`] bytes).
 pub const RECV_SLOTS: usize = 64;
 /// The size of one receive slot: more than any UDP datagram or coalesced read.

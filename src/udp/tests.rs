@@ -170,6 +170,39 @@ netns_test! {
 }
 
 netns_test! {
+    fn coalesced_reads_are_not_cut_as_root(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let (mut tx, mut rx) = batches(&a, &b);
+        // Three sends, three coalesced reads: 10 x 100, 10 x 200, 3 x 300 bytes.
+        let lens: Vec<usize> = [(10, 100), (10, 200), (3, 300)]
+            .iter()
+            .flat_map(|&(n, l)| std::iter::repeat_n(l, n))
+            .collect();
+        let data = datagrams(&lens);
+        for run in [&data[..10], &data[10..20], &data[20..]] {
+            assert_eq!(tx.send(a.as_fd(), run, Dest::Connected, soon()), Ok(run.len()));
+        }
+        let mut bufs = vec![Vec::new(); 15];
+        let mut sizes = vec![0; 15];
+        let mut recv = |rx: &mut UdpBatch| {
+            rx.recv(b.as_fd(), &mut bufs, &mut sizes, 0, None, soon())
+                .unwrap()
+        };
+        // The second read does not fit whole after the first: it waits, whole.
+        assert_eq!(recv(&mut rx), 10);
+        assert_eq!(rx.pending(), 13);
+        assert_eq!(recv(&mut rx), 13);
+        assert_eq!(rx.stats().recv_messages, 3);
+        // One read larger than all the buffers is delivered in parts.
+        let big: Vec<Vec<u8>> = (0..20).map(|i| datagram(i, 100)).collect();
+        assert_eq!(tx.send(a.as_fd(), &big, Dest::Connected, soon()), Ok(20));
+        assert_eq!(recv(&mut rx), 15);
+        assert_eq!(recv(&mut rx), 5);
+        assert_eq!(&bufs[4][..sizes[4]], &big[19][..]);
+    }
+}
+
+netns_test! {
     fn mixed_sizes_in_order_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let lens = [
