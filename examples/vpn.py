@@ -49,7 +49,14 @@ import threading
 from collections.abc import Callable
 
 import tunoffload as t
-from tunoffload._tunnel import PacketCipher, make_socket, parse_endpoint, read_key, sender_id
+from tunoffload._tunnel import (
+    OVERHEAD,
+    PacketCipher,
+    make_socket,
+    parse_endpoint,
+    read_key,
+    sender_id,
+)
 
 BATCH = t.IDEAL_BATCH_SIZE
 OFFSET = t.VIRTIO_NET_HDR_LEN  # headroom for the virtio header of each packet to the TUN
@@ -69,6 +76,8 @@ class Tunnel:
         self.failed = False  # a thread ended by an error, not by the stop
 
         self.tun = t.TunDevice(args.tun, offload=True, mtu=args.mtu)
+        # super-packets the kernel hands us fit one UDP_SEGMENT send of sealed datagrams
+        self.tun.gso_max_segs = t.UdpSocket.max_segments(args.mtu + OVERHEAD)
         self.tun.add_address(args.address)
         self.tun.up()
         self.sock = make_socket(args.listen, peer=None)  # bound, with 4 MiB buffers

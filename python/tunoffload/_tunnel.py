@@ -502,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         ciphers = [PacketCipher(key, own), PacketCipher(key, own)]
         tx_extra, rx_extra = (ciphers[0],), (ciphers[1],)
     tun = t.TunDevice(args.tun, offload=mode != "plain", mtu=args.mtu)
+    if mode != "plain":
+        # each super-packet read leaves in one UDP_SEGMENT send (46 at MTU 1420)
+        datagram = args.mtu + (OVERHEAD if mode == "vpn" else 0)
+        tun.gso_max_segs = t.UdpSocket.max_segments(datagram)
     tun.add_address(args.address)
     tun.up()
     # every mode: a bound and connected socket with 4 MiB buffers
