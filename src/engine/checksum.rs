@@ -59,19 +59,19 @@ fn finish(acc: u64) -> u16 {
 }
 
 /// How many bytes [`acc_avx2`] sums before it moves its 32-bit lanes into the 64-bit
-/// total: each lane gains at most 65536 in magnitude per 64-byte step, so 16384 steps
-/// (1 MiB) keep it within 2^30.
+/// total: each lane of each accumulator gains at most 65536 in magnitude per 64-byte step,
+/// so 8192 steps (512 KiB) keep it within 2^29 and the two accumulators' sum within 2^30.
 #[cfg(target_arch = "x86_64")]
-const AVX2_FLUSH: usize = 1 << 20;
+const AVX2_FLUSH: usize = 1 << 19;
 
-/// The unfolded native-endian sum of `src`'s 16-bit words, 64 bytes per step with AVX2,
-/// and, if `COPY`, a copy of `src` into `dst` in the same pass.
+/// The unfolded native-endian sum of `src`'s 16-bit words, 64 bytes per step with AVX2
+/// (then one 32-byte step), and, if `COPY`, a copy of `src` into `dst` in the same pass.
 ///
 /// Each word `w` is taken as the signed `w ^ 0x8000 = w - 32768`, so that `vpmaddwd`
 /// (signed 16-bit multiply by 1, adjacent pairs added into 32-bit lanes) sums them
 /// without overflow; the 32768 per word is added back at the end. Against the earlier
-/// form (32-bit words widened to 64-bit lanes, which LLVM vectorised): 1.4 KiB segments
-/// in about half the time, and the copy no longer a second pass.
+/// form (32-bit words widened to 64-bit lanes, which LLVM vectorised) and a separate
+/// `memcpy` first: see `benchmarks/rust/examples/csum_probe.rs`.
 ///
 /// # Safety
 /// The CPU must have AVX2. If `COPY`, `dst` must be valid for writes of `src.len()`
@@ -82,36 +82,40 @@ unsafe fn acc_avx2<const COPY: bool>(src: &[u8], dst: *mut u8) -> u64 {
     use std::arch::x86_64::*;
     let bias = _mm256_set1_epi16(i16::MIN);
     let ones = _mm256_set1_epi16(1);
-    let whole = src.len() / 64 * 64;
+    // One 32-byte block: loaded, stored if COPY, summed into 32-bit lanes.
+    // SAFETY (of the closure's body): callers pass `i + 32 <= src.len()`; with COPY the
+    // same offsets are in `dst`, which is as long (the function's contract).
+    let block = |i: usize| unsafe {
+        let x = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+        if COPY {
+            _mm256_storeu_si256(dst.add(i).cast(), x);
+        }
+        _mm256_madd_epi16(_mm256_xor_si256(x, bias), ones)
+    };
+    let whole = src.len() / 32 * 32;
+    let pairs = src.len() / 64 * 64;
     let mut total: i64 = 0;
     let mut i = 0;
     while i < whole {
-        let end = whole.min(i + AVX2_FLUSH);
+        let end = pairs.min(i + AVX2_FLUSH);
         let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         while i < end {
-            // SAFETY: i + 64 <= whole <= src.len(), so both 32-byte loads are in `src`
-            // (unaligned loads); with COPY, the same offsets are in `dst` (same length).
-            let (x, y) = unsafe {
-                let p = src.as_ptr().add(i);
-                let x = _mm256_loadu_si256(p.cast());
-                let y = _mm256_loadu_si256(p.add(32).cast());
-                if COPY {
-                    _mm256_storeu_si256(dst.add(i).cast(), x);
-                    _mm256_storeu_si256(dst.add(i + 32).cast(), y);
-                }
-                (x, y)
-            };
-            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_xor_si256(x, bias), ones));
-            b = _mm256_add_epi32(b, _mm256_madd_epi16(_mm256_xor_si256(y, bias), ones));
+            a = _mm256_add_epi32(a, block(i));
+            b = _mm256_add_epi32(b, block(i + 32));
             i += 64;
         }
-        let (mut la, mut lb) = ([0i32; 8], [0i32; 8]);
-        // SAFETY: each array is 32 bytes, what an unaligned 256-bit store writes.
-        unsafe {
-            _mm256_storeu_si256(la.as_mut_ptr().cast(), a);
-            _mm256_storeu_si256(lb.as_mut_ptr().cast(), b);
+        if i == pairs && pairs < whole {
+            a = _mm256_add_epi32(a, block(i)); // the last 32-byte block
+            i += 32;
         }
-        total += la.iter().chain(&lb).map(|&v| i64::from(v)).sum::<i64>();
+        // 16 lanes of at most 2^29 each, two by two: 4 lanes within 2^31, then 64-bit.
+        let v = _mm256_add_epi32(a, b);
+        let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let w = _mm_add_epi64(
+            _mm_cvtepi32_epi64(v),
+            _mm_cvtepi32_epi64(_mm_srli_si128::<8>(v)),
+        );
+        total += _mm_cvtsi128_si64(w) + _mm_extract_epi64::<1>(w);
     }
     // Add back 32768 per word: the true sum of `whole / 2` unsigned words, never negative.
     let mut acc = (total + 32768 * (whole / 2) as i64) as u64;
