@@ -60,7 +60,9 @@ fn main() {
                 // SAFETY: as above.
                 unsafe { old_sum(&dst[..len]) }
             }));
-            r[4].push(time(reps, || checksum::copy_and_sum(&mut dst[..len], black_box(s))));
+            r[4].push(time(reps, || {
+                checksum::copy_and_sum(&mut dst[..len], black_box(s))
+            }));
         }
         // SAFETY: as above.
         assert_eq!(checksum::sum(s), unsafe { old_sum(s) });
