@@ -4,73 +4,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tunoffload::engine::{self as eng, checksum, VirtioNetHdr};
-use tunoffload_bench::reset;
+use tunoffload_bench::{reset, super_packet};
 
 const OFFSET: usize = 10;
-
-/// A super-packet as a TUN reader gets it: headers + `payload` bytes, pseudo-header sum in
-/// the transport checksum field.
-fn super_packet(v6: bool, udp: bool, payload: usize) -> (Vec<u8>, VirtioNetHdr) {
-    let iph = if v6 { 40 } else { 20 };
-    let l4h = if udp { 8 } else { 20 };
-    let total = iph + l4h + payload;
-    let mut p = vec![0u8; total];
-    let proto = if udp { 17 } else { 6 };
-    if v6 {
-        p[0] = 0x60;
-        p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-        p[6] = proto;
-        p[7] = 64;
-        p[8] = 0xfd;
-        p[23] = 1;
-        p[24] = 0xfd;
-        p[39] = 2;
-    } else {
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = proto;
-        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        let c = checksum::ipv4_header_checksum(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-    p[iph..iph + 4].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
-    if udp {
-        p[iph + 4..iph + 6].copy_from_slice(&((total - iph) as u16).to_be_bytes());
-    } else {
-        p[iph + 4..iph + 8].copy_from_slice(&1u32.to_be_bytes());
-        p[iph + 8..iph + 12].copy_from_slice(&1u32.to_be_bytes());
-        p[iph + 12] = 5 << 4;
-        p[iph + 13] = 0x10;
-    }
-    for (i, b) in p[iph + l4h..].iter_mut().enumerate() {
-        *b = (i % 251) as u8;
-    }
-    let (a, n) = if v6 { (8, 16) } else { (12, 4) };
-    let ps = checksum::pseudo_header(
-        proto,
-        &p[a..a + n],
-        &p[a + n..a + 2 * n],
-        (total - iph) as u16,
-    );
-    let at = iph + if udp { 6 } else { 16 };
-    p[at..at + 2].copy_from_slice(&ps.to_be_bytes());
-    let hdr = VirtioNetHdr {
-        flags: eng::VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: match (v6, udp) {
-            (_, true) => eng::VIRTIO_NET_HDR_GSO_UDP_L4,
-            (false, false) => eng::VIRTIO_NET_HDR_GSO_TCPV4,
-            (true, false) => eng::VIRTIO_NET_HDR_GSO_TCPV6,
-        },
-        hdr_len: (iph + l4h) as u16,
-        gso_size: 1448,
-        csum_start: iph as u16,
-        csum_offset: if udp { 6 } else { 16 },
-    };
-    (p, hdr)
-}
 
 fn tunrs_hdr(h: &VirtioNetHdr) -> tun_rs::VirtioNetHdr {
     tun_rs::VirtioNetHdr {
