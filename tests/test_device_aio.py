@@ -40,6 +40,14 @@ def test_recv_multiple_and_close_wake():
                 dev = AsyncTunDevice.open("aio0", offload=True, up=True)
             dev.add_address("192.0.2.1/24")
             assert not dev.getblocking()
+            # Properties are the device's, to read and to assign.
+            dev.mtu = 1400
+            dev.gso_max_segs = 46
+            assert dev.device.mtu == 1400 == dev.mtu
+            assert dev.device.gso_max_segs == 46 == dev.gso_max_segs
+            assert "mtu" not in vars(dev)
+            with pytest.raises(AttributeError):
+                dev.name = "other"  # read-only on the device: refused, not shadowed
             original = bytearray(HDR + 65535)
             bufs = [bytearray(HDR + 2000) for _ in range(4)]
             sizes = [0] * 4

@@ -40,6 +40,9 @@ def test_recv_waits_then_takes_the_batch() -> None:
         async def main() -> None:
             ua, ub = AsyncUdpSocket(a), AsyncUdpSocket(b)
             assert not b.getblocking() and ub.gso and ub.gro
+            with pytest.raises(AttributeError):
+                ub.gso = False  # read-only on UdpSocket: refused, not shadowed
+            assert ub.gso and "gso" not in vars(ub)
             bufs = [bytearray(1500) for _ in range(64)]
             sizes = [0] * 64
             addrs: list[object] = [None] * 64

@@ -112,7 +112,8 @@ class AsyncTunDevice:
     mode); ``AsyncTunDevice.open(name=None, **kwargs)`` creates one with the same
     arguments as ``TunDevice``. Methods ``recv``, ``send``, ``recv_multiple`` and
     ``send_multiple`` are coroutines with the same arguments and results as on
-    ``TunDevice``; every other attribute is the wrapped device's.
+    ``TunDevice``; every other attribute is the wrapped device's, to read and to assign
+    (``adev.mtu = 1400`` sets the device's MTU).
 
     ``close()`` (or leaving ``async with``) closes the device and makes every pending
     ``await`` on it raise ``OSError(EBADF)``.
@@ -136,6 +137,14 @@ class AsyncTunDevice:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dev, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``adev.mtu = 1400`` configures the device (it would otherwise shadow the
+        # device's property with an attribute of the wrapper, and change nothing).
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._dev, name, value)
 
     def __repr__(self) -> str:
         return f"<AsyncTunDevice {self._dev!r}>"
@@ -236,6 +245,13 @@ class AsyncUdpSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._udp, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # As on AsyncTunDevice: attributes are the wrapped object's, for writes too.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._udp, name, value)
 
     def __repr__(self) -> str:
         return f"<AsyncUdpSocket {self._udp!r}>"
