@@ -1,6 +1,6 @@
 //! Network namespaces: naming one ([`NetnsTarget`]), opening and checking it ([`Netns`]),
 //! and moving the calling thread into it and back ([`Netns::enter`], [`Switch`],
-//! [`NetnsGuard`], [`in_netns`]).
+//! [`NetnsGuard`], `in_netns`).
 //!
 //! Only the calling *thread* changes namespace (`setns(2)` with `CLONE_NEWNET`); the
 //! rest of the process stays where it is.
