@@ -117,6 +117,14 @@ def test_gso_split_bad_out_offset(out_offset):
 
 
 # (name, call, what it raises: an engine error kind or an exception class)
+def test_split_refusals_name_the_callers_buffers() -> None:
+    # gso_split's buffers are out_bufs (recv_multiple's, bufs: see test_batch.py).
+    with pytest.raises(ValueError, match=r"^the packet splits into 4 segments but only 0 out_bufs"):
+        t.gso_split(SUP, HDR, [], [0] * 4)
+    with pytest.raises(ValueError, match=r"^out_bufs\[0\] holds 100 bytes; segment 0 needs"):
+        t.gso_split(SUP, HDR, outs(4, 100), [0] * 4)
+
+
 GSO_SPLIT_BAD_ARGUMENTS = [
     ("is_v6 not a bool", lambda s: t.gso_split(SUP, HDR, outs(), s, 0, "yes"), TypeError),
     ("is_v6 wrong", lambda s: t.gso_split(SUP, HDR, outs(), s, 0, True), "ip_version_mismatch"),

@@ -224,12 +224,24 @@ impl Split {
 
     /// Checks that `bufs` (with `sizes_len` sizes) can take the packets at `offset`, and
     /// grows the buffers that are too small; nothing is written. A failure leaves the
-    /// packet intact (`keep`).
+    /// packet intact (`keep`). Messages call the buffers `bufs`.
     pub fn prepare<B: ExpandBuffer>(
         &self,
         bufs: &mut [B],
         sizes_len: usize,
         offset: usize,
+    ) -> Result<(), SplitError> {
+        self.prepare_named(bufs, sizes_len, offset, "bufs")
+    }
+
+    /// [`prepare`](Self::prepare), with messages that call the buffers `name` (the
+    /// caller's name for them: `out_bufs` for `gso_split`).
+    pub fn prepare_named<B: ExpandBuffer>(
+        &self,
+        bufs: &mut [B],
+        sizes_len: usize,
+        offset: usize,
+        name: &str,
     ) -> Result<(), SplitError> {
         let n = self.count();
         if bufs.len() < n {
@@ -237,7 +249,7 @@ impl Split {
                 ErrorKind::TooFewOutBufs,
                 None,
                 format!(
-                    "the packet splits into {n} segments but only {} bufs were given",
+                    "the packet splits into {n} segments but only {} {name} were given",
                     bufs.len()
                 ),
             ));
@@ -259,7 +271,7 @@ impl Split {
                     ErrorKind::OutBufTooSmall,
                     Some(i),
                     format!(
-                        "bufs[{i}] holds {} bytes; segment {i} needs {} after offset {offset}",
+                        "{name}[{i}] holds {} bytes; segment {i} needs {} after offset {offset}",
                         b.bytes().len(),
                         self.size(i)
                     ),
@@ -269,7 +281,7 @@ impl Split {
                 SplitError::buffers(
                     ErrorKind::BufferCannotGrow,
                     Some(i),
-                    format!("bufs[{i}] cannot grow to {need} bytes: {}", e.message()),
+                    format!("{name}[{i}] cannot grow to {need} bytes: {}", e.message()),
                 )
             })?;
         }

@@ -277,15 +277,9 @@ pub(crate) fn split_to_py(
     let mut views = Views::with_capacity(py, m);
     let mut bufs = bufs_of(&mut views, out_bufs, m, None, 0, grow, name).map_err(buffers_error)?;
     split
-        .prepare(&mut bufs, sizes.len(), out_offset)
+        .prepare_named(&mut bufs, sizes.len(), out_offset, name)
         .map_err(|e| SplitFailed {
-            err: match e.error {
-                crate::device::Error::Engine(x) => {
-                    let m = x.message().replace("bufs[", &format!("{name}["));
-                    value_error(x.with_message(m))
-                }
-                other => to_py(py, other),
-            },
+            err: to_py(py, e.error),
             keep: e.keep,
         })?;
     // The written ranges must not share a byte with each other (the same bytearray twice,
