@@ -11,7 +11,9 @@ Two threads, one per direction, each moving a batch per system call:
 - TUN -> peer: ``TunDevice(offload=True).recv_multiple`` reads one super-packet (up to
   64 KiB) and splits it into MTU-sized IP packets; each is encrypted into a datagram, and
   ``UdpSocket.send_multiple`` sends the batch (equal-size datagrams go out as one
-  ``UDP_SEGMENT`` send).
+  ``UDP_SEGMENT`` send). The device's ``gso_max_segs`` is set to what one such send
+  carries (``UdpSocket.max_segments(mtu + 28)``: 45 at MTU 1420), so every super-packet
+  leaves in one send.
 - peer -> TUN: ``UdpSocket.recv_multiple`` takes every datagram queued (a ``UDP_GRO``
   read is split at its segment size); each is checked against the replay window,
   verified and decrypted, and ``TunDevice.send_multiple`` coalesces the packets again
