@@ -59,10 +59,11 @@ fn finish(acc: u64) -> u16 {
 }
 
 /// How many bytes [`acc_avx2`] sums before it moves its 32-bit lanes into the 64-bit
-/// total: each lane of each accumulator gains at most 65536 in magnitude per 64-byte step,
-/// so 8192 steps (512 KiB) keep it within 2^29 and the two accumulators' sum within 2^30.
+/// total: each lane of each accumulator gains at most 65536 in magnitude per 64-byte step
+/// (and `a` one 32-byte block more at the very end), so 4096 steps (256 KiB) keep a lane
+/// within 2^28 + 2^16 and the four lanes it is added into at the end within 2^31.
 #[cfg(target_arch = "x86_64")]
-const AVX2_FLUSH: usize = 1 << 19;
+const AVX2_FLUSH: usize = 1 << 18;
 
 /// The unfolded native-endian sum of `src`'s 16-bit words, 64 bytes per step with AVX2
 /// (then one 32-byte step), and, if `COPY`, a copy of `src` into `dst` in the same pass.
@@ -108,7 +109,8 @@ unsafe fn acc_avx2<const COPY: bool>(src: &[u8], dst: *mut u8) -> u64 {
             a = _mm256_add_epi32(a, block(i)); // the last 32-byte block
             i += 32;
         }
-        // 16 lanes of at most 2^29 each, two by two: 4 lanes within 2^31, then 64-bit.
+        // 16 lanes of at most 2^28 + 2^16 each, two by two: 4 lanes within 2^31, then
+        // 64-bit.
         let v = _mm256_add_epi32(a, b);
         let v = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
         let w = _mm_add_epi64(
@@ -271,6 +273,20 @@ mod tests {
             assert_eq!(&d[..], s);
         }
         assert_eq!(sum(&ones), 0xffff); // every lane full for a whole block and more
+                                        // A whole flush block and then the last 32-byte step: the largest a lane gets.
+        for len in [
+            (1 << 18) + 32,
+            (1 << 19) + 32,
+            (1 << 19) + 62,
+            (1 << 20) + 32,
+        ] {
+            let (zeros, ffs) = (vec![0u8; len], vec![0xffu8; len]);
+            assert_eq!(sum(&zeros), 0, "zeros {len}");
+            assert_eq!(sum(&ffs), 0xffff, "ones {len}");
+            let mut d = vec![0u8; len];
+            assert_eq!(copy_and_sum(&mut d, &ffs), 0xffff, "copy ones {len}");
+            assert_eq!(copy_and_sum(&mut d, &zeros), 0, "copy zeros {len}");
+        }
         let mut d = vec![0u8; ones.len()];
         assert_eq!(copy_and_sum(&mut d, &ones), 0xffff);
         assert_eq!(d, ones);

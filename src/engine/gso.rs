@@ -292,11 +292,11 @@ fn gso_name(gso_type: u8) -> &'static str {
     }
 }
 
-/// Checks that `out_bufs` and `sizes` can take the plan's segments at `out_offset`.
+/// Checks that `out_bufs` can take the plan's segments at `out_offset` (`sizes` is
+/// [`gso_split`]'s to check).
 fn check_outputs(
     plan: &GsoPlan,
     out_lens: impl ExactSizeIterator<Item = usize>,
-    sizes_len: usize,
     out_offset: usize,
 ) -> Result<()> {
     let n = plan.segments;
@@ -305,12 +305,6 @@ fn check_outputs(
             TooFewOutBufs,
             "the packet splits into {n} segments but only {} out_bufs were given",
             out_lens.len()
-        );
-    }
-    if sizes_len < n {
-        bail!(
-            SizesTooShort,
-            "the packet splits into {n} segments but sizes has room for {sizes_len}"
         );
     }
     for (i, len) in out_lens.take(n).enumerate() {
@@ -338,20 +332,15 @@ pub fn write_segments<B: AsMut<[u8]>>(
             "the packet changed between planning and writing",
         ));
     }
-    check_outputs(
-        plan,
-        outs.iter_mut().map(|b| b.as_mut().len()),
-        plan.segments,
-        out_offset,
-    )?;
+    check_outputs(plan, outs.iter_mut().map(|b| b.as_mut().len()), out_offset)?;
     match plan.kind {
         Kind::Verbatim => {
             outs[0].as_mut()[out_offset..out_offset + pkt.len()].copy_from_slice(pkt);
         }
         Kind::CompleteChecksum { start, at } => {
             let out = &mut outs[0].as_mut()[out_offset..out_offset + pkt.len()];
-            out.copy_from_slice(pkt);
-            let c = !checksum::sum(&out[start..]);
+            out[..start].copy_from_slice(&pkt[..start]);
+            let c = !checksum::copy_and_sum(&mut out[start..], &pkt[start..]);
             put16(out, at, if c == 0 { 0xffff } else { c });
         }
         Kind::Tcp { seed, ip } | Kind::Udp { seed, ip } => {
