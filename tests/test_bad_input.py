@@ -207,6 +207,29 @@ def test_gso_split_output_resized_by_a_later_outputs_export():
     assert len(first) == 2000 + (1 << 20)
 
 
+def test_gso_split_output_resized_by_a_later_items_getitem():
+    # The same on any Python version: a list subclass that claims more items than it
+    # holds, whose __getitem__ for them grows out_bufs[0] (its memory moves).
+    first = bytearray(2000)
+    rest = outs(3)
+
+    class Claims(list[bytearray]):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+            if i == 0:
+                return first
+            first.extend(bytes(1 << 20))
+            return rest[i - 1]
+
+    sizes = [0] * 4
+    assert t.gso_split(SUP, HDR, Claims([first]), sizes) == 4
+    want = P.kernel_gso(SUP, H)
+    assert [bytes(b[: sizes[i]]) for i, b in enumerate([first, *rest])] == want
+    assert len(first) == 2000 + 3 * (1 << 20)
+
+
 # --- handle_gro ------------------------------------------------------------------------
 
 

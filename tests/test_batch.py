@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Sequence
 
 import pytest
 from _netns import Netns, can_use_netns
@@ -93,6 +94,47 @@ def test_plain_device_fit_loop(ns):
             assert dev.recv_multiple(None, bufs, sizes, 4, fit=True) == 1
             assert len(bufs[0]) == 4 + sizes[0]
             assert _udp_payload(bytes(bufs[0][4:])) == payload
+
+
+def test_plain_device_grown_bytearray_shows_no_heap(ns):
+    dev = _device(ns, "zero1", offload=False)
+    with dev:
+        for fit in (False, True):
+            # Freed memory of the size it grows to, full of 0xAA, for the allocator to reuse.
+            junk = bytearray(b"\xaa" * (100 + 65535))
+            del junk
+            bufs, sizes = [bytearray(0)], [0]
+            _udp(ns, b"z" * 50)
+            assert dev.recv_multiple(None, bufs, sizes, 100, fit=fit) == 1
+            assert bytes(bufs[0][:100]) == bytes(100), "headroom not zeroed"
+            assert bytes(bufs[0][100 + sizes[0] :]) == bytes(len(bufs[0]) - 100 - sizes[0])
+            assert _udp_payload(bytes(bufs[0][100 : 100 + sizes[0]])) == b"z" * 50
+
+
+def test_plain_device_bufs0_that_changes_between_looks(ns):
+    # A sequence whose bufs[0] is a large buffer when checked and a 2-byte one when
+    # used: refused as ValueError (it used to panic), before the read.
+    class Shifty(Sequence[memoryview]):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+            if i != 0:
+                raise IndexError(i)
+            self.calls += 1
+            return memoryview(bytearray(2000 if self.calls == 1 else 2))
+
+    dev = _device(ns, "shift1", offload=False)
+    with dev:
+        _udp(ns, b"s" * 40)
+        with pytest.raises(ValueError, match=r"bufs\[0\] holds 2 bytes .* no room after offset 4"):
+            dev.recv_multiple(None, Shifty(), [0], 4)
+        bufs, sizes = [bytearray(0)], [0]
+        assert dev.recv_multiple(None, bufs, sizes, 4) == 1
+        assert _udp_payload(bytes(bufs[0][4 : 4 + sizes[0]])) == b"s" * 40
 
 
 def test_argument_errors_raise_before_the_read(ns):

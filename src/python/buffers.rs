@@ -267,18 +267,23 @@ pub(crate) struct Buf<'py> {
     /// An exact `bytearray`, read in place.
     bytearray: bool,
     exact: bool,
+    /// Bytes from here on that a resize adds are the caller's to write (the packet or
+    /// segment goes there); the ones it adds below are zeroed, so that no heap memory
+    /// shows through in the headroom.
+    written_from: usize,
 }
 
 impl<'py> Buf<'py> {
     /// Wraps `obj`, the buffer `name()`; `len` is the packet's end in sized mode, `None`
     /// for exact. A `bytearray` is read in place (no export: the GIL is held while this
     /// lives and no Python code runs); anything else is exported writable by `views`.
-    /// `grow`: whether a bytearray may be resized.
+    /// `grow`: whether a bytearray may be resized; `written_from`: see the field.
     pub(crate) fn new(
         obj: Bound<'py, PyAny>,
         views: &mut Views<'py>,
         len: Option<usize>,
         grow: bool,
+        written_from: usize,
         name: &dyn Fn() -> String,
     ) -> PyResult<Self> {
         let raw = obj.as_ptr();
@@ -299,6 +304,7 @@ impl<'py> Buf<'py> {
             growable,
             bytearray,
             exact: len.is_none(),
+            written_from,
         };
         b.set_region(r, name)?;
         Ok(b)
@@ -396,7 +402,26 @@ pub(crate) fn seq_item<'py>(seq: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound
     seq.get_item(i)
 }
 
-/// The buffers `seq[..n]` as [`Buf`]s (`base + lens[i]` is packet i's end in sized mode).
+/// Grows (or shrinks) the bytearray `b` to `new_len` bytes, zeroing the bytes it adds
+/// below `zero_below` (the ones above are the caller's to write at once), so that no
+/// heap memory shows through.
+pub(crate) fn resize_bytearray(
+    b: &Bound<'_, PyByteArray>,
+    new_len: usize,
+    zero_below: usize,
+) -> PyResult<()> {
+    let old = b.len();
+    b.resize(new_len)?;
+    // SAFETY: GIL held and no Python code runs while the slice lives.
+    if let Some(fresh) = unsafe { b.as_bytes_mut() }.get_mut(old..new_len.min(zero_below)) {
+        fresh.fill(0);
+    }
+    Ok(())
+}
+
+/// The buffers `seq[..n]` as [`Buf`]s (`base + lens[i]` is packet i's end in sized mode;
+/// in both modes the caller writes from `base` on, and bytes a resize adds before it are
+/// zeroed).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bufs_of<'py>(
     views: &mut Views<'py>,
@@ -409,18 +434,31 @@ pub(crate) fn bufs_of<'py>(
 ) -> PyResult<Vec<Buf<'py>>> {
     let mut out = Vec::with_capacity(n);
     let list = seq.cast::<PyList>().ok();
+    // Whether Python code may have run since the first buffer was read: `seq[i]` on
+    // something that is not a list (or past a list subclass's real end), or the export
+    // of a buffer that is not a bytearray (a class's `__buffer__`, Python 3.12+). That
+    // code may have resized a bytearray read before it.
+    let mut ran_python = false;
     for i in 0..n {
         let obj = match list.and_then(|l| list_item(l, i)) {
             Some(o) => o,
-            None => seq.get_item(i)?,
+            None => {
+                ran_python = true;
+                seq.get_item(i)?
+            }
         };
-        let end = lens.map(|l| base + l[i]);
-        out.push(Buf::new(obj, views, end, grow, &|| format!("{name}[{i}]"))?);
+        let end = match lens {
+            Some(l) => Some(base.saturating_add(l.get(i).copied().ok_or_else(|| {
+                PyValueError::new_err(format!("{name}: fewer sizes than buffers"))
+            })?)),
+            None => None,
+        };
+        let b = Buf::new(obj, views, end, grow, base, &|| format!("{name}[{i}]"))?;
+        ran_python |= !b.is_bytearray();
+        out.push(b);
     }
-    // Exporting a buffer that is not a bytearray may run Python code (a class's
-    // `__buffer__`, Python 3.12+), which may resize a bytearray read before it: read
-    // their memory again, now that no more Python code runs.
-    if !out.iter().all(Buf::is_bytearray) {
+    // Read the bytearrays' memory again, now that no more Python code runs.
+    if ran_python {
         for (i, b) in out.iter_mut().enumerate() {
             b.reread(&|| format!("{name}[{i}]"))?;
         }
@@ -672,8 +710,16 @@ impl ExpandBuffer for Buf<'_> {
             })?;
             // SAFETY: a bytearray (cast above), GIL held.
             let r = unsafe { bytearray_region(ba.as_ptr()) };
+            let old = self.cap;
             self.ptr = r.ptr;
             self.cap = r.len;
+            let fresh = old..new_len.min(self.written_from);
+            if !fresh.is_empty() {
+                // SAFETY: `fresh` is within the bytearray's `r.len` bytes (new_len ==
+                // r.len); GIL held and no Python code runs while the slice lives.
+                let all = unsafe { std::slice::from_raw_parts_mut(r.ptr.as_ptr(), r.len) };
+                all[fresh].fill(0);
+            }
         }
         self.len = new_len;
         Ok(())

@@ -9,8 +9,8 @@ use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
-use super::buffers::{list_item, scan_bytearrays, seq_item, Views};
-use super::engine::{gro_py, kind_error, non_negative, split_to_py, PyGroTable};
+use super::buffers::{list_item, resize_bytearray, scan_bytearrays, seq_item, Views};
+use super::engine::{gro_py, kind_error, non_negative, set_sizes, split_to_py, PyGroTable};
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
 use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
@@ -737,19 +737,29 @@ impl PyTunDevice {
             let want = offset + batch::max_read(&tun);
             if let Some(b) = ba {
                 if b.len() <= offset || (fit && b.len() < want) {
-                    b.resize(want)?;
+                    // With `fit` the bytes after the packet are cut off again at once.
+                    resize_bytearray(b, want, if fit { offset } else { want })?;
                 }
             }
             let n = {
                 let mut views = Views::with_capacity(py, 1);
                 let r = views.write(&first, &|| "bufs[0]".to_owned())?;
+                let len = r.len();
                 // SAFETY: the writable export is held by `views` until after the read;
-                // this is the only reference to those bytes (check_outputs made sure the
-                // buffer has room after `offset`).
-                let data = &mut unsafe { r.slice_mut() }[offset..];
+                // this is the only reference to those bytes.
+                let data = unsafe { r.slice_mut() }
+                    .get_mut(offset..)
+                    .filter(|d| !d.is_empty())
+                    // This export, not check_outputs' (a __buffer__ may give another).
+                    .ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "bufs[0] holds {len} bytes and cannot grow (not a bytearray): \
+                             no room after offset {offset}"
+                        ))
+                    })?;
                 retrying(py, || self.recv_state.read(&tun, data, blocking))?
             };
-            sizes_list.set_item(0, n)?;
+            set_sizes(sizes_list, 1, n, n)?; // no new int when the entry holds n already
             self.rx_packets.fetch_add(1, Ordering::Relaxed);
             if let (true, Some(b)) = (fit, ba) {
                 if b.len() != offset + n {

@@ -275,7 +275,8 @@ pub(crate) fn split_to_py(
     let have = out_bufs.len().map_err(buffers_error)?;
     let m = n.min(have);
     let mut views = Views::with_capacity(py, m);
-    let mut bufs = bufs_of(&mut views, out_bufs, m, None, 0, grow, name).map_err(buffers_error)?;
+    let mut bufs =
+        bufs_of(&mut views, out_bufs, m, None, out_offset, grow, name).map_err(buffers_error)?;
     split
         .prepare_named(&mut bufs, sizes.len(), out_offset, name)
         .map_err(|e| SplitFailed {

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyOSError, PyOverflowError, PyTimeoutError, PyTypeError, 
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 
-use super::buffers::{list_item, Region, Views};
+use super::buffers::{list_item, resize_bytearray, Region, Views};
 use super::engine::non_negative;
 use crate::engine::{self as eng, ExpandBuffer};
 use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
@@ -91,22 +91,14 @@ impl ExpandBuffer for RecvBuf<'_> {
 
     fn resize(&mut self, new_len: usize) -> eng::Result<()> {
         match self {
-            RecvBuf::Array(b) => {
-                let old = b.len();
-                b.resize(new_len).map_err(|e| {
-                    eng::Error::new(
-                        eng::ErrorKind::BufferCannotGrow,
-                        format!("the bytearray cannot grow: {e}"),
-                    )
-                })?;
-                // The new bytes are whatever the allocator had: zero them, so that none
-                // of the heap shows through before `offset`.
-                // SAFETY: GIL held, no Python code runs while the slice lives.
-                if let Some(fresh) = unsafe { b.as_bytes_mut() }.get_mut(old..) {
-                    fresh.fill(0);
-                }
-                Ok(())
-            }
+            // The new bytes are whatever the allocator had: zero them, so that none of the
+            // heap shows through before `offset`.
+            RecvBuf::Array(b) => resize_bytearray(b, new_len, new_len).map_err(|e| {
+                eng::Error::new(
+                    eng::ErrorKind::BufferCannotGrow,
+                    format!("the bytearray cannot grow: {e}"),
+                )
+            }),
             RecvBuf::Fixed(_) => Err(eng::Error::fixed(
                 eng::ErrorKind::BufferCannotGrow,
                 "a fixed-size buffer cannot grow",
