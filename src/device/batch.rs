@@ -578,8 +578,9 @@ impl Sent {
 
 /// Writes `packets` in order, from where `sent` stopped. A packet the kernel refuses
 /// (`EINVAL`, `EIO` on a down device, ...) does not stop the others: the first such error
-/// is returned at the end. A closed or deleted device stops at once. `EINTR` is returned
-/// with `sent` up to date: call again to go on.
+/// is returned at the end. A closed or deleted device stops at once. `EINTR`, and
+/// `EAGAIN` when not `blocking`, are returned with `sent` up to date and the packet not
+/// yet written: call again to go on.
 pub fn write_packets(
     tun: &Tun,
     packets: &[&[u8]],
@@ -593,7 +594,7 @@ pub fn write_packets(
                 sent.bytes += n;
                 sent.next += 1;
             }
-            Err(e) if e.is_eintr() => return Err(e),
+            Err(e) if e.is_eintr() || e.errno() == Some(libc::EAGAIN) => return Err(e),
             Err(e @ (Error::Closed | Error::Invalid(_) | Error::Engine(_))) => return Err(e),
             Err(e) if matches!(e.errno(), Some(libc::EBADFD | libc::EBADF)) => return Err(e),
             Err(e) => {

@@ -130,12 +130,13 @@ impl PyTunDevice {
 
     /// Writes `packets` in order with the GIL released (`batch::write_packets`: a
     /// refused packet does not stop the others); on `EINTR` runs the signal handlers and
-    /// goes on. Returns the bytes written, or the exception with what was written.
+    /// goes on. Returns the bytes written, or the exception with what was written. The
+    /// writes wait for room even in non-blocking mode, so the batch goes out whole (an
+    /// `EAGAIN` would otherwise count as a refused packet and lose it).
     fn write_all(&self, py: Python<'_>, tun: &Tun, packets: &[&[u8]]) -> PyResult<usize> {
-        let blocking = self.is_blocking();
         let mut sent = Sent::new();
         loop {
-            let r = py.detach(|| batch::write_packets(tun, packets, blocking, &mut sent));
+            let r = py.detach(|| batch::write_packets(tun, packets, true, &mut sent));
             let err = match r {
                 Ok(()) => return Ok(sent.bytes),
                 Err(e) if e.is_eintr() => match py.check_signals() {
