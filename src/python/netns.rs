@@ -159,8 +159,10 @@ impl PyNetnsSwitch {
                 self.ns.describe()
             )));
         }
-        let sw: &mut Switch = &mut sw;
-        py.detach(|| sw.leave()).map_err(|e| to_py(py, e))
+        // With the GIL held: `setns` does not block, and releasing the GIL while this
+        // switch's lock is held would deadlock against another thread that holds the GIL
+        // and waits for the lock (reading `active`, say).
+        sw.leave().map_err(|e| to_py(py, e))
     }
 
     fn __repr__(&self) -> String {
