@@ -17,7 +17,7 @@ use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
 
 /// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
 /// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
-fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
+pub(crate) fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
     match py.get_type::<PyOSError>().call1((errno, msg)) {
         Ok(v) => PyErr::from_value(v),
         Err(e) => e,

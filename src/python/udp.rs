@@ -8,21 +8,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyOverflowError, PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 
 use super::buffers::{list_item, resize_bytearray, Region, Views};
+use super::device::os_error;
 use super::engine::non_negative;
 use crate::engine::{self as eng, ExpandBuffer};
 use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
 
-/// `OSError(errno, msg)`: Python picks the subclass from the errno.
-fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
-    match py.get_type::<PyOSError>().call1((errno, msg)) {
-        Ok(v) => PyErr::from_value(v),
-        Err(e) => e,
-    }
+/// `ValueError`: the list `what` has `have` entries, fewer than the `need` `of`.
+#[cold]
+fn too_few(what: &str, have: usize, need: usize, of: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "{what} has {have} entries, fewer than the {need} {of}"
+    ))
 }
 
 fn to_py(py: Python<'_>, e: udp::Error) -> PyErr {
@@ -30,13 +31,9 @@ fn to_py(py: Python<'_>, e: udp::Error) -> PyErr {
         udp::Error::Os { errno, msg } => os_error(py, errno, msg),
         udp::Error::Invalid(m) => PyValueError::new_err(m),
         e @ udp::Error::BufferTooSmall { .. } => PyValueError::new_err(e.to_string()),
-        udp::Error::WouldBlock => {
-            os_error(py, udp::consts::EAGAIN, udp::Error::WouldBlock.to_string())
-        }
-        udp::Error::Timeout => PyTimeoutError::new_err("timed out"),
-        udp::Error::Interrupted => {
-            os_error(py, udp::consts::EINTR, "Interrupted system call".into())
-        }
+        e @ udp::Error::Timeout => PyTimeoutError::new_err(e.to_string()),
+        // WouldBlock and Interrupted: their errno and the C library's words for it.
+        e => os_error(py, e.errno().unwrap_or_default(), e.to_string()),
     }
 }
 
@@ -549,10 +546,7 @@ impl PyUdpSocket {
             .cast::<PyList>()
             .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
         if sizes.len() < nb {
-            return Err(PyValueError::new_err(format!(
-                "sizes has {} entries, fewer than the {nb} bufs",
-                sizes.len()
-            )));
+            return Err(too_few("sizes", sizes.len(), nb, "bufs"));
         }
         let addrs = match addrs {
             Some(a) if !a.is_none() => {
@@ -560,10 +554,7 @@ impl PyUdpSocket {
                     .cast::<PyList>()
                     .map_err(|_| PyTypeError::new_err("addrs must be a list or None"))?;
                 if l.len() < nb {
-                    return Err(PyValueError::new_err(format!(
-                        "addrs has {} entries, fewer than the {nb} bufs",
-                        l.len()
-                    )));
+                    return Err(too_few("addrs", l.len(), nb, "bufs"));
                 }
                 Some(l)
             }
@@ -595,7 +586,7 @@ impl PyUdpSocket {
             let batch = &mut side.batch;
             // Datagrams already pending need no system call, so no GIL hand-off either.
             let filled = if batch.pending() > 0 {
-                Ok(batch.pending())
+                Ok(0)
             } else {
                 py.detach(|| batch.fill(bfd, nb, wait))
             };
@@ -734,10 +725,7 @@ impl PyUdpSocket {
             Some(s) if !s.is_none() => {
                 let s = Seq::of(s, "sizes")?;
                 if s.len() < n {
-                    return Err(PyValueError::new_err(format!(
-                        "sizes has {} entries, fewer than the {n} datagrams to send",
-                        s.len()
-                    )));
+                    return Err(too_few("sizes", s.len(), n, "datagrams to send"));
                 }
                 Some(s)
             }
@@ -807,10 +795,7 @@ impl PyUdpSocket {
             let dest = match addr.cast::<PyList>() {
                 Ok(list) => {
                     if list.len() < n {
-                        return Err(PyValueError::new_err(format!(
-                            "addr has {} entries, fewer than the {n} datagrams to send",
-                            list.len()
-                        )));
+                        return Err(too_few("addr", list.len(), n, "datagrams to send"));
                     }
                     for i in 0..n {
                         let o = Seq::List(list).get(i, "addr")?;

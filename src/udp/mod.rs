@@ -38,7 +38,7 @@ pub use sys::{host_string, parse_host};
 /// The system constants a caller needs to speak about sockets and their errors (so that
 /// bindings above this module need no `libc` of their own).
 pub mod consts {
-    pub use libc::{AF_INET, AF_INET6, EAGAIN, EBADF, EINTR, SOCK_DGRAM};
+    pub use libc::{AF_INET, AF_INET6, EBADF, SOCK_DGRAM};
 }
 
 use std::fmt;
