@@ -427,16 +427,8 @@ pub(crate) fn in_netns<T>(
     ns: Option<&OwnedFd>,
     f: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
-    in_netns_named(ns, "the device's network namespace", f)
-}
-
-/// [`in_netns`], with `desc` naming the namespace in errors.
-pub(crate) fn in_netns_named<T>(
-    ns: Option<&OwnedFd>,
-    desc: &str,
-    f: impl FnOnce() -> Result<T, Error>,
-) -> Result<T, Error> {
     let Some(ns) = ns else { return f() };
+    let desc = "the device's network namespace";
     let _back = NetnsGuard {
         switch: enter_fd(ns, fd_id(ns.as_raw_fd())?, desc)?,
         _not_send: PhantomData,

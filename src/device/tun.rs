@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::netlink::{IfAddr, Netlink};
-use super::netns::{fd_id, in_netns, in_netns_named, open_current, Netns};
+use super::netns::{fd_id, in_netns, open_current, Netns};
 use super::sys::*;
 use super::{last_error, Error};
 
@@ -323,18 +323,19 @@ impl Tun {
         if opts.multi_queue {
             flags |= IFF_MULTI_QUEUE;
         }
-        // The device is created in the namespace of the thread that opens the node.
-        let ns = opts.netns.as_deref();
-        let desc = ns.map_or("", |n| n.describe());
-        let fd = in_netns_named(ns.map(|n| n.fd()), desc, || {
+        // The device is created in the namespace of the thread that opens the node; the
+        // configuration sockets are opened while still there (Control::open then needs
+        // no second switch).
+        let (fd, ctl) = {
+            let _inside = opts.netns.as_deref().map(Netns::enter_scoped).transpose()?;
             let fd = open_node()?;
             set_iff(&fd, name.as_bytes(), flags)?;
-            Ok(fd)
-        })?;
-        let ctl = Arc::new(Control::open(
-            device_netns(fd.as_raw_fd()),
-            get_iff(fd.as_raw_fd())?.name_bytes(),
-        )?);
+            let ctl = Control::open(
+                device_netns(fd.as_raw_fd()),
+                get_iff(fd.as_raw_fd())?.name_bytes(),
+            )?;
+            (fd, Arc::new(ctl))
+        };
         let tun = Tun::finish(fd, ctl, true)?;
         if opts.offload && !tun.vnet_hdr() {
             return Err(Error::Os {
@@ -656,21 +657,27 @@ impl Tun {
         Ok(())
     }
 
-    /// The owner and group, read back through rtnetlink.
-    pub fn owner_group(&self) -> Result<(Option<u32>, Option<u32>), Error> {
+    /// Runs `f` on the device's rtnetlink socket (in its current namespace) with its
+    /// interface index.
+    fn with_netlink<T>(
+        &self,
+        f: impl FnOnce(&mut Netlink, u32) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         self.check_open()?;
         let ctl = self.control()?;
-        let r = ctl.netlink().tun_owner_group(ctl.ifindex);
+        let r = f(&mut ctl.netlink(), ctl.ifindex);
         r
+    }
+
+    /// The owner and group, read back through rtnetlink.
+    pub fn owner_group(&self) -> Result<(Option<u32>, Option<u32>), Error> {
+        self.with_netlink(|nl, ifindex| nl.tun_owner_group(ifindex))
     }
 
     /// The most segments the kernel puts in one super-packet it hands to this device
     /// (`gso_max_segs`, read through rtnetlink; 65535 unless lowered).
     pub fn gso_max_segs(&self) -> Result<u32, Error> {
-        self.check_open()?;
-        let ctl = self.control()?;
-        let r = ctl.netlink().gso_max_segs(ctl.ifindex);
-        r
+        self.with_netlink(|nl, ifindex| nl.gso_max_segs(ifindex))
     }
 
     /// Sets `gso_max_segs` (1..=65535; `ip link set DEV gso_max_segs N`): TCP then builds
@@ -683,34 +690,22 @@ impl Tun {
                 "gso_max_segs must be 1..65535, not {segs}"
             )));
         }
-        self.check_open()?;
-        let ctl = self.control()?;
-        let r = ctl.netlink().set_gso_max_segs(ctl.ifindex, segs);
-        r
+        self.with_netlink(|nl, ifindex| nl.set_gso_max_segs(ifindex, segs))
     }
 
     /// Adds an IPv4 or IPv6 address (rtnetlink `RTM_NEWADDR`).
     pub fn add_address(&self, a: &IfAddr, nodad: bool) -> Result<(), Error> {
-        self.check_open()?;
-        let ctl = self.control()?;
-        let r = ctl.netlink().add_address(ctl.ifindex, a, nodad);
-        r
+        self.with_netlink(|nl, ifindex| nl.add_address(ifindex, a, nodad))
     }
 
     /// Removes an address (rtnetlink `RTM_DELADDR`).
     pub fn remove_address(&self, a: &IfAddr) -> Result<(), Error> {
-        self.check_open()?;
-        let ctl = self.control()?;
-        let r = ctl.netlink().remove_address(ctl.ifindex, a);
-        r
+        self.with_netlink(|nl, ifindex| nl.remove_address(ifindex, a))
     }
 
     /// The interface's addresses, IPv4 and IPv6 (link-local ones included).
     pub fn addresses(&self) -> Result<Vec<IfAddr>, Error> {
-        self.check_open()?;
-        let ctl = self.control()?;
-        let r = ctl.netlink().addresses(ctl.ifindex);
-        r
+        self.with_netlink(|nl, ifindex| nl.addresses(ifindex))
     }
 
     /// Marks the queue closed and wakes every thread waiting in [`Tun::read`] or
