@@ -40,16 +40,9 @@ import shutil
 import sys
 from dataclasses import asdict
 
-from tunoffload import bench
+from tunoffload import _tunnel, bench
 
-MODES = (
-    "plain",
-    "offload-stdlib-perpacket",
-    "offload-stdlib-gso",
-    "tunoffload",
-    "vpn",
-    "tun-forwarder",
-)
+MODES = (*_tunnel.MODES, "tun-forwarder")
 # (mode, the mode it is measured against, the ratio the tunnel should reach)
 TARGETS = (
     ("tunoffload", "plain", 7.0),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import shutil
 import struct
@@ -46,15 +47,44 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def can_use_netns() -> str | None:
-    """None when namespaces and TUN are usable here, else the reason they are not."""
+def can_use_netns(tun: bool = True) -> str | None:
+    """None when namespaces (and, with ``tun``, TUN) are usable here, else the reason
+    they are not."""
     if os.geteuid() != 0:
+        if not tun:
+            return "needs root (CAP_NET_ADMIN) to create a network namespace"
         return "needs root (CAP_NET_ADMIN) to create network namespaces and TUN devices"
-    if not os.path.exists("/dev/net/tun"):
+    if tun and not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing"
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is missing"
     return None
+
+
+def link_info(ns: Netns | None, name: str) -> dict | None:
+    """`ip -d -j link show NAME` in `ns` (None: this process's namespace), or None when
+    there is no such link."""
+    argv = ["ip", "-d", "-j", "link", "show", "dev", name]
+    if ns is not None:
+        argv[1:1] = ["-n", ns.name]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return json.loads(r.stdout)[0] if r.returncode == 0 else None
+
+
+def ip_addrs(ns: Netns, name: str) -> set[str]:
+    """The addresses of link `name` in `ns`, as "ADDR/PREFIX"."""
+    info = json.loads(ns.run("ip", "-j", "addr", "show", "dev", name).stdout)[0]
+    return {f"{a['local']}/{a['prefixlen']}" for a in info.get("addr_info", [])}
+
+
+def drain(dev) -> None:  # type: ignore[no-untyped-def]
+    """Reads a non-blocking device until it is empty (a bounded number of reads)."""
+    buf = bytearray(10 + 65535)  # the virtio header and the largest packet
+    for _ in range(10000):
+        try:
+            dev.recv(buf)
+        except BlockingIOError:
+            return
 
 
 class Netns:

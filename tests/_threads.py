@@ -116,3 +116,16 @@ class MainSignaller:
         assert not self.thread.is_alive(), "the signalling thread hangs"
         if self.error is not None:
             raise self.error
+
+
+async def parked(obj: object) -> None:
+    """Returns once a coroutine is awaiting ``obj`` (an ``AsyncTunDevice`` or
+    ``AsyncUdpSocket``: its reader is registered with the loop): a bounded number of loop
+    turns, no guessed sleep."""
+    import asyncio
+
+    for _ in range(1000):
+        if obj._waiters:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("no coroutine ever waited on " + repr(obj))

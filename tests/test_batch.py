@@ -10,7 +10,7 @@ import struct
 from collections.abc import Sequence
 
 import pytest
-from _netns import Netns, can_use_netns
+from _netns import Netns, can_use_netns, drain
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -33,17 +33,8 @@ def _device(ns: Netns, name: str, offload: bool = True) -> t.TunDevice:
     with ns.entered():
         dev = t.TunDevice(name, offload=offload, up=True, nonblocking=True)
         dev.add_address("192.0.2.1/24")
-    _drain(dev)
+    drain(dev)
     return dev
-
-
-def _drain(dev: t.TunDevice) -> None:
-    buf = bytearray(HDR + 65535)
-    for _ in range(1000):
-        try:
-            dev.recv(buf)
-        except BlockingIOError:
-            return
 
 
 def _udp(ns: Netns, payload: bytes, segment: int | None = None) -> None:

@@ -8,7 +8,6 @@ Needs root (CAP_NET_ADMIN); skipped otherwise.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -18,7 +17,7 @@ import tempfile
 import threading
 
 import pytest
-from _netns import Netns, can_use_netns, raw_tun
+from _netns import Netns, can_use_netns, ip_addrs, link_info, raw_tun
 from _threads import HANG_GUARD, MainSignaller, wait_blocked_in_poll
 
 _reason = can_use_netns()
@@ -34,18 +33,6 @@ HDR = 10
 def ns():
     with Netns("tunoff-dev") as n:
         yield n
-
-
-def link_info(ns: Netns, name: str) -> dict | None:
-    r = ns.run("ip", "-d", "-j", "link", "show", "dev", name, check=False)
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout)[0]
-
-
-def ip_addrs(ns: Netns, name: str) -> set[str]:
-    info = json.loads(ns.run("ip", "-j", "addr", "show", "dev", name).stdout)[0]
-    return {f"{a['local']}/{a['prefixlen']}" for a in info.get("addr_info", [])}
 
 
 # --- creation ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from _netns import Netns, can_use_netns
-from _threads import HANG_GUARD  # bounds the awaits; not a measurement
+from _threads import HANG_GUARD, parked  # HANG_GUARD bounds the awaits
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -20,16 +20,6 @@ if _reason is None:
     from tunoffload.aio import AsyncTunDevice
 
 HDR = 10
-
-
-async def parked(dev: AsyncTunDevice) -> None:
-    """Returns once a coroutine is awaiting the device (its reader is registered with
-    the loop): a bounded number of loop turns, no guessed sleep."""
-    for _ in range(1000):
-        if dev._waiters:
-            return
-        await asyncio.sleep(0)
-    pytest.fail("no coroutine ever waited on the device")
 
 
 def test_recv_multiple_and_close_wake():

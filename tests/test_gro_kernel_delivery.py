@@ -19,7 +19,7 @@ import time
 
 import packets as P
 import pytest
-from _netns import Netns, can_use_netns
+from _netns import Netns, can_use_netns, drain
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -82,15 +82,6 @@ def read_packet(dev, want, deadline: float) -> bytes | None:
         pkt = bytes(buf[HDR:n])
         if pkt and want(pkt):
             return pkt
-
-
-def drain(dev) -> None:
-    buf = bytearray(HDR + 65535)
-    for _ in range(10000):
-        try:
-            dev.recv(buf)
-        except BlockingIOError:
-            return
 
 
 def test_udp_datagrams_arrive_in_order(setup):

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import pathlib
 import select
 import socket
-import subprocess
 import threading
 
 import pytest
-from _netns import Netns, can_use_netns
+from _netns import Netns, can_use_netns, ip_addrs, link_info
 from scapy.layers.inet import IP, UDP
 
 _reason = can_use_netns()
@@ -34,20 +32,6 @@ def here() -> int:
 
 def ns_inode(ns: Netns) -> int:
     return os.stat(ns.path).st_ino
-
-
-def link(ns: Netns | None, name: str) -> dict | None:
-    """`ip -j link show NAME` in `ns` (None: the test's own namespace)."""
-    argv = ["ip", "-j", "link", "show", "dev", name]
-    if ns is not None:
-        argv[1:1] = ["-n", ns.name]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    return json.loads(r.stdout)[0] if r.returncode == 0 else None
-
-
-def addrs(ns: Netns, name: str) -> set[str]:
-    info = json.loads(ns.run("ip", "-j", "addr", "show", "dev", name).stdout)[0]
-    return {f"{a['local']}/{a['prefixlen']}" for a in info.get("addr_info", [])}
 
 
 @pytest.fixture
@@ -127,21 +111,21 @@ def test_device_is_created_in_each_target_form(a, form):
     try:
         with t.TunDevice(f"nf-{form}", netns=target, mtu=1400) as dev:
             assert here() == before
-            info = link(a, dev.name)
+            info = link_info(a, dev.name)
             assert info is not None and info["mtu"] == 1400
             assert dev.ifindex == info["ifindex"]
-            assert link(None, dev.name) is None
+            assert link_info(None, dev.name) is None
     finally:
         if fd >= 0:
             os.close(fd)
-    assert link(a, f"nf-{form}") is None  # closed, so gone
+    assert link_info(a, f"nf-{form}") is None  # closed, so gone
 
 
 def test_netns_none_is_the_calling_threads_namespace(a):
     with a.entered():
         dev = t.TunDevice("nf-none", netns=None)
     with dev:
-        assert link(a, "nf-none") is not None
+        assert link_info(a, "nf-none") is not None
 
 
 def test_config_works_from_a_thread_in_another_namespace(a, b):
@@ -162,20 +146,20 @@ def test_config_works_from_a_thread_in_another_namespace(a, b):
         mtu, up, got, ifindex = in_thread(configure)
         assert (mtu, up) == (1280, True)
         assert {"198.51.100.1/24", "2001:db8::1/64"} <= got
-        info = link(a, "nf-cfg")
+        info = link_info(a, "nf-cfg")
         assert info["mtu"] == 1280 and "UP" in info["flags"]
         assert info["ifindex"] == ifindex
-        assert "198.51.100.1/24" in addrs(a, "nf-cfg")
-        assert "2001:db8::1/64" not in addrs(a, "nf-cfg")
-        assert link(b, "nf-cfg") is None
+        assert "198.51.100.1/24" in ip_addrs(a, "nf-cfg")
+        assert "2001:db8::1/64" not in ip_addrs(a, "nf-cfg")
+        assert link_info(b, "nf-cfg") is None
 
 
 def test_clone_queue_in_a_namespace(a):
     with t.TunDevice("nf-mq", netns=a.name, multi_queue=True) as dev:
         with dev.clone_queue() as q:
             assert q.name == "nf-mq" and q.ifindex == dev.ifindex
-            assert link(None, "nf-mq") is None
-            assert link(a, "nf-mq")["ifindex"] == q.ifindex
+            assert link_info(None, "nf-mq") is None
+            assert link_info(a, "nf-mq")["ifindex"] == q.ifindex
 
 
 def _read_udp(dev, port: int, count: int = 20):
@@ -252,7 +236,7 @@ def test_device_made_inside_is_made_there(a):
     with t.netns(pathlib.Path(a.path)):
         dev = t.TunDevice("nf-cm")
     with dev:
-        assert link(a, "nf-cm") is not None and link(None, "nf-cm") is None
+        assert link_info(a, "nf-cm") is not None and link_info(None, "nf-cm") is None
 
 
 def test_back_outside_after_an_exception(a):
@@ -407,7 +391,7 @@ def test_no_cap_sys_admin_is_a_permission_error(a):
         return here() == before
 
     assert in_thread(body)
-    assert link(a, "nf-perm") is None
+    assert link_info(a, "nf-perm") is None
 
 
 # --- a device moved to another namespace after it was opened ---------------------------
@@ -418,17 +402,17 @@ def test_moved_device_is_followed(a, b):
         dev.add_address("192.0.2.1/24", nodad=True)
         old_index = dev.ifindex
         a.run("ip", "link", "set", "nf-mv", "netns", b.name)
-        assert link(b, "nf-mv") is not None and link(a, "nf-mv") is None
+        assert link_info(b, "nf-mv") is not None and link_info(a, "nf-mv") is None
         # Another device of that name in the old namespace, to tempt a stale name.
         a.run("ip", "link", "add", "nf-mv", "type", "dummy", check=False)
         dev.up()
-        assert "UP" in link(b, "nf-mv")["flags"]
+        assert "UP" in link_info(b, "nf-mv")["flags"]
         dev.add_address("192.0.2.1/24", nodad=True)  # addresses went away with the move
         assert "192.0.2.1/24" in dev.addresses
-        assert "192.0.2.1/24" in addrs(b, "nf-mv")
+        assert "192.0.2.1/24" in ip_addrs(b, "nf-mv")
         dev.mtu = 1300
-        assert link(b, "nf-mv")["mtu"] == 1300
-        assert dev.ifindex == link(b, "nf-mv")["ifindex"]
+        assert link_info(b, "nf-mv")["mtu"] == 1300
+        assert dev.ifindex == link_info(b, "nf-mv")["ifindex"]
         assert old_index > 0
         # I/O on the descriptor keeps working, with the new namespace's stack.
         pkt, _, (data, _) = _udp_through(dev, b, 4001, b"after the move", b"reply")
@@ -441,10 +425,10 @@ def test_moved_multi_queue_clone_follows(a, b):
         a.run("ip", "link", "set", "nf-mvq", "netns", b.name)
         with dev.clone_queue() as q:
             # Attached to the device in b, not a new one made by name in a.
-            assert link(a, "nf-mvq") is None
-            assert q.ifindex == link(b, "nf-mvq")["ifindex"]
+            assert link_info(a, "nf-mvq") is None
+            assert q.ifindex == link_info(b, "nf-mvq")["ifindex"]
             q.up()
-        assert "UP" in link(b, "nf-mvq")["flags"]
+        assert "UP" in link_info(b, "nf-mvq")["flags"]
 
 
 def test_moved_device_that_cannot_be_followed_says_so(a, b):
@@ -467,4 +451,4 @@ def test_moved_device_that_cannot_be_followed_says_so(a, b):
         # With CAP_SYS_ADMIN (this thread) it is followed. The move took it down.
         assert not dev.is_up
         dev.up()
-        assert "UP" in link(b, "nf-mv2")["flags"]
+        assert "UP" in link_info(b, "nf-mv2")["flags"]

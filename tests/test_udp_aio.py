@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import shutil
 import socket
 
 import pytest
 import tunoffload as t
 from _netns import Netns
-from test_udp import dgram
+from _threads import parked
+from test_udp import _why_not, dgram
 from tunoffload.aio import AsyncUdpSocket
 
-_reason = None
-if os.geteuid() != 0:
-    _reason = "needs root (CAP_NET_ADMIN) to create a network namespace"
-elif shutil.which("ip") is None:
-    _reason = "the `ip` command (iproute2) is missing"
+_reason = _why_not()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 
@@ -47,7 +43,7 @@ def test_recv_waits_then_takes_the_batch() -> None:
             sizes = [0] * 64
             addrs: list[object] = [None] * 64
             task = asyncio.ensure_future(ub.recv_multiple(bufs, sizes, 4, addrs))
-            await asyncio.sleep(0.02)
+            await parked(ub)
             assert not task.done()  # waiting on the loop, not in a thread
             data = [dgram(i, 1400) for i in range(20)]
             assert await ua.send_multiple(data) == 20
@@ -102,7 +98,7 @@ def test_close_wakes_pending_awaits() -> None:
         async def main() -> None:
             ub = AsyncUdpSocket(b)
             task = asyncio.ensure_future(ub.recv_multiple([bytearray(10)], [0]))
-            await asyncio.sleep(0.02)
+            await parked(ub)
             assert not task.done()
             ub.close()
             with pytest.raises(OSError) as ei:
