@@ -12,6 +12,7 @@ import os
 import pathlib
 import select
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -119,6 +120,18 @@ def test_device_is_created_in_each_target_form(a, form):
         if fd >= 0:
             os.close(fd)
     assert link_info(a, f"nf-{form}") is None  # closed, so gone
+
+
+def test_a_name_that_is_not_utf8_is_that_file():
+    # bytes names are file names: not decoded (lossily) into the name of another file.
+    name = f"tunoff-{os.getpid()}-\udcff".encode("utf-8", "surrogateescape")
+    subprocess.run([b"ip", b"netns", b"add", name], check=True)
+    try:
+        with t.netns(name) as sw:
+            assert sw.inode == os.stat(b"/run/netns/" + name).st_ino
+            assert os.stat("/proc/thread-self/ns/net").st_ino == sw.inode
+    finally:
+        subprocess.run([b"ip", b"netns", b"del", name], check=True)
 
 
 def test_netns_none_is_the_calling_threads_namespace(a):

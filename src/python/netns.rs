@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -11,16 +11,21 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
 
 use super::device::to_py;
+use crate::device::netns::NETNS_RUN_DIR;
 use crate::device::{Netns, NetnsTarget, Switch};
 
 const FORMS: &str = "a name under /run/netns (str), a path to a namespace file (str \
                      with a '/', or os.PathLike) or an open file descriptor (int)";
 
 fn name_or_path(s: &OsStr) -> NetnsTarget {
-    if s.as_bytes().contains(&b'/') {
-        NetnsTarget::Path(PathBuf::from(s))
-    } else {
-        NetnsTarget::Name(s.to_string_lossy().into_owned())
+    match s.to_str() {
+        Some(n) if !n.contains('/') => NetnsTarget::Name(n.to_owned()),
+        // A name that is not UTF-8 is still that file under /run/netns, byte for byte
+        // (not a lossy copy of it naming another file).
+        None if !s.as_bytes().contains(&b'/') => {
+            NetnsTarget::Path(Path::new(NETNS_RUN_DIR).join(s))
+        }
+        _ => NetnsTarget::Path(PathBuf::from(s)),
     }
 }
 
