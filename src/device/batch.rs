@@ -634,14 +634,19 @@ pub fn send_multiple<B: ExpandBuffer>(
         bytes: 0,
     };
     let vnet = tun.vnet_hdr();
-    let (start, idx): (usize, Vec<usize>) = if vnet {
+    // With offload: the buffers GRO says to write (it refused any without a packet after
+    // `offset`), each from its virtio header. Without: every buffer, as it is.
+    let (start, idx): (usize, Option<&[usize]>) = if vnet {
         let idx = coalesce(bufs, offset, table, tun.udp_gso()).map_err(fail)?;
-        (offset - VIRTIO_NET_HDR_LEN, idx.to_vec())
+        (offset - VIRTIO_NET_HDR_LEN, Some(idx))
     } else {
-        (offset, (0..bufs.len()).collect())
+        (offset, None)
     };
-    let mut packets = Vec::with_capacity(idx.len());
-    for &i in &idx {
+    let index_of = |k: usize| idx.map_or(k, |v| v[k]);
+    let count = idx.map_or(bufs.len(), <[usize]>::len);
+    let mut packets = Vec::with_capacity(count);
+    for k in 0..count {
+        let i = index_of(k);
         let b = bufs[i].bytes();
         if b.len() <= offset {
             return Err(fail(Error::Engine(
@@ -658,7 +663,7 @@ pub fn send_multiple<B: ExpandBuffer>(
         packets.push(&b[start..]);
     }
     if !is_tap(tun) && tun.flags() & IFF_NO_PI != 0 {
-        check_packets(&packets, vnet, |k| idx[k]).map_err(fail)?;
+        check_packets(&packets, vnet, index_of).map_err(fail)?;
     }
     let mut sent = Sent::new();
     loop {
