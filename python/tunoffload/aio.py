@@ -101,11 +101,62 @@ def _cancel_waits(
     loop.remove_writer(fd)
 
 
-def _closed_error() -> OSError:
-    return OSError(errno.EBADF, "the TUN device is closed")
+_W = TypeVar("_W", bound="_Wrapper")
 
 
-class AsyncTunDevice:
+class _Wrapper:
+    """What the two wrappers share: every public attribute is the wrapped object's, to
+    read and to assign (``adev.mtu = 1400`` configures the device; a plain attribute of
+    the wrapper would shadow the property and change nothing), the set of pending waits,
+    and ``close()`` on leaving ``async with``. A subclass says how its object closes."""
+
+    _waiters: set[asyncio.Future[None]]
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+        self._waiters = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._wrapped, name, value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._wrapped!r}>"
+
+    def _closed_error(self) -> OSError:
+        raise NotImplementedError
+
+    def _is_open(self) -> bool:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    async def _wait(self, writable: bool) -> None:
+        fd = self._wrapped.fileno()
+        if fd < 0:
+            raise self._closed_error()
+        await _wait_fd(fd, writable, self._waiters, self._is_open)
+
+    def close(self) -> None:
+        """Closes the wrapped object; pending awaits on it raise ``OSError(EBADF)``.
+        Idempotent."""
+        _cancel_waits(self._wrapped.fileno(), self._waiters, self._closed_error)
+        self._close()
+
+    async def __aenter__(self: _W) -> _W:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTunDevice(_Wrapper):
     """A :class:`~tunoffload.TunDevice` for asyncio.
 
     ``AsyncTunDevice(device)`` wraps an open device (it is switched to non-blocking
@@ -121,8 +172,8 @@ class AsyncTunDevice:
 
     def __init__(self, device: TunDevice) -> None:
         device.setblocking(False)
+        super().__init__(device)
         self._dev = device
-        self._waiters: set[asyncio.Future[None]] = set()
 
     @classmethod
     def open(cls, name: str | None = None, **kwargs: Any) -> "AsyncTunDevice":
@@ -135,25 +186,14 @@ class AsyncTunDevice:
         """The wrapped :class:`~tunoffload.TunDevice`."""
         return self._dev
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._dev, name)
+    def _closed_error(self) -> OSError:
+        return OSError(errno.EBADF, "the TUN device is closed")
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # ``adev.mtu = 1400`` configures the device (it would otherwise shadow the
-        # device's property with an attribute of the wrapper, and change nothing).
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._dev, name, value)
+    def _is_open(self) -> bool:
+        return not self._dev.closed
 
-    def __repr__(self) -> str:
-        return f"<AsyncTunDevice {self._dev!r}>"
-
-    async def _wait(self, writable: bool) -> None:
-        fd = self._dev.fileno()
-        if fd < 0:
-            raise _closed_error()
-        await _wait_fd(fd, writable, self._waiters, lambda: not self._dev.closed)
+    def _close(self) -> None:
+        self._dev.close()
 
     async def recv(self, buf: Any) -> int:
         """Awaits one packet and reads it into ``buf`` (see ``TunDevice.recv``)."""
@@ -187,23 +227,8 @@ class AsyncTunDevice:
             self._wait, True, self._dev.send_multiple, gro_table, bufs, offset, **kwargs
         )
 
-    def close(self) -> None:
-        """Closes the device; pending awaits on it raise ``OSError(EBADF)``. Idempotent."""
-        _cancel_waits(self._dev.fileno(), self._waiters, _closed_error)
-        self._dev.close()
 
-    async def __aenter__(self) -> "AsyncTunDevice":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _socket_closed_error() -> OSError:
-    return OSError(errno.EBADF, "the socket is closed")
-
-
-class AsyncUdpSocket:
+class AsyncUdpSocket(_Wrapper):
     """A :class:`~tunoffload.UdpSocket` for asyncio.
 
     ``AsyncUdpSocket(sock, **kwargs)`` wraps a ``socket.socket`` (as ``UdpSocket(sock,
@@ -230,8 +255,8 @@ class AsyncUdpSocket:
     def __init__(self, sock: socket.socket | UdpSocket, **kwargs: Any) -> None:
         udp = sock if isinstance(sock, UdpSocket) else UdpSocket(sock, **kwargs)
         udp.socket.setblocking(False)
+        super().__init__(udp)
         self._udp = udp
-        self._waiters: set[asyncio.Future[None]] = set()
 
     @property
     def udp(self) -> UdpSocket:
@@ -243,24 +268,14 @@ class AsyncUdpSocket:
         """The wrapped ``socket.socket``."""
         return self._udp.socket
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._udp, name)
+    def _closed_error(self) -> OSError:
+        return OSError(errno.EBADF, "the socket is closed")
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # As on AsyncTunDevice: attributes are the wrapped object's, for writes too.
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._udp, name, value)
+    def _is_open(self) -> bool:
+        return self._udp.fileno() >= 0
 
-    def __repr__(self) -> str:
-        return f"<AsyncUdpSocket {self._udp!r}>"
-
-    async def _wait(self, writable: bool) -> None:
-        fd = self._udp.fileno()
-        if fd < 0:
-            raise _socket_closed_error()
-        await _wait_fd(fd, writable, self._waiters, lambda: self._udp.fileno() >= 0)
+    def _close(self) -> None:
+        self._udp.socket.close()
 
     async def recv_multiple(
         self,
@@ -303,14 +318,3 @@ class AsyncUdpSocket:
             except BlockingIOError as e:
                 done += int(getattr(e, "datagrams_sent", 0))
                 await self._wait(True)
-
-    def close(self) -> None:
-        """Makes pending awaits raise ``OSError(EBADF)`` and closes the socket. Idempotent."""
-        _cancel_waits(self._udp.fileno(), self._waiters, _socket_closed_error)
-        self._udp.socket.close()
-
-    async def __aenter__(self) -> "AsyncUdpSocket":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
