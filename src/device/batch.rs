@@ -407,14 +407,7 @@ pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
         }
         return Ok(1);
     }
-    if original.len() <= VIRTIO_NET_HDR_LEN {
-        return Err(Error::Invalid(format!(
-            "original holds {} bytes; it needs room for the {VIRTIO_NET_HDR_LEN}-byte virtio \
-             header and a packet (ideally {} bytes)",
-            original.len(),
-            VIRTIO_NET_HDR_LEN + MAX_IP_PACKET
-        )));
-    }
+    check_original(original.len(), "original")?;
     let n = state.read(tun, original, blocking)?;
     let read = &original[..n];
     let split = Split::plan(read)?;
@@ -553,6 +546,19 @@ pub fn check_packets(
             );
             return Err(Error::Engine(e.with_message(m).at(i)));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a buffer for the super-packet read (`name`, `len` bytes) that cannot hold the
+/// virtio header and a packet.
+pub fn check_original(len: usize, name: &str) -> Result<(), Error> {
+    if len <= VIRTIO_NET_HDR_LEN {
+        return Err(Error::Invalid(format!(
+            "{name} holds {len} bytes; it needs room for the {VIRTIO_NET_HDR_LEN}-byte virtio \
+             header and a packet (ideally {} bytes)",
+            VIRTIO_NET_HDR_LEN + MAX_IP_PACKET
+        )));
     }
     Ok(())
 }

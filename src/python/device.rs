@@ -771,14 +771,7 @@ impl PyTunDevice {
         }
         let mut views = Views::with_capacity(py, 1);
         let orig = views.write(original_buffer, &|| "original_buffer".to_owned())?;
-        if orig.len() <= VIRTIO_NET_HDR_LEN {
-            return Err(PyValueError::new_err(format!(
-                "original_buffer holds {} bytes; it needs room for the {VIRTIO_NET_HDR_LEN}-byte \
-                 virtio header and a packet (ideally {} bytes)",
-                orig.len(),
-                VIRTIO_NET_HDR_LEN + batch::MAX_IP_PACKET
-            )));
-        }
+        batch::check_original(orig.len(), "original_buffer").map_err(|e| to_py(py, e))?;
         let n = {
             // SAFETY: the writable export is held by `views` until after the read; this
             // is the only reference to those bytes while it lives.
