@@ -98,7 +98,6 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         a, b = row["extra"]["peer_a"], row["extra"]["peer_b"]
         # what A read from its TUN device crossed the underlay and went into B's
         assert a["tun_packets"] > 0 and b["udp_datagrams"] > 0
-        assert a["errors"] == [] and b["errors"] == []
     plain = rows["tunnel-plain"]
     assert plain["pkts_per_read_ab"] == 1.0 and plain["pkts_per_write_ab"] == 1.0
     for mode in modes[1:]:

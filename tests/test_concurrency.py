@@ -179,13 +179,12 @@ started.wait()
 # it there), then a fixed amount more. If the call held the GIL, none of it could run
 # (and the parent's timeout fails the test).
 wait_blocked_in_poll(th, sys.argv[1])
-spins = 0
 for _ in range(int(sys.argv[3])):
-    spins += 1
+    pass
 alive = th.is_alive()
 dev.close()
 th.join(HANG_GUARD)
-print(spins, alive, ended, flush=True)
+print(alive, ended, flush=True)
 """
 
 
@@ -197,8 +196,7 @@ def test_gil_is_released_during_a_blocking_read(ns, call):
     except subprocess.TimeoutExpired:
         pytest.fail("the child hung: the blocking read holds the GIL")
     assert r.returncode == 0, r.stderr
-    spins, alive, ended = r.stdout.split(" ", 2)
-    assert int(spins) == GIL_SPINS
+    alive, ended = r.stdout.split(" ", 1)
     assert alive == "True", "the reader returned without a packet"
     assert ended.strip() == f"[{errno.EBADF}]"
 

@@ -111,7 +111,7 @@ def _base_inputs(rng: random.Random):
 
 def test_gso_split_fuzz(seed):
     rng = random.Random(seed + 1)
-    runs = oks = 0
+    oks = 0
     for _ in range(N_GSO_FUZZ):
         pkt, h = _base_inputs(rng)
         if rng.random() < 0.8:
@@ -135,7 +135,6 @@ def test_gso_split_fuzz(seed):
         except ALLOWED:
             assert big == bytearray([CANARY]) * len(big), "written before raising"
             n = None
-        runs += 1
         assert bytes(inp) == src, "input modified"
         for o in out:
             o.release()  # BufferError if the call still held an export
@@ -151,7 +150,6 @@ def test_gso_split_fuzz(seed):
                 start = gap + i * (slot + gap) + out_offset
                 expect[start : start + sizes[i]] = big[start : start + sizes[i]]
             assert big == expect, "bytes outside the output regions changed"
-    assert runs == N_GSO_FUZZ
     assert oks > 0, "no fuzzed case was accepted: the success path went untested"
 
 
@@ -205,7 +203,7 @@ def _gro_packets(rng: random.Random) -> list[bytes]:
 def test_handle_gro_fuzz(seed):
     rng = random.Random(seed + 3)
     table = t.GroTable()
-    runs = 0
+    accepted = coalesced = 0
     for _ in range(N_GRO_FUZZ):
         pkts = _gro_packets(rng)
         offset = rng.choice([10, 10, 12, 40, rng.randint(0, 12)])
@@ -221,9 +219,9 @@ def test_handle_gro_fuzz(seed):
             assert [id(b) for b in bufs] == ids
             for b in bufs:
                 _resizable(b)
-            runs += 1
             continue
-        runs += 1
+        accepted += 1
+        coalesced += len(idx) < len(bufs)
         for b in bufs:
             _resizable(b)
         assert idx == sorted(set(idx)) and all(0 <= i < len(bufs) for i in idx)
@@ -231,7 +229,8 @@ def test_handle_gro_fuzz(seed):
         for i in idx:
             assert len(bufs[i]) > offset
             assert len(bufs[i]) - offset <= 65535
-    assert runs == N_GRO_FUZZ
+    # the success path and the merging path both ran on fuzzed input
+    assert accepted > 0 and coalesced > 0, (accepted, coalesced)
 
 
 def _resizable(b: bytearray) -> None:

@@ -38,7 +38,7 @@ def rng_fill(n: int) -> bytes:
 def test_roundtrip_seeded(seed):
     rng = random.Random(seed)
     table = t.GroTable()
-    done = coalesced_runs = 0
+    coalesced_runs = 0
     for it in range(ITERATIONS):
         pkts, expected = P.make_flows(rng)
         offset = rng.choice([10, 12, 16, 64])
@@ -48,8 +48,6 @@ def test_roundtrip_seeded(seed):
         for k in expected:
             assert got[k] == expected[k], f"iteration {it}: flow {k} differs after GRO+GSO"
         coalesced_runs += len(pkts) - n_written
-        done += 1
-    assert done == ITERATIONS
     assert coalesced_runs > 0, "the generated flows never coalesced: the test is not testing"
 
 
