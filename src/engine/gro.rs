@@ -86,8 +86,9 @@ const MAX_IP_PACKET: usize = 65535;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
-    src: [u8; 16],
-    dst: [u8; 16],
+    /// The source and destination addresses' bytes (IPv4: the first 4).
+    src: u128,
+    dst: u128,
     ports: u32,
     /// TCP: the ACK number (segments with different ACKs are different flows). UDP: 0.
     ack: u32,
@@ -200,11 +201,11 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
         6 => true,
         _ => return None,
     };
-    let (iph_len, proto, addr_at, addr_len) = if v6 {
+    let (iph_len, proto) = if v6 {
         if be16(pkt, 4) as usize != pkt.len().checked_sub(IPV6_HDR_LEN)? {
             return None;
         }
-        (IPV6_HDR_LEN, pkt[6], 8, 16)
+        (IPV6_HDR_LEN, pkt[6])
     } else {
         // IPv4 options do not coalesce; nor do fragments.
         if pkt[0] & 0x0f != 5 || be16(pkt, 2) as usize != pkt.len() {
@@ -218,7 +219,7 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
         if checksum::sum(&pkt[..IPV4_HDR_LEN]) != 0xffff {
             return None;
         }
-        (IPV4_HDR_LEN, pkt[9], 12, 4)
+        (IPV4_HDR_LEN, pkt[9])
     };
     let udp = match proto {
         PROTO_TCP => false,
@@ -250,16 +251,26 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
     if payload == 0 {
         return None;
     }
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
+    // The addresses as whole integers: a packet's key is stored and compared in full-width
+    // words (byte-wise copies into arrays cost a stall each time the key is read back).
+    let word = |at: usize, n: usize| {
+        let mut b = [0u8; 16];
+        b[..n].copy_from_slice(&pkt[at..at + n]);
+        u128::from_ne_bytes(b)
+    };
+    let (src, dst) = if v6 {
+        (word(8, 16), word(24, 16))
+    } else {
+        (word(12, 4), word(16, 4))
+    };
+    let key = FlowKey {
+        src,
+        dst,
         ports: be32(l4, 0),
         ack,
         proto,
         v6,
     };
-    key.src[..addr_len].copy_from_slice(&pkt[addr_at..addr_at + addr_len]);
-    key.dst[..addr_len].copy_from_slice(&pkt[addr_at + addr_len..addr_at + 2 * addr_len]);
     Some(Candidate {
         key,
         iph_len,
