@@ -473,6 +473,40 @@ def test_kernel_accepts_large_gro_batches(oracle, kind):
     _gro_to_kernel(oracle, pkts, {P.flow_key(pkts[0]): pkts}, 10)
 
 
+@pytest.mark.parametrize("bad", [0, 9, 19], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("kind", ["tcp4", "tcp6", "udp4", "udp6"])
+def test_a_corrupt_segment_is_written_alone_between_its_runs(oracle, kind, bad):
+    """GRO checks checksums while it copies and plans again when one fails: the segments
+    before and after a corrupt one still coalesce, the corrupt one is written alone and
+    unchanged, and the kernel gives back exactly the 20 packets (the bad one as it was)."""
+    import tunoffload as t
+
+    v6, tcp = kind.endswith("6"), kind.startswith("tcp")
+    rng = random.Random(f"{kind}-{bad}")
+    pkts = []
+    for i in range(20):
+        pl = P.rand_bytes(rng, 1000)
+        kw = {} if v6 else {"ip_id": i}
+        pkts.append(P.tcp_pkt(v6, pl, seq=1 + 1000 * i, **kw) if tcp else P.udp_pkt(v6, pl, **kw))
+    broken = bytearray(pkts[bad])
+    broken[-1] ^= 0x5A  # the payload's last byte: the transport checksum no longer verifies
+    pkts[bad] = bytes(broken)
+    bufs = [bytearray(12) + p for p in pkts]
+    idx = t.handle_gro(bufs, 12, t.GroTable())
+    runs = [r for r in ((0, bad), (bad + 1, 20)) if r[1] > r[0]]
+    assert len(idx) == len(runs) + 1, idx
+    hdrs = {i: t.VirtioNetHdr.decode(bufs[i][2:12]) for i in idx}
+    (alone,) = [i for i in idx if hdrs[i].gso_type == t.VIRTIO_NET_HDR_GSO_NONE]
+    assert hdrs[alone] == t.VirtioNetHdr() and bytes(bufs[alone][12:]) == pkts[bad]
+    for (lo, hi), i in zip(runs, [i for i in idx if i != alone], strict=True):
+        assert hdrs[i].gso_size == 1000
+        assert len(bufs[i]) - 12 == len(pkts[lo]) + 1000 * (hi - lo - 1)
+    frames = [bytes(bufs[i][2:]) for i in idx]
+    got, refused = oracle.exchange(frames)
+    assert refused == 0
+    assert [normalize(g) for g in got] == [normalize(p) for p in pkts]
+
+
 # Malformed inputs of test_gso.py that the kernel itself refuses (drops) on this path
 # (`kernel=True` in its table): the engine's ValueError for them is the kernel's
 # behaviour, not just the tests' opinion.
