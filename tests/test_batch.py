@@ -225,6 +225,15 @@ def test_same_bytearray_twice_is_refused_and_kept(ns):
         with pytest.raises(ValueError, match="share memory"):
             dev.recv_multiple(original, [b, b, bytearray(2000)], [0] * 3, HDR)
         assert dev.recv_multiple(original, [bytearray(0) for _ in range(3)], [0] * 3, HDR) == 3
+        # In a list that is not all bytearrays too, and when the first entry for it must
+        # grow (segments of 1028, 1028 and 528 bytes: it takes 610 bytes to 1038, moving
+        # its memory; the second entry's 610 would have been enough for its 528).
+        _udp(ns, b"q" * 2500, segment=1000)
+        b = bytearray(HDR + 600)
+        mixed = [memoryview(bytearray(2000)), b, b]
+        with pytest.raises(ValueError, match="share memory"):
+            dev.recv_multiple(original, mixed, [0] * 3, HDR)
+        assert dev.recv_multiple(original, [bytearray(0) for _ in range(3)], [0] * 3, HDR) == 3
 
 
 @pytest.mark.parametrize("offload", [True, False])

@@ -538,24 +538,9 @@ pub(crate) fn check_bufs_disjoint(
     part: &dyn Fn(usize, &Buf<'_>) -> (usize, usize),
     name: &dyn Fn(usize) -> String,
 ) -> PyResult<()> {
+    check_distinct_bytearrays(bufs, name)?;
     if bufs.iter().all(Buf::is_bytearray) {
-        let mut keys = KEYS.with(|k| k.take());
-        keys.clear();
-        keys.extend(bufs.iter().map(|b| b.obj.as_ptr() as usize));
-        let dup = find_duplicate(&keys);
-        KEYS.with(|k| k.set(keys));
-        return match dup {
-            Some((i, j)) => Err(super::engine::kind_error(
-                engine::ErrorKind::OverlappingBuffers,
-                Some(j),
-                format!(
-                    "{} and {} share memory (the same bytearray twice)",
-                    name(i),
-                    name(j)
-                ),
-            )),
-            None => Ok(()),
-        };
+        return Ok(());
     }
     let mut spans: Vec<(usize, usize, usize)> = bufs
         .iter()
@@ -566,6 +551,45 @@ pub(crate) fn check_bufs_disjoint(
         })
         .collect();
     check_disjoint(&mut spans, name)
+}
+
+/// Fails if the same `bytearray` is among `bufs` twice. By identity, so it holds before
+/// any of them grows: growing one moves its memory, and another entry for the same object
+/// would keep the old address (its range would then compare as disjoint).
+pub(crate) fn check_distinct_bytearrays(
+    bufs: &[Buf<'_>],
+    name: &dyn Fn(usize) -> String,
+) -> PyResult<()> {
+    let mut keys = KEYS.with(|k| k.take());
+    keys.clear();
+    keys.extend(
+        bufs.iter()
+            .filter(|b| b.is_bytearray())
+            .map(|b| b.obj.as_ptr() as usize),
+    );
+    let dup = find_duplicate(&keys);
+    KEYS.with(|k| k.set(keys));
+    let Some((i, j)) = dup else {
+        return Ok(());
+    };
+    // Indices into the bytearray entries: back to positions in `bufs`.
+    let at = |k: usize| {
+        bufs.iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_bytearray())
+            .nth(k)
+            .map_or(k, |(i, _)| i)
+    };
+    let (i, j) = (at(i), at(j));
+    Err(super::engine::kind_error(
+        engine::ErrorKind::OverlappingBuffers,
+        Some(j),
+        format!(
+            "{} and {} share memory (the same bytearray twice)",
+            name(i),
+            name(j)
+        ),
+    ))
 }
 
 thread_local! {

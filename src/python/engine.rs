@@ -9,7 +9,8 @@ use pyo3::types::{PyBytes, PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
 use super::buffers::{
-    buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, list_item, Buf, Fixed, Views,
+    buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, check_distinct_bytearrays,
+    list_item, Buf, Fixed, Views,
 };
 use super::device::to_py;
 use crate::device::batch::Split;
@@ -277,6 +278,8 @@ pub(crate) fn split_to_py(
     let mut views = Views::with_capacity(py, m);
     let mut bufs =
         bufs_of(&mut views, out_bufs, m, None, out_offset, grow, name).map_err(buffers_error)?;
+    // Before anything grows (see there); the ranges are compared once they are final.
+    check_distinct_bytearrays(&bufs, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
     split
         .prepare_named(&mut bufs, sizes.len(), out_offset, name)
         .map_err(|e| SplitFailed {
