@@ -550,3 +550,31 @@ def test_error_kinds_are_exported_unique_and_documented():
     api = pathlib.Path(__file__).resolve().parent.parent / "docs" / "API.md"
     documented = set(re.findall(r"^  \| `([a-z0-9_]+)` \|", api.read_text(), re.M))
     assert documented == set(kinds), "docs/API.md's table of kinds is not ERROR_KINDS"
+
+
+class _LongList(list):
+    """A list whose ``__len__`` claims far more entries than it holds."""
+
+    def __len__(self) -> int:
+        return 2**40
+
+
+@needs_root
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_length_that_lies_is_an_error_not_an_abort(ns, offload):
+    # Nothing is reserved from a length Python code reported: the calls fail at the
+    # first missing entry (the list's own IndexError) instead of allocating terabytes.
+    off = 10 if offload else 0
+    with ns.entered():
+        dev = t.TunDevice("lie0", offload=offload, up=True, nonblocking=True)
+    pkt = bytearray(off) + P.tcp_pkt(False, b"a" * 100, seq=1000)
+    one = len(pkt) - off + (10 if offload else 0)  # what sending `pkt` writes
+    with dev:
+        if offload:  # GRO walks the list's own entries: the one packet goes out
+            assert dev.send_multiple(t.GroTable(), _LongList([pkt]), off) == one
+        else:
+            with pytest.raises((IndexError, ValueError)):
+                dev.send_multiple(t.GroTable(), _LongList([pkt]), off)
+        with pytest.raises((IndexError, ValueError)):
+            dev.send_multiple(t.GroTable(), [pkt], off, sizes=_LongList([len(pkt) - off]))
+        assert dev.send_multiple(t.GroTable(), [pkt], off) == one

@@ -92,9 +92,14 @@ thread_local! {
     static SPARE: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The most entries reserved up front from a length that Python code reported (a list
+/// subclass's `__len__` can say anything): more grow as they come.
+pub(crate) const PREALLOC: usize = 1 << 12;
+
 impl<'py> Views<'py> {
-    /// Room for `n` exports; asking for more is an error, not a reallocation.
+    /// Room for `n` exports (at most [`PREALLOC`] reserved; more grow the storage).
     pub(crate) fn with_capacity(py: Python<'py>, n: usize) -> Self {
+        let n = n.min(PREALLOC);
         let Spare {
             mut views,
             mut pinned,
@@ -115,11 +120,6 @@ impl<'py> Views<'py> {
         let raw = obj.as_ptr();
         // SAFETY: raw is a live object (GIL held through `Bound`).
         if !writable && unsafe { ffi::PyBytes_CheckExact(raw) } != 0 {
-            if self.pinned.len() == self.pinned.capacity() {
-                return Err(PyValueError::new_err(
-                    "internal: too many buffer pins for this call",
-                ));
-            }
             // SAFETY: an exact bytes object: immutable, its bytes live as long as it does,
             // and the reference taken here (dropped in `drop`) keeps it alive. GIL held.
             return Ok(unsafe {
@@ -130,11 +130,6 @@ impl<'py> Views<'py> {
                     ffi::Py_SIZE(raw),
                 )
             });
-        }
-        if self.views.len() == self.views.capacity() {
-            return Err(PyValueError::new_err(
-                "internal: too many buffer exports for this call",
-            ));
         }
         let flags: c_int = if writable {
             ffi::PyBUF_WRITABLE
@@ -148,8 +143,9 @@ impl<'py> Views<'py> {
         if rc != 0 {
             return Err(export_error(self.py, writable, what));
         }
-        // SAFETY: GetBuffer succeeded, so view is initialised. Pushing within capacity
-        // does not move the earlier views.
+        // SAFETY: GetBuffer succeeded, so view is initialised. (A push may move the earlier
+        // views: they are plain values, released by value in `drop`; the regions handed
+        // out point at the exported memory, which each export keeps in place.)
         self.views.push(unsafe { view.assume_init() });
         let v = self.views.last().expect("just pushed");
         let len = if v.buf.is_null() { 0 } else { v.len };

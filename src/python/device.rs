@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
-use super::buffers::{list_item, resize_bytearray, scan_bytearrays, seq_item, Views};
+use super::buffers::{list_item, resize_bytearray, scan_bytearrays, seq_item, Views, PREALLOC};
 use super::engine::{gro_py, kind_error, non_negative, set_sizes, split_to_py, PyGroTable};
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
@@ -170,7 +170,7 @@ fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResu
             format!("count is {n} but sizes has {have_sizes} entries"),
         ));
     }
-    let mut v = Vec::with_capacity(n);
+    let mut v = Vec::with_capacity(n.min(PREALLOC));
     let list = s.cast::<PyList>().ok();
     // The int object last converted and its value: recv_multiple stores one shared int
     // for equal sizes, so a list it filled converts one or two objects, not 45.
@@ -893,13 +893,17 @@ impl PyTunDevice {
             let udp = self.udp_gso;
             gro_py(py, list, offset, lens, &mut gro_table.inner, udp)?
         } else {
-            (0..n)
-                .map(|i| (i, sizes.as_ref().map_or(usize::MAX, |v| offset + v[i])))
-                .collect()
+            Vec::new() // every buffer in order: spans made as they are read, below
         };
-        let mut views = Views::with_capacity(py, spans.len());
-        let mut packets: Vec<&[u8]> = Vec::with_capacity(spans.len());
-        for &(i, end) in &spans {
+        let count = if self.offload { spans.len() } else { n };
+        let span = |k: usize| match self.offload {
+            true => spans[k],
+            false => (k, sizes.as_ref().map_or(usize::MAX, |v| offset + v[k])),
+        };
+        let mut views = Views::with_capacity(py, count);
+        let mut packets: Vec<&[u8]> = Vec::with_capacity(count.min(PREALLOC));
+        for k in 0..count {
+            let (i, end) = span(k);
             let obj = seq_item(bufs, i)?;
             let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
             let end = if end == usize::MAX { r.len() } else { end };
@@ -924,7 +928,7 @@ impl PyTunDevice {
             packets.push(&unsafe { r.slice() }[start..end]);
         }
         if !self.tap && !self.packet_information {
-            batch::check_packets(&packets, self.offload, |k| spans[k].0)
+            batch::check_packets(&packets, self.offload, |k| span(k).0)
                 .map_err(|e| to_py(py, e))?;
         }
         self.write_all(py, &tun, &packets)
