@@ -295,19 +295,11 @@ fn ip_headers_match(a: &[u8], b: &[u8], v6: bool) -> bool {
     }
 }
 
-/// Whether the transport checksum of a packet verifies.
+/// Whether the transport checksum of a packet verifies. Candidates have no IPv4 options
+/// (`candidate`), so the addresses end where the transport header starts and one sum
+/// covers both.
 fn checksum_valid(pkt: &[u8], iph_len: usize, proto: u8, v6: bool) -> bool {
-    let (at, n) = if v6 { (8, 16) } else { (12, 4) };
-    let l4 = &pkt[iph_len..];
-    let len = u64::from(l4.len() as u16);
-    // The addresses end where the transport header starts unless there are IPv4 options:
-    // then one pass sums both (a sum over an even offset adds up by concatenation).
-    let sum = if at + 2 * n == iph_len {
-        u64::from(checksum::sum(&pkt[at..]))
-    } else {
-        u64::from(checksum::sum(&pkt[at..at + 2 * n])) + u64::from(checksum::sum(l4))
-    };
-    checksum::fold(sum + u64::from(proto) + len) == 0xffff
+    checksum_valid_with(pkt, iph_len, pkt.len(), proto, v6, 0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -587,15 +579,22 @@ fn pair<B>(bufs: &mut [B], dst: usize, src: usize) -> (&mut B, &B) {
     }
 }
 
-/// [`checksum_valid`] for a packet whose payload (`pkt[hdrs..]`) is already summed to
-/// `payload_sum`. `pkt` has no IPv4 options (no candidate has): the addresses end where
-/// the transport header starts.
-fn checksum_valid_with(pkt: &[u8], iph: usize, hdrs: usize, proto: u8, payload_sum: u16) -> bool {
-    let at = if iph == IPV6_HDR_LEN { 8 } else { 12 };
+/// [`checksum_valid`] for a packet whose bytes from `hdrs` on (its payload) are already
+/// summed to `rest_sum`.
+fn checksum_valid_with(
+    pkt: &[u8],
+    iph: usize,
+    hdrs: usize,
+    proto: u8,
+    v6: bool,
+    rest_sum: u16,
+) -> bool {
+    let at = if v6 { 8 } else { 12 };
     let len = u64::from((pkt.len() - iph) as u16);
-    // addresses and transport header, then the payload: both start at even offsets
+    // Addresses and transport header, then the rest: both start at even offsets, so the
+    // sums add up as one over the whole.
     let head = u64::from(checksum::sum(&pkt[at..hdrs]));
-    checksum::fold(head + u64::from(payload_sum) + u64::from(proto) + len) == 0xffff
+    checksum::fold(head + u64::from(rest_sum) + u64::from(proto) + len) == 0xffff
 }
 
 /// Grows each merged item's head to its final length and appends its segments' payloads.
@@ -653,7 +652,9 @@ fn copy_payloads<B: ExpandBuffer>(
             }
             continue;
         }
-        t.grown.push((head, at));
+        if verify {
+            t.grown.push((head, at)); // to cut back if a checksum fails
+        }
         let mut seg = t.next[head];
         while seg != NONE {
             let (dst, src) = pair(bufs, head, seg as usize);
@@ -662,7 +663,7 @@ fn copy_payloads<B: ExpandBuffer>(
             let dst = &mut dst.bytes_mut()[at..at + data.len()];
             if verify {
                 let sum = checksum::copy_and_sum(dst, data);
-                if !checksum_valid_with(pkt, iph, hdrs, proto, sum) {
+                if !checksum_valid_with(pkt, iph, hdrs, proto, it.v6, sum) {
                     return false;
                 }
             } else {
