@@ -302,6 +302,11 @@ impl Control {
     }
 }
 
+/// Both headers at once is a framing the batch I/O does not read: the kernel puts the
+/// 4-byte packet information before the virtio header.
+const VNET_WITH_PI: &str = "offload=True cannot be combined with packet_information=True \
+     (the kernel would put the 4-byte packet information before the virtio header)";
+
 impl Tun {
     /// Creates the device `opts.name` (or opens the existing one) in the calling thread's
     /// network namespace and configures it as `opts` says.
@@ -312,6 +317,9 @@ impl Tun {
         }
         if let Some(mtu) = opts.mtu {
             check_mtu(mtu)?;
+        }
+        if opts.offload && opts.packet_information {
+            return Err(Error::Invalid(VNET_WITH_PI.into()));
         }
         let mut flags = if opts.tap { IFF_TAP } else { IFF_TUN };
         if !opts.packet_information {
@@ -396,6 +404,10 @@ impl Tun {
         let req = get_iff(fd.as_raw_fd())?;
         let flags = req.flags();
         let vnet = flags & IFF_VNET_HDR != 0;
+        if vnet && flags & IFF_NO_PI == 0 {
+            // (an adopted descriptor: `open` refuses the combination before creating it)
+            return Err(Error::Invalid(VNET_WITH_PI.into()));
+        }
         let udp_gso = if vnet || clear_offload {
             configure_offload(fd.as_raw_fd(), vnet)?
         } else {
@@ -863,6 +875,16 @@ fn check_mtu(mtu: u32) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offload_with_packet_information_is_refused_before_anything_opens() {
+        let opts = TunOptions {
+            offload: true,
+            packet_information: true,
+            ..Default::default()
+        };
+        assert!(matches!(Tun::open(&opts), Err(Error::Invalid(m)) if m.contains("virtio")));
+    }
 
     #[test]
     fn names_are_checked() {

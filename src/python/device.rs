@@ -281,11 +281,6 @@ impl PyTunDevice {
         up: bool,
         netns: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        if offload && packet_information {
-            return Err(PyValueError::new_err(
-                "offload=True cannot be combined with packet_information=True",
-            ));
-        }
         if offload && tap {
             return Err(PyValueError::new_err(
                 "offload=True is for TUN devices (IP packets); tap=True carries Ethernet frames",
