@@ -10,7 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
 
 use super::buffers::{list_item, resize_bytearray, scan_bytearrays, seq_item, Views, PREALLOC};
-use super::engine::{gro_py, kind_error, non_negative, set_sizes, split_to_py, PyGroTable};
+use super::engine::{
+    gro_py, kind_error, non_negative, set_sizes, split_args, split_to_py, PyGroTable,
+};
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
 use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
@@ -703,14 +705,7 @@ impl PyTunDevice {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let tun = self.get(py)?;
-        if bufs.cast::<PySequence>().is_err() {
-            return Err(PyTypeError::new_err(
-                "bufs must be a sequence of writable buffers",
-            ));
-        }
-        let sizes_list = sizes
-            .cast::<PyList>()
-            .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
+        let sizes_list = split_args(bufs, sizes, "bufs")?;
         let have = bufs.len()?;
         // As gso_split refuses them (the split's own kinds).
         if have == 0 {

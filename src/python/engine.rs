@@ -309,6 +309,23 @@ pub(crate) fn split_to_py(
     written_sizes(py, split, sizes, w)
 }
 
+/// [`split_to_py`]'s outputs as Python passed them: `bufs` (named `name`) a sequence,
+/// `sizes` a list; `TypeError` otherwise.
+pub(crate) fn split_args<'a, 'py>(
+    bufs: &Bound<'py, PyAny>,
+    sizes: &'a Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<&'a Bound<'py, PyList>> {
+    if bufs.cast::<PySequence>().is_err() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a sequence of writable buffers"
+        )));
+    }
+    sizes
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err("sizes must be a list"))
+}
+
 /// The end of both paths of [`split_to_py`]: `written` packets (or the write's error),
 /// their sizes stored into `sizes`. A failure here is not the buffers' (not `keep`).
 fn written_sizes(
@@ -424,14 +441,7 @@ fn gso_split(
     // written meanwhile are checked not to overlap it.
     let bytes = unsafe { pkt.slice() };
     let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(|e| to_py(py, e))?;
-    if out_bufs.cast::<PySequence>().is_err() {
-        return Err(PyTypeError::new_err(
-            "out_bufs must be a sequence of writable buffers",
-        ));
-    }
-    let sizes = sizes
-        .cast::<PyList>()
-        .map_err(|_| PyTypeError::new_err("sizes must be a list"))?;
+    let sizes = split_args(out_bufs, sizes, "out_bufs")?;
     Ok(split_to_py(
         py, &split, bytes, out_bufs, sizes, out_offset, false, false, "out_bufs",
     )?)
