@@ -351,6 +351,17 @@ def random_tcp_options(rng: random.Random) -> list:
     return opts
 
 
+def normalize_forwarded(pkt: bytes) -> bytes:
+    """Zero what forwarding legitimately changes: TTL/hop limit and the IPv4 header checksum."""
+    b = bytearray(pkt)
+    if b and b[0] >> 4 == 4:
+        b[8] = 0
+        b[10:12] = b"\0\0"
+    elif b and b[0] >> 4 == 6:
+        b[7] = 0
+    return bytes(b)
+
+
 def rand_bytes(rng: random.Random, n: int) -> bytes:
     return rng.getrandbits(8 * n).to_bytes(n, "big") if n else b""
 

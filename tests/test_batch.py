@@ -5,10 +5,14 @@ raised as ``ValueError`` before anything is written."""
 
 from __future__ import annotations
 
+import random
+import select
 import socket
 import struct
+import time
 from collections.abc import Sequence
 
+import packets as P
 import pytest
 from _netns import Netns, can_use_netns, drain
 
@@ -265,12 +269,6 @@ def test_send_multiple_writes_a_corrupt_segment_alone_between_its_runs(ns):
     TCP segment among 20: through a device with offload and the kernel's forwarding out
     of one without, the 20 packets come back as they were (the corrupt one untouched, the
     runs around it coalesced: 3 writes)."""
-    import random
-    import select
-    import time
-
-    import packets as P
-
     ns.sysctl("net.ipv4.ip_forward", "1")
     for key in ("all", "default"):
         ns.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
@@ -279,39 +277,36 @@ def test_send_multiple_writes_a_corrupt_segment_alone_between_its_runs(ns):
         b = t.TunDevice("btb0", offload=False, up=True, nonblocking=True)
         a.add_address("10.11.0.1/24")
         b.add_address("10.12.0.1/24")
-    ns.sysctl("net.ipv4.conf.bta0.rp_filter", "0")
-    drain(a)
-    rng = random.Random(20)
-    pkts = [P.tcp_pkt(False, P.rand_bytes(rng, 1000), seq=1 + 1000 * i, ip_id=i) for i in range(20)]
-    broken = bytearray(pkts[9])
-    broken[-1] ^= 0x5A  # its TCP checksum no longer verifies
-    pkts[9] = bytes(broken)
-    off = HDR
-    bufs = [bytearray(off + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
-    for buf, p in zip(bufs, pkts, strict=False):
-        buf[off : off + len(p)] = p
-    sizes = [len(p) for p in pkts]
-    writes = a.stats["writes"]
-    sent = a.send_multiple(t.GroTable(), bufs, off, sizes=sizes, count=len(pkts))
-    assert sent == sum(sizes) - 17 * 40 + 3 * HDR  # 20 packets as 3: 17 fewer headers
-    assert a.stats["writes"] - writes == 3
-    got: list[bytes] = []
-    buf = bytearray(2048)
-    deadline = time.monotonic() + 10.0  # a hang guard, not a measurement
-    while len(got) < len(pkts) and time.monotonic() < deadline:
-        if not select.select([b.fileno()], [], [], 1.0)[0]:
-            continue
-        try:
-            n = b.recv(buf)
-        except BlockingIOError:
-            continue
-        pkt = bytes(buf[:n])
-        if pkt[0] >> 4 == 4 and pkt[12:20] == bytes([10, 11, 0, 2, 10, 12, 0, 2]):
-            got.append(pkt)
-
-    def norm(p: bytes) -> bytes:  # forwarding changes the TTL and the header checksum
-        return p[:8] + b"\0" + p[9:10] + b"\0\0" + p[12:]
-
-    assert [norm(g) for g in got] == [norm(p) for p in pkts]
-    a.close()
-    b.close()
+    with a, b:
+        drain(a)
+        rng = random.Random(20)
+        pkts = [
+            P.tcp_pkt(False, P.rand_bytes(rng, 1000), seq=1 + 1000 * i, ip_id=i) for i in range(20)
+        ]
+        broken = bytearray(pkts[9])
+        broken[-1] ^= 0x5A  # its TCP checksum no longer verifies
+        pkts[9] = bytes(broken)
+        off = HDR
+        bufs = [bytearray(off + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
+        for buf, p in zip(bufs, pkts, strict=False):
+            buf[off : off + len(p)] = p
+        sizes = [len(p) for p in pkts]
+        writes = a.stats["writes"]
+        sent = a.send_multiple(t.GroTable(), bufs, off, sizes=sizes, count=len(pkts))
+        assert sent == sum(sizes) - 17 * 40 + 3 * HDR  # 20 packets as 3: 17 fewer headers
+        assert a.stats["writes"] - writes == 3
+        got: list[bytes] = []
+        buf = bytearray(2048)
+        deadline = time.monotonic() + 10.0  # a hang guard, not a measurement
+        while len(got) < len(pkts) and time.monotonic() < deadline:
+            if not select.select([b.fileno()], [], [], 1.0)[0]:
+                continue
+            try:
+                n = b.recv(buf)
+            except BlockingIOError:
+                continue
+            pkt = bytes(buf[:n])
+            if pkt[0] >> 4 == 4 and pkt[12:20] == bytes([10, 11, 0, 2, 10, 12, 0, 2]):
+                got.append(pkt)
+        norm = P.normalize_forwarded  # forwarding changes the TTL and the header checksum
+        assert [norm(g) for g in got] == [norm(p) for p in pkts]
