@@ -145,6 +145,8 @@ def joined_by_veth(
         for side in ("a", "b"):
             namespaces.append(Netns(f"{prefix}-{side}"))
         a, b = namespaces
+        for ns in namespaces:  # before the veth exists, so that its ends get it too
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
         subprocess.run(
             ["ip", "link", "add", devs[0], "netns", a.name, "type", "veth", "peer", devs[1]]
             + ["netns", b.name],
@@ -154,7 +156,6 @@ def joined_by_veth(
         for ns, dev, addr in zip(namespaces, devs, addrs, strict=True):
             ns.run("ip", "addr", "add", f"{addr}/24", "dev", dev)
             ns.run("ip", "link", "set", dev, "up")
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
         yield a, b
     finally:
         for ns in namespaces:
