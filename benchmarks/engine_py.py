@@ -27,6 +27,7 @@ import time
 
 import tunoffload as t
 from _inet import inet_sum  # benchmarks/ is on sys.path when a script runs
+from tunoffload._sysinfo import _unshare_netns
 
 OFFSET = 10
 LIB = pathlib.Path(__file__).parent / "rust" / "target" / "release" / "libtunoffload_bench.so"
@@ -181,8 +182,9 @@ def send_path(rounds: int) -> dict | None:
 
     if os.geteuid() != 0:
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET: this process only
+    try:
+        _unshare_netns()  # this process only
+    except OSError:
         return None
     dev = t.TunDevice("epy0", offload=True, up=True)
     dev.add_address("10.97.0.1/24")
