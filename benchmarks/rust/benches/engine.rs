@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tunoffload::engine::{self as eng, checksum, VirtioNetHdr};
-use tunoffload_bench::{reset, super_packet};
+use tunoffload_bench::{reset, segments, super_packet};
 
 const OFFSET: usize = 10;
 
@@ -52,18 +52,6 @@ fn bench_gso(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-fn segments(v6: bool, udp: bool, n: usize) -> Vec<Vec<u8>> {
-    let (pkt, hdr) = super_packet(v6, udp, 1448 * n);
-    let mut outs = vec![vec![0u8; OFFSET + 1600]; n];
-    let mut sizes = vec![0usize; n];
-    let k = eng::gso_split(&pkt, &hdr, &mut outs, &mut sizes, OFFSET, None).unwrap();
-    assert_eq!(k, n);
-    outs.iter()
-        .zip(&sizes)
-        .map(|(o, s)| o[..OFFSET + s].to_vec())
-        .collect()
 }
 
 /// Times `f` on a freshly reset batch, `iters` times, after an untimed `prep` of `state`.

@@ -4,13 +4,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 use tunoffload::engine as eng;
-use tunoffload_bench::super_packet;
+use tunoffload_bench::{reset, segments, super_packet};
 
 fn main() {
     let (pkt, hdr) = super_packet(false, false, 45 * 1448);
-    let mut orig = vec![0u8; 10 + pkt.len()];
-    hdr.encode(&mut orig[..10]).unwrap();
-    orig[10..].copy_from_slice(&pkt);
     let mut out: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 10 + 1500]).collect();
     let mut sizes = vec![0usize; 64];
     let mut t = eng::GroTable::new();
@@ -19,19 +16,8 @@ fn main() {
         .map(|s| s.parse().unwrap())
         .unwrap_or(200000);
     let mode = std::env::args().nth(2).unwrap_or_default();
-    let mut segs: Vec<Vec<u8>> = Vec::new();
-    let n = eng::gso_split(&pkt, &hdr, &mut out, &mut sizes, 10, Some(false)).unwrap();
-    for i in 0..n {
-        segs.push(out[i][..10 + sizes[i]].to_vec());
-    }
-    let mut bufs: Vec<Vec<u8>> = segs
-        .iter()
-        .map(|s| {
-            let mut v = s.clone();
-            v.reserve(70000);
-            v
-        })
-        .collect();
+    let segs = segments(false, false, 45);
+    let mut bufs = Vec::new();
     let t0 = Instant::now();
     for _ in 0..iters {
         if mode == "split" {
@@ -40,10 +26,7 @@ fn main() {
                     .unwrap(),
             );
         } else {
-            for (b, s) in bufs.iter_mut().zip(&segs) {
-                b.truncate(0);
-                b.extend_from_slice(s);
-            }
+            reset(&mut bufs, &segs);
             if mode != "reset" {
                 let w = eng::handle_gro(&mut bufs, 10, &mut t, true).unwrap().len();
                 assert_eq!(black_box(w), 1, "the 45 segments coalesce into one packet");
@@ -51,7 +34,8 @@ fn main() {
         }
     }
     println!(
-        "{mode} n={n}: {:.2} us/iter",
+        "{mode} n={}: {:.2} us/iter",
+        segs.len(),
         t0.elapsed().as_secs_f64() * 1e6 / iters as f64
     );
 }

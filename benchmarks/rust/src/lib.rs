@@ -77,6 +77,20 @@ pub fn super_packet(v6: bool, udp: bool, payload: usize) -> (Vec<u8>, VirtioNetH
     (p, hdr)
 }
 
+/// The `n` TCP or UDP segments (virtio header room first) of a super-packet of `n` x 1448
+/// payload bytes, as `gso_split` makes them: a batch for `handle_gro`.
+pub fn segments(v6: bool, udp: bool, n: usize) -> Vec<Vec<u8>> {
+    let (pkt, hdr) = super_packet(v6, udp, 1448 * n);
+    let mut outs = vec![vec![0u8; OFFSET + 1600]; n];
+    let mut sizes = vec![0usize; n];
+    let k = eng::gso_split(&pkt, &hdr, &mut outs, &mut sizes, OFFSET, None).unwrap();
+    assert_eq!(k, n);
+    outs.iter()
+        .zip(&sizes)
+        .map(|(o, s)| o[..OFFSET + s].to_vec())
+        .collect()
+}
+
 /// Puts the original packets back into long-lived buffers (keeping their capacity, so no
 /// allocation or page fault lands in the timed part). Shared by the criterion benchmarks,
 /// [`tob_gro_run`] and `examples/gro_callgrind.rs`.
