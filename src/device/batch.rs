@@ -109,17 +109,13 @@ impl RecvState {
     }
 
     /// Reads one packet (virtio header first, with offload) into `buf`: the held one if
-    /// there is one, else from the device. A read that filled `buf` is checked for
-    /// truncation. `EINTR` and `EAGAIN` are returned as errors.
+    /// there is one, else from the device ([`Tun::read`], truncation checked). `EINTR`
+    /// and `EAGAIN` are returned as errors.
     pub fn read(&self, tun: &Tun, buf: &mut [u8], blocking: bool) -> Result<usize, Error> {
         if let Some(n) = self.take_held(buf)? {
             return Ok(n);
         }
-        let n = tun.read(buf, blocking)?;
-        if n == buf.len() {
-            check_truncation(buf, header_len(tun), is_tap(tun))?;
-        }
-        Ok(n)
+        tun.read(buf, blocking)
     }
 
     /// Copies the held packet into `buf` and forgets it; `None` if nothing is held.

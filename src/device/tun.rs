@@ -773,8 +773,10 @@ impl Tun {
     ///
     /// Blocking: waits for a packet or for [`Tun::shutdown`] (then `Error::Closed`).
     /// Non-blocking: `EAGAIN` when there is none. `EINTR` is returned, not retried, so
-    /// that the caller can check for signals. A packet larger than `buf` is dropped by the
-    /// kernel and reported as `Error::Invalid`.
+    /// that the caller can check for signals. A packet larger than `buf` is cut short by
+    /// the kernel, which says nothing: a read that fills `buf` is checked against the IP
+    /// header's length ([`check_truncation`](super::batch::check_truncation)) and a cut
+    /// packet (lost) is `Error::Invalid`.
     pub fn read(&self, buf: &mut [u8], blocking: bool) -> Result<usize, Error> {
         let mut after_err = false;
         loop {
@@ -783,9 +785,14 @@ impl Tun {
             // ours and stays open while `self` lives.
             let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n >= 0 {
+                let n = n as usize;
                 let c = &self.counters;
-                Counters::count(n as usize, &c.reads, &c.read_bytes, &c.max_read);
-                return Ok(n as usize);
+                Counters::count(n, &c.reads, &c.read_bytes, &c.max_read);
+                if n == buf.len() {
+                    let tap = self.flags & IFF_TAP != 0;
+                    super::batch::check_truncation(buf, super::batch::header_len(self), tap)?;
+                }
+                return Ok(n);
             }
             let e = last_error("reading from the TUN device");
             match e.errno() {
@@ -796,18 +803,6 @@ impl Tun {
                     let rev = self.wait(libc::POLLIN)?;
                     after_err = rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
                         && rev & libc::POLLIN == 0;
-                }
-                Some(libc::EFAULT) => {
-                    return Err(Error::Invalid(format!(
-                        "a packet did not fit in the {}-byte buffer and was dropped; \
-                         use a buffer of at least {} bytes",
-                        buf.len(),
-                        if self.vnet_hdr() {
-                            VNET_HDR_LEN + 65535
-                        } else {
-                            65535
-                        }
-                    )))
                 }
                 Some(libc::EBADFD) => {
                     return Err(Error::from_errno(
