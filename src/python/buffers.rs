@@ -535,6 +535,17 @@ pub(crate) fn check_bufs_disjoint(
     name: &dyn Fn(usize) -> String,
 ) -> PyResult<()> {
     check_distinct_bytearrays(bufs, name)?;
+    check_spans_disjoint(bufs, part, name)
+}
+
+/// The range half of [`check_bufs_disjoint`], for a caller that has checked the
+/// bytearrays' identities already (before they grew): regions of `bufs` that are not
+/// all bytearrays must not share a byte.
+pub(crate) fn check_spans_disjoint(
+    bufs: &[Buf<'_>],
+    part: &dyn Fn(usize, &Buf<'_>) -> (usize, usize),
+    name: &dyn Fn(usize) -> String,
+) -> PyResult<()> {
     if bufs.iter().all(Buf::is_bytearray) {
         return Ok(());
     }

@@ -10,7 +10,7 @@ use pyo3::Borrowed;
 
 use super::buffers::{
     buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, check_distinct_bytearrays,
-    list_item, Buf, Fixed, Views,
+    check_spans_disjoint, list_item, Buf, Fixed, Views,
 };
 use super::device::to_py;
 use crate::device::batch::Split;
@@ -301,7 +301,7 @@ pub(crate) fn split_to_py(
             format!("{name}[{i}] and the packet share memory"),
         )));
     }
-    check_bufs_disjoint(&bufs, &part, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
+    check_spans_disjoint(&bufs, &part, &|i| format!("{name}[{i}]")).map_err(buffers_error)?;
     let w = split.write_packet(packet, &mut bufs, out_offset, fit);
     // Storing the sizes may run Python code: the outputs are let go of first.
     drop(bufs);
