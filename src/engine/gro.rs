@@ -581,6 +581,7 @@ fn pair<B>(bufs: &mut [B], dst: usize, src: usize) -> (&mut B, &B) {
 
 /// [`checksum_valid`] for a packet whose bytes from `hdrs` on (its payload) are already
 /// summed to `rest_sum`.
+#[inline(always)]
 fn checksum_valid_with(
     pkt: &[u8],
     iph: usize,

@@ -534,21 +534,20 @@ pub(crate) fn check_bufs_disjoint(
     part: &dyn Fn(usize, &Buf<'_>) -> (usize, usize),
     name: &dyn Fn(usize) -> String,
 ) -> PyResult<()> {
-    check_distinct_bytearrays(bufs, name)?;
+    if check_distinct_bytearrays(bufs, name)? {
+        return Ok(()); // distinct bytearrays share no memory
+    }
     check_spans_disjoint(bufs, part, name)
 }
 
 /// The range half of [`check_bufs_disjoint`], for a caller that has checked the
-/// bytearrays' identities already (before they grew): regions of `bufs` that are not
-/// all bytearrays must not share a byte.
+/// bytearrays' identities already (before they grew) and found other buffers among
+/// them: no two regions may share a byte.
 pub(crate) fn check_spans_disjoint(
     bufs: &[Buf<'_>],
     part: &dyn Fn(usize, &Buf<'_>) -> (usize, usize),
     name: &dyn Fn(usize) -> String,
 ) -> PyResult<()> {
-    if bufs.iter().all(Buf::is_bytearray) {
-        return Ok(());
-    }
     let mut spans: Vec<(usize, usize, usize)> = bufs
         .iter()
         .enumerate()
@@ -560,24 +559,28 @@ pub(crate) fn check_spans_disjoint(
     check_disjoint(&mut spans, name)
 }
 
-/// Fails if the same `bytearray` is among `bufs` twice. By identity, so it holds before
-/// any of them grows: growing one moves its memory, and another entry for the same object
-/// would keep the old address (its range would then compare as disjoint).
+/// Fails if the same `bytearray` is among `bufs` twice; returns whether all of them are
+/// bytearrays. By identity, so it holds before any of them grows: growing one moves its
+/// memory, and another entry for the same object would keep the old address (its range
+/// would then compare as disjoint).
 pub(crate) fn check_distinct_bytearrays(
     bufs: &[Buf<'_>],
     name: &dyn Fn(usize) -> String,
-) -> PyResult<()> {
+) -> PyResult<bool> {
     let mut keys = KEYS.with(|k| k.take());
     keys.clear();
-    keys.extend(
-        bufs.iter()
-            .filter(|b| b.is_bytearray())
-            .map(|b| b.obj.as_ptr() as usize),
-    );
+    let mut all = true;
+    for b in bufs {
+        if b.is_bytearray() {
+            keys.push(b.obj.as_ptr() as usize);
+        } else {
+            all = false;
+        }
+    }
     let dup = find_duplicate(&keys);
     KEYS.with(|k| k.set(keys));
     let Some((i, j)) = dup else {
-        return Ok(());
+        return Ok(all);
     };
     // Indices into the bytearray entries: back to positions in `bufs`.
     let at = |k: usize| {
