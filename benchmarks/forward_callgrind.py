@@ -15,7 +15,10 @@ every 200 iterations. Modes: ``idiom`` (README: 128 buffers of 64 KiB, ``sizes=`
 ``small`` (the idiom with 1510-byte buffers that grow as they must), ``fit``
 (``fit=True`` then ``bufs[:n]``), ``ack`` (one 52-byte ACK per iteration, the other
 direction of a TCP stream); ``pass`` and ``ackpass``: the same packets through ``recv`` +
-``send`` whole (the passthrough forwarder). Callgrind counts user space only: the kernel's
+``send`` whole (the passthrough forwarder); ``native``: the idiom in Rust alone on the
+crate's batch I/O (``tob_fwd_run`` in ``benchmarks/rust``'s library, loaded with ctypes;
+``cargo build --release --lib`` there first), on the same devices: what the binding and
+the interpreter add. Callgrind counts user space only: the kernel's
 part (the read,
 the write, the forwarding) is not in the figures, which is what an A/B of the package wants.
 Prints instructions-free timing too (wall clock, not to be trusted on a shared machine).
@@ -23,6 +26,8 @@ Prints instructions-free timing too (wall clock, not to be trusted on a shared m
 
 from __future__ import annotations
 
+import ctypes
+import pathlib
 import struct
 import subprocess
 import sys
@@ -33,6 +38,21 @@ from _inet import inet_sum  # benchmarks/ is on sys.path when a script runs
 from tunoffload._sysinfo import _unshare_netns
 
 OFFSET = t.VIRTIO_NET_HDR_LEN
+LIB = pathlib.Path(__file__).parent / "rust" / "target" / "release" / "libtunoffload_bench.so"
+
+
+def native_forwarder(a: t.TunDevice, b: t.TunDevice) -> tuple[ctypes.CDLL, int]:
+    """The Rust idiom reading ``b`` and writing ``a`` (``tob_fwd_new``)."""
+    lib = ctypes.CDLL(str(LIB))
+    lib.tob_fwd_new.argtypes = (ctypes.c_int, ctypes.c_int)
+    lib.tob_fwd_new.restype = ctypes.c_void_p
+    lib.tob_fwd_run.argtypes = (ctypes.c_void_p, ctypes.c_uint64)
+    lib.tob_fwd_run.restype = ctypes.c_int64
+    lib.tob_fwd_free.argtypes = (ctypes.c_void_p,)
+    fwd = lib.tob_fwd_new(b.fileno(), a.fileno())
+    if not fwd:
+        raise OSError("tob_fwd_new: not TUN devices with offload")
+    return lib, fwd
 
 
 def tcp_segment(seq: int, payload: bytes, flags: int = 0x10) -> bytes:
@@ -95,12 +115,22 @@ def main() -> int:
 
     inject()
     whole = memoryview(original)  # made once, as the passthrough forwarder does
-    segs = 0
+    segs = done = 0
+    lib, fwd = native_forwarder(a, b) if mode == "native" else (None, 0)
     t0 = time.perf_counter()
     for i in range(iters):
         if i % 200 == 199:
             drain(b)
             inject()
+        if lib is not None:  # iterations i .. i + 198 (to the next refill) in one call
+            if i % 200 == 0:
+                k = min(199, iters - i)
+                n = lib.tob_fwd_run(fwd, k)
+                if n < 0:
+                    raise OSError("tob_fwd_run failed")
+                segs += n
+                done += k
+            continue
         if mode in ("pass", "ackpass"):  # passthrough: one recv, one send
             k = b.recv(original)
             a.send(whole[:k])
@@ -112,8 +142,12 @@ def main() -> int:
             n = b.recv_multiple(original, bufs, sizes, OFFSET)
             a.send_multiple(gro, bufs, OFFSET, sizes=sizes, count=n)
         segs += n
+        done += 1
     dt = time.perf_counter() - t0
+    iters = done
     us = dt / iters * 1e6
+    if lib is not None:
+        lib.tob_fwd_free(fwd)
     print(f"{mode}: {iters} iterations, {segs / iters:.1f} packets each, {us:.1f} us each")
     a.close()
     b.close()

@@ -11,6 +11,10 @@ Modes (each direction a thread of this process):
 - ``fit``: API.md's natural form in a loop, ``recv_multiple(..., fit=True)`` then
   ``send_multiple(gro, bufs[:n], offset)`` (exact-length bytearrays, grown as needed).
 - ``plain``: offload off, one ``recv`` + one ``send`` per packet.
+- ``native-pass``, ``native-idiom`` (not run unless named): passthrough and the idiom in
+  Rust alone on the crate's batch I/O (``benchmarks/rust/examples/forward_native.rs``;
+  build it first with ``cargo build --release --example forward_native`` in
+  ``benchmarks/rust``): the floor the Python forms can approach.
 
 The modes are interleaved round by round (``--repeat``) and medians reported, with each
 mode's ratio to passthrough taken within its round. Traffic: iperf3 if installed, else a
@@ -26,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -39,6 +44,10 @@ from tunoffload import bench
 
 OFFSET = t.VIRTIO_NET_HDR_LEN
 MODES = ("passthrough", "idiom", "fit", "plain")
+NATIVE_MODES = ("native-pass", "native-idiom")
+NATIVE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "rust/target/release/examples/forward_native"
+)
 
 
 # --- forwarders ---------------------------------------------------------------------------
@@ -82,8 +91,36 @@ FORWARDERS: dict[str, Callable[[t.TunDevice, t.TunDevice], None]] = {
 }
 
 
+def run_native(mode: str, seconds: float) -> dict[str, Any]:
+    """One run of a ``native-*`` mode: the Rust forwarder in its own process."""
+    topo = bench.Topology()
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            [NATIVE, mode.removeprefix("native-"), topo.a, topo.b],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{NATIVE} did not start")
+        for ns, addr in ((topo.a, bench.ADDR_A), (topo.b, bench.ADDR_B)):
+            bench._ip("addr", "add", f"{addr}/24", "dev", "tob0", ns=ns)
+            bench._ip("link", "set", "tob0", "up", ns=ns)
+        use_iperf = shutil.which("iperf3") is not None
+        bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, f"{mode} TCP x1")
+        return {"mode": mode, "gbit_s": bps / 1e9, "generator": gen, "packets_per_read_ab": 0.0}
+    finally:
+        if proc is not None:
+            proc.communicate(timeout=10)  # closes its stdin: it stops
+        topo.close()
+
+
 def run_mode(mode: str, seconds: float) -> dict[str, Any]:
     """One run of ``mode``: namespaces, devices, forwarder threads, traffic, clean-up."""
+    if mode in NATIVE_MODES:
+        return run_native(mode, seconds)
     topo = bench.Topology()
     threads: list[threading.Thread] = []
     try:
@@ -120,7 +157,7 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--modes", nargs="+", choices=MODES + NATIVE_MODES, default=list(MODES))
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
     ap.add_argument("--json", action="store_true")

@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use tunoffload::device::{batch, Tun};
 use tunoffload::engine::{self as eng, checksum, VirtioNetHdr};
 
 const OFFSET: usize = 10;
@@ -234,6 +235,120 @@ pub unsafe extern "C" fn tob_gro_run(s: *mut Gro, iters: u64) -> f64 {
 /// `s` came from [`tob_gro_new`] and is freed once.
 #[no_mangle]
 pub unsafe extern "C" fn tob_gro_free(s: *mut Gro) {
+    if !s.is_null() {
+        // SAFETY: the caller's contract.
+        drop(unsafe { Box::from_raw(s) });
+    }
+}
+
+/// A packet of `len` bytes at the start of a region GRO may grow it into (up to the
+/// region's end): what `send_multiple(..., sizes=)` hands the engine from Python.
+pub struct Sized<'a> {
+    pub buf: &'a mut [u8],
+    pub len: usize,
+}
+
+impl eng::ExpandBuffer for Sized<'_> {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+    fn max_len(&self) -> usize {
+        self.buf.len()
+    }
+    fn resize(&mut self, new_len: usize) -> eng::Result<()> {
+        assert!(new_len <= self.buf.len(), "GRO asked past max_len");
+        self.len = new_len;
+        Ok(())
+    }
+}
+
+/// One iteration of the README idiom in Rust alone: read and split into `bufs`, then
+/// coalesce and write; the number of packets, or `None` on an error.
+pub fn forward_once(
+    src: &Tun,
+    dst: &Tun,
+    state: &batch::RecvState,
+    original: &mut [u8],
+    bufs: &mut [Vec<u8>],
+    sizes: &mut [usize],
+    table: &mut eng::GroTable,
+) -> Option<usize> {
+    let n = batch::recv_multiple(src, state, original, bufs, sizes, OFFSET, true, false).ok()?;
+    let mut out: Vec<Sized> = bufs[..n]
+        .iter_mut()
+        .zip(sizes.iter())
+        .map(|(b, &s)| Sized {
+            buf: b,
+            len: OFFSET + s,
+        })
+        .collect();
+    batch::send_multiple(dst, table, &mut out, OFFSET, true).ok()?;
+    Some(n)
+}
+
+/// The forwarder state of [`tob_fwd_new`].
+pub struct Fwd {
+    src: Tun,
+    dst: Tun,
+    state: batch::RecvState,
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    table: eng::GroTable,
+}
+
+/// The idiom's state (128 buffers of 64 KiB) on duplicates of two TUN descriptors with
+/// offload (`benchmarks/forward_callgrind.py native`); null if either is not one.
+#[no_mangle]
+pub extern "C" fn tob_fwd_new(src_fd: i32, dst_fd: i32) -> *mut Fwd {
+    let (Ok(src), Ok(dst)) = (Tun::from_fd(src_fd), Tun::from_fd(dst_fd)) else {
+        return std::ptr::null_mut();
+    };
+    Box::into_raw(Box::new(Fwd {
+        src,
+        dst,
+        state: batch::RecvState::new(),
+        original: vec![0u8; OFFSET + 65535],
+        bufs: vec![vec![0u8; OFFSET + 65535]; 128],
+        sizes: vec![0; 128],
+        table: eng::GroTable::new(),
+    }))
+}
+
+/// `iters` iterations of [`forward_once`]; the packets forwarded, or -1 on an error.
+///
+/// # Safety
+/// `s` came from [`tob_fwd_new`] and was not freed.
+#[no_mangle]
+pub unsafe extern "C" fn tob_fwd_run(s: *mut Fwd, iters: u64) -> i64 {
+    // SAFETY: the caller's contract.
+    let s = unsafe { &mut *s };
+    let mut packets = 0;
+    for _ in 0..iters {
+        let f = &mut *s;
+        match forward_once(
+            &f.src,
+            &f.dst,
+            &f.state,
+            &mut f.original,
+            &mut f.bufs,
+            &mut f.sizes,
+            &mut f.table,
+        ) {
+            Some(n) => packets += n as i64,
+            None => return -1,
+        }
+    }
+    packets
+}
+
+/// # Safety
+/// `s` came from [`tob_fwd_new`] and is freed once.
+#[no_mangle]
+pub unsafe extern "C" fn tob_fwd_free(s: *mut Fwd) {
     if !s.is_null() {
         // SAFETY: the caller's contract.
         drop(unsafe { Box::from_raw(s) });
