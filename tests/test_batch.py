@@ -310,3 +310,43 @@ def test_send_multiple_writes_a_corrupt_segment_alone_between_its_runs(ns):
                 got.append(pkt)
         norm = P.normalize_forwarded  # forwarding changes the TTL and the header checksum
         assert [norm(g) for g in got] == [norm(p) for p in pkts]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_send_multiple_in_place_coalesces_as_handle_gro_does(ns, v6):
+    """The README idiom's send (64 KiB bytearrays, ``sizes=``/``count=``: coalesced with
+    the GIL released, each buffer pinned) against ``handle_gro`` on exact-length copies
+    (the GIL held), for two flows with segments out of order, so that heads are
+    prepended to and list entries swapped: the same bytes written, the same entries in
+    the same places, and the written heads byte for byte the same."""
+    dev = _device(ns, "btg0")
+    with dev:
+        rng = random.Random(7 + v6)
+        pkts = []
+        for i in range(24):
+            for flow in (0, 1):
+                body = P.rand_bytes(rng, 1200)
+                pkts.append(P.tcp_pkt(v6, body, seq=1 + 1200 * i, sport=40000 + flow))
+        order = [j ^ 2 for j in range(len(pkts))]  # each flow's pairs of segments reversed
+        pkts = [pkts[j] for j in order]
+        off = HDR + 6
+        sized = [bytearray(off + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
+        for buf, p in zip(sized, pkts, strict=False):
+            buf[off : off + len(p)] = p
+        exact = [bytearray(off) + p for p in pkts]
+        where = {id(b): k for k, b in enumerate(sized)}
+        where_exact = {id(b): k for k, b in enumerate(exact)}
+        sizes = [len(p) for p in pkts]
+
+        idx = t.handle_gro(exact, off, t.GroTable())
+        sent = dev.send_multiple(t.GroTable(), sized, off, sizes=sizes, count=len(pkts))
+
+        perm_exact = [where_exact[id(b)] for b in exact]
+        assert perm_exact != list(range(len(exact))), "no entry was swapped: a weak case"
+        assert [where[id(b)] for b in sized[: len(pkts)]] == perm_exact
+        assert len(idx) <= len(pkts) // 2  # each reversed pair at least coalesced
+        assert sent == sum(len(exact[i]) - (off - HDR) for i in idx)
+        for i in idx:
+            assert sized[i][off - HDR : off - HDR + len(exact[i]) - (off - HDR)] == exact[i][
+                off - HDR :
+            ], f"head {i} differs"

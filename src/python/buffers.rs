@@ -356,6 +356,80 @@ impl<'py> Buf<'py> {
     }
 }
 
+/// A [`Buf`] in sized mode whose object is pinned by a buffer export, for GRO with the GIL
+/// released: the packet's end `len` may move within the buffer's `cap` bytes, never past
+/// (nothing can be resized without the GIL). `index`: where it was in the list (GRO may
+/// swap the entries).
+pub(crate) struct Pinned {
+    ptr: NonNull<u8>,
+    len: usize,
+    cap: usize,
+    pub(crate) index: usize,
+}
+
+// SAFETY: a Pinned points into a bytearray exported by a `Views` that outlives it (see
+// `Buf::pinned`); the export keeps the memory in place and the object alive.
+unsafe impl Send for Pinned {}
+
+impl<'py> Buf<'py> {
+    /// This buffer as a [`Pinned`] at list index `index`, its object exported writable by
+    /// `views` first (a bytearray's export runs no Python code: `ptr` stays valid).
+    pub(crate) fn pinned(
+        &self,
+        views: &mut Views<'py>,
+        index: usize,
+        name: &dyn Fn() -> String,
+    ) -> PyResult<Pinned> {
+        views.write(&self.obj, name)?;
+        Ok(Pinned {
+            ptr: self.ptr,
+            len: self.len,
+            cap: self.cap,
+            index,
+        })
+    }
+
+    /// The buffer's real length (what a pinned one can grow to).
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+}
+
+impl Pinned {
+    /// Where the packet ends.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl ExpandBuffer for Pinned {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr/cap describe the exported memory (see `Buf::pinned`), len <= cap;
+        // the buffers share no memory (checked before pinning).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above: this is the only reference to these bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn max_len(&self) -> usize {
+        self.cap
+    }
+
+    fn resize(&mut self, new_len: usize) -> engine::Result<()> {
+        if new_len > self.cap {
+            return Err(engine::Error::fixed(
+                engine::ErrorKind::BufferCannotGrow,
+                "internal: a pinned buffer was asked to grow past its end",
+            ));
+        }
+        self.len = new_len;
+        Ok(())
+    }
+}
+
 /// The bytes of an exact bytearray, through `PyByteArray_AS_STRING`/`GET_SIZE`.
 ///
 /// # Safety
@@ -616,6 +690,14 @@ pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
 /// held: the split's fast path (no reference taken, nothing allocated per call).
 pub(crate) struct Fixed(Region);
 
+impl Fixed {
+    /// A region of an export that the caller's `Views` holds for as long as this is used
+    /// (with the GIL released, for instance).
+    pub(crate) fn exported(r: Region) -> Fixed {
+        Fixed(r)
+    }
+}
+
 impl AsMut<[u8]> for Fixed {
     fn as_mut(&mut self) -> &mut [u8] {
         self.bytes_mut()
@@ -625,7 +707,9 @@ impl AsMut<[u8]> for Fixed {
 impl ExpandBuffer for Fixed {
     fn bytes(&self) -> &[u8] {
         // SAFETY: made by `bytearray_outputs` from a bytearray the list owns, used with the
-        // GIL held and no Python code run before the last use (see there).
+        // GIL held and no Python code run before the last use (see there), or with the
+        // GIL released while an export of that buffer is held by the caller's `Views`
+        // (`split_to_py`, `UdpSocket.recv_multiple`).
         unsafe { self.0.slice() }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {

@@ -692,7 +692,8 @@ impl PyTunDevice {
     /// output that is ``original_buffer``) raise before anything is read. Too few or too
     /// small ``bufs`` for the packet that came: ``ValueError``, and the packet is kept
     /// for the next call. A malformed super-packet: ``ValueError`` (that packet is lost).
-    /// The GIL is released during the read (once per call); the split holds it.
+    /// The GIL is released during the read, and during the split of 16 KiB or more into
+    /// ``bytearray`` outputs large enough (each output exported meanwhile).
     #[pyo3(signature = (original_buffer, bufs, sizes, offset=0, *, fit=false))]
     fn recv_multiple(
         &self,
@@ -820,7 +821,9 @@ impl PyTunDevice {
     /// the first error is raised. Any exception raised after writing started carries
     /// ``packets_sent`` and ``bytes_sent`` attributes (what was written before it). The
     /// batch is written whole even in non-blocking mode (a TUN write does not block in
-    /// practice).
+    /// practice). The GIL is released during the writes, and during the coalescing of 16
+    /// KiB or more with ``sizes=`` when every buffer holds ``offset + 65535`` bytes (each
+    /// exported meanwhile).
     #[pyo3(signature = (gro_table, bufs, offset, *, sizes=None, count=None))]
     fn send_multiple(
         &self,

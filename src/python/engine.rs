@@ -10,7 +10,7 @@ use pyo3::Borrowed;
 
 use super::buffers::{
     buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, check_distinct_bytearrays,
-    check_spans_disjoint, list_item, Buf, Fixed, Views,
+    check_spans_disjoint, list_item, Buf, Fixed, Pinned, Views,
 };
 use super::device::to_py;
 use crate::device::batch::Split;
@@ -217,6 +217,10 @@ methods_with_fields! {
     }
 }
 
+/// Splits and coalescings of at least this many bytes release the GIL (their outputs
+/// pinned by a buffer export each); smaller ones are over before a hand-off would be.
+pub(crate) const DETACH_BYTES: usize = 16 * 1024;
+
 /// A split that failed: the exception, and whether the caller's buffers (not the packet)
 /// were at fault, so that the packet is intact.
 pub(crate) struct SplitFailed {
@@ -237,9 +241,11 @@ fn buffers_error(err: PyErr) -> SplitFailed {
 /// Splits `packet` (already in Rust memory, held for the call) as `split` planned it into
 /// the Python sequence `out_bufs` (named `name` in messages), segment i at `out_offset`,
 /// then fills `sizes`. With `grow` a bytearray too small is grown (`recv_multiple`), and
-/// with `fit` each ends exactly at its packet. Runs with the GIL held throughout: the
-/// outputs are written in place without pins, since no other thread runs meanwhile (a 64
-/// KiB split takes a few microseconds, less than a GIL hand-off costs).
+/// with `fit` each ends exactly at its packet. A split of at least [`DETACH_BYTES`] into a
+/// list of large enough bytearrays runs with the GIL released, each output pinned by an
+/// export (the other direction of a forwarder runs meanwhile); anything else runs with the
+/// GIL held throughout, the outputs written in place without pins, since no other thread
+/// runs meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn split_to_py(
     py: Python<'_>,
@@ -261,10 +267,27 @@ pub(crate) fn split_to_py(
             let mut outs = FIXED.with(|f| f.take());
             let fast = bytearray_outputs(list, n, &need, (p, p + packet.len()), &mut outs)
                 && sizes.len() >= n;
-            let written = if fast {
+            let written = if !fast {
+                None
+            } else if packet.len() < DETACH_BYTES {
                 Some(split.write_packet(packet, &mut outs, out_offset, false))
             } else {
-                None
+                // A large split runs without the GIL, so that another thread (the other
+                // direction of a forwarder) is not kept waiting for it: each output is
+                // exported first, which keeps it from being resized or freed meanwhile.
+                let mut pins = Views::with_capacity(py, n);
+                for i in 0..n {
+                    let item = list_item(list, i).ok_or_else(|| {
+                        buffers_error(PyValueError::new_err("internal: bufs shrank"))
+                    })?;
+                    // An exact bytearray (checked): its export runs no Python code, so
+                    // the regions read above are still the ones it exports.
+                    pins.write(&item, &|| format!("{name}[{i}]"))
+                        .map_err(buffers_error)?;
+                }
+                let w = py.detach(|| split.write_packet(packet, &mut outs, out_offset, false));
+                drop(pins);
+                Some(w)
             };
             outs.clear();
             FIXED.with(|f| f.set(outs));
@@ -479,8 +502,9 @@ impl PyGroTable {
 /// `bufs[i][offset:offset + lens[i]]` for the first `lens.len()` buffers, growing within
 /// the buffer where it can.
 ///
-/// Runs with the GIL held: growing a bytearray needs it, and holding it is what keeps any
-/// other thread from resizing a buffer while Rust works on it.
+/// Runs with the GIL held (growing a bytearray needs it, and holding it is what keeps any
+/// other thread from resizing a buffer while Rust works on it), except for a large batch
+/// in sized mode whose buffers can all hold any coalesced packet: see [`gro_detached`].
 pub(crate) fn gro_py(
     py: Python<'_>,
     bufs: &Bound<'_, PyList>,
@@ -493,6 +517,15 @@ pub(crate) fn gro_py(
     let mut views = Views::with_capacity(py, n);
     let mut gbufs = bufs_of(&mut views, bufs.as_any(), n, lens, offset, true, "bufs")?;
     check_bufs_disjoint(&gbufs, &|_, b| buf_span(b), &|i| format!("bufs[{i}]"))?;
+    // Sized mode, a large batch, and every buffer able to hold any coalesced packet in
+    // place (so none would be resized): coalesce without the GIL, the buffers pinned.
+    let detach = lens.is_some_and(|l| l.iter().sum::<usize>() >= DETACH_BYTES)
+        && gbufs
+            .iter()
+            .all(|b| b.cap() >= offset.saturating_add(MAX_COALESCED));
+    if detach {
+        return gro_detached(py, bufs, &gbufs, offset, table, can_udp_gro);
+    }
     let out = crate::device::batch::coalesce(&mut gbufs, offset, table, can_udp_gro)
         .map_err(|e| to_py(py, e))?;
     let written = out.iter().map(|&i| (i, gbufs[i].len())).collect();
@@ -501,6 +534,45 @@ pub(crate) fn gro_py(
             let same = list_item(bufs, i).is_some_and(|o| o.is(b.object()));
             if !same {
                 bufs.set_item(i, b.object())?;
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// The largest packet GRO makes (an IP packet's 16-bit length).
+const MAX_COALESCED: usize = 65535;
+
+/// [`gro_py`] with the GIL released: each buffer pinned by an export, list entries put
+/// back afterwards in the order GRO left them. Every buffer holds `offset +
+/// MAX_COALESCED` bytes, so GRO decides as it would with the GIL (nothing needs to grow).
+fn gro_detached(
+    py: Python<'_>,
+    bufs: &Bound<'_, PyList>,
+    gbufs: &[Buf<'_>],
+    offset: usize,
+    table: &mut eng::GroTable,
+    can_udp_gro: bool,
+) -> PyResult<Vec<(usize, usize)>> {
+    let mut pins = Views::with_capacity(py, gbufs.len());
+    let mut pinned = gbufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b.pinned(&mut pins, i, &|| format!("bufs[{i}]")))
+        .collect::<PyResult<Vec<Pinned>>>()?;
+    let out = py
+        .detach(|| {
+            crate::device::batch::coalesce(&mut pinned, offset, table, can_udp_gro)
+                .map(<[usize]>::to_vec)
+        })
+        .map_err(|e| to_py(py, e))?;
+    let written = out.iter().map(|&i| (i, pinned[i].len())).collect();
+    drop(pins);
+    if table.swapped() {
+        for (k, p) in pinned.iter().enumerate() {
+            let obj = gbufs[p.index].object();
+            if !list_item(bufs, k).is_some_and(|o| o.is(obj)) {
+                bufs.set_item(k, obj)?;
             }
         }
     }

@@ -12,9 +12,9 @@ use pyo3::exceptions::{PyOverflowError, PyTimeoutError, PyTypeError, PyValueErro
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 
-use super::buffers::{list_item, resize_bytearray, Region, Views};
+use super::buffers::{list_item, resize_bytearray, Fixed, Region, Views};
 use super::device::os_error;
-use super::engine::non_negative;
+use super::engine::{non_negative, DETACH_BYTES};
 use crate::engine::{self as eng, ExpandBuffer};
 use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
 
@@ -590,19 +590,37 @@ impl PyUdpSocket {
             } else {
                 py.detach(|| batch.fill(bfd, nb, wait))
             };
-            let r = filled.and_then(|_| {
-                side.sizes.resize(nb, 0);
-                if want_addrs {
-                    side.addrs.resize(nb, None);
+            side.sizes.resize(nb, 0);
+            if want_addrs {
+                side.addrs.resize(nb, None);
+            }
+            let addrs = if want_addrs {
+                Some(&mut side.addrs[..nb])
+            } else {
+                None
+            };
+            let room = filled.and_then(|_| side.batch.make_room(&mut rbufs, offset));
+            let r = match room {
+                // A large delivery (a coalesced read) is copied with the GIL released, each
+                // buffer it fills pinned by an export meanwhile.
+                Ok((n, bytes)) if bytes >= DETACH_BYTES => {
+                    let mut pinned = Vec::with_capacity(n);
+                    for (i, b) in rbufs[..n].iter().enumerate() {
+                        pinned.push(Fixed::exported(match b {
+                            RecvBuf::Array(a) => views.write(a, &|| format!("bufs[{i}]"))?,
+                            RecvBuf::Fixed(r) => *r,
+                        }));
+                    }
+                    let sizes = &mut side.sizes[..nb];
+                    let batch = &mut side.batch;
+                    py.detach(|| batch.copy_out(&mut pinned, sizes, offset, addrs))
                 }
-                let addrs = if want_addrs {
-                    Some(&mut side.addrs[..nb])
-                } else {
-                    None
-                };
-                side.batch
-                    .deliver(&mut rbufs, &mut side.sizes[..nb], offset, addrs)
-            });
+                Ok((n, _)) => {
+                    side.batch
+                        .copy_out(&mut rbufs[..n], &mut side.sizes[..nb], offset, addrs)
+                }
+                Err(e) => Err(e),
+            };
             {
                 let mut seen = lock(py, &self.seen);
                 seen.rx = side.batch.stats();

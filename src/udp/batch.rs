@@ -387,16 +387,30 @@ impl UdpBatch {
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        mut addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: Option<&mut [Option<SocketAddr>]>,
     ) -> Result<usize> {
         let mut k = bufs.len().min(sizes.len());
         if let Some(a) = &addrs {
             k = k.min(a.len());
         }
-        let rx = &mut self.rx;
-        // Pass 1: room in every buffer, nothing consumed.
+        let (n, _) = self.make_room(&mut bufs[..k], offset)?;
+        self.copy_out(&mut bufs[..n], sizes, offset, addrs)
+    }
+
+    /// [`deliver`](Self::deliver)'s first pass: makes every buffer of `bufs` that will
+    /// take a pending datagram long enough (growing it where it is too short); returns how
+    /// many will take one and the bytes they will get. Nothing is consumed: hand the
+    /// first ones to [`copy_out`](Self::copy_out) next, unchanged in length (the Python
+    /// binding does that with the GIL released).
+    pub fn make_room<B: ExpandBuffer>(
+        &self,
+        bufs: &mut [B],
+        offset: usize,
+    ) -> Result<(usize, usize)> {
+        let k = bufs.len();
+        let rx = &self.rx;
         let (mut m, mut off) = (rx.next, rx.next_off);
-        let mut n = 0;
+        let (mut n, mut bytes) = (0, 0);
         while n < k && m < rx.msgs.len() {
             let msg = rx.msgs[m];
             if n > 0 && off == 0 && msg.remaining(0) > k - n {
@@ -427,12 +441,33 @@ impl UdpBatch {
             }
             (m, off) = msg.advance(m, off, dlen);
             n += 1;
+            bytes += dlen;
         }
-        // Pass 2: copy.
+        Ok((n, bytes))
+    }
+
+    /// [`deliver`](Self::deliver)'s second pass: copies the next `bufs.len()` pending
+    /// datagrams (at most; see [`make_room`](Self::make_room), which must have made room
+    /// in these buffers) into them and consumes them; returns how many.
+    pub fn copy_out<B: ExpandBuffer>(
+        &mut self,
+        bufs: &mut [B],
+        sizes: &mut [usize],
+        offset: usize,
+        mut addrs: Option<&mut [Option<SocketAddr>]>,
+    ) -> Result<usize> {
+        let rx = &mut self.rx;
+        let mut n = bufs.len().min(sizes.len());
+        if let Some(a) = &addrs {
+            n = n.min(a.len());
+        }
         let (mut m, mut off) = (rx.next, rx.next_off);
         let mut last: Option<(usize, Option<SocketAddr>)> = None;
         for i in 0..n {
-            let msg = rx.msgs[m];
+            let Some(&msg) = rx.msgs.get(m) else {
+                n = i; // fewer pending than buffers
+                break;
+            };
             let dlen = msg.datagram_len(off);
             let start = msg.slot * SLOT_SIZE + off;
             let src = &rx.data[start..start + dlen];

@@ -203,6 +203,37 @@ netns_test! {
 }
 
 netns_test! {
+    /// `make_room` then `copy_out` (the binding's two steps around a GIL release) is
+    /// `deliver`: room is made without consuming, the copy consumes exactly what it said.
+    fn make_room_then_copy_out_as_root(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let (mut tx, mut rx) = batches(&a, &b);
+        let lens = [1200; 30];
+        let data = datagrams(&lens);
+        assert_eq!(tx.send(a.as_fd(), &data, Dest::Connected, soon()), Ok(30));
+        assert_eq!(rx.fill(b.as_fd(), 64, soon()), Ok(30));
+        let mut bufs = vec![Vec::new(); 20];
+        let mut sizes = vec![0; 20];
+        // One coalesced read of 30 into 20 buffers: it fills all of them, in parts.
+        assert_eq!(rx.make_room(&mut bufs, 4), Ok((20, 20 * 1200)));
+        assert_eq!(rx.pending(), 30, "make_room consumes nothing");
+        assert!(bufs.iter().all(|b| b.len() == 4 + 1200));
+        assert_eq!(rx.copy_out(&mut bufs[..20], &mut sizes, 4, None), Ok(20));
+        assert_eq!(rx.pending(), 10);
+        for (i, b) in bufs.iter().enumerate() {
+            assert_eq!((&b[4..], sizes[i]), (&data[i][..], 1200), "datagram {i}");
+        }
+        // More buffers than pending: the copy stops at what is there.
+        let mut more = vec![vec![0u8; 4 + 1200]; 20];
+        let mut sizes = vec![0; 20];
+        assert_eq!(rx.make_room(&mut more, 4), Ok((10, 10 * 1200)));
+        assert_eq!(rx.copy_out(&mut more, &mut sizes, 4, None), Ok(10));
+        assert_eq!(&more[9][4..], &data[29][..]);
+        assert_eq!(rx.pending(), 0);
+    }
+}
+
+netns_test! {
     fn mixed_sizes_in_order_as_root(mtu: None) {
         let (a, b) = pair("127.0.0.1");
         let lens = [
