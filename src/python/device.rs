@@ -777,7 +777,7 @@ impl PyTunDevice {
         let split = Split::plan(read).map_err(|e| to_py(py, e.error))?;
         let packet = &read[VIRTIO_NET_HDR_LEN..];
         let count = split_to_py(
-            py, &split, packet, bufs, sizes_list, offset, true, fit, "bufs",
+            py, &split, packet, bufs, sizes_list, offset, true, fit, true, "bufs",
         )
         .map_err(|f| {
             if !f.keep {

@@ -241,11 +241,12 @@ fn buffers_error(err: PyErr) -> SplitFailed {
 /// Splits `packet` (already in Rust memory, held for the call) as `split` planned it into
 /// the Python sequence `out_bufs` (named `name` in messages), segment i at `out_offset`,
 /// then fills `sizes`. With `grow` a bytearray too small is grown (`recv_multiple`), and
-/// with `fit` each ends exactly at its packet. A split of at least [`DETACH_BYTES`] into a
-/// list of large enough bytearrays runs with the GIL released, each output pinned by an
-/// export (the other direction of a forwarder runs meanwhile); anything else runs with the
-/// GIL held throughout, the outputs written in place without pins, since no other thread
-/// runs meanwhile.
+/// with `fit` each ends exactly at its packet. With `detach` (`recv_multiple`) a split of
+/// at least [`DETACH_BYTES`] into a list of large enough bytearrays runs with the GIL
+/// released, each output pinned by an export (the other direction of a forwarder runs
+/// meanwhile); anything else runs with the GIL held throughout, the outputs written in
+/// place without pins, since no other thread runs meanwhile. (`gso_split` does not
+/// detach: the exports and the hand-off would add about a third to its 2-3 µs.)
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn split_to_py(
     py: Python<'_>,
@@ -256,6 +257,7 @@ pub(crate) fn split_to_py(
     out_offset: usize,
     grow: bool,
     fit: bool,
+    detach: bool,
     name: &str,
 ) -> Result<usize, SplitFailed> {
     let n = split.count();
@@ -269,7 +271,7 @@ pub(crate) fn split_to_py(
                 && sizes.len() >= n;
             let written = if !fast {
                 None
-            } else if packet.len() < DETACH_BYTES {
+            } else if !detach || packet.len() < DETACH_BYTES {
                 Some(split.write_packet(packet, &mut outs, out_offset, false))
             } else {
                 // A large split runs without the GIL, so that another thread (the other
@@ -469,7 +471,7 @@ fn gso_split(
     let split = Split::plan_packet(bytes, &hdr.get(), is_v6).map_err(|e| to_py(py, e))?;
     let sizes = split_args(out_bufs, sizes, "out_bufs")?;
     Ok(split_to_py(
-        py, &split, bytes, out_bufs, sizes, out_offset, false, false, "out_bufs",
+        py, &split, bytes, out_bufs, sizes, out_offset, false, false, false, "out_bufs",
     )?)
 }
 
