@@ -5,6 +5,7 @@ raised as ``ValueError`` before anything is written."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import select
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 import packets as P
 import pytest
+from _busy import another_thread_in_a_syscall
 from _netns import Netns, can_use_netns, drain
 
 _reason = can_use_netns()
@@ -312,15 +314,17 @@ def test_send_multiple_writes_a_corrupt_segment_alone_between_its_runs(ns):
         assert [norm(g) for g in got] == [norm(p) for p in pkts]
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["alone", "busy"])
 @pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
-def test_send_multiple_in_place_coalesces_as_handle_gro_does(ns, v6):
-    """The README idiom's send (64 KiB bytearrays, ``sizes=``/``count=``: coalesced with
-    the GIL released, each buffer pinned) against ``handle_gro`` on exact-length copies
-    (the GIL held), for two flows with segments out of order, so that heads are
-    prepended to and list entries swapped: the same bytes written, the same entries in
-    the same places, and the written heads byte for byte the same."""
+def test_send_multiple_in_place_coalesces_as_handle_gro_does(ns, v6, busy):
+    """The README idiom's send (64 KiB bytearrays, ``sizes=``/``count=``; with another
+    thread in a system call, ``busy``, coalesced with the GIL released and each buffer
+    pinned) against ``handle_gro`` on exact-length copies (the GIL held), for two flows
+    with segments out of order, so that heads are prepended to and list entries
+    swapped: the same bytes written, the same entries in the same places, and the
+    written heads byte for byte the same."""
     dev = _device(ns, "btg0")
-    with dev:
+    with dev, ns.entered(), another_thread_in_a_syscall() if busy else contextlib.nullcontext():
         rng = random.Random(7 + v6)
         pkts = []
         for i in range(24):
@@ -347,6 +351,33 @@ def test_send_multiple_in_place_coalesces_as_handle_gro_does(ns, v6):
         assert len(idx) <= len(pkts) // 2  # each reversed pair at least coalesced
         assert sent == sum(len(exact[i]) - (off - HDR) for i in idx)
         for i in idx:
-            assert sized[i][off - HDR : off - HDR + len(exact[i]) - (off - HDR)] == exact[i][
-                off - HDR :
-            ], f"head {i} differs"
+            head = exact[i][off - HDR :]  # its virtio header and packet
+            assert sized[i][off - HDR : len(exact[i])] == head, f"head {i} differs"
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["alone", "busy"])
+def test_recv_multiple_splits_as_gso_split_does(ns, busy):
+    """A UDP super-packet (UDP_SEGMENT, 40 segments) read with the README idiom's 64 KiB
+    bytearrays (with another thread in a system call, ``busy``: split with the GIL
+    released, each output pinned) gives what ``gso_split`` gives for the same read: the
+    same sizes and the same bytes, and each payload is the one sent."""
+    dev = _device(ns, "bts0")
+    with dev:
+        payload = P.rand_bytes(random.Random(3), 40 * 1200)
+        _udp(ns, payload, segment=1200)
+        original = bytearray(HDR + 65535)
+        bufs = [bytearray(HDR + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
+        sizes = [0] * t.IDEAL_BATCH_SIZE
+        with ns.entered(), another_thread_in_a_syscall() if busy else contextlib.nullcontext():
+            n = dev.recv_multiple(original, bufs, sizes, HDR)
+        assert n == 40
+        read = dev.stats["max_read"]
+        hdr = t.VirtioNetHdr.decode(original)
+        want = [bytearray(HDR + 1500) for _ in range(64)]
+        want_sizes = [0] * 64
+        assert t.gso_split(bytes(original[HDR:read]), hdr, want, want_sizes, HDR) == 40
+        assert sizes[:40] == want_sizes[:40]
+        for i in range(40):
+            got = bytes(bufs[i][HDR : HDR + sizes[i]])
+            assert got == bytes(want[i][HDR : HDR + sizes[i]]), f"segment {i}"
+            assert _udp_payload(got) == payload[1200 * i : 1200 * (i + 1)], f"segment {i}"

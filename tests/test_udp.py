@@ -8,6 +8,7 @@ namespace and skip without it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import random
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 import tunoffload as t
+from _busy import another_thread_in_a_syscall
 from _netns import Netns, can_use_netns
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
@@ -154,6 +156,24 @@ def test_mixed_sizes_plain_receiver(ns: Netns) -> None:
     data = [dgram(i, n) for i, n in enumerate(lens)]
     assert ua.send_multiple(data) == len(data)
     assert recv_plain(b, len(data)) == data  # b has no UDP_GRO: every datagram alone
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["alone", "busy"])
+def test_a_coalesced_read_into_large_bytearrays(ns: Netns, busy: bool) -> None:
+    """One coalesced read of 45 delivered into 64 KiB bytearrays (with another thread in a
+    system call, ``busy``: copied with the GIL released, each buffer pinned): every
+    datagram whole and in order, the bytearrays not resized."""
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    data = [dgram(i, 1400) for i in range(45)]
+    assert ua.send_multiple(data) == 45
+    bufs = [bytearray(7 + 65535) for _ in range(64)]
+    sizes = [0] * 64
+    with another_thread_in_a_syscall() if busy else contextlib.nullcontext():
+        assert ub.recv_multiple(bufs, sizes, 7) == 45
+    assert [bytes(bufs[i][7 : 7 + sizes[i]]) for i in range(45)] == data
+    assert all(len(b) == 7 + 65535 for b in bufs)
+    assert ub.stats["recv_messages"] == 1  # one coalesced read
 
 
 def test_coalesced_read_is_split_at_the_sizes_sent(ns: Netns) -> None:

@@ -13,6 +13,7 @@ use super::buffers::{list_item, resize_bytearray, scan_bytearrays, seq_item, Vie
 use super::engine::{
     gro_py, kind_error, non_negative, set_sizes, split_args, split_to_py, PyGroTable,
 };
+use super::gil;
 use crate::device::batch::{self, RecvState, Sent, Split};
 use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
 use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
@@ -43,7 +44,7 @@ fn retrying<T: Send>(
     mut f: impl FnMut() -> Result<T, dev::Error> + Send,
 ) -> PyResult<T> {
     loop {
-        match py.detach(&mut f) {
+        match gil::syscall(py, &mut f) {
             Err(e) if e.is_eintr() => py.check_signals()?,
             r => return r.map_err(|e| to_py(py, e)),
         }
@@ -138,7 +139,7 @@ impl PyTunDevice {
     fn write_all(&self, py: Python<'_>, tun: &Tun, packets: &[&[u8]]) -> PyResult<usize> {
         let mut sent = Sent::new();
         loop {
-            let r = py.detach(|| batch::write_packets(tun, packets, true, &mut sent));
+            let r = gil::syscall(py, || batch::write_packets(tun, packets, true, &mut sent));
             let err = match r {
                 Ok(()) => return Ok(sent.bytes),
                 Err(e) if e.is_eintr() => match py.check_signals() {
@@ -693,7 +694,8 @@ impl PyTunDevice {
     /// small ``bufs`` for the packet that came: ``ValueError``, and the packet is kept
     /// for the next call. A malformed super-packet: ``ValueError`` (that packet is lost).
     /// The GIL is released during the read, and during the split of 16 KiB or more into
-    /// ``bytearray`` outputs large enough (each output exported meanwhile).
+    /// ``bytearray`` outputs large enough while another thread is in a system call of
+    /// this module (each output exported meanwhile; see ``docs/forwarding.md``).
     #[pyo3(signature = (original_buffer, bufs, sizes, offset=0, *, fit=false))]
     fn recv_multiple(
         &self,
@@ -822,8 +824,9 @@ impl PyTunDevice {
     /// ``packets_sent`` and ``bytes_sent`` attributes (what was written before it). The
     /// batch is written whole even in non-blocking mode (a TUN write does not block in
     /// practice). The GIL is released during the writes, and during the coalescing of 16
-    /// KiB or more with ``sizes=`` when every buffer holds ``offset + 65535`` bytes (each
-    /// exported meanwhile).
+    /// KiB or more with ``sizes=`` when every buffer holds ``offset + 65535`` bytes and
+    /// another thread is in a system call of this module (each buffer exported
+    /// meanwhile).
     #[pyo3(signature = (gro_table, bufs, offset, *, sizes=None, count=None))]
     fn send_multiple(
         &self,

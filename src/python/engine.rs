@@ -13,6 +13,7 @@ use super::buffers::{
     check_spans_disjoint, list_item, Buf, Fixed, Pinned, Views,
 };
 use super::device::to_py;
+use super::gil;
 use crate::device::batch::Split;
 use crate::engine::{self as eng, ErrorKind, VirtioNetHdr};
 
@@ -217,8 +218,9 @@ methods_with_fields! {
     }
 }
 
-/// Splits and coalescings of at least this many bytes release the GIL (their outputs
-/// pinned by a buffer export each); smaller ones are over before a hand-off would be.
+/// Splits and coalescings of at least this many bytes release the GIL while another
+/// thread is in a system call (their buffers pinned by an export each); smaller ones are
+/// over before a hand-off would be.
 pub(crate) const DETACH_BYTES: usize = 16 * 1024;
 
 /// A split that failed: the exception, and whether the caller's buffers (not the packet)
@@ -242,9 +244,10 @@ fn buffers_error(err: PyErr) -> SplitFailed {
 /// the Python sequence `out_bufs` (named `name` in messages), segment i at `out_offset`,
 /// then fills `sizes`. With `grow` a bytearray too small is grown (`recv_multiple`), and
 /// with `fit` each ends exactly at its packet. With `detach` (`recv_multiple`) a split of
-/// at least [`DETACH_BYTES`] into a list of large enough bytearrays runs with the GIL
-/// released, each output pinned by an export (the other direction of a forwarder runs
-/// meanwhile); anything else runs with the GIL held throughout, the outputs written in
+/// at least [`DETACH_BYTES`] into a list of large enough bytearrays, while another thread
+/// is in a system call ([`gil::others_in_syscalls`]), runs with the GIL released, each
+/// output pinned by an export (the other direction of a forwarder runs meanwhile);
+/// anything else runs with the GIL held throughout, the outputs written in
 /// place without pins, since no other thread runs meanwhile. (`gso_split` does not
 /// detach: the exports and the hand-off would add about a third to its 2-3 µs.)
 #[allow(clippy::too_many_arguments)]
@@ -271,7 +274,7 @@ pub(crate) fn split_to_py(
                 && sizes.len() >= n;
             let written = if !fast {
                 None
-            } else if !detach || packet.len() < DETACH_BYTES {
+            } else if !detach || packet.len() < DETACH_BYTES || !gil::others_in_syscalls() {
                 Some(split.write_packet(packet, &mut outs, out_offset, false))
             } else {
                 // A large split runs without the GIL, so that another thread (the other
@@ -521,7 +524,8 @@ pub(crate) fn gro_py(
     check_bufs_disjoint(&gbufs, &|_, b| buf_span(b), &|i| format!("bufs[{i}]"))?;
     // Sized mode, a large batch, and every buffer able to hold any coalesced packet in
     // place (so none would be resized): coalesce without the GIL, the buffers pinned.
-    let detach = lens.is_some_and(|l| l.iter().sum::<usize>() >= DETACH_BYTES)
+    let detach = gil::others_in_syscalls()
+        && lens.is_some_and(|l| l.iter().sum::<usize>() >= DETACH_BYTES)
         && gbufs
             .iter()
             .all(|b| b.cap() >= offset.saturating_add(MAX_COALESCED));

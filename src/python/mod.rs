@@ -4,6 +4,7 @@
 pub(crate) mod buffers;
 pub(crate) mod device;
 pub(crate) mod engine;
+pub(crate) mod gil;
 pub(crate) mod netns;
 pub(crate) mod udp;
 

@@ -15,6 +15,7 @@ use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 use super::buffers::{list_item, resize_bytearray, Fixed, Region, Views};
 use super::device::os_error;
 use super::engine::{non_negative, DETACH_BYTES};
+use super::gil;
 use crate::engine::{self as eng, ExpandBuffer};
 use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
 
@@ -44,7 +45,7 @@ fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
         match m.try_lock() {
             Ok(g) => return g,
             Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(TryLockError::WouldBlock) => py.detach(|| drop(m.lock())),
+            Err(TryLockError::WouldBlock) => gil::syscall(py, || drop(m.lock())),
         }
     }
 }
@@ -588,7 +589,7 @@ impl PyUdpSocket {
             let filled = if batch.pending() > 0 {
                 Ok(0)
             } else {
-                py.detach(|| batch.fill(bfd, nb, wait))
+                gil::syscall(py, || batch.fill(bfd, nb, wait))
             };
             side.sizes.resize(nb, 0);
             if want_addrs {
@@ -603,7 +604,7 @@ impl PyUdpSocket {
             let r = match room {
                 // A large delivery (a coalesced read) is copied with the GIL released, each
                 // buffer it fills pinned by an export meanwhile.
-                Ok((n, bytes)) if bytes >= DETACH_BYTES => {
+                Ok((n, bytes)) if bytes >= DETACH_BYTES && gil::others_in_syscalls() => {
                     let mut pinned = Vec::with_capacity(n);
                     for (i, b) in rbufs[..n].iter().enumerate() {
                         pinned.push(Fixed::exported(match b {
@@ -854,7 +855,7 @@ impl PyUdpSocket {
             let r = {
                 let mut guard = lock(py, &self.tx);
                 let batch = &mut guard.batch;
-                let r = py.detach(|| batch.send(bfd, part, to, wait));
+                let r = gil::syscall(py, || batch.send(bfd, part, to, wait));
                 self.gso.store(batch.gso(), Ordering::Relaxed);
                 lock(py, &self.seen).tx = batch.stats();
                 r
