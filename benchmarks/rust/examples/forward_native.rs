@@ -8,11 +8,13 @@
 //! both ways (a thread each) until its standard input closes. `pass` writes each
 //! super-packet as it was read; `idiom` splits it into 128 buffers of 64 KiB
 //! (`batch::recv_multiple`) and coalesces and writes them (`batch::send_multiple`), as
-//! `fwd_idiom` does from Python. The harness adds the addresses and brings the devices up.
+//! `fwd_idiom` does from Python (`tunoffload_bench::forward_once`). The harness adds the
+//! addresses and brings the devices up.
 use std::io::Read;
 use std::sync::Arc;
 use tunoffload::device::{batch, Netns, NetnsTarget, Tun, TunOptions};
-use tunoffload::engine::{self, ExpandBuffer, GroTable, VIRTIO_NET_HDR_LEN};
+use tunoffload::engine::{GroTable, VIRTIO_NET_HDR_LEN};
+use tunoffload_bench::forward_once;
 
 const BATCH: usize = 128;
 
@@ -25,30 +27,6 @@ fn open(ns: &str) -> Tun {
         ..TunOptions::default()
     })
     .expect("device")
-}
-
-/// A packet of `len` bytes at the start of a 64 KiB region that GRO may grow it into: what
-/// `send_multiple(..., sizes=)` hands the engine from Python.
-struct Sized<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl ExpandBuffer for Sized<'_> {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
-    }
-    fn max_len(&self) -> usize {
-        self.buf.len()
-    }
-    fn resize(&mut self, new_len: usize) -> engine::Result<()> {
-        assert!(new_len <= self.buf.len(), "GRO asked past max_len");
-        self.len = new_len;
-        Ok(())
-    }
 }
 
 /// Whether to go on after `e`: not once either device is shut down (the run is over).
@@ -82,31 +60,17 @@ fn idiom(src: &Tun, dst: &Tun) {
     let mut table = GroTable::new();
     let state = batch::RecvState::new();
     loop {
-        let n = match batch::recv_multiple(
+        let r = forward_once(
             src,
+            dst,
             &state,
             &mut original,
             &mut bufs,
             &mut sizes,
-            off,
-            true,
-            false,
-        ) {
-            Ok(n) => n,
-            Err(e) if go_on(&e, src, dst) => continue,
-            Err(_) => return,
-        };
-        // Each packet is bufs[i][..off + sizes[i]], as send_multiple(sizes=) takes them.
-        let mut batch: Vec<Sized> = bufs[..n]
-            .iter_mut()
-            .zip(&sizes)
-            .map(|(b, &s)| Sized {
-                buf: b,
-                len: off + s,
-            })
-            .collect();
-        if let Err(e) = batch::send_multiple(dst, &mut table, &mut batch, off, true) {
-            if !go_on(&e.error, src, dst) {
+            &mut table,
+        );
+        if let Err(e) = r {
+            if !go_on(&e, src, dst) {
                 return;
             }
         }

@@ -266,7 +266,7 @@ impl eng::ExpandBuffer for Sized<'_> {
 }
 
 /// One iteration of the README idiom in Rust alone: read and split into `bufs`, then
-/// coalesce and write; the number of packets, or `None` on an error.
+/// coalesce and write; the number of packets.
 pub fn forward_once(
     src: &Tun,
     dst: &Tun,
@@ -275,8 +275,8 @@ pub fn forward_once(
     bufs: &mut [Vec<u8>],
     sizes: &mut [usize],
     table: &mut eng::GroTable,
-) -> Option<usize> {
-    let n = batch::recv_multiple(src, state, original, bufs, sizes, OFFSET, true, false).ok()?;
+) -> Result<usize, tunoffload::device::Error> {
+    let n = batch::recv_multiple(src, state, original, bufs, sizes, OFFSET, true, false)?;
     let mut out: Vec<Sized> = bufs[..n]
         .iter_mut()
         .zip(sizes.iter())
@@ -285,8 +285,8 @@ pub fn forward_once(
             len: OFFSET + s,
         })
         .collect();
-    batch::send_multiple(dst, table, &mut out, OFFSET, true).ok()?;
-    Some(n)
+    batch::send_multiple(dst, table, &mut out, OFFSET, true).map_err(|e| e.error)?;
+    Ok(n)
 }
 
 /// The forwarder state of [`tob_fwd_new`].
@@ -338,8 +338,8 @@ pub unsafe extern "C" fn tob_fwd_run(s: *mut Fwd, iters: u64) -> i64 {
             &mut f.sizes,
             &mut f.table,
         ) {
-            Some(n) => packets += n as i64,
-            None => return -1,
+            Ok(n) => packets += n as i64,
+            Err(_) => return -1,
         }
     }
     packets
