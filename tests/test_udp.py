@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -820,3 +821,49 @@ def test_ip_netns_available_for_the_tests() -> None:
     if reason:
         pytest.skip(reason)
     assert subprocess.run(["ip", "-V"], capture_output=True).returncode == 0
+
+
+def test_buffers_are_pinned_while_the_gil_is_released(ns: Netns) -> None:
+    """With another thread in a system call, the copy of a coalesced read into large
+    bytearrays runs with the GIL released: a thread that keeps resizing those buffers
+    meanwhile is refused (``BufferError``, they are exported) rather than racing, and
+    every datagram arrives whole. Bounded: 3 s or 3000 rounds."""
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    bufs = [bytearray(65535) for _ in range(64)]
+    sizes = [0] * 64
+    data = [dgram(i, 1400) for i in range(45)]
+    seen = {"refused": 0}
+    stop = threading.Event()
+
+    def resizer() -> None:
+        rng = random.Random(9)
+        while not stop.is_set():
+            buf = bufs[rng.randrange(1, 45)]
+            try:
+                buf.append(0)
+            except BufferError:
+                seen["refused"] += 1
+                continue
+            while True:  # back to its length (an export may refuse that too, a while)
+                try:
+                    del buf[-1]
+                    break
+                except BufferError:
+                    seen["refused"] += 1
+
+    th = threading.Thread(target=resizer, daemon=True)
+    with another_thread_in_a_syscall():
+        th.start()
+        try:
+            deadline = time.monotonic() + 3.0
+            for _ in range(3000):
+                if seen["refused"] or time.monotonic() > deadline:
+                    break
+                assert ua.send_multiple(data) == 45
+                assert ub.recv_multiple(bufs, sizes) == 45
+                assert [bytes(bufs[i][: sizes[i]]) for i in range(45)] == data
+        finally:
+            stop.set()
+            th.join(timeout=10)
+    assert seen["refused"] > 0, "no resize ever met an exported buffer"
