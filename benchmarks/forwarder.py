@@ -11,6 +11,8 @@ Modes (each direction a thread of this process):
 - ``fit``: API.md's natural form in a loop, ``recv_multiple(..., fit=True)`` then
   ``send_multiple(gro, bufs[:n], offset)`` (exact-length bytearrays, grown as needed).
 - ``plain``: offload off, one ``recv`` + one ``send`` per packet.
+- ``idiom-procs`` (not run unless named): the idiom with the other direction in a forked
+  process instead of a thread (no GIL shared between the directions).
 - ``native-pass``, ``native-idiom`` (not run unless named): passthrough and the idiom in
   Rust alone on the crate's batch I/O (``benchmarks/rust/examples/forward_native.rs``;
   build it first with ``cargo build --release --example forward_native`` in
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +48,7 @@ from tunoffload import bench
 OFFSET = t.VIRTIO_NET_HDR_LEN
 MODES = ("passthrough", "idiom", "fit", "plain")
 NATIVE_MODES = ("native-pass", "native-idiom")
+EXTRA_MODES = ("idiom-procs", *NATIVE_MODES)
 NATIVE = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "rust/target/release/examples/forward_native"
 )
@@ -117,10 +121,48 @@ def run_native(mode: str, seconds: float) -> dict[str, Any]:
         topo.close()
 
 
+def run_procs(seconds: float) -> dict[str, Any]:
+    """One run of ``idiom-procs``: B -> A in a forked child, A -> B in a thread here."""
+    topo = bench.Topology()
+    pid = 0
+    th = None
+    try:
+        a, b = topo.tuns(offload=True)
+        pid = os.fork()
+        if pid == 0:  # the child: forwards until killed
+            with contextlib.suppress(BaseException):
+                fwd_idiom(b, a)
+            os._exit(0)
+
+        def loop() -> None:
+            with contextlib.suppress(OSError):  # closed: the run is over
+                fwd_idiom(a, b)
+
+        th = threading.Thread(target=loop, daemon=True)
+        th.start()
+        use_iperf = shutil.which("iperf3") is not None
+        bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, "idiom-procs TCP x1")
+        return {
+            "mode": "idiom-procs",
+            "gbit_s": bps / 1e9,
+            "generator": gen,
+            "packets_per_read_ab": 0.0,
+        }
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        topo.close()
+        if th is not None:
+            th.join(timeout=5)
+
+
 def run_mode(mode: str, seconds: float) -> dict[str, Any]:
     """One run of ``mode``: namespaces, devices, forwarder threads, traffic, clean-up."""
     if mode in NATIVE_MODES:
         return run_native(mode, seconds)
+    if mode == "idiom-procs":
+        return run_procs(seconds)
     topo = bench.Topology()
     threads: list[threading.Thread] = []
     try:
@@ -157,7 +199,7 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--modes", nargs="+", choices=MODES + NATIVE_MODES, default=list(MODES))
+    ap.add_argument("--modes", nargs="+", choices=MODES + EXTRA_MODES, default=list(MODES))
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
     ap.add_argument("--json", action="store_true")
