@@ -10,13 +10,12 @@ import random
 import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Sequence
 
 import packets as P
 import pytest
-from _busy import another_thread_in_a_syscall
+from _busy import another_thread_in_a_syscall, resizes_refused
 from _netns import Netns, can_use_netns, drain
 
 _reason = can_use_netns()
@@ -394,55 +393,27 @@ def test_buffers_are_pinned_while_the_gil_is_released(ns, side):
     dev = _device(ns, "btp0")
     with dev:
         bufs = [bytearray(HDR + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
-        seen = {"refused": 0, "resized": 0}
-        stop = threading.Event()
-
-        def resizer() -> None:
-            rng = random.Random(5)
-            while not stop.is_set():
-                # Not bufs[0]: the coalesced packet is written from it, exported for the
-                # write whether or not the GIL was released while coalescing.
-                b = bufs[rng.randrange(1, 40)]
-                try:
-                    b.append(0)
-                except BufferError:
-                    seen["refused"] += 1
-                    continue
-                while True:  # back to its length (an export may refuse that too, a while)
-                    try:
-                        del b[-1]
-                        break
-                    except BufferError:
-                        seen["refused"] += 1
-                seen["resized"] += 1
-
         pkts = [P.tcp_pkt(False, bytes(1200), seq=1 + 1200 * i, ip_id=i) for i in range(40)]
         sizes = [len(p) for p in pkts]
         payload = P.rand_bytes(random.Random(6), 40 * 1200)
         original = bytearray(HDR + 65535)
         out_sizes = [0] * t.IDEAL_BATCH_SIZE
-        th = threading.Thread(target=resizer, daemon=True)
+
+        def call() -> None:
+            if side == "coalesce":
+                for buf, p in zip(bufs, pkts, strict=False):
+                    buf[HDR : HDR + len(p)] = p
+                sent = dev.send_multiple(t.GroTable(), bufs, HDR, sizes=sizes, count=40)
+                assert sent == sum(sizes) - 39 * 40 + HDR  # one write of all 40
+            else:
+                _udp(ns, payload, segment=1200)
+                assert dev.recv_multiple(original, bufs, out_sizes, HDR) == 40
+                got = bytes(bufs[39][HDR : HDR + out_sizes[39]])
+                assert _udp_payload(got) == payload[-1200:]
+
         with ns.entered(), another_thread_in_a_syscall():
-            th.start()
-            try:
-                deadline = time.monotonic() + 3.0
-                for _ in range(3000):
-                    if seen["refused"] or time.monotonic() > deadline:
-                        break
-                    if side == "coalesce":
-                        for buf, p in zip(bufs, pkts, strict=False):
-                            buf[HDR : HDR + len(p)] = p
-                        sent = dev.send_multiple(t.GroTable(), bufs, HDR, sizes=sizes, count=40)
-                        assert sent == sum(sizes) - 39 * 40 + HDR  # one write of all 40
-                    else:
-                        _udp(ns, payload, segment=1200)
-                        assert dev.recv_multiple(original, bufs, out_sizes, HDR) == 40
-                        assert (
-                            _udp_payload(bytes(bufs[39][HDR : HDR + out_sizes[39]]))
-                            == (payload[-1200:])
-                        )
-            finally:
-                stop.set()
-                th.join(timeout=10)
-        assert seen["refused"] > 0, f"no resize ever met an exported buffer: {seen}"
+            # Not bufs[0]: the coalesced packet is written from it, exported for the
+            # write whether or not the GIL was released while coalescing.
+            refused = resizes_refused(bufs, 1, 40, call)
+        assert refused > 0, "no resize ever met an exported buffer"
         assert all(len(b) == HDR + 65535 for b in bufs)

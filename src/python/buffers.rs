@@ -39,6 +39,11 @@ impl Region {
         self.len
     }
 
+    /// The first byte's address.
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
     /// The bytes.
     ///
     /// # Safety
@@ -356,77 +361,18 @@ impl<'py> Buf<'py> {
     }
 }
 
-/// A [`Buf`] in sized mode whose object is pinned by a buffer export, for GRO with the GIL
-/// released: the packet's end `len` may move within the buffer's `cap` bytes, never past
-/// (nothing can be resized without the GIL). `index`: where it was in the list (GRO may
-/// swap the entries).
-pub(crate) struct Pinned {
-    ptr: NonNull<u8>,
-    len: usize,
-    cap: usize,
-    pub(crate) index: usize,
-}
-
-// SAFETY: a Pinned points into a bytearray exported by a `Views` that outlives it (see
-// `Buf::pinned`); the export keeps the memory in place and the object alive.
-unsafe impl Send for Pinned {}
-
-impl<'py> Buf<'py> {
-    /// This buffer as a [`Pinned`] at list index `index`, its object exported writable by
-    /// `views` first (a bytearray's export runs no Python code: `ptr` stays valid).
-    pub(crate) fn pinned(
-        &self,
-        views: &mut Views<'py>,
-        index: usize,
-        name: &dyn Fn() -> String,
-    ) -> PyResult<Pinned> {
-        views.write(&self.obj, name)?;
-        Ok(Pinned {
-            ptr: self.ptr,
-            len: self.len,
-            cap: self.cap,
-            index,
-        })
-    }
-
-    /// The buffer's real length (what a pinned one can grow to).
+impl Buf<'_> {
+    /// The buffer's real length (what the packet's end may move to without a resize).
     pub(crate) fn cap(&self) -> usize {
         self.cap
     }
-}
 
-impl Pinned {
-    /// Where the packet ends.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-}
-
-impl ExpandBuffer for Pinned {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr/cap describe the exported memory (see `Buf::pinned`), len <= cap;
-        // the buffers share no memory (checked before pinning).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above: this is the only reference to these bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn max_len(&self) -> usize {
-        self.cap
-    }
-
-    fn resize(&mut self, new_len: usize) -> engine::Result<()> {
-        if new_len > self.cap {
-            return Err(engine::Error::fixed(
-                engine::ErrorKind::BufferCannotGrow,
-                "internal: a pinned buffer was asked to grow past its end",
-            ));
+    /// The buffer's memory as read last (all `cap` bytes).
+    pub(crate) fn region(&self) -> Region {
+        Region {
+            ptr: self.ptr,
+            len: self.cap,
         }
-        self.len = new_len;
-        Ok(())
     }
 }
 
@@ -686,16 +632,55 @@ pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
     b.span(0, b.cap)
 }
 
-/// A fixed output region inside an exact `bytearray` of a list, read in place with the GIL
-/// held: the split's fast path (no reference taken, nothing allocated per call).
-pub(crate) struct Fixed(Region);
+/// Memory written without going through its object: the bytes of an exact `bytearray`
+/// of a list, read with the GIL held (the split's fast path, no reference taken), or the
+/// region of an export held by the caller's `Views` (used with the GIL released: the
+/// split, an in-place coalescing, a UDP delivery). The packet ends at `len`, which may
+/// move within the region but never past it (nothing is resized through a `Fixed`).
+pub(crate) struct Fixed {
+    r: Region,
+    len: usize,
+}
 
 impl Fixed {
-    /// A region of an export that the caller's `Views` holds for as long as this is used
-    /// (with the GIL released, for instance).
-    pub(crate) fn exported(r: Region) -> Fixed {
-        Fixed(r)
+    /// All of `r`.
+    pub(crate) fn whole(r: Region) -> Fixed {
+        Fixed { r, len: r.len }
     }
+
+    /// The first `len` bytes of `r` (at most all of them), able to grow to all of `r`.
+    pub(crate) fn sized(r: Region, len: usize) -> Fixed {
+        Fixed {
+            r,
+            len: len.min(r.len),
+        }
+    }
+
+    /// The first byte's address.
+    pub(crate) fn addr(&self) -> usize {
+        self.r.addr()
+    }
+
+    /// Where the packet ends.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+thread_local! {
+    /// The `Vec<Fixed>` of [`with_fixed`], reused between calls.
+    static FIXED: std::cell::Cell<Vec<Fixed>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on an empty `Vec<Fixed>` that this thread reuses from call to call (nothing
+/// allocated per call once it has grown).
+pub(crate) fn with_fixed<T>(f: impl FnOnce(&mut Vec<Fixed>) -> T) -> T {
+    let mut v = FIXED.with(|c| c.take());
+    v.clear();
+    let r = f(&mut v);
+    v.clear();
+    FIXED.with(|c| c.set(v));
+    r
 }
 
 impl AsMut<[u8]> for Fixed {
@@ -707,27 +692,29 @@ impl AsMut<[u8]> for Fixed {
 impl ExpandBuffer for Fixed {
     fn bytes(&self) -> &[u8] {
         // SAFETY: made by `bytearray_outputs` from a bytearray the list owns, used with the
-        // GIL held and no Python code run before the last use (see there), or with the
-        // GIL released while an export of that buffer is held by the caller's `Views`
-        // (`split_to_py`, `UdpSocket.recv_multiple`).
-        unsafe { self.0.slice() }
+        // GIL held and no Python code run before the last use (see there), or the region
+        // of an export the caller holds while this is used; `len <= r.len`.
+        let all = unsafe { self.r.slice() };
+        &all[..self.len]
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; the regions are distinct (checked in `bytearray_outputs`).
-        unsafe { self.0.slice_mut() }
+        // SAFETY: as above; the callers' regions are disjoint (checked before), so this is
+        // the only reference to these bytes.
+        let all = unsafe { self.r.slice_mut() };
+        &mut all[..self.len]
     }
     fn max_len(&self) -> usize {
-        self.0.len
+        self.r.len
     }
     fn resize(&mut self, new_len: usize) -> engine::Result<()> {
-        if new_len == self.0.len {
-            Ok(())
-        } else {
-            Err(engine::Error::fixed(
+        if new_len > self.r.len {
+            return Err(engine::Error::fixed(
                 engine::ErrorKind::BufferCannotGrow,
-                "internal: a fixed output was asked to resize",
-            ))
+                "internal: a fixed buffer was asked to grow past its end",
+            ));
         }
+        self.len = new_len;
+        Ok(())
     }
 }
 
@@ -764,7 +751,7 @@ pub(crate) fn bytearray_outputs(
                     return false;
                 }
                 keys.push(s);
-                out.push(Fixed(r));
+                out.push(Fixed::whole(r));
                 true
             })
     };

@@ -10,7 +10,7 @@ use pyo3::Borrowed;
 
 use super::buffers::{
     buf_span, bufs_of, bytearray_outputs, check_bufs_disjoint, check_distinct_bytearrays,
-    check_spans_disjoint, list_item, Buf, Fixed, Pinned, Views,
+    check_spans_disjoint, list_item, with_fixed, Buf, Fixed, Views,
 };
 use super::device::to_py;
 use super::gil;
@@ -269,14 +269,15 @@ pub(crate) fn split_to_py(
             // The usual case: a list of bytearrays large enough, read in place.
             let p = packet.as_ptr() as usize;
             let need = |i: usize| out_offset.saturating_add(split.size(i));
-            let mut outs = FIXED.with(|f| f.take());
-            let fast = bytearray_outputs(list, n, &need, (p, p + packet.len()), &mut outs)
-                && sizes.len() >= n;
-            let written = if !fast {
-                None
-            } else if !detach || packet.len() < DETACH_BYTES || !gil::others_in_syscalls() {
-                Some(split.write_packet(packet, &mut outs, out_offset, false))
-            } else {
+            let written = with_fixed(|outs| {
+                if !bytearray_outputs(list, n, &need, (p, p + packet.len()), outs)
+                    || sizes.len() < n
+                {
+                    return Ok(None);
+                }
+                if !detach || packet.len() < DETACH_BYTES || !gil::others_in_syscalls() {
+                    return Ok(Some(split.write_packet(packet, outs, out_offset, false)));
+                }
                 // A large split runs without the GIL, so that another thread (the other
                 // direction of a forwarder) is not kept waiting for it: each output is
                 // exported first, which keeps it from being resized or freed meanwhile.
@@ -290,12 +291,10 @@ pub(crate) fn split_to_py(
                     pins.write(&item, &|| format!("{name}[{i}]"))
                         .map_err(buffers_error)?;
                 }
-                let w = py.detach(|| split.write_packet(packet, &mut outs, out_offset, false));
-                drop(pins);
-                Some(w)
-            };
-            outs.clear();
-            FIXED.with(|f| f.set(outs));
+                Ok(Some(py.detach(|| {
+                    split.write_packet(packet, outs, out_offset, false)
+                })))
+            })?;
             if let Some(w) = written {
                 return written_sizes(py, split, sizes, w);
             }
@@ -370,11 +369,6 @@ fn written_sizes(
     let last = split.size(written.saturating_sub(1));
     set_sizes(sizes, written, split.size(0), last).map_err(fail)?;
     Ok(written)
-}
-
-thread_local! {
-    /// The split's fast-path outputs, reused between calls.
-    static FIXED: std::cell::Cell<Vec<Fixed>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Stores a split's sizes into the first `n` entries of `sizes`: `common` for entries
@@ -549,9 +543,10 @@ pub(crate) fn gro_py(
 /// The largest packet GRO makes (an IP packet's 16-bit length).
 const MAX_COALESCED: usize = 65535;
 
-/// [`gro_py`] with the GIL released: each buffer pinned by an export, list entries put
-/// back afterwards in the order GRO left them. Every buffer holds `offset +
-/// MAX_COALESCED` bytes, so GRO decides as it would with the GIL (nothing needs to grow).
+/// [`gro_py`] with the GIL released: each bytearray pinned by an export (any other buffer
+/// is held by the export `bufs_of` made), list entries put back afterwards in the order
+/// GRO left them. Every buffer holds `offset + MAX_COALESCED` bytes, so GRO decides as it
+/// would with the GIL (nothing needs to grow).
 fn gro_detached(
     py: Python<'_>,
     bufs: &Bound<'_, PyList>,
@@ -561,28 +556,40 @@ fn gro_detached(
     can_udp_gro: bool,
 ) -> PyResult<Vec<(usize, usize)>> {
     let mut pins = Views::with_capacity(py, gbufs.len());
-    let mut pinned = gbufs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| b.pinned(&mut pins, i, &|| format!("bufs[{i}]")))
-        .collect::<PyResult<Vec<Pinned>>>()?;
-    let out = py
-        .detach(|| {
-            crate::device::batch::coalesce(&mut pinned, offset, table, can_udp_gro)
-                .map(<[usize]>::to_vec)
-        })
-        .map_err(|e| to_py(py, e))?;
-    let written = out.iter().map(|&i| (i, pinned[i].len())).collect();
-    drop(pins);
-    if table.swapped() {
-        for (k, p) in pinned.iter().enumerate() {
-            let obj = gbufs[p.index].object();
-            if !list_item(bufs, k).is_some_and(|o| o.is(obj)) {
-                bufs.set_item(k, obj)?;
+    with_fixed(|fixed| {
+        for (i, b) in gbufs.iter().enumerate() {
+            // A bytearray's export runs no Python code: no other buffer changes meanwhile.
+            let r = if b.is_bytearray() {
+                pins.write(b.object(), &|| format!("bufs[{i}]"))?
+            } else {
+                b.region()
+            };
+            fixed.push(Fixed::sized(r, b.len()));
+        }
+        let out = py
+            .detach(|| crate::device::batch::coalesce(fixed, offset, table, can_udp_gro))
+            .map_err(|e| to_py(py, e))?;
+        let written = out.iter().map(|&i| (i, fixed[i].len())).collect();
+        drop(pins);
+        if table.swapped() {
+            // Where GRO moved each buffer: their regions are disjoint and none is empty,
+            // so a start address names one.
+            let mut from: Vec<(usize, usize)> = (gbufs.iter().enumerate())
+                .map(|(j, b)| (b.region().addr(), j))
+                .collect();
+            from.sort_unstable();
+            for (k, f) in fixed.iter().enumerate() {
+                let j = from
+                    .binary_search_by_key(&f.addr(), |&(a, _)| a)
+                    .map_err(|_| PyValueError::new_err("internal: a coalesced buffer is lost"))?;
+                let obj = gbufs[from[j].1].object();
+                if !list_item(bufs, k).is_some_and(|o| o.is(obj)) {
+                    bufs.set_item(k, obj)?;
+                }
             }
         }
-    }
-    Ok(written)
+        Ok(written)
+    })
 }
 
 /// Coalesces a batch of packets for writing to a TUN device with offload.

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyOverflowError, PyTimeoutError, PyTypeError, PyValueErro
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString, PyTuple};
 
-use super::buffers::{list_item, resize_bytearray, Fixed, Region, Views};
+use super::buffers::{list_item, resize_bytearray, with_fixed, Fixed, Region, Views};
 use super::device::os_error;
 use super::engine::{non_negative, DETACH_BYTES};
 use super::gil;
@@ -57,6 +57,17 @@ fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
 enum RecvBuf<'py> {
     Array(Bound<'py, PyByteArray>),
     Fixed(Region),
+}
+
+impl RecvBuf<'_> {
+    /// Whether pinning this buffer with an export runs no Python code: an exact bytearray,
+    /// or a buffer exported already.
+    fn pins_silently(&self) -> bool {
+        match self {
+            RecvBuf::Array(b) => b.is_exact_instance_of::<PyByteArray>(),
+            RecvBuf::Fixed(_) => true,
+        }
+    }
 }
 
 impl ExpandBuffer for RecvBuf<'_> {
@@ -603,18 +614,24 @@ impl PyUdpSocket {
             let room = filled.and_then(|_| side.batch.make_room(&mut rbufs, offset));
             let r = match room {
                 // A large delivery (a coalesced read) is copied with the GIL released, each
-                // buffer it fills pinned by an export meanwhile.
-                Ok((n, bytes)) if bytes >= DETACH_BYTES && gil::others_in_syscalls() => {
-                    let mut pinned = Vec::with_capacity(n);
-                    for (i, b) in rbufs[..n].iter().enumerate() {
-                        pinned.push(Fixed::exported(match b {
-                            RecvBuf::Array(a) => views.write(a, &|| format!("bufs[{i}]"))?,
-                            RecvBuf::Fixed(r) => *r,
-                        }));
-                    }
-                    let sizes = &mut side.sizes[..nb];
-                    let batch = &mut side.batch;
-                    py.detach(|| batch.copy_out(&mut pinned, sizes, offset, addrs))
+                // bytearray it fills pinned by an export meanwhile (an exact one: its export
+                // runs no Python code, which must not run while the lock is held).
+                Ok((n, bytes))
+                    if bytes >= DETACH_BYTES
+                        && gil::others_in_syscalls()
+                        && rbufs[..n].iter().all(RecvBuf::pins_silently) =>
+                {
+                    with_fixed(|fixed| -> PyResult<_> {
+                        for (i, b) in rbufs[..n].iter().enumerate() {
+                            fixed.push(Fixed::whole(match b {
+                                RecvBuf::Array(a) => views.write(a, &|| format!("bufs[{i}]"))?,
+                                RecvBuf::Fixed(r) => *r,
+                            }));
+                        }
+                        let sizes = &mut side.sizes[..nb];
+                        let batch = &mut side.batch;
+                        Ok(py.detach(|| batch.copy_out(fixed, sizes, offset, addrs)))
+                    })?
                 }
                 Ok((n, _)) => {
                     side.batch
