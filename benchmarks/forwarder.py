@@ -92,7 +92,16 @@ FORWARDERS: dict[str, Callable[[t.TunDevice, t.TunDevice], None]] = {
     "idiom": fwd_idiom,
     "fit": fwd_fit,
     "plain": fwd_plain,
+    "idiom-procs": fwd_idiom,
 }
+
+
+def _tcp(topo: bench.Topology, mode: str, seconds: float) -> dict[str, Any]:
+    """One TCP stream A -> B through ``topo`` (iperf3 if installed, else bench's built-in
+    generator): the row's speed."""
+    use_iperf = shutil.which("iperf3") is not None
+    bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, f"{mode} TCP x1")
+    return {"mode": mode, "gbit_s": bps / 1e9, "generator": gen, "packets_per_read_ab": 0.0}
 
 
 def run_native(mode: str, seconds: float) -> dict[str, Any]:
@@ -112,86 +121,52 @@ def run_native(mode: str, seconds: float) -> dict[str, Any]:
         for ns, addr in ((topo.a, bench.ADDR_A), (topo.b, bench.ADDR_B)):
             bench._ip("addr", "add", f"{addr}/24", "dev", "tob0", ns=ns)
             bench._ip("link", "set", "tob0", "up", ns=ns)
-        use_iperf = shutil.which("iperf3") is not None
-        bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, f"{mode} TCP x1")
-        return {"mode": mode, "gbit_s": bps / 1e9, "generator": gen, "packets_per_read_ab": 0.0}
+        return _tcp(topo, mode, seconds)
     finally:
         if proc is not None:
             proc.communicate(timeout=10)  # closes its stdin: it stops
         topo.close()
 
 
-def run_procs(seconds: float) -> dict[str, Any]:
-    """One run of ``idiom-procs``: B -> A in a forked child, A -> B in a thread here."""
-    topo = bench.Topology()
-    pid = 0
-    th = None
-    try:
-        a, b = topo.tuns(offload=True)
-        pid = os.fork()
-        if pid == 0:  # the child: forwards until killed
-            with contextlib.suppress(BaseException):
-                fwd_idiom(b, a)
-            os._exit(0)
-
-        def loop() -> None:
-            with contextlib.suppress(OSError):  # closed: the run is over
-                fwd_idiom(a, b)
-
-        th = threading.Thread(target=loop, daemon=True)
-        th.start()
-        use_iperf = shutil.which("iperf3") is not None
-        bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, "idiom-procs TCP x1")
-        return {
-            "mode": "idiom-procs",
-            "gbit_s": bps / 1e9,
-            "generator": gen,
-            "packets_per_read_ab": 0.0,
-        }
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        topo.close()
-        if th is not None:
-            th.join(timeout=5)
-
-
 def run_mode(mode: str, seconds: float) -> dict[str, Any]:
-    """One run of ``mode``: namespaces, devices, forwarder threads, traffic, clean-up."""
+    """One run of ``mode``: namespaces, devices, forwarder threads (for ``idiom-procs`` the
+    B -> A direction in a forked child instead), traffic, clean-up."""
     if mode in NATIVE_MODES:
         return run_native(mode, seconds)
-    if mode == "idiom-procs":
-        return run_procs(seconds)
     topo = bench.Topology()
     threads: list[threading.Thread] = []
+    child = 0
     try:
         devs = topo.tuns(offload=mode != "plain")
         forward = FORWARDERS[mode]
+        directions = [(devs[0], devs[1]), (devs[1], devs[0])]
+        if mode == "idiom-procs":
+            child = os.fork()
+            if child == 0:  # forwards B -> A until killed
+                with contextlib.suppress(BaseException):
+                    forward(devs[1], devs[0])
+                os._exit(0)
+            directions = directions[:1]
 
         def loop(src: t.TunDevice, dst: t.TunDevice) -> None:
             with contextlib.suppress(OSError):  # closed: the run is over
                 forward(src, dst)
 
-        for src, dst in ((devs[0], devs[1]), (devs[1], devs[0])):
+        for src, dst in directions:
             th = threading.Thread(target=loop, args=(src, dst), daemon=True)
             th.start()
             threads.append(th)
         cpu0 = time.process_time()
-        # one TCP stream A -> B: iperf3 if installed, else bench's built-in generator
-        use_iperf = shutil.which("iperf3") is not None
-        bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, f"{mode} TCP x1")
-        cpu = time.process_time() - cpu0
+        row = _tcp(topo, mode, seconds)
         stats = devs[0].stats
         reads = stats["reads"] or 1
-        return {
-            "mode": mode,
-            "gbit_s": bps / 1e9,
-            "generator": gen,
-            "cpu_s": cpu,
-            "packets_per_read_ab": (stats.get("rx_packets") or reads) / reads,
-        }
+        row["cpu_s"] = time.process_time() - cpu0
+        row["packets_per_read_ab"] = (stats.get("rx_packets") or reads) / reads
+        return row
     finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
         topo.close()  # closes the devices: the forwarder threads end
         for th in threads:
             th.join(timeout=5)
