@@ -397,12 +397,18 @@ def test_every_call_on_a_closed_device_is_ebadf(ns, offload):
     assert not dev.getblocking()
 
 
+def _device(ns, name: str, offload: bool) -> tuple[t.TunDevice, int]:
+    """A non-blocking device `name` that is up in `ns`, and the offset its packets take
+    (room for the virtio header with offload)."""
+    with ns.entered():
+        dev = t.TunDevice(name, offload=offload, up=True, nonblocking=True)
+    return dev, (10 if offload else 0)
+
+
 @needs_root
 @pytest.mark.parametrize("offload", [False, True])
 def test_device_io_bad_arguments(ns, offload):
-    off = 10 if offload else 0
-    with ns.entered():
-        dev = t.TunDevice("badio0", offload=offload, up=True, nonblocking=True)
+    dev, off = _device(ns, "badio0", offload)
     g = t.GroTable()
     ro = memoryview(bytearray(70000)).toreadonly()
     cases = {
@@ -462,9 +468,7 @@ def test_device_io_bad_arguments(ns, offload):
 @pytest.mark.parametrize("offload", [False, True])
 def test_send_multiple_argument_errors_have_kinds(ns, offload):
     # The same refusals as the engine's, with its kinds, whether or not GRO runs.
-    off = 10 if offload else 0
-    with ns.entered():
-        dev = t.TunDevice("kinds0", offload=offload, up=True, nonblocking=True)
+    dev, off = _device(ns, "kinds0", offload)
     g = t.GroTable()
     pkt = bytearray(off) + P.tcp_pkt(False, b"a" * 100, seq=1000)
     with dev:
@@ -484,9 +488,7 @@ def test_send_multiple_argument_errors_have_kinds(ns, offload):
 @pytest.mark.parametrize("offload", [False, True])
 def test_recv_multiple_empty_outputs_have_kinds(ns, offload):
     # As gso_split refuses them, before anything is read.
-    off = 10 if offload else 0
-    with ns.entered():
-        dev = t.TunDevice("kinds1", offload=offload, up=True, nonblocking=True)
+    dev, off = _device(ns, "kinds1", offload)
     with dev:
         orig = bytearray(70000)
         refused(lambda: dev.recv_multiple(orig, [], [0], off), "too_few_out_bufs")
@@ -564,9 +566,7 @@ class _LongList(list):
 def test_a_length_that_lies_is_an_error_not_an_abort(ns, offload):
     # Nothing is reserved from a length Python code reported: the calls fail at the
     # first missing entry (the list's own IndexError) instead of allocating terabytes.
-    off = 10 if offload else 0
-    with ns.entered():
-        dev = t.TunDevice("lie0", offload=offload, up=True, nonblocking=True)
+    dev, off = _device(ns, "lie0", offload)
     pkt = bytearray(off) + P.tcp_pkt(False, b"a" * 100, seq=1000)
     one = len(pkt) - off + (10 if offload else 0)  # what sending `pkt` writes
     with dev:
