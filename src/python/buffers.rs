@@ -638,27 +638,39 @@ pub(crate) fn buf_span(b: &Buf<'_>) -> (usize, usize) {
 /// split, an in-place coalescing, a UDP delivery). The packet ends at `len`, which may
 /// move within the region but never past it (nothing is resized through a `Fixed`).
 pub(crate) struct Fixed {
-    r: Region,
+    /// The region (`cap` bytes at `ptr`).
+    ptr: NonNull<u8>,
+    cap: usize,
+    /// Where the packet ends, `<= cap`.
     len: usize,
 }
+
+// SAFETY: as for `Region`, which a `Fixed` is made from: the memory stays in place while
+// the export (or the GIL) behind it is held.
+unsafe impl Send for Fixed {}
 
 impl Fixed {
     /// All of `r`.
     pub(crate) fn whole(r: Region) -> Fixed {
-        Fixed { r, len: r.len }
+        Fixed {
+            ptr: r.ptr,
+            cap: r.len,
+            len: r.len,
+        }
     }
 
     /// The first `len` bytes of `r` (at most all of them), able to grow to all of `r`.
     pub(crate) fn sized(r: Region, len: usize) -> Fixed {
         Fixed {
-            r,
+            ptr: r.ptr,
+            cap: r.len,
             len: len.min(r.len),
         }
     }
 
     /// The first byte's address.
     pub(crate) fn addr(&self) -> usize {
-        self.r.addr()
+        self.ptr.as_ptr() as usize
     }
 
     /// Where the packet ends.
@@ -693,21 +705,19 @@ impl ExpandBuffer for Fixed {
     fn bytes(&self) -> &[u8] {
         // SAFETY: made by `bytearray_outputs` from a bytearray the list owns, used with the
         // GIL held and no Python code run before the last use (see there), or the region
-        // of an export the caller holds while this is used; `len <= r.len`.
-        let all = unsafe { self.r.slice() };
-        &all[..self.len]
+        // of an export the caller holds while this is used; `len <= cap`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above; the callers' regions are disjoint (checked before), so this is
         // the only reference to these bytes.
-        let all = unsafe { self.r.slice_mut() };
-        &mut all[..self.len]
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
     fn max_len(&self) -> usize {
-        self.r.len
+        self.cap
     }
     fn resize(&mut self, new_len: usize) -> engine::Result<()> {
-        if new_len > self.r.len {
+        if new_len > self.cap {
             return Err(engine::Error::fixed(
                 engine::ErrorKind::BufferCannotGrow,
                 "internal: a fixed buffer was asked to grow past its end",
