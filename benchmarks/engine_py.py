@@ -27,7 +27,7 @@ import time
 
 import tunoffload as t
 from _inet import inet_sum  # benchmarks/ is on sys.path when a script runs
-from tunoffload._sysinfo import _unshare_netns
+from tunoffload.testing import unshare_netns
 
 OFFSET = 10
 LIB = pathlib.Path(__file__).parent / "rust" / "target" / "release" / "libtunoffload_bench.so"
@@ -183,7 +183,7 @@ def send_path(rounds: int) -> dict | None:
     if os.geteuid() != 0:
         return None
     try:
-        _unshare_netns()  # this process only
+        unshare_netns()  # this process only
     except OSError:
         return None
     dev = t.TunDevice("epy0", offload=True, up=True)

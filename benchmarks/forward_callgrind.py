@@ -35,7 +35,7 @@ import time
 
 import tunoffload as t
 from _inet import inet_sum  # benchmarks/ is on sys.path when a script runs
-from tunoffload._sysinfo import _unshare_netns
+from tunoffload.testing import unshare_netns
 
 OFFSET = t.VIRTIO_NET_HDR_LEN
 LIB = pathlib.Path(__file__).parent / "rust" / "target" / "release" / "libtunoffload_bench.so"
@@ -67,7 +67,7 @@ def tcp_segment(seq: int, payload: bytes, flags: int = 0x10) -> bytes:
 
 
 def setup() -> tuple[t.TunDevice, t.TunDevice]:
-    _unshare_netns()  # OSError without root
+    unshare_netns()  # OSError without root
     a = t.TunDevice("cga0", offload=True, up=True)
     b = t.TunDevice("cgb0", offload=True, up=True)
     a.add_address("10.98.0.1/24")

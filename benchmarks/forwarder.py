@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -43,7 +42,9 @@ from typing import Any
 import tunoffload as t
 
 # the namespaces, devices and traffic are the ones ``tunoffload bench`` makes
-from tunoffload import bench
+from tunoffload.bench.topology import TUN_NAME, Topology
+from tunoffload.bench.traffic import have_iperf3, run_traffic
+from tunoffload.testing import missing_requirements
 
 OFFSET = t.VIRTIO_NET_HDR_LEN
 MODES = ("passthrough", "idiom", "fit", "plain")
@@ -96,21 +97,20 @@ FORWARDERS: dict[str, Callable[[t.TunDevice, t.TunDevice], None]] = {
 }
 
 
-def _tcp(topo: bench.Topology, mode: str, seconds: float) -> dict[str, Any]:
+def _tcp(topo: Topology, mode: str, seconds: float) -> dict[str, Any]:
     """One TCP stream A -> B through ``topo`` (iperf3 if installed, else bench's built-in
     generator): the row's speed."""
-    use_iperf = shutil.which("iperf3") is not None
-    bps, gen = bench._traffic(topo, "tcp", 1, seconds, use_iperf, f"{mode} TCP x1")
+    bps, gen = run_traffic(topo, "tcp", 1, seconds, have_iperf3(), f"{mode} TCP x1")
     return {"mode": mode, "gbit_s": bps / 1e9, "generator": gen, "packets_per_read_ab": 0.0}
 
 
 def run_native(mode: str, seconds: float) -> dict[str, Any]:
     """One run of a ``native-*`` mode: the Rust forwarder in its own process."""
-    topo = bench.Topology()
+    topo = Topology()
     proc = None
     try:
         proc = subprocess.Popen(
-            [NATIVE, mode.removeprefix("native-"), topo.a, topo.b],
+            [NATIVE, mode.removeprefix("native-"), topo.a.name, topo.b.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -118,9 +118,7 @@ def run_native(mode: str, seconds: float) -> dict[str, Any]:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{NATIVE} did not start")
-        for ns, addr in ((topo.a, bench.ADDR_A), (topo.b, bench.ADDR_B)):
-            bench._ip("addr", "add", f"{addr}/24", "dev", "tob0", ns=ns)
-            bench._ip("link", "set", "tob0", "up", ns=ns)
+        topo.address_links(TUN_NAME)  # the Rust forwarder made them
         return _tcp(topo, mode, seconds)
     finally:
         if proc is not None:
@@ -133,7 +131,7 @@ def run_mode(mode: str, seconds: float) -> dict[str, Any]:
     B -> A direction in a forked child instead), traffic, clean-up."""
     if mode in NATIVE_MODES:
         return run_native(mode, seconds)
-    topo = bench.Topology()
+    topo = Topology()
     threads: list[threading.Thread] = []
     child = 0
     try:
@@ -179,8 +177,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per run (default 3)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        print("needs root and the ip command", file=sys.stderr)
+    reason = missing_requirements()
+    if reason:
+        print(f"forwarder benchmark: {reason}", file=sys.stderr)
         return 2
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}
     ratios: dict[str, list[float]] = {m: [] for m in args.modes}

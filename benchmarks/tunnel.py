@@ -2,11 +2,11 @@
 
 Two network namespaces, A and B, joined by a veth pair (the underlay, 10.98.0.1/24 and
 10.98.0.2/24, inside the namespaces only); in each one tunnel process (``ip netns exec``,
-``python -m tunoffload._tunnel MODE``) with a TUN device (the overlay, 10.97.0.1/24 and
+``python -m tunoffload.bench.tunnel MODE``) with a TUN device (the overlay, 10.97.0.1/24 and
 10.97.0.2/24, MTU 1420) and a UDP socket to the other. TCP runs from A's overlay address
 to B's (iperf3 when installed, else a built-in generator) for ``--duration`` seconds.
 
-Modes (the loops are in ``python/tunoffload/_tunnel.py``):
+Modes (the loops are in ``python/tunoffload/bench/tunnel.py``):
 
 - ``plain``: TUN without offload, ``os.read``/``os.write``; one ``sock.send``/``recv``
   per packet.
@@ -34,15 +34,17 @@ three and the ratios of ``tunoffload`` to ``plain``, to ``offload-stdlib-gso`` a
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-from dataclasses import asdict
 
-from tunoffload import _tunnel, bench
+from tunoffload.bench import tunnel
+from tunoffload.bench.forwarders import run_forwarder_row
+from tunoffload.bench.peers import TUNNEL_MTU, have_cryptography, run_tunnel_row
+from tunoffload.bench.report import Result, format_table, interleaved_medians, results_json
+from tunoffload.bench.traffic import have_iperf3
+from tunoffload.testing import missing_requirements
 
-MODES = (*_tunnel.MODES, "tun-forwarder")
+MODES = (*tunnel.MODES, "tun-forwarder")
 # (mode, the mode it is measured against, the ratio the tunnel should reach)
 TARGETS = (
     ("tunoffload", "plain", 7.0),
@@ -51,14 +53,12 @@ TARGETS = (
 )
 
 
-def run_mode(mode: str, args: argparse.Namespace, use_iperf: bool) -> bench.Result:
+def run_mode(mode: str, args: argparse.Namespace, use_iperf: bool) -> Result:
     if mode == "tun-forwarder":
-        r = bench.run_row("split+coalesce", "tcp", args.streams, args.duration, use_iperf)
+        r = run_forwarder_row("split+coalesce", "tcp", args.streams, args.duration, use_iperf)
         r.mode = mode
         return r
-    return bench.run_tunnel_row(
-        mode, mode, "tcp", args.streams, args.duration, use_iperf, mtu=args.mtu
-    )
+    return run_tunnel_row(mode, mode, "tcp", args.streams, args.duration, use_iperf, mtu=args.mtu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,35 +66,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
     p.add_argument("--repeat", type=int, default=1, help="interleaved rounds (default 1)")
     p.add_argument("--streams", type=int, default=1, help="TCP streams (default 1)")
-    p.add_argument("--mtu", type=int, default=bench.TUNNEL_MTU, help="overlay MTU (1420)")
+    p.add_argument("--mtu", type=int, default=TUNNEL_MTU, help="overlay MTU (1420)")
     p.add_argument("--modes", nargs="+", choices=MODES, help="modes to run (default all)")
     p.add_argument("--no-iperf", action="store_true", help="use the built-in generator")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
 
-    reason = bench._why_not()
+    reason = missing_requirements()
     if reason:
         print(f"tunnel benchmark: {reason}", file=sys.stderr)
         return 2
-    modes = args.modes or [m for m in MODES if m != "vpn" or bench.have_cryptography()]
-    use_iperf = not args.no_iperf and shutil.which("iperf3") is not None
-    runs: dict[str, list[bench.Result]] = {}
+    modes = args.modes or [m for m in MODES if m != "vpn" or have_cryptography()]
+    use_iperf = not args.no_iperf and have_iperf3()
+
+    def show(rnd: int, mode: str, r: Result) -> None:
+        print(
+            f"  [{rnd + 1}/{args.repeat}] {mode:25} {r.gbit_s:6.2f} Gbit/s {r.error}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     try:
-        for rep in range(max(1, args.repeat)):
-            for mode in modes:
-                r = run_mode(mode, args, use_iperf)
-                runs.setdefault(mode, []).append(r)
-                print(
-                    f"  [{rep + 1}/{args.repeat}] {mode:25} {r.gbit_s:6.2f} Gbit/s {r.error}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        rows = interleaved_medians(modes, args.repeat, lambda m: run_mode(m, args, use_iperf), show)
     except KeyboardInterrupt:
         print("\ninterrupted; the namespaces were removed", file=sys.stderr)
         return 130
-    rows = [bench._median(runs[m]) for m in modes]
     if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        print(results_json(rows))
         return 1 if any(r.error for r in rows) else 0
     gen = "iperf3" if use_iperf else "built-in generator"
     print(
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         f"traffic from {gen}, overlay MTU {args.mtu}, {os.cpu_count()} CPUs, "
         f"kernel {os.uname().release}\n"
     )
-    print(bench._table(rows))
+    print(format_table(rows))
     by = {r.mode: r for r in rows if not r.error}
     printed = False
     for mode, base, target in TARGETS:

@@ -29,9 +29,9 @@ datagram that is too short or not an IP packet inside is dropped as malformed, o
 tag does not verify as forged, and one whose counter was seen already, is older than the
 2048-counter window, or that carries our own sender id (a reflection) as replayed; none
 of them reaches the TUN device. The cipher and the window are
-``tunoffload._tunnel.PacketCipher`` / ``ReplayWindow`` (shared with ``tunoffload bench``);
-read them for the details and the limits (no handshake: no forward secrecy, and a
-receiver that restarts forgets its window).
+``tunoffload.bench.cipher.PacketCipher`` / ``ReplayWindow`` (shared with ``tunoffload
+bench``); read them for the details and the limits (no handshake: no forward secrecy, and
+a receiver that restarts forgets its window).
 
 Counters (sent, received, dropped_forged, dropped_replayed, dropped_malformed, and
 tun_errors / send_errors for what the kernel refused) are written as JSON to
@@ -51,14 +51,8 @@ import threading
 from collections.abc import Callable
 
 import tunoffload as t
-from tunoffload._tunnel import (
-    OVERHEAD,
-    PacketCipher,
-    make_socket,
-    parse_endpoint,
-    read_key,
-    sender_id,
-)
+from tunoffload.bench.cipher import OVERHEAD, PacketCipher, read_key, sender_id
+from tunoffload.bench.tunnel import make_socket, parse_endpoint
 
 BATCH = t.IDEAL_BATCH_SIZE
 OFFSET = t.VIRTIO_NET_HDR_LEN  # headroom for the virtio header of each packet to the TUN

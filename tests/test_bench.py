@@ -115,38 +115,37 @@ def test_tunnel_peers_that_fail_to_start_leave_no_process_behind(tmp_path, monke
     process and no key file behind."""
     import tempfile
 
-    from tunoffload import bench
+    from tunoffload.bench.peers import TUNNEL_DEV, UNDERLAY_A, UNDERLAY_B, TunnelPeers
+    from tunoffload.bench.topology import Topology
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the key file goes
-    topo = bench.Topology()
-    try:
-        topo.veth(bench.UNDERLAY_A, bench.UNDERLAY_B)
-        bench._ip("link", "add", "tunl0", "type", "veth", "peer", "tunl0p", ns=topo.b)
+    with Topology() as topo:
+        topo.veth(UNDERLAY_A, UNDERLAY_B)
+        topo.b.ip("link", "add", TUNNEL_DEV, "type", "veth", "peer", "tunl0p")
         with pytest.raises(RuntimeError, match="tunnel process did not start"):
-            bench.TunnelPeers(topo, "vpn")
-        # the processes run as `ip netns exec <ns> python -m tunoffload._tunnel ...`
-        out = subprocess.run(["ip", "netns", "pids", topo.a], capture_output=True, text=True)
+            TunnelPeers(topo, "vpn")
+        # the processes run as `ip netns exec <ns> python -m tunoffload.bench.tunnel ...`
+        out = subprocess.run(["ip", "netns", "pids", topo.a.name], capture_output=True, text=True)
         assert out.stdout.split() == [], "peer A was left running"
         assert list(tmp_path.glob("tunoff-key-*")) == [], "the key file was left behind"
-    finally:
-        topo.close()
 
 
 def test_topology_that_fails_half_way_deletes_the_namespace_it_made(monkeypatch):
     """When making namespace B fails, namespace A (made already) is deleted too."""
-    from tunoffload import bench
+    from tunoffload import testing
+    from tunoffload.bench.topology import Topology
 
-    real_ip, made = bench._ip, []
+    real_ip, made = testing.ip, []
 
-    def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
+    def ip(*args: str, ns: str | None = None, check: bool = True):
         if args[:2] == ("netns", "add"):
             if made:
                 raise subprocess.CalledProcessError(1, ["ip", *args])
             made.append(args[2])
-        real_ip(*args, ns=ns, check=check)
+        return real_ip(*args, ns=ns, check=check)
 
-    monkeypatch.setattr(bench, "_ip", ip)
+    monkeypatch.setattr(testing, "ip", ip)
     with pytest.raises(subprocess.CalledProcessError):
-        bench.Topology()
+        Topology()
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert len(made) == 1 and made[0] not in out, (made, out)

@@ -327,7 +327,7 @@ def test_probe_unshares_before_opening_tun(monkeypatch: pytest.MonkeyPatch) -> N
         opened.append(str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(_sysinfo, "_unshare_netns", fake_unshare)
+    monkeypatch.setattr(_sysinfo, "unshare_netns", fake_unshare)
     monkeypatch.setattr(os, "open", spy_open)
     result = _sysinfo._child_probe()
     assert result["stage"] == "unshare"

@@ -57,7 +57,7 @@ def _packet(payload: bytes = b"x" * 40) -> bytearray:
 
 @needs_crypto
 def test_replay_window_accepts_each_counter_once_within_the_window():
-    from tunoffload._tunnel import ReplayWindow
+    from tunoffload.bench.cipher import ReplayWindow
 
     w = ReplayWindow(64)
     for c in (10, 11, 13, 12, 100):  # in order, a gap, the gap filled, a jump
@@ -76,7 +76,7 @@ def test_replay_window_accepts_each_counter_once_within_the_window():
 
 @needs_crypto
 def test_replay_window_of_2048_by_default():
-    from tunoffload._tunnel import ReplayWindow
+    from tunoffload.bench.cipher import ReplayWindow
 
     w = ReplayWindow()
     w.mark(5000)
@@ -90,7 +90,7 @@ def test_replay_window_agrees_with_a_set_of_every_counter_seen(size, seed):
     window): the ring answers as the plain definition does."""
     import random
 
-    from tunoffload._tunnel import ReplayWindow
+    from tunoffload.bench.cipher import ReplayWindow
 
     rng = random.Random(seed)
     w, accepted, top = ReplayWindow(size), set(), -1
@@ -132,7 +132,7 @@ def _open(cipher, datagrams, offset=10):
 def _cipher(key, own_id, into, **kw):
     """A PacketCipher; ``into=False`` takes the path of cryptography < 46 (no
     encrypt_into / decrypt_into: the bytes they return are copied)."""
-    from tunoffload._tunnel import PacketCipher
+    from tunoffload.bench.cipher import PacketCipher
 
     c = PacketCipher(key, own_id, **kw)
     if not into:
@@ -143,7 +143,7 @@ def _cipher(key, own_id, into, **kw):
 @needs_crypto
 @pytest.mark.parametrize("into", [True, False], ids=["into", "bytes"])
 def test_cipher_round_trip_and_nonces(into):
-    from tunoffload._tunnel import OVERHEAD, PacketCipher, sender_id
+    from tunoffload.bench.cipher import OVERHEAD, PacketCipher, sender_id
 
     a_id, b_id = sender_id("10.0.0.1/24"), sender_id("10.0.0.2/24")
     assert a_id == bytes([10, 0, 0, 1]) and b_id == bytes([10, 0, 0, 2])
@@ -166,7 +166,7 @@ def test_cipher_round_trip_and_nonces(into):
 @needs_crypto
 @pytest.mark.parametrize("into", [True, False], ids=["into", "bytes"])
 def test_cipher_drops_forged_replayed_reflected_and_malformed(into):
-    from tunoffload._tunnel import PacketCipher, sender_id
+    from tunoffload.bench.cipher import PacketCipher, sender_id
 
     a = _cipher(KEY, sender_id("10.0.0.1/24"), into)
     b = _cipher(KEY, sender_id("10.0.0.2/24"), into)
@@ -187,7 +187,7 @@ def test_cipher_drops_forged_replayed_reflected_and_malformed(into):
 
 @needs_crypto
 def test_read_key(tmp_path):
-    from tunoffload._tunnel import read_key
+    from tunoffload.bench.cipher import read_key
 
     good = tmp_path / "k"
     good.write_text(KEY.hex()[:30] + "\n  " + KEY.hex()[30:] + "\n")
@@ -371,7 +371,7 @@ def _capture(cap: socket.socket, outgoing: bool, length: int) -> bytes:
 
 @needs_netns
 def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
-    from tunoffload._tunnel import OVERHEAD
+    from tunoffload.bench.cipher import OVERHEAD
 
     a, b = tunnel.a, tunnel.b
     with a.ns.entered():

@@ -131,17 +131,25 @@ def _netns_id() -> str | None:
         return None
 
 
-def _unshare_netns() -> None:
-    unshare = getattr(os, "unshare", None)  # Python 3.12+
-    if unshare is not None:
-        unshare(CLONE_NEWNET)
+def os_or_libc(name: str, *args: int) -> None:
+    """``os.NAME(*args)`` where this Python has it (``unshare`` and ``setns`` came in
+    3.12), else the C library's ``NAME``; ``OSError`` with its errno on failure."""
+    call = getattr(os, name, None)
+    if call is not None:
+        call(*args)
         return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
+    if getattr(libc, name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def unshare_netns() -> None:
+    """Moves the calling thread (in a single-threaded process: the process) into a new
+    network namespace of its own, which disappears with it. Needs CAP_SYS_ADMIN."""
+    os_or_libc("unshare", CLONE_NEWNET)
 
 
 def _child_probe() -> dict[str, Any]:
@@ -166,7 +174,7 @@ def _child_probe() -> dict[str, Any]:
         return result
 
     try:
-        _unshare_netns()
+        unshare_netns()
     except OSError as exc:
         return failed("unshare", exc)
     result["netns"] = _netns_id()

@@ -2,7 +2,8 @@
 
 Everything heavy is imported lazily: ``tunoffload info`` must work (and report the
 problem) even when the native module does not load, and ``tunoffload bench`` is an
-optional module, ``tunoffload.bench``, that may not be present.
+optional subpackage, ``tunoffload.bench`` (its command in ``tunoffload.bench.cli``), that
+may not be present.
 """
 
 import argparse
@@ -14,7 +15,8 @@ from typing import Any, TextIO
 
 PROG = "tunoffload"
 
-_BENCH_MODULE = "tunoffload.bench"
+_BENCH_PACKAGE = "tunoffload.bench"
+_BENCH_MODULE = "tunoffload.bench.cli"
 
 
 def _version_string() -> str:
@@ -141,14 +143,14 @@ def cmd_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
-    """``tunoffload bench``: hand over to ``tunoffload.bench`` if it exists.
+    """``tunoffload bench``: hand over to ``tunoffload.bench.cli`` if it exists.
 
     Returns the benchmark's exit status, or 2 when the module is not available.
     """
     try:
         bench = importlib.import_module(_BENCH_MODULE)
     except ModuleNotFoundError as exc:
-        if exc.name != _BENCH_MODULE:
+        if exc.name not in (_BENCH_PACKAGE, _BENCH_MODULE):
             print(
                 f"{PROG} bench: the benchmark needs a module that is not installed: {exc}",
                 file=sys.stderr,
@@ -156,7 +158,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
             return 2
         print(
             f"{PROG} bench: the benchmark is not available in this installation "
-            f"({_BENCH_MODULE} is missing).",
+            f"({exc.name} is missing).",
             file=sys.stderr,
         )
         return 2
