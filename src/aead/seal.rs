@@ -1,0 +1,102 @@
+//! Sealing: packets into transport-data messages, in place, under one send key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ring::aead::{Aad, Nonce};
+
+use super::key::RingKey;
+use super::{padded_len, Key, HEADER_LEN, MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, TAG_LEN};
+use crate::engine::error::{bail, Error, ErrorKind, Result};
+use crate::engine::ExpandBuffer;
+
+/// ChaCha20-Poly1305's limit on one message's plaintext in `ring` (a 32-bit block counter,
+/// one block for Poly1305's key): 256 GiB less 64 bytes.
+const MAX_PLAINTEXT: u64 = ((1 << 32) - 1) * 64;
+
+/// One send key: seals packets into messages for the peer that knows the key as
+/// `receiver_index`, with counters from an atomic next counter. `&self` methods: it may be
+/// shared by several threads, which then never get the same counter.
+pub struct Sealer {
+    key: RingKey,
+    receiver: u32,
+    next: AtomicU64,
+}
+
+impl Sealer {
+    /// A sealer for `key` whose messages carry `receiver_index` (the receiver's index of
+    /// the session), counting from 0.
+    pub fn new(key: &Key, receiver_index: u32) -> Sealer {
+        Sealer::with_counter(key, receiver_index, 0)
+    }
+
+    /// As [`Sealer::new`], with `first` as the next counter (to resume a key, or to test
+    /// one near its end). Counters from [`REJECT_AFTER_MESSAGES`] on are refused.
+    pub fn with_counter(key: &Key, receiver_index: u32, first: u64) -> Sealer {
+        Sealer {
+            key: key.ring_key(),
+            receiver: receiver_index,
+            next: AtomicU64::new(first),
+        }
+    }
+
+    /// The receiver index the messages carry.
+    pub fn receiver_index(&self) -> u32 {
+        self.receiver
+    }
+
+    /// The counter the next packet gets (at most [`REJECT_AFTER_MESSAGES`], where the key is
+    /// spent). Compare with [`super::REKEY_AFTER_MESSAGES`] to know when to rekey.
+    pub fn next_counter(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Seals a batch in place: packet `i`, `bufs[i][offset..offset + sizes[i]]` for `i <
+    /// sizes.len()`, becomes message `i` at `bufs[i][offset - HEADER_LEN..]` (header in
+    /// front, padding to [`padded_len`]`(sizes[i], pad_mtu)` and tag after), and `sizes[i]`
+    /// its length. Buffers too short for the padding and tag are grown
+    /// ([`ExpandBuffer::resize`]). The packets get consecutive counters, reserved for the
+    /// whole batch at once. Returns the number of messages, `sizes.len()`.
+    ///
+    /// Refused before anything is written (an error of the kind named):
+    /// `offset < HEADER_LEN` (`offset_too_small`); more `sizes` than `bufs`
+    /// (`too_few_out_bufs`); a packet that runs past its buffer (`packet_beyond_buffer`,
+    /// with its index); a buffer that cannot grow to its message (`out_buf_too_small`,
+    /// with its index); a packet too long for ChaCha20-Poly1305 (`packet_too_large`); a
+    /// batch that would use a counter at or above [`REJECT_AFTER_MESSAGES`]
+    /// (`key_exhausted`). A buffer whose `resize` fails although its `max_len` allowed it
+    /// (`buffer_cannot_grow`) stops the batch part way: the messages before it are sealed,
+    /// their counters and the batch's others are spent (never reused).
+    pub fn seal<B: ExpandBuffer>(
+        &self,
+        bufs: &mut [B],
+        offset: usize,
+        sizes: &mut [usize],
+        pad_mtu: Option<usize>,
+    ) -> Result<usize> {
+        todo!()
+    }
+
+    /// Seals one packet, `buf[offset..offset + size]`, as [`Sealer::seal`] seals a batch of
+    /// one; returns the message's length (it is at `buf[offset - HEADER_LEN..]`). A `size`
+    /// of 0 makes a keepalive.
+    pub fn seal_one<B: ExpandBuffer>(
+        &self,
+        buf: &mut B,
+        offset: usize,
+        size: usize,
+        pad_mtu: Option<usize>,
+    ) -> Result<usize> {
+        let mut sizes = [size];
+        self.seal(std::slice::from_mut(buf), offset, &mut sizes, pad_mtu)?;
+        Ok(sizes[0])
+    }
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("receiver_index", &self.receiver)
+            .field("next_counter", &self.next_counter())
+            .finish_non_exhaustive()
+    }
+}
