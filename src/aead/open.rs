@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use ring::aead::Aad;
+
 use super::key::RingKey;
+use super::seal::nonce;
 use super::{ip_packet_len, Key, ReplayWindow, HEADER_LEN, MESSAGE_TRANSPORT, OVERHEAD};
 use crate::engine::error::{bail, Result};
 use crate::engine::ExpandBuffer;
@@ -105,7 +108,18 @@ pub enum Header {
 /// Reads a message's header (see [`Header`]). Only a message whose first four bytes are
 /// `04 00 00 00` is transport data, as wireguard-go reads the type as a 32-bit word.
 pub fn parse_header(msg: &[u8]) -> Header {
-    todo!()
+    match msg {
+        [MESSAGE_TRANSPORT, 0, 0, 0, r0, r1, r2, r3, c @ ..] if msg.len() >= OVERHEAD => {
+            let mut counter = [0; 8];
+            counter.copy_from_slice(&c[..8]);
+            Header::Transport {
+                receiver: u32::from_le_bytes([*r0, *r1, *r2, *r3]),
+                counter: u64::from_le_bytes(counter),
+            }
+        }
+        [MESSAGE_TRANSPORT, 0, 0, 0, ..] => Header::Truncated,
+        _ => Header::Other,
+    }
 }
 
 /// What became of one message ([`Opener::open_one`]).
@@ -202,7 +216,170 @@ pub fn open_batch<B: ExpandBuffer, S: Sessions>(
     offset: usize,
     sizes: &mut [usize],
 ) -> Result<Opened> {
-    todo!()
+    open_in(sessions, bufs, offset, sizes).map(|(opened, _)| opened)
+}
+
+/// [`open_batch`], returning also the counts of the messages no session was found for
+/// (other ones, truncated ones), which [`Opener::open`] adds to its own.
+fn open_in<B: ExpandBuffer, S: Sessions>(
+    sessions: &mut S,
+    bufs: &mut [B],
+    offset: usize,
+    sizes: &mut [usize],
+) -> Result<(Opened, OpenStats)> {
+    if sizes.len() > bufs.len() {
+        bail!(
+            TooFewOutBufs,
+            "sizes has {} entries but there are only {} bufs",
+            sizes.len(),
+            bufs.len()
+        );
+    }
+    for (i, (b, &size)) in bufs.iter().zip(sizes.iter()).enumerate() {
+        let len = b.bytes().len();
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            bail!(
+                PacketBeyondBuffer @ i,
+                "bufs[{i}] holds {len} bytes: no {size}-byte message after offset {offset}"
+            );
+        }
+    }
+    // The counts of messages without a session, of the current run of messages with one
+    // opener (added to it when the run ends), and of the whole call.
+    let (mut loose, mut total) = (OpenStats::default(), OpenStats::default());
+    let mut run: Option<(S::Session, OpenStats)> = None;
+    // The batch so far: [0, p) packets, [p, p + o) others, [p + o, i) dropped.
+    let (mut p, mut o) = (0, 0);
+    for i in 0..sizes.len() {
+        let Some(msg) = bufs[i].bytes_mut().get_mut(offset..offset + sizes[i]) else {
+            // Checked above; only an `ExpandBuffer` whose two views disagree gets here.
+            loose.dropped_malformed += 1;
+            sizes[i] = 0;
+            continue;
+        };
+        let (receiver, counter) = match parse_header(msg) {
+            Header::Transport { receiver, counter } => (receiver, counter),
+            Header::Truncated => {
+                loose.dropped_malformed += 1;
+                sizes[i] = 0;
+                continue;
+            }
+            Header::Other => {
+                loose.other += 1;
+                move_to(bufs, sizes, i, p + o);
+                o += 1;
+                continue;
+            }
+        };
+        let Some(session) = sessions.lookup(receiver) else {
+            loose.other += 1;
+            move_to(bufs, sizes, i, p + o);
+            o += 1;
+            continue;
+        };
+        let (session, tally) = match &mut run {
+            Some((cur, tally)) if std::ptr::eq(S::opener(cur), S::opener(&session)) => {
+                (&*cur, tally)
+            }
+            _ => {
+                if let Some((prev, tally)) = run.take() {
+                    S::opener(&prev).counters.add(&tally);
+                    total.add(&tally);
+                }
+                let (cur, tally) = run.insert((session, OpenStats::default()));
+                (&*cur, tally)
+            }
+        };
+        let outcome = match S::opener(session).authenticate(counter, msg) {
+            Ok(len) => {
+                sessions.authenticated(i, session);
+                match content(&msg[HEADER_LEN..][..len]) {
+                    Outcome::Packet(len)
+                        if !sessions.accept(i, session, &msg[HEADER_LEN..][..len]) =>
+                    {
+                        tally.dropped_filtered += 1;
+                        sizes[i] = 0;
+                        continue;
+                    }
+                    outcome => outcome,
+                }
+            }
+            Err(outcome) => outcome,
+        };
+        tally.count(outcome);
+        if let Outcome::Packet(len) = outcome {
+            sizes[i] = len;
+            move_to(bufs, sizes, i, p + o);
+            // In front of the others, which keep their order.
+            bufs[p..=p + o].rotate_right(1);
+            sizes[p..=p + o].rotate_right(1);
+            p += 1;
+        } else {
+            sizes[i] = 0;
+        }
+    }
+    if let Some((last, tally)) = run {
+        S::opener(&last).counters.add(&tally);
+        total.add(&tally);
+    }
+    total.add(&loose);
+    let opened = Opened {
+        packets: p,
+        other: o,
+        stats: total,
+    };
+    Ok((opened, loose))
+}
+
+/// Moves entry `from` of the batch to `to <= from`, swapping it with the (dropped) entry
+/// there.
+fn move_to<B>(bufs: &mut [B], sizes: &mut [usize], from: usize, to: usize) {
+    bufs.swap(to, from);
+    sizes.swap(to, from);
+}
+
+/// What an authenticated plaintext is: a keepalive (empty), an IP packet whose length
+/// fits it ([`ip_packet_len`]), or malformed.
+fn content(plain: &[u8]) -> Outcome {
+    if plain.is_empty() {
+        return Outcome::Keepalive;
+    }
+    match ip_packet_len(plain) {
+        Some(len) => Outcome::Packet(len),
+        None => Outcome::Malformed,
+    }
+}
+
+impl OpenStats {
+    /// Counts one message's outcome.
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Packet(len) => {
+                self.packets += 1;
+                self.bytes += len as u64;
+            }
+            Outcome::Keepalive => self.keepalives += 1,
+            Outcome::Other => self.other += 1,
+            Outcome::Forged => self.dropped_forged += 1,
+            Outcome::Replayed => self.dropped_replayed += 1,
+            Outcome::Malformed => self.dropped_malformed += 1,
+        }
+    }
+}
+
+/// [`Opener::open`]'s sessions: the opener itself, for its own receiver index.
+struct One<'a>(&'a Opener);
+
+impl<'a> Sessions for One<'a> {
+    type Session = &'a Opener;
+
+    fn lookup(&mut self, receiver: u32) -> Option<&'a Opener> {
+        (receiver == self.0.local).then_some(self.0)
+    }
+
+    fn opener(session: &&'a Opener) -> &'a Opener {
+        session
+    }
 }
 
 /// One receive key, its receiver index (the local one, that the peer puts in its
@@ -245,13 +422,50 @@ impl Opener {
         offset: usize,
         sizes: &mut [usize],
     ) -> Result<Opened> {
-        todo!()
+        let (opened, loose) = open_in(&mut One(self), bufs, offset, sizes)?;
+        self.counters.add(&loose);
+        Ok(opened)
     }
 
     /// Opens one message, exactly `msg`, in place (the packet lands at
     /// `msg[HEADER_LEN..]`), and counts it.
     pub fn open_one(&self, msg: &mut [u8]) -> Outcome {
-        todo!()
+        let outcome = match parse_header(msg) {
+            Header::Transport { receiver, counter } if receiver == self.local => {
+                match self.authenticate(counter, msg) {
+                    Ok(len) => content(&msg[HEADER_LEN..][..len]),
+                    Err(outcome) => outcome,
+                }
+            }
+            Header::Truncated => Outcome::Malformed,
+            _ => Outcome::Other,
+        };
+        let mut one = OpenStats::default();
+        one.count(outcome);
+        self.counters.add(&one);
+        outcome
+    }
+
+    /// Decrypts the transport-data message `msg` (at least 32 bytes) in place and checks
+    /// its counter in the window (updated only for an authentic message): the length of
+    /// the plaintext, now at `msg[HEADER_LEN..]`, or `Forged` or `Replayed`.
+    fn authenticate(&self, counter: u64, msg: &mut [u8]) -> std::result::Result<usize, Outcome> {
+        let sealed = msg.get_mut(HEADER_LEN..).ok_or(Outcome::Malformed)?;
+        let plain = self
+            .key
+            .get()
+            .open_in_place(nonce(counter), Aad::empty(), sealed)
+            .map_err(|_| Outcome::Forged)?;
+        let fresh = self
+            .window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check(counter);
+        if fresh {
+            Ok(plain.len())
+        } else {
+            Err(Outcome::Replayed)
+        }
     }
 }
 

@@ -73,7 +73,57 @@ impl Sealer {
         sizes: &mut [usize],
         pad_mtu: Option<usize>,
     ) -> Result<usize> {
-        todo!()
+        if offset < HEADER_LEN {
+            bail!(
+                OffsetTooSmall,
+                "offset {offset} leaves no room for the {HEADER_LEN}-byte header in front of \
+                 the packet"
+            );
+        }
+        if sizes.len() > bufs.len() {
+            bail!(
+                TooFewOutBufs,
+                "sizes has {} entries but there are only {} bufs",
+                sizes.len(),
+                bufs.len()
+            );
+        }
+        for (i, (b, &size)) in bufs.iter().zip(sizes.iter()).enumerate() {
+            let len = b.bytes().len();
+            if offset.checked_add(size).is_none_or(|end| end > len) {
+                bail!(
+                    PacketBeyondBuffer @ i,
+                    "bufs[{i}] holds {len} bytes: no {size}-byte packet after offset {offset}"
+                );
+            }
+            let padded = padded_len(size, pad_mtu);
+            if padded as u64 > MAX_PLAINTEXT {
+                bail!(
+                    PacketTooLarge @ i,
+                    "packet {i} is {size} bytes, more than ChaCha20-Poly1305 seals at once"
+                );
+            }
+            // offset + size <= len <= isize::MAX and padded <= size + 15: no overflow.
+            let need = offset + padded + TAG_LEN;
+            if need > len && b.max_len() < need {
+                bail!(
+                    OutBufTooSmall @ i,
+                    "bufs[{i}] holds {len} bytes and cannot grow to the {need} that packet \
+                     {i}'s message needs after offset {offset}"
+                );
+            }
+        }
+        if sizes.is_empty() {
+            return Ok(0);
+        }
+        let first = self.reserve(sizes.len())?;
+        for (i, (b, size)) in bufs.iter_mut().zip(sizes.iter_mut()).enumerate() {
+            let padded = padded_len(*size, pad_mtu);
+            *size = self
+                .seal_in(b, offset, *size, padded, first + i as u64)
+                .map_err(|e| e.at(i))?;
+        }
+        Ok(sizes.len())
     }
 
     /// Seals one packet, `buf[offset..offset + size]`, as [`Sealer::seal`] seals a batch of
@@ -90,6 +140,81 @@ impl Sealer {
         self.seal(std::slice::from_mut(buf), offset, &mut sizes, pad_mtu)?;
         Ok(sizes[0])
     }
+}
+
+impl Sealer {
+    /// Reserves `n > 0` consecutive counters, all below [`REJECT_AFTER_MESSAGES`], and
+    /// returns the first; or refuses (`key_exhausted`) and reserves none. One atomic
+    /// compare-and-swap (retried only when another thread got in between): the next
+    /// counter never passes the limit, so it cannot wrap.
+    fn reserve(&self, n: usize) -> Result<u64> {
+        let want = u64::try_from(n).unwrap_or(u64::MAX);
+        self.next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                next.checked_add(want)
+                    .filter(|&end| end <= REJECT_AFTER_MESSAGES)
+            })
+            .map_err(|next| {
+                Error::new(
+                    ErrorKind::KeyExhausted,
+                    format!(
+                        "the send key is spent: {} counters left, the batch needs {n} (a new \
+                         handshake is due)",
+                        REJECT_AFTER_MESSAGES.saturating_sub(next)
+                    ),
+                )
+            })
+    }
+
+    /// Seals the packet `buf[offset..offset + size]` (checked by the caller) with
+    /// `counter`, padded to `padded` bytes, growing `buf` if it must; returns the
+    /// message's length.
+    fn seal_in<B: ExpandBuffer>(
+        &self,
+        buf: &mut B,
+        offset: usize,
+        size: usize,
+        padded: usize,
+        counter: u64,
+    ) -> Result<usize> {
+        let end = offset + padded + TAG_LEN;
+        if buf.bytes().len() < end {
+            buf.resize(end).map_err(|e| {
+                Error::new(
+                    ErrorKind::BufferCannotGrow,
+                    format!("a buffer cannot grow to {end} bytes: {}", e.message()),
+                )
+            })?;
+        }
+        let Some(msg) = buf.bytes_mut().get_mut(offset - HEADER_LEN..end) else {
+            bail!(BufferCannotGrow, "a buffer did not grow to {end} bytes");
+        };
+        let (header, rest) = msg.split_at_mut(HEADER_LEN);
+        header[..4].copy_from_slice(&[MESSAGE_TRANSPORT, 0, 0, 0]);
+        header[4..8].copy_from_slice(&self.receiver.to_le_bytes());
+        header[8..].copy_from_slice(&counter.to_le_bytes());
+        let (plain, tag) = rest.split_at_mut(padded);
+        plain[size..].fill(0);
+        let t = self
+            .key
+            .get()
+            .seal_in_place_separate_tag(nonce(counter), Aad::empty(), plain)
+            .map_err(|_| {
+                Error::fixed(
+                    ErrorKind::PacketTooLarge,
+                    "ChaCha20-Poly1305 refused the packet",
+                )
+            })?;
+        tag.copy_from_slice(t.as_ref());
+        Ok(HEADER_LEN + padded + TAG_LEN)
+    }
+}
+
+/// WireGuard's nonce for a counter: 4 zero bytes, then the counter little-endian.
+pub(super) fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    Nonce::assume_unique_for_key(n)
 }
 
 impl std::fmt::Debug for Sealer {
