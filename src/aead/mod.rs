@@ -103,6 +103,9 @@ pub use open::{open_batch, parse_header, Header, OpenStats, Opened, Opener, Outc
 pub use replay::ReplayWindow;
 pub use seal::Sealer;
 
+use crate::engine::error::{bail, Result};
+use crate::engine::ExpandBuffer;
+
 /// The transport-data header: type, 3 reserved bytes, receiver index, counter.
 pub const HEADER_LEN: usize = 16;
 /// The Poly1305 tag after the ciphertext.
@@ -158,4 +161,33 @@ pub fn ip_packet_len(plain: &[u8]) -> Option<usize> {
         _ => return None,
     };
     (min..=plain.len()).contains(&len).then_some(len)
+}
+
+/// Checks a batch's spans before anything is touched: no more `sizes` than `bufs`
+/// (`too_few_out_bufs`), and each `bufs[i][offset..offset + sizes[i]]` within its buffer
+/// (`packet_beyond_buffer`; `what` names the entries in the message).
+fn check_spans<B: ExpandBuffer>(
+    bufs: &[B],
+    offset: usize,
+    sizes: &[usize],
+    what: &str,
+) -> Result<()> {
+    if sizes.len() > bufs.len() {
+        bail!(
+            TooFewOutBufs,
+            "sizes has {} entries but there are only {} bufs",
+            sizes.len(),
+            bufs.len()
+        );
+    }
+    for (i, (b, &size)) in bufs.iter().zip(sizes).enumerate() {
+        let len = b.bytes().len();
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            bail!(
+                PacketBeyondBuffer @ i,
+                "bufs[{i}] holds {len} bytes: no {size}-byte {what} after offset {offset}"
+            );
+        }
+    }
+    Ok(())
 }
