@@ -1280,9 +1280,12 @@ def forged_datagrams(
         head = struct.pack("<I", MESSAGE_INITIATION) + rng.randbytes(INITIATION_LEN - 36)
         add("initiation, bad mac1", head + rng.randbytes(32), spoof)
         add("initiation, valid mac1", head + mac1(victim.public_key, head) + bytes(16), spoof)
-        add("response, junk", struct.pack("<I", MESSAGE_RESPONSE) + rng.randbytes(88), spoof)
-        add("cookie reply, junk", struct.pack("<I", MESSAGE_COOKIE) + rng.randbytes(60), spoof)
-        add("transport, junk", struct.pack("<I", MESSAGE_TRANSPORT) + rng.randbytes(80), spoof)
+        for kind, size, label in (
+            (MESSAGE_RESPONSE, RESPONSE_LEN, "response, junk"),
+            (MESSAGE_COOKIE, COOKIE_LEN, "cookie reply, junk"),
+            (MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN + 64, "transport, junk"),
+        ):
+            add(label, struct.pack("<I", kind) + rng.randbytes(size - 4), spoof)
     mine = [
         d for d in captured if d.dst == dst and d.dport == port and (d.src, d.sport) == (src, sport)
     ]
@@ -1292,8 +1295,9 @@ def forged_datagrams(
         receiver, counter = t[4:8], struct.unpack_from("<Q", t, 8)[0]
         for spoof in (False, True):
             fresh = struct.pack("<I4sQ", MESSAGE_TRANSPORT, receiver, counter + (1 << 20))
-            add("transport, real index, bad tag", fresh + t[16:-1] + bytes([t[-1] ^ 1]), spoof)
-            add("transport, real index, random body", fresh + rng.randbytes(len(t) - 16), spoof)
+            body = t[TRANSPORT_HEADER_LEN:]
+            add("transport, real index, bad tag", fresh + body[:-1] + bytes([t[-1] ^ 1]), spoof)
+            add("transport, real index, random body", fresh + rng.randbytes(len(body)), spoof)
     for d in mine:
         kind = {1: "initiation", 2: "response", 3: "cookie", 4: "transport"}.get(
             d.message_type, "other"
