@@ -1280,12 +1280,12 @@ def forged_datagrams(
         head = struct.pack("<I", MESSAGE_INITIATION) + rng.randbytes(INITIATION_LEN - 36)
         add("initiation, bad mac1", head + rng.randbytes(32), spoof)
         add("initiation, valid mac1", head + mac1(victim.public_key, head) + bytes(16), spoof)
-        for kind, size, label in (
+        for mtype, size, label in (
             (MESSAGE_RESPONSE, RESPONSE_LEN, "response, junk"),
             (MESSAGE_COOKIE, COOKIE_LEN, "cookie reply, junk"),
             (MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN + 64, "transport, junk"),
         ):
-            add(label, struct.pack("<I", kind) + rng.randbytes(size - 4), spoof)
+            add(label, struct.pack("<I", mtype) + rng.randbytes(size - 4), spoof)
     mine = [
         d for d in captured if d.dst == dst and d.dport == port and (d.src, d.sport) == (src, sport)
     ]
