@@ -220,3 +220,11 @@ def run(ifname: str, foreground: bool = False) -> int:
         iface.stop()
         log.debug("Shutting down")
     return 1 if iface.error is not None else 0
+
+
+def main() -> int:
+    """The ``tunoffload-wireguard [-f] IFNAME`` console script: ``python -m tunoffload
+    wireguard`` as one executable, for ``WG_QUICK_USERSPACE_IMPLEMENTATION``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["wireguard", *sys.argv[1:]])
