@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from _netns import Netns, can_use_netns, joined_by_veth, link_info
-from _wgns import can_use_wg, genkey, isolated, wg
+from _wgns import can_use_wg, genkey, isolated, transfer, wait_until, wg
 
 _why = can_use_netns() or can_use_wg()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
@@ -33,16 +33,7 @@ pytest.importorskip("cryptography")
 TESTS = str(Path(__file__).resolve().parent)
 UNDER_A, UNDER_B = "10.99.0.1", "10.99.0.2"
 OVER_A, OVER_B = "10.100.0.1", "10.100.0.2"
-WAIT_S = 15  # every wait below is bounded by this
-
-
-def wait_until(predicate, timeout: float = WAIT_S) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
+WAIT_S = 15  # for a daemon to exit
 
 
 def daemon_env(**extra: str) -> dict[str, str]:
@@ -277,65 +268,32 @@ def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: igno
             first.kill()
 
 
-def test_bad_testing_option_is_refused(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    name = ifname("b")
-    d = Daemon(ns, rundir, name, tmp_path / "log", TUNOFFLOAD_WG_TESTING_TIMERS="rekey_after=5")
-    try:
-        assert d.wait() == 1
-    finally:
-        d.kill()
-    assert "TUNOFFLOAD_WG_TESTING_TIMERS" in d.log.read_text()
-    assert link_info(ns, name) is None and not os.path.exists(d.sock)
-
-
-def test_without_a_native_device(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _has_native_device() -> bool:
     from tunoffload import _native
 
-    if hasattr(_native, "WireGuardDevice"):
-        pytest.skip("this build has the native WireGuardDevice")
-    name = ifname("n")
-    d = Daemon(ns, rundir, name, tmp_path / "log", TUNOFFLOAD_WG_TESTING_DEVICE="")
+    return hasattr(_native, "WireGuardDevice")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TUNOFFLOAD_WG_TESTING_TIMERS": "rekey_after=5"}, "TUNOFFLOAD_WG_TESTING_TIMERS"),
+        pytest.param(
+            {"TUNOFFLOAD_WG_TESTING_DEVICE": ""},
+            "no native WireGuardDevice",
+            marks=pytest.mark.skipif(_has_native_device(), reason="the build has the device"),
+        ),
+    ],
+)
+def test_refuses_to_start(ns, rundir, tmp_path, env, message) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("b")
+    d = Daemon(ns, rundir, name, tmp_path / "log", **env)
     try:
         assert d.wait() == 1
     finally:
         d.kill()
-    assert "no native WireGuardDevice" in d.log.read_text()
-
-
-def tcp_roundtrip(src: Netns, dst: Netns, addr: str, port: int, payload: bytes) -> bytes:
-    """``payload`` over TCP from ``src`` to ``addr:port`` in ``dst``, echoed back."""
-    import threading
-
-    import tunoffload as t
-
-    with t.netns(dst.name):
-        server = socket.create_server((addr, port))
-    with t.netns(src.name):
-        client = socket.socket()
-    server.settimeout(WAIT_S)
-    client.settimeout(WAIT_S)
-
-    def echo() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(WAIT_S)
-            while chunk := conn.recv(65536):
-                conn.sendall(chunk)
-
-    th = threading.Thread(target=echo)
-    with server, client:
-        th.start()
-        client.connect((addr, port))
-        sender = threading.Thread(
-            target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR))
-        )
-        sender.start()
-        back = b""
-        while chunk := client.recv(65536):
-            back += chunk
-        sender.join(WAIT_S)
-        th.join(WAIT_S)
-    return back
+    assert message in d.log.read_text()
+    assert link_info(ns, name) is None and not os.path.exists(d.sock)
 
 
 def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -360,13 +318,12 @@ def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-un
             for ns, over in ((a_ns, OVER_A), (b_ns, OVER_B)):
                 ns.run("ip", "addr", "add", f"{over}/24", "dev", name)
                 ns.run("ip", "link", "set", name, "up")
-            payload = os.urandom(1 << 20)
-            assert tcp_roundtrip(a_ns, b_ns, OVER_B, 5501, payload) == payload
+            transfer(a_ns.name, b_ns.name, OVER_B, 5501, 1 << 20, 1 << 20)
             dump_b = b.wg("show", name, "dump").stdout.splitlines()
             peer = dump_b[1].split("\t")
             assert peer[0] == pub_a
             assert peer[2] == f"{UNDER_A}:{a.wg('show', name, 'listen-port').stdout.strip()}"
-            assert int(peer[5]) > len(payload) and int(peer[6]) > len(payload)  # rx, tx
+            assert int(peer[5]) > 1 << 20 and int(peer[6]) > 1 << 20  # rx, tx
         finally:
             a.kill()
             b.kill()
@@ -416,22 +373,19 @@ def test_wg_quick_up_and_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
             )  # fmt: skip
             conf.chmod(0o600)
             confs.append((ns, str(d / "run"), str(conf)))
+
+        def wg_quick(command: str) -> None:
+            for ns, run, conf in confs:
+                proc = subprocess.run(
+                    isolated(run, ["wg-quick", command, conf], ns.name),
+                    capture_output=True, text=True, timeout=60, env=env,
+                )  # fmt: skip
+                assert proc.returncode == 0, proc.stderr
+
         try:
-            for ns, run, conf in confs:
-                up = subprocess.run(
-                    isolated(run, ["wg-quick", "up", conf], ns.name),
-                    capture_output=True, text=True, timeout=60, env=env,
-                )  # fmt: skip
-                assert up.returncode == 0, up.stderr
-            assert tcp_roundtrip(a_ns, b_ns, OVER_B, 5502, b"through wg-quick") == (
-                b"through wg-quick"
-            )
-            for ns, run, conf in confs:
-                down = subprocess.run(
-                    isolated(run, ["wg-quick", "down", conf], ns.name),
-                    capture_output=True, text=True, timeout=60, env=env,
-                )  # fmt: skip
-                assert down.returncode == 0, down.stderr
+            wg_quick("up")
+            transfer(a_ns.name, b_ns.name, OVER_B, 5502, 1 << 16, 1 << 16)
+            wg_quick("down")
             assert wait_until(lambda: not daemon_pids(name))
             for _, run, _ in confs:
                 assert not os.path.exists(os.path.join(run, f"{name}.sock"))

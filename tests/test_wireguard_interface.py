@@ -13,31 +13,28 @@ protocol itself is tested with the native device (``test_wireguard_native.py``).
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 from _netns import Netns, can_use_netns, joined_by_veth, link_info
+from _wgns import sock_in, transfer, wait_until
 
 _why = can_use_netns()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 pytest.importorskip("cryptography")
 
 import tunoffload as t  # noqa: E402
-from wgfake import FakeDevice  # noqa: E402
-
 from tunoffload.wireguard import Interface  # noqa: E402
+from wgfake import FakeDevice  # noqa: E402
 
 UNDER_A, UNDER_B = "10.97.0.1", "10.97.0.2"
 OVER_A, OVER_B = "10.98.0.1", "10.98.0.2"
 KEY_A, KEY_B = bytes([1] * 32), bytes([2] * 32)
 SIZE = 4 << 20
-TIMEOUT_S = 30  # every socket operation and wait below is bounded by this
 
 
 class Pair:
@@ -64,82 +61,55 @@ def make_interface(ns: Netns, name: str, key: bytes, over: str, **kw) -> Interfa
     )
 
 
+@contextlib.contextmanager
+def running(a_ns: Netns, b_ns: Netns, b_host: str = UNDER_B, hook=None) -> Iterator[Pair]:  # type: ignore[no-untyped-def]
+    """An Interface in each namespace, started; only A knows where B is (at ``b_host``),
+    so B learns A's endpoint from A's first message. ``hook`` is B's."""
+    a = make_interface(a_ns, "wga", KEY_A, OVER_A)
+    try:
+        b = make_interface(b_ns, "wgb", KEY_B, OVER_B, hook=hook)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        host = f"[{b_host}]" if ":" in b_host else b_host
+        a.set_peer(b.public_key, endpoint=f"{host}:{b.listen_port}", allowed_ips=[f"{OVER_B}/32"])  # type: ignore[arg-type]
+        b.set_peer(a.public_key, allowed_ips=[f"{OVER_A}/32"])  # type: ignore[arg-type]
+        a.start()
+        b.start()
+        yield Pair(a_ns, b_ns, a, b)
+    finally:
+        a.stop()
+        b.stop()
+
+
+@contextlib.contextmanager
+def namespaces(tag: str) -> Iterator[tuple[Netns, Netns]]:
+    """Two namespaces joined by veth (the underlay); ``ns.veth`` is each one's end."""
+    tag = f"{tag}{os.getpid() % 100000}"
+    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
+        a_ns.veth, b_ns.veth = f"{tag}a", f"{tag}b"  # type: ignore[attr-defined]
+        yield a_ns, b_ns
+
+
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    tag = f"wgi{os.getpid() % 100000}"
-    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
-        hooked: list[tuple[int, int, list[bytes]]] = []
-        a = make_interface(a_ns, "wga", KEY_A, OVER_A)
-        try:
-            b = make_interface(
-                b_ns,
-                "wgb",
-                KEY_B,
-                OVER_B,
-                hook=lambda bufs, off, sizes, n: hooked.append(
-                    (off, n, [bytes(bufs[i][off : off + min(sizes[i], 40)]) for i in range(n)])
-                ),
-            )
-        except BaseException:
-            a.stop()
-            raise
-        p = Pair(a_ns, b_ns, a, b)
+    hooked: list[tuple[int, int, list[bytes]]] = []
+
+    def hook(bufs: list[bytearray], off: int, sizes: list[int], n: int) -> None:
+        hooked.append((off, n, [bytes(bufs[i][off : off + min(sizes[i], 40)]) for i in range(n)]))
+
+    with namespaces("wgi") as (a_ns, b_ns), running(a_ns, b_ns, hook=hook) as p:
         p.hooked = hooked  # type: ignore[attr-defined]
-        try:
-            # only A knows where B is: B learns A's endpoint from A's first message
-            a.set_peer(
-                b.public_key, endpoint=(UNDER_B, b.listen_port), allowed_ips=[f"{OVER_B}/32"]
-            )  # type: ignore[arg-type]
-            b.set_peer(a.public_key, allowed_ips=[f"{OVER_A}/32"])  # type: ignore[arg-type]
-            a.start()
-            b.start()
-            yield p
-        finally:
-            a.stop()
-            b.stop()
-
-
-def in_ns(ns: Netns, family: int, kind: int) -> socket.socket:
-    with t.netns(ns.name):
-        s = socket.socket(family, kind)
-    s.settimeout(TIMEOUT_S)
-    return s
-
-
-def tcp_transfer(src: Netns, dst: Netns, dst_addr: str, port: int, size: int) -> tuple[str, str]:
-    """``size`` random bytes from ``src`` to ``dst_addr:port`` in ``dst``; the SHA-256
-    of what was sent and of what arrived."""
-    server = in_ns(dst, socket.AF_INET, socket.SOCK_STREAM)
-    server.bind((dst_addr, port))
-    server.listen(1)
-    got = hashlib.sha256()
-
-    def receive() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(TIMEOUT_S)
-            while chunk := conn.recv(1 << 16):
-                got.update(chunk)
-
-    th = threading.Thread(target=receive)
-    th.start()
-    data = os.urandom(size)
-    client = in_ns(src, socket.AF_INET, socket.SOCK_STREAM)
-    with client:
-        client.connect((dst_addr, port))
-        client.sendall(data)
-    th.join(TIMEOUT_S)
-    server.close()
-    assert not th.is_alive()
-    return hashlib.sha256(data).hexdigest(), got.hexdigest()
+        yield p
 
 
 def udp_roundtrip(p: Pair, payload: bytes, port: int) -> bytes | None:
     """One datagram from A's overlay address to B's; what B received (None: nothing)."""
-    rx = in_ns(p.b_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    rx = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind((OVER_B, port))
     rx.settimeout(2)
-    tx = in_ns(p.a_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    tx = sock_in(p.a_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
     with rx, tx:
         tx.sendto(payload, (OVER_B, port))
         try:
@@ -148,21 +118,9 @@ def udp_roundtrip(p: Pair, payload: bytes, port: int) -> bytes | None:
             return None
 
 
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 def test_tcp_both_ways_with_roaming_and_the_hook(pair: Pair) -> None:
     p = pair
-    sent, got = tcp_transfer(p.a_ns, p.b_ns, OVER_B, 5401, SIZE)
-    assert sent == got
-    sent, got = tcp_transfer(p.b_ns, p.a_ns, OVER_A, 5402, SIZE)
-    assert sent == got
+    transfer(p.a_ns.name, p.b_ns.name, OVER_B, 5401, SIZE, SIZE)
     # B learned A's endpoint from A's datagrams (the sender of each, through RecvMeta)
     peer_a = p.fb.peers()[0]
     assert peer_a["endpoint"] == (UNDER_A, p.a.listen_port)
@@ -184,37 +142,22 @@ def test_tcp_both_ways_with_roaming_and_the_hook(pair: Pair) -> None:
     assert {socket.inet_ntoa(h[16:20]) for h in heads} == {OVER_B}
 
 
-def test_hook_drops_what_it_does_not_return(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    tag = f"wgh{os.getpid() % 100000}"
-    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
+def test_hook_drops_what_it_does_not_return() -> None:
+    def hook(bufs: list[bytearray], off: int, sizes: list[int], n: int) -> int:
+        # keep the packets to UDP port 7001 (moved to the front), drop the others
+        keep = 0
+        for i in range(n):
+            pkt = bufs[i]
+            ihl = (pkt[off] & 15) * 4
+            if int.from_bytes(pkt[off + ihl + 2 : off + ihl + 4], "big") == 7001:
+                bufs[keep], bufs[i] = bufs[i], bufs[keep]
+                sizes[keep], sizes[i] = sizes[i], sizes[keep]
+                keep += 1
+        return keep
 
-        def hook(bufs: list[bytearray], off: int, sizes: list[int], n: int) -> int:
-            # keep the packets to UDP port 7001 (moved to the front), drop the others
-            keep = 0
-            for i in range(n):
-                pkt = bufs[i]
-                ihl = (pkt[off] & 15) * 4
-                if int.from_bytes(pkt[off + ihl + 2 : off + ihl + 4], "big") == 7001:
-                    bufs[keep], bufs[i] = bufs[i], bufs[keep]
-                    sizes[keep], sizes[i] = sizes[i], sizes[keep]
-                    keep += 1
-            return keep
-
-        a = make_interface(a_ns, "wga", KEY_A, OVER_A)
-        b = make_interface(b_ns, "wgb", KEY_B, OVER_B, hook=hook)
-        try:
-            a.set_peer(
-                b.public_key, endpoint=(UNDER_B, b.listen_port), allowed_ips=[f"{OVER_B}/32"]
-            )  # type: ignore[arg-type]
-            b.set_peer(a.public_key, allowed_ips=[f"{OVER_A}/32"])  # type: ignore[arg-type]
-            a.start()
-            b.start()
-            p = Pair(a_ns, b_ns, a, b)
-            assert udp_roundtrip(p, b"dropped", 7002) is None
-            assert udp_roundtrip(p, b"kept", 7001) == b"kept"
-        finally:
-            a.stop()
-            b.stop()
+    with namespaces("wgh") as (a_ns, b_ns), running(a_ns, b_ns, hook=hook) as p:
+        assert udp_roundtrip(p, b"dropped", 7002) is None
+        assert udp_roundtrip(p, b"kept", 7001) == b"kept"
 
 
 def test_control_messages_and_timer_thread(pair: Pair) -> None:
@@ -250,7 +193,7 @@ def test_rebind_while_running(pair: Pair) -> None:
     # the old sockets are closed (by their receiving threads, within POLL_S): the old port
     # can be bound again in B's namespace
     def old_port_free() -> bool:
-        s = in_ns(p.b_ns, socket.AF_INET, socket.SOCK_DGRAM)
+        s = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.bind(("0.0.0.0", old))
             return True
@@ -261,7 +204,7 @@ def test_rebind_while_running(pair: Pair) -> None:
 
     assert wait_until(old_port_free)
     # a port in use is refused, and the sockets stay as they were
-    blocker = in_ns(p.b_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    blocker = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
     blocker.bind(("0.0.0.0", 0))
     with blocker, pytest.raises(OSError):
         p.b.listen_port = blocker.getsockname()[1]
@@ -287,7 +230,7 @@ def test_stop_removes_everything(pair: Pair) -> None:
     p.b.stop()
     assert p.b.wait(0) and p.b.reason == "stopped" and not p.b.running
     assert link_info(p.b_ns, "wgb") is None  # the TUN device is gone
-    s = in_ns(p.b_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    s = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
     with s:
         s.bind(("0.0.0.0", port))  # the port is free
     names = [th.name for th in threading.enumerate()]
@@ -315,34 +258,20 @@ def test_mtu_change_reaches_the_device(pair: Pair) -> None:
     assert p.a.tun.gso_max_segs == t.UdpSocket.max_segments(1300 + 32)
 
 
-def test_ipv6_underlay(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    tag = f"wg6{os.getpid() % 100000}"
-    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
-        for ns, dev, addr in ((a_ns, f"{tag}a", "fd97::1"), (b_ns, f"{tag}b", "fd97::2")):
-            ns.sysctl(f"net.ipv6.conf.{dev}.disable_ipv6", "0")
-            ns.run("ip", "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
-        a = make_interface(a_ns, "wga", KEY_A, OVER_A)
-        b = make_interface(b_ns, "wgb", KEY_B, OVER_B)
-        try:
-            a.set_peer(
-                b.public_key, endpoint=f"[fd97::2]:{b.listen_port}", allowed_ips=[f"{OVER_B}/32"]
-            )  # type: ignore[arg-type]
-            b.set_peer(a.public_key, allowed_ips=[f"{OVER_A}/32"])  # type: ignore[arg-type]
-            a.start()
-            b.start()
-            p = Pair(a_ns, b_ns, a, b)
+def test_ipv6_underlay() -> None:
+    with namespaces("wg6") as (a_ns, b_ns):
+        for ns, addr in ((a_ns, "fd97::1"), (b_ns, "fd97::2")):
+            ns.sysctl(f"net.ipv6.conf.{ns.veth}.disable_ipv6", "0")  # type: ignore[attr-defined]
+            ns.run("ip", "-6", "addr", "add", f"{addr}/64", "dev", ns.veth, "nodad")  # type: ignore[attr-defined]
+        with running(a_ns, b_ns, b_host="fd97::2") as p:
             assert udp_roundtrip(p, b"over v6", 7200) == b"over v6"
-            assert p.fb.peers()[0]["endpoint"] == ("fd97::1", a.listen_port)
-            sent, got = tcp_transfer(a_ns, b_ns, OVER_B, 5403, 1 << 20)
-            assert sent == got
-        finally:
-            a.stop()
-            b.stop()
+            assert p.fb.peers()[0]["endpoint"] == ("fd97::1", p.a.listen_port)
+            transfer(a_ns.name, b_ns.name, OVER_B, 5403, 1 << 20, 1 << 20)
 
 
 def test_constructor_failure_leaves_nothing() -> None:
     with Netns("wgpy-c") as ns:
-        blocker = in_ns(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        blocker = sock_in(ns.name, socket.AF_INET, socket.SOCK_DGRAM)
         blocker.bind(("0.0.0.0", 0))
         with blocker, pytest.raises(OSError):
             Interface(
@@ -352,4 +281,3 @@ def test_constructor_failure_leaves_nothing() -> None:
                 listen_port=blocker.getsockname()[1],
             )
         assert link_info(ns, "wgc") is None
-        subprocess.run(["true"], check=True)

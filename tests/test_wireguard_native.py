@@ -14,7 +14,6 @@ installed) as the other side.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -23,13 +22,13 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _netns import Netns, can_use_netns, joined_by_veth
-from _wgns import can_use_wg, genkey, isolated, wg
+from _wgns import can_use_wg, genkey, isolated, transfer, wait_until, wg
+from _wgns import sock_in as _sock_in
 from tunoffload import _native
 
 _why = can_use_netns() or (
@@ -48,54 +47,8 @@ SIZE = 8 << 20
 WAIT_S = 30  # every wait below is bounded by this
 
 
-def wait_until(predicate, timeout: float = WAIT_S) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 def sock_in(ns: Netns, family: int, kind: int) -> socket.socket:
-    with t.netns(ns.name):
-        s = socket.socket(family, kind)
-    s.settimeout(WAIT_S)
-    return s
-
-
-def transfer_both_ways(a: Netns, b: Netns, addr_a: str, addr_b: str, port: int, size: int) -> None:
-    """``size`` random bytes each way at once over one TCP connection; SHA-256 equal."""
-    server = sock_in(b, socket.AF_INET, socket.SOCK_STREAM)
-    server.bind((addr_b, port))
-    server.listen(1)
-    data_ab, data_ba = os.urandom(size), os.urandom(size)
-    got = {"a": hashlib.sha256(), "b": hashlib.sha256()}
-
-    def pump(conn: socket.socket, data: bytes, key: str) -> None:
-        sender = threading.Thread(
-            target=lambda: (conn.sendall(data), conn.shutdown(socket.SHUT_WR))
-        )
-        sender.start()
-        while chunk := conn.recv(1 << 16):
-            got[key].update(chunk)
-        sender.join(WAIT_S)
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(WAIT_S)
-            pump(conn, data_ba, "b")
-
-    th = threading.Thread(target=serve)
-    th.start()
-    client = sock_in(a, socket.AF_INET, socket.SOCK_STREAM)
-    with client, server:
-        client.connect((addr_b, port))
-        pump(client, data_ab, "a")
-        th.join(WAIT_S)
-    assert got["b"].hexdigest() == hashlib.sha256(data_ab).hexdigest()
-    assert got["a"].hexdigest() == hashlib.sha256(data_ba).hexdigest()
+    return _sock_in(ns.name, family, kind)
 
 
 def probe(src: Netns, dst: Netns, addr: str, tries: int = 5) -> bool:
@@ -187,7 +140,7 @@ def pair(request) -> Iterator[Pair]:  # type: ignore[no-untyped-def]
 def test_handshake_and_tcp_both_ways(pair: Pair) -> None:
     p = pair
     assert initiate(p)  # the first packet is staged, a handshake sends it
-    transfer_both_ways(p.a_ns, p.b_ns, OVER_A, OVER_B, 5601, SIZE)
+    transfer(p.a_ns.name, p.b_ns.name, OVER_B, 5601, SIZE, SIZE)
     for iface in (p.a, p.b):
         (peer,) = iface.peers()
         assert peer["last_handshake"][0] > 0
@@ -212,7 +165,7 @@ def test_garbage_on_the_listen_port_is_dropped(pair: Pair) -> None:
         junk.sendto(b"\x04\0\0\0" + struct.pack("<IQ", 0xDEADBEEF, 1) + bytes(48),
                     (UNDER_B, p.b.listen_port))  # fmt: skip
     assert wait_until(lambda: sum(p.b.device.stats().values()) > sum(before.values()))
-    transfer_both_ways(p.a_ns, p.b_ns, OVER_A, OVER_B, 5602, 1 << 20)  # still up
+    transfer(p.a_ns.name, p.b_ns.name, OVER_B, 5602, 1 << 20, 1 << 20)  # still up
 
 
 def test_recv_meta_sources() -> None:
@@ -317,7 +270,7 @@ def daemons(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_daemons_with_wg(daemons) -> None:  # type: ignore[no-untyped-def]
     make, (a_ns, b_ns) = daemons
     a, b = make(OURS, OURS)
-    transfer_both_ways(a_ns, b_ns, OVER_A, OVER_B, 5603, 16 << 20)
+    transfer(a_ns.name, b_ns.name, OVER_B, 5603, 16 << 20, 16 << 20)
     for side in (a, b):
         peer = side.dump_peer()
         assert int(peer[4]) > 0  # latest handshake
@@ -333,7 +286,7 @@ def test_rekey_forced_by_testing_timers(daemons) -> None:  # type: ignore[no-unt
     first = int(a.dump_peer()[4])
     # traffic for longer than the rekey time: the initiator makes new keys
     assert wait_until(lambda: probe(a_ns, b_ns, OVER_B, 2) and int(a.dump_peer()[4]) > first, 12)
-    transfer_both_ways(a_ns, b_ns, OVER_A, OVER_B, 5604, 1 << 20)
+    transfer(a_ns.name, b_ns.name, OVER_B, 5604, 1 << 20, 1 << 20)
 
 
 @pytest.mark.skipif(can_use_wg() is not None, reason=str(can_use_wg()))
@@ -362,6 +315,6 @@ def test_against_wireguard_go(daemons, ours_side: str) -> None:  # type: ignore[
         a, b = make(OURS, go, None, env_go)
     else:
         a, b = make(go, OURS, env_go, None)
-    transfer_both_ways(a_ns, b_ns, OVER_A, OVER_B, 5605, 4 << 20)
+    transfer(a_ns.name, b_ns.name, OVER_B, 5605, 4 << 20, 4 << 20)
     for side in (a, b):
         assert int(side.dump_peer()[4]) > 0

@@ -22,9 +22,8 @@ _why = can_use_wg()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 pytest.importorskip("cryptography")
 
-from wgfake import FakeDevice, public_key_of  # noqa: E402
-
 from tunoffload.wireguard.uapi import UapiServer  # noqa: E402
+from wgfake import FakeDevice, public_key_of  # noqa: E402
 
 IF = "wgt0"
 PRIV = bytes(range(1, 33))

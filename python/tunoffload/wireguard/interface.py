@@ -234,6 +234,7 @@ class Interface:
             0,
         )
         self._tun = TunDevice(name, offload=True, mtu=mtu, netns=netns)
+        binding: _Binding | None = None
         try:
             self._mtu = mtu
             self._apply_mtu(mtu)
@@ -241,10 +242,12 @@ class Interface:
                 self._tun.add_address(address)
             if up:
                 self._tun.up()
-            self._binding = self._open_binding(listen_port, fwmark)
-            self._wg.listen_port = self._binding.port
+            binding = self._binding = self._open_binding(listen_port, fwmark)
+            self._wg.listen_port = binding.port
             self._wg.fwmark = fwmark
         except BaseException:
+            if binding is not None:
+                _close_binding(binding)
             self._tun.close()
             raise
         self.name = self._tun.name
@@ -354,6 +357,7 @@ class Interface:
 
     def remove_all_peers(self) -> None:
         self._wg.remove_all_peers()
+        self._kick.set()
 
     def peers(self) -> list[dict[str, Any]]:
         """Each peer's configuration and counters, as the native device reports them."""
