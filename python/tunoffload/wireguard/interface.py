@@ -579,7 +579,12 @@ class Interface:
                     continue
                 counters["udp_reads"] += 1
                 counters["udp_datagrams"] += n
-                packets, control = wg.decrypt(bufs, 0, sizes, n, meta)
+                try:
+                    packets, control = wg.decrypt(bufs, 0, sizes, n, meta)
+                except ValueError as exc:  # the batch refused as a whole: dropped
+                    counters["rx_errors"] += 1
+                    log.debug("%s: decrypt: %s", self.name, exc)
+                    continue
                 messages = (
                     [
                         (bytes(memoryview(bufs[i])[: sizes[i]]), meta.source(i))
@@ -608,7 +613,13 @@ class Interface:
                         log.debug("%s: TUN write: %s", self.name, exc)
                 for msg, source in messages:
                     counters["rx_control"] += 1
-                    self._send_datagrams(wg.handle_control(msg, source))
+                    try:
+                        out = wg.handle_control(msg, source)
+                    except ValueError as exc:  # a message refused: dropped
+                        counters["rx_errors"] += 1
+                        log.debug("%s: handshake message from %s: %s", self.name, source, exc)
+                        continue
+                    self._send_datagrams(out)
         finally:
             bound.sock.close()
 
