@@ -98,7 +98,12 @@ class Daemon:
         return wg(self.rundir, *args, netns=self.ns.name, check=check)
 
     def wait(self) -> int:
-        return self.proc.wait(WAIT_S)
+        try:
+            return self.proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running after {WAIT_S} s: {self.log.read_text()}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -160,7 +165,7 @@ def test_foreground_serves_and_stops_on_signal(ns, rundir, tmp_path, sig) -> Non
         ports = ns.run("ss", "-uanH").stdout
         assert "0.0.0.0:51888" in ports and "[::]:51888" in ports
         d.proc.send_signal(sig)
-        assert d.wait() == 0
+        assert d.wait() == 0, d.log.read_text()
     finally:
         d.kill()
     assert not os.path.exists(d.sock)
@@ -179,11 +184,12 @@ def test_stops_when_the_interface_is_deleted(ns, rundir, tmp_path) -> None:  # t
     try:
         d.ready()
         ns.run("ip", "link", "del", name)
-        assert d.wait() == 0
+        assert d.wait() == 0, d.log.read_text()
     finally:
         d.kill()
     assert not os.path.exists(d.sock)
-    assert d.log.read_text() == ""  # LOG_LEVEL unset: errors only, and there were none
+    log = d.log.read_text()
+    assert log == "", log  # LOG_LEVEL unset: errors only, and there were none
 
 
 def test_stops_when_its_socket_is_removed(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -192,7 +198,7 @@ def test_stops_when_its_socket_is_removed(ns, rundir, tmp_path) -> None:  # type
     try:
         d.ready()
         os.unlink(d.sock)  # what wg-quick down does to a userspace implementation
-        assert d.wait() == 0
+        assert d.wait() == 0, d.log.read_text()
     finally:
         d.kill()
     assert link_info(ns, name) is None
@@ -220,7 +226,7 @@ def test_detached_keeps_output_with_log_level(ns, rundir, tmp_path) -> None:  # 
     name = ifname("l")
     d = Daemon(ns, rundir, name, tmp_path / "log", foreground=False, LOG_LEVEL="verbose")
     try:
-        assert d.wait() == 0
+        assert d.wait() == 0, d.log.read_text()
         (pid,) = daemon_pids(name)
         assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
         assert os.readlink(f"/proc/{pid}/fd/1") == str(tmp_path / "log")
@@ -239,7 +245,7 @@ def test_foreground_from_the_environment(ns, rundir, tmp_path) -> None:  # type:
         assert d.proc.poll() is None  # did not detach
         assert daemon_pids(name) == [d.proc.pid]
         d.proc.terminate()
-        assert d.wait() == 0
+        assert d.wait() == 0, d.log.read_text()
     finally:
         d.kill()
 

@@ -160,6 +160,27 @@ def test_hook_drops_what_it_does_not_return() -> None:
         assert udp_roundtrip(p, b"kept", 7001) == b"kept"
 
 
+def test_failures_in_a_batch_are_counted_and_dropped() -> None:
+    calls: list[int] = []
+
+    def hook(bufs: list[bytearray], off: int, sizes: list[int], n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the hook")
+
+    with namespaces("wgf") as (a_ns, b_ns), running(a_ns, b_ns, hook=hook) as p:
+        assert udp_roundtrip(p, b"first", 7301) is None  # the hook failed: dropped
+        assert udp_roundtrip(p, b"second", 7302) == b"second"
+        assert p.b.stats()["hook_errors"] == 1
+        # a handshake message the device refuses (ValueError) is counted, nothing sent
+        junk = sock_in(a_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+        with junk:
+            junk.sendto(b"\x03refuse", (UNDER_B, p.b.listen_port))
+        assert wait_until(lambda: p.b.stats()["rx_errors"] == 1)
+        assert p.b.running and p.b.stats()["control_sent"] == 0
+        assert udp_roundtrip(p, b"third", 7303) == b"third"
+
+
 def test_control_messages_and_timer_thread(pair: Pair) -> None:
     p = pair
     # A's device queues a "handshake initiation"; the timer thread sends it (kicked by

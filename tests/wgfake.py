@@ -310,6 +310,8 @@ class FakeDevice:
     ) -> list[tuple[bytes, tuple[str, int]]]:
         with self._lock:
             self.control_log.append((msg, source))
+            if msg == b"\x03refuse":  # how a test makes the device refuse a message
+                raise ValueError("refused (test)")
             if len(msg) != 33 or msg[0] not in (INITIATION, RESPONSE) or self._public is None:
                 return []
             peer = self._peers.get(bytes(msg[1:]))
