@@ -1,4 +1,4 @@
-"""The ``tunoffload`` command line: ``info`` and ``bench``.
+"""The ``tunoffload`` command line: ``info``, ``bench`` and ``wireguard``.
 
 Everything heavy is imported lazily: ``tunoffload info`` must work (and report the
 problem) even when the native module does not load, and ``tunoffload bench`` is an
@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the TUN offload probe (its results are reported as unknown)",
     )
+
+    wg = sub.add_parser(
+        "wireguard",
+        help="run a WireGuard interface, as wireguard-go does",
+        description=(
+            "Create the TUN device IFNAME in this network namespace and run a WireGuard "
+            "peer on it, configured with wg and wg-quick through "
+            "/var/run/wireguard/IFNAME.sock, as 'wireguard-go [-f] IFNAME' does. Detaches "
+            "unless -f (or WG_PROCESS_FOREGROUND=1); LOG_LEVEL=verbose|error|silent. "
+            "SIGTERM, SIGINT, 'ip link del IFNAME' or removing the socket stops it."
+        ),
+    )
+    wg.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground (do not detach)"
+    )
+    wg.add_argument("ifname", metavar="IFNAME", help="the interface to create, e.g. wg0")
 
     sub.add_parser(
         "bench",
@@ -200,5 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "info":
         return cmd_info(args)
+    if args.command == "wireguard":
+        from .wireguard.daemon import run
+
+        return run(args.ifname, foreground=args.foreground)
     parser.print_help(sys.stderr)
     return 2

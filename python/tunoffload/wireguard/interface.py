@@ -1,0 +1,649 @@
+"""``tunoffload.wireguard.Interface``: a WireGuard interface in a Python program.
+
+The native ``WireGuardDevice`` holds the protocol (keys, peers, sessions, timers) and
+encrypts and decrypts whole batches in place; this class gives it a TUN device with
+offload, UDP sockets and threads, each of which makes a few calls per *batch*, never per
+packet:
+
+- TUN -> UDP: ``tun.recv_multiple`` (a super-packet split, at offset 16) ->
+  ``wg.encrypt`` (messages at offset 0, one peer per read: a super-packet is one flow)
+  -> ``udp.send_multiple`` to the peer's endpoint (runs of equal sizes as
+  ``UDP_SEGMENT`` sends);
+- UDP -> TUN, one thread per socket (IPv4, IPv6): ``udp.recv_multiple`` (coalesced reads
+  split, each sender noted in a ``RecvMeta``) -> ``wg.decrypt`` (packets at offset 16,
+  handshake and cookie messages after them) -> the optional ``hook`` -> one
+  ``tun.send_multiple`` (GRO); the handshake messages -> ``wg.handle_control`` -> sends;
+- timers: ``wg.tick()`` when ``wg.next_deadline()`` says, or when the other threads ask
+  (a packet staged for a handshake, a configuration change) -> sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from tunoffload import IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN, GroTable, TunDevice, UdpSocket
+from tunoffload._netns import NetnsTarget
+from tunoffload._netns import netns as enter_netns
+
+from ._device import (
+    MESSAGE_HEADER_LEN,
+    MESSAGE_OVERHEAD,
+    AddrsMeta,
+    Datagrams,
+    Endpoint,
+    WireGuardDeviceLike,
+    key_bytes,
+    native_device,
+    new_recv_meta,
+)
+from .uapi import UapiError, parse_endpoint
+
+Hook = Callable[[list[bytearray], int, list[int], int], "int | None"]
+"""``hook(bufs, offset, sizes, count)``: sees each batch of decrypted packets before it
+is written to the TUN device; packet *i* is ``bufs[i][offset:offset + sizes[i]]`` for
+*i* < ``count``. It may change packets in place (and their sizes), reorder the entries,
+and return a smaller count to write only the first ones; ``None`` writes all."""
+
+DEFAULT_MTU = 1420
+BUFFER_SIZE = MESSAGE_HEADER_LEN + 65535 + MESSAGE_OVERHEAD  # a message, padding room
+SOCKET_BUFFER = 7 << 20  # as wireguard-go asks for (SO_RCVBUFFORCE / SO_SNDBUFFORCE)
+POLL_S = 0.5  # receive timeout: how soon a receiving thread sees a stop or a rebind
+TIMER_MAX_WAIT_S = 0.25  # the timer thread looks at the device at least this often
+TIMER_MIN_WAIT_S = 0.001  # ... and at most this often
+MTU_CHECK_S = 2.0  # how often the TUN device's MTU is re-read (for the padding)
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
+SO_MARK = getattr(socket, "SO_MARK", 36)
+_OFFSET = MESSAGE_HEADER_LEN  # packets sit here in every buffer; messages at 0
+
+log = logging.getLogger("tunoffload.wireguard")
+
+
+class _Bound:
+    """One bound UDP socket: the ``UdpSocket`` its receiving thread uses and the one the
+    sending thread uses (one per thread, as ``UdpSocket`` wants)."""
+
+    __slots__ = ("closing", "rx", "sock", "thread", "tx")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.tx = UdpSocket(sock)
+        self.rx = UdpSocket(sock)
+        self.closing = False
+        self.thread: threading.Thread | None = None
+
+
+class _Binding:
+    """The sockets of one listen port: IPv4 and IPv6 (``IPV6_V6ONLY``), as wireguard-go
+    binds them; either may be missing where the system has no such family."""
+
+    __slots__ = ("port", "v4", "v6")
+
+    def __init__(self, v4: _Bound | None, v6: _Bound | None, port: int) -> None:
+        self.v4, self.v6, self.port = v4, v6, port
+
+    def all(self) -> list[_Bound]:
+        return [b for b in (self.v4, self.v6) if b is not None]
+
+    def for_host(self, host: str) -> _Bound | None:
+        return self.v6 if ":" in host else self.v4
+
+
+def _udp_socket(family: int, port: int, fwmark: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        for force, plain in (
+            (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        ):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if fwmark:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        sock.settimeout(POLL_S)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _open_binding(port: int, fwmark: int) -> _Binding:
+    """IPv4 and IPv6 sockets on one port (``port`` 0: a free one, found in up to 100
+    tries, as wireguard-go does). ``OSError`` (``EADDRINUSE``...) when it cannot."""
+    for _ in range(100):
+        try:
+            v4: socket.socket | None = _udp_socket(socket.AF_INET, port, fwmark)
+        except OSError as exc:
+            if exc.errno != errno.EAFNOSUPPORT:
+                raise
+            v4 = None
+        actual = v4.getsockname()[1] if v4 is not None else port
+        try:
+            v6: socket.socket | None = _udp_socket(socket.AF_INET6, actual, fwmark)
+        except OSError as exc:
+            if v4 is not None and exc.errno == errno.EADDRINUSE and port == 0:
+                v4.close()
+                continue
+            if exc.errno != errno.EAFNOSUPPORT:
+                if v4 is not None:
+                    v4.close()
+                raise
+            v6 = None
+        if v4 is None and v6 is None:
+            raise OSError(errno.EAFNOSUPPORT, "neither IPv4 nor IPv6 UDP sockets are available")
+        if v6 is not None:
+            actual = v6.getsockname()[1]
+        return _Binding(
+            _Bound(v4) if v4 is not None else None, _Bound(v6) if v6 is not None else None, actual
+        )
+    raise OSError(errno.EADDRINUSE, "no port free for both IPv4 and IPv6 in 100 tries")
+
+
+def _close_binding(binding: _Binding) -> None:
+    for bound in binding.all():
+        bound.closing = True
+        bound.sock.close()
+
+
+class Interface:
+    """A WireGuard interface: the TUN device ``name`` with offload, UDP sockets on
+    ``listen_port`` (0: any free port) for IPv4 and IPv6, and a native
+    ``WireGuardDevice``; :meth:`start` runs it, :meth:`stop` removes it.
+
+    The device and the sockets exist once the constructor returns (``listen_port`` then
+    reports the port bound). ``netns`` puts them in that network namespace (a name under
+    ``/run/netns``, a path or a descriptor, as ``TunDevice`` takes it). ``addresses``
+    are added to the device and ``up=True`` brings it up (or use :attr:`tun`).
+    ``private_key`` and the peers' keys may be 32 bytes or text as ``wg`` writes them
+    (base64). ``hook`` sees each batch of decrypted packets (see :data:`Hook`).
+    ``timers`` and ``force_under_load`` are for tests only: they shorten the protocol's
+    timers (names as the native device takes them, e.g. ``{"rekey_after_time": 5}``)
+    and make it answer every handshake with a cookie reply. ``device`` drives an
+    existing ``WireGuardDevice`` (or a stand-in with its methods) instead of a new one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        private_key: bytes | str | None = None,
+        listen_port: int = 0,
+        fwmark: int = 0,
+        mtu: int = DEFAULT_MTU,
+        netns: NetnsTarget | None = None,
+        hook: Hook | None = None,
+        addresses: Sequence[str] = (),
+        up: bool = False,
+        batch_size: int = IDEAL_BATCH_SIZE,
+        timers: Mapping[str, float] | None = None,
+        force_under_load: bool = False,
+        device: WireGuardDeviceLike | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        key = None if private_key is None else key_bytes(private_key, "private_key")
+        if device is None:
+            device = native_device(
+                private_key=key, timers=timers, force_under_load=force_under_load
+            )
+        elif key is not None:
+            device.private_key = key
+        self._wg = device
+        self._netns = netns
+        self._hook = hook
+        self._batch = batch_size
+        self._fwmark = fwmark
+        self._lock = threading.Lock()  # configuration changes that touch the sockets
+        self._stopping = threading.Event()
+        self._done = threading.Event()  # stopped, or the device is gone, or a thread died
+        self._kick = threading.Event()  # wakes the timer thread
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self.reason: str | None = None
+        """Why the interface stopped: ``"stopped"``, ``"device deleted"``, or the
+        error of a thread that failed; ``None`` while it runs."""
+        self.error: BaseException | None = None
+        self._counters: dict[str, int] = dict.fromkeys(
+            (
+                "tun_reads",
+                "tun_packets",
+                "tx_batches",
+                "tx_unsent",
+                "tx_errors",
+                "udp_reads",
+                "udp_datagrams",
+                "rx_packets",
+                "rx_control",
+                "rx_errors",
+                "tun_write_errors",
+                "hook_errors",
+                "control_sent",
+                "control_errors",
+            ),
+            0,
+        )
+        self._tun = TunDevice(name, offload=True, mtu=mtu, netns=netns)
+        binding: _Binding | None = None
+        try:
+            self._mtu = mtu
+            self._apply_mtu(mtu)
+            for address in addresses:
+                self._tun.add_address(address)
+            if up:
+                self._tun.up()
+            binding = self._binding = self._open_binding(listen_port, fwmark)
+            self._wg.listen_port = binding.port
+            self._wg.fwmark = fwmark
+        except BaseException:
+            if binding is not None:
+                _close_binding(binding)
+            self._tun.close()
+            raise
+        self.name = self._tun.name
+
+    # --- configuration ----------------------------------------------------------------
+
+    @property
+    def device(self) -> WireGuardDeviceLike:
+        """The native ``WireGuardDevice`` (protocol state, counters)."""
+        return self._wg
+
+    @property
+    def tun(self) -> TunDevice:
+        """The TUN device (addresses, MTU, up/down, its counters)."""
+        return self._tun
+
+    @property
+    def private_key(self) -> bytes | None:
+        return self._wg.private_key
+
+    @private_key.setter
+    def private_key(self, key: bytes | str | None) -> None:
+        self._wg.private_key = None if key is None else key_bytes(key, "private_key")
+        self._kick.set()
+
+    @property
+    def public_key(self) -> bytes | None:
+        return self._wg.public_key
+
+    @property
+    def listen_port(self) -> int:
+        """The UDP port bound. Setting it binds new sockets (0: any free port) and
+        closes the old ones once bound; ``OSError`` (the old ones kept) if it cannot."""
+        return self._binding.port
+
+    @listen_port.setter
+    def listen_port(self, port: int) -> None:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"listen_port must be in 0..=65535, not {port}")
+        with self._lock:
+            if port != 0 and port == self._binding.port:
+                return
+            new = self._open_binding(port, self._fwmark)
+            old, self._binding = self._binding, new
+            self._wg.listen_port = new.port
+            if self._started and not self._stopping.is_set():
+                for bound in new.all():
+                    self._start_rx(bound)
+            self._retire(old)
+            log.debug("UDP bind has been updated (port %d)", new.port)
+
+    @property
+    def fwmark(self) -> int:
+        return self._fwmark
+
+    @fwmark.setter
+    def fwmark(self, mark: int) -> None:
+        if not 0 <= mark <= 0xFFFFFFFF:
+            raise ValueError(f"fwmark must be in 0..=4294967295, not {mark}")
+        with self._lock:
+            for bound in self._binding.all():
+                bound.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            self._fwmark = mark
+            self._wg.fwmark = mark
+
+    def set_peer(
+        self,
+        public_key: bytes | str,
+        *,
+        remove: bool = False,
+        update_only: bool = False,
+        preshared_key: bytes | str | None = None,
+        endpoint: Endpoint | str | None = None,
+        persistent_keepalive: int | None = None,
+        replace_allowed_ips: bool = False,
+        allowed_ips: Sequence[str] = (),
+        remove_allowed_ips: Sequence[str] = (),
+    ) -> None:
+        """Adds, changes or removes a peer, as the native ``set_peer`` (keys may be text;
+        ``endpoint`` may be ``"host:port"`` / ``"[v6]:port"``); ``None`` leaves a
+        setting as it is."""
+        pk = key_bytes(public_key, "public_key")
+        psk = None if preshared_key is None else key_bytes(preshared_key, "preshared_key")
+        if isinstance(endpoint, str):
+            try:
+                endpoint = parse_endpoint(endpoint)
+            except UapiError:
+                raise ValueError(f"endpoint: not HOST:PORT or [V6]:PORT: {endpoint!r}") from None
+        extra: dict[str, Any] = {}
+        if remove_allowed_ips:
+            extra["remove_allowed_ips"] = list(remove_allowed_ips)
+        self._wg.set_peer(
+            pk,
+            remove=remove,
+            update_only=update_only,
+            preshared_key=psk,
+            endpoint=endpoint,
+            persistent_keepalive=persistent_keepalive,
+            replace_allowed_ips=replace_allowed_ips,
+            allowed_ips=list(allowed_ips),
+            **extra,
+        )
+        self._kick.set()
+
+    def remove_peer(self, public_key: bytes | str) -> None:
+        self.set_peer(public_key, remove=True)
+
+    def remove_all_peers(self) -> None:
+        self._wg.remove_all_peers()
+        self._kick.set()
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Each peer's configuration and counters, as the native device reports them."""
+        return self._wg.peers()
+
+    def stats(self) -> dict[str, int]:
+        """The native device's counters (drops by reason...) and this layer's: reads,
+        batches and errors per direction."""
+        out = dict(self._wg.stats())
+        out.update(self._counters)
+        return out
+
+    def config_changed(self) -> None:
+        """Lets the timer thread send what a configuration change queued (a keepalive
+        for a persistent keepalive turned on, a handshake for staged packets)."""
+        self._kick.set()
+
+    # --- running ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the threads (once)."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError(f"{self.name}: started already")
+            if self._stopping.is_set():
+                raise RuntimeError(f"{self.name}: stopped")
+            self._started = True
+            self._spawn("wg-tx", self._tx_loop)
+            self._spawn("wg-timer", self._timer_loop)
+            for bound in self._binding.all():
+                self._start_rx(bound)
+
+    def stop(self) -> None:
+        """Stops the threads, closes the sockets and the TUN device (which removes the
+        interface); idempotent."""
+        with self._lock:
+            first = not self._stopping.is_set()
+            self._stopping.set()
+            self._kick.set()
+            if first:
+                self._tun.close()  # wakes the sending thread
+                for bound in self._binding.all():
+                    bound.closing = True
+        me = threading.current_thread()
+        for th in list(self._threads):
+            if th is not me:
+                th.join()
+        with self._lock:
+            if first:
+                _close_binding(self._binding)
+            self._finish("stopped")
+
+    close = stop
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until the interface stops (:meth:`stop`, its device deleted, or a
+        thread failed: see :attr:`reason`); returns whether it did within ``timeout``."""
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._done.is_set()
+
+    def __enter__(self) -> Interface:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else (self.reason or "not started")
+        return f"<tunoffload.wireguard.Interface {self.name!r} port {self.listen_port} {state}>"
+
+    # --- internals --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _in_netns(self) -> Iterator[None]:
+        if self._netns is None:
+            yield
+        else:
+            with enter_netns(self._netns):
+                yield
+
+    def _open_binding(self, port: int, fwmark: int) -> _Binding:
+        with self._in_netns():
+            return _open_binding(port, fwmark)
+
+    def _apply_mtu(self, mtu: int) -> None:
+        """The padding limit of the device and the super-packet size of the TUN device
+        (each super-packet read leaves in one ``UDP_SEGMENT`` send)."""
+        self._wg.mtu = mtu
+        datagram = min(max(mtu, 1) + MESSAGE_OVERHEAD, 65527)
+        self._tun.gso_max_segs = UdpSocket.max_segments(datagram)
+
+    def _finish(self, reason: str, error: BaseException | None = None) -> None:
+        if self.reason is None:
+            self.reason, self.error = reason, error
+        self._done.set()
+
+    def _spawn(self, name: str, loop: Callable[..., None], *args: Any) -> threading.Thread:
+        def body() -> None:
+            try:
+                loop(*args)
+            except BaseException as exc:
+                if not self._stopping.is_set():
+                    log.error("%s: %s failed: %r", self.name, name, exc, exc_info=True)
+                    self._finish(f"{name} failed: {exc!r}", exc)
+
+        th = threading.Thread(target=body, name=f"{name}:{self.name}", daemon=True)
+        self._threads.append(th)
+        th.start()
+        return th
+
+    def _start_rx(self, bound: _Bound) -> None:
+        name = "wg-rx6" if bound.sock.family == socket.AF_INET6 else "wg-rx4"
+        bound.thread = self._spawn(name, self._rx_loop, bound)
+
+    def _retire(self, binding: _Binding) -> None:
+        """Old sockets after a rebind: each receiving thread closes its own socket when
+        it sees ``closing`` (within ``POLL_S``), so no descriptor is closed under it."""
+        for bound in binding.all():
+            bound.closing = True
+            if bound.thread is None:
+                bound.sock.close()
+
+    def _send_datagrams(self, out: Datagrams) -> None:
+        """Sends the device's control output (handshakes, cookies, keepalives, packets
+        that waited for a handshake), each to its endpoint."""
+        binding = self._binding
+        counters = self._counters
+        for data, endpoint in out:
+            bound = binding.for_host(endpoint[0])
+            try:
+                if bound is None:
+                    raise OSError(errno.EAFNOSUPPORT, "no socket of that address family")
+                bound.sock.sendto(data, endpoint)
+                counters["control_sent"] += 1
+            except OSError as exc:
+                counters["control_errors"] += 1
+                log.debug("%s: sending to %s: %s", self.name, endpoint, exc)
+
+    def _tx_loop(self) -> None:
+        tun, wg, kick = self._tun, self._wg, self._kick
+        stopping = self._stopping
+        counters = self._counters
+        original = bytearray(VIRTIO_NET_HDR_LEN + 65535)
+        bufs = [bytearray(BUFFER_SIZE) for _ in range(self._batch)]
+        sizes = [0] * self._batch
+        while True:
+            try:
+                n = tun.recv_multiple(original, bufs, sizes, _OFFSET)
+            except OSError as exc:
+                if stopping.is_set():
+                    return
+                if exc.errno == errno.EBADFD:  # the interface was deleted (ip link del)
+                    log.debug("%s: the device was deleted", self.name)
+                    self._finish("device deleted")
+                    return
+                raise
+            except ValueError as exc:  # a packet the split refused: dropped
+                counters["tx_errors"] += 1
+                log.debug("%s: TUN read: %s", self.name, exc)
+                continue
+            counters["tun_reads"] += 1
+            counters["tun_packets"] += n
+            try:
+                endpoint = wg.encrypt(bufs, _OFFSET, sizes, n)
+            except ValueError as exc:
+                counters["tx_errors"] += 1
+                log.debug("%s: encrypt: %s", self.name, exc)
+                continue
+            if endpoint is None:  # no route (dropped), or staged for a handshake
+                counters["tx_unsent"] += 1
+                kick.set()
+                continue
+            bound = self._binding.for_host(endpoint[0])
+            try:
+                if bound is None:
+                    raise OSError(errno.EAFNOSUPPORT, "no socket of that address family")
+                bound.tx.send_multiple(bufs, 0, sizes=sizes, count=n, addr=endpoint)
+                counters["tx_batches"] += 1
+            except (OSError, ValueError) as exc:
+                counters["tx_errors"] += 1
+                log.debug("%s: sending to %s: %s", self.name, endpoint, exc)
+
+    def _rx_loop(self, bound: _Bound) -> None:
+        tun, wg, hook = self._tun, self._wg, self._hook
+        stopping = self._stopping
+        counters = self._counters
+        udp = bound.rx
+        bufs = [bytearray(BUFFER_SIZE) for _ in range(self._batch)]
+        sizes = [0] * self._batch
+        gro = GroTable()
+        meta = new_recv_meta(self._batch)
+        recv: Any = udp.recv_multiple  # meta= is the binding's (RecvMeta); addrs= before it
+        if isinstance(meta, AddrsMeta):
+            addrs = meta.addrs
+
+            def receive() -> int:
+                return int(recv(bufs, sizes, 0, addrs))
+        else:
+
+            def receive() -> int:
+                return int(recv(bufs, sizes, 0, meta=meta))
+
+        try:
+            while not bound.closing:
+                try:
+                    n = receive()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    if bound.closing or stopping.is_set():
+                        return
+                    counters["rx_errors"] += 1
+                    log.debug("%s: UDP receive: %s", self.name, exc)
+                    continue
+                counters["udp_reads"] += 1
+                counters["udp_datagrams"] += n
+                try:
+                    packets, control = wg.decrypt(bufs, 0, sizes, n, meta)
+                except ValueError as exc:  # the batch refused as a whole: dropped
+                    counters["rx_errors"] += 1
+                    log.debug("%s: decrypt: %s", self.name, exc)
+                    continue
+                messages = (
+                    [
+                        (bytes(memoryview(bufs[i])[: sizes[i]]), meta.source(i))
+                        for i in range(packets, packets + control)
+                    ]
+                    if control
+                    else ()
+                )
+                if packets and hook is not None:
+                    try:
+                        kept = hook(bufs, _OFFSET, sizes, packets)
+                    except Exception as exc:
+                        counters["hook_errors"] += 1
+                        log.error("%s: the hook failed: %r", self.name, exc, exc_info=True)
+                        kept = 0
+                    if kept is not None:
+                        packets = max(0, min(int(kept), packets))
+                if packets:
+                    counters["rx_packets"] += packets
+                    try:
+                        tun.send_multiple(gro, bufs, _OFFSET, sizes=sizes, count=packets)
+                    except (OSError, ValueError) as exc:
+                        if stopping.is_set():
+                            return
+                        counters["tun_write_errors"] += 1
+                        log.debug("%s: TUN write: %s", self.name, exc)
+                for msg, source in messages:
+                    counters["rx_control"] += 1
+                    try:
+                        out = wg.handle_control(msg, source)
+                    except ValueError as exc:  # a message refused: dropped
+                        counters["rx_errors"] += 1
+                        log.debug("%s: handshake message from %s: %s", self.name, source, exc)
+                        continue
+                    self._send_datagrams(out)
+        finally:
+            bound.sock.close()
+
+    def _timer_loop(self) -> None:
+        wg, kick, stopping = self._wg, self._kick, self._stopping
+        mtu_due = time.monotonic() + MTU_CHECK_S
+        while not stopping.is_set():
+            kick.clear()
+            out = wg.tick()
+            if out:
+                self._send_datagrams(out)
+            deadline = wg.next_deadline()
+            wait = TIMER_MAX_WAIT_S if deadline is None else min(deadline, TIMER_MAX_WAIT_S)
+            kick.wait(max(wait, TIMER_MIN_WAIT_S))
+            if time.monotonic() >= mtu_due and not stopping.is_set():
+                mtu_due = time.monotonic() + MTU_CHECK_S
+                self._check_mtu()
+
+    def _check_mtu(self) -> None:
+        try:
+            mtu = self._tun.mtu
+        except OSError:
+            return  # the device is going away; the sending thread will tell
+        if mtu != self._mtu:
+            log.debug("%s: MTU %d -> %d", self.name, self._mtu, mtu)
+            self._mtu = mtu
+            self._apply_mtu(mtu)

@@ -1,0 +1,400 @@
+"""``python -m tunoffload wireguard [-f] IFNAME``, run as wireguard-go is run.
+
+Each daemon runs in a network namespace of the test's and in a mount namespace of its
+own with a directory of the test's on ``/run/wireguard`` (``_wgns``); so do the ``wg``
+and ``wg-quick`` commands that drive it. The device is the stand-in ``wgfake`` (through
+the testing-only ``TUNOFFLOAD_WG_TESTING_DEVICE``), so everything but the cipher is real:
+the TUN device, the sockets, the configuration socket, detaching, signals, the interface
+deleted under the daemon, the socket removed, ``wg-quick up``/``down``, and traffic
+between two daemons configured with ``wg``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _netns import Netns, can_use_netns, joined_by_veth, link_info
+from _wgns import can_use_wg, genkey, isolated, transfer, wait_until, wg
+
+_why = can_use_netns() or can_use_wg()
+pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
+pytest.importorskip("cryptography")
+
+TESTS = str(Path(__file__).resolve().parent)
+UNDER_A, UNDER_B = "10.99.0.1", "10.99.0.2"
+OVER_A, OVER_B = "10.100.0.1", "10.100.0.2"
+WAIT_S = 15  # for a daemon to exit
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LOG_LEVEL", None)
+    env.pop("WG_PROCESS_FOREGROUND", None)
+    env["TUNOFFLOAD_WG_TESTING_DEVICE"] = "wgfake:FakeDevice"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def daemon_pids(ifname: str) -> list[int]:
+    """Processes running ``tunoffload wireguard ... IFNAME``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"wireguard" in argv and ifname.encode() in argv and b"tunoffload" in argv:
+            pids.append(int(entry))
+    return pids
+
+
+class Daemon:
+    """One daemon (foreground: our child; detached: the parent is our child)."""
+
+    def __init__(
+        self, ns: Netns, rundir: str, ifname: str, log: Path, foreground: bool = True, **env: str
+    ) -> None:
+        self.ns, self.rundir, self.ifname = ns, rundir, ifname
+        self.sock = os.path.join(rundir, f"{ifname}.sock")
+        self.log = log
+        argv = [sys.executable, "-m", "tunoffload", "wireguard"]
+        argv += ["-f", ifname] if foreground else [ifname]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                isolated(rundir, argv, ns.name),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=daemon_env(**env),
+            )
+
+    def serving(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(self.sock)
+            except OSError:
+                return False
+            return True
+
+    def ready(self) -> None:
+        assert wait_until(lambda: self.serving() or self.proc.poll() is not None)
+        assert self.serving(), self.log.read_text()
+
+    def wg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return wg(self.rundir, *args, netns=self.ns.name, check=check)
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running after {WAIT_S} s: {self.log.read_text()}"
+            ) from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT_S)
+        for pid in daemon_pids(self.ifname):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    with Netns("wgpy-d") as n:
+        yield n
+
+
+@pytest.fixture
+def rundir(tmp_path: Path) -> str:
+    d = tmp_path / "run"
+    d.mkdir()
+    return str(d)
+
+
+def ifname(tag: str) -> str:
+    return f"wg{tag}{os.getpid() % 100000}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_serves_and_stops_on_signal(ns, rundir, tmp_path, sig) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("f")
+    record = tmp_path / "record.json"
+    d = Daemon(
+        ns,
+        rundir,
+        name,
+        tmp_path / "log",
+        LOG_LEVEL="verbose",
+        WGFAKE_RECORD=str(record),
+        TUNOFFLOAD_WG_TESTING_TIMERS="rekey_after_time=3, reject_after_time=9",
+        TUNOFFLOAD_WG_TESTING_UNDER_LOAD="1",
+    )
+    try:
+        d.ready()
+        st = os.stat(d.sock)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+        info = link_info(ns, name)
+        assert info is not None and info["ifname"] == name  # created in the namespace
+        assert info["mtu"] == 1420
+        # the testing options reached the device's constructor
+        assert json.loads(record.read_text()) == {
+            "timers": {"rekey_after_time": 3.0, "reject_after_time": 9.0},
+            "force_under_load": True,
+        }
+        _, pub = genkey()
+        d.wg("set", name, "listen-port", "51888", "peer", pub, "allowed-ips", "10.1.0.0/16")
+        dump = d.wg("show", name, "dump").stdout.splitlines()
+        assert dump[0].split("\t")[2] == "51888"
+        assert dump[1].split("\t")[0] == pub and dump[1].split("\t")[3] == "10.1.0.0/16"
+        # the new port is bound in the daemon's namespace (IPv4 and IPv6)
+        ports = ns.run("ss", "-uanH").stdout
+        assert "0.0.0.0:51888" in ports and "[::]:51888" in ports
+        d.proc.send_signal(sig)
+        assert d.wait() == 0, d.log.read_text()
+    finally:
+        d.kill()
+    assert not os.path.exists(d.sock)
+    assert link_info(ns, name) is None
+    log = d.log.read_text()
+    assert f"DEBUG: ({name}) " in log and "Shutting down" in log
+    # wireguard-go's line format: LEVEL: (IFNAME) YYYY/MM/DD HH:MM:SS message
+    first = log.splitlines()[0].split(" ")
+    assert first[0] == "DEBUG:" and first[1] == f"({name})"
+    assert time.strptime(f"{first[2]} {first[3]}", "%Y/%m/%d %H:%M:%S")
+
+
+def test_stops_when_the_interface_is_deleted(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("x")
+    d = Daemon(ns, rundir, name, tmp_path / "log")
+    try:
+        d.ready()
+        ns.run("ip", "link", "del", name)
+        assert d.wait() == 0, d.log.read_text()
+    finally:
+        d.kill()
+    assert not os.path.exists(d.sock)
+    log = d.log.read_text()
+    assert log == "", log  # LOG_LEVEL unset: errors only, and there were none
+
+
+def test_stops_when_its_socket_is_removed(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("s")
+    d = Daemon(ns, rundir, name, tmp_path / "log")
+    try:
+        d.ready()
+        os.unlink(d.sock)  # what wg-quick down does to a userspace implementation
+        assert d.wait() == 0, d.log.read_text()
+    finally:
+        d.kill()
+    assert link_info(ns, name) is None
+
+
+def test_detaches_as_wireguard_go(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("d")
+    d = Daemon(ns, rundir, name, tmp_path / "log", foreground=False)
+    try:
+        assert d.wait() == 0  # the parent exits once the child serves
+        assert os.path.exists(d.sock)  # ... so the socket is there already
+        (pid,) = daemon_pids(name)
+        assert os.getsid(pid) == pid  # a session of its own
+        for fd in (0, 1, 2):  # standard streams on /dev/null (LOG_LEVEL unset)
+            assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+        assert d.wg("show", name).stdout.startswith(f"interface: {name}")
+        ns.run("ip", "link", "del", name)
+        assert wait_until(lambda: not daemon_pids(name))
+        assert not os.path.exists(d.sock)
+    finally:
+        d.kill()
+
+
+def test_detached_keeps_output_with_log_level(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("l")
+    d = Daemon(ns, rundir, name, tmp_path / "log", foreground=False, LOG_LEVEL="verbose")
+    try:
+        assert d.wait() == 0, d.log.read_text()
+        (pid,) = daemon_pids(name)
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        assert os.readlink(f"/proc/{pid}/fd/1") == str(tmp_path / "log")
+        os.kill(pid, signal.SIGTERM)
+        assert wait_until(lambda: not daemon_pids(name))
+    finally:
+        d.kill()
+    assert "UAPI listener started" in d.log.read_text()
+
+
+def test_foreground_from_the_environment(ns, rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("e")
+    d = Daemon(ns, rundir, name, tmp_path / "log", foreground=False, WG_PROCESS_FOREGROUND="1")
+    try:
+        d.ready()
+        assert d.proc.poll() is None  # did not detach
+        assert daemon_pids(name) == [d.proc.pid]
+        d.proc.terminate()
+        assert d.wait() == 0, d.log.read_text()
+    finally:
+        d.kill()
+
+
+def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("u")
+    with Netns("wgpy-u1") as ns1, Netns("wgpy-u2") as ns2:
+        first = Daemon(ns1, rundir, name, tmp_path / "log1")
+        try:
+            first.ready()
+            # the same name in another namespace, the same socket directory: refused
+            second = Daemon(ns2, rundir, name, tmp_path / "log2")
+            assert second.wait() == 1
+            assert "UAPI listen error" in second.log.read_text()
+            assert link_info(ns2, name) is None  # it removed its device again
+            first.proc.kill()  # killed: its socket file stays behind, stale
+            first.wait()
+            assert os.path.exists(first.sock)
+            third = Daemon(ns2, rundir, name, tmp_path / "log3")
+            try:
+                third.ready()
+                assert third.wg("show", name).returncode == 0  # the stale one replaced
+            finally:
+                third.kill()
+        finally:
+            first.kill()
+
+
+def _has_native_device() -> bool:
+    from tunoffload import _native
+
+    return hasattr(_native, "WireGuardDevice")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TUNOFFLOAD_WG_TESTING_TIMERS": "rekey_after=5"}, "TUNOFFLOAD_WG_TESTING_TIMERS"),
+        pytest.param(
+            {"TUNOFFLOAD_WG_TESTING_DEVICE": ""},
+            "no native WireGuardDevice",
+            marks=pytest.mark.skipif(_has_native_device(), reason="the build has the device"),
+        ),
+    ],
+)
+def test_refuses_to_start(ns, rundir, tmp_path, env, message) -> None:  # type: ignore[no-untyped-def]
+    name = ifname("b")
+    d = Daemon(ns, rundir, name, tmp_path / "log", **env)
+    try:
+        assert d.wait() == 1
+    finally:
+        d.kill()
+    assert message in d.log.read_text()
+    assert link_info(ns, name) is None and not os.path.exists(d.sock)
+
+
+def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tag = f"wgq{os.getpid() % 100000}"
+    name = ifname("p")
+    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
+        dirs = [tmp_path / "a", tmp_path / "b"]
+        for d in dirs:
+            d.mkdir()
+        a = Daemon(a_ns, str(dirs[0]), name, tmp_path / "log-a")
+        b = Daemon(b_ns, str(dirs[1]), name, tmp_path / "log-b")
+        try:
+            a.ready()
+            b.ready()
+            (priv_a, pub_a), (priv_b, pub_b) = genkey(), genkey()
+            for key, priv in ((tmp_path / "ka", priv_a), (tmp_path / "kb", priv_b)):
+                key.write_text(priv)
+            a.wg("set", name, "private-key", str(tmp_path / "ka"), "peer", pub_b,
+                 "endpoint", f"{UNDER_B}:51902", "allowed-ips", f"{OVER_B}/32")  # fmt: skip
+            b.wg("set", name, "private-key", str(tmp_path / "kb"), "listen-port", "51902",
+                 "peer", pub_a, "allowed-ips", f"{OVER_A}/32")  # fmt: skip
+            for ns, over in ((a_ns, OVER_A), (b_ns, OVER_B)):
+                ns.run("ip", "addr", "add", f"{over}/24", "dev", name)
+                ns.run("ip", "link", "set", name, "up")
+            transfer(a_ns.name, b_ns.name, OVER_B, 5501, 1 << 20, 1 << 20)
+            dump_b = b.wg("show", name, "dump").stdout.splitlines()
+            peer = dump_b[1].split("\t")
+            assert peer[0] == pub_a
+            assert peer[2] == f"{UNDER_A}:{a.wg('show', name, 'listen-port').stdout.strip()}"
+            assert int(peer[5]) > 1 << 20 and int(peer[6]) > 1 << 20  # rx, tx
+        finally:
+            a.kill()
+            b.kill()
+
+
+WG_QUICK_CONF = """[Interface]
+Address = {address}/24
+PrivateKey = {private}
+ListenPort = {port}
+
+[Peer]
+PublicKey = {peer}
+AllowedIPs = {peer_address}/32
+{endpoint}
+"""
+
+
+def test_wg_quick_up_and_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    probe = subprocess.run(
+        ["unshare", "--net", "ip", "link", "add", "wgprobe", "type", "wireguard"],
+        capture_output=True,
+    )
+    if probe.returncode == 0:
+        pytest.skip("this kernel has WireGuard: wg-quick would not use a userspace one")
+    tag = f"wgk{os.getpid() % 100000}"
+    name = ifname("q")
+    wrapper = tmp_path / "tunoffload-wireguard"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m tunoffload wireguard "$@"\n')
+    wrapper.chmod(0o755)
+    env = daemon_env(WG_QUICK_USERSPACE_IMPLEMENTATION=str(wrapper))
+    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
+        (priv_a, pub_a), (priv_b, pub_b) = genkey(), genkey()
+        sides = [
+            (a_ns, OVER_A, priv_a, 51911, pub_b, OVER_B, f"Endpoint = {UNDER_B}:51912"),
+            (b_ns, OVER_B, priv_b, 51912, pub_a, OVER_A, ""),
+        ]
+        confs = []
+        for i, (ns, over, priv, port, peer, peer_over, endpoint) in enumerate(sides):
+            d = tmp_path / f"side{i}"
+            (d / "run").mkdir(parents=True)
+            conf = d / f"{name}.conf"
+            conf.write_text(
+                WG_QUICK_CONF.format(
+                    address=over, private=priv, port=port, peer=peer,
+                    peer_address=peer_over, endpoint=endpoint,
+                )
+            )  # fmt: skip
+            conf.chmod(0o600)
+            confs.append((ns, str(d / "run"), str(conf)))
+
+        def wg_quick(command: str) -> None:
+            for ns, run, conf in confs:
+                proc = subprocess.run(
+                    isolated(run, ["wg-quick", command, conf], ns.name),
+                    capture_output=True, text=True, timeout=60, env=env,
+                )  # fmt: skip
+                assert proc.returncode == 0, proc.stderr
+
+        try:
+            wg_quick("up")
+            transfer(a_ns.name, b_ns.name, OVER_B, 5502, 1 << 16, 1 << 16)
+            wg_quick("down")
+            assert wait_until(lambda: not daemon_pids(name))
+            for _, run, _ in confs:
+                assert not os.path.exists(os.path.join(run, f"{name}.sock"))
+        finally:
+            for pid in daemon_pids(name):
+                os.kill(pid, signal.SIGKILL)
