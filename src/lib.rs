@@ -1,6 +1,8 @@
 //! tunoffload: GSO and GRO for Linux TUN devices through `virtio_net_hdr`.
 //!
 //! - [`engine`]: the pure-Rust offload engine (checksums, virtio header, GSO, GRO).
+//! - [`wireguard`]: the WireGuard protocol without I/O (handshakes, timers, cryptokey
+//!   routing, a device's data and control paths).
 //! - `python` (feature `python`): the thin PyO3 layer that maps Python buffers, errors and
 //!   the GIL onto the engine, built by maturin as `tunoffload._native`.
 
@@ -29,6 +31,7 @@ pub(crate) use root_test;
 pub mod device;
 pub mod engine;
 pub mod udp;
+pub mod wireguard;
 
 #[cfg(feature = "python")]
 mod python;

@@ -120,6 +120,14 @@ kinds! {
     OverlappingBuffers = "overlapping_buffers",
     /// A size or offset argument below 0.
     NegativeArgument = "negative_argument",
+
+    // --- WireGuard (src/wireguard/) ---
+    /// An allowed IP that is no `address/prefix-length` (or a length beyond 32 / 128).
+    BadAllowedIp = "bad_allowed_ip",
+    /// A `protocol_version` other than 1.
+    BadProtocolVersion = "bad_protocol_version",
+    /// Fewer source addresses than datagrams in a batch to decrypt.
+    TooFewSources = "too_few_sources",
 }
 
 impl fmt::Display for ErrorKind {
