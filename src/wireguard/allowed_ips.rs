@@ -350,3 +350,225 @@ fn collect<V>(node: Option<&Node<V>>, v6: bool, owns: &impl Fn(&V) -> bool, out:
     collect(node.child[0].as_deref(), v6, owns, out);
     collect(node.child[1].as_deref(), v6, owns, out);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipnet_parse_mask_and_display() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("10.0.0.1/8", Some("10.0.0.0/8")),
+            ("192.168.1.77/32", Some("192.168.1.77/32")),
+            ("0.0.0.0/0", Some("0.0.0.0/0")),
+            ("1.2.3.4", Some("1.2.3.4/32")),
+            ("2001:db8::1/32", Some("2001:db8::/32")),
+            ("::/0", Some("::/0")),
+            ("fe80::1", Some("fe80::1/128")),
+            ("10.0.0.0/33", None),
+            ("::/129", None),
+            ("10.0.0.0/", None),
+            ("10.0.0.0/+8", None),
+            ("10.0.0.0/-1", None),
+            ("10.0.0/8", None),
+            ("", None),
+            ("/8", None),
+            ("10.0.0.0/0008", None),
+        ];
+        for &(input, want) in cases {
+            let got = input.parse::<IpNet>();
+            match want {
+                Some(w) => assert_eq!(got.unwrap().to_string(), w, "{input}"),
+                None => assert_eq!(got.unwrap_err().kind(), ErrorKind::BadAllowedIp, "{input}"),
+            }
+        }
+        assert!(net("10.1.0.0/16").contains(&ip("10.1.255.3")));
+        assert!(!net("10.1.0.0/16").contains(&ip("10.2.0.0")));
+        assert!(!net("0.0.0.0/0").contains(&ip("::1")));
+        assert!(net("::/0").contains(&ip("::ffff:1.2.3.4")));
+    }
+
+    #[test]
+    fn longest_prefix_wins_table() {
+        let mut t = AllowedIps::new();
+        for (n, v) in [
+            ("0.0.0.0/0", 0),
+            ("10.0.0.0/8", 1),
+            ("10.1.0.0/16", 2),
+            ("10.1.2.0/24", 3),
+            ("10.1.2.3/32", 4),
+            ("10.128.0.0/9", 5),
+            ("192.168.0.0/16", 6),
+            ("2001:db8::/32", 10),
+            ("2001:db8:1::/48", 11),
+            ("2001:db8:1::1/128", 12),
+            ("fe80::/10", 13),
+        ] {
+            t.insert(net(n), v);
+        }
+        let cases: &[(&str, Option<i32>)] = &[
+            ("10.1.2.3", Some(4)),
+            ("10.1.2.4", Some(3)),
+            ("10.1.3.0", Some(2)),
+            ("10.2.0.0", Some(1)),
+            ("10.127.255.255", Some(1)),
+            ("10.128.0.0", Some(5)),
+            ("10.255.0.1", Some(5)),
+            ("11.0.0.0", Some(0)),
+            ("192.168.9.9", Some(6)),
+            ("2001:db8:1::1", Some(12)),
+            ("2001:db8:1::2", Some(11)),
+            ("2001:db8:2::", Some(10)),
+            ("2001:db9::", None),
+            ("fe80::1", Some(13)),
+            ("febf::1", Some(13)),
+            ("fec0::1", None),
+            ("::ffff:10.1.2.3", None), // a mapped address is IPv6
+        ];
+        for &(a, want) in cases {
+            assert_eq!(t.lookup(&ip(a)).copied(), want, "{a}");
+        }
+        assert_eq!(t.lookup_v4([10, 1, 2, 3]), Some(&4));
+        let mut six = [0u8; 16];
+        six[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(t.lookup_v6(six), Some(&10));
+    }
+
+    #[test]
+    fn insert_moves_a_prefix_and_remove_needs_the_owner() {
+        let mut t = AllowedIps::new();
+        t.insert(net("10.0.0.0/24"), 'a');
+        t.insert(net("10.0.0.0/24"), 'b'); // moved to b
+        assert_eq!(t.lookup(&ip("10.0.0.9")), Some(&'b'));
+        assert!(
+            !t.remove(net("10.0.0.0/24"), |v| *v == 'a'),
+            "not a's any more"
+        );
+        assert!(!t.remove(net("10.0.0.0/25"), |_| true), "no such prefix");
+        assert!(t.remove(net("10.0.0.0/24"), |v| *v == 'b'));
+        assert_eq!(t.lookup(&ip("10.0.0.9")), None);
+        assert!(t.v4.is_none(), "compacted to nothing");
+    }
+
+    #[test]
+    fn remove_by_owner_and_entries() {
+        let mut t = AllowedIps::new();
+        for (n, v) in [
+            ("10.0.0.0/8", 'a'),
+            ("10.1.0.0/16", 'b'),
+            ("10.1.1.0/24", 'a'),
+            ("10.2.0.0/16", 'b'),
+            ("::/0", 'a'),
+            ("2001:db8::/32", 'b'),
+        ] {
+            t.insert(net(n), v);
+        }
+        let show = |t: &AllowedIps<char>, who| {
+            t.entries_by(|v| *v == who)
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(show(&t, 'a'), ["10.0.0.0/8", "10.1.1.0/24", "::/0"]);
+        assert_eq!(
+            show(&t, 'b'),
+            ["10.1.0.0/16", "10.2.0.0/16", "2001:db8::/32"]
+        );
+        t.remove_by(|v| *v == 'a');
+        assert_eq!(show(&t, 'a'), Vec::<String>::new());
+        assert_eq!(t.lookup(&ip("10.1.1.1")), Some(&'b'));
+        assert_eq!(t.lookup(&ip("10.3.0.0")), None);
+        assert_eq!(t.lookup(&ip("2001:db8::1")), Some(&'b'));
+        assert_eq!(t.lookup(&ip("2001:db9::1")), None);
+        t.remove_by(|_| true);
+        assert!(t.v4.is_none() && t.v6.is_none());
+    }
+
+    /// A naive model: the longest of all prefixes containing the address.
+    #[test]
+    fn random_against_a_linear_model() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..40 {
+            let v6 = round % 2 == 1;
+            let mut t = AllowedIps::new();
+            let mut model: Vec<(IpNet, u32)> = Vec::new();
+            // Addresses from a small space so that prefixes overlap a lot.
+            let mut addr = |r: u64| -> IpAddr {
+                let x = (r & 0xff) as u8;
+                let y = ((r >> 8) & 0x3) as u8;
+                if v6 {
+                    IpAddr::V6(Ipv6Addr::new(
+                        0x2001,
+                        0xdb8,
+                        0,
+                        0,
+                        0,
+                        0,
+                        u16::from(y),
+                        u16::from(x),
+                    ))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(10, 0, y, x))
+                }
+            };
+            let max = if v6 { 128 } else { 32 };
+            for step in 0..300 {
+                let r = rnd();
+                let len = (max - (r >> 40) % 12) as u8;
+                let n = IpNet::new(addr(r >> 16), len).unwrap();
+                let owner = (r >> 60) as u32 % 4;
+                match r % 5 {
+                    0 => {
+                        let removed = t.remove(n, |v| *v == owner);
+                        let before = model.len();
+                        model.retain(|(m, o)| !(*m == n && *o == owner));
+                        assert_eq!(removed, model.len() < before, "round {round} step {step}");
+                    }
+                    1 if step % 50 == 0 => {
+                        t.remove_by(|v| *v == owner);
+                        model.retain(|(_, o)| *o != owner);
+                    }
+                    _ => {
+                        t.insert(n, owner);
+                        model.retain(|(m, _)| *m != n);
+                        model.push((n, owner));
+                    }
+                }
+                for _ in 0..8 {
+                    let a = addr(rnd());
+                    let want = model
+                        .iter()
+                        .filter(|(m, _)| m.contains(&a))
+                        .max_by_key(|(m, _)| m.len())
+                        .map(|(_, o)| *o);
+                    assert_eq!(t.lookup(&a).copied(), want, "round {round} step {step} {a}");
+                }
+            }
+            for owner in 0..4 {
+                let mut want: Vec<IpNet> = model
+                    .iter()
+                    .filter(|(_, o)| *o == owner)
+                    .map(|(m, _)| *m)
+                    .collect();
+                let mut got = t.entries_by(|v| *v == owner);
+                want.sort();
+                got.sort();
+                assert_eq!(got, want);
+            }
+        }
+    }
+}

@@ -95,7 +95,12 @@
 //! [`SystemClock`].
 
 pub mod allowed_ips;
+mod cookie;
+mod crypto;
 mod device;
+pub mod messages;
+mod noise;
+pub mod tai64n;
 mod timers;
 
 pub use allowed_ips::{AllowedIps, IpNet};
