@@ -1,6 +1,8 @@
 //! tunoffload: GSO and GRO for Linux TUN devices through `virtio_net_hdr`.
 //!
 //! - [`engine`]: the pure-Rust offload engine (checksums, virtio header, GSO, GRO).
+//! - [`aead`]: WireGuard's transport-data messages sealed and opened in batches, in place.
+//! - [`device`], [`udp`]: TUN devices and batched UDP sockets.
 //! - [`wireguard`]: the WireGuard protocol without I/O (handshakes, timers, cryptokey
 //!   routing, a device's data and control paths).
 //! - `python` (feature `python`): the thin PyO3 layer that maps Python buffers, errors and
@@ -28,6 +30,7 @@ macro_rules! root_test {
 #[cfg(test)]
 pub(crate) use root_test;
 
+pub mod aead;
 pub mod device;
 pub mod engine;
 pub mod udp;

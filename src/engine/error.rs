@@ -94,7 +94,8 @@ kinds! {
     TooManySegments = "too_many_segments",
 
     // --- The output of a split ---
-    /// Fewer `out_bufs` than the packet has segments.
+    /// Fewer `out_bufs` than the packet has segments (or, for a batch call, fewer `bufs`
+    /// than `sizes`).
     TooFewOutBufs = "too_few_out_bufs",
     /// `sizes` has fewer entries than the packet has segments.
     SizesTooShort = "sizes_too_short",
@@ -106,7 +107,8 @@ kinds! {
     SizesChanged = "sizes_changed",
 
     // --- GRO's buffers ---
-    /// `offset` leaves no room for the 10-byte virtio header.
+    /// `offset` leaves no room for the header in front of the packet (the 10-byte virtio
+    /// header; the 16-byte header of a sealed message).
     OffsetTooSmall = "offset_too_small",
     /// More buffers than a GRO table can index.
     TooManyBuffers = "too_many_buffers",
@@ -120,6 +122,18 @@ kinds! {
     OverlappingBuffers = "overlapping_buffers",
     /// A size or offset argument below 0.
     NegativeArgument = "negative_argument",
+
+    // --- The AEAD (src/aead/) ---
+    /// A key that is not 32 bytes long.
+    BadKeyLength = "bad_key_length",
+    /// A batch that would use a counter at or above `REJECT_AFTER_MESSAGES`: the send key
+    /// is spent (a new handshake is due); nothing was sealed.
+    KeyExhausted = "key_exhausted",
+    /// `offset + sizes[index]` runs past the end of `bufs[index]`.
+    PacketBeyondBuffer = "packet_beyond_buffer",
+    /// A packet longer than the call can take (a plaintext beyond ChaCha20-Poly1305's
+    /// 256 GiB).
+    PacketTooLarge = "packet_too_large",
 
     // --- WireGuard (src/wireguard/) ---
     /// An allowed IP that is no `address/prefix-length` (or a length beyond 32 / 128).
