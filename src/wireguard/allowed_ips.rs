@@ -507,7 +507,7 @@ mod tests {
             let mut t = AllowedIps::new();
             let mut model: Vec<(IpNet, u32)> = Vec::new();
             // Addresses from a small space so that prefixes overlap a lot.
-            let mut addr = |r: u64| -> IpAddr {
+            let addr = |r: u64| -> IpAddr {
                 let x = (r & 0xff) as u8;
                 let y = ((r >> 8) & 0x3) as u8;
                 if v6 {

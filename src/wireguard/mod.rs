@@ -98,10 +98,18 @@ pub mod allowed_ips;
 mod cookie;
 mod crypto;
 mod device;
+mod index_table;
+mod keypair;
 pub mod messages;
 mod noise;
+mod peer;
+mod receive;
+mod send;
 pub mod tai64n;
 mod timers;
+
+#[cfg(test)]
+mod tests;
 
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use device::{
