@@ -1,9 +1,9 @@
 //! Tests of the whole: two [`Device`]s in memory (`device.rs`), the timers on a fake
-//! clock (`timers.rs`), against boringtun (`boringtun.rs`), arbitrary input
+//! clock (`timers.rs`), against boringtun (`against_boringtun.rs`), arbitrary input
 //! (`garbage.rs`). Nothing here touches a network: datagrams are byte vectors handed
 //! from one device to the other, and addresses are labels.
 
-mod boringtun;
+mod against_boringtun;
 mod device;
 mod garbage;
 mod timers;
