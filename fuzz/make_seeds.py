@@ -41,6 +41,49 @@ def gro_seed(pkts: list[bytes], offset: int = 10, can_udp_gro: bool = True) -> b
     return bytes(out)
 
 
+def aead_seeds() -> dict[str, bytes]:
+    """Records for `aead_open` (see `open` in fuzz/src/aead.rs): sealed messages (tag 0
+    + flags, counter, length, plaintext), raw ones (tag 1), replays (tag 2) and
+    mutations (tag 3)."""
+
+    def sealed(counter: int, body: bytes, flags: int = 0, extra: bytes = b"") -> bytes:
+        rec = bytes([flags & ~3]) + struct.pack("<HH", counter, len(body)) + body
+        if flags >> 4 & 3 == 2:
+            rec += bytes([len(extra)]) + extra
+        return rec
+
+    ip4, ip6, pad16, pad_more, lie = 0x04, 0x0C, 0x10, 0x20, 0x34
+    other_index, other_key = 0x40, 0x80
+    body = bytes(range(256)) * 6
+    mixed = b"".join(
+        [
+            sealed(0, body[:60], ip4 | pad16),
+            sealed(1, body[:1420], ip4),
+            sealed(2, b""),  # a keepalive
+            sealed(3, body[:80], ip6 | pad16),
+            sealed(4, body[:30], ip4 | pad_more, b"\x00" * 5),
+            sealed(5, body[:10]),  # not an IP packet
+            sealed(6, body[:40], lie),  # IPv4 length one too many
+            sealed(7, body[:40], ip4 | other_index),
+            sealed(8, body[:40], ip4 | other_key),
+            bytes([1, 20]) + b"\x01\x00\x00\x00" + body[:16],  # a handshake-like message
+            bytes([2, 0]),  # replay of message 0
+            bytes([3, 1, 0]) + struct.pack("<H", 200),  # a bit flipped in message 1
+            bytes([3, 3, 1]) + struct.pack("<H", 31),  # message 3 cut to 31 bytes
+        ]
+    )
+    window = b"".join(
+        sealed(c, body[:20], ip4) for c in (9000, 0, 872, 871, 9000, 8999, 20000)
+    )
+    near = b"".join(sealed(c, body[:20], ip4) for c in (59998, 59999, 60000, 60001, 65535))
+    return {
+        "mixed": bytes([0x80 | 16]) + mixed,
+        "mixed-two-calls": bytes([0x40 | 3]) + mixed,
+        "window": bytes([0x80]) + window,
+        "near-limit": bytes([0x80 | 0x20]) + near,
+    }
+
+
 def main() -> None:
     rng = random.Random(6)
     pl = bytes(range(256)) * 12
@@ -98,6 +141,7 @@ def main() -> None:
     for name, (_, hdr) in list(gso.items())[:3]:
         seeds["virtio_decode"][name] = P.hdr_bytes(hdr) + b"\x00\x01"
     seeds["virtio_decode"]["short"] = b"\x01\x02\x03"
+    seeds["aead_open"] = aead_seeds()
 
     for target, files in seeds.items():
         d = HERE / "seeds" / target

@@ -14,6 +14,8 @@
 //!   spare room after the packet (as the Python layer's `send_multiple(sizes=...)` has).
 //! - [`decode`]: `VirtioNetHdr::decode` / `encode` / `to_bytes`.
 
+pub mod aead;
+
 use tunoffload::engine::gso::{plan, write_segments};
 use tunoffload::engine::{
     gso_split, handle_gro, ErrorKind, ExpandBuffer, GroTable, VirtioNetHdr, UDP_MAX_SEGMENTS,

@@ -44,3 +44,8 @@ fn handle_gro_fixed() {
 fn virtio_decode() {
     replay("virtio_decode", tunoffload_fuzz::decode);
 }
+
+#[test]
+fn aead_open() {
+    replay("aead_open", tunoffload_fuzz::aead::open);
+}
