@@ -84,8 +84,9 @@ mod tests {
     #[test]
     fn ordering_follows_time_to_the_whitened_step() {
         // (earlier, later, strictly after?)
+        type Time = (u64, u32);
         let step = 1u32 << 24; // 16.777216 ms
-        let cases: &[((u64, u32), (u64, u32), bool)] = &[
+        let cases: &[(Time, Time, bool)] = &[
             ((100, 0), (101, 0), true),
             ((100, 999_999_999), (101, 0), true),
             ((100, 0), (100, step), true),

@@ -173,7 +173,7 @@ fn we_initiate() {
     let t0 = start();
     let (us, mut b) = ours(t0, None, Timing::default());
     let p = ipv4(us.ip, b.ip, b"hello boringtun");
-    assert_eq!(us.send(&[p.clone()], t0).0, Encrypted::Staged);
+    assert_eq!(us.send(std::slice::from_ref(&p), t0).0, Encrypted::Staged);
     let init: Vec<Vec<u8>> = us.dev.tick(t0).into_iter().map(|(d, _)| d).collect();
     assert_eq!(init.len(), 1);
     let (got_us, got_bt) = pump(&us, &mut b, init, Vec::new(), t0);
@@ -231,7 +231,7 @@ fn boringtun_under_load_sends_us_a_cookie() {
         )
         .unwrap();
     let p = ipv4(us.ip, b.ip, b"after the cookie");
-    us.send(&[p.clone()], t0);
+    us.send(std::slice::from_ref(&p), t0);
     let init = us.dev.tick(t0)[0].0.clone();
     let (cookie, _) = bt_receive(&mut b, &us, &init);
     assert_eq!(cookie.len(), 1);

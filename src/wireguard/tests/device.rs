@@ -110,13 +110,13 @@ fn ipv6_and_preshared_key() {
         )
         .unwrap();
     let p = ipv6(a6, b6, b"six");
-    a.send(&[p.clone()], t0);
+    a.send(std::slice::from_ref(&p), t0);
     let (_, got_b) = exchange(&a, &b, a.dev.tick(t0), t0);
     assert_eq!(got_b, vec![p]);
     // b learnt a's endpoint from the initiation (it had none).
     assert_eq!(b.dev.peers()[0].endpoint, Some(a.endpoint));
     let q = ipv6(b6, a6, b"back");
-    let (_, msgs) = b.send(&[q.clone()], t0);
+    let (_, msgs) = b.send(std::slice::from_ref(&q), t0);
     assert_eq!(a.receive(&msgs, b.endpoint, t0).0, vec![q]);
 }
 
@@ -143,7 +143,7 @@ fn transport_drops_are_counted_by_reason() {
     let (a, b) = pair(Timing::default(), t0);
     connect(&a, &b, t0);
     let p = ipv4(a.ip, b.ip, b"payload");
-    let (_, msgs) = a.send(&[p.clone()], t0);
+    let (_, msgs) = a.send(std::slice::from_ref(&p), t0);
     let good = msgs[0].clone();
     let mut forged = good.clone();
     forged[20] ^= 1;
@@ -192,8 +192,8 @@ fn a_batch_mixes_data_and_handshakes_with_sources_permuted_alike() {
     c.send(&[ipv4(c.ip, b.ip, b"c")], t0);
     let init_c = c.dev.tick(t0)[0].0.clone();
     let p = ipv4(a.ip, b.ip, b"from a");
-    let (_, m1) = a.send(&[p.clone()], t0);
-    let (_, m2) = a.send(&[p.clone()], t0);
+    let (_, m1) = a.send(std::slice::from_ref(&p), t0);
+    let (_, m2) = a.send(std::slice::from_ref(&p), t0);
     let mut bufs = vec![
         vec![0u8; 7],
         init_c.clone(),
@@ -236,7 +236,7 @@ fn roaming_follows_authenticated_data_only() {
     let (a, b) = pair(Timing::default(), t0);
     connect(&a, &b, t0);
     let p = ipv4(a.ip, b.ip, b"moved");
-    let (_, msgs) = a.send(&[p.clone()], t0);
+    let (_, msgs) = a.send(std::slice::from_ref(&p), t0);
     let new_src = addr("203.0.113.9:4000");
     // A forged message from elsewhere does not move the endpoint.
     let mut forged = msgs[0].clone();
@@ -286,7 +286,7 @@ fn several_peers_are_routed_by_longest_prefix() {
     // To y's /32 goes to y, the rest of the /16 to x.
     for (dst, side) in [([10, 9, 1, 2], &y), ([10, 9, 1, 1], &x)] {
         let p = ipv4(hub.ip, dst, b"routed");
-        let (r, _) = hub.send(&[p.clone()], t0);
+        let (r, _) = hub.send(std::slice::from_ref(&p), t0);
         assert_eq!(r, Encrypted::Staged);
         let out = hub.dev.tick(t0);
         assert!(out.iter().all(|(_, to)| *to == side.endpoint), "{dst:?}");
@@ -294,7 +294,7 @@ fn several_peers_are_routed_by_longest_prefix() {
         assert_eq!(got, vec![p]);
     }
     let p = ipv4(hub.ip, [10, 9, 200, 7], b"x's /16");
-    let (r, m) = hub.send(&[p.clone()], t0);
+    let (r, m) = hub.send(std::slice::from_ref(&p), t0);
     assert!(matches!(r, Encrypted::Send { endpoint, .. } if endpoint == x.endpoint));
     assert_eq!(x.receive(&m, hub.endpoint, t0).0, vec![p]);
     // y sending with x's address as source is filtered at the hub.
@@ -316,7 +316,12 @@ fn initiation_replay_is_refused_at_the_device() {
     let (a, b) = pair(Timing::default(), t0);
     a.send(&[ipv4(a.ip, b.ip, b"x")], t0);
     let init = a.dev.tick(t0)[0].0.clone();
-    assert_eq!(b.receive(&[init.clone()], a.endpoint, t0).1.len(), 1);
+    assert_eq!(
+        b.receive(std::slice::from_ref(&init), a.endpoint, t0)
+            .1
+            .len(),
+        1
+    );
     // The same bytes later (an attacker replaying it): no response.
     assert!(b.receive(&[init], a.endpoint, t0 + S).1.is_empty());
     assert_eq!(b.dev.stats().hs_replayed, 1);
@@ -441,7 +446,7 @@ fn rekey_after_messages_and_old_session_still_accepted() {
     let (got, _) = b.receive(&old_msgs, a.endpoint, t1);
     assert_eq!(got.len(), 2);
     // New data uses the new session, and b confirms it with data from a.
-    let (_, m) = a.send(&[p.clone()], t1);
+    let (_, m) = a.send(std::slice::from_ref(&p), t1);
     assert_eq!(b.receive(&m, a.endpoint, t1).0, vec![p]);
 }
 
@@ -638,10 +643,16 @@ fn changing_the_private_key_expires_sessions() {
     let (a, b) = pair(Timing::default(), t0);
     connect(&a, &b, t0);
     let p = ipv4(a.ip, b.ip, b"x");
-    assert!(matches!(a.send(&[p.clone()], t0).0, Encrypted::Send { .. }));
+    assert!(matches!(
+        a.send(std::slice::from_ref(&p), t0).0,
+        Encrypted::Send { .. }
+    ));
     // The same key again changes nothing.
     a.dev.set_private_key(&keys(1).0, t0);
-    assert!(matches!(a.send(&[p.clone()], t0).0, Encrypted::Send { .. }));
+    assert!(matches!(
+        a.send(std::slice::from_ref(&p), t0).0,
+        Encrypted::Send { .. }
+    ));
     a.dev.set_private_key(&keys(9).0, t0);
     assert_eq!(a.send(&[p], t0).0, Encrypted::Staged);
     // The new initiation goes out at once (no REKEY_TIMEOUT wait), and b does not know

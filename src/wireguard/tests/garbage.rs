@@ -59,14 +59,14 @@ fn random_input_never_panics_nor_passes() {
     // Real messages to mutate: an initiation, a response, a cookie reply, transport data.
     a.send(&[ipv4(a.ip, b.ip, b"seed")], t0);
     let init = a.dev.tick(t0)[0].0.clone();
-    let (_, resp) = b.receive(&[init.clone()], a.endpoint, t0);
+    let (_, resp) = b.receive(std::slice::from_ref(&init), a.endpoint, t0);
     let resp = resp[0].0.clone();
     b.dev.set_force_under_load(true);
     let cookie = b.dev.handle_control(&init, addr("192.0.2.99:9"), t0)[0]
         .0
         .clone();
     b.dev.set_force_under_load(false);
-    let (_, _) = a.receive(&[resp.clone()], b.endpoint, t0);
+    let (_, _) = a.receive(std::slice::from_ref(&resp), b.endpoint, t0);
     let (_, data) = a.send(&[ipv4(a.ip, b.ip, &[1; 300])], t0);
     let real = vec![init, resp, cookie, data[0].clone()];
 
@@ -118,7 +118,7 @@ fn random_input_never_panics_nor_passes() {
     // The tunnel still works.
     let later = t0 + Duration::from_secs(1);
     let p = ipv4(a.ip, b.ip, b"still up");
-    let (r, m) = a.send(&[p.clone()], later);
+    let (r, m) = a.send(std::slice::from_ref(&p), later);
     assert!(matches!(r, Encrypted::Send { .. }));
     assert_eq!(b.receive(&m, a.endpoint, later).0, vec![p]);
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::messages::{control_type, MESSAGE_TRANSPORT};
+use super::messages::control_type;
 use super::*;
 use crate::aead::HEADER_LEN;
 
@@ -194,11 +194,6 @@ pub(crate) fn exchange(
     (got_a, got_b)
 }
 
-/// Whether a datagram is a transport message.
-pub(crate) fn is_transport(d: &[u8]) -> bool {
-    d.first() == Some(&(MESSAGE_TRANSPORT as u8))
-}
-
 /// Two sides that know each other (both endpoints set), timing as given.
 pub(crate) fn pair(timing: Timing, t0: Instant) -> (Side, Side) {
     let a = Side::new(1, "192.0.2.1:51820", [10, 9, 0, 1], timing.clone(), t0);
@@ -212,7 +207,7 @@ pub(crate) fn pair(timing: Timing, t0: Instant) -> (Side, Side) {
 /// went through.
 pub(crate) fn connect(a: &Side, b: &Side, now: Instant) {
     let p = ipv4(a.ip, b.ip, b"hello");
-    let (r, _) = a.send(&[p.clone()], now);
+    let (r, _) = a.send(std::slice::from_ref(&p), now);
     assert_eq!(r, Encrypted::Staged);
     let out = a.dev.tick(now);
     assert_eq!(out.len(), 1, "one initiation");

@@ -244,7 +244,7 @@ fn short_timings_force_a_rekey_in_seconds() {
     for round in 0..5 {
         t += secs(6);
         let p = ipv4(a.ip, b.ip, &[round; 10]);
-        let (r, m) = a.send(&[p.clone()], t);
+        let (r, m) = a.send(std::slice::from_ref(&p), t);
         assert!(
             matches!(r, Encrypted::Send { wake: true, .. }),
             "round {round}"
