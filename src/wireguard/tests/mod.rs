@@ -6,6 +6,7 @@
 mod against_boringtun;
 mod device;
 mod garbage;
+mod threads;
 mod timers;
 
 use std::net::{IpAddr, SocketAddr};
