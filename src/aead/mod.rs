@@ -103,6 +103,9 @@ pub use open::{open_batch, parse_header, Header, OpenStats, Opened, Opener, Outc
 pub use replay::ReplayWindow;
 pub use seal::Sealer;
 
+use crate::engine::error::{bail, Result};
+use crate::engine::ExpandBuffer;
+
 /// The transport-data header: type, 3 reserved bytes, receiver index, counter.
 pub const HEADER_LEN: usize = 16;
 /// The Poly1305 tag after the ciphertext.
@@ -123,6 +126,46 @@ pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 /// the highest one seen are accepted (one 64-bit word is the ring's slack), exactly as
 /// wireguard-go and Linux.
 pub const WINDOW: usize = 8192;
+
+/// Checks a batch's shape before anything is changed: `offset >= min_offset`
+/// (`offset_too_small`, for the header in front of a packet to seal), no more `sizes`
+/// than `bufs` (`too_few_out_bufs`), and every entry `bufs[i][offset..offset + sizes[i]]`
+/// inside its buffer (`packet_beyond_buffer`, with its index; `what` names the entries in
+/// the message: "packet", "message"). The one check of [`Sealer::seal`], [`open_batch`]
+/// and the WireGuard device's batches.
+pub fn check_batch<B: ExpandBuffer>(
+    bufs: &[B],
+    offset: usize,
+    sizes: &[usize],
+    min_offset: usize,
+    what: &str,
+) -> Result<()> {
+    if offset < min_offset {
+        bail!(
+            OffsetTooSmall,
+            "offset {offset} leaves no room for the {min_offset}-byte header in front of the \
+             {what}"
+        );
+    }
+    if sizes.len() > bufs.len() {
+        bail!(
+            TooFewOutBufs,
+            "sizes has {} entries but there are only {} bufs",
+            sizes.len(),
+            bufs.len()
+        );
+    }
+    for (i, (b, &size)) in bufs.iter().zip(sizes).enumerate() {
+        let len = b.bytes().len();
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            bail!(
+                PacketBeyondBuffer @ i,
+                "bufs[{i}] holds {len} bytes: no {size}-byte {what} after offset {offset}"
+            );
+        }
+    }
+    Ok(())
+}
 
 /// The padded length of a `size`-byte packet: rounded up to a multiple of 16, but never
 /// past `mtu` (as wireguard-go's `calculatePaddingSize` and Linux's

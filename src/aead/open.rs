@@ -8,8 +8,10 @@ use ring::aead::Aad;
 
 use super::key::RingKey;
 use super::seal::nonce;
-use super::{ip_packet_len, Key, ReplayWindow, HEADER_LEN, MESSAGE_TRANSPORT, OVERHEAD};
-use crate::engine::error::{bail, Result};
+use super::{
+    check_batch, ip_packet_len, Key, ReplayWindow, HEADER_LEN, MESSAGE_TRANSPORT, OVERHEAD,
+};
+use crate::engine::error::Result;
 use crate::engine::ExpandBuffer;
 
 /// Declares [`OpenStats`] (plain numbers) and `Counters` (the same fields, atomic), with
@@ -227,23 +229,7 @@ fn open_in<B: ExpandBuffer, S: Sessions>(
     offset: usize,
     sizes: &mut [usize],
 ) -> Result<(Opened, OpenStats)> {
-    if sizes.len() > bufs.len() {
-        bail!(
-            TooFewOutBufs,
-            "sizes has {} entries but there are only {} bufs",
-            sizes.len(),
-            bufs.len()
-        );
-    }
-    for (i, (b, &size)) in bufs.iter().zip(sizes.iter()).enumerate() {
-        let len = b.bytes().len();
-        if offset.checked_add(size).is_none_or(|end| end > len) {
-            bail!(
-                PacketBeyondBuffer @ i,
-                "bufs[{i}] holds {len} bytes: no {size}-byte message after offset {offset}"
-            );
-        }
-    }
+    check_batch(bufs, offset, sizes, 0, "message")?;
     // The counts of messages without a session, of the current run of messages with one
     // opener (added to it when the run ends), and of the whole call.
     let (mut loose, mut total) = (OpenStats::default(), OpenStats::default());

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ring::aead::{Aad, Nonce};
 
 use super::key::RingKey;
-use super::{padded_len, Key, HEADER_LEN, MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, TAG_LEN};
+use super::{
+    check_batch, padded_len, Key, HEADER_LEN, MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, TAG_LEN,
+};
 use crate::engine::error::{bail, Error, ErrorKind, Result};
 use crate::engine::ExpandBuffer;
 
@@ -73,29 +75,9 @@ impl Sealer {
         sizes: &mut [usize],
         pad_mtu: Option<usize>,
     ) -> Result<usize> {
-        if offset < HEADER_LEN {
-            bail!(
-                OffsetTooSmall,
-                "offset {offset} leaves no room for the {HEADER_LEN}-byte header in front of \
-                 the packet"
-            );
-        }
-        if sizes.len() > bufs.len() {
-            bail!(
-                TooFewOutBufs,
-                "sizes has {} entries but there are only {} bufs",
-                sizes.len(),
-                bufs.len()
-            );
-        }
+        check_batch(bufs, offset, sizes, HEADER_LEN, "packet")?;
         for (i, (b, &size)) in bufs.iter().zip(sizes.iter()).enumerate() {
             let len = b.bytes().len();
-            if offset.checked_add(size).is_none_or(|end| end > len) {
-                bail!(
-                    PacketBeyondBuffer @ i,
-                    "bufs[{i}] holds {len} bytes: no {size}-byte packet after offset {offset}"
-                );
-            }
             let padded = padded_len(size, pad_mtu);
             if padded as u64 > MAX_PLAINTEXT {
                 bail!(

@@ -100,32 +100,69 @@ pub(crate) fn kdf3(key: &[u8; 32], input: &[u8]) -> (Secret, Secret, Secret) {
     (t1, t2, t3)
 }
 
-/// `AEAD(key, 0, plaintext, aad)` into `out` (`plaintext.len() + 16` bytes).
-pub(crate) fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8], out: &mut [u8]) {
+/// Seals `plaintext` into `out` (`plaintext.len() + 16` bytes) with `cipher`.
+fn seal_with<C: AeadInPlace>(
+    cipher: &C,
+    nonce: &[u8],
+    plaintext: &[u8],
+    aad: &[u8],
+    out: &mut [u8],
+) {
     let (ct, tag) = out.split_at_mut(plaintext.len());
     ct.copy_from_slice(plaintext);
-    let cipher = ChaCha20Poly1305::new(key.into());
     let t = cipher
-        .encrypt_in_place_detached(&[0u8; 12].into(), aad, ct)
-        .expect("a handshake field is far below ChaCha20's length limit");
+        .encrypt_in_place_detached(nonce.into(), aad, ct)
+        .expect("a handshake field or cookie is far below the cipher's length limit");
     tag.copy_from_slice(&t);
 }
 
-/// Opens `AEAD(key, 0, ., aad)` of `sealed` (ciphertext and tag) into `out`
-/// (`sealed.len() - 16` bytes); false (and `out` zeroed) if it does not authenticate.
-pub(crate) fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8], out: &mut [u8]) -> bool {
-    let Some(n) = sealed.len().checked_sub(TAG_LEN) else {
+/// Opens `sealed` (ciphertext and tag) into `out` (`sealed.len() - 16` bytes) with
+/// `cipher`; false (and `out` zeroed) if it does not authenticate.
+fn open_with<C: AeadInPlace>(
+    cipher: &C,
+    nonce: &[u8],
+    sealed: &[u8],
+    aad: &[u8],
+    out: &mut [u8],
+) -> bool {
+    let Some(n) = sealed
+        .len()
+        .checked_sub(TAG_LEN)
+        .filter(|&n| n == out.len())
+    else {
         return false;
     };
     out.copy_from_slice(&sealed[..n]);
-    let cipher = ChaCha20Poly1305::new(key.into());
     let ok = cipher
-        .decrypt_in_place_detached(&[0u8; 12].into(), aad, out, sealed[n..].into())
+        .decrypt_in_place_detached(nonce.into(), aad, out, sealed[n..].into())
         .is_ok();
     if !ok {
         out.zeroize();
     }
     ok
+}
+
+/// `AEAD(key, 0, plaintext, aad)` into `out` (`plaintext.len() + 16` bytes).
+pub(crate) fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8], out: &mut [u8]) {
+    seal_with(
+        &ChaCha20Poly1305::new(key.into()),
+        &[0; 12],
+        plaintext,
+        aad,
+        out,
+    );
+}
+
+/// Opens `AEAD(key, 0, ., aad)` of `sealed` (ciphertext and tag) into `out`
+/// (`sealed.len() - 16` bytes); false (and `out` zeroed) if it does not authenticate.
+pub(crate) fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8], out: &mut [u8]) -> bool {
+    open_with(
+        &ChaCha20Poly1305::new(key.into()),
+        &[0; 12],
+        sealed,
+        aad,
+        out,
+    )
 }
 
 /// `XAEAD(key, nonce, plaintext, aad)` into `out` (`plaintext.len() + 16` bytes).
@@ -136,13 +173,13 @@ pub(crate) fn xseal(
     aad: &[u8],
     out: &mut [u8],
 ) {
-    let (ct, tag) = out.split_at_mut(plaintext.len());
-    ct.copy_from_slice(plaintext);
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let t = cipher
-        .encrypt_in_place_detached(nonce.into(), aad, ct)
-        .expect("a cookie is far below XChaCha20's length limit");
-    tag.copy_from_slice(&t);
+    seal_with(
+        &XChaCha20Poly1305::new(key.into()),
+        nonce,
+        plaintext,
+        aad,
+        out,
+    );
 }
 
 /// Opens `XAEAD(key, nonce, ., aad)` of `sealed` into `out`; false if it does not
@@ -154,18 +191,7 @@ pub(crate) fn xopen(
     aad: &[u8],
     out: &mut [u8],
 ) -> bool {
-    let Some(n) = sealed.len().checked_sub(TAG_LEN) else {
-        return false;
-    };
-    out.copy_from_slice(&sealed[..n]);
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let ok = cipher
-        .decrypt_in_place_detached(nonce.into(), aad, out, sealed[n..].into())
-        .is_ok();
-    if !ok {
-        out.zeroize();
-    }
-    ok
+    open_with(&XChaCha20Poly1305::new(key.into()), nonce, sealed, aad, out)
 }
 
 /// `DH(secret, public)`; `None` if the result is all zeros (a low-order point), as

@@ -206,108 +206,93 @@ impl Device {
                 sources.len()
             );
         }
-        SCRATCH.with(|s| {
-            let (ctrl, sizes0) = &mut *s.borrow_mut();
-            self.decrypt_in(bufs, offset, sizes, sources, now, ctrl, sizes0)
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decrypt_in<B: ExpandBuffer>(
-        &self,
-        bufs: &mut [B],
-        offset: usize,
-        sizes: &mut [usize],
-        sources: &mut [Option<SocketAddr>],
-        now: Instant,
-        ctrl: &mut Vec<Option<SocketAddr>>,
-        sizes0: &mut Vec<usize>,
-    ) -> Result<Decrypted> {
-        let n = sizes.len();
-        // The handshake messages' sources in arrival order, and the sizes as passed in.
-        ctrl.clear();
-        sizes0.clear();
-        sizes0.extend_from_slice(sizes);
-        for i in 0..n.min(bufs.len()) {
-            let msg = bufs[i]
-                .bytes()
-                .get(offset..)
-                .and_then(|b| b.get(..sizes[i]));
-            if msg.and_then(control_type).is_some() {
-                ctrl.push(sources[i]);
+        SCRATCH.with(|scratch| {
+            let (ctrl, sizes0) = &mut *scratch.borrow_mut();
+            // The handshake messages' sources in arrival order, and the sizes as passed in.
+            ctrl.clear();
+            sizes0.clear();
+            sizes0.extend_from_slice(sizes);
+            for i in 0..n.min(bufs.len()) {
+                let msg = bufs[i]
+                    .bytes()
+                    .get(offset..)
+                    .and_then(|b| b.get(..sizes[i]));
+                if msg.and_then(control_type).is_some() {
+                    ctrl.push(sources[i]);
+                }
             }
-        }
-        let t = self.nanos(now);
-        let (opened, rx) = {
-            let peers = read(&self.peers);
-            let index = read(&self.index);
-            let mut rx = Rx {
-                dev: self,
-                now,
-                t,
-                index: &index,
-                allowed: &peers.allowed,
-                sources,
-                sizes: sizes0,
-                run: None,
-                unknown: 0,
-                expired: 0,
-                checked: None,
-                to_remove: Vec::new(),
-                wake: false,
-            };
-            let opened = open_batch(&mut rx, bufs, offset, sizes)?;
-            rx.end_run();
-            (
-                opened,
+            let t = self.nanos(now);
+            let (opened, rx) = {
+                let peers = read(&self.peers);
+                let index = read(&self.index);
+                let mut rx = Rx {
+                    dev: self,
+                    now,
+                    t,
+                    index: &index,
+                    allowed: &peers.allowed,
+                    sources,
+                    sizes: sizes0,
+                    run: None,
+                    unknown: 0,
+                    expired: 0,
+                    checked: None,
+                    to_remove: Vec::new(),
+                    wake: false,
+                };
+                let opened = open_batch(&mut rx, bufs, offset, sizes)?;
+                rx.end_run();
                 (
-                    rx.unknown,
-                    rx.expired,
-                    std::mem::take(&mut rx.to_remove),
-                    rx.wake,
-                ),
-            )
-        };
-        let (unknown, expired, to_remove, wake) = rx;
-        if !to_remove.is_empty() {
-            let mut index = super::peer::write(&self.index);
-            for kp in &to_remove {
-                index.remove(kp.local_index);
+                    opened,
+                    (
+                        rx.unknown,
+                        rx.expired,
+                        std::mem::take(&mut rx.to_remove),
+                        rx.wake,
+                    ),
+                )
+            };
+            let (unknown, expired, to_remove, wake) = rx;
+            if !to_remove.is_empty() {
+                let mut index = super::peer::write(&self.index);
+                for kp in &to_remove {
+                    index.remove(kp.local_index);
+                }
             }
-        }
-        // Keep the handshake messages among the others, in order; drop the rest.
-        let (p, o) = (opened.packets, opened.other);
-        let mut c = 0;
-        let mut junk = 0;
-        for j in p..p + o {
-            let msg = &bufs[j].bytes()[offset..offset + sizes[j]];
-            if control_type(msg).is_some() && c < ctrl.len() {
-                bufs.swap(p + c, j);
-                sizes.swap(p + c, j);
-                sources[p + c] = ctrl[c];
-                c += 1;
-            } else if !matches!(parse_header(msg), Header::Transport { .. }) {
-                // Transport data for no session was counted by the lookup.
-                junk += 1;
+            // Keep the handshake messages among the others, in order; drop the rest.
+            let (p, o) = (opened.packets, opened.other);
+            let mut c = 0;
+            let mut junk = 0;
+            for j in p..p + o {
+                let msg = &bufs[j].bytes()[offset..offset + sizes[j]];
+                if control_type(msg).is_some() && c < ctrl.len() {
+                    bufs.swap(p + c, j);
+                    sizes.swap(p + c, j);
+                    sources[p + c] = ctrl[c];
+                    c += 1;
+                } else if !matches!(parse_header(msg), Header::Transport { .. }) {
+                    // Transport data for no session was counted by the lookup.
+                    junk += 1;
+                }
             }
-        }
-        for s in &mut sizes[p + c..] {
-            *s = 0;
-        }
-        let st = &opened.stats;
-        self.count(|c| &c.rx_packets, st.packets);
-        self.count(|c| &c.rx_keepalives, st.keepalives);
-        self.count(|c| &c.rx_forged, st.dropped_forged);
-        self.count(|c| &c.rx_replayed, st.dropped_replayed);
-        self.count(|c| &c.rx_malformed, st.dropped_malformed);
-        self.count(|c| &c.rx_filtered, st.dropped_filtered);
-        self.count(|c| &c.rx_unknown_index, unknown);
-        self.count(|c| &c.rx_expired, expired);
-        self.count(|c| &c.rx_junk, junk);
-        Ok(Decrypted {
-            packets: p,
-            control: c,
-            wake,
+            for s in &mut sizes[p + c..] {
+                *s = 0;
+            }
+            let st = &opened.stats;
+            self.count(|c| &c.rx_packets, st.packets);
+            self.count(|c| &c.rx_keepalives, st.keepalives);
+            self.count(|c| &c.rx_forged, st.dropped_forged);
+            self.count(|c| &c.rx_replayed, st.dropped_replayed);
+            self.count(|c| &c.rx_malformed, st.dropped_malformed);
+            self.count(|c| &c.rx_filtered, st.dropped_filtered);
+            self.count(|c| &c.rx_unknown_index, unknown);
+            self.count(|c| &c.rx_expired, expired);
+            self.count(|c| &c.rx_junk, junk);
+            Ok(Decrypted {
+                packets: p,
+                control: c,
+                wake,
+            })
         })
     }
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use super::device::{Device, Encrypted};
 use super::peer::{read, want, Peer};
-use crate::aead::HEADER_LEN;
-use crate::engine::error::{bail, ErrorKind};
+use crate::aead::{check_batch, HEADER_LEN};
+use crate::engine::error::ErrorKind;
 use crate::engine::{ExpandBuffer, Result};
 
 /// The destination address of an IP packet, if it is one (version 4 with at least 20
@@ -36,30 +36,7 @@ impl Device {
         sizes: &mut [usize],
         now: Instant,
     ) -> Result<Encrypted> {
-        if offset < HEADER_LEN {
-            bail!(
-                OffsetTooSmall,
-                "offset {offset} leaves no room for the {HEADER_LEN}-byte header in front of \
-                 the packet"
-            );
-        }
-        if sizes.len() > bufs.len() {
-            bail!(
-                TooFewOutBufs,
-                "sizes has {} entries but there are only {} bufs",
-                sizes.len(),
-                bufs.len()
-            );
-        }
-        for (i, (b, &size)) in bufs.iter().zip(sizes.iter()).enumerate() {
-            let len = b.bytes().len();
-            if offset.checked_add(size).is_none_or(|end| end > len) {
-                bail!(
-                    PacketBeyondBuffer @ i,
-                    "bufs[{i}] holds {len} bytes: no {size}-byte packet after offset {offset}"
-                );
-            }
-        }
+        check_batch(bufs, offset, sizes, HEADER_LEN, "packet")?;
         let Some(&first) = sizes.first() else {
             return Ok(Encrypted::NoRoute);
         };
