@@ -307,8 +307,8 @@ impl Device {
         }
     }
 
-    /// `now` in nanoseconds since the device's epoch (1 at the earliest, so that 0 is
-    /// never a time).
+    /// `now` in nanoseconds since the device's epoch (its creation; an earlier instant
+    /// counts as the epoch).
     pub(crate) fn nanos(&self, now: Instant) -> Nanos {
         now.saturating_duration_since(self.epoch)
             .as_nanos()

@@ -18,8 +18,10 @@
 //! - `keypair`: a session's [`Sealer`](crate::aead::Sealer) / [`Opener`](crate::aead::Opener)
 //!   and the current / previous / next slots.
 //! - `timers`: the five timers of `timers.go` as atomic deadlines, and [`Timing`].
-//! - `peer`: one peer's state.
-//! - `device`: [`Device`], the whole: configuration, index table, data and control paths.
+//! - `index_table`: our random 32-bit indices, each naming a handshake or a session.
+//! - `peer`: one peer's state, and the lock order.
+//! - `device`: [`Device`], the whole: configuration, sessions, the control path, `tick`.
+//! - `send`, `receive`: the data paths, [`Device::encrypt`] and [`Device::decrypt`].
 //!
 //! # The API
 //!
@@ -27,7 +29,11 @@
 //! once (TUN to UDP, UDP to TUN, and a timer/control thread). Locks are fine-grained
 //! (device identity, peer table, index table, and per peer: handshake, keypairs,
 //! endpoint, staged packets); a batch takes each lock it needs once, never once per
-//! packet, and the steady state allocates nothing.
+//! packet (the one per-message lock is the aead module's replay window, held to check a
+//! counter), and the steady state allocates nothing. Argument errors are the engine's
+//! [`Error`](crate::engine::Error) (kinds `offset_too_small`, `too_few_out_bufs`,
+//! `packet_beyond_buffer`, `out_buf_too_small`, `too_few_sources`,
+//! `bad_protocol_version`, `bad_allowed_ip`); bad packets are never errors, only counted.
 //!
 //! ## Sending: [`Device::encrypt`]
 //! `encrypt(bufs, offset, sizes, now) -> Result<Encrypted>`: packet `i` is
@@ -49,7 +55,8 @@
 //!
 //! ## Receiving: [`Device::decrypt`]
 //! `decrypt(bufs, offset, sizes, sources, now) -> Result<Decrypted>`: datagram `i` is
-//! `bufs[i][offset..offset + sizes[i]]`, from `sources[i]` (`None`: unknown, no roaming).
+//! `bufs[i][offset..offset + sizes[i]]`, from `sources[i]` (`None`: unknown, no roaming;
+//! the `Option<SocketAddr>`s that [`UdpBatch::recv`](crate::udp::UdpBatch::recv) fills).
 //! Transport messages are opened in place by the aead module's batch open, with a
 //! resolver over the index table (each message's receiver index finds its session);
 //! each opened packet's inner source address must map to the peer whose key opened it;
@@ -58,10 +65,12 @@
 //! `[0..packets)` are the decrypted IP packets (packet `i` at
 //! `bufs[i][offset + 16..offset + 16 + sizes[i]]`, padding stripped) in arrival order,
 //! `[packets..packets + control)` the handshake initiations, responses and cookie replies
-//! (right type and size), untouched, with `sources` permuted the same way so the caller
-//! passes each to [`Device::handle_control`]. Everything else (forged, replayed, unknown
-//! index, expired session, disallowed source, malformed, keepalives) is dropped and
-//! counted.
+//! (right type and size), untouched, in arrival order, with `sources[packets..packets +
+//! control)` set to their sources, so the caller passes each to
+//! [`Device::handle_control`] (the other entries of `sources` are unspecified). Everything
+//! else (forged, replayed, unknown index, expired session, disallowed source, malformed,
+//! keepalives) is dropped, its size 0, and counted. A keepalive or data message that
+//! confirms a responder's session, or a receive-side rekey, sets [`Decrypted::wake`].
 //!
 //! ## The control path: [`Device::handle_control`], [`Device::tick`]
 //! - `handle_control(msg, src, now) -> Vec<Datagram>`: one handshake initiation,
@@ -84,7 +93,9 @@
 //! peer block's lines in order ([`PeerLine`]: `update_only`, `remove`, `preshared_key`,
 //! `endpoint`, `persistent_keepalive_interval`, `replace_allowed_ips`, `allowed_ip`
 //! (add or remove), `protocol_version`). [`Device::peers`] reports every peer as `get=1`
-//! does ([`PeerStatus`]); [`Device::stats`] the device's counters, drops by reason.
+//! does ([`PeerStatus`]; `protocol_version` is always 1), [`Device::private_key`],
+//! [`Device::listen_port`], [`Device::fwmark`] the device's lines; [`Device::stats`] the
+//! device's counters, drops by reason. [`IpNet`]'s `FromStr` parses `allowed_ip` values.
 //!
 //! Timer constants are overridable in [`DeviceConfig::timing`] (defaults: the real
 //! values), so tests can force a rekey in seconds; [`DeviceConfig::force_under_load`]

@@ -264,7 +264,14 @@ impl Device {
             let mut c = 0;
             let mut junk = 0;
             for j in p..p + o {
-                let msg = &bufs[j].bytes()[offset..offset + sizes[j]];
+                let Some(msg) = bufs[j]
+                    .bytes()
+                    .get(offset..)
+                    .and_then(|b| b.get(..sizes[j]))
+                else {
+                    junk += 1;
+                    continue;
+                };
                 if control_type(msg).is_some() && c < ctrl.len() {
                     bufs.swap(p + c, j);
                     sizes.swap(p + c, j);
