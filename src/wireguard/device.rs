@@ -625,6 +625,11 @@ impl Device {
         let t = self.nanos(now);
         let st = read(&self.static_);
         let mut hs = lock(&peer.handshake);
+        // Checked under the handshake lock: a peer being removed is either seen as
+        // removed here, or zeroed (indices freed) after this returns.
+        if !peer.running.load(Relaxed) {
+            return None;
+        }
         if hs
             .last_sent_handshake
             .is_some_and(|last| t.saturating_sub(last) < nanos(self.timing.rekey_timeout))
@@ -813,6 +818,10 @@ impl Device {
             return;
         };
         let mut hs = lock(&peer.handshake);
+        if !peer.running.load(Relaxed) {
+            self.count(|c| &c.hs_invalid, 1);
+            return;
+        }
         let rate = nanos(self.timing.handshake_initiation_rate);
         if let Err(why) = hs.consume_initiation(init, msg, t, rate) {
             self.count(
@@ -875,7 +884,8 @@ impl Device {
             return;
         };
         let mut hs = lock(&peer.handshake);
-        if hs.local_index != receiver || !hs.consume_response(&st.identity, msg) {
+        let running = peer.running.load(Relaxed);
+        if !running || hs.local_index != receiver || !hs.consume_response(&st.identity, msg) {
             self.count(|c| &c.hs_invalid, 1);
             return;
         }
