@@ -224,7 +224,10 @@ pub fn open(data: &[u8]) {
                 | (Outcome::Malformed, Want::Malformed) => true,
                 _ => false,
             };
-            assert!(same, "open_one, message {i}: {got:?}, the reference says {want:?}");
+            assert!(
+                same,
+                "open_one, message {i}: {got:?}, the reference says {want:?}"
+            );
         }
         assert_eq!(alone.stats(), total);
     }
@@ -259,16 +262,28 @@ fn check_batch(opener: &Opener, msgs: &[Vec<u8>], wants: &[Want], offset: usize)
         }
     }
     assert_eq!(opened.stats, want, "counts");
-    assert_eq!((opened.packets, opened.other), (packets.len(), others.len()));
+    assert_eq!(
+        (opened.packets, opened.other),
+        (packets.len(), others.len())
+    );
     for (j, p) in packets.iter().enumerate() {
         assert_eq!(sizes[j], p.len(), "packet {j}'s size");
-        assert!(bufs[j][offset + 16..][..p.len()] == p[..], "packet {j}'s bytes");
+        assert!(
+            bufs[j][offset + 16..][..p.len()] == p[..],
+            "packet {j}'s bytes"
+        );
     }
     for (j, m) in others.iter().enumerate() {
         let k = packets.len() + j;
         assert_eq!(sizes[k], m.len(), "other {j}'s size");
-        assert!(bufs[k][offset..][..m.len()] == m[..], "other {j} was changed");
-        assert!(bufs[k][..offset].iter().all(|&b| b == 0xa5), "other {j}'s junk");
+        assert!(
+            bufs[k][offset..][..m.len()] == m[..],
+            "other {j} was changed"
+        );
+        assert!(
+            bufs[k][..offset].iter().all(|&b| b == 0xa5),
+            "other {j}'s junk"
+        );
     }
     let kept = packets.len() + others.len();
     assert!(sizes[kept..].iter().all(|&s| s == 0), "dropped sizes are 0");

@@ -243,21 +243,19 @@ fn open_in<B: ExpandBuffer, S: Sessions>(
             sizes[i] = 0;
             continue;
         };
-        let (receiver, counter) = match parse_header(msg) {
-            Header::Transport { receiver, counter } => (receiver, counter),
+        let found = match parse_header(msg) {
+            Header::Transport { receiver, counter } => {
+                sessions.lookup(receiver).map(|s| (s, counter))
+            }
             Header::Truncated => {
                 loose.dropped_malformed += 1;
                 sizes[i] = 0;
                 continue;
             }
-            Header::Other => {
-                loose.other += 1;
-                move_to(bufs, sizes, i, p + o);
-                o += 1;
-                continue;
-            }
+            Header::Other => None,
         };
-        let Some(session) = sessions.lookup(receiver) else {
+        let Some((session, counter)) = found else {
+            // Another message type, or a receiver index without a session: untouched.
             loose.other += 1;
             move_to(bufs, sizes, i, p + o);
             o += 1;

@@ -296,6 +296,16 @@ fn ip_lengths() {
 // ----------------------------------------------------------------------------------------
 // Buckets and order.
 
+/// A seeded PRNG, a key from it, and the key's two ends for receiver index `index`: a
+/// sealer from counter `first` and an opener.
+fn pair(seed: u64, index: u32, first: u64) -> (Rng, Key, Sealer, Opener) {
+    let mut rng = Rng(seed);
+    let key = Key::from(rng.key());
+    let sealer = Sealer::with_counter(&key, index, first);
+    let opener = Opener::new(&key, index);
+    (rng, key, sealer, opener)
+}
+
 /// Sealed message of an IPv4 packet of `n >= 20` bytes (or a keepalive for 0).
 fn sealed(sealer: &Sealer, rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>) {
     let p = ip_packet(rng, n, false);
@@ -318,10 +328,7 @@ fn open_all(opener: &Opener, msgs: &[Vec<u8>]) -> (Opened, Vec<Vec<u8>>, Vec<usi
 /// message (handed back as it came); anywhere else (counter, ciphertext, tag) forged.
 #[test]
 fn every_flipped_bit_lands_in_its_bucket() {
-    let mut rng = Rng(3);
-    let key = Key::from(rng.key());
-    let sealer = Sealer::with_counter(&key, 0x0102_0304, 1000);
-    let opener = Opener::new(&key, 0x0102_0304);
+    let (mut rng, _, sealer, opener) = pair(3, 0x0102_0304, 1000);
     let (msg, _) = sealed(&sealer, &mut rng, 40);
     assert_eq!(msg.len(), 16 + 48 + 16);
     let mut want = OpenStats::default();
@@ -355,10 +362,7 @@ fn every_flipped_bit_lands_in_its_bucket() {
 /// counts.
 #[test]
 fn every_kind_in_one_batch() {
-    let mut rng = Rng(11);
-    let key = Key::from(rng.key());
-    let sealer = Sealer::new(&key, 5);
-    let opener = Opener::new(&key, 5);
+    let (mut rng, key, sealer, opener) = pair(11, 5, 0);
     let other_key = Sealer::new(&Key::from(rng.key()), 5);
     // Counters 0 and 1 end up behind the window (its top at 8130 = 1 + 8129), 2 within.
     let (early, _) = sealed(&sealer, &mut rng, 20); // counter 0
@@ -443,10 +447,7 @@ fn every_kind_in_one_batch() {
 /// arrival order, for any mix (the rotation in front of the others).
 #[test]
 fn compaction_keeps_arrival_order() {
-    let mut rng = Rng(99);
-    let key = Key::from(rng.key());
-    let sealer = Sealer::new(&key, 1);
-    let opener = Opener::new(&key, 1);
+    let (mut rng, _, sealer, opener) = pair(99, 1, 0);
     for round in 0..200 {
         let n = rng.below(40);
         let mut msgs = vec![];
@@ -592,10 +593,7 @@ fn sessions_resolve_count_and_filter() {
 
 #[test]
 fn refusals_change_nothing() {
-    let mut rng = Rng(8);
-    let key = Key::from(rng.key());
-    let sealer = Sealer::with_counter(&key, 1, 50);
-    let opener = Opener::new(&key, 1);
+    let (_, _, sealer, opener) = pair(8, 1, 50);
     let good = || vec![vec![0u8; 16 + 40], vec![0u8; 16 + 40]];
     type Case = (&'static str, usize, Vec<usize>, ErrorKind, Option<usize>);
     let cases: Vec<Case> = vec![
@@ -788,10 +786,8 @@ fn concurrent_sealers_never_share_a_counter() {
 /// Threads opening the same messages through one `Opener`: each opened exactly once.
 #[test]
 fn concurrent_openers_open_each_message_once() {
-    let mut rng = Rng(21);
-    let key = Key::from(rng.key());
-    let sealer = Sealer::new(&key, 1);
-    let opener = Arc::new(Opener::new(&key, 1));
+    let (mut rng, _, sealer, opener) = pair(21, 1, 0);
+    let opener = Arc::new(opener);
     let msgs: Arc<Vec<Vec<u8>>> =
         Arc::new((0..400).map(|_| sealed(&sealer, &mut rng, 20).0).collect());
     let threads: Vec<_> = (0..3)
@@ -814,10 +810,7 @@ fn concurrent_openers_open_each_message_once() {
 
 #[test]
 fn open_one_outcomes() {
-    let mut rng = Rng(4);
-    let key = Key::from(rng.key());
-    let sealer = Sealer::new(&key, 7);
-    let opener = Opener::new(&key, 7);
+    let (mut rng, _, sealer, opener) = pair(4, 7, 0);
     let (mut m, p) = sealed(&sealer, &mut rng, 44);
     let kept = m.clone();
     assert_eq!(opener.open_one(&mut m), Outcome::Packet(44));
