@@ -26,6 +26,66 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import packets as P  # noqa: E402
 
 
+def wireguard_seeds() -> dict[str, bytes]:
+    """Programs for `wireguard_device` (see `device` in fuzz/src/wireguard.rs): an op byte
+    (bit 0 the side, bits 1-3 the operation) and its arguments."""
+
+    def op(kind: int, side: int, flag: int = 0) -> int:
+        return flag | kind << 1 | side
+
+    def real(idx: int) -> bytes:
+        return bytes([1, idx])
+
+    def flip(idx: int, bit: int) -> bytes:
+        return bytes([2, idx]) + struct.pack("<H", bit)
+
+    def cut(idx: int, at: int) -> bytes:
+        return bytes([7, idx]) + struct.pack("<H", at)
+
+    def raw(data: bytes) -> bytes:
+        return bytes([0, len(data)]) + data
+
+    def packets(*kinds: int, size: int = 40) -> bytes:
+        out = bytes([len(kinds) - 1])
+        for k in kinds:
+            out += bytes([k, size]) + bytes(range(size))
+        return out
+
+    def wait(ms: int, seconds: bool = False) -> bytes:
+        return bytes([op(3, 0, 16 if seconds else 0)]) + struct.pack("<H", ms)
+
+    # The pool starts as: initiation, response, the staged packet (transport), ...
+    replay_and_mutate = (
+        bytes([op(0, 1), 5]) + real(2) + real(2) + flip(2, 200) + cut(2, 20) + raw(b"\x04\x00\x00\x00" * 9)
+        + bytes([op(0, 1, 16), 2]) + flip(0, 1000) + real(0)
+    )
+    both_ways = (
+        bytes([op(2, 0)]) + packets(0, 0, 1, 3)
+        + bytes([op(2, 1)]) + packets(0, 2, 0)
+        + bytes([op(5, 1), 3, op(5, 0), 5, op(5, 1), 4])
+        + wait(10, seconds=True)
+    )
+    timers = (
+        bytes([op(2, 0)]) + packets(0)
+        + wait(15, seconds=True) + wait(130, seconds=True) + wait(200, seconds=True)
+        + bytes([op(4, 0), 1, 25]) + wait(26, seconds=True) + wait(600, seconds=True)
+        + bytes([op(2, 1)]) + packets(0) + wait(6, seconds=True)
+    )
+    under_load = (
+        bytes([op(4, 1), 4]) + bytes([op(1, 1)]) + real(0)
+        + bytes([op(4, 0), 3, 7, 0]) + bytes([op(2, 0)]) + packets(0)
+        + wait(5400) + bytes([op(4, 1), 0]) + wait(6, seconds=True)
+    )
+    rng = random.Random(20)
+    return {
+        "replay-and-mutate": replay_and_mutate,
+        "both-ways": both_ways,
+        "timers": timers,
+        "under-load": under_load,
+        "random": bytes(rng.randrange(256) for _ in range(300)),
+    }
+
+
 def gso_seed(pkt: bytes, hdr: dict, ctl: int = 0) -> bytes:
     return bytes([ctl]) + P.hdr_bytes(hdr) + pkt
 
@@ -142,6 +202,7 @@ def main() -> None:
         seeds["virtio_decode"][name] = P.hdr_bytes(hdr) + b"\x00\x01"
     seeds["virtio_decode"]["short"] = b"\x01\x02\x03"
     seeds["aead_open"] = aead_seeds()
+    seeds["wireguard_device"] = wireguard_seeds()
 
     for target, files in seeds.items():
         d = HERE / "seeds" / target

@@ -18,7 +18,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(gso_split handle_gro_vec handle_gro_fixed virtio_decode aead_open)
+    targets=(gso_split handle_gro_vec handle_gro_fixed virtio_decode aead_open wireguard_device)
 fi
 
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

@@ -3,6 +3,8 @@
 //! - [`engine`]: the pure-Rust offload engine (checksums, virtio header, GSO, GRO).
 //! - [`aead`]: WireGuard's transport-data messages sealed and opened in batches, in place.
 //! - [`device`], [`udp`]: TUN devices and batched UDP sockets.
+//! - [`wireguard`]: the WireGuard protocol without I/O (handshakes, timers, cryptokey
+//!   routing, a device's data and control paths).
 //! - `python` (feature `python`): the thin PyO3 layer that maps Python buffers, errors and
 //!   the GIL onto the engine, built by maturin as `tunoffload._native`.
 
@@ -32,6 +34,7 @@ pub mod aead;
 pub mod device;
 pub mod engine;
 pub mod udp;
+pub mod wireguard;
 
 #[cfg(feature = "python")]
 mod python;

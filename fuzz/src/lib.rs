@@ -15,6 +15,7 @@
 //! - [`decode`]: `VirtioNetHdr::decode` / `encode` / `to_bytes`.
 
 pub mod aead;
+pub mod wireguard;
 
 use tunoffload::engine::gso::{plan, write_segments};
 use tunoffload::engine::{

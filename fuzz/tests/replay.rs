@@ -49,3 +49,8 @@ fn virtio_decode() {
 fn aead_open() {
     replay("aead_open", tunoffload_fuzz::aead::open);
 }
+
+#[test]
+fn wireguard_device() {
+    replay("wireguard_device", tunoffload_fuzz::wireguard::device);
+}

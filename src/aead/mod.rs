@@ -127,6 +127,46 @@ pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 /// wireguard-go and Linux.
 pub const WINDOW: usize = 8192;
 
+/// Checks a batch's shape before anything is changed: `offset >= min_offset`
+/// (`offset_too_small`, for the header in front of a packet to seal), no more `sizes`
+/// than `bufs` (`too_few_out_bufs`), and every entry `bufs[i][offset..offset + sizes[i]]`
+/// inside its buffer (`packet_beyond_buffer`, with its index; `what` names the entries in
+/// the message: "packet", "message"). The one check of [`Sealer::seal`], [`open_batch`]
+/// and the WireGuard device's batches.
+pub fn check_batch<B: ExpandBuffer>(
+    bufs: &[B],
+    offset: usize,
+    sizes: &[usize],
+    min_offset: usize,
+    what: &str,
+) -> Result<()> {
+    if offset < min_offset {
+        bail!(
+            OffsetTooSmall,
+            "offset {offset} leaves no room for the {min_offset}-byte header in front of the \
+             {what}"
+        );
+    }
+    if sizes.len() > bufs.len() {
+        bail!(
+            TooFewOutBufs,
+            "sizes has {} entries but there are only {} bufs",
+            sizes.len(),
+            bufs.len()
+        );
+    }
+    for (i, (b, &size)) in bufs.iter().zip(sizes).enumerate() {
+        let len = b.bytes().len();
+        if offset.checked_add(size).is_none_or(|end| end > len) {
+            bail!(
+                PacketBeyondBuffer @ i,
+                "bufs[{i}] holds {len} bytes: no {size}-byte {what} after offset {offset}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The padded length of a `size`-byte packet: rounded up to a multiple of 16, but never
 /// past `mtu` (as wireguard-go's `calculatePaddingSize` and Linux's
 /// `calculate_skb_padding`): a packet of `mtu` bytes or more is not padded beyond the MTU;
@@ -161,33 +201,4 @@ pub fn ip_packet_len(plain: &[u8]) -> Option<usize> {
         _ => return None,
     };
     (min..=plain.len()).contains(&len).then_some(len)
-}
-
-/// Checks a batch's spans before anything is touched: no more `sizes` than `bufs`
-/// (`too_few_out_bufs`), and each `bufs[i][offset..offset + sizes[i]]` within its buffer
-/// (`packet_beyond_buffer`; `what` names the entries in the message).
-fn check_spans<B: ExpandBuffer>(
-    bufs: &[B],
-    offset: usize,
-    sizes: &[usize],
-    what: &str,
-) -> Result<()> {
-    if sizes.len() > bufs.len() {
-        bail!(
-            TooFewOutBufs,
-            "sizes has {} entries but there are only {} bufs",
-            sizes.len(),
-            bufs.len()
-        );
-    }
-    for (i, (b, &size)) in bufs.iter().zip(sizes).enumerate() {
-        let len = b.bytes().len();
-        if offset.checked_add(size).is_none_or(|end| end > len) {
-            bail!(
-                PacketBeyondBuffer @ i,
-                "bufs[{i}] holds {len} bytes: no {size}-byte {what} after offset {offset}"
-            );
-        }
-    }
-    Ok(())
 }

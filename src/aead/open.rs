@@ -9,7 +9,7 @@ use ring::aead::Aad;
 use super::key::RingKey;
 use super::seal::nonce;
 use super::{
-    check_spans, ip_packet_len, Key, ReplayWindow, HEADER_LEN, MESSAGE_TRANSPORT, OVERHEAD,
+    check_batch, ip_packet_len, Key, ReplayWindow, HEADER_LEN, MESSAGE_TRANSPORT, OVERHEAD,
 };
 use crate::engine::error::Result;
 use crate::engine::ExpandBuffer;
@@ -229,7 +229,7 @@ fn open_in<B: ExpandBuffer, S: Sessions>(
     offset: usize,
     sizes: &mut [usize],
 ) -> Result<(Opened, OpenStats)> {
-    check_spans(bufs, offset, sizes, "message")?;
+    check_batch(bufs, offset, sizes, 0, "message")?;
     // The counts of messages without a session, of the current run of messages with one
     // opener (added to it when the run ends), and of the whole call.
     let (mut loose, mut total) = (OpenStats::default(), OpenStats::default());

@@ -6,7 +6,7 @@ use ring::aead::{Aad, Nonce};
 
 use super::key::RingKey;
 use super::{
-    check_spans, padded_len, Key, HEADER_LEN, MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, TAG_LEN,
+    check_batch, padded_len, Key, HEADER_LEN, MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, TAG_LEN,
 };
 use crate::engine::error::{bail, Error, ErrorKind, Result};
 use crate::engine::ExpandBuffer;
@@ -75,14 +75,7 @@ impl Sealer {
         sizes: &mut [usize],
         pad_mtu: Option<usize>,
     ) -> Result<usize> {
-        if offset < HEADER_LEN {
-            bail!(
-                OffsetTooSmall,
-                "offset {offset} leaves no room for the {HEADER_LEN}-byte header in front of \
-                 the packet"
-            );
-        }
-        check_spans(bufs, offset, sizes, "packet")?;
+        check_batch(bufs, offset, sizes, HEADER_LEN, "packet")?;
         for (i, (b, &size)) in bufs.iter().zip(sizes.iter()).enumerate() {
             let len = b.bytes().len();
             let padded = padded_len(size, pad_mtu);

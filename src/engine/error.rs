@@ -134,6 +134,14 @@ kinds! {
     /// A packet longer than the call can take (a plaintext beyond ChaCha20-Poly1305's
     /// 256 GiB).
     PacketTooLarge = "packet_too_large",
+
+    // --- WireGuard (src/wireguard/) ---
+    /// An allowed IP that is no `address/prefix-length` (or a length beyond 32 / 128).
+    BadAllowedIp = "bad_allowed_ip",
+    /// A `protocol_version` other than 1.
+    BadProtocolVersion = "bad_protocol_version",
+    /// Fewer source addresses than datagrams in a batch to decrypt.
+    TooFewSources = "too_few_sources",
 }
 
 impl fmt::Display for ErrorKind {

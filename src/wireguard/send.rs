@@ -1,0 +1,96 @@
+//! The TUN-to-UDP data path ([`Device::encrypt`]), wireguard-go's `RoutineReadFromTUN`,
+//! `SendStagedPackets` and the encryption routine for one batch: one allowed-IPs lookup,
+//! one seal of the whole batch with the peer's current session.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::device::{Device, Encrypted};
+use super::peer::{read, want, Peer};
+use crate::aead::{check_batch, HEADER_LEN};
+use crate::engine::error::ErrorKind;
+use crate::engine::{ExpandBuffer, Result};
+
+/// The destination address of an IP packet, if it is one (version 4 with at least 20
+/// bytes, or 6 with at least 40).
+pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&packet[16..20]).ok()?)),
+        6 if packet.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?)),
+        _ => None,
+    }
+}
+
+impl Device {
+    /// Seals a batch of packets from the TUN device for the peer of the first packet's
+    /// destination. See the module doc. Errors (nothing sealed or staged): `offset < 16`
+    /// (`offset_too_small`), more `sizes` than `bufs` (`too_few_out_bufs`), a packet past
+    /// its buffer (`packet_beyond_buffer`), a buffer that cannot grow for padding and tag
+    /// (`out_buf_too_small`).
+    pub fn encrypt<B: ExpandBuffer>(
+        &self,
+        bufs: &mut [B],
+        offset: usize,
+        sizes: &mut [usize],
+        now: Instant,
+    ) -> Result<Encrypted> {
+        check_batch(bufs, offset, sizes, HEADER_LEN, "packet")?;
+        let Some(&first) = sizes.first() else {
+            return Ok(Encrypted::NoRoute);
+        };
+        let Some(dst) = destination(&bufs[0].bytes()[offset..offset + first]) else {
+            self.count(|c| &c.tx_not_ip, 1);
+            return Ok(Encrypted::NoRoute);
+        };
+        let peer: Option<Arc<Peer>> = read(&self.peers).allowed.lookup(&dst).cloned();
+        let Some(peer) = peer.filter(|p| p.running.load(Relaxed)) else {
+            self.count(|c| &c.tx_no_route, 1);
+            return Ok(Encrypted::NoRoute);
+        };
+        let t = self.nanos(now);
+        let kp = read(&peer.keypairs).current.clone();
+        if let (Some(kp), Some(endpoint)) = (kp, peer.endpoint()) {
+            if kp.can_send(t, &self.timing) {
+                if peer.staged_len.load(Relaxed) > 0 {
+                    // Older packets wait: the control thread sends them next.
+                    self.ask(&peer, want::FLUSH);
+                }
+                match kp.sealer.seal(bufs, offset, sizes, self.mtu()) {
+                    Ok(count) => {
+                        let bytes: usize = sizes.iter().sum();
+                        peer.tx_bytes.fetch_add(bytes as u64, Relaxed);
+                        let keepalive = peer.persistent_keepalive.load(Relaxed);
+                        peer.timers.any_authenticated_packet_traversal(t, keepalive);
+                        peer.timers.any_authenticated_packet_sent();
+                        let jitter = self.jitter.below(self.timing.rekey_timeout_jitter);
+                        peer.timers.data_sent(t, &self.timing, jitter);
+                        let rekey = kp.wants_rekey_on_send(t, &self.timing);
+                        if rekey {
+                            self.ask(&peer, want::HANDSHAKE);
+                        }
+                        let wake = rekey || peer.staged_len.load(Relaxed) > 0;
+                        return Ok(Encrypted::Send {
+                            endpoint,
+                            count,
+                            wake,
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::KeyExhausted => {
+                        kp.send_expired.store(true, Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let packets = bufs
+            .iter()
+            .zip(sizes.iter())
+            .map(|(b, &n)| &b.bytes()[offset..offset + n]);
+        self.count(|c| &c.tx_staged_dropped, peer.stage(packets));
+        self.count(|c| &c.tx_staged, sizes.len() as u64);
+        self.ask(&peer, want::FLUSH);
+        Ok(Encrypted::Staged)
+    }
+}
