@@ -1,12 +1,12 @@
 """``python -m tunoffload wireguard [-f] IFNAME``, run as wireguard-go is run.
 
 Each daemon runs in a network namespace of the test's and in a mount namespace of its
-own with a directory of the test's on ``/run/wireguard`` (``_wgns``); so do the ``wg``
-and ``wg-quick`` commands that drive it. The device is the stand-in ``wgfake`` (through
-the testing-only ``TUNOFFLOAD_WG_TESTING_DEVICE``), so everything but the cipher is real:
-the TUN device, the sockets, the configuration socket, detaching, signals, the interface
-deleted under the daemon, the socket removed, ``wg-quick up``/``down``, and traffic
-between two daemons configured with ``wg``.
+own with a directory of the test's on ``/run/wireguard`` (``tunoffload.testing.in_netns``);
+so do the ``wg`` and ``wg-quick`` commands that drive it. The device is the stand-in
+``wgfake`` (through the testing-only ``TUNOFFLOAD_WG_TESTING_DEVICE``), so everything but
+the cipher is real: the TUN device, the sockets, the configuration socket, detaching,
+signals, the interface deleted under the daemon, the socket removed, ``wg-quick
+up``/``down``, and traffic between two daemons configured with ``wg``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _netns import Netns, can_use_netns, joined_by_veth, link_info
-from _wgns import can_use_wg, genkey, isolated, transfer, wait_until, wg
+from _netns import Netns, joined_by_veth, link_info
+from tunoffload.bench.traffic import tcp_exchange
+from tunoffload.testing import genkey, missing_requirements, wait_until, wg
 
-_why = can_use_netns() or can_use_wg()
+_why = missing_requirements(tools=["wg"])
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 pytest.importorskip("cryptography")
 
@@ -75,7 +76,7 @@ class Daemon:
         argv += ["-f", ifname] if foreground else [ifname]
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                isolated(rundir, argv, ns.name),
+                ns.exec_argv(*argv, rundir=rundir),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -95,7 +96,7 @@ class Daemon:
         assert self.serving(), self.log.read_text()
 
     def wg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return wg(self.rundir, *args, netns=self.ns.name, check=check)
+        return wg(*args, ns=self.ns, rundir=self.rundir, check=check)
 
     def wait(self) -> int:
         try:
@@ -324,7 +325,7 @@ def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-un
             for ns, over in ((a_ns, OVER_A), (b_ns, OVER_B)):
                 ns.run("ip", "addr", "add", f"{over}/24", "dev", name)
                 ns.run("ip", "link", "set", name, "up")
-            transfer(a_ns.name, b_ns.name, OVER_B, 5501, 1 << 20, 1 << 20)
+            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5501, check=True)
             dump_b = b.wg("show", name, "dump").stdout.splitlines()
             peer = dump_b[1].split("\t")
             assert peer[0] == pub_a
@@ -383,14 +384,14 @@ def test_wg_quick_up_and_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
         def wg_quick(command: str) -> None:
             for ns, run, conf in confs:
                 proc = subprocess.run(
-                    isolated(run, ["wg-quick", command, conf], ns.name),
+                    ns.exec_argv("wg-quick", command, conf, rundir=run),
                     capture_output=True, text=True, timeout=60, env=env,
                 )  # fmt: skip
                 assert proc.returncode == 0, proc.stderr
 
         try:
             wg_quick("up")
-            transfer(a_ns.name, b_ns.name, OVER_B, 5502, 1 << 16, 1 << 16)
+            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 16, port=5502, check=True)
             wg_quick("down")
             assert wait_until(lambda: not daemon_pids(name))
             for _, run, _ in confs:
