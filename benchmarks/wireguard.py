@@ -21,6 +21,7 @@ implementation against the upstream wireguard-go and against the unencrypted tun
 Needs root, ``wg`` and iperf3; everything made is removed at the end, also on Ctrl-C.
 
     python benchmarks/wireguard.py --repeat 3 [--duration 5] [--impls ...] [--json]
+    python benchmarks/wireguard.py --list     # the implementations found here, versions
 """
 
 from __future__ import annotations
@@ -155,7 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", type=Path, help="the JSON file (default: benchmarks/results/)")
+    p.add_argument("--list", action="store_true", help="list the implementations found here")
     args = p.parse_args(argv)
+    if args.list:
+        for name, impl in bp.IMPLEMENTATIONS.items():
+            why = impl.unavailable(REPO)
+            if why:
+                print(f"{name:22} -  {why}")
+            else:
+                print(f"{name:22} {impl.version(REPO) or '?'}  ({' '.join(impl.command(REPO))})")
+        return 0
 
     reason = missing_requirements(tools=["wg", "iperf3", "ss"])
     if reason:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from _netns import Netns, joined_by_veth, link_info
+from tunoffload import testing
 from tunoffload.bench.traffic import tcp_exchange
 from tunoffload.testing import genkey, missing_requirements, wait_until, wg
 
@@ -63,25 +64,18 @@ def daemon_pids(ifname: str) -> list[int]:
     return pids
 
 
-class Daemon:
-    """One daemon (foreground: our child; detached: the parent is our child)."""
+class Daemon(testing.Daemon):
+    """One daemon (foreground: our child; detached: the parent is our child) in ``ns``,
+    ``rundir`` on its ``/run/wireguard``, its output in ``log``."""
 
     def __init__(
         self, ns: Netns, rundir: str, ifname: str, log: Path, foreground: bool = True, **env: str
     ) -> None:
         self.ns, self.rundir, self.ifname = ns, rundir, ifname
         self.sock = os.path.join(rundir, f"{ifname}.sock")
-        self.log = log
         argv = [sys.executable, "-m", "tunoffload", "wireguard"]
         argv += ["-f", ifname] if foreground else [ifname]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                ns.exec_argv(*argv, rundir=rundir),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=daemon_env(**env),
-            )
+        super().__init__(ns.exec_argv(*argv, rundir=rundir), log, daemon_env(**env))
 
     def serving(self) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -91,25 +85,17 @@ class Daemon:
                 return False
             return True
 
-    def ready(self) -> None:
-        assert wait_until(lambda: self.serving() or self.proc.poll() is not None)
-        assert self.serving(), self.log.read_text()
+    def wait_serving(self) -> None:
+        self.ready(self.serving, f"{self.ifname}'s configuration socket")
 
     def wg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return wg(*args, ns=self.ns, rundir=self.rundir, check=check)
 
-    def wait(self) -> int:
-        try:
-            return self.proc.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"still running after {WAIT_S} s: {self.log.read_text()}"
-            ) from None
+    def wait(self, timeout: float = WAIT_S) -> int:
+        return super().wait(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT_S)
+        self.stop(WAIT_S, signal.SIGKILL)
         for pid in daemon_pids(self.ifname):
             os.kill(pid, signal.SIGKILL)
 
@@ -146,7 +132,7 @@ def test_foreground_serves_and_stops_on_signal(ns, rundir, tmp_path, sig) -> Non
         TUNOFFLOAD_WG_TESTING_UNDER_LOAD="1",
     )
     try:
-        d.ready()
+        d.wait_serving()
         st = os.stat(d.sock)
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
         info = link_info(ns, name)
@@ -183,7 +169,7 @@ def test_stops_when_the_interface_is_deleted(ns, rundir, tmp_path) -> None:  # t
     name = ifname("x")
     d = Daemon(ns, rundir, name, tmp_path / "log")
     try:
-        d.ready()
+        d.wait_serving()
         ns.run("ip", "link", "del", name)
         assert d.wait() == 0, d.log.read_text()
     finally:
@@ -197,7 +183,7 @@ def test_stops_when_its_socket_is_removed(ns, rundir, tmp_path) -> None:  # type
     name = ifname("s")
     d = Daemon(ns, rundir, name, tmp_path / "log")
     try:
-        d.ready()
+        d.wait_serving()
         os.unlink(d.sock)  # what wg-quick down does to a userspace implementation
         assert d.wait() == 0, d.log.read_text()
     finally:
@@ -242,7 +228,7 @@ def test_foreground_from_the_environment(ns, rundir, tmp_path) -> None:  # type:
     name = ifname("e")
     d = Daemon(ns, rundir, name, tmp_path / "log", foreground=False, WG_PROCESS_FOREGROUND="1")
     try:
-        d.ready()
+        d.wait_serving()
         assert d.proc.poll() is None  # did not detach
         assert daemon_pids(name) == [d.proc.pid]
         d.proc.terminate()
@@ -256,7 +242,7 @@ def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: igno
     with Netns("wgpy-u1") as ns1, Netns("wgpy-u2") as ns2:
         first = Daemon(ns1, rundir, name, tmp_path / "log1")
         try:
-            first.ready()
+            first.wait_serving()
             # the same name in another namespace, the same socket directory: refused
             second = Daemon(ns2, rundir, name, tmp_path / "log2")
             assert second.wait() == 1
@@ -267,7 +253,7 @@ def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: igno
             assert os.path.exists(first.sock)
             third = Daemon(ns2, rundir, name, tmp_path / "log3")
             try:
-                third.ready()
+                third.wait_serving()
                 assert third.wg("show", name).returncode == 0  # the stale one replaced
             finally:
                 third.kill()
@@ -313,8 +299,8 @@ def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-un
         a = Daemon(a_ns, str(dirs[0]), name, tmp_path / "log-a")
         b = Daemon(b_ns, str(dirs[1]), name, tmp_path / "log-b")
         try:
-            a.ready()
-            b.ready()
+            a.wait_serving()
+            b.wait_serving()
             (priv_a, pub_a), (priv_b, pub_b) = genkey(), genkey()
             for key, priv in ((tmp_path / "ka", priv_a), (tmp_path / "kb", priv_b)):
                 key.write_text(priv)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -191,18 +189,19 @@ def daemon_env(**extra: str) -> dict[str, str]:
 
 
 class Side:
+    """A daemon (``argv`` + the interface name) in ``ns`` with ``rundir`` on its
+    ``/run/wireguard``, once its configuration socket is there."""
+
     def __init__(self, ns: Netns, rundir: Path, name: str, argv: list[str], env: dict[str, str]):
         self.ns, self.rundir, self.name = ns, str(rundir), name
-        self.proc = subprocess.Popen(
-            ns.exec_argv(*argv, rundir=self.rundir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        log = f"{self.rundir}.log"
+        self.daemon = ns.start(*argv, log=log, rundir=self.rundir, env=env)
         sock = os.path.join(self.rundir, f"{name}.sock")
-        assert wait_until(lambda: os.path.exists(sock) or self.proc.poll() is not None)
-        assert os.path.exists(sock)
+        try:
+            self.daemon.ready(lambda: os.path.exists(sock), f"{name}'s configuration socket")
+        except BaseException:
+            self.daemon.stop()
+            raise
 
     def wg(self, *args: str) -> str:
         return wg(*args, ns=self.ns, rundir=self.rundir).stdout
@@ -211,13 +210,7 @@ class Side:
         return self.wg("show", self.name, "dump").splitlines()[1].split("\t")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT_S)
+        self.daemon.stop(WAIT_S)
 
 
 OURS = [sys.executable, "-m", "tunoffload", "wireguard", "-f"]

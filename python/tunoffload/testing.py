@@ -12,6 +12,8 @@ kernel does not check it against itself. Needs root (CAP_NET_ADMIN and CAP_SYS_A
   thread into it.
 - :func:`veth_between` joins two of them with a veth pair; :func:`joined_by_veth` makes
   both namespaces and the pair for a ``with`` block.
+- :class:`Daemon` (``Netns.start``): a command that runs until stopped, its output in a
+  log file: waited for (``ready``), stopped (SIGTERM, then SIGKILL), its CPU time read.
 - :func:`in_netns`: the command line that runs a command in a namespace and, with
   ``rundir``, with a private ``/run/wireguard`` (WireGuard's UAPI sockets live there, and
   every network namespace shares it): each daemon and each ``wg`` that talks to it gets a
@@ -31,12 +33,14 @@ import contextlib
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tunoffload._sysinfo import CLONE_NEWNET, os_or_libc, unshare_netns
@@ -44,6 +48,7 @@ from tunoffload._sysinfo import CLONE_NEWNET, os_or_libc, unshare_netns
 __all__ = [
     "WIREGUARD_RUN_DIR",
     "CommandError",
+    "Daemon",
     "LineReader",
     "Netns",
     "genkey",
@@ -227,6 +232,81 @@ def wait_ready(proc: subprocess.Popen[str], what: str, timeout: float = 10) -> L
     return lines
 
 
+class Daemon:
+    """A command that runs until it is stopped (``argv``, e.g. from :func:`in_netns`),
+    started at once in a session of its own (a Ctrl-C reaches the caller, which stops
+    it), stdin on ``/dev/null``, its stdout and stderr appended to the file ``log``;
+    ``env`` is its whole environment (default: this process's). ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: str | os.PathLike[str],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.log = Path(log)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last ``lines`` lines of its log, on one line, for a failure message."""
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(no output)"
+
+    def ready(self, predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+        """Waits until ``predicate`` is true; ``RuntimeError`` naming ``what``, with the
+        log's tail, when the command exits first or ``timeout`` seconds pass."""
+        if not wait_until(lambda: not self.alive() or predicate(), timeout):
+            raise RuntimeError(f"{what}: not within {timeout:g} s: {self.log_tail()}")
+        if not self.alive() and not predicate():
+            raise RuntimeError(f"{what}: exit {self.proc.returncode}: {self.log_tail()}")
+
+    def wait(self, timeout: float = WAIT_S) -> int:
+        """Its exit status, once it exits by itself; ``RuntimeError`` (with the log's
+        tail) if it is still running after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"still running after {timeout:g} s: {self.log_tail()}") from None
+
+    def stop(self, timeout: float = 5, sig: int = signal.SIGTERM) -> int:
+        """``sig`` (SIGKILL after ``timeout`` seconds), reaped; its exit status. Again is
+        harmless."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process (all its threads) so far."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Netns:
     """A network namespace that this process made and will delete, named
     ``{prefix}-{pid}-{random}``, with its loopback up."""
@@ -262,6 +342,17 @@ class Netns:
         """Starts ``argv`` in the namespace (with ``rundir``, see :func:`in_netns`);
         ``kwargs`` go to ``subprocess.Popen``."""
         return subprocess.Popen(self.exec_argv(*argv, rundir=rundir), **kwargs)
+
+    def start(
+        self,
+        *argv: str,
+        log: str | os.PathLike[str],
+        rundir: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Daemon:
+        """Starts ``argv`` in the namespace (with ``rundir``, see :func:`in_netns`) as a
+        :class:`Daemon`, its output appended to ``log``."""
+        return Daemon(self.exec_argv(*argv, rundir=rundir), log, env)
 
     def exec_argv(self, *argv: str, rundir: str | None = None) -> list[str]:
         """The command line that runs ``argv`` in the namespace (see :func:`in_netns`)."""

@@ -23,15 +23,12 @@ Everything created (namespaces, veth, interfaces, daemons, directories) is remov
 ``Pair.close`` (``with Pair() as pair:``), also on errors and KeyboardInterrupt; each
 daemon also gets SIGTERM if the thread that started it dies (``setpriv --pdeathsig``), so
 start peers from a thread that outlives them (the main thread). Traffic only goes to
-addresses inside the two namespaces, and every wait is bounded.
-
-    python -m tunoffload.bench.wgpeers list          # the implementations found here
-    python -m tunoffload.bench.wgpeers smoke A B     # A (initiating) and B: handshake, 1 MiB
+addresses inside the two namespaces, and every wait is bounded. What is found here:
+``python benchmarks/wireguard.py --list``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import hashlib
@@ -39,10 +36,8 @@ import os
 import random
 import re
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,11 +47,11 @@ from pathlib import Path
 from tunoffload.bench.wire import Datagram
 from tunoffload.testing import (
     WIREGUARD_RUN_DIR,
+    Daemon,
     Netns,
     genkey,
     genpsk,
     joined_by_veth,
-    missing_requirements,
     python_module,
     wg,
 )
@@ -344,9 +339,9 @@ class Peer:
             raise ValueError(f"bad interface name {ifname!r}")
         self.impl, self.ns, self.ifname, self.rundir = impl, ns, ifname, rundir
         self.underlay = underlay  # this side's veth address (its endpoint's address)
-        self.argv = ns.exec_argv(*_pdeathsig(), *impl.command(repo), ifname, rundir=rundir)
+        self.command = [*_pdeathsig(), *impl.command(repo), ifname]
         self.log_path = rundir.rstrip("/") + ".log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: Daemon | None = None
         # set by configure_pair
         self.private_key = self.public_key = ""
         self.listen_port = 0
@@ -361,9 +356,9 @@ class Peer:
 
     @property
     def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} in {self.ns} is not running")
-        return self.proc.pid
+        if self.daemon is None or not self.daemon.alive():
+            raise RuntimeError(f"{self.name} in {self.ns.name} is not running")
+        return self.daemon.pid
 
     @property
     def socket_path(self) -> str:
@@ -372,42 +367,28 @@ class Peer:
     def start(self, timeout: float = 15) -> None:
         """Starts the daemon and waits until ``wg show`` answers through its UAPI."""
         os.makedirs(self.rundir, mode=0o700, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.impl.env},
-                start_new_session=True,  # a Ctrl-C reaches the harness, which stops it
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.proc = None
-                raise RuntimeError(f"{self.name} exited at start: {self.log_tail()}")
-            if os.path.exists(self.socket_path):
-                with contextlib.suppress(subprocess.SubprocessError):
-                    self.wg("show", self.ifname, timeout=5)
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name}: no UAPI in {timeout:g} s: {self.log_tail()}")
-            time.sleep(0.05)
+        with open(self.log_path, "a") as log:
+            log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.command)}\n")
+        env = {**os.environ, **self.impl.env}
+        self.daemon = self.ns.start(*self.command, log=self.log_path, rundir=self.rundir, env=env)
+        try:
+            self.daemon.ready(self._answers, f"{self.name}'s UAPI", timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        if not os.path.exists(self.socket_path):
+            return False
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.wg("show", self.ifname, timeout=5)
+            return True
+        return False
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM (SIGKILL after ``timeout``), reaped; its socket and interface removed."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        if self.daemon is not None:
+            self.daemon.stop(timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         if os.path.exists(self.ns.path):
@@ -425,21 +406,14 @@ class Peer:
             self._link_up(*self._up)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.daemon is not None and self.daemon.alive()
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                text = f.read().strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(text[-lines:]) or "(no output)"
+        return self.daemon.log_tail(lines) if self.daemon else "(not started)"
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the daemon (all its threads) so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.daemon.cpu_seconds() if self.daemon else 0.0
 
     # --- wg -----------------------------------------------------------------------------
 
@@ -669,63 +643,3 @@ def forged_datagrams(
         add(f"replayed {kind}", d.payload, spoof=True)
         add(f"replayed {kind}, new port", d.payload)
     return out
-
-
-# --- a command line -----------------------------------------------------------------------
-
-
-def _list() -> int:
-    repo = Path.cwd()
-    for name, impl in IMPLEMENTATIONS.items():
-        why = impl.unavailable(repo)
-        if why:
-            print(f"{name:22} -  {why}")
-        else:
-            print(f"{name:22} {impl.version(repo) or '?'}  ({' '.join(impl.command(repo))})")
-    return 0
-
-
-def _smoke(a_impl: str, b_impl: str, size: int) -> int:
-    reason = missing_requirements(tools=["wg"])
-    if reason:
-        print(f"wgpeers: {reason}", file=sys.stderr)
-        return 2
-    with Pair(repo=Path.cwd()) as pair:
-        a, b = pair.start(0, a_impl), pair.start(1, b_impl)
-        configure_pair(a, b, initiator=a)
-        from tunoffload.bench.traffic import tcp_exchange  # (imports the native module)
-
-        r = tcp_exchange(a.ns, b.ns, b.address, size)
-        print(
-            f"{a.name} -> {b.name}: {size} bytes each way in {r.seconds:.2f} s: "
-            + ("SHA-256 equal" if r.ok else r.problem())
-        )
-        for p, q in ((a, b), (b, a)):
-            info = p.peer_info(q)
-            print(
-                f"  {p.name}: endpoint {info.endpoint}, handshake {info.latest_handshake},"
-                f" rx {info.rx_bytes}, tx {info.tx_bytes}"
-            )
-        return 0 if r.ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tunoffload.bench.wgpeers", description=__doc__.split("\n\n")[0]
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="the implementations, where found, their versions")
-    s = sub.add_parser("smoke", help="A initiates to B: handshake and TCP each way")
-    s.add_argument("a", choices=IMPLEMENTATIONS)
-    s.add_argument("b", choices=IMPLEMENTATIONS)
-    s.add_argument("--size", type=int, default=1 << 20, help="bytes each way (1 MiB)")
-    args = p.parse_args(argv)
-    try:
-        return _list() if args.cmd == "list" else _smoke(args.a, args.b, args.size)
-    except KeyboardInterrupt:
-        print("interrupted; everything made was removed", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
