@@ -6,7 +6,8 @@ tunoffload against the kernel, not against itself): ``Netns``, ``joined_by_veth`
 ``can_use_netns``, the tests' name for ``missing_requirements`` (None when namespaces
 and TUN devices can be used here, else why not). Beside them, what only the tests need:
 
-- ``raw_tun(name, vnet_hdr=..., offload=...)``: opens a TUN device with fcntl ioctls;
+- ``raw_tun(name, vnet_hdr=..., offload=...)``: opens a TUN device with fcntl ioctls
+  (their numbers and flags are ``tunoffload._sysinfo``'s, the ``TUN_F_*`` re-exported);
 - ``link_info``, ``ip_addrs``: what ``ip`` reports about a link;
 - ``drain(dev)``: empties a non-blocking device.
 """

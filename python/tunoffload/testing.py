@@ -1,8 +1,9 @@
 """Network namespaces for tests and benchmarks: made, joined and deleted by the caller.
 
-The standard library and the ``ip`` command (iproute2) only: nothing here uses
-tunoffload's own namespace or device code, so a test that checks tunoffload against the
-kernel does not check it against itself. Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
+The standard library and system commands only (``ip``; ``unshare``, ``mount`` and ``wg``
+for WireGuard's): nothing here uses tunoffload's own namespace or device code, so a test
+that checks tunoffload against the kernel does not check it against itself. Needs root
+(CAP_NET_ADMIN and CAP_SYS_ADMIN).
 
 - :func:`missing_requirements`: why namespaces (and TUN devices, and other tools) cannot
   be used here, or ``None``; a reason to skip a test or refuse a benchmark.
