@@ -21,6 +21,7 @@ implementation against the upstream wireguard-go and against the unencrypted tun
 Needs root, ``wg`` and iperf3; everything made is removed at the end, also on Ctrl-C.
 
     python benchmarks/wireguard.py --repeat 3 [--duration 5] [--impls ...] [--json]
+    python benchmarks/wireguard.py --list     # the implementations found here, versions
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from tunoffload.bench import wgpeers as bp
 from tunoffload.bench.peers import TUNNEL_ROWS as BENCH_TUNNEL_ROWS
 from tunoffload.bench.peers import have_cryptography, run_tunnel_row
 from tunoffload.bench.report import Result, interleaved_medians
+from tunoffload.bench.traffic import iperf3
+from tunoffload.testing import missing_requirements
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -55,15 +58,14 @@ def run_wireguard(impl: str, duration: float) -> Result:
         with bp.Pair(prefix="tunoff-wgb", repo=REPO) as pair:
             a, b = pair.start(0, impl), pair.start(1, impl)
             bp.configure_pair(a, b, initiator=a)
-            drops0 = [bp.udp_counters(ns)["RcvbufErrors"] for ns in pair.ns]
+            drops0 = [ns.udp_counters()["RcvbufErrors"] for ns in pair.ns]
             cpu0 = [p.cpu_seconds() for p in (a, b)]
             t0 = time.monotonic()
-            r = bp.iperf3_tcp(a.ns, b.ns, b.address, duration)
+            r = iperf3(a.ns, b.ns, b.address, duration)
             wall = time.monotonic() - t0
             cpu = [p.cpu_seconds() - c for p, c in zip((a, b), cpu0, strict=True)]
             drops = [
-                bp.udp_counters(ns)["RcvbufErrors"] - d
-                for ns, d in zip(pair.ns, drops0, strict=True)
+                ns.udp_counters()["RcvbufErrors"] - d for ns, d in zip(pair.ns, drops0, strict=True)
             ]
             for p in (a, b):
                 if not p.alive():
@@ -154,9 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", type=Path, help="the JSON file (default: benchmarks/results/)")
+    p.add_argument("--list", action="store_true", help="list the implementations found here")
     args = p.parse_args(argv)
+    if args.list:
+        for name, impl in bp.IMPLEMENTATIONS.items():
+            why = impl.unavailable(REPO)
+            if why:
+                print(f"{name:22} -  {why}")
+            else:
+                print(f"{name:22} {impl.version(REPO) or '?'}  ({' '.join(impl.command(REPO))})")
+        return 0
 
-    reason = bp.why_not("wg", "iperf3", "ss")
+    reason = missing_requirements(tools=["wg", "iperf3", "ss"])
     if reason:
         print(f"wireguard benchmark: {reason}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ tunoffload against the kernel, not against itself): ``Netns``, ``joined_by_veth`
 ``can_use_netns``, the tests' name for ``missing_requirements`` (None when namespaces
 and TUN devices can be used here, else why not). Beside them, what only the tests need:
 
-- ``raw_tun(name, vnet_hdr=..., offload=...)``: opens a TUN device with fcntl ioctls;
+- ``raw_tun(name, vnet_hdr=..., offload=...)``: opens a TUN device with fcntl ioctls
+  (their numbers and flags are ``tunoffload._sysinfo``'s, the ``TUN_F_*`` re-exported);
 - ``link_info``, ``ip_addrs``: what ``ip`` reports about a link;
 - ``drain(dev)``: empties a non-blocking device.
 """
@@ -17,12 +18,30 @@ import fcntl
 import json
 import os
 import struct
-import subprocess
 
-from tunoffload.testing import Netns, joined_by_veth
+from tunoffload._sysinfo import (
+    IFF_NO_PI,
+    IFF_TUN,
+    IFF_VNET_HDR,
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUN_F_USO4,
+    TUN_F_USO6,
+    TUNSETIFF,
+    TUNSETOFFLOAD,
+    TUNSETVNETHDRSZ,
+    VNET_HDR_LEN,
+)
+from tunoffload.testing import Netns, ip, joined_by_veth
 from tunoffload.testing import missing_requirements as can_use_netns
 
 __all__ = [
+    "TUN_F_CSUM",
+    "TUN_F_TSO4",
+    "TUN_F_TSO6",
+    "TUN_F_USO4",
+    "TUN_F_USO6",
     "Netns",
     "can_use_netns",
     "drain",
@@ -32,27 +51,11 @@ __all__ = [
     "raw_tun",
 ]
 
-TUNSETIFF = 0x400454CA
-TUNSETOFFLOAD = 0x400454D0
-TUNSETVNETHDRSZ = 0x400454D8
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-TUN_F_TSO_ECN = 0x08
-TUN_F_USO4 = 0x20
-TUN_F_USO6 = 0x40
-
 
 def link_info(ns: Netns | None, name: str) -> dict | None:
     """`ip -d -j link show NAME` in `ns` (None: this process's namespace), or None when
     there is no such link."""
-    argv = ["ip", "-d", "-j", "link", "show", "dev", name]
-    if ns is not None:
-        argv[1:1] = ["-n", ns.name]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    r = ip("-d", "-j", "link", "show", "dev", name, ns=ns.name if ns else None, check=False)
     return json.loads(r.stdout)[0] if r.returncode == 0 else None
 
 
@@ -64,7 +67,7 @@ def ip_addrs(ns: Netns, name: str) -> set[str]:
 
 def drain(dev) -> None:  # type: ignore[no-untyped-def]
     """Reads a non-blocking device until it is empty (a bounded number of reads)."""
-    buf = bytearray(10 + 65535)  # the virtio header and the largest packet
+    buf = bytearray(VNET_HDR_LEN + 65535)  # the virtio header and the largest packet
     for _ in range(10000):
         try:
             dev.recv(buf)
@@ -83,7 +86,7 @@ def raw_tun(name: str, vnet_hdr: bool = False, offload: int = 0) -> int:
         flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
         if vnet_hdr:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 10))
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
         fcntl.ioctl(fd, TUNSETOFFLOAD, offload)
     except BaseException:
         os.close(fd)

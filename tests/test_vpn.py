@@ -11,16 +11,13 @@ come out of its TUN device.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +25,9 @@ from pathlib import Path
 
 import pytest
 from _netns import Netns, can_use_netns, joined_by_veth
+from tunoffload.bench.traffic import tcp_exchange, udp_exchange
+from tunoffload.bench.wire import Capture, Datagram, send_raw_datagrams
+from tunoffload.testing import wait_until
 
 try:
     import cryptography  # noqa: F401
@@ -241,20 +241,17 @@ def _tunnel(tmp: Path) -> Iterator[Tunnel]:
             ):
                 stats, log = tmp / f"{dev}.json", tmp / f"{dev}.log"
                 argv = [
-                    *("ip", "netns", "exec", ns.name, sys.executable, str(VPN), "--tun", "vpn0"),
+                    *(sys.executable, str(VPN), "--tun", "vpn0"),
                     *("--address", f"{over}/24", "--listen", f"0.0.0.0:{PORT}"),
                     *("--peer", f"{peer}:{PORT}", "--key-file", str(key)),
                     *("--stats-file", str(stats)),
                 ]
                 with open(log, "w") as err:
-                    proc = subprocess.Popen(argv, stderr=err, text=True)
+                    proc = ns.popen(*argv, stderr=err, text=True)
                 peers.append(Peer(ns, proc, stats, log))
             for p in peers:  # up when it says so
-                deadline = time.monotonic() + 30
-                while "up, peer" not in p.log.read_text():
-                    assert p.proc.poll() is None, p.log.read_text()
-                    assert time.monotonic() < deadline, "vpn.py did not come up"
-                    time.sleep(0.05)
+                wait_until(lambda p=p: "up, peer" in p.log.read_text() or p.proc.poll() is not None)
+                assert "up, peer" in p.log.read_text(), p.log.read_text()
             yield Tunnel(*peers)
         finally:
             for p in peers:
@@ -274,47 +271,9 @@ def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
         yield t
 
 
-def _recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        data = sock.recv(1 << 20)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
 @needs_netns
 def test_tcp_through_the_tunnel_both_ways(tunnel: Tunnel):
-    to_b, to_a = os.urandom(6 << 20), os.urandom(5 << 20)
-    got: dict[str, bytes] = {}
-    with tunnel.b.ns.entered():
-        server = socket.create_server((OVER_B, 5001))
-    server.settimeout(30)
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        conn.settimeout(30)
-        sender = threading.Thread(target=lambda: (conn.sendall(to_a), conn.shutdown(1)))
-        sender.start()
-        got["b"] = _recv_all(conn)
-        sender.join()
-        conn.close()
-
-    th = threading.Thread(target=serve)
-    th.start()
-    try:
-        with tunnel.a.ns.entered():
-            client = socket.create_connection((OVER_B, 5001), timeout=30)
-        sender = threading.Thread(target=lambda: (client.sendall(to_b), client.shutdown(1)))
-        sender.start()
-        got["a"] = _recv_all(client)
-        sender.join()
-        client.close()
-    finally:
-        th.join(timeout=60)
-        server.close()
-    assert hashlib.sha256(got["b"]).hexdigest() == hashlib.sha256(to_b).hexdigest()
-    assert hashlib.sha256(got["a"]).hexdigest() == hashlib.sha256(to_a).hexdigest()
+    tcp_exchange(tunnel.a.ns, tunnel.b.ns, OVER_B, 6 << 20, 5 << 20, port=5001, check=True)
     for peer in (tunnel.a, tunnel.b):
         s = peer.stats()
         assert s["sent"] > 0 and s["received"] > 0
@@ -323,50 +282,12 @@ def test_tcp_through_the_tunnel_both_ways(tunnel: Tunnel):
 
 @needs_netns
 def test_udp_datagrams_through_the_tunnel(tunnel: Tunnel):
-    # 1392 fills the 1420-byte MTU; 3000 crosses as two IP fragments, reassembled in B
-    sizes = [1, 2, 100, 576, 1000, 1391, 1392, 3000] * 4
+    # 1392 fills the 1420-byte MTU; 3000 crosses as two IP fragments, reassembled in B;
+    # 12: the smallest self-checking datagram (sequence number and digest)
+    sizes = (12, 13, 100, 576, 1000, 1391, 1392, 3000)
     for src, dst, dst_addr in ((tunnel.a, tunnel.b, OVER_B), (tunnel.b, tunnel.a, OVER_A)):
-        with dst.ns.entered():
-            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with src.ns.entered():
-            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with rx, tx:
-            rx.bind((dst_addr, 6001))
-            rx.settimeout(10)
-            sent = [os.urandom(n) for n in sizes]
-            for d in sent:
-                tx.sendto(d, (dst_addr, 6001))
-            received = [rx.recv(65535) for _ in sent]
-            assert sorted(received) == sorted(sent)
-
-
-def _capture_socket(ns: Netns, dev: str) -> socket.socket:
-    """Every frame on ``dev``, both ways (ETH_P_ALL: a socket for one protocol would see
-    only what comes in)."""
-    eth_p_all = 0x0003
-    with ns.entered():
-        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_all))
-    cap.bind((dev, eth_p_all))
-    cap.settimeout(10)
-    return cap
-
-
-def _capture(cap: socket.socket, outgoing: bool, length: int) -> bytes:
-    """The UDP payload of the next frame on the tunnel's port whose payload is
-    ``length`` bytes, received (or, with ``outgoing``, sent) on the veth."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        frame, addr = cap.recvfrom(65535)
-        if (addr[2] == socket.PACKET_OUTGOING) != outgoing or frame[12:14] != b"\x08\x00":
-            continue
-        ip = frame[14:]
-        ihl = (ip[0] & 15) * 4
-        if ip[9] != 17:
-            continue
-        sport, dport, ulen = struct.unpack_from("!HHH", ip, ihl)
-        if PORT in (sport, dport) and ulen - 8 == length:
-            return bytes(ip[ihl + 8 : ihl + ulen])
-    raise AssertionError("the encrypted datagram was not seen on the veth")
+        r = udp_exchange(src.ns, dst.ns, dst_addr, count=32, sizes=sizes, rounds=1, port=6001)
+        assert r.arrived == r.sent and not r.bad and not r.duplicates, r
 
 
 @needs_netns
@@ -374,48 +295,38 @@ def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
     from tunoffload.bench.cipher import OVERHEAD
 
     a, b = tunnel.a, tunnel.b
-    with a.ns.entered():
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rx.bind((OVER_A, 6002))
-    with b.ns.entered():
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # through the tunnel
-        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # straight at A's port
-        b_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        b_rx.bind((OVER_B, 6003))
-    with a.ns.entered():
-        a_tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    cap = _capture_socket(a.ns, "va")
+    rx, b_rx = a.ns.socket(), b.ns.socket()
+    rx.bind((OVER_A, 6002))
+    b_rx.bind((OVER_B, 6003))
+    tx, a_tx = b.ns.socket(), a.ns.socket()  # through the tunnel
     rx.settimeout(10)
     b_rx.settimeout(10)
-    with rx, tx, raw, b_rx, a_tx, cap:
+    with rx, tx, b_rx, a_tx:
         inner = os.urandom(333)
         wire_len = 20 + 8 + len(inner) + OVERHEAD
-        tx.sendto(inner, (OVER_A, 6002))
-        incoming = _capture(cap, outgoing=False, length=wire_len)  # B -> A, encrypted
-        assert rx.recv(65535) == inner
+        with Capture(a.ns, "va", [PORT]) as cap:
+            tx.sendto(inner, (OVER_A, 6002))  # B -> A, encrypted
+            assert rx.recv(65535) == inner
+            a_tx.sendto(inner, (OVER_B, 6003))  # one of A's own datagrams, to reflect back
+            assert b_rx.recv(65535) == inner
+        seen = {d.outgoing: d.payload for d in cap.datagrams if len(d.payload) == wire_len}
+        incoming, outgoing = seen[False], seen[True]
         assert inner not in incoming
-        # one of A's own datagrams, to reflect back at it
-        a_tx.sendto(inner, (OVER_B, 6003))
-        outgoing = _capture(cap, outgoing=True, length=wire_len)
-        assert b_rx.recv(65535) == inner
 
         before = a.stats()
         forged = bytearray(incoming)
         counter = struct.unpack_from("<Q", forged, 4)[0]
         struct.pack_into("<Q", forged, 4, counter + 1000)  # a fresh counter: not a replay
         forged[40] ^= 0x20  # and a flipped ciphertext bit
-        for datagram in (incoming, bytes(forged), outgoing, b"\x01" * 20):
-            raw.sendto(datagram, (UNDER_A, PORT))
+        straight = (incoming, bytes(forged), outgoing, b"\x01" * 20)  # at A's port
+        send_raw_datagrams(b.ns, [Datagram(d, UNDER_A, PORT) for d in straight])
         want = {
             "dropped_replayed": before["dropped_replayed"] + 2,  # the replay, the reflection
             "dropped_forged": before["dropped_forged"] + 1,
             "dropped_malformed": before["dropped_malformed"] + 1,
         }
-        deadline = time.monotonic() + 10
+        wait_until(lambda: all(a.stats()[k] >= v for k, v in want.items()), 10)
         after = a.stats()
-        while any(after[k] < v for k, v in want.items()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            after = a.stats()
         assert {k: after[k] for k in want} == want
         assert after["received"] == before["received"]  # nothing reached A's TUN device
         # and nothing came out of it: the next datagram A's socket gets is a new one

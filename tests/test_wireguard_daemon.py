@@ -1,12 +1,12 @@
 """``python -m tunoffload wireguard [-f] IFNAME``, run as wireguard-go is run.
 
 Each daemon runs in a network namespace of the test's and in a mount namespace of its
-own with a directory of the test's on ``/run/wireguard`` (``_wgns``); so do the ``wg``
-and ``wg-quick`` commands that drive it. The device is the stand-in ``wgfake`` (through
-the testing-only ``TUNOFFLOAD_WG_TESTING_DEVICE``), so everything but the cipher is real:
-the TUN device, the sockets, the configuration socket, detaching, signals, the interface
-deleted under the daemon, the socket removed, ``wg-quick up``/``down``, and traffic
-between two daemons configured with ``wg``.
+own with a directory of the test's on ``/run/wireguard`` (``tunoffload.testing.in_netns``);
+so do the ``wg`` and ``wg-quick`` commands that drive it. The device is the stand-in
+``wgfake`` (through the testing-only ``TUNOFFLOAD_WG_TESTING_DEVICE``), so everything but
+the cipher is real: the TUN device, the sockets, the configuration socket, detaching,
+signals, the interface deleted under the daemon, the socket removed, ``wg-quick
+up``/``down``, and traffic between two daemons configured with ``wg``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _netns import Netns, can_use_netns, joined_by_veth, link_info
-from _wgns import can_use_wg, genkey, isolated, transfer, wait_until, wg
+from _netns import Netns, joined_by_veth, link_info
+from tunoffload import testing
+from tunoffload.bench.traffic import tcp_exchange
+from tunoffload.testing import genkey, missing_requirements, wait_until, wg
 
-_why = can_use_netns() or can_use_wg()
+_why = missing_requirements(tools=["wg"])
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 pytest.importorskip("cryptography")
 
@@ -62,25 +64,18 @@ def daemon_pids(ifname: str) -> list[int]:
     return pids
 
 
-class Daemon:
-    """One daemon (foreground: our child; detached: the parent is our child)."""
+class Daemon(testing.Daemon):
+    """One daemon (foreground: our child; detached: the parent is our child) in ``ns``,
+    ``rundir`` on its ``/run/wireguard``, its output in ``log``."""
 
     def __init__(
         self, ns: Netns, rundir: str, ifname: str, log: Path, foreground: bool = True, **env: str
     ) -> None:
         self.ns, self.rundir, self.ifname = ns, rundir, ifname
         self.sock = os.path.join(rundir, f"{ifname}.sock")
-        self.log = log
         argv = [sys.executable, "-m", "tunoffload", "wireguard"]
         argv += ["-f", ifname] if foreground else [ifname]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                isolated(rundir, argv, ns.name),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=daemon_env(**env),
-            )
+        super().__init__(ns.exec_argv(*argv, rundir=rundir), log, daemon_env(**env))
 
     def serving(self) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -90,25 +85,17 @@ class Daemon:
                 return False
             return True
 
-    def ready(self) -> None:
-        assert wait_until(lambda: self.serving() or self.proc.poll() is not None)
-        assert self.serving(), self.log.read_text()
+    def wait_serving(self) -> None:
+        self.ready(self.serving, f"{self.ifname}'s configuration socket")
 
     def wg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return wg(self.rundir, *args, netns=self.ns.name, check=check)
+        return wg(*args, ns=self.ns, rundir=self.rundir, check=check)
 
-    def wait(self) -> int:
-        try:
-            return self.proc.wait(WAIT_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"still running after {WAIT_S} s: {self.log.read_text()}"
-            ) from None
+    def wait(self, timeout: float = WAIT_S) -> int:
+        return super().wait(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT_S)
+        self.stop(WAIT_S, signal.SIGKILL)
         for pid in daemon_pids(self.ifname):
             os.kill(pid, signal.SIGKILL)
 
@@ -145,7 +132,7 @@ def test_foreground_serves_and_stops_on_signal(ns, rundir, tmp_path, sig) -> Non
         TUNOFFLOAD_WG_TESTING_UNDER_LOAD="1",
     )
     try:
-        d.ready()
+        d.wait_serving()
         st = os.stat(d.sock)
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
         info = link_info(ns, name)
@@ -182,7 +169,7 @@ def test_stops_when_the_interface_is_deleted(ns, rundir, tmp_path) -> None:  # t
     name = ifname("x")
     d = Daemon(ns, rundir, name, tmp_path / "log")
     try:
-        d.ready()
+        d.wait_serving()
         ns.run("ip", "link", "del", name)
         assert d.wait() == 0, d.log.read_text()
     finally:
@@ -196,7 +183,7 @@ def test_stops_when_its_socket_is_removed(ns, rundir, tmp_path) -> None:  # type
     name = ifname("s")
     d = Daemon(ns, rundir, name, tmp_path / "log")
     try:
-        d.ready()
+        d.wait_serving()
         os.unlink(d.sock)  # what wg-quick down does to a userspace implementation
         assert d.wait() == 0, d.log.read_text()
     finally:
@@ -241,7 +228,7 @@ def test_foreground_from_the_environment(ns, rundir, tmp_path) -> None:  # type:
     name = ifname("e")
     d = Daemon(ns, rundir, name, tmp_path / "log", foreground=False, WG_PROCESS_FOREGROUND="1")
     try:
-        d.ready()
+        d.wait_serving()
         assert d.proc.poll() is None  # did not detach
         assert daemon_pids(name) == [d.proc.pid]
         d.proc.terminate()
@@ -255,7 +242,7 @@ def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: igno
     with Netns("wgpy-u1") as ns1, Netns("wgpy-u2") as ns2:
         first = Daemon(ns1, rundir, name, tmp_path / "log1")
         try:
-            first.ready()
+            first.wait_serving()
             # the same name in another namespace, the same socket directory: refused
             second = Daemon(ns2, rundir, name, tmp_path / "log2")
             assert second.wait() == 1
@@ -266,7 +253,7 @@ def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: igno
             assert os.path.exists(first.sock)
             third = Daemon(ns2, rundir, name, tmp_path / "log3")
             try:
-                third.ready()
+                third.wait_serving()
                 assert third.wg("show", name).returncode == 0  # the stale one replaced
             finally:
                 third.kill()
@@ -312,8 +299,8 @@ def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-un
         a = Daemon(a_ns, str(dirs[0]), name, tmp_path / "log-a")
         b = Daemon(b_ns, str(dirs[1]), name, tmp_path / "log-b")
         try:
-            a.ready()
-            b.ready()
+            a.wait_serving()
+            b.wait_serving()
             (priv_a, pub_a), (priv_b, pub_b) = genkey(), genkey()
             for key, priv in ((tmp_path / "ka", priv_a), (tmp_path / "kb", priv_b)):
                 key.write_text(priv)
@@ -324,7 +311,7 @@ def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-un
             for ns, over in ((a_ns, OVER_A), (b_ns, OVER_B)):
                 ns.run("ip", "addr", "add", f"{over}/24", "dev", name)
                 ns.run("ip", "link", "set", name, "up")
-            transfer(a_ns.name, b_ns.name, OVER_B, 5501, 1 << 20, 1 << 20)
+            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5501, check=True)
             dump_b = b.wg("show", name, "dump").stdout.splitlines()
             peer = dump_b[1].split("\t")
             assert peer[0] == pub_a
@@ -383,14 +370,14 @@ def test_wg_quick_up_and_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
         def wg_quick(command: str) -> None:
             for ns, run, conf in confs:
                 proc = subprocess.run(
-                    isolated(run, ["wg-quick", command, conf], ns.name),
+                    ns.exec_argv("wg-quick", command, conf, rundir=run),
                     capture_output=True, text=True, timeout=60, env=env,
                 )  # fmt: skip
                 assert proc.returncode == 0, proc.stderr
 
         try:
             wg_quick("up")
-            transfer(a_ns.name, b_ns.name, OVER_B, 5502, 1 << 16, 1 << 16)
+            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 16, port=5502, check=True)
             wg_quick("down")
             assert wait_until(lambda: not daemon_pids(name))
             for _, run, _ in confs:

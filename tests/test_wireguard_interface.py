@@ -21,13 +21,14 @@ from collections.abc import Iterator
 
 import pytest
 from _netns import Netns, can_use_netns, joined_by_veth, link_info
-from _wgns import sock_in, transfer, wait_until
+from tunoffload.testing import wait_until
 
 _why = can_use_netns()
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 pytest.importorskip("cryptography")
 
 import tunoffload as t  # noqa: E402
+from tunoffload.bench.traffic import tcp_exchange  # noqa: E402
 from tunoffload.wireguard import Interface  # noqa: E402
 from wgfake import FakeDevice  # noqa: E402
 
@@ -106,10 +107,10 @@ def pair() -> Iterator[Pair]:
 
 def udp_roundtrip(p: Pair, payload: bytes, port: int) -> bytes | None:
     """One datagram from A's overlay address to B's; what B received (None: nothing)."""
-    rx = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+    rx = p.b_ns.socket()
     rx.bind((OVER_B, port))
     rx.settimeout(2)
-    tx = sock_in(p.a_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+    tx = p.a_ns.socket()
     with rx, tx:
         tx.sendto(payload, (OVER_B, port))
         try:
@@ -120,7 +121,7 @@ def udp_roundtrip(p: Pair, payload: bytes, port: int) -> bytes | None:
 
 def test_tcp_both_ways_with_roaming_and_the_hook(pair: Pair) -> None:
     p = pair
-    transfer(p.a_ns.name, p.b_ns.name, OVER_B, 5401, SIZE, SIZE)
+    tcp_exchange(p.a_ns, p.b_ns, OVER_B, SIZE, port=5401, check=True)
     # B learned A's endpoint from A's datagrams (the sender of each, through RecvMeta)
     peer_a = p.fb.peers()[0]
     assert peer_a["endpoint"] == (UNDER_A, p.a.listen_port)
@@ -173,7 +174,7 @@ def test_failures_in_a_batch_are_counted_and_dropped() -> None:
         assert udp_roundtrip(p, b"second", 7302) == b"second"
         assert p.b.stats()["hook_errors"] == 1
         # a handshake message the device refuses (ValueError) is counted, nothing sent
-        junk = sock_in(a_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+        junk = a_ns.socket()
         with junk:
             junk.sendto(b"\x03refuse", (UNDER_B, p.b.listen_port))
         assert wait_until(lambda: p.b.stats()["rx_errors"] == 1)
@@ -214,7 +215,7 @@ def test_rebind_while_running(pair: Pair) -> None:
     # the old sockets are closed (by their receiving threads, within POLL_S): the old port
     # can be bound again in B's namespace
     def old_port_free() -> bool:
-        s = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+        s = p.b_ns.socket()
         try:
             s.bind(("0.0.0.0", old))
             return True
@@ -225,7 +226,7 @@ def test_rebind_while_running(pair: Pair) -> None:
 
     assert wait_until(old_port_free)
     # a port in use is refused, and the sockets stay as they were
-    blocker = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+    blocker = p.b_ns.socket()
     blocker.bind(("0.0.0.0", 0))
     with blocker, pytest.raises(OSError):
         p.b.listen_port = blocker.getsockname()[1]
@@ -251,7 +252,7 @@ def test_stop_removes_everything(pair: Pair) -> None:
     p.b.stop()
     assert p.b.wait(0) and p.b.reason == "stopped" and not p.b.running
     assert link_info(p.b_ns, "wgb") is None  # the TUN device is gone
-    s = sock_in(p.b_ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+    s = p.b_ns.socket()
     with s:
         s.bind(("0.0.0.0", port))  # the port is free
     names = [th.name for th in threading.enumerate()]
@@ -287,12 +288,12 @@ def test_ipv6_underlay() -> None:
         with running(a_ns, b_ns, b_host="fd97::2") as p:
             assert udp_roundtrip(p, b"over v6", 7200) == b"over v6"
             assert p.fb.peers()[0]["endpoint"] == ("fd97::1", p.a.listen_port)
-            transfer(a_ns.name, b_ns.name, OVER_B, 5403, 1 << 20, 1 << 20)
+            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5403, check=True)
 
 
 def test_constructor_failure_leaves_nothing() -> None:
     with Netns("wgpy-c") as ns:
-        blocker = sock_in(ns.name, socket.AF_INET, socket.SOCK_DGRAM)
+        blocker = ns.socket()
         blocker.bind(("0.0.0.0", 0))
         with blocker, pytest.raises(OSError):
             Interface(

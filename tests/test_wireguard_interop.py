@@ -37,15 +37,19 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from tunoffload.bench import wgpeers as bp
+from tunoffload.bench.traffic import DATAGRAM_SIZES as SIZES
+from tunoffload.bench.traffic import UdpResult, UdpSink, tcp_exchange, udp_exchange
+from tunoffload.bench.wire import Capture, send_raw_datagrams
+from tunoffload.testing import missing_requirements, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
-_why = bp.why_not("wg")
+_why = missing_requirements(tools=["wg"])
 pytestmark = [pytest.mark.interop, pytest.mark.skipif(_why is not None, reason=str(_why))]
 
 
@@ -72,18 +76,23 @@ def peers(request: pytest.FixtureRequest) -> Iterator[tuple[bp.Pair, bp.Peer, bp
 
 
 def _assert_tcp(client: bp.Peer, server: bp.Peer, size: int) -> None:
-    r = bp.tcp_exchange(client, server, size)
+    r = tcp_exchange(client.ns, server.ns, server.address, size)
     assert r.ok, f"{client.name} <-> {server.name}: {r.problem()}"
     assert r.client["received"] == r.server["received"] == size
+
+
+def _udp(
+    sender: bp.Peer, receiver: bp.Peer, count: int, first_seq: int, sizes: Sequence[int] = SIZES
+) -> UdpResult:
+    """Checked datagrams from ``sender``'s namespace to ``receiver``'s tunnel address."""
+    return udp_exchange(sender.ns, receiver.ns, receiver.address, count, sizes, first_seq=first_seq)
 
 
 def _assert_handshake(p: bp.Peer, q: bp.Peer, since: float) -> bp.PeerInfo:
     """``p``'s dump names ``q`` with a handshake made since ``since`` (time.time())."""
     # a handshake-age implementation reads 0 during the first second after a handshake
-    bp.wait_for(
-        f"{p.name} shows a handshake with {q.name}",
-        lambda: p.peer_info(q).latest_handshake != 0,
-        timeout=3,
+    assert wait_until(lambda: p.peer_info(q).latest_handshake != 0, 3), (
+        f"{p.name} shows no handshake with {q.name}"
     )
     info = p.peer_info(q)
     assert int(since) - 1 <= info.latest_handshake <= time.time() + 1, (
@@ -113,7 +122,7 @@ def test_udp(peers: tuple[bp.Pair, bp.Peer, bp.Peer]) -> None:
     psk = a.peer_info(b).preshared_key
     assert psk and b.peer_info(a).preshared_key == psk
     for sender, receiver, first in ((a, b, 0), (b, a, 1000)):
-        r = bp.udp_exchange(sender, receiver, count=70, first_seq=first)
+        r = _udp(sender, receiver, 70, first_seq=first)
         what = f"{sender.name} -> {receiver.name}: {r}"
         assert not r.missing and r.arrived == r.sent and r.bad == 0, what
         assert r.duplicates <= r.resent, what
@@ -140,12 +149,10 @@ def test_restart(peers: tuple[bp.Pair, bp.Peer, bp.Peer]) -> None:
 def _assert_roamed(mover: bp.Peer, other: bp.Peer, what: str) -> None:
     """After ``mover`` sends, ``other``'s endpoint for it is its new one, and a
     connection from ``other`` reaches it there."""
-    r = bp.udp_exchange(mover, other, count=10, sizes=(100,), first_seq=100)
+    r = _udp(mover, other, 10, sizes=(100,), first_seq=100)
     assert not r.missing, f"{mover.name} -> {other.name} after its {what} moved: {r}"
-    bp.wait_for(
-        f"{other.name}'s endpoint for {mover.name} follows its {what} to {mover.endpoint()}",
-        lambda: other.peer_info(mover).endpoint == mover.endpoint(),
-        timeout=5,
+    assert wait_until(lambda: other.peer_info(mover).endpoint == mover.endpoint(), 5), (
+        f"{other.name}'s endpoint for {mover.name} does not follow its {what}: " + mover.endpoint()
     )
     _assert_tcp(other, mover, MiB // 4)  # other's packets go to the new endpoint
 
@@ -184,10 +191,10 @@ def test_garbage(peers: tuple[bp.Pair, bp.Peer, bp.Peer], seed: int) -> None:
     pair, a, b = peers
     rng = random.Random(seed)
     # everything between the listen ports while the tunnel comes up, for the replays
-    with bp.Capture(pair.ns[0], pair.veth[0], bp.LISTEN_PORTS) as cap:
+    with Capture(pair.ns[0], pair.veth[0], bp.LISTEN_PORTS) as cap:
         bp.configure_pair(a, b, initiator=a)
         for sender, receiver, first in ((a, b, 0), (b, a, 1000)):
-            assert not bp.udp_exchange(sender, receiver, count=20, first_seq=first).missing
+            assert not _udp(sender, receiver, 20, first_seq=first).missing
     captured = cap.datagrams
     kinds = {(d.src, d.message_type) for d in captured}
     assert {(a.underlay, 1), (b.underlay, 2), (a.underlay, 4), (b.underlay, 4)} <= kinds, (
@@ -200,11 +207,14 @@ def test_garbage(peers: tuple[bp.Pair, bp.Peer, bp.Peer], seed: int) -> None:
         assert {"replayed initiation" if victim is b else "replayed response"} <= labels
         assert "transport, real index, bad tag" in labels
         # a sink where the replayed data went: a replay accepted would arrive there again
-        udp0 = bp.udp_counters(victim.ns)
-        with bp.UdpSink(victim) as sink, bp.Capture(other.ns, veth, [victim.listen_port]) as w:
-            bp.send_raw_datagrams(other.ns, forged)
+        udp0 = victim.ns.udp_counters()
+        with (
+            UdpSink(victim.ns, victim.address) as sink,
+            Capture(other.ns, veth, [victim.listen_port]) as w,
+        ):
+            send_raw_datagrams(other.ns, forged)
             time.sleep(0.5)
-        udp1 = bp.udp_counters(victim.ns)
+        udp1 = victim.ns.udp_counters()
         # they reached a socket (the daemon's): none dropped by the kernel on the way
         assert udp1["InDatagrams"] - udp0["InDatagrams"] >= len(forged), (udp0, udp1)
         assert udp1["InCsumErrors"] == udp0["InCsumErrors"], (udp0, udp1)

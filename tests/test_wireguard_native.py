@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,9 +24,9 @@ from pathlib import Path
 
 import pytest
 from _netns import Netns, can_use_netns, joined_by_veth
-from _wgns import can_use_wg, genkey, isolated, transfer, wait_until, wg
-from _wgns import sock_in as _sock_in
 from tunoffload import _native
+from tunoffload.bench.traffic import tcp_exchange
+from tunoffload.testing import genkey, missing_requirements, wait_until, wg
 
 _why = can_use_netns() or (
     None
@@ -37,6 +34,7 @@ _why = can_use_netns() or (
     else "this build has no native WireGuardDevice / RecvMeta yet (the binding adds them)"
 )
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
+_no_wg = missing_requirements(tools=["wg"])
 
 import tunoffload as t  # noqa: E402
 from tunoffload.wireguard import Interface  # noqa: E402
@@ -47,17 +45,13 @@ SIZE = 8 << 20
 WAIT_S = 30  # every wait below is bounded by this
 
 
-def sock_in(ns: Netns, family: int, kind: int) -> socket.socket:
-    return _sock_in(ns.name, family, kind)
-
-
 def probe(src: Netns, dst: Netns, addr: str, tries: int = 5) -> bool:
     """A UDP datagram from ``src`` to ``addr`` (in ``dst``) and its echo back, up to
     ``tries`` times, 2 s each (the first may wait for a handshake)."""
-    server = sock_in(dst, socket.AF_INET, socket.SOCK_DGRAM)
+    server = dst.socket()
     server.bind((addr, 0))
     server.settimeout(0.2)
-    client = sock_in(src, socket.AF_INET, socket.SOCK_DGRAM)
+    client = src.socket()
     client.settimeout(2)
     done = threading.Event()
 
@@ -140,7 +134,7 @@ def pair(request) -> Iterator[Pair]:  # type: ignore[no-untyped-def]
 def test_handshake_and_tcp_both_ways(pair: Pair) -> None:
     p = pair
     assert initiate(p)  # the first packet is staged, a handshake sends it
-    transfer(p.a_ns.name, p.b_ns.name, OVER_B, 5601, SIZE, SIZE)
+    tcp_exchange(p.a_ns, p.b_ns, OVER_B, SIZE, port=5601, check=True)
     for iface in (p.a, p.b):
         (peer,) = iface.peers()
         assert peer["last_handshake"][0] > 0
@@ -155,7 +149,7 @@ def test_garbage_on_the_listen_port_is_dropped(pair: Pair) -> None:
     p = pair
     assert initiate(p)
     before = p.b.device.stats()
-    junk = sock_in(p.a_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    junk = p.a_ns.socket()
     with junk:
         rng = __import__("random").Random(20)
         for _ in range(200):
@@ -165,14 +159,14 @@ def test_garbage_on_the_listen_port_is_dropped(pair: Pair) -> None:
         junk.sendto(b"\x04\0\0\0" + struct.pack("<IQ", 0xDEADBEEF, 1) + bytes(48),
                     (UNDER_B, p.b.listen_port))  # fmt: skip
     assert wait_until(lambda: sum(p.b.device.stats().values()) > sum(before.values()))
-    transfer(p.a_ns.name, p.b_ns.name, OVER_B, 5602, 1 << 20, 1 << 20)  # still up
+    tcp_exchange(p.a_ns, p.b_ns, OVER_B, 1 << 20, port=5602, check=True)  # still up
 
 
 def test_recv_meta_sources() -> None:
     meta = _native.RecvMeta(4)
     with Netns("wgpy-m") as ns:
-        rx = sock_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
-        tx = sock_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        rx = ns.socket()
+        tx = ns.socket()
         with rx, tx:
             rx.bind(("127.0.0.1", 0))
             tx.bind(("127.0.0.1", 0))
@@ -195,33 +189,28 @@ def daemon_env(**extra: str) -> dict[str, str]:
 
 
 class Side:
+    """A daemon (``argv`` + the interface name) in ``ns`` with ``rundir`` on its
+    ``/run/wireguard``, once its configuration socket is there."""
+
     def __init__(self, ns: Netns, rundir: Path, name: str, argv: list[str], env: dict[str, str]):
         self.ns, self.rundir, self.name = ns, str(rundir), name
-        self.proc = subprocess.Popen(
-            isolated(self.rundir, argv, ns.name),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        log = f"{self.rundir}.log"
+        self.daemon = ns.start(*argv, log=log, rundir=self.rundir, env=env)
         sock = os.path.join(self.rundir, f"{name}.sock")
-        assert wait_until(lambda: os.path.exists(sock) or self.proc.poll() is not None)
-        assert os.path.exists(sock)
+        try:
+            self.daemon.ready(lambda: os.path.exists(sock), f"{name}'s configuration socket")
+        except BaseException:
+            self.daemon.stop()
+            raise
 
     def wg(self, *args: str) -> str:
-        return wg(self.rundir, *args, netns=self.ns.name).stdout
+        return wg(*args, ns=self.ns, rundir=self.rundir).stdout
 
     def dump_peer(self) -> list[str]:
         return self.wg("show", self.name, "dump").splitlines()[1].split("\t")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT_S)
+        self.daemon.stop(WAIT_S)
 
 
 OURS = [sys.executable, "-m", "tunoffload", "wireguard", "-f"]
@@ -266,18 +255,18 @@ def daemons(tmp_path: Path):  # type: ignore[no-untyped-def]
                 side.stop()
 
 
-@pytest.mark.skipif(can_use_wg() is not None, reason=str(can_use_wg()))
+@pytest.mark.skipif(_no_wg is not None, reason=str(_no_wg))
 def test_daemons_with_wg(daemons) -> None:  # type: ignore[no-untyped-def]
     make, (a_ns, b_ns) = daemons
     a, b = make(OURS, OURS)
-    transfer(a_ns.name, b_ns.name, OVER_B, 5603, 16 << 20, 16 << 20)
+    tcp_exchange(a_ns, b_ns, OVER_B, 16 << 20, port=5603, check=True)
     for side in (a, b):
         peer = side.dump_peer()
         assert int(peer[4]) > 0  # latest handshake
         assert int(peer[5]) > 8 << 20 and int(peer[6]) > 8 << 20  # rx, tx
 
 
-@pytest.mark.skipif(can_use_wg() is not None, reason=str(can_use_wg()))
+@pytest.mark.skipif(_no_wg is not None, reason=str(_no_wg))
 def test_rekey_forced_by_testing_timers(daemons) -> None:  # type: ignore[no-untyped-def]
     make, (a_ns, b_ns) = daemons
     env = daemon_env(TUNOFFLOAD_WG_TESTING_TIMERS="rekey_after_time=2,rekey_timeout=1")
@@ -286,10 +275,10 @@ def test_rekey_forced_by_testing_timers(daemons) -> None:  # type: ignore[no-unt
     first = int(a.dump_peer()[4])
     # traffic for longer than the rekey time: the initiator makes new keys
     assert wait_until(lambda: probe(a_ns, b_ns, OVER_B, 2) and int(a.dump_peer()[4]) > first, 12)
-    transfer(a_ns.name, b_ns.name, OVER_B, 5604, 1 << 20, 1 << 20)
+    tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5604, check=True)
 
 
-@pytest.mark.skipif(can_use_wg() is not None, reason=str(can_use_wg()))
+@pytest.mark.skipif(_no_wg is not None, reason=str(_no_wg))
 def test_cookie_replies_under_load(daemons) -> None:  # type: ignore[no-untyped-def]
     make, (a_ns, b_ns) = daemons
     quick = daemon_env(TUNOFFLOAD_WG_TESTING_TIMERS="rekey_timeout=1")
@@ -303,7 +292,7 @@ def test_cookie_replies_under_load(daemons) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.skipif(
-    can_use_wg() is not None or shutil.which("wireguard-go") is None,
+    _no_wg is not None or shutil.which("wireguard-go") is None,
     reason="needs wg and wireguard-go",
 )
 @pytest.mark.parametrize("ours_side", ["a", "b"])
@@ -315,6 +304,6 @@ def test_against_wireguard_go(daemons, ours_side: str) -> None:  # type: ignore[
         a, b = make(OURS, go, None, env_go)
     else:
         a, b = make(go, OURS, env_go, None)
-    transfer(a_ns.name, b_ns.name, OVER_B, 5605, 4 << 20, 4 << 20)
+    tcp_exchange(a_ns, b_ns, OVER_B, 4 << 20, port=5605, check=True)
     for side in (a, b):
         assert int(side.dump_peer()[4]) > 0

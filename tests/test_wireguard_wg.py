@@ -2,10 +2,10 @@
 
 The server's socket lives in a directory of the test's; every ``wg`` command runs in its
 own mount namespace with that directory on ``/run/wireguard`` and in a network namespace
-of its own (``_wgns``), so it sees this server and nothing else on the machine. Checked:
-``wg show`` (all and one interface, and each field), ``wg show IF dump``, ``wg
-showconf``, ``wg set``, ``wg setconf``, ``wg addconf``, ``wg syncconf``, and a refusal
-(the errno read back as ``wg``'s error message).
+of its own (``tunoffload.testing.wg``), so it sees this server and nothing else on the
+machine. Checked: ``wg show`` (all and one interface, and each field), ``wg show IF
+dump``, ``wg showconf``, ``wg set``, ``wg setconf``, ``wg addconf``, ``wg syncconf``, and a
+refusal (the errno read back as ``wg``'s error message).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _wgns import can_use_wg, wg
+from tunoffload.testing import missing_requirements, wg
 
-_why = can_use_wg()
+_why = missing_requirements(tun=False, tools=["wg"])
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
 pytest.importorskip("cryptography")
 
@@ -42,7 +42,7 @@ class Served:
         self.rundir, self.dev, self.server = rundir, dev, server
 
     def wg(self, *args: str, check: bool = True, stdin: str | None = None):  # type: ignore[no-untyped-def]
-        return wg(self.rundir, *args, check=check, stdin=stdin)
+        return wg(*args, rundir=self.rundir, check=check, input=stdin)
 
     def peer(self, key: bytes) -> dict:
         return next(p for p in self.dev.peers() if p["public_key"] == key)

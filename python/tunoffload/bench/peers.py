@@ -26,8 +26,9 @@ import time
 from typing import IO, Any
 
 from tunoffload.bench.report import Result, ratio
-from tunoffload.bench.topology import Topology, start_module
+from tunoffload.bench.topology import Topology
 from tunoffload.bench.traffic import run_traffic
+from tunoffload.testing import python_module
 
 # the tunnel rows: their label -> the mode of the peer program (tunoffload.bench.tunnel)
 TUNNEL_ROWS = {"tunnel-plain": "plain", "tunnel": "tunoffload", "tunnel+vpn": "vpn"}
@@ -75,7 +76,8 @@ class TunnelPeers:
                 *(("--key-file", self.key_file) if self.key_file else ()),
             ]
             log: IO[str] = tempfile.TemporaryFile(mode="w+")
-            proc = start_module(ns, PEER_MODULE, *args, stdout=subprocess.PIPE, stderr=log)
+            argv = python_module(PEER_MODULE, *args)
+            proc = ns.popen(*argv, text=True, stdout=subprocess.PIPE, stderr=log)
             self.procs.append((proc, log))
         for proc, err in self.procs:
             assert proc.stdout is not None

@@ -4,10 +4,6 @@ device in each. Built on :mod:`tunoffload.testing`, the namespaces the tests use
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-from typing import Any
 
 from tunoffload import TunDevice
 from tunoffload.testing import Netns, veth_between
@@ -66,13 +62,3 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def start_module(ns: Netns, module: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    """``python -m MODULE ARGS...`` in namespace ``ns`` with this interpreter, text mode,
-    this package importable from where this process imported it; ``kwargs`` go to
-    ``subprocess.Popen``."""
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": pkg_parent + (os.pathsep + path if path else "")}
-    return ns.popen(sys.executable, "-m", module, *args, env=env, text=True, **kwargs)

@@ -1,59 +1,60 @@
 """Real WireGuard peers in network namespaces, driven only through their command lines and
-``wg``: the interop tests' and the WireGuard benchmark's harness. Standard library only.
+``wg``: the interop tests' and the WireGuard benchmark's harness. What is WireGuard's
+here; the namespaces, commands and keys are :mod:`tunoffload.testing`'s, the traffic
+:mod:`tunoffload.bench.traffic`'s, the capture and the raw datagrams
+:mod:`tunoffload.bench.wire`'s.
 
-A ``Pair`` is two network namespaces joined by a veth pair (the underlay, 10.71.0.1/24 and
-10.71.0.2/24, inside those namespaces only). ``Pair.start(side, impl)`` runs one WireGuard
-implementation from ``IMPLEMENTATIONS`` in the foreground in one of them, as a child
-process, and returns a ``Peer``; ``configure_pair(a, b, ...)`` gives both keys, ports,
-each other as peer, and the tunnel addresses (the overlay, 10.72.0.1/24 and 10.72.0.2/24,
-MTU 1420 as wg-quick sets it). Then:
-
-- ``tcp_exchange(a, b, size)``: ``size`` bytes of TCP each way at once through the tunnel,
-  the SHA-256 of what arrived compared with that of what was sent on both ends;
-- ``UdpSink`` / ``send_datagrams`` / ``udp_exchange``: self-checking datagrams (sequence
-  number, digest) through the tunnel, every one accounted for, duplicates seen;
-- ``iperf3_tcp(a, b, seconds)``: one TCP stream measured by iperf3 (its JSON parsed);
-- ``Capture``: an ``AF_PACKET`` capture of the WireGuard datagrams on a veth end, and
-  ``forged_datagrams`` / ``send_raw_datagrams``: garbage, forged and replayed datagrams
-  onto a peer's listen port from inside the other namespace.
+- ``IMPLEMENTATIONS``: the WireGuard daemons (``Implementation``: how each is found, run,
+  and where it departs from the UAPI);
+- ``Pair``: two namespaces joined by a veth pair (the underlay, 10.71.0.1/24 and
+  10.71.0.2/24, inside those namespaces only); ``Pair.start(side, impl)`` runs one
+  implementation in the foreground in one of them, as a child process, and returns a
+  ``Peer`` (``wg``, ``setconf``, ``set``, ``dump``, ``restart``, ``stop``, ...);
+- ``configure_pair(a, b, ...)``: keys, ports, each other as peer, and the tunnel addresses
+  (the overlay, 10.72.0.1/24 and 10.72.0.2/24, MTU 1420 as wg-quick sets it);
+- ``parse_dump``: ``wg show IF dump`` as ``Dump`` and ``PeerInfo``;
+- ``forged_datagrams``: garbage, forged and replayed datagrams onto a peer's listen port.
 
 UAPI sockets live in ``/run/wireguard``, which all network namespaces share, so every
 daemon and every ``wg`` command runs in a mount namespace of its own where a private
-directory (``Peer.rundir``) is bind-mounted there: ``in_namespaces`` builds that command.
+directory (``Peer.rundir``) is mounted there (``tunoffload.testing.in_netns``).
 
 Everything created (namespaces, veth, interfaces, daemons, directories) is removed by
 ``Pair.close`` (``with Pair() as pair:``), also on errors and KeyboardInterrupt; each
 daemon also gets SIGTERM if the thread that started it dies (``setpriv --pdeathsig``), so
 start peers from a thread that outlives them (the main thread). Traffic only goes to
-addresses inside the two namespaces, and every wait is bounded.
-
-    python -m tunoffload.bench.wgpeers list          # the implementations found here
-    python -m tunoffload.bench.wgpeers smoke A B     # A (initiating) and B: handshake, 1 MiB
+addresses inside the two namespaces, and every wait is bounded. What is found here:
+``python benchmarks/wireguard.py --list``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import hashlib
-import json
 import os
 import random
 import re
-import select
 import shutil
-import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from tunoffload.bench.wire import Datagram
+from tunoffload.testing import (
+    WIREGUARD_RUN_DIR,
+    Daemon,
+    Netns,
+    genkey,
+    genpsk,
+    joined_by_veth,
+    python_module,
+    wg,
+)
 
 UNDERLAY = ("10.71.0.1", "10.71.0.2")  # the veth ends, /24
 OVERLAY = ("10.72.0.1", "10.72.0.2")  # the WireGuard interfaces, /24
@@ -61,10 +62,7 @@ ROAM_ADDRESS = "10.71.0.11"  # where side 0's underlay address moves in a roamin
 PREFIX_LEN = 24
 MTU = 1420  # wg-quick's default on a 1500-byte underlay (IPv6 + UDP + WireGuard overhead)
 LISTEN_PORTS = (51871, 51872)
-TCP_PORT, UDP_PORT, IPERF_PORT = 5471, 5472, 5473
 VETH = ("towg0", "towg1")
-RUN_DIR = "/run/wireguard"  # = /var/run/wireguard, where wg looks for IFNAME.sock
-UDP_MAX_UNFRAGMENTED = MTU - 28  # IPv4 + UDP headers inside the tunnel
 
 # environment variables that override where the implementations are found
 ENV_WIREGUARD_GO = "TUNOFFLOAD_WIREGUARD_GO"  # Debian's (or any) wireguard-go binary
@@ -134,7 +132,7 @@ class Implementation:
             prog = prog[:-1]
         scratch = 'mkdir -p "$0" && mount -t tmpfs tmpfs "$0" && exec "$@"'
         unshare = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child"]
-        argv = [*unshare, "sh", "-c", scratch, RUN_DIR, *prog, "--version"]
+        argv = [*unshare, "sh", "-c", scratch, WIREGUARD_RUN_DIR, *prog, "--version"]
         env = {**os.environ, **self.env}
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=env)
@@ -220,7 +218,7 @@ def _ours(_repo: Path | None) -> list[str]:
             "not yet built (python -m tunoffload wireguard; set wgpeers.OURS_BUILT or "
             f"${ENV_OURS}=1)"
         )
-    return [sys.executable, "-m", "tunoffload", "wireguard", "-f"]
+    return python_module("tunoffload", "wireguard", "-f")
 
 
 # wireguard-go refuses to start where the kernel has WireGuard unless told this
@@ -269,57 +267,6 @@ def implementation(impl: str | Implementation) -> Implementation:
     except KeyError:
         known = ", ".join(IMPLEMENTATIONS)
         raise ValueError(f"unknown implementation {impl!r}: {known}") from None
-
-
-def why_not(*tools: str) -> str | None:
-    """None when this process can build namespaces and run ``tools`` (e.g. "wg",
-    "iperf3"), else the reason it cannot."""
-    if sys.platform != "linux":
-        return "Linux only"
-    if os.geteuid() != 0:
-        return "needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) for namespaces, mounts and TUN"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing"
-    for tool in ("ip", "unshare", "mount", *tools):
-        if shutil.which(tool) is None:
-            return f"the `{tool}` command is missing"
-    return None
-
-
-# --- running things in the namespaces -----------------------------------------------------
-
-# the mount namespace: a private directory on /run/wireguard, then the command
-_MOUNT = 'mkdir -p "$1" && mount --bind "$0" "$1" && shift && exec "$@"'
-
-
-def in_namespaces(ns: str, argv: Sequence[str], rundir: str | None = None) -> list[str]:
-    """``argv`` run in network namespace ``ns`` and, with ``rundir``, in a mount namespace
-    of its own where ``rundir`` is mounted on /run/wireguard (for a daemon and for every
-    ``wg`` that talks to it). The command is exec'ed: its pid is the one started."""
-    cmd = ["ip", "netns", "exec", ns]
-    if rundir is not None:
-        cmd += ["unshare", "--mount", "sh", "-c", _MOUNT, rundir, RUN_DIR]
-    return cmd + list(argv)
-
-
-def _run(argv: Sequence[str], timeout: float = 30, input: str | None = None) -> str:
-    """Runs ``argv``; its stdout, or RuntimeError with its stderr."""
-    try:
-        r = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{' '.join(argv)}: no answer in {timeout:g} s") from None
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
-    return r.stdout
-
-
-def ip(ns: str, *args: str, check: bool = True) -> str:
-    """``ip -n NS ARGS``."""
-    argv = ["ip", "-n", ns, *args]
-    if check:
-        return _run(argv)
-    subprocess.run(argv, capture_output=True, timeout=30)
-    return ""
 
 
 def _pdeathsig() -> list[str]:
@@ -376,13 +323,13 @@ def parse_dump(text: str) -> Dump:
 
 class Peer:
     """One WireGuard daemon in network namespace ``ns``, its UAPI in ``rundir``; made by
-    ``start_peer``. What is configured through ``setconf``, ``set`` and ``up`` is replayed
+    ``Pair.start``. What is configured through ``setconf``, ``set`` and ``up`` is replayed
     by ``restart`` (a daemon forgets everything when it stops)."""
 
     def __init__(
         self,
         impl: Implementation,
-        ns: str,
+        ns: Netns,
         ifname: str,
         rundir: str,
         repo: Path | None = None,
@@ -392,9 +339,9 @@ class Peer:
             raise ValueError(f"bad interface name {ifname!r}")
         self.impl, self.ns, self.ifname, self.rundir = impl, ns, ifname, rundir
         self.underlay = underlay  # this side's veth address (its endpoint's address)
-        self.argv = in_namespaces(ns, [*_pdeathsig(), *impl.command(repo), ifname], rundir)
+        self.command = [*_pdeathsig(), *impl.command(repo), ifname]
         self.log_path = rundir.rstrip("/") + ".log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: Daemon | None = None
         # set by configure_pair
         self.private_key = self.public_key = ""
         self.listen_port = 0
@@ -409,9 +356,9 @@ class Peer:
 
     @property
     def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} in {self.ns} is not running")
-        return self.proc.pid
+        if self.daemon is None or not self.daemon.alive():
+            raise RuntimeError(f"{self.name} in {self.ns.name} is not running")
+        return self.daemon.pid
 
     @property
     def socket_path(self) -> str:
@@ -420,48 +367,32 @@ class Peer:
     def start(self, timeout: float = 15) -> None:
         """Starts the daemon and waits until ``wg show`` answers through its UAPI."""
         os.makedirs(self.rundir, mode=0o700, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.impl.env},
-                start_new_session=True,  # a Ctrl-C reaches the harness, which stops it
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.proc = None
-                raise RuntimeError(f"{self.name} exited at start: {self.log_tail()}")
-            if os.path.exists(self.socket_path):
-                try:
-                    self.wg("show", self.ifname, timeout=5)
-                    return
-                except RuntimeError:
-                    pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name}: no UAPI in {timeout:g} s: {self.log_tail()}")
-            time.sleep(0.05)
+        with open(self.log_path, "a") as log:
+            log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.command)}\n")
+        env = {**os.environ, **self.impl.env}
+        self.daemon = self.ns.start(*self.command, log=self.log_path, rundir=self.rundir, env=env)
+        try:
+            self.daemon.ready(self._answers, f"{self.name}'s UAPI", timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        if not os.path.exists(self.socket_path):
+            return False
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.wg("show", self.ifname, timeout=5)
+            return True
+        return False
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM (SIGKILL after ``timeout``), reaped; its socket and interface removed."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        if self.daemon is not None:
+            self.daemon.stop(timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        if os.path.exists(f"/run/netns/{self.ns}"):
-            ip(self.ns, "link", "del", self.ifname, check=False)
+        if os.path.exists(self.ns.path):
+            self.ns.ip("link", "del", self.ifname, check=False)
 
     def restart(self) -> None:
         """Stops and starts the daemon, then applies the configuration again."""
@@ -475,27 +406,21 @@ class Peer:
             self._link_up(*self._up)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.daemon is not None and self.daemon.alive()
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                text = f.read().strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(text[-lines:]) or "(no output)"
+        return self.daemon.log_tail(lines) if self.daemon else "(not started)"
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the daemon (all its threads) so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.daemon.cpu_seconds() if self.daemon else 0.0
 
     # --- wg -----------------------------------------------------------------------------
 
     def wg(self, *args: str, input: str | None = None, timeout: float = 15) -> str:
-        """``wg ARGS`` in this peer's network and mount namespaces; its stdout."""
-        return _run(in_namespaces(self.ns, ["wg", *args], self.rundir), timeout, input)
+        """``wg ARGS`` in this peer's network and mount namespaces; its stdout
+        (``tunoffload.testing.CommandError`` if it fails)."""
+        return wg(*args, ns=self.ns, rundir=self.rundir, input=input, timeout=timeout).stdout
 
     def _setconf(self, text: str) -> None:
         # the configuration (private key included) goes through stdin, never argv
@@ -533,8 +458,8 @@ class Peer:
     # --- the interface ------------------------------------------------------------------
 
     def _link_up(self, cidr: str, mtu: int) -> None:
-        ip(self.ns, "address", "add", cidr, "dev", self.ifname)
-        ip(self.ns, "link", "set", "dev", self.ifname, "mtu", str(mtu), "up")
+        self.ns.ip("address", "add", cidr, "dev", self.ifname)
+        self.ns.ip("link", "set", "dev", self.ifname, "mtu", str(mtu), "up")
 
     def up(self, cidr: str, mtu: int = MTU) -> None:
         """The tunnel address (``ADDR/LEN``) on the interface, the MTU, link up (what
@@ -548,60 +473,28 @@ class Peer:
         return f"{self.underlay}:{self.listen_port}"
 
     def __repr__(self) -> str:
-        return f"<Peer {self.name} {self.ifname} in {self.ns}>"
-
-
-def start_peer(
-    impl: str | Implementation,
-    ns: str,
-    ifname: str,
-    rundir: str,
-    *,
-    repo: Path | None = None,
-    underlay: str | None = None,
-) -> Peer:
-    """Runs ``impl`` in the foreground in namespace ``ns`` as a child process with its UAPI
-    in ``rundir`` (mounted on /run/wireguard for it and its ``wg`` commands); returns once
-    ``wg show`` answers. ``Peer.stop`` kills and reaps it and removes the interface."""
-    peer = Peer(implementation(impl), ns, ifname, rundir, repo, underlay)
-    peer.start()
-    return peer
+        return f"<Peer {self.name} {self.ifname} in {self.ns.name}>"
 
 
 # --- the namespace pair ---------------------------------------------------------------------
 
 
 class Pair:
-    """Namespaces ``ns[0]`` and ``ns[1]`` joined by a veth pair (``VETH``, ``UNDERLAY``),
-    IPv6 off; ``close`` (or leaving ``with``) stops the peers and deletes everything."""
+    """Namespaces ``ns[0]`` and ``ns[1]`` (``tunoffload.testing.Netns``) joined by a veth
+    pair (``VETH``, ``UNDERLAY``), IPv6 off; ``close`` (or leaving ``with``) stops the
+    peers and deletes everything."""
 
     def __init__(self, prefix: str = "tunoff-wg", repo: Path | None = None) -> None:
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.ns = (f"{prefix}-a-{tag}", f"{prefix}-b-{tag}")
         self.veth = VETH
         self.underlay = list(UNDERLAY)  # the veth addresses (move_address changes them)
         self.repo = repo
         self.peers: list[Peer] = []
-        self.dir = tempfile.mkdtemp(prefix=f"{prefix}-{tag}-")
-        self._made: list[str] = []
+        self.dir = tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-")
+        self._namespaces = contextlib.ExitStack()
         try:
-            for ns in self.ns:
-                _run(["ip", "netns", "add", ns])
-                self._made.append(ns)
-                ip(ns, "link", "set", "lo", "up")
-                # no IPv6 (no autoconfiguration traffic) on the links made after this
-                _run(in_namespaces(ns, ["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]))
-                _run(in_namespaces(ns, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]))
-            a, b = self.ns
-            _run(
-                ["ip", "link", "add", VETH[0], "netns", a, "type", "veth"]
-                + ["peer", VETH[1], "netns", b]
-            )
-            for ns, dev, addr in zip(self.ns, VETH, UNDERLAY, strict=True):
-                ip(ns, "address", "add", f"{addr}/{PREFIX_LEN}", "dev", dev)
-                ip(ns, "link", "set", dev, "up")
+            self.ns = self._namespaces.enter_context(joined_by_veth(prefix, VETH, UNDERLAY))
         except BaseException:
-            self.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise
 
     def start(self, side: int, impl: str | Implementation, ifname: str = "wg0") -> Peer:
@@ -617,11 +510,11 @@ class Pair:
         """Moves ``side``'s veth address to ``new`` (same /24): the old one is deleted."""
         ns, dev, old = self.ns[side], self.veth[side], self.underlay[side]
         # deleted first: a primary address deleted takes its secondaries with it
-        ip(ns, "address", "del", f"{old}/{PREFIX_LEN}", "dev", dev)
-        ip(ns, "address", "add", f"{new}/{PREFIX_LEN}", "dev", dev)
+        ns.ip("address", "del", f"{old}/{PREFIX_LEN}", "dev", dev)
+        ns.ip("address", "add", f"{new}/{PREFIX_LEN}", "dev", dev)
         self.underlay[side] = new
         for p in self.peers:
-            if p.ns == ns:
+            if p.ns is ns:
                 p.underlay = new
 
     def close(self) -> None:
@@ -629,9 +522,7 @@ class Pair:
             with contextlib.suppress(Exception):
                 peer.stop()
         self.peers = []
-        for ns in self._made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-        self._made = []
+        self._namespaces.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Pair:
@@ -642,18 +533,6 @@ class Pair:
 
 
 # --- configuration ---------------------------------------------------------------------------
-
-
-def genkey() -> str:
-    return _run(["wg", "genkey"]).strip()
-
-
-def pubkey(private: str) -> str:
-    return _run(["wg", "pubkey"], input=private + "\n").strip()
-
-
-def genpsk() -> str:
-    return _run(["wg", "genpsk"]).strip()
 
 
 def configure_pair(
@@ -677,8 +556,7 @@ def configure_pair(
         raise ValueError("the initiator must be a or b")
     shared = genpsk() if psk else None
     for peer, port in zip((a, b), ports, strict=True):
-        peer.private_key = genkey()
-        peer.public_key = pubkey(peer.private_key)
+        peer.private_key, peer.public_key = genkey()
         peer.listen_port = port
     for me, other, addr in ((a, b, addresses[0]), (b, a, addresses[1])):
         lines = [
@@ -702,547 +580,7 @@ def configure_pair(
         me.up(f"{addr}/{PREFIX_LEN}", mtu)
 
 
-def wait_for(
-    what: str, check: Callable[[], bool], timeout: float = 10, interval: float = 0.1
-) -> None:
-    """Polls ``check`` until it is true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(interval)
-
-
-# --- traffic: TCP with SHA-256, iperf3 ------------------------------------------------------
-
-_TCP = r"""
-import hashlib, json, os, socket, sys, threading, time
-role, addr = sys.argv[1:3]
-port, size, timeout = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-deadline = time.monotonic() + timeout
-if role == "server":
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((addr, port)); ls.listen(1); ls.settimeout(timeout)
-    print("ready", flush=True)
-    conn = ls.accept()[0]
-else:
-    while True:  # the first SYN waits for the handshake; a refusal is retried
-        try:
-            left = max(0.5, deadline - time.monotonic())
-            conn = socket.create_connection((addr, port), timeout=left)
-            break
-        except OSError:
-            if time.monotonic() > deadline: raise
-            time.sleep(0.2)
-conn.settimeout(max(1.0, deadline - time.monotonic()))
-sent, err = hashlib.sha256(), []
-def send():
-    try:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 1 << 16)); sent.update(chunk); conn.sendall(chunk)
-            left -= len(chunk)
-        conn.shutdown(socket.SHUT_WR)
-    except OSError as e:
-        err.append(repr(e))
-th = threading.Thread(target=send); th.start()
-got, n, buf = hashlib.sha256(), 0, bytearray(1 << 16)
-view = memoryview(buf)
-try:
-    while True:
-        k = conn.recv_into(buf)
-        if not k: break
-        got.update(view[:k]); n += k
-except OSError as e:
-    err.append(repr(e))
-th.join(max(0.0, deadline - time.monotonic()))
-print(json.dumps({"sent": size, "sent_sha256": sent.hexdigest(), "received": n,
-                  "received_sha256": got.hexdigest(), "error": "; ".join(err)}), flush=True)
-"""
-
-
-@dataclass
-class TcpResult:
-    """Both ends' view of one ``tcp_exchange``: bytes and SHA-256 sent and received."""
-
-    client: dict[str, Any]
-    server: dict[str, Any]
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        c, s = self.client, self.server
-        return bool(
-            c["received"] == s["sent"]
-            and s["received"] == c["sent"]
-            and c["received_sha256"] == s["sent_sha256"]
-            and s["received_sha256"] == c["sent_sha256"]
-        )
-
-    def problem(self) -> str:
-        """Empty when ``ok``, else what differed."""
-        if self.ok:
-            return ""
-        c, s = self.client, self.server
-        return (
-            f"client sent {c['sent']} ({c['sent_sha256'][:12]}), server got {s['received']} "
-            f"({s['received_sha256'][:12]}); server sent {s['sent']} ({s['sent_sha256'][:12]}),"
-            f" client got {c['received']} ({c['received_sha256'][:12]}); errors: "
-            f"{c['error']!r} {s['error']!r}"
-        )
-
-
-def _script(ns: str, code: str, *args: object) -> list[str]:
-    return in_namespaces(ns, [sys.executable, "-c", code, *map(str, args)])
-
-
-class _Lines:
-    """The lines a child writes to its stdout pipe, read from the file descriptor itself
-    (a buffered ``readline`` after ``select`` would leave lines unseen in its buffer)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        self.fd = proc.stdout.fileno()
-        self.buf = b""
-        self.eof = False
-
-    def read(self, timeout: float) -> list[str]:
-        """The complete lines that arrive within ``timeout`` (at least one, unless none
-        arrived in time or the pipe closed); waits no longer once one has arrived."""
-        deadline = time.monotonic() + timeout
-        while not self.eof and b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left < 0 or not select.select([self.fd], [], [], left)[0]:
-                break
-            chunk = os.read(self.fd, 65536)
-            self.buf += chunk
-            self.eof = not chunk
-        while not self.eof and select.select([self.fd], [], [], 0)[0]:
-            chunk = os.read(self.fd, 65536)  # what else is there already
-            self.buf += chunk
-            self.eof = not chunk
-        *lines, self.buf = self.buf.split(b"\n")
-        return [line.decode() for line in lines]
-
-
-def _ready(proc: subprocess.Popen[str], timeout: float, what: str) -> _Lines:
-    """Waits for the line "ready" from ``proc``; the reader of its later lines."""
-    lines = _Lines(proc)
-    first = lines.read(timeout)
-    if not first or first[0].strip() != "ready":
-        raise RuntimeError(f"{what} did not start (exit {proc.poll()}): {first!r}")
-    if first[1:]:
-        lines.buf = "\n".join(first[1:]).encode() + b"\n" + lines.buf
-    return lines
-
-
-@contextlib.contextmanager
-def _children(*procs: subprocess.Popen[str]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-
-
-def tcp_exchange(client: Peer, server: Peer, size: int, timeout: float = 60) -> TcpResult:
-    """``size`` random bytes each way at once over one TCP connection from ``client``'s
-    namespace to ``server``'s tunnel address; both ends hash what they sent and got."""
-    t0 = time.monotonic()
-    srv = subprocess.Popen(
-        _script(server.ns, _TCP, "server", server.address, TCP_PORT, size, timeout),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    with _children(srv):
-        _ready(srv, 10, "the TCP server")
-        cli = subprocess.Popen(
-            _script(client.ns, _TCP, "client", server.address, TCP_PORT, size, timeout),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        with _children(cli):
-            try:
-                out_c, _ = cli.communicate(timeout=timeout + 5)
-                out_s, _ = srv.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                raise AssertionError(
-                    f"TCP {client.name} -> {server.name}: not done in {timeout:g} s"
-                ) from None
-    if not out_c.strip() or not out_s.strip():
-        raise AssertionError(f"TCP exchange failed: client {out_c!r}, server {out_s!r}")
-    return TcpResult(json.loads(out_c), json.loads(out_s), time.monotonic() - t0)
-
-
-@dataclass
-class IperfResult:
-    gbit_s: float  # received
-    retransmits: int
-    seconds: float
-    raw: dict[str, Any]
-
-
-def iperf3_tcp(
-    client_ns: str, server_ns: str, server_addr: str, seconds: float, port: int = IPERF_PORT
-) -> IperfResult:
-    """One TCP stream from ``client_ns`` to ``server_addr`` in ``server_ns`` for
-    ``seconds``, measured by iperf3 (``-J``)."""
-    srv = subprocess.Popen(
-        in_namespaces(server_ns, ["iperf3", "-s", "-1", "-B", server_addr, "-p", str(port)]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    with _children(srv):
-        wait_for(
-            "iperf3 -s listening",
-            lambda: bool(
-                _run(in_namespaces(server_ns, ["ss", "-Hltn", f"sport = :{port}"])).strip()
-            ),
-            timeout=10,
-            interval=0.05,
-        )
-        out = _run(
-            in_namespaces(
-                client_ns,
-                ["iperf3", "-c", server_addr, "-p", str(port), "-t", f"{seconds:g}", "-J"]
-                + ["--connect-timeout", "10000"],
-            ),
-            timeout=seconds + 40,
-        )
-    raw = json.loads(out)
-    if "error" in raw:
-        raise RuntimeError(f"iperf3: {raw['error']}")
-    end = raw["end"]
-    return IperfResult(
-        gbit_s=end["sum_received"]["bits_per_second"] / 1e9,
-        retransmits=int(end["sum_sent"].get("retransmits", 0)),
-        seconds=float(end["sum_received"]["seconds"]),
-        raw=raw,
-    )
-
-
-def udp_counters(ns: str) -> dict[str, int]:
-    """The namespace's UDP counters (``/proc/net/snmp``): ``InDatagrams`` (delivered to a
-    socket), ``NoPorts``, ``InErrors``, ``RcvbufErrors`` (dropped on a full socket
-    buffer), ``InCsumErrors``, ..."""
-    text = _run(in_namespaces(ns, ["cat", "/proc/net/snmp"]))
-    names, values = [line.split()[1:] for line in text.splitlines() if line.startswith("Udp:")]
-    return dict(zip(names, map(int, values), strict=True))
-
-
-# --- traffic: self-checking UDP datagrams ----------------------------------------------------
-
-UDP_SIZES = (12, 100, 1000, UDP_MAX_UNFRAGMENTED, UDP_MAX_UNFRAGMENTED + 1, 4000, 30000)
-
-
-def datagram(seq: int, size: int) -> bytes:
-    """Datagram ``seq``: sequence number (4), SHA-256 of the body (first 8), the body
-    (``size - 12`` bytes, a function of ``seq``)."""
-    body = random.Random(seq).randbytes(max(0, size - 12))
-    return struct.pack("!I", seq) + hashlib.sha256(body).digest()[:8] + body
-
-
-_SINK = r"""
-import hashlib, select, socket, struct, sys, time
-addr, port, idle = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-s.bind((addr, port))
-print("ready", flush=True)
-buf = bytearray(65536)
-last = time.monotonic()
-while time.monotonic() - last < idle:
-    r, _, _ = select.select([s, sys.stdin], [], [], 0.2)
-    if sys.stdin in r and not sys.stdin.read(1): break  # the parent is done
-    if s not in r: continue
-    n, src = s.recvfrom_into(buf)
-    last = time.monotonic()
-    d = bytes(buf[:n])
-    ok = n >= 12 and hashlib.sha256(d[12:]).digest()[:8] == d[4:12]
-    seq = struct.unpack_from("!I", d)[0] if n >= 4 else -1
-    print(seq, n, "ok" if ok else "bad", flush=True)
-"""
-
-_SEND = r"""
-import json, socket, sys, time
-dst, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i, hexdata in enumerate(json.loads(sys.stdin.read())):
-    s.sendto(bytes.fromhex(hexdata), (dst, port))
-    if i % 8 == 7: time.sleep(0.002)  # paced: no socket buffer is the bottleneck
-"""
-
-
-class UdpSink:
-    """A UDP receiver in ``peer``'s namespace on its tunnel address, checking each
-    datagram (``datagram``'s format); ``received`` maps sequence numbers to how many
-    intact copies arrived, ``bad`` counts the ones whose digest did not match."""
-
-    def __init__(self, peer: Peer, port: int = UDP_PORT, idle: float = 60) -> None:
-        self.peer, self.port = peer, port
-        self.received: dict[int, int] = {}
-        self.bad = 0
-        self.proc = subprocess.Popen(
-            _script(peer.ns, _SINK, peer.address, port, idle),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._lines: _Lines | None = None
-        try:
-            self._lines = _ready(self.proc, 10, "the UDP sink")
-        except BaseException:
-            self.close()
-            raise
-
-    def poll(self, timeout: float = 0.0) -> None:
-        """Reads what the sink reported so far (waiting up to ``timeout`` for a line)."""
-        if self._lines is None:
-            return
-        for line in self._lines.read(timeout):
-            parts = line.split()
-            if len(parts) != 3:
-                continue  # not a report (a traceback is in the test's output)
-            seq, _n, status = parts
-            if status == "ok":
-                self.received[int(seq)] = self.received.get(int(seq), 0) + 1
-            else:
-                self.bad += 1
-
-    def wait(self, seqs: Sequence[int], timeout: float) -> list[int]:
-        """Waits until every one of ``seqs`` arrived; the ones that did not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.poll(min(0.1, max(0.0, deadline - time.monotonic())))
-            missing = [s for s in seqs if s not in self.received]
-            if not missing or time.monotonic() > deadline:
-                return missing
-
-    def close(self) -> None:
-        """Stops the sink after reading everything it reported."""
-        if self.proc.stdin and not self.proc.stdin.closed:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        while self._lines and not self._lines.eof:
-            self.poll(1.0)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> UdpSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def send_datagrams(ns: str, dst: str, port: int, payloads: Sequence[bytes]) -> None:
-    """Sends ``payloads`` from namespace ``ns`` to ``dst:port`` (from one new socket)."""
-    _run(
-        _script(ns, _SEND, dst, port),
-        input=json.dumps([p.hex() for p in payloads]),
-        timeout=30,
-    )
-
-
-@dataclass
-class UdpResult:
-    sent: int
-    arrived: int
-    resent: int  # datagrams sent again because the first copy did not arrive
-    duplicates: int
-    bad: int
-    missing: list[int]
-
-
-def udp_exchange(
-    sender: Peer,
-    receiver: Peer,
-    count: int = 70,
-    sizes: Sequence[int] = UDP_SIZES,
-    rounds: int = 3,
-    first_seq: int = 0,
-) -> UdpResult:
-    """``count`` datagrams (sizes cycling through ``sizes``) from ``sender``'s namespace
-    to ``receiver``'s tunnel address; the ones that did not arrive within a second are
-    sent again, up to ``rounds`` times in all. Every copy that arrives is checked."""
-    seqs = list(range(first_seq, first_seq + count))
-    size_of = {s: sizes[i % len(sizes)] for i, s in enumerate(seqs)}
-    resent = 0
-    with UdpSink(receiver) as sink:
-        missing = seqs
-        for r in range(rounds):
-            send_datagrams(
-                sender.ns, receiver.address, sink.port, [datagram(s, size_of[s]) for s in missing]
-            )
-            resent += len(missing) if r else 0
-            missing = sink.wait(missing, timeout=2 if r == 0 else 1)
-            if not missing:
-                break
-    return UdpResult(
-        sent=count,
-        arrived=sum(1 for s in seqs if s in sink.received),
-        resent=resent,
-        duplicates=sum(n - 1 for n in sink.received.values() if n > 1),
-        bad=sink.bad,
-        missing=missing,
-    )
-
-
-# --- capture, garbage, forgeries and replays --------------------------------------------------
-
-_CAPTURE = r"""
-import json, select, socket, struct, sys, time
-dev, ports = sys.argv[1], {int(p) for p in sys.argv[2].split(",")}
-limit, seconds = int(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
-s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR: a GSO frame says its segment size
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-s.bind((dev, 0))
-print("ready", flush=True)
-out, end = [], time.monotonic() + seconds
-while len(out) < limit and time.monotonic() < end:
-    r, _, _ = select.select([s, sys.stdin], [], [], 0.1)
-    if sys.stdin in r and not sys.stdin.read(1): end = 0  # stopped: drain what is queued
-    while True:
-        try: frame, (_, _, pkttype, _, _) = s.recvfrom(262144, socket.MSG_DONTWAIT)
-        except BlockingIOError: break
-        gso_type, gso_size = frame[1], struct.unpack_from("=H", frame, 4)[0]
-        eth = frame[10:]
-        if len(eth) < 42 or eth[12:14] != b"\x08\x00" or eth[23] != 17: continue
-        ihl = (eth[14] & 15) * 4
-        total = struct.unpack_from("!H", eth, 16)[0]
-        sport, dport = struct.unpack_from("!HH", eth, 14 + ihl)
-        if sport not in ports and dport not in ports: continue
-        payload = eth[14 + ihl + 8:14 + total] if total else eth[14 + ihl + 8:]
-        step = gso_size if gso_type and gso_size else len(payload) or 1
-        for i in range(0, max(len(payload), 1), step):
-            out.append({"src": socket.inet_ntoa(eth[26:30]), "sport": sport,
-                        "dst": socket.inet_ntoa(eth[30:34]), "dport": dport,
-                        "outgoing": pkttype == 4, "time": time.time(),
-                        "payload": payload[i:i + step].hex()})
-print(json.dumps(out[:limit]), flush=True)
-"""
-
-
-@dataclass
-class Datagram:
-    """A UDP datagram seen on the veth, or one to send (``src``/``sport``: the source it
-    claims; sent from a raw socket when set, else from a new UDP socket)."""
-
-    payload: bytes
-    dst: str
-    dport: int
-    src: str | None = None
-    sport: int | None = None
-    label: str = ""
-    outgoing: bool = False
-    time: float = 0.0
-
-    @property
-    def message_type(self) -> int:
-        return self.payload[0] if self.payload else -1
-
-
-class Capture:
-    """Captures the UDP datagrams from or to ``ports`` on ``dev`` in namespace ``ns``
-    (``AF_PACKET``, GSO frames split into their datagrams) until ``stop``, at most
-    ``limit`` of them and for at most ``seconds``."""
-
-    def __init__(
-        self, ns: str, dev: str, ports: Sequence[int], limit: int = 2000, seconds: float = 60
-    ) -> None:
-        self.proc = subprocess.Popen(
-            _script(ns, _CAPTURE, dev, ",".join(map(str, ports)), limit, seconds),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.datagrams: list[Datagram] = []
-        try:
-            _ready(self.proc, 10, "the capture")
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> list[Datagram]:
-        """Ends the capture; the datagrams, in the order seen."""
-        if self.proc.returncode is not None:
-            return self.datagrams
-        try:  # stdin closed: the capture's signal to stop
-            out, _ = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        lines = (out or "").strip().splitlines()
-        if lines:
-            self.datagrams = [
-                Datagram(
-                    bytes.fromhex(d["payload"]),
-                    d["dst"],
-                    d["dport"],
-                    d["src"],
-                    d["sport"],
-                    outgoing=d["outgoing"],
-                    time=d["time"],
-                )
-                for d in json.loads(lines[-1])
-            ]
-        return self.datagrams
-
-    def __enter__(self) -> Capture:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-_SEND_RAW = r"""
-import json, socket, struct, sys, time
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16: s = (s & 0xFFFF) + (s >> 16)
-    return s
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(("0.0.0.0", 0))
-for d in json.loads(sys.stdin.read()):
-    payload = bytes.fromhex(d["payload"])
-    if d["src"] is None:
-        udp.sendto(payload, (d["dst"], d["dport"]))
-    else:  # as if from src:sport: our own IPv4 + UDP headers (the kernel fills the IP checksum)
-        src, dst = socket.inet_aton(d["src"]), socket.inet_aton(d["dst"])
-        length = 8 + len(payload)
-        pseudo = src + dst + struct.pack("!BBH", 0, 17, length)
-        head = struct.pack("!HHHH", d["sport"], d["dport"], length, 0)
-        c = 0xFFFF ^ csum(pseudo + head + payload)
-        head = struct.pack("!HHHH", d["sport"], d["dport"], length, c or 0xFFFF)
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, 64, 17, 0, src, dst)
-        raw.sendto(ip + head + payload, (d["dst"], 0))
-    time.sleep(0.001)
-print(udp.getsockname()[1], flush=True)
-"""
-
-
-def send_raw_datagrams(ns: str, datagrams: Sequence[Datagram]) -> int:
-    """Sends ``datagrams`` from namespace ``ns``: the ones with a source as if from it
-    (raw IPv4, UDP checksum computed), the others from one new UDP socket; returns that
-    socket's port."""
-    spec = [
-        {"payload": d.payload.hex(), "dst": d.dst, "dport": d.dport, "src": d.src}
-        | ({"sport": d.sport} if d.src is not None else {})
-        for d in datagrams
-    ]
-    return int(_run(_script(ns, _SEND_RAW), input=json.dumps(spec), timeout=60).strip() or 0)
+# --- garbage, forgeries and replays --------------------------------------------------------
 
 
 def mac1_key(public_key: str) -> bytes:
@@ -1305,61 +643,3 @@ def forged_datagrams(
         add(f"replayed {kind}", d.payload, spoof=True)
         add(f"replayed {kind}, new port", d.payload)
     return out
-
-
-# --- a command line -----------------------------------------------------------------------
-
-
-def _list() -> int:
-    repo = Path.cwd()
-    for name, impl in IMPLEMENTATIONS.items():
-        why = impl.unavailable(repo)
-        if why:
-            print(f"{name:22} -  {why}")
-        else:
-            print(f"{name:22} {impl.version(repo) or '?'}  ({' '.join(impl.command(repo))})")
-    return 0
-
-
-def _smoke(a_impl: str, b_impl: str, size: int) -> int:
-    reason = why_not("wg")
-    if reason:
-        print(f"bench_peers: {reason}", file=sys.stderr)
-        return 2
-    with Pair(repo=Path.cwd()) as pair:
-        a, b = pair.start(0, a_impl), pair.start(1, b_impl)
-        configure_pair(a, b, initiator=a)
-        r = tcp_exchange(a, b, size)
-        print(
-            f"{a.name} -> {b.name}: {size} bytes each way in {r.seconds:.2f} s: "
-            + ("SHA-256 equal" if r.ok else r.problem())
-        )
-        for p, q in ((a, b), (b, a)):
-            info = p.peer_info(q)
-            print(
-                f"  {p.name}: endpoint {info.endpoint}, handshake {info.latest_handshake},"
-                f" rx {info.rx_bytes}, tx {info.tx_bytes}"
-            )
-        return 0 if r.ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m tunoffload.bench.wgpeers", description=__doc__.split("\n\n")[0]
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="the implementations, where found, their versions")
-    s = sub.add_parser("smoke", help="A initiates to B: handshake and TCP each way")
-    s.add_argument("a", choices=IMPLEMENTATIONS)
-    s.add_argument("b", choices=IMPLEMENTATIONS)
-    s.add_argument("--size", type=int, default=1 << 20, help="bytes each way (1 MiB)")
-    args = p.parse_args(argv)
-    try:
-        return _list() if args.cmd == "list" else _smoke(args.a, args.b, args.size)
-    except KeyboardInterrupt:
-        print("interrupted; everything made was removed", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
