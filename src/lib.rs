@@ -28,6 +28,7 @@ pub(crate) use root_test;
 
 pub mod device;
 pub mod engine;
+pub mod hooks;
 pub mod udp;
 
 #[cfg(feature = "python")]

@@ -115,11 +115,43 @@ kinds! {
     /// A buffer that had to grow and cannot (a fixed-size one, or out of memory).
     BufferCannotGrow = "buffer_cannot_grow",
 
-    // --- Arguments checked by the Python binding ---
+    // --- Arguments of every batch call ---
     /// Two buffers of one call share memory (`index`: the second).
     OverlappingBuffers = "overlapping_buffers",
     /// A size or offset argument below 0.
     NegativeArgument = "negative_argument",
+
+    // --- Arguments of the device and socket calls (kept in one block) ---
+    /// `count` is more than the buffers given.
+    CountTooLarge = "count_too_large",
+    /// A buffer too short for what the call puts in or takes from it: `offset +
+    /// sizes[index]` past its end, an `original_buffer` with no room for a packet, a read
+    /// buffer the kernel cut a packet to fit.
+    BufferTooSmall = "buffer_too_small",
+    /// A datagram over the largest UDP payload (65507 bytes over IPv4, 65527 over IPv6).
+    DatagramTooLarge = "datagram_too_large",
+    /// Fewer addresses than datagrams.
+    TooFewAddresses = "too_few_addresses",
+    /// An address the call cannot use: not an IP literal, a port, flow label, scope or
+    /// prefix length out of range, an IPv6 address for an IPv4 socket.
+    BadAddress = "bad_address",
+    /// Not a MAC address (6 bytes, or `"aa:bb:cc:dd:ee:ff"`), or a multicast one.
+    BadMac = "bad_mac",
+    /// A name Linux refuses: an interface name that is empty, too long, or has `/`, `:`,
+    /// NUL or spaces; a network namespace name or path that cannot be one.
+    BadName = "bad_name",
+    /// A number outside its range (an MTU, `gso_max_segs`, a queue length, a datagram
+    /// size).
+    OutOfRange = "out_of_range",
+    /// Options that do not go together (offload with TAP or with packet information), or
+    /// a call the device's options do not allow (`clone_queue` without `multi_queue`, a
+    /// MAC address on TUN).
+    IncompatibleOptions = "incompatible_options",
+    /// A file of another type than the call needs: not a network namespace, not a
+    /// TUN/TAP device, not a UDP socket.
+    WrongFileType = "wrong_file_type",
+    /// `bufs` (or `addr`) was shortened by Python code during the call.
+    BufsChanged = "bufs_changed",
 }
 
 impl fmt::Display for ErrorKind {

@@ -6,11 +6,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
 
-use super::device::to_py;
+use super::gil;
 use crate::device::netns::NETNS_RUN_DIR;
 use crate::device::{Netns, NetnsTarget, Switch};
 
@@ -38,12 +38,8 @@ pub(crate) fn target(obj: &Bound<'_, PyAny>) -> PyResult<NetnsTarget> {
         )));
     }
     if let Ok(i) = obj.cast::<PyInt>() {
-        return match i.extract::<i32>() {
-            Ok(fd) if fd >= 0 => Ok(NetnsTarget::Fd(fd)),
-            _ => Err(PyValueError::new_err(format!(
-                "bad file descriptor {i} for a network namespace"
-            ))),
-        };
+        // A number no descriptor can have is as bad as a negative one.
+        return Ok(NetnsTarget::Fd(i.extract::<i32>().unwrap_or(-1)));
     }
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok(name_or_path(OsStr::new(s.to_str()?)));
@@ -70,7 +66,7 @@ pub(crate) fn target(obj: &Bound<'_, PyAny>) -> PyResult<NetnsTarget> {
 /// Opens and checks a Python `netns` argument (GIL released for the system calls).
 pub(crate) fn open(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Netns> {
     let t = target(obj)?;
-    py.detach(|| Netns::open(&t)).map_err(|e| to_py(py, e))
+    gil::call(py, || Netns::open(&t))
 }
 
 /// What ``with tunoffload.netns(target) as ns:`` gives: the calling thread's stay in a
@@ -142,32 +138,11 @@ impl PyNetnsSwitch {
     /// Moves the calling thread back to the namespace it was in before. ``RuntimeError``
     /// (and nothing switched) on another thread than the one that entered, when a switch
     /// entered later on this thread is still active, or when already left.
-    fn leave(&self, py: Python<'_>) -> PyResult<()> {
-        let mut sw = self.sw();
-        if sw.is_left() {
-            return Err(PyRuntimeError::new_err(
-                "this network namespace switch was already left",
-            ));
-        }
-        if !sw.on_this_thread() {
-            return Err(PyRuntimeError::new_err(format!(
-                "tunoffload.netns: leaving {} in another thread than the one that entered \
-                 it (native thread id {}); a thread can only leave its own namespace switch",
-                self.ns.describe(),
-                sw.thread_id()
-            )));
-        }
-        if !sw.is_innermost() {
-            return Err(PyRuntimeError::new_err(format!(
-                "tunoffload.netns: leaving {} while a namespace entered after it on this \
-                 thread is still active; leave the innermost first",
-                self.ns.describe()
-            )));
-        }
+    fn leave(&self) -> PyResult<()> {
         // With the GIL held: `setns` does not block, and releasing the GIL while this
         // switch's lock is held would deadlock against another thread that holds the GIL
         // and waits for the lock (reading `active`, say).
-        sw.leave().map_err(|e| to_py(py, e))
+        Ok(self.sw().leave()?)
     }
 
     fn __repr__(&self) -> String {
@@ -188,17 +163,11 @@ impl PyNetnsSwitch {
 /// namespace ``target`` (a name under ``/run/netns``, a path, or a descriptor) until
 /// ``leave()``. ``tunoffload.netns`` is the context manager over this.
 #[pyfunction]
-fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
+pub(crate) fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
     let ns = open(py, target)?;
-    let sw = py.detach(|| ns.enter()).map_err(|e| to_py(py, e))?;
+    let sw = gil::call(py, || ns.enter())?;
     Ok(PyNetnsSwitch {
         ns,
         sw: Mutex::new(sw),
     })
-}
-
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyNetnsSwitch>()?;
-    m.add_function(wrap_pyfunction!(netns_enter, m)?)?;
-    Ok(())
 }

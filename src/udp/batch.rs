@@ -9,7 +9,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::sys::{self, errno, SOL_UDP, UDP_GRO, UDP_SEGMENT};
 use super::{
-    Dest, Error, Result, Wait, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, MAX_SEGMENTS, RECV_SLOTS, SLOT_SIZE,
+    invalid, Dest, Error, Result, Wait, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, MAX_SEGMENTS_PER_SEND,
+    RECV_SLOTS, SLOT_SIZE,
+};
+use crate::engine::ErrorKind::{
+    BadAddress, BufferTooSmall, DatagramTooLarge, TooFewAddresses, TooFewOutBufs, WrongFileType,
 };
 use crate::engine::ExpandBuffer;
 
@@ -39,6 +43,12 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+impl crate::hooks::Interruptible for SendError {
+    fn is_interrupted(&self) -> bool {
+        matches!(self.error, Error::Interrupted)
+    }
+}
 
 /// Counters of a [`UdpBatch`] since it was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,30 +191,37 @@ impl UdpBatch {
         let fd = sock.as_raw_fd();
         let opt = |name, what: &str| {
             sys::getsockopt_int(fd, libc::SOL_SOCKET, name).map_err(|e| match e {
-                libc::ENOTSOCK => Error::Invalid(format!("descriptor {fd} is not a socket")),
+                libc::ENOTSOCK => {
+                    invalid(WrongFileType, format!("descriptor {fd} is not a socket"))
+                }
                 e => Error::from_errno(e, what),
             })
         };
         let family = opt(libc::SO_DOMAIN, "reading the socket family (SO_DOMAIN)")?;
         if family != libc::AF_INET && family != libc::AF_INET6 {
-            return Err(Error::Invalid(format!(
-                "the socket's family is {family}, not AF_INET or AF_INET6"
-            )));
+            return Err(invalid(
+                WrongFileType,
+                format!("the socket's family is {family}, not AF_INET or AF_INET6"),
+            ));
         }
         let ty = opt(libc::SO_TYPE, "reading the socket type (SO_TYPE)")?;
         if ty != libc::SOCK_DGRAM {
-            return Err(Error::Invalid(format!(
-                "the socket's type is {ty}, not SOCK_DGRAM"
-            )));
+            return Err(invalid(
+                WrongFileType,
+                format!("the socket's type is {ty}, not SOCK_DGRAM"),
+            ));
         }
         let proto = opt(
             libc::SO_PROTOCOL,
             "reading the socket protocol (SO_PROTOCOL)",
         )?;
         if proto != libc::IPPROTO_UDP && proto != libc::IPPROTO_UDPLITE {
-            return Err(Error::Invalid(format!(
-                "the socket's protocol is {proto}, not UDP (IPPROTO_UDP or IPPROTO_UDPLITE)"
-            )));
+            return Err(invalid(
+                WrongFileType,
+                format!(
+                    "the socket's protocol is {proto}, not UDP (IPPROTO_UDP or IPPROTO_UDPLITE)"
+                ),
+            ));
         }
         let gso = gso && sys::getsockopt_int(fd, SOL_UDP, UDP_SEGMENT).is_ok();
         let gro = gro && sys::setsockopt_int(fd, SOL_UDP, UDP_GRO, 1).is_ok();
@@ -308,8 +325,9 @@ impl UdpBatch {
             max = max.min(a.len());
         }
         if max == 0 {
-            return Err(Error::Invalid(
-                "no buffers to receive into (bufs, sizes and addrs must not be empty)".into(),
+            return Err(invalid(
+                TooFewOutBufs,
+                "no buffers to receive into (bufs, sizes and addrs must not be empty)",
             ));
         }
         self.fill(sock, max, wait)?;
@@ -420,7 +438,10 @@ impl UdpBatch {
             let buf = &mut bufs[n];
             let have = buf.bytes().len();
             let need = offset.checked_add(dlen).ok_or_else(|| {
-                Error::Invalid(format!("offset {offset} + datagram size {dlen} overflows"))
+                invalid(
+                    BufferTooSmall,
+                    format!("offset {offset} + datagram size {dlen} overflows"),
+                )
             })?;
             if have < need {
                 let too_small = |reason: String| Error::BufferTooSmall {
@@ -601,23 +622,30 @@ impl UdpBatch {
         let wrong_family = |a: &SocketAddr| a.is_ipv6() && self.family == libc::AF_INET;
         match to {
             Dest::Each(a) if a.len() < n => {
-                return Err(Error::Invalid(format!(
-                    "{} addresses for {n} datagrams",
-                    a.len()
-                )))
+                return Err(invalid(
+                    TooFewAddresses,
+                    format!("{} addresses for {n} datagrams", a.len()),
+                ))
             }
             Dest::Each(a) => {
                 if let Some(i) = a[..n].iter().position(wrong_family) {
-                    return Err(Error::Invalid(format!(
-                        "address {i} ({}) is IPv6, but the socket is AF_INET (IPv4)",
-                        a[i]
-                    )));
+                    return Err(Error::Invalid(
+                        crate::engine::Error::new(
+                            BadAddress,
+                            format!(
+                                "address {i} ({}) is IPv6, but the socket is AF_INET (IPv4)",
+                                a[i]
+                            ),
+                        )
+                        .at(i),
+                    ));
                 }
             }
             Dest::One(a) if wrong_family(&a) => {
-                return Err(Error::Invalid(format!(
-                    "{a} is an IPv6 address, but the socket is AF_INET (IPv4)"
-                )))
+                return Err(invalid(
+                    BadAddress,
+                    format!("{a} is an IPv6 address, but the socket is AF_INET (IPv4)"),
+                ))
             }
             _ => {}
         }
@@ -653,10 +681,16 @@ impl UdpBatch {
                 MAX_PAYLOAD_V6
             };
             if len > max {
-                return Err(Error::Invalid(format!(
-                    "datagram {i} is {len} bytes; the largest UDP payload over {} is {max}",
-                    if over_v4 { "IPv4" } else { "IPv6" }
-                )));
+                return Err(Error::Invalid(
+                    crate::engine::Error::new(
+                        DatagramTooLarge,
+                        format!(
+                            "datagram {i} is {len} bytes; the largest UDP payload over {} is {max}",
+                            if over_v4 { "IPv4" } else { "IPv6" }
+                        ),
+                    )
+                    .at(i),
+                ));
             }
         }
         Ok(())
@@ -737,7 +771,8 @@ impl UdpBatch {
 
 /// The run grouping: `datagrams[start..]` as messages. A run starts at a non-empty
 /// datagram of size `s` and takes the following datagrams to the same address while they
-/// are `s` bytes long (one shorter, non-empty datagram ends it), up to [`MAX_SEGMENTS`]
+/// are `s` bytes long (one shorter, non-empty datagram ends it), up to
+/// [`MAX_SEGMENTS_PER_SEND`]
 /// and [`MAX_PAYLOAD_V4`] bytes in all (IPv4's limit, also on IPv6 sockets, whose
 /// destinations may be v4-mapped). Datagrams before `plain_until`, or all if `!gso`, go
 /// one by one.
@@ -757,7 +792,7 @@ fn group<D: AsRef<[u8]>>(
         let mut count = 1;
         if gso && i >= plain_until && seg > 0 {
             let mut total = seg;
-            while count < MAX_SEGMENTS && i + count < n {
+            while count < MAX_SEGMENTS_PER_SEND && i + count < n {
                 let j = i + count;
                 let len = datagrams[j].as_ref().len();
                 if len == 0 || len > seg || total + len > MAX_PAYLOAD_V4 {

@@ -5,51 +5,21 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyList, PySequence};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::buffers::{list_item, resize_bytearray, scan_bytearrays, seq_item, Views, PREALLOC};
-use super::engine::{
-    gro_py, kind_error, non_negative, set_sizes, split_args, split_to_py, PyGroTable,
+use super::batch::{sizes_list, sizes_of, store_sizes, with_sizes, PyBufs};
+use super::buffers::{Name, Views};
+use super::errors::type_error;
+use super::gil::{self, Gil};
+use super::gro::PyGroTable;
+use super::netns;
+use crate::device::batch::{self, RecvState, MAX_READ};
+use crate::device::{
+    self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse_mac, Tun, TunOptions,
 };
-use super::gil;
-use crate::device::batch::{self, RecvState, Sent, Split};
-use crate::device::{self as dev, parse_ifaddr, Tun, TunOptions};
-use crate::engine::{ErrorKind, VIRTIO_NET_HDR_LEN};
-
-/// `OSError(errno, msg)`: Python picks the subclass (`PermissionError`,
-/// `FileNotFoundError`, `BlockingIOError`, ...) from the errno.
-pub(crate) fn os_error(py: Python<'_>, errno: i32, msg: String) -> PyErr {
-    match py.get_type::<PyOSError>().call1((errno, msg)) {
-        Ok(v) => PyErr::from_value(v),
-        Err(e) => e,
-    }
-}
-
-pub(crate) fn to_py(py: Python<'_>, e: dev::Error) -> PyErr {
-    match e {
-        dev::Error::Invalid(m) => PyValueError::new_err(m),
-        dev::Error::Engine(e) => super::engine::value_error(e),
-        dev::Error::Os { errno, msg } => os_error(py, errno, msg),
-        // EBADF, with the device's own message.
-        e => os_error(py, e.errno().unwrap_or_default(), e.to_string()),
-    }
-}
-
-/// Runs `f` with the GIL released; on `EINTR` runs the signal handlers (which may raise,
-/// e.g. `KeyboardInterrupt`) and tries again, as PEP 475 asks.
-fn retrying<T: Send>(
-    py: Python<'_>,
-    mut f: impl FnMut() -> Result<T, dev::Error> + Send,
-) -> PyResult<T> {
-    loop {
-        match gil::syscall(py, &mut f) {
-            Err(e) if e.is_eintr() => py.check_signals()?,
-            r => return r.map_err(|e| to_py(py, e)),
-        }
-    }
-}
+use crate::engine::buffer::{batch_len, non_negative};
+use crate::engine::Buffers;
 
 /// A Linux TUN (or TAP) device, optionally with the kernel's offloads.
 ///
@@ -120,144 +90,23 @@ impl PyTunDevice {
     }
 
     /// The open queue, or `OSError(EBADF)`.
-    fn get(&self, py: Python<'_>) -> PyResult<Arc<Tun>> {
-        match &*self.slot() {
-            Some(t) => Ok(t.clone()),
-            None => Err(to_py(py, dev::Error::Closed)),
-        }
+    fn get(&self) -> PyResult<Arc<Tun>> {
+        Ok(self.slot().clone().ok_or(dev::Error::Closed)?)
+    }
+
+    /// Runs `f` on the open queue with the GIL released, going on after signals.
+    fn on<T: Send>(
+        &self,
+        py: Python<'_>,
+        mut f: impl FnMut(&Tun) -> Result<T, dev::Error> + Send,
+    ) -> PyResult<T> {
+        let tun = self.get()?;
+        gil::call(py, || f(&tun))
     }
 
     fn is_blocking(&self) -> bool {
         self.blocking.load(Ordering::Relaxed)
     }
-
-    /// Writes `packets` in order with the GIL released (`batch::write_packets`: a
-    /// refused packet does not stop the others); on `EINTR` runs the signal handlers and
-    /// goes on. Returns the bytes written, or the exception with what was written. The
-    /// writes wait for room even in non-blocking mode, so the batch goes out whole (an
-    /// `EAGAIN` would otherwise count as a refused packet and lose it).
-    fn write_all(&self, py: Python<'_>, tun: &Tun, packets: &[&[u8]]) -> PyResult<usize> {
-        let mut sent = Sent::new();
-        loop {
-            let r = gil::syscall(py, || batch::write_packets(tun, packets, true, &mut sent));
-            let err = match r {
-                Ok(()) => return Ok(sent.bytes),
-                Err(e) if e.is_eintr() => match py.check_signals() {
-                    Ok(()) => continue,
-                    Err(sig) => sig,
-                },
-                Err(e) => to_py(py, e),
-            };
-            return Err(with_counts(py, err, sent.packets, sent.bytes));
-        }
-    }
-}
-
-/// More than any one read from a TUN/TAP device returns (virtio header or packet
-/// information, an Ethernet header and a 64 KiB packet).
-const MAX_READ: usize = 1 << 17;
-
-/// `send_multiple`'s `sizes`: the first `count` (default all) entries, each > 0 and with
-/// `offset + size` in range.
-fn sizes_of(s: &Bound<'_, PyAny>, count: Option<usize>, offset: usize) -> PyResult<Vec<usize>> {
-    let s = s
-        .cast::<PySequence>()
-        .map_err(|_| PyTypeError::new_err("sizes must be a list of int"))?;
-    let have_sizes = s.len()?;
-    let n = count.unwrap_or(have_sizes);
-    if n > have_sizes {
-        // Checked before allocating: a huge count must not abort the process.
-        return Err(kind_error(
-            ErrorKind::SizesTooShort,
-            None,
-            format!("count is {n} but sizes has {have_sizes} entries"),
-        ));
-    }
-    let mut v = Vec::with_capacity(n.min(PREALLOC));
-    let list = s.cast::<PyList>().ok();
-    // The int object last converted and its value: recv_multiple stores one shared int
-    // for equal sizes, so a list it filled converts one or two objects, not 45.
-    let mut known: Option<(Bound<'_, PyAny>, usize)> = None;
-    for i in 0..n {
-        let item = match list.and_then(|l| list_item(l, i)) {
-            Some(o) => o,
-            None => s.get_item(i)?,
-        };
-        let size = match &known {
-            Some((o, v)) if o.is(&item) => *v,
-            _ => {
-                let v = item.extract::<usize>()?;
-                known = Some((item, v));
-                v
-            }
-        };
-        // (No buffer holds isize::MAX bytes; `offset` is below it too.)
-        if size > isize::MAX as usize || offset.checked_add(size).is_none() {
-            return Err(PyValueError::new_err(format!(
-                "offset + sizes[{i}] overflows: sizes[{i}] is {size}"
-            )));
-        }
-        if size == 0 {
-            return Err(kind_error(
-                ErrorKind::NoPacketAfterOffset,
-                Some(i),
-                format!("sizes[{i}] is 0: no packet"),
-            ));
-        }
-        v.push(size);
-    }
-    Ok(v)
-}
-
-/// What `recv_multiple` can check of its outputs before it reads: each of `bufs[..have]`
-/// is a bytearray (it grows as needed) or a writable buffer with room after `offset`,
-/// and none is `original` (the buffer the read goes into).
-fn check_outputs(
-    py: Python<'_>,
-    bufs: &Bound<'_, PyAny>,
-    have: usize,
-    offset: usize,
-    original: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
-    let same_as = original.map_or(std::ptr::null_mut(), |o| o.as_ptr());
-    let list = bufs.cast::<PyList>().ok();
-    let mut i = 0;
-    while i < have {
-        // A list of bytearrays (the usual case) is passed over without references taken.
-        if let Some(l) = list {
-            match scan_bytearrays(l, i, same_as) {
-                Some(j) => i = j,
-                None => break,
-            }
-        }
-        let obj = seq_item(bufs, i)?;
-        if original.is_some_and(|o| o.is(&obj)) {
-            return Err(PyValueError::new_err(format!(
-                "bufs[{i}] is original_buffer: the packet read would be overwritten"
-            )));
-        }
-        if !obj.is_exact_instance_of::<PyByteArray>() {
-            let mut views = Views::with_capacity(py, 1);
-            let r = views.write(&obj, &|| format!("bufs[{i}]"))?;
-            if r.len() <= offset {
-                return Err(PyValueError::new_err(format!(
-                    "bufs[{i}] holds {} bytes and cannot grow (not a bytearray): no room \
-                     after offset {offset}",
-                    r.len()
-                )));
-            }
-        }
-        i += 1;
-    }
-    Ok(())
-}
-
-/// Attaches `packets_sent` and `bytes_sent` to the exception.
-fn with_counts(py: Python<'_>, err: PyErr, packets: usize, bytes: usize) -> PyErr {
-    let v = err.value(py);
-    let _ = v.setattr("packets_sent", packets);
-    let _ = v.setattr("bytes_sent", bytes);
-    err
 }
 
 #[pymethods]
@@ -284,11 +133,6 @@ impl PyTunDevice {
         up: bool,
         netns: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        if offload && tap {
-            return Err(PyValueError::new_err(
-                "offload=True is for TUN devices (IP packets); tap=True carries Ethernet frames",
-            ));
-        }
         let opts = TunOptions {
             name,
             tap,
@@ -301,11 +145,11 @@ impl PyTunDevice {
             mtu,
             up,
             netns: match netns {
-                Some(t) if !t.is_none() => Some(Arc::new(super::netns::open(py, t)?)),
+                Some(t) if !t.is_none() => Some(Arc::new(netns::open(py, t)?)),
                 _ => None,
             },
         };
-        let tun = py.detach(|| Tun::open(&opts)).map_err(|e| to_py(py, e))?;
+        let tun = gil::call(py, || Tun::open(&opts))?;
         Ok(Self::wrap(tun, !nonblocking))
     }
 
@@ -319,10 +163,8 @@ impl PyTunDevice {
     #[staticmethod]
     #[pyo3(signature = (fd, *, nonblocking=false))]
     fn from_fd(py: Python<'_>, fd: i32, nonblocking: bool) -> PyResult<Self> {
-        if fd < 0 {
-            return Err(PyValueError::new_err(format!("bad file descriptor {fd}")));
-        }
-        let tun = py.detach(|| Tun::from_fd(fd)).map_err(|e| to_py(py, e))?;
+        non_negative(fd, "fd")?;
+        let tun = gil::call(py, || Tun::from_fd(fd))?;
         Ok(Self::wrap(tun, !nonblocking))
     }
 
@@ -330,8 +172,7 @@ impl PyTunDevice {
     /// same offload settings and blocking mode, as a new ``TunDevice``. Each queue gets
     /// its own share of the traffic (the kernel hashes flows over queues).
     fn clone_queue(&self, py: Python<'_>) -> PyResult<Self> {
-        let tun = self.get(py)?;
-        let new = py.detach(|| tun.clone_queue()).map_err(|e| to_py(py, e))?;
+        let new = self.on(py, |tun| tun.clone_queue())?;
         Ok(Self::wrap(new, self.is_blocking()))
     }
 
@@ -345,7 +186,7 @@ impl PyTunDevice {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone());
         };
-        let name = py.detach(|| tun.name()).map_err(|e| to_py(py, e))?;
+        let name = gil::call(py, || tun.name())?;
         name.clone_into(&mut self.last_name.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(name)
     }
@@ -353,9 +194,7 @@ impl PyTunDevice {
     /// The interface index.
     #[getter]
     fn ifindex(&self, py: Python<'_>) -> PyResult<u32> {
-        let tun = self.get(py)?;
-        py.detach(|| tun.current_ifindex())
-            .map_err(|e| to_py(py, e))
+        self.on(py, |tun| tun.current_ifindex())
     }
 
     /// True when reads and writes carry the 10-byte virtio header (``offload=True``).
@@ -420,7 +259,7 @@ impl PyTunDevice {
 
     /// Closes the device; exceptions propagate.
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
         self.close();
         false
     }
@@ -449,33 +288,28 @@ impl PyTunDevice {
     /// The MTU; assign to change it (68..=65535).
     #[getter]
     fn get_mtu(&self, py: Python<'_>) -> PyResult<u32> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.mtu())
+        self.on(py, |tun| tun.mtu())
     }
 
     #[setter]
     fn set_mtu(&self, py: Python<'_>, mtu: u32) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_mtu(mtu))
+        self.on(py, |tun| tun.set_mtu(mtu))
     }
 
     /// Brings the interface up (``ip link set NAME up``).
     fn up(&self, py: Python<'_>) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_up(true))
+        self.on(py, |tun| tun.set_up(true))
     }
 
     /// Brings the interface down.
     fn down(&self, py: Python<'_>) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_up(false))
+        self.on(py, |tun| tun.set_up(false))
     }
 
     /// True when the interface is administratively up.
     #[getter]
     fn is_up(&self, py: Python<'_>) -> PyResult<bool> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.is_up())
+        self.on(py, |tun| tun.is_up())
     }
 
     /// ``add_address(address, *, nodad=False)``: adds an IPv4 or IPv6 address given as
@@ -484,25 +318,22 @@ impl PyTunDevice {
     /// address detection. An address already present: ``FileExistsError``.
     #[pyo3(signature = (address, *, nodad=false))]
     fn add_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>, nodad: bool) -> PyResult<()> {
-        let a = parse_ifaddr(&address.str()?.to_cow()?).map_err(|e| to_py(py, e))?;
-        let tun = self.get(py)?;
-        retrying(py, || tun.add_address(&a, nodad))
+        let a = parse_ifaddr(&address.str()?.to_cow()?)?;
+        self.on(py, |tun| tun.add_address(&a, nodad))
     }
 
     /// ``remove_address(address)``: removes an address given as for ``add_address``.
     /// An address not present: ``OSError(EADDRNOTAVAIL)``.
     fn remove_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<()> {
-        let a = parse_ifaddr(&address.str()?.to_cow()?).map_err(|e| to_py(py, e))?;
-        let tun = self.get(py)?;
-        retrying(py, || tun.remove_address(&a))
+        let a = parse_ifaddr(&address.str()?.to_cow()?)?;
+        self.on(py, |tun| tun.remove_address(&a))
     }
 
     /// The interface's IPv4 and IPv6 addresses as ``"address/prefix"`` strings, IPv6
     /// link-local ones included.
     #[getter]
     fn addresses(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        let tun = self.get(py)?;
-        let v = retrying(py, || tun.addresses())?;
+        let v = self.on(py, |tun| tun.addresses())?;
         Ok(v.iter()
             .map(|a| format!("{}/{}", a.addr, a.prefix))
             .collect())
@@ -511,92 +342,66 @@ impl PyTunDevice {
     /// Whether the device is persistent (outlives its descriptors); assign to change.
     #[getter]
     fn get_persist(&self, py: Python<'_>) -> PyResult<bool> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.persist())
+        self.on(py, |tun| tun.persist())
     }
 
     #[setter]
     fn set_persist(&self, py: Python<'_>, on: bool) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_persist(on))
+        self.on(py, |tun| tun.set_persist(on))
     }
 
     /// The uid allowed to attach to the device (``TUNSETOWNER``), or None if unset;
     /// assign a uid to change it (the kernel offers no way back to unset).
     #[getter]
     fn get_owner(&self, py: Python<'_>) -> PyResult<Option<u32>> {
-        let tun = self.get(py)?;
-        Ok(retrying(py, || tun.owner_group())?.0)
+        Ok(self.on(py, |tun| tun.owner_group())?.0)
     }
 
     #[setter]
     fn set_owner(&self, py: Python<'_>, uid: u32) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_owner(uid))
+        self.on(py, |tun| tun.set_owner(uid))
     }
 
     /// The gid allowed to attach to the device (``TUNSETGROUP``), or None if unset;
     /// assign a gid to change it (the kernel offers no way back to unset).
     #[getter]
     fn get_group(&self, py: Python<'_>) -> PyResult<Option<u32>> {
-        let tun = self.get(py)?;
-        Ok(retrying(py, || tun.owner_group())?.1)
+        Ok(self.on(py, |tun| tun.owner_group())?.1)
     }
 
     #[setter]
     fn set_group(&self, py: Python<'_>, gid: u32) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_group(gid))
+        self.on(py, |tun| tun.set_group(gid))
     }
 
     /// A TAP device's MAC address as ``"aa:bb:cc:dd:ee:ff"`` (None for TUN); assign a
     /// string of that form or 6 bytes to change it.
     #[getter]
     fn get_mac(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        let tun = self.get(py)?;
-        let mac = retrying(py, || tun.mac())?;
-        Ok(mac.map(|m| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        }))
+        Ok(self.on(py, |tun| tun.mac())?.as_ref().map(format_mac))
     }
 
     #[setter]
     fn set_mac(&self, py: Python<'_>, mac: &Bound<'_, PyAny>) -> PyResult<()> {
-        let bytes: Vec<u8> = if let Ok(s) = mac.extract::<String>() {
-            let parts: Vec<_> = s.split([':', '-']).collect();
-            let parsed: Option<Vec<u8>> = parts
-                .iter()
-                .map(|p| u8::from_str_radix(p, 16).ok())
-                .collect();
-            match parsed {
-                Some(v) if parts.len() == 6 && parts.iter().all(|p| p.len() == 2) => v,
-                _ => return Err(PyValueError::new_err(format!("not a MAC address: {s:?}"))),
-            }
-        } else {
-            mac.extract::<Vec<u8>>()
-                .map_err(|_| PyTypeError::new_err("mac must be a str or 6 bytes"))?
+        let arr = match mac.extract::<String>() {
+            Ok(s) => parse_mac(&s)?,
+            Err(_) => match mac.extract::<Vec<u8>>() {
+                Ok(b) => mac_from_bytes(&b)?,
+                Err(_) => return Err(type_error("mac", "a str or 6 bytes", mac)),
+            },
         };
-        let arr: [u8; 6] = bytes
-            .try_into()
-            .map_err(|_| PyValueError::new_err("a MAC address has 6 bytes"))?;
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_mac(arr))
+        self.on(py, |tun| tun.set_mac(arr))
     }
 
     /// The transmit queue length (``txqueuelen``); assignable.
     #[getter]
     fn get_tx_queue_len(&self, py: Python<'_>) -> PyResult<u32> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.tx_queue_len())
+        self.on(py, |tun| tun.tx_queue_len())
     }
 
     #[setter]
     fn set_tx_queue_len(&self, py: Python<'_>, len: u32) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_tx_queue_len(len))
+        self.on(py, |tun| tun.set_tx_queue_len(len))
     }
 
     /// The most segments the kernel puts in one super-packet for this device
@@ -605,14 +410,12 @@ impl PyTunDevice {
     /// leaves in one ``UDP_SEGMENT`` send and arrives as one coalesced read.
     #[getter]
     fn get_gso_max_segs(&self, py: Python<'_>) -> PyResult<u32> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.gso_max_segs())
+        self.on(py, |tun| tun.gso_max_segs())
     }
 
     #[setter]
     fn set_gso_max_segs(&self, py: Python<'_>, segs: u32) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.set_gso_max_segs(segs))
+        self.on(py, |tun| tun.set_gso_max_segs(segs))
     }
 
     /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
@@ -622,26 +425,23 @@ impl PyTunDevice {
     /// ``ValueError``.
     /// Blocking mode waits; non-blocking mode raises ``BlockingIOError``.
     fn recv(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let tun = self.get(py)?;
         let mut views = Views::with_capacity(py, 1);
-        let r = views.write(buf, &|| "buf".to_owned())?;
-        let blocking = self.is_blocking();
         // SAFETY: the writable export is held by `views` until after the read; this is
         // the only reference to those bytes.
-        let data = unsafe { r.slice_mut() };
-        retrying(py, || self.recv_state.read(&tun, data, blocking))
+        let data = unsafe { views.write(buf, Name("buf", None))?.slice_mut() };
+        let blocking = self.is_blocking();
+        self.on(py, |tun| self.recv_state.read(tun, data, blocking))
     }
 
     /// ``read(size=65545) -> bytes``: reads one packet and returns it as ``bytes``
     /// (allocates; ``recv`` into a reused buffer does not). Same header rule as ``recv``.
     #[pyo3(signature = (size=65545))]
     fn read<'py>(&self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let tun = self.get(py)?;
         let blocking = self.is_blocking();
         // No read returns more than MAX_READ: a larger `size` must not become a huge
         // allocation, whose failure would abort the process.
         let mut v = vec![0u8; size.min(MAX_READ)];
-        let n = retrying(py, || self.recv_state.read(&tun, &mut v, blocking))?;
+        let n = self.on(py, |tun| self.recv_state.read(tun, &mut v, blocking))?;
         Ok(PyBytes::new(py, &v[..n]))
     }
 
@@ -649,13 +449,11 @@ impl PyTunDevice {
     /// number of bytes written. With ``offload=True`` it must start with a 10-byte virtio
     /// header (``bytes(VirtioNetHdr())`` for a plain packet). ``write`` is an alias.
     fn send(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let tun = self.get(py)?;
         let mut views = Views::with_capacity(py, 1);
-        let r = views.read(buf, &|| "buf".to_owned())?;
-        let blocking = self.is_blocking();
         // SAFETY: the export is held by `views` until after the write.
-        let data = unsafe { r.slice() };
-        retrying(py, || tun.write(data, blocking))
+        let data = unsafe { views.read(buf, Name("buf", None))?.slice() };
+        let blocking = self.is_blocking();
+        self.on(py, |tun| tun.write(data, blocking))
     }
 
     /// Alias of ``send`` (python-pytun's name).
@@ -703,102 +501,37 @@ impl PyTunDevice {
         original_buffer: &Bound<'_, PyAny>,
         bufs: &Bound<'_, PyAny>,
         sizes: &Bound<'_, PyAny>,
-        offset: isize,
+        offset: i64,
         fit: bool,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let tun = self.get(py)?;
-        let sizes_list = split_args(bufs, sizes, "bufs")?;
-        let have = bufs.len()?;
-        // As gso_split refuses them (the split's own kinds).
-        if have == 0 {
-            let m = "bufs must not be empty".to_owned();
-            return Err(kind_error(ErrorKind::TooFewOutBufs, None, m));
-        }
-        if sizes_list.is_empty() {
-            let m = "sizes must not be empty".to_owned();
-            return Err(kind_error(ErrorKind::SizesTooShort, None, m));
-        }
-        let orig_obj = self.offload.then_some(original_buffer);
-        check_outputs(py, bufs, have, offset, orig_obj)?;
-        let blocking = self.is_blocking();
-        if !self.offload {
-            let first = seq_item(bufs, 0)?;
-            let ba = first
-                .cast::<PyByteArray>()
-                .ok()
-                .filter(|b| b.is_exact_instance_of::<PyByteArray>());
-            let want = offset + batch::max_read(&tun);
-            if let Some(b) = ba {
-                if b.len() <= offset || (fit && b.len() < want) {
-                    // With `fit` the bytes after the packet are cut off again at once.
-                    resize_bytearray(b, want, if fit { offset } else { want })?;
-                }
-            }
-            let n = {
-                let mut views = Views::with_capacity(py, 1);
-                let r = views.write(&first, &|| "bufs[0]".to_owned())?;
-                let len = r.len();
-                // SAFETY: the writable export is held by `views` until after the read;
-                // this is the only reference to those bytes.
-                let data = unsafe { r.slice_mut() }
-                    .get_mut(offset..)
-                    .filter(|d| !d.is_empty())
-                    // This export, not check_outputs' (a __buffer__ may give another).
-                    .ok_or_else(|| {
-                        PyValueError::new_err(format!(
-                            "bufs[0] holds {len} bytes and cannot grow (not a bytearray): \
-                             no room after offset {offset}"
-                        ))
-                    })?;
-                retrying(py, || self.recv_state.read(&tun, data, blocking))?
-            };
-            set_sizes(sizes_list, 1, n, n)?; // no new int when the entry holds n already
-            self.rx_packets.fetch_add(1, Ordering::Relaxed);
-            if let (true, Some(b)) = (fit, ba) {
-                if b.len() != offset + n {
-                    b.resize(offset + n)?;
-                }
-            }
-            return Ok(1);
-        }
+        let tun = self.get()?;
+        let sizes = sizes_list(sizes)?;
+        let mut outs = PyBufs::new(bufs, "bufs", true)?;
         let mut views = Views::with_capacity(py, 1);
-        let orig = views.write(original_buffer, &|| "original_buffer".to_owned())?;
-        batch::check_original(orig.len(), "original_buffer").map_err(|e| to_py(py, e))?;
-        let n = {
-            // SAFETY: the writable export is held by `views` until after the read; this
-            // is the only reference to those bytes while it lives.
-            let data = unsafe { orig.slice_mut() };
-            retrying(py, || self.recv_state.read(&tun, data, blocking))?
+        let original: &mut [u8] = match self.offload {
+            // SAFETY: the writable export is held by `views` until the split is done; the
+            // core checks that no output shares memory with it.
+            true => unsafe {
+                views
+                    .write(original_buffer, Name("original_buffer", None))?
+                    .slice_mut()
+            },
+            false => &mut [],
         };
-        // SAFETY: the export is still held; the read is over, nothing writes to it now
-        // (split_to_py checks that the outputs do not overlap it).
-        let read = &unsafe { orig.slice() }[..n];
-        // Everything goes through the engine: super-packets are split, a plain packet
-        // (GSO_NONE without NEEDS_CSUM) is copied across as it is, whatever it holds.
-        let split = Split::plan(read).map_err(|e| to_py(py, e.error))?;
-        let packet = &read[VIRTIO_NET_HDR_LEN..];
-        let count = split_to_py(
-            py, &split, packet, bufs, sizes_list, offset, true, fit, true, "bufs",
-        )
-        .map_err(|f| {
-            if !f.keep {
-                return f.err;
-            }
-            self.recv_state.hold(read);
-            if f.err.is_instance_of::<PyValueError>(py) {
-                // The message says so; the exception itself (its `kind` and `index`) stays.
-                let v = f.err.value(py);
-                let m = format!("{v} (the packet is kept for the next call)");
-                if let Ok(args) = pyo3::types::PyTuple::new(py, [m]) {
-                    let _ = v.setattr(pyo3::intern!(py, "args"), args);
-                }
-            }
-            f.err
-        })?;
-        drop(views);
-        self.rx_packets.fetch_add(count as u64, Ordering::Relaxed);
-        Ok(count)
+        let blocking = self.is_blocking();
+        with_sizes(sizes.len(), |sz| {
+            let (state, gil) = (&self.recv_state, &mut Gil(py));
+            let n = batch::recv_multiple_with(
+                &tun, state, original, &mut outs, sz, offset, blocking, fit, gil,
+            )?;
+            // Storing the sizes may run Python code: the buffers are let go of first.
+            drop(outs);
+            drop(views);
+            store_sizes(sizes, &sz[..n])?;
+            self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(n)
+        })
     }
 
     /// ``send_multiple(gro_table, bufs, offset, *, sizes=None, count=None) -> int``
@@ -833,101 +566,28 @@ impl PyTunDevice {
         py: Python<'_>,
         mut gro_table: PyRefMut<'_, PyGroTable>,
         bufs: &Bound<'_, PyAny>,
-        offset: isize,
+        offset: i64,
         sizes: Option<&Bound<'_, PyAny>>,
-        count: Option<usize>,
+        count: Option<i64>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let tun = self.get(py)?;
-        let seq = bufs
-            .cast::<PySequence>()
-            .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
-        let have = seq.len()?;
-        let sizes: Option<Vec<usize>> = match sizes {
+        let count = count.map(|c| non_negative(c, "count")).transpose()?;
+        let tun = self.get()?;
+        let mut b = match self.offload {
+            true => PyBufs::list(bufs, "bufs")?,
+            false => PyBufs::new(bufs, "bufs", true)?,
+        };
+        let sizes = match sizes.filter(|s| !s.is_none()) {
+            Some(s) => Some(sizes_of(s, b.count(), count)?),
             None => None,
-            Some(s) => Some(sizes_of(s, count, offset)?),
         };
-        let n = count.or(sizes.as_ref().map(Vec::len)).unwrap_or(have);
-        if n > have {
-            return Err(PyValueError::new_err(format!(
-                "count is {n} but bufs has {have} entries"
-            )));
+        let (t, sz) = (&mut gro_table.inner, sizes.as_deref());
+        let r = batch::send_multiple_with(&tun, t, &mut b, offset, sz, count, true, &mut Gil(py));
+        let n = batch_len(b.count(), sz.map(<[usize]>::len), count).unwrap_or(0);
+        if r.as_ref().map_or_else(|e| e.writing, |_| true) {
+            self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
         }
-        if self.offload && offset < VIRTIO_NET_HDR_LEN {
-            return Err(kind_error(
-                ErrorKind::OffsetTooSmall,
-                None,
-                format!(
-                    "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio \
-                     header"
-                ),
-            ));
-        }
-        if n == 0 {
-            return Ok(0);
-        }
-        self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
-        // Each packet to write is `bufs[i][start..end]`: its virtio header (with offload)
-        // and the packet. (i, end) of each; an end of usize::MAX is the buffer's end.
-        let hdr = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
-        let start = offset - hdr;
-        let spans: Vec<(usize, usize)> = if self.offload {
-            let list = bufs
-                .cast::<PyList>()
-                .map_err(|_| PyTypeError::new_err("bufs must be a list of bytearray"))?;
-            let whole_lens: Vec<usize>;
-            let lens: Option<&[usize]> = match &sizes {
-                Some(v) => Some(&v[..n]),
-                None if n == have => None,
-                None => {
-                    whole_lens = (0..n)
-                        .map(|i| Ok(seq_item(bufs, i)?.len()?.saturating_sub(offset)))
-                        .collect::<PyResult<_>>()?;
-                    Some(&whole_lens)
-                }
-            };
-            let udp = self.udp_gso;
-            gro_py(py, list, offset, lens, &mut gro_table.inner, udp)?
-        } else {
-            Vec::new() // every buffer in order: spans made as they are read, below
-        };
-        let count = if self.offload { spans.len() } else { n };
-        let span = |k: usize| match self.offload {
-            true => spans[k],
-            false => (k, sizes.as_ref().map_or(usize::MAX, |v| offset + v[k])),
-        };
-        let mut views = Views::with_capacity(py, count);
-        let mut packets: Vec<&[u8]> = Vec::with_capacity(count.min(PREALLOC));
-        for k in 0..count {
-            let (i, end) = span(k);
-            let obj = seq_item(bufs, i)?;
-            let r = views.read(&obj, &|| format!("bufs[{i}]"))?;
-            let end = if end == usize::MAX { r.len() } else { end };
-            if end > r.len() {
-                return Err(PyValueError::new_err(format!(
-                    "bufs[{i}] holds {} bytes, less than offset + sizes[{i}] = {end}",
-                    r.len()
-                )));
-            }
-            if end <= offset {
-                return Err(kind_error(
-                    ErrorKind::NoPacketAfterOffset,
-                    Some(i),
-                    format!(
-                        "bufs[{i}] holds {} bytes: no packet after offset {offset}",
-                        r.len()
-                    ),
-                ));
-            }
-            // SAFETY: the export is held by `views` until the writes are done; nothing
-            // writes to these bytes meanwhile (the GIL-free part only reads them).
-            packets.push(&unsafe { r.slice() }[start..end]);
-        }
-        if !self.tap && !self.packet_information {
-            batch::check_packets(&packets, self.offload, |k| span(k).0)
-                .map_err(|e| to_py(py, e))?;
-        }
-        self.write_all(py, &tun, &packets)
+        Ok(r?)
     }
 
     /// Counters of this queue since it was opened (still readable after close), as a dict: ``reads``, ``read_bytes``,
@@ -936,8 +596,8 @@ impl PyTunDevice {
     /// ``recv_multiple`` after splitting), and the same for writes (``tx_packets``: packets
     /// into ``send_multiple`` before coalescing).
     #[getter]
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
-        let d = pyo3::types::PyDict::new(py);
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
         {
             let c = &self.counters;
             for (k, v) in [
@@ -959,12 +619,6 @@ impl PyTunDevice {
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in
     /// non-blocking mode. ``OSError(EBADF)`` if the device is closed meanwhile.
     fn wait_readable(&self, py: Python<'_>) -> PyResult<()> {
-        let tun = self.get(py)?;
-        retrying(py, || tun.wait_readable())
+        self.on(py, |tun| tun.wait_readable())
     }
-}
-
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyTunDevice>()?;
-    Ok(())
 }
