@@ -12,6 +12,7 @@
 //! time. Errors are the device's [`Error`]: `Invalid` (with its kind) for a bad packet or
 //! argument, `Os` with the errno for the system.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use super::sys::{IFF_NO_PI, IFF_TAP};
@@ -211,7 +212,10 @@ where
     let split = Split::plan(read)?;
     let pkt = &read[VIRTIO_NET_HDR_LEN..];
     match split.deliver(pkt, bufs, sizes, offset, fit, "bufs", hooks) {
-        Ok(count) => Ok(count),
+        Ok(count) => {
+            tun.counters.rx_packets.fetch_add(count as u64, Relaxed);
+            Ok(count)
+        }
         Err(Failed::Packet(e)) => Err(e.into()),
         Err(Failed::Buffers(e)) => {
             state.hold(read);
@@ -263,6 +267,7 @@ where
         retry(hooks, || state.read(tun, data, blocking))
     })??;
     sizes[0] = n;
+    tun.counters.rx_packets.fetch_add(1, Relaxed);
     let b = &mut bufs.bufs(1, false, offset)?[0];
     if fit && b.bytes().len() != offset + n && b.max_len() > b.bytes().len() {
         b.resize(offset + n)?;
@@ -535,6 +540,7 @@ where
     if n == 0 {
         return Ok(0);
     }
+
     // Each packet is `bufs[i][start..end]`: its virtio header (with offload) and the
     // packet, which ends at `offset + size` (or, `size` None, where the buffer ends).
     let coalesced: Vec<(usize, usize)> = if vnet {
@@ -576,6 +582,7 @@ where
         packets: sent.packets,
         bytes: sent.bytes,
     };
+    tun.counters.tx_packets.fetch_add(n as u64, Relaxed);
     loop {
         match hooks.syscall(|| write_packets(tun, &packets, blocking, &mut sent)) {
             Ok(()) => return Ok(sent.bytes),

@@ -370,6 +370,13 @@ pub fn parse_ifaddr(s: &str) -> Result<IfAddr, Error> {
     Ok(IfAddr { addr, prefix })
 }
 
+impl std::fmt::Display for IfAddr {
+    /// `"address/prefix"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// A MAC address written `"aa:bb:cc:dd:ee:ff"` (or with `-`): `BadMac` otherwise.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], Error> {
     let mut mac = [0u8; 6];

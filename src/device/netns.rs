@@ -34,6 +34,21 @@ pub enum NetnsTarget {
     Fd(RawFd),
 }
 
+impl NetnsTarget {
+    /// A target written as text: without a `/`, a name under `/run/netns` (one that is
+    /// not UTF-8 is still that file, byte for byte, not a lossy copy naming another);
+    /// with one, a path.
+    pub fn parse(s: &std::ffi::OsStr) -> NetnsTarget {
+        match s.to_str() {
+            Some(n) if !n.contains('/') => NetnsTarget::Name(n.to_owned()),
+            None if !s.as_bytes().contains(&b'/') => {
+                NetnsTarget::Path(Path::new(NETNS_RUN_DIR).join(s))
+            }
+            _ => NetnsTarget::Path(PathBuf::from(s)),
+        }
+    }
+}
+
 /// An open network namespace: a descriptor of its namespace file, checked to be a
 /// network namespace.
 #[derive(Debug)]

@@ -2,10 +2,11 @@
 //! core's [`Buffers`] ([`PyBufs`]), `sizes` read from and stored into Python ints.
 
 use std::cell::Cell;
+use std::thread::LocalKey;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyList, PySequence, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
 use super::buffers::{bytearray_region, is_bytearray, list_item, Name, PyBuf, Region, Views};
@@ -17,7 +18,6 @@ use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer, Room, Window};
 #[derive(Clone, Copy)]
 pub(crate) enum Seq<'a, 'py> {
     List(&'a Bound<'py, PyList>),
-    Tuple(&'a Bound<'py, PyTuple>),
     Other(&'a Bound<'py, PySequence>),
 }
 
@@ -28,9 +28,6 @@ impl<'a, 'py> Seq<'a, 'py> {
         if let Ok(l) = obj.cast_exact::<PyList>() {
             return Ok(Seq::List(l));
         }
-        if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            return Ok(Seq::Tuple(t));
-        }
         obj.cast::<PySequence>()
             .map(Seq::Other)
             .map_err(|_| type_error(what, must, obj))
@@ -39,7 +36,6 @@ impl<'a, 'py> Seq<'a, 'py> {
     pub(crate) fn len(self) -> PyResult<usize> {
         match self {
             Seq::List(l) => Ok(l.len()),
-            Seq::Tuple(t) => Ok(t.len()),
             Seq::Other(s) => s.len(),
         }
     }
@@ -54,8 +50,7 @@ impl<'a, 'py> Seq<'a, 'py> {
                 let m = format!("{what} got shorter during the call (no item {i})");
                 Error::new(ErrorKind::BufsChanged, m).into()
             }),
-            Seq::Tuple(t) => Ok((t.get_item(i)?, false)),
-            Seq::Other(s) => Ok((s.get_item(i)?, true)),
+            Seq::Other(s) => Ok((s.get_item(i)?, !s.is_exact_instance_of::<PyTuple>())),
         }
     }
 }
@@ -94,7 +89,10 @@ impl<'a, 'py> PyBufs<'a, 'py> {
     }
 
     fn of(seq: Seq<'a, 'py>, name: &'static str, grow: bool) -> PyResult<Self> {
-        let py = seq_py(seq);
+        let py = match seq {
+            Seq::List(l) => l.py(),
+            Seq::Other(o) => o.py(),
+        };
         Ok(PyBufs {
             py,
             len: seq.len()?,
@@ -106,6 +104,7 @@ impl<'a, 'py> PyBufs<'a, 'py> {
         })
     }
 
+    #[inline(always)]
     fn item(&self, i: usize) -> PyResult<(Bound<'py, PyAny>, bool)> {
         self.seq.get(i, self.name)
     }
@@ -128,14 +127,6 @@ impl<'a, 'py> PyBufs<'a, 'py> {
     }
 }
 
-fn seq_py<'py>(s: Seq<'_, 'py>) -> Python<'py> {
-    match s {
-        Seq::List(l) => l.py(),
-        Seq::Tuple(t) => t.py(),
-        Seq::Other(o) => o.py(),
-    }
-}
-
 thread_local! {
     /// The windows of [`PyBufs::windows`] and [`PyBufs::pinned`], reused between calls.
     static WINDOWS: Cell<Vec<Window<'static>>> = const { Cell::new(Vec::new()) };
@@ -145,12 +136,17 @@ thread_local! {
     static SIZES: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's reusable vector of windows (empty).
-fn with_windows<T>(f: impl FnOnce(&mut Vec<Window<'static>>) -> T) -> T {
-    let mut v = WINDOWS.with(Cell::take);
+/// Runs `f` on this thread's reusable vector in `key`, empty: nothing is allocated per
+/// call once it has grown (a call made meanwhile, by Python code, gets one of its own).
+pub(crate) fn reuse<T, R>(
+    key: &'static LocalKey<Cell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    let mut v = key.with(Cell::take);
+    v.clear();
     let r = f(&mut v);
     v.clear();
-    WINDOWS.with(|c| c.set(v));
+    key.with(|c| c.set(v));
     r
 }
 
@@ -162,20 +158,10 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
     }
 
     fn room(&mut self, i: usize) -> PyResult<Room> {
-        let (obj, _) = self.item(i)?;
         let mut views = Views::with_capacity(self.py, 1);
-        let ba = is_bytearray(obj.as_ptr());
-        let r = match ba {
-            // SAFETY: an exact bytearray, GIL held.
-            true => unsafe { bytearray_region(obj.as_ptr()) },
-            false => views.write(&obj, Name(self.name, Some(i)))?,
-        };
-        let (addr, len) = (r.ptr.as_ptr() as usize, r.len);
-        let max_len = if self.grow && ba {
-            isize::MAX as usize
-        } else {
-            len
-        };
+        let what = Name(self.name, Some(i));
+        let b = PyBuf::new(self.item(i)?.0, &mut views, self.grow, false, 0, what)?;
+        let (addr, len, max_len) = (b.addr(), b.capacity(), b.max_len());
         Ok(Room { addr, len, max_len })
     }
 
@@ -219,23 +205,22 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         if !matches!(self.seq, Seq::List(_)) {
             return Ok(None);
         }
-        with_windows(|w| {
-            let mut keys = KEYS.with(Cell::take);
-            keys.clear();
-            for i in 0..n {
-                match self.bytearray_at(i) {
-                    Some(r) if r.len >= need(i) => {
-                        keys.push(r.ptr.as_ptr() as usize);
-                        // SAFETY: a bytearray the list owns, GIL held and no Python code
-                        // run while the window is used (or pinned below); the windows are
-                        // checked distinct before `f` uses them.
-                        w.push(unsafe { r.window(r.len) });
+        reuse(&WINDOWS, |w| {
+            let distinct = reuse(&KEYS, |keys| {
+                for i in 0..n {
+                    match self.bytearray_at(i) {
+                        Some(r) if r.len >= need(i) => {
+                            keys.push(r.ptr.as_ptr() as usize);
+                            // SAFETY: a bytearray the list owns, GIL held and no Python code
+                            // run while the window is used (or pinned below); the windows are
+                            // checked distinct before `f` uses them.
+                            w.push(unsafe { Window::from_raw(r.ptr, r.len, r.len) });
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
-            }
-            let distinct = keys.len() == n && find_duplicate(&keys).is_none();
-            KEYS.with(|k| k.set(keys));
+                keys.len() == n && find_duplicate(keys).is_none()
+            });
             if !distinct {
                 return Ok(None);
             }
@@ -253,17 +238,17 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
     ) -> PyResult<T> {
         let mut pins = Views::with_capacity(self.py, n);
-        with_windows(|w| {
+        reuse(&WINDOWS, |w| {
             for (i, b) in self.bufs[..n].iter().enumerate() {
                 let (r, bytearray) = b.region();
                 // A bytearray's export runs no Python code: no other buffer changes meanwhile.
                 let r = match bytearray {
-                    true => pins.write(&b.obj, Name(self.name, Some(i)))?,
+                    true => pins.export(&b.obj, true, Name(self.name, Some(i)))?,
                     false => r,
                 };
                 // SAFETY: exported (pinned) until `pins` is dropped, after `f`; the core
                 // checked the buffers distinct before.
-                w.push(unsafe { r.window(b.bytes().len()) });
+                w.push(unsafe { Window::from_raw(r.ptr, r.len, b.bytes().len()) });
             }
             let out = f(w);
             drop(pins);
@@ -279,7 +264,6 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
                 Seq::List(l) => l.set_item(i, &b.obj)?,
                 Seq::Other(s) if s.get_item(i)?.is(&b.obj) => {}
                 Seq::Other(s) => s.set_item(i, &b.obj)?,
-                Seq::Tuple(t) => return Err(type_error(self.name, "a list to coalesce", t)),
             }
         }
         Ok(())
@@ -289,7 +273,7 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         let mut out = Vec::with_capacity(idx.size_hint().0.min(super::buffers::PREALLOC));
         for i in idx {
             let (obj, _) = self.item(i)?;
-            let r = self.views.read(&obj, Name(self.name, Some(i)))?;
+            let r = self.views.export(&obj, false, Name(self.name, Some(i)))?;
             // SAFETY: exported by `self.views` while `self` is borrowed; only read.
             out.push(unsafe { r.slice() });
         }
@@ -324,31 +308,20 @@ impl<'py> PyBufs<'_, 'py> {
         let mut pins = Views::with_capacity(self.py, n);
         for i in 0..n {
             let (obj, _) = self.item(i)?;
-            pins.write(&obj, Name(self.name, Some(i)))?;
+            pins.export(&obj, true, Name(self.name, Some(i)))?;
         }
         Ok(pins)
     }
 
     /// The buffers take the order and lengths of `w`, windows of them that work may have
-    /// swapped: their memory is disjoint and each window starts where its buffer does.
+    /// swapped (their memory is disjoint, each window starting where its buffer does).
     fn follow(&mut self, w: &[Window<'_>]) {
-        let n = w.len();
-        if (0..n).any(|k| w[k].addr() != self.bufs[k].region().0.ptr.as_ptr() as usize) {
-            let mut from: Vec<(usize, usize)> = (self.bufs[..n].iter().enumerate())
-                .map(|(j, b)| (b.region().0.ptr.as_ptr() as usize, j))
-                .collect();
-            from.sort_unstable();
-            let mut old: Vec<Option<PyBuf<'_>>> = self.bufs.drain(..n).map(Some).collect();
-            let moved: Vec<PyBuf<'_>> = (w.iter())
-                .filter_map(|x| {
-                    let j = from.binary_search_by_key(&x.addr(), |&(a, _)| a).ok()?;
-                    old[from[j].1].take()
-                })
-                .collect();
-            self.bufs.splice(..0, moved);
-        }
-        for (b, x) in self.bufs.iter_mut().zip(w) {
-            b.set_len(x.len());
+        for (k, x) in w.iter().enumerate() {
+            // Where the buffer GRO moved here is now (at `k` itself unless swapped).
+            if let Some(j) = (k..w.len()).find(|&j| self.bufs[j].addr() == x.addr()) {
+                self.bufs.swap(k, j);
+            }
+            self.bufs[k].set_len(x.len());
         }
     }
 }
@@ -408,20 +381,28 @@ pub(crate) fn sizes_of(
     Ok(v)
 }
 
-/// Runs `f` on this thread's reusable sizes, `len` zeros.
-pub(crate) fn with_sizes<T>(len: usize, f: impl FnOnce(&mut [usize]) -> T) -> T {
-    let mut v = SIZES.with(Cell::take);
-    v.clear();
-    v.resize(len, 0);
-    let r = f(&mut v);
-    SIZES.with(|c| c.set(v));
-    r
+/// Runs `f` on sizes for the Python list `sizes` (`TypeError` if it is not a list), as
+/// many zeros as it has entries, then stores the first `n` (what `f` returns) into it.
+/// Storing may run Python code: `f` lets go of its buffers first (it takes them).
+pub(crate) fn filling_sizes(
+    sizes: &Bound<'_, PyAny>,
+    f: impl FnOnce(&mut [usize]) -> PyResult<usize>,
+) -> PyResult<usize> {
+    let list = sizes
+        .cast::<PyList>()
+        .map_err(|_| type_error("sizes", "a list", sizes))?;
+    reuse(&SIZES, |v| {
+        v.resize(list.len(), 0);
+        let n = f(v)?;
+        store_sizes(list, &v[..n])?;
+        Ok(n)
+    })
 }
 
 /// Stores `values` into the first entries of the list `sizes`. Entries that already hold
 /// the value are left alone (a reused list usually does), and consecutive equal values
 /// share one int object. `sizes_changed` if Python code run meanwhile shortened it.
-pub(crate) fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
+fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
     // An int object known to hold a value (owned, so its address stays its own): a reused
     // list is checked by identity, without converting every entry.
     let mut known: Option<(usize, Bound<'py, PyAny>)> = None;
@@ -472,11 +453,11 @@ fn store<'py>(
     Ok(obj)
 }
 
-/// `sizes` as a list (`TypeError` otherwise).
-pub(crate) fn sizes_list<'a, 'py>(
-    sizes: &'a Bound<'py, PyAny>,
-) -> PyResult<&'a Bound<'py, PyList>> {
-    sizes
-        .cast::<PyList>()
-        .map_err(|_| type_error("sizes", "a list", sizes))
+/// A dict of counters.
+pub(crate) fn dict_of<'py>(py: Python<'py>, items: &[(&str, u64)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in items {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
 }

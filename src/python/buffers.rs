@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList};
 use pyo3::Borrowed;
 
-use crate::engine::{self, ErrorKind, ExpandBuffer, Window};
+use crate::engine::{self, ErrorKind, ExpandBuffer};
 
 /// A raw byte region inside a held export (or a bytearray read with the GIL held).
 #[derive(Debug, Clone, Copy)]
@@ -47,16 +47,6 @@ impl Region {
     pub(crate) unsafe fn slice_mut<'a>(self) -> &'a mut [u8] {
         // SAFETY: the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// A window of the region, its packet the first `len` bytes.
-    ///
-    /// # Safety
-    /// As for [`Window::from_raw`]: the memory stays valid (exported, or the GIL held with
-    /// no Python code run) and nothing else accesses it while the window is used.
-    pub(crate) unsafe fn window<'w>(self, len: usize) -> Window<'w> {
-        // SAFETY: the caller's contract.
-        unsafe { Window::from_raw(self.ptr, self.len, len) }
     }
 }
 
@@ -148,7 +138,15 @@ impl<'py> Views<'py> {
         Views { py, views, pinned }
     }
 
-    fn get(&mut self, obj: &Bound<'py, PyAny>, writable: bool, what: Name<'_>) -> PyResult<Region> {
+    /// Exports `obj` (named `what` in errors), `writable` or read-only (a `bytes` object
+    /// is then held by a reference alone). Not a buffer: `TypeError`; not writable or not
+    /// contiguous: `BufferError`.
+    pub(crate) fn export(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        writable: bool,
+        what: Name<'_>,
+    ) -> PyResult<Region> {
         let raw = obj.as_ptr();
         // SAFETY: raw is a live object (GIL held through `Bound`).
         if !writable && unsafe { ffi::PyBytes_CheckExact(raw) } != 0 {
@@ -180,17 +178,6 @@ impl<'py> Views<'py> {
         let len = if v.buf.is_null() { 0 } else { v.len };
         self.views.push(v);
         Ok(region_at(v.buf.cast::<u8>(), len))
-    }
-
-    /// Exports `obj` (named `what` in errors) read-only.
-    pub(crate) fn read(&mut self, obj: &Bound<'py, PyAny>, what: Name<'_>) -> PyResult<Region> {
-        self.get(obj, false, what)
-    }
-
-    /// Exports `obj` writable (a `bytes` object is a `BufferError`, a non-buffer
-    /// `TypeError`).
-    pub(crate) fn write(&mut self, obj: &Bound<'py, PyAny>, what: Name<'_>) -> PyResult<Region> {
-        self.get(obj, true, what)
     }
 }
 
@@ -282,6 +269,7 @@ impl<'py> PyBuf<'py> {
     /// Wraps `obj` (named `what`): a `bytearray` is read in place (and may be resized
     /// with `grow`), anything else is exported writable by `views`. The packet ends where
     /// the buffer ends.
+    #[inline(always)]
     pub(crate) fn new(
         obj: Bound<'py, PyAny>,
         views: &mut Views<'py>,
@@ -294,7 +282,7 @@ impl<'py> PyBuf<'py> {
         let region = match bytearray {
             // SAFETY: an exact bytearray, GIL held: the C API's own accessors.
             true => unsafe { bytearray_region(obj.as_ptr()) },
-            false => views.write(&obj, what)?,
+            false => views.export(&obj, true, what)?,
         };
         Ok(PyBuf {
             obj,
@@ -320,6 +308,11 @@ impl<'py> PyBuf<'py> {
     /// exact bytearray's runs no Python code; anything else is exported already).
     pub(crate) fn region(&self) -> (Region, bool) {
         (self.region, self.bytearray)
+    }
+
+    /// The first byte's address.
+    pub(crate) fn addr(&self) -> usize {
+        self.region.ptr.as_ptr() as usize
     }
 
     /// Takes a window's length as the packet's end (after work on the pinned memory).

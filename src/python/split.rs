@@ -2,7 +2,7 @@
 
 use pyo3::prelude::*;
 
-use super::batch::{sizes_list, store_sizes, with_sizes, PyBufs};
+use super::batch::{filling_sizes, PyBufs};
 use super::buffers::{Name, Views};
 use super::virtio_hdr::PyVirtioNetHdr;
 use crate::engine::buffer::non_negative;
@@ -37,11 +37,10 @@ pub(crate) fn gso_split(
     let mut views = Views::with_capacity(py, 1);
     // SAFETY: the export is held by `views` until the end of this function; the core
     // checks that the outputs written meanwhile do not overlap it.
-    let pkt = unsafe { views.read(packet, Name("packet", None))?.slice() };
+    let pkt = unsafe { views.export(packet, false, Name("packet", None))?.slice() };
     let split = Split::plan_packet(pkt, &hdr.0, is_v6)?;
-    let sizes = sizes_list(sizes)?;
     let mut outs = PyBufs::new(out_bufs, "out_bufs", false)?;
-    with_sizes(sizes.len(), |sz| {
+    filling_sizes(sizes, move |sz| {
         let r = split.deliver(
             pkt,
             &mut outs,
@@ -51,14 +50,10 @@ pub(crate) fn gso_split(
             "out_bufs",
             &mut Direct,
         );
-        let n = r.map_err(|f| match f {
+        let _views = views; // held until the split is done
+        r.map_err(|f| match f {
             Failed::Packet(e) | Failed::Buffers(e) => e.into(),
             Failed::Caller(e) => e,
-        })?;
-        // Storing the sizes may run Python code: the outputs are let go of first.
-        drop(outs);
-        drop(views);
-        store_sizes(sizes, &sz[..n])?;
-        Ok(n)
+        })
     })
 }

@@ -2,23 +2,22 @@
 //! GIL. Every system call runs with the GIL released, on buffers exported (pinned) for
 //! the length of the call.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::batch::{sizes_list, sizes_of, store_sizes, with_sizes, PyBufs};
+use super::batch::{dict_of, filling_sizes, sizes_of, PyBufs};
 use super::buffers::{Name, Views};
 use super::errors::type_error;
 use super::gil::{self, Gil};
 use super::gro::PyGroTable;
 use super::netns;
 use crate::device::batch::{self, RecvState, MAX_READ};
-use crate::device::{
-    self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse_mac, Tun, TunOptions,
-};
-use crate::engine::buffer::{batch_len, non_negative};
+use crate::device::{self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse_mac};
+use crate::device::{sys, Tun, TunOptions};
+use crate::engine::buffer::non_negative;
 use crate::engine::Buffers;
 
 /// A Linux TUN (or TAP) device, optionally with the kernel's offloads.
@@ -27,8 +26,9 @@ use crate::engine::Buffers;
 /// packet_information=False, mtu=None, persist=False, owner=None, group=None,
 /// nonblocking=False, up=False, netns=None)`` creates the device (or opens the existing
 /// one of that name) in the calling thread's network namespace, or in ``netns`` (a name
-/// under ``/run/netns``, a path to a namespace file, or a descriptor of one). ``name=None`` lets the kernel pick
-/// (``tun0``, ``tun1``...); a name longer than 15 bytes is a ``ValueError``.
+/// under ``/run/netns``, a path to a namespace file, or a descriptor of one).
+/// ``name=None`` lets the kernel pick (``tun0``, ``tun1``...); a name longer than 15
+/// bytes is a ``ValueError``.
 ///
 /// With ``offload=True`` the device carries a 10-byte ``virtio_net_hdr`` before every
 /// packet (``IFF_VNET_HDR``) and the kernel may hand over TCP (and, where it can, UDP)
@@ -50,17 +50,24 @@ pub(crate) struct PyTunDevice {
     tun: Mutex<Option<Arc<Tun>>>,
     blocking: AtomicBool,
     last_name: Mutex<String>,
+    /// True when reads and writes carry the 10-byte virtio header (``offload=True``).
+    #[pyo3(get)]
     offload: bool,
+    /// True when the kernel accepted UDP segmentation offload (USO4/USO6): it may then
+    /// hand over UDP super-packets, and ``send_multiple`` coalesces UDP flows too.
+    #[pyo3(get)]
     udp_gso: bool,
+    /// True for a TAP (Ethernet) device.
+    #[pyo3(get)]
     tap: bool,
+    /// True for a multi-queue device (``clone_queue()`` works).
+    #[pyo3(get)]
     multi_queue: bool,
+    /// True when every packet starts with the 4-byte packet information header.
+    #[pyo3(get)]
     packet_information: bool,
-    /// The queue's read/write counters (kept after close).
+    /// The queue's counters (kept after close).
     counters: Arc<dev::Counters>,
-    /// Packets out of `recv_multiple` (after splitting).
-    rx_packets: AtomicU64,
-    /// Packets into `send_multiple` (before coalescing).
-    tx_packets: AtomicU64,
     /// A packet read by a `recv_multiple` whose buffers could not take it, for the next.
     recv_state: RecvState,
 }
@@ -73,19 +80,17 @@ impl PyTunDevice {
             counters: tun.counters.clone(),
             offload: tun.vnet_hdr(),
             udp_gso: tun.udp_gso(),
-            tap: flags & dev::sys::IFF_TAP != 0,
-            multi_queue: flags & dev::sys::IFF_MULTI_QUEUE != 0,
-            packet_information: flags & dev::sys::IFF_NO_PI == 0,
+            tap: flags & sys::IFF_TAP != 0,
+            multi_queue: flags & sys::IFF_MULTI_QUEUE != 0,
+            packet_information: flags & sys::IFF_NO_PI == 0,
             tun: Mutex::new(Some(Arc::new(tun))),
             blocking: AtomicBool::new(blocking),
             last_name: Mutex::new(name),
-            rx_packets: AtomicU64::new(0),
-            tx_packets: AtomicU64::new(0),
             recv_state: RecvState::new(),
         }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Tun>>> {
+    fn slot(&self) -> MutexGuard<'_, Option<Arc<Tun>>> {
         self.tun.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -109,8 +114,68 @@ impl PyTunDevice {
     }
 }
 
-#[pymethods]
-impl PyTunDevice {
+/// The class's methods, with a property for each `get` (and its `set`ter) that is one
+/// call of the open queue (`|tun| ...`).
+macro_rules! methods_with_properties {
+    ({ $($(#[$doc:meta])* $get:ident -> $t:ty = |$tun:ident| $g:expr
+        $(, $set:ident($v:ident: $vt:ty) = $s:expr)?;)* } $($method:item)*) => {
+        #[pymethods]
+        impl PyTunDevice {
+            $(
+                $(#[$doc])*
+                #[getter]
+                fn $get(&self, py: Python<'_>) -> PyResult<$t> {
+                    self.on(py, |$tun| $g)
+                }
+                $(
+                    #[setter]
+                    fn $set(&self, py: Python<'_>, $v: $vt) -> PyResult<()> {
+                        self.on(py, |$tun| $s)
+                    }
+                )?
+            )*
+            $($method)*
+        }
+    };
+}
+
+methods_with_properties! {
+    {
+        /// The interface index.
+        ifindex -> u32 = |tun| tun.current_ifindex();
+        /// The MTU; assign to change it (68..=65535).
+        mtu -> u32 = |tun| tun.mtu(), set_mtu(mtu: u32) = tun.set_mtu(mtu);
+        /// True when the interface is administratively up.
+        is_up -> bool = |tun| tun.is_up();
+        /// The interface's IPv4 and IPv6 addresses as ``"address/prefix"`` strings, IPv6
+        /// link-local ones included.
+        addresses -> Vec<String> =
+            |tun| tun.addresses().map(|v| v.iter().map(ToString::to_string).collect());
+        /// Whether the device is persistent (outlives its descriptors); assign to change.
+        persist -> bool = |tun| tun.persist(),
+            set_persist(on: bool) = tun.set_persist(on);
+        /// The uid allowed to attach to the device (``TUNSETOWNER``), or None if unset;
+        /// assign a uid to change it (the kernel offers no way back to unset).
+        owner -> Option<u32> = |tun| tun.owner_group().map(|g| g.0),
+            set_owner(uid: u32) = tun.set_owner(uid);
+        /// The gid allowed to attach to the device (``TUNSETGROUP``), or None if unset;
+        /// assign a gid to change it (the kernel offers no way back to unset).
+        group -> Option<u32> = |tun| tun.owner_group().map(|g| g.1),
+            set_group(gid: u32) = tun.set_group(gid);
+        /// A TAP device's MAC address as ``"aa:bb:cc:dd:ee:ff"`` (None for TUN); assign a
+        /// string of that form or 6 bytes to change it.
+        mac -> Option<String> = |tun| tun.mac().map(|m| m.as_ref().map(format_mac));
+        /// The transmit queue length (``txqueuelen``); assignable.
+        tx_queue_len -> u32 = |tun| tun.tx_queue_len(),
+            set_tx_queue_len(len: u32) = tun.set_tx_queue_len(len);
+        /// The most segments the kernel puts in one super-packet for this device
+        /// (``gso_max_segs``, 65535 unless lowered); assignable, 1..65535. A tunnel sets it to
+        /// ``UdpSocket.max_segments(datagram size)`` so each super-packet read from the device
+        /// leaves in one ``UDP_SEGMENT`` send and arrives as one coalesced read.
+        gso_max_segs -> u32 = |tun| tun.gso_max_segs(),
+            set_gso_max_segs(segs: u32) = tun.set_gso_max_segs(segs);
+    }
+
     #[new]
     #[pyo3(signature = (
         name=None, *, offload=false, tap=false, multi_queue=false, packet_information=false,
@@ -133,6 +198,10 @@ impl PyTunDevice {
         up: bool,
         netns: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let netns = match netns.filter(|t| !t.is_none()) {
+            Some(t) => Some(Arc::new(netns::open(py, t)?)),
+            None => None,
+        };
         let opts = TunOptions {
             name,
             tap,
@@ -144,10 +213,7 @@ impl PyTunDevice {
             group,
             mtu,
             up,
-            netns: match netns {
-                Some(t) if !t.is_none() => Some(Arc::new(netns::open(py, t)?)),
-                _ => None,
-            },
+            netns,
         };
         let tun = gil::call(py, || Tun::open(&opts))?;
         Ok(Self::wrap(tun, !nonblocking))
@@ -179,53 +245,13 @@ impl PyTunDevice {
     /// The interface name, as the kernel has it now (the last known name once closed).
     #[getter]
     fn name(&self, py: Python<'_>) -> PyResult<String> {
+        let last = || self.last_name.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tun) = self.slot().clone() else {
-            return Ok(self
-                .last_name
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone());
+            return Ok(last().clone());
         };
         let name = gil::call(py, || tun.name())?;
-        name.clone_into(&mut self.last_name.lock().unwrap_or_else(|p| p.into_inner()));
+        name.clone_into(&mut last());
         Ok(name)
-    }
-
-    /// The interface index.
-    #[getter]
-    fn ifindex(&self, py: Python<'_>) -> PyResult<u32> {
-        self.on(py, |tun| tun.current_ifindex())
-    }
-
-    /// True when reads and writes carry the 10-byte virtio header (``offload=True``).
-    #[getter]
-    fn offload(&self) -> bool {
-        self.offload
-    }
-
-    /// True when the kernel accepted UDP segmentation offload (USO4/USO6): it may then
-    /// hand over UDP super-packets, and ``send_multiple`` coalesces UDP flows too.
-    #[getter]
-    fn udp_gso(&self) -> bool {
-        self.udp_gso
-    }
-
-    /// True for a TAP (Ethernet) device.
-    #[getter]
-    fn tap(&self) -> bool {
-        self.tap
-    }
-
-    /// True for a multi-queue device (``clone_queue()`` works).
-    #[getter]
-    fn multi_queue(&self) -> bool {
-        self.multi_queue
-    }
-
-    /// True when every packet starts with the 4-byte packet information header.
-    #[getter]
-    fn packet_information(&self) -> bool {
-        self.packet_information
     }
 
     /// True once ``close()`` was called.
@@ -267,11 +293,8 @@ impl PyTunDevice {
     /// ``<TunDevice name='tun0' offload=True closed=False>``.
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = self.name(py).unwrap_or_default();
-        format!(
-            "<TunDevice name={name:?} offload={} closed={}>",
-            if self.offload { "True" } else { "False" },
-            if self.closed() { "True" } else { "False" }
-        )
+        let b = |v: bool| if v { "True" } else { "False" };
+        format!("<TunDevice name={name:?} offload={} closed={}>", b(self.offload), b(self.closed()))
     }
 
     /// ``setblocking(flag)``: in blocking mode (the default) ``recv`` waits for a packet;
@@ -285,17 +308,6 @@ impl PyTunDevice {
         self.is_blocking()
     }
 
-    /// The MTU; assign to change it (68..=65535).
-    #[getter]
-    fn get_mtu(&self, py: Python<'_>) -> PyResult<u32> {
-        self.on(py, |tun| tun.mtu())
-    }
-
-    #[setter]
-    fn set_mtu(&self, py: Python<'_>, mtu: u32) -> PyResult<()> {
-        self.on(py, |tun| tun.set_mtu(mtu))
-    }
-
     /// Brings the interface up (``ip link set NAME up``).
     fn up(&self, py: Python<'_>) -> PyResult<()> {
         self.on(py, |tun| tun.set_up(true))
@@ -304,12 +316,6 @@ impl PyTunDevice {
     /// Brings the interface down.
     fn down(&self, py: Python<'_>) -> PyResult<()> {
         self.on(py, |tun| tun.set_up(false))
-    }
-
-    /// True when the interface is administratively up.
-    #[getter]
-    fn is_up(&self, py: Python<'_>) -> PyResult<bool> {
-        self.on(py, |tun| tun.is_up())
     }
 
     /// ``add_address(address, *, nodad=False)``: adds an IPv4 or IPv6 address given as
@@ -329,93 +335,14 @@ impl PyTunDevice {
         self.on(py, |tun| tun.remove_address(&a))
     }
 
-    /// The interface's IPv4 and IPv6 addresses as ``"address/prefix"`` strings, IPv6
-    /// link-local ones included.
-    #[getter]
-    fn addresses(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        let v = self.on(py, |tun| tun.addresses())?;
-        Ok(v.iter()
-            .map(|a| format!("{}/{}", a.addr, a.prefix))
-            .collect())
-    }
-
-    /// Whether the device is persistent (outlives its descriptors); assign to change.
-    #[getter]
-    fn get_persist(&self, py: Python<'_>) -> PyResult<bool> {
-        self.on(py, |tun| tun.persist())
-    }
-
-    #[setter]
-    fn set_persist(&self, py: Python<'_>, on: bool) -> PyResult<()> {
-        self.on(py, |tun| tun.set_persist(on))
-    }
-
-    /// The uid allowed to attach to the device (``TUNSETOWNER``), or None if unset;
-    /// assign a uid to change it (the kernel offers no way back to unset).
-    #[getter]
-    fn get_owner(&self, py: Python<'_>) -> PyResult<Option<u32>> {
-        Ok(self.on(py, |tun| tun.owner_group())?.0)
-    }
-
-    #[setter]
-    fn set_owner(&self, py: Python<'_>, uid: u32) -> PyResult<()> {
-        self.on(py, |tun| tun.set_owner(uid))
-    }
-
-    /// The gid allowed to attach to the device (``TUNSETGROUP``), or None if unset;
-    /// assign a gid to change it (the kernel offers no way back to unset).
-    #[getter]
-    fn get_group(&self, py: Python<'_>) -> PyResult<Option<u32>> {
-        Ok(self.on(py, |tun| tun.owner_group())?.1)
-    }
-
-    #[setter]
-    fn set_group(&self, py: Python<'_>, gid: u32) -> PyResult<()> {
-        self.on(py, |tun| tun.set_group(gid))
-    }
-
-    /// A TAP device's MAC address as ``"aa:bb:cc:dd:ee:ff"`` (None for TUN); assign a
-    /// string of that form or 6 bytes to change it.
-    #[getter]
-    fn get_mac(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        Ok(self.on(py, |tun| tun.mac())?.as_ref().map(format_mac))
-    }
-
     #[setter]
     fn set_mac(&self, py: Python<'_>, mac: &Bound<'_, PyAny>) -> PyResult<()> {
-        let arr = match mac.extract::<String>() {
-            Ok(s) => parse_mac(&s)?,
-            Err(_) => match mac.extract::<Vec<u8>>() {
-                Ok(b) => mac_from_bytes(&b)?,
-                Err(_) => return Err(type_error("mac", "a str or 6 bytes", mac)),
-            },
+        let mac = match (mac.extract::<String>(), mac.extract::<Vec<u8>>()) {
+            (Ok(s), _) => parse_mac(&s)?,
+            (_, Ok(b)) => mac_from_bytes(&b)?,
+            _ => return Err(type_error("mac", "a str or 6 bytes", mac)),
         };
-        self.on(py, |tun| tun.set_mac(arr))
-    }
-
-    /// The transmit queue length (``txqueuelen``); assignable.
-    #[getter]
-    fn get_tx_queue_len(&self, py: Python<'_>) -> PyResult<u32> {
-        self.on(py, |tun| tun.tx_queue_len())
-    }
-
-    #[setter]
-    fn set_tx_queue_len(&self, py: Python<'_>, len: u32) -> PyResult<()> {
-        self.on(py, |tun| tun.set_tx_queue_len(len))
-    }
-
-    /// The most segments the kernel puts in one super-packet for this device
-    /// (``gso_max_segs``, 65535 unless lowered); assignable, 1..65535. A tunnel sets it to
-    /// ``UdpSocket.max_segments(datagram size)`` so each super-packet read from the device
-    /// leaves in one ``UDP_SEGMENT`` send and arrives as one coalesced read.
-    #[getter]
-    fn get_gso_max_segs(&self, py: Python<'_>) -> PyResult<u32> {
-        self.on(py, |tun| tun.gso_max_segs())
-    }
-
-    #[setter]
-    fn set_gso_max_segs(&self, py: Python<'_>, segs: u32) -> PyResult<()> {
-        self.on(py, |tun| tun.set_gso_max_segs(segs))
+        self.on(py, |tun| tun.set_mac(mac))
     }
 
     /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
@@ -428,7 +355,7 @@ impl PyTunDevice {
         let mut views = Views::with_capacity(py, 1);
         // SAFETY: the writable export is held by `views` until after the read; this is
         // the only reference to those bytes.
-        let data = unsafe { views.write(buf, Name("buf", None))?.slice_mut() };
+        let data = unsafe { views.export(buf, true, Name("buf", None))?.slice_mut() };
         let blocking = self.is_blocking();
         self.on(py, |tun| self.recv_state.read(tun, data, blocking))
     }
@@ -451,7 +378,7 @@ impl PyTunDevice {
     fn send(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
         let mut views = Views::with_capacity(py, 1);
         // SAFETY: the export is held by `views` until after the write.
-        let data = unsafe { views.read(buf, Name("buf", None))?.slice() };
+        let data = unsafe { views.export(buf, false, Name("buf", None))?.slice() };
         let blocking = self.is_blocking();
         self.on(py, |tun| tun.write(data, blocking))
     }
@@ -506,31 +433,23 @@ impl PyTunDevice {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let tun = self.get()?;
-        let sizes = sizes_list(sizes)?;
         let mut outs = PyBufs::new(bufs, "bufs", true)?;
         let mut views = Views::with_capacity(py, 1);
         let original: &mut [u8] = match self.offload {
             // SAFETY: the writable export is held by `views` until the split is done; the
-            // core checks that no output shares memory with it.
+            // core checks that no output is this buffer.
             true => unsafe {
-                views
-                    .write(original_buffer, Name("original_buffer", None))?
-                    .slice_mut()
+                let what = Name("original_buffer", None);
+                views.export(original_buffer, true, what)?.slice_mut()
             },
             false => &mut [],
         };
-        let blocking = self.is_blocking();
-        with_sizes(sizes.len(), |sz| {
-            let (state, gil) = (&self.recv_state, &mut Gil(py));
-            let n = batch::recv_multiple_with(
-                &tun, state, original, &mut outs, sz, offset, blocking, fit, gil,
-            )?;
-            // Storing the sizes may run Python code: the buffers are let go of first.
-            drop(outs);
-            drop(views);
-            store_sizes(sizes, &sz[..n])?;
-            self.rx_packets.fetch_add(n as u64, Ordering::Relaxed);
-            Ok(n)
+        let (state, blocking) = (&self.recv_state, self.is_blocking());
+        filling_sizes(sizes, move |sz| {
+            let gil = &mut Gil(py);
+            let r = batch::recv_multiple_with(&tun, state, original, &mut outs, sz, offset, blocking, fit, gil);
+            let _views = views; // held until the split is done
+            r
         })
     }
 
@@ -573,47 +492,26 @@ impl PyTunDevice {
         let offset = non_negative(offset, "offset")?;
         let count = count.map(|c| non_negative(c, "count")).transpose()?;
         let tun = self.get()?;
+        // Coalescing swaps entries: a list then.
         let mut b = match self.offload {
             true => PyBufs::list(bufs, "bufs")?,
             false => PyBufs::new(bufs, "bufs", true)?,
         };
-        let sizes = match sizes.filter(|s| !s.is_none()) {
-            Some(s) => Some(sizes_of(s, b.count(), count)?),
-            None => None,
-        };
+        let sizes = sizes.filter(|s| !s.is_none());
+        let sizes = sizes.map(|s| sizes_of(s, b.count(), count)).transpose()?;
         let (t, sz) = (&mut gro_table.inner, sizes.as_deref());
-        let r = batch::send_multiple_with(&tun, t, &mut b, offset, sz, count, true, &mut Gil(py));
-        let n = batch_len(b.count(), sz.map(<[usize]>::len), count).unwrap_or(0);
-        if r.as_ref().map_or_else(|e| e.writing, |_| true) {
-            self.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Ok(r?)
+        Ok(batch::send_multiple_with(&tun, t, &mut b, offset, sz, count, true, &mut Gil(py))?)
     }
 
-    /// Counters of this queue since it was opened (still readable after close), as a dict: ``reads``, ``read_bytes``,
+    /// Counters of this queue since it was opened (still readable after close), as a
+    /// dict: ``reads``, ``read_bytes``,
     /// ``max_read`` (system calls and sizes, virtio headers included: a ``max_read``
     /// above the MTU means super-packets came in), ``rx_packets`` (packets out of
     /// ``recv_multiple`` after splitting), and the same for writes (``tx_packets``: packets
     /// into ``send_multiple`` before coalescing).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        {
-            let c = &self.counters;
-            for (k, v) in [
-                ("reads", &c.reads),
-                ("read_bytes", &c.read_bytes),
-                ("max_read", &c.max_read),
-                ("writes", &c.writes),
-                ("write_bytes", &c.write_bytes),
-                ("max_write", &c.max_write),
-            ] {
-                d.set_item(k, v.load(Ordering::Relaxed))?;
-            }
-        }
-        d.set_item("rx_packets", self.rx_packets.load(Ordering::Relaxed))?;
-        d.set_item("tx_packets", self.tx_packets.load(Ordering::Relaxed))?;
-        Ok(d)
+        dict_of(py, &self.counters.items())
     }
 
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in

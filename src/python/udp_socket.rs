@@ -2,6 +2,7 @@
 //! buffers, addresses, errors and the GIL. The system calls, the batching, the pending
 //! queue and the address rules are all in `crate::udp`; this maps arguments and results.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,9 +10,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::batch::{sizes_list, store_sizes, PyBufs, Seq, SizeReader};
+use super::batch::{dict_of, filling_sizes, reuse, PyBufs, Seq, SizeReader};
 use super::buffers::{Name, Views, PREALLOC};
 use super::errors::{os_error, type_error, with_attrs};
 use super::gil::Gil;
@@ -32,19 +33,10 @@ fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
     }
 }
 
-/// Receive side: its batch, the arrays the delivery fills, and the last sender's tuple.
-struct RxSide {
-    batch: UdpBatch,
-    sizes: Vec<usize>,
-    addrs: Vec<Option<SocketAddr>>,
-    last_addr: Option<(SocketAddr, Py<PyAny>)>,
-}
-
-/// Send side: its batch, the parsed addresses, and the last address object parsed.
-struct TxSide {
-    batch: UdpBatch,
-    addrs: Vec<SocketAddr>,
-    last_addr: Option<(Py<PyAny>, SocketAddr)>,
+thread_local! {
+    /// The senders a receive fills in, and the addresses a send parses, reused per thread.
+    static SENDERS: Cell<Vec<Option<SocketAddr>>> = const { Cell::new(Vec::new()) };
+    static DESTS: Cell<Vec<SocketAddr>> = const { Cell::new(Vec::new()) };
 }
 
 /// Batched UDP on a ``socket.socket``, with the kernel's segmentation (``UDP_SEGMENT``)
@@ -70,22 +62,34 @@ struct TxSide {
 /// (*pending*) are delivered by that ``UdpSocket`` only.
 #[pyclass(name = "UdpSocket", module = "tunoffload", frozen)]
 pub(crate) struct PyUdpSocket {
+    /// The wrapped ``socket.socket``.
+    #[pyo3(get, name = "socket")]
     sock: Py<PyAny>,
+    /// The socket's family (``socket.AF_INET`` or ``socket.AF_INET6``), as an int.
+    #[pyo3(get)]
     family: i32,
     gso: AtomicBool,
+    /// True if this ``UdpSocket`` turned ``UDP_GRO`` on for the socket (the kernel then
+    /// hands over coalesced reads, which ``recv_multiple`` splits).
+    #[pyo3(get)]
     gro: bool,
-    rx: Mutex<RxSide>,
-    tx: Mutex<TxSide>,
-    /// Counters and pending count as of the last call that ended: readable while another
-    /// thread waits in a call (which holds `rx` or `tx` meanwhile).
+    rx: Mutex<UdpBatch>,
+    tx: Mutex<UdpBatch>,
+    /// What calls leave for later ones.
     seen: Mutex<Seen>,
 }
 
 #[derive(Default)]
 struct Seen {
+    /// Counters and pending count as of the last call that ended: readable while another
+    /// thread waits in a call (which holds `rx` or `tx` meanwhile).
     rx: Stats,
     tx: Stats,
     pending: usize,
+    /// The last sender and its tuple (the same object while the sender stays the same),
+    /// and the last address object a send parsed, with its address.
+    sender: Option<(SocketAddr, Py<PyAny>)>,
+    dest: Option<(Py<PyAny>, SocketAddr)>,
 }
 
 /// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
@@ -98,11 +102,6 @@ fn sock_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<i32> {
 }
 
 impl PyUdpSocket {
-    /// The socket's descriptor now, or `OSError(EBADF)` if it is closed.
-    fn fd(&self, py: Python<'_>) -> PyResult<i32> {
-        sock_fd(py, self.sock.bind(py))
-    }
-
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
         let timeout = pyo3::intern!(py, "gettimeout");
@@ -113,45 +112,41 @@ impl PyUdpSocket {
 
     /// The Python form of `a`, as `socket.recvfrom` gives it.
     fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
-        let host = PyString::new(py, &udp::host_string(a)).into_any();
-        let port = a.port().into_pyobject(py)?.into_any();
-        let t = match a {
-            SocketAddr::V4(_) => PyTuple::new(py, [host, port])?,
+        let (host, port) = (udp::host_string(a), a.port());
+        Ok(match a {
+            SocketAddr::V4(_) => (host, port).into_pyobject(py)?.into_any().unbind(),
             SocketAddr::V6(v) => {
-                let flow = v.flowinfo().into_pyobject(py)?.into_any();
-                PyTuple::new(
-                    py,
-                    [host, port, flow, v.scope_id().into_pyobject(py)?.into_any()],
-                )?
+                let t = (host, port, v.flowinfo(), v.scope_id());
+                t.into_pyobject(py)?.into_any().unbind()
             }
-        };
-        Ok(t.into_any().unbind())
+        })
     }
 
-    /// Reads an address as `socket.sendto` does (the shape here, the rules in
+    /// Reads an address as `socket.sendto` does (its shape here, its rules in
     /// `udp::parse_addr`).
     fn parse_addr(&self, obj: &Bound<'_, PyAny>, what: Name<'_>) -> PyResult<SocketAddr> {
         let v6 = self.family == udp::consts::AF_INET6;
+        let parts = match obj.cast::<PyTuple>().map(|t| t.len()) {
+            Ok(2) => obj
+                .extract::<(String, i128)>()
+                .map(|(h, p)| (h, p, 0, 0))
+                .ok(),
+            Ok(3) if v6 => obj
+                .extract::<(String, i128, i128)>()
+                .map(|(h, p, f)| (h, p, f, 0))
+                .ok(),
+            Ok(4) if v6 => obj.extract::<(String, i128, i128, i128)>().ok(),
+            _ => None,
+        };
         let form = match v6 {
-            true => "a tuple (host, port[, flowinfo[, scope_id]]) for an AF_INET6 socket",
-            false => "a tuple (host, port) for an AF_INET socket",
+            true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
+            false => "a tuple (host: str, port: int) for an AF_INET socket",
         };
-        let t = (obj.cast::<PyTuple>().ok())
-            .filter(|t| (2..=if v6 { 4 } else { 2 }).contains(&t.len()))
-            .ok_or_else(|| type_error(&what.to_string(), form, obj))?;
-        let host = t.get_item(0)?;
-        let host = (host.cast::<PyString>())
-            .map_err(|_| type_error(&format!("{what}: the host"), "a str", &host))?;
-        let int = |i: usize, name: &str| -> PyResult<i128> {
-            let Ok(v) = t.get_item(i) else { return Ok(0) };
-            v.extract()
-                .map_err(|_| type_error(&format!("{what}: the {name}"), "an int", &v))
-        };
-        let (port, flow, scope) = (int(1, "port")?, int(2, "flowinfo")?, int(3, "scope_id")?);
-        let what = what.to_string();
+        let (host, port, flow, scope) =
+            parts.ok_or_else(|| type_error(&what.to_string(), form, obj))?;
         Ok(udp::parse_addr(
-            &what,
-            host.to_str()?,
+            &what.to_string(),
+            &host,
             port,
             flow,
             scope,
@@ -177,6 +172,35 @@ impl PyUdpSocket {
         Ok(a)
     }
 
+    /// Sets `list[i]` to sender `i` in the form `socket.recvfrom` gives (one tuple object
+    /// for consecutive datagrams from one sender, and across calls).
+    fn store_senders(
+        &self,
+        py: Python<'_>,
+        list: &Bound<'_, PyList>,
+        senders: &[Option<SocketAddr>],
+    ) -> PyResult<()> {
+        let mut last = lock(py, &self.seen).sender.take();
+        let r = (|| {
+            for (i, a) in senders.iter().enumerate() {
+                let obj = match (a, &last) {
+                    (None, _) => py.None(),
+                    (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
+                    (Some(a), _) => {
+                        let o = Self::addr_tuple(py, a)?;
+                        last = Some((*a, o.clone_ref(py)));
+                        o
+                    }
+                };
+                list.set_item(i, obj)?;
+            }
+            Ok(())
+        })();
+        let old = std::mem::replace(&mut lock(py, &self.seen).sender, last);
+        drop(old); // (a decref may run Python code: not under the lock)
+        r
+    }
+
     /// Sends `data` to `dest`, going on after signals (PEP 475); returns the count, or the
     /// exception with `datagrams_sent`.
     fn send_all(&self, py: Python<'_>, data: &[&[u8]], dest: Dest<'_>) -> PyResult<usize> {
@@ -185,13 +209,13 @@ impl PyUdpSocket {
         let sent = |e: PyErr, done: usize| with_attrs(e, &[("datagrams_sent", done)]);
         loop {
             // Again after signal handlers: one may have closed the socket.
-            let fd = self.fd(py).map_err(|e| sent(e, done))?;
+            let fd = sock_fd(py, self.sock.bind(py)).map_err(|e| sent(e, done))?;
             // SAFETY: as in `recv_multiple`: the descriptor as of now, for this call only.
             let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
             let (part, to) = (&data[done..], dest.skip(done));
             let r = {
                 let mut guard = lock(py, &self.tx);
-                let batch = &mut guard.batch;
+                let batch = &mut *guard;
                 let r = gil.syscall(|| batch.send(bfd, part, to, wait));
                 self.gso.store(batch.gso(), Ordering::Relaxed);
                 lock(py, &self.seen).tx = batch.stats();
@@ -231,17 +255,8 @@ impl PyUdpSocket {
             family: rx.family(),
             gso: AtomicBool::new(tx.gso()),
             gro: rx.gro(),
-            rx: Mutex::new(RxSide {
-                batch: rx,
-                sizes: Vec::new(),
-                addrs: Vec::new(),
-                last_addr: None,
-            }),
-            tx: Mutex::new(TxSide {
-                batch: tx,
-                addrs: Vec::new(),
-                last_addr: None,
-            }),
+            rx: Mutex::new(rx),
+            tx: Mutex::new(tx),
             seen: Mutex::default(),
         })
     }
@@ -258,13 +273,6 @@ impl PyUdpSocket {
         self.gso.load(Ordering::Relaxed)
     }
 
-    /// True if this ``UdpSocket`` turned ``UDP_GRO`` on for the socket (the kernel then
-    /// hands over coalesced reads, which ``recv_multiple`` splits).
-    #[getter]
-    fn gro(&self) -> bool {
-        self.gro
-    }
-
     /// ``max_segments(size) -> int``: how many datagrams of ``size`` bytes one
     /// ``UDP_SEGMENT`` send carries (the kernel's limits: 64 segments, 65507 bytes), as
     /// ``send_multiple`` groups them, whether or not ``gso`` is on. A tunnel sets its
@@ -274,18 +282,6 @@ impl PyUdpSocket {
     #[staticmethod]
     fn max_segments(size: i64) -> PyResult<usize> {
         Ok(udp::max_segments(size)?)
-    }
-
-    /// The wrapped ``socket.socket``.
-    #[getter]
-    fn socket(&self, py: Python<'_>) -> Py<PyAny> {
-        self.sock.clone_ref(py)
-    }
-
-    /// The socket's family (``socket.AF_INET`` or ``socket.AF_INET6``), as an int.
-    #[getter]
-    fn family(&self) -> i32 {
-        self.family
     }
 
     /// Datagrams received and not yet delivered: the next ``recv_multiple`` returns them
@@ -304,24 +300,8 @@ impl PyUdpSocket {
     /// ``truncated`` (reads cut short by the kernel; practically always 0).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (r, t) = {
-            let seen = lock(py, &self.seen);
-            (seen.rx, seen.tx)
-        };
-        let d = PyDict::new(py);
-        for (k, v) in [
-            ("recv_calls", r.recv_calls),
-            ("recv_messages", r.recv_messages),
-            ("recv_datagrams", r.recv_datagrams),
-            ("send_calls", t.send_calls),
-            ("send_messages", t.send_messages),
-            ("send_datagrams", t.send_datagrams),
-            ("fallbacks", t.fallbacks),
-            ("truncated", r.truncated),
-        ] {
-            d.set_item(k, v)?;
-        }
-        Ok(d)
+        let seen = lock(py, &self.seen);
+        dict_of(py, &seen.rx.items(&seen.tx))
     }
 
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
@@ -369,7 +349,6 @@ impl PyUdpSocket {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let mut b = PyBufs::new(bufs, "bufs", true)?;
-        let sizes = sizes_list(sizes)?;
         let addrs = match addrs.filter(|a| !a.is_none()) {
             Some(a) => Some(
                 a.cast::<PyList>()
@@ -378,97 +357,46 @@ impl PyUdpSocket {
             None => None,
         };
         let nb = b.count();
-        udp::check_recv_args(nb, sizes.len(), addrs.map(|a| a.len()))?;
-        b.bufs(nb, false, usize::MAX)?; // new bytes all zeroed
-        let wait = self.wait(py)?;
-        let mut gil = Gil(py);
-        // No Python code runs while the lock is held (a signal handler or a destructor
-        // could call this object again): results are taken out of it first.
-        let (n, out_sizes, out_addrs, mut last_addr) = loop {
-            // Read again after signal handlers: one may have closed the socket.
-            let fd = self.fd(py)?;
-            // SAFETY: the socket's descriptor as of now, used only during this call. (As
-            // with the socket's own methods, another thread may close it while the GIL is
-            // released: the calls then fail with EBADF, or reach whatever reuses the
-            // number; no memory of this process depends on it.)
-            let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let mut guard = lock(py, &self.rx);
-            let side = &mut *guard;
-            let batch = &mut side.batch;
-            // Datagrams already pending need no system call, so no GIL hand-off either.
-            let filled = match batch.pending() {
-                0 => gil.syscall(|| batch.fill(bfd, nb, wait)),
-                n => Ok(n),
-            };
-            side.sizes.resize(nb, 0);
-            side.addrs
-                .resize(if addrs.is_some() { nb } else { 0 }, None);
-            let out = addrs.is_some().then_some(&mut side.addrs[..]);
-            let bufs = b.bufs(nb, false, usize::MAX)?;
-            let r = match filled.and_then(|_| side.batch.make_room(bufs, offset)) {
-                // A large delivery (a coalesced read) is copied with the GIL released, each
-                // bytearray it fills pinned by an export meanwhile (an exact one: its
-                // export runs no Python code, which must not run while the lock is held).
-                Ok((n, bytes)) if gil.worth_releasing(bytes) => {
-                    let (batch, sizes) = (&mut side.batch, &mut side.sizes[..]);
-                    b.pinned(n, |w| gil.work(|| batch.copy_out(w, sizes, offset, out)))?
-                }
-                Ok((n, _)) => side
-                    .batch
-                    .copy_out(&mut bufs[..n], &mut side.sizes, offset, out),
-                Err(e) => Err(e),
-            };
-            {
-                let mut seen = lock(py, &self.seen);
-                seen.rx = side.batch.stats();
-                seen.pending = side.batch.pending();
-            }
-            match r {
-                Ok(n) => {
-                    let taken = (
-                        std::mem::take(&mut side.sizes),
-                        std::mem::take(&mut side.addrs),
-                    );
-                    break (n, taken.0, taken.1, side.last_addr.take());
-                }
-                Err(udp::Error::Interrupted) => {
-                    drop(guard);
-                    gil.interrupted()?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        drop(b);
-        let written = (|| -> PyResult<()> {
-            store_sizes(sizes, &out_sizes[..n])?;
-            let Some(list) = addrs else { return Ok(()) };
-            for (i, a) in out_addrs[..n].iter().enumerate() {
-                let obj = match a {
-                    None => py.None(),
-                    Some(a) => match &last_addr {
-                        Some((la, o)) if la == a => o.clone_ref(py),
-                        _ => {
-                            let o = Self::addr_tuple(py, a)?;
-                            last_addr = Some((*a, o.clone_ref(py)));
-                            o
+        udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
+        b.bufs(nb, false, usize::MAX)?; // converted before anything is received
+        let (wait, gil) = (self.wait(py)?, &mut Gil(py));
+        reuse(&SENDERS, |senders| {
+            senders.resize(if addrs.is_some() { nb } else { 0 }, None);
+            let out = &mut *senders;
+            // (Takes the buffers, to let go of them before the sizes are stored.)
+            let n = filling_sizes(sizes, move |sz| {
+                // No Python code runs while the lock is held (a signal handler or a destructor
+                // could call this object again).
+                let n = loop {
+                    // Read again after signal handlers: one may have closed the socket.
+                    let fd = sock_fd(py, self.sock.bind(py))?;
+                    // SAFETY: the socket's descriptor as of now, used only during this call.
+                    // (As with the socket's own methods, another thread may close it while the
+                    // GIL is released: the calls then fail with EBADF, or reach whatever reuses
+                    // the number; no memory of this process depends on it.)
+                    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    let mut rx = lock(py, &self.rx);
+                    let out = addrs.is_some().then_some(&mut out[..]);
+                    let r = rx.recv_with(bfd, &mut b, sz, offset, out, wait, gil)?;
+                    let mut seen = lock(py, &self.seen);
+                    (seen.rx, seen.pending) = (rx.stats(), rx.pending());
+                    drop(seen);
+                    match r {
+                        Ok(n) => break n,
+                        Err(udp::Error::Interrupted) => {
+                            drop(rx);
+                            gil.interrupted()?;
                         }
-                    },
+                        Err(e) => return Err(e.into()),
+                    }
                 };
-                list.set_item(i, obj)?;
+                Ok(n)
+            })?;
+            if let Some(list) = addrs {
+                self.store_senders(py, list, &senders[..n])?;
             }
-            Ok(())
-        })();
-        // Hand the arrays back for the next call (keeping their capacity).
-        {
-            let mut guard = lock(py, &self.rx);
-            guard.sizes = out_sizes;
-            guard.addrs = out_addrs;
-            if guard.last_addr.is_none() {
-                guard.last_addr = last_addr.take();
-            }
-        }
-        drop(last_addr);
-        written.map(|()| n)
+            Ok(n)
+        })
     }
 
     /// ``send_multiple(bufs, offset=0, *, sizes=None, count=None, addr=None) -> int``
@@ -529,7 +457,7 @@ impl PyUdpSocket {
             let obj = bufs.get(i, "bufs")?.0;
             // SAFETY: the export is held by `views` until the send is over; nothing writes
             // to these bytes meanwhile (the send only reads them).
-            let b = unsafe { views.read(&obj, Name("bufs", Some(i)))?.slice() };
+            let b = unsafe { views.export(&obj, false, Name("bufs", Some(i)))?.slice() };
             let size = match sizes {
                 Some(s) => Some(reader.read(s.get(i, "sizes")?.0, i)?),
                 None => None,
@@ -539,34 +467,24 @@ impl PyUdpSocket {
         let Some(addr) = addr.filter(|a| !a.is_none()) else {
             return self.send_all(py, &data, Dest::Connected);
         };
-        // Addresses are parsed outside the lock (parsing may run Python code), with the
-        // arrays and the cache taken out of it and handed back afterwards.
-        let (mut parsed, mut cache) = {
-            let mut guard = lock(py, &self.tx);
-            (std::mem::take(&mut guard.addrs), guard.last_addr.take())
-        };
-        parsed.clear();
-        let result = (|| {
+        // Addresses are parsed outside the locks (parsing may run Python code), with the
+        // cache taken out and handed back afterwards.
+        let mut cache = lock(py, &self.seen).dest.take();
+        let result = reuse(&DESTS, |dests| {
             let dest = match addr.cast::<PyList>() {
                 Ok(list) => {
                     for i in 0..n.min(list.len()) {
                         let o = Seq::List(list).get(i, "addr")?.0;
-                        parsed.push(self.parse_cached(&mut cache, &o, Name("addr", Some(i)))?);
+                        dests.push(self.parse_cached(&mut cache, &o, Name("addr", Some(i)))?);
                     }
-                    Dest::Each(&parsed)
+                    Dest::Each(dests)
                 }
                 Err(_) => Dest::One(self.parse_cached(&mut cache, addr, Name("addr", None))?),
             };
             self.send_all(py, &data, dest)
-        })();
-        {
-            let mut guard = lock(py, &self.tx);
-            guard.addrs = parsed;
-            if guard.last_addr.is_none() {
-                guard.last_addr = cache.take();
-            }
-        }
-        drop(cache);
+        });
+        let old = std::mem::replace(&mut lock(py, &self.seen).dest, cache);
+        drop(old); // (a decref may run Python code: not under the lock)
         drop(views);
         result
     }

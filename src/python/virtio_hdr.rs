@@ -20,53 +20,45 @@ use crate::engine::VirtioNetHdr;
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct PyVirtioNetHdr(pub(crate) VirtioNetHdr);
 
-/// The header's field names, indexed by [`Field`]'s `F`.
-const FIELD_NAMES: [&str; 6] = [
-    "flags",
-    "gso_type",
-    "hdr_len",
-    "gso_size",
-    "csum_start",
-    "csum_offset",
+/// The header's fields, indexed by [`Field`]'s `F`: name and largest value.
+const FIELDS: [(&str, u16); 6] = [
+    ("flags", 0xff),
+    ("gso_type", 0xff),
+    ("hdr_len", 0xffff),
+    ("gso_size", 0xffff),
+    ("csum_start", 0xffff),
+    ("csum_offset", 0xffff),
 ];
 
-/// A header field's integer type.
-trait FieldInt: for<'a, 'py> FromPyObject<'a, 'py, Error = PyErr> + Copy {
-    const MAX: u16;
-}
-impl FieldInt for u8 {
-    const MAX: u16 = u8::MAX as u16;
-}
-impl FieldInt for u16 {
-    const MAX: u16 = u16::MAX;
-}
-
-/// The value of field `FIELD_NAMES[F]`, range-checked on extraction: `OverflowError`
+/// The value of field `FIELDS[F]`, range-checked on extraction: `OverflowError`
 /// ("gso_size must be in 0..=65535, got 70000") or `TypeError`, naming the field.
 #[derive(Clone, Copy)]
-struct Field<const F: usize, T>(T);
+struct Field<const F: usize>(u16);
 
-impl<'a, 'py, const F: usize, T: FieldInt> FromPyObject<'a, 'py> for Field<F, T> {
+impl<'a, 'py, const F: usize> FromPyObject<'a, 'py> for Field<F> {
     type Error = PyErr;
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        obj.extract::<T>()
-            .map(Field)
-            .map_err(|e| field_error(obj.py(), FIELD_NAMES[F], T::MAX, &obj, &e))
-    }
-}
-
-/// The error for a field value `obj` that did not extract (`e`).
-#[cold]
-fn field_error(py: Python<'_>, name: &str, max: u16, obj: &Bound<'_, PyAny>, e: &PyErr) -> PyErr {
-    if obj.is_instance_of::<PyInt>() || e.is_instance_of::<PyOverflowError>(py) {
-        PyOverflowError::new_err(format!("{name} must be in 0..={max}, got {obj}"))
-    } else {
-        let ty = obj
-            .get_type()
-            .name()
-            .map_or_else(|_| "?".to_owned(), |n| n.to_string());
-        PyTypeError::new_err(format!("{name} must be an int in 0..={max}, not {ty}"))
+        let (name, max) = FIELDS[F];
+        match obj.extract::<i128>() {
+            Ok(v) if (0..=i128::from(max)).contains(&v) => Ok(Field(v as u16)),
+            Err(e)
+                if !obj.is_instance_of::<PyInt>()
+                    && !e.is_instance_of::<PyOverflowError>(obj.py()) =>
+            {
+                let ty = obj
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string());
+                Err(PyTypeError::new_err(format!(
+                    "{name} must be an int in 0..={max}, not {ty}"
+                )))
+            }
+            _ => Err(PyOverflowError::new_err(format!(
+                "{name} must be in 0..={max}, got {}",
+                &*obj
+            ))),
+        }
     }
 }
 
@@ -82,8 +74,8 @@ macro_rules! methods_with_fields {
                     self.0.$name
                 }
                 #[setter]
-                fn $setter(&mut self, value: Field<$f, $t>) {
-                    self.0.$name = value.0;
+                fn $setter(&mut self, value: Field<$f>) {
+                    self.0.$name = value.0 as $t;
                 }
             )*
             $($method)*
@@ -105,16 +97,16 @@ methods_with_fields! {
         text_signature = "(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0)"
     )]
     fn new(
-        flags: Field<0, u8>,
-        gso_type: Field<1, u8>,
-        hdr_len: Field<2, u16>,
-        gso_size: Field<3, u16>,
-        csum_start: Field<4, u16>,
-        csum_offset: Field<5, u16>,
+        flags: Field<0>,
+        gso_type: Field<1>,
+        hdr_len: Field<2>,
+        gso_size: Field<3>,
+        csum_start: Field<4>,
+        csum_offset: Field<5>,
     ) -> Self {
         PyVirtioNetHdr(VirtioNetHdr {
-            flags: flags.0,
-            gso_type: gso_type.0,
+            flags: flags.0 as u8,
+            gso_type: gso_type.0 as u8,
             hdr_len: hdr_len.0,
             gso_size: gso_size.0,
             csum_start: csum_start.0,
@@ -127,7 +119,7 @@ methods_with_fields! {
     fn decode(py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<Self> {
         let mut views = Views::with_capacity(py, 1);
         // SAFETY: the export is held by `views` for this scope; nothing writes to it.
-        let bytes = unsafe { views.read(buf, Name("buf", None))?.slice() };
+        let bytes = unsafe { views.export(buf, false, Name("buf", None))?.slice() };
         Ok(PyVirtioNetHdr(VirtioNetHdr::decode(bytes)?))
     }
 
@@ -135,7 +127,7 @@ methods_with_fields! {
     fn encode(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut views = Views::with_capacity(py, 1);
         // SAFETY: the writable export is held by `views`; no other reference exists.
-        Ok(self.0.encode(unsafe { views.write(buf, Name("buf", None))?.slice_mut() })?)
+        Ok(self.0.encode(unsafe { views.export(buf, true, Name("buf", None))?.slice_mut() })?)
     }
 
     /// The header's 10 bytes, native byte order.

@@ -15,7 +15,8 @@ use super::{
 use crate::engine::ErrorKind::{
     BadAddress, BufferTooSmall, DatagramTooLarge, TooFewAddresses, TooFewOutBufs, WrongFileType,
 };
-use crate::engine::ExpandBuffer;
+use crate::engine::{Buffers, ExpandBuffer};
+use crate::hooks::Hooks;
 
 /// Room for the control messages of one received datagram: `UDP_GRO` needs 24 bytes; the
 /// rest leaves space for options the owner of the socket may have turned on (timestamps,
@@ -70,6 +71,23 @@ pub struct Stats {
     /// Reads the kernel cut short (more than 64 KiB): their complete segments were
     /// delivered, a single datagram was dropped. Practically always 0.
     pub truncated: u64,
+}
+
+impl Stats {
+    /// By name: the receive counters of `self`, the send counters of `tx` (one batch
+    /// receiving and another sending on one socket).
+    pub fn items(&self, tx: &Stats) -> [(&'static str, u64); 8] {
+        [
+            ("recv_calls", self.recv_calls),
+            ("recv_messages", self.recv_messages),
+            ("recv_datagrams", self.recv_datagrams),
+            ("send_calls", tx.send_calls),
+            ("send_messages", tx.send_messages),
+            ("send_datagrams", tx.send_datagrams),
+            ("fallbacks", tx.fallbacks),
+            ("truncated", self.truncated),
+        ]
+    }
 }
 
 /// One message of the last `recvmmsg`: `len` bytes in slot `slot`, segments of `seg`
@@ -528,6 +546,43 @@ impl UdpBatch {
             rx.next_off = off;
         }
         Ok(n)
+    }
+
+    /// [`recv`](Self::recv) on a caller's buffers and hooks (the Python binding's): the
+    /// wait runs through [`Hooks::syscall`], a large delivery (a coalesced read) through
+    /// [`Hooks::work`] on the buffers pinned. The outer error is the caller's (converting
+    /// its buffers); the inner one the socket's, `Interrupted` included (check for signals
+    /// and call again).
+    #[allow(clippy::too_many_arguments)]
+    pub fn recv_with<E, L, H>(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        bufs: &mut L,
+        sizes: &mut [usize],
+        offset: usize,
+        addrs: Option<&mut [Option<SocketAddr>]>,
+        wait: Wait,
+        hooks: &mut H,
+    ) -> std::result::Result<Result<usize>, E>
+    where
+        L: Buffers<E> + ?Sized,
+        H: Hooks<E> + ?Sized,
+    {
+        let nb = bufs.count();
+        if self.pending() == 0 {
+            if let Err(e) = hooks.syscall(|| self.fill(sock, nb, wait)) {
+                return Ok(Err(e));
+            }
+        }
+        let (n, bytes) = match self.make_room(bufs.bufs(nb, false, usize::MAX)?, offset) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if hooks.worth_releasing(bytes) {
+            return bufs.pinned(n, |w| hooks.work(|| self.copy_out(w, sizes, offset, addrs)));
+        }
+        let b = &mut bufs.bufs(nb, false, usize::MAX)?[..n];
+        Ok(self.copy_out(b, sizes, offset, addrs))
     }
 
     // ----- sending ---------------------------------------------------------------------
