@@ -153,6 +153,11 @@ impl<'a> Window<'a> {
     pub fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
+
+    /// The first byte.
+    pub fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
 }
 
 impl ExpandBuffer for Window<'_> {

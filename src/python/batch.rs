@@ -6,7 +6,7 @@ use std::thread::LocalKey;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyList, PySequence, PyTuple};
+use pyo3::types::{PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
 use super::buffers::{bytearray_region, is_bytearray, list_item, Name, PyBuf, Region, Views};
@@ -76,7 +76,12 @@ impl<'a, 'py> PyBufs<'a, 'py> {
         name: &'static str,
         grow: bool,
     ) -> PyResult<Self> {
-        Self::of(Seq::of(seq, name, "a sequence of buffers")?, name, grow)
+        Self::of(
+            seq.py(),
+            Seq::of(seq, name, "a sequence of buffers")?,
+            name,
+            grow,
+        )
     }
 
     /// The list `seq` (a subclass too: its own entries, whatever its `__len__` says), to
@@ -85,14 +90,10 @@ impl<'a, 'py> PyBufs<'a, 'py> {
         let list = seq
             .cast::<PyList>()
             .map_err(|_| type_error(name, "a list of bytearray", seq))?;
-        Self::of(Seq::List(list), name, true)
+        Self::of(seq.py(), Seq::List(list), name, true)
     }
 
-    fn of(seq: Seq<'a, 'py>, name: &'static str, grow: bool) -> PyResult<Self> {
-        let py = match seq {
-            Seq::List(l) => l.py(),
-            Seq::Other(o) => o.py(),
-        };
+    fn of(py: Python<'py>, seq: Seq<'a, 'py>, name: &'static str, grow: bool) -> PyResult<Self> {
         Ok(PyBufs {
             py,
             len: seq.len()?,
@@ -161,7 +162,7 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         let mut views = Views::with_capacity(self.py, 1);
         let what = Name(self.name, Some(i));
         let b = PyBuf::new(self.item(i)?.0, &mut views, self.grow, false, 0, what)?;
-        let (addr, len, max_len) = (b.addr(), b.capacity(), b.max_len());
+        let (addr, len, max_len) = (b.region.ptr.as_ptr() as usize, b.capacity(), b.max_len());
         Ok(Room { addr, len, max_len })
     }
 
@@ -202,32 +203,24 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         pin: bool,
         f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
     ) -> PyResult<Option<T>> {
-        if !matches!(self.seq, Seq::List(_)) {
-            return Ok(None);
-        }
         reuse(&WINDOWS, |w| {
-            let distinct = reuse(&KEYS, |keys| {
-                for i in 0..n {
-                    match self.bytearray_at(i) {
-                        Some(r) if r.len >= need(i) => {
-                            keys.push(r.ptr.as_ptr() as usize);
-                            // SAFETY: a bytearray the list owns, GIL held and no Python code
-                            // run while the window is used (or pinned below); the windows are
-                            // checked distinct before `f` uses them.
-                            w.push(unsafe { Window::from_raw(r.ptr, r.len, r.len) });
-                        }
-                        _ => break,
-                    }
-                }
-                keys.len() == n && find_duplicate(keys).is_none()
-            });
-            if !distinct {
+            for i in 0..n {
+                let Some(r) = self.bytearray_at(i).filter(|r| r.len >= need(i)) else {
+                    return Ok(None);
+                };
+                // SAFETY: a bytearray the list owns, GIL held and no Python code run while
+                // the window is used (or pinned below); no byte is used before the windows
+                // are checked distinct.
+                w.push(unsafe { Window::from_raw(r.ptr, r.len, r.len) });
+            }
+            let addrs = |k: &mut Vec<usize>| k.extend(w.iter().map(Window::addr));
+            if reuse(&KEYS, |k| {
+                addrs(k);
+                find_duplicate(k).is_some()
+            }) {
                 return Ok(None);
             }
-            let _pins = match pin {
-                true => Some(self.pin_items(n)?),
-                false => None,
-            };
+            let _pins = if pin { Some(self.pin_items(n)?) } else { None };
             Ok(Some(f(w)))
         })
     }
@@ -240,11 +233,10 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         let mut pins = Views::with_capacity(self.py, n);
         reuse(&WINDOWS, |w| {
             for (i, b) in self.bufs[..n].iter().enumerate() {
-                let (r, bytearray) = b.region();
                 // A bytearray's export runs no Python code: no other buffer changes meanwhile.
-                let r = match bytearray {
+                let r = match b.bytearray {
                     true => pins.export(&b.obj, true, Name(self.name, Some(i)))?,
-                    false => r,
+                    false => b.region,
                 };
                 // SAFETY: exported (pinned) until `pins` is dropped, after `f`; the core
                 // checked the buffers distinct before.
@@ -294,7 +286,7 @@ impl<'py> PyBufs<'_, 'py> {
             let (obj, ran) = self.item(i)?;
             let what = Name(self.name, Some(i));
             let b = PyBuf::new(obj, &mut self.views, self.grow, sized, written_from, what)?;
-            ran_python |= ran || !b.region().1;
+            ran_python |= ran || !b.bytearray;
             self.bufs.push(b);
         }
         if ran_python {
@@ -318,10 +310,10 @@ impl<'py> PyBufs<'_, 'py> {
     fn follow(&mut self, w: &[Window<'_>]) {
         for (k, x) in w.iter().enumerate() {
             // Where the buffer GRO moved here is now (at `k` itself unless swapped).
-            if let Some(j) = (k..w.len()).find(|&j| self.bufs[j].addr() == x.addr()) {
+            if let Some(j) = (k..w.len()).find(|&j| self.bufs[j].region.ptr == x.ptr()) {
                 self.bufs.swap(k, j);
             }
-            self.bufs[k].set_len(x.len());
+            self.bufs[k].len = x.len();
         }
     }
 }
@@ -351,11 +343,7 @@ impl<'py> SizeReader<'py> {
             Ok(v) => non_negative(v, Name("sizes", Some(i)))?,
             Err(_) if item.is_instance_of::<PyInt>() => usize::MAX,
             Err(e) if e.is_instance_of::<pyo3::exceptions::PyTypeError>(item.py()) => {
-                return Err(type_error(
-                    &Name("sizes", Some(i)).to_string(),
-                    "an int",
-                    &item,
-                ))
+                return Err(type_error(Name("sizes", Some(i)), "an int", &item))
             }
             Err(e) => return Err(e), // what an `__index__` raised
         };
@@ -453,11 +441,5 @@ fn store<'py>(
     Ok(obj)
 }
 
-/// A dict of counters.
-pub(crate) fn dict_of<'py>(py: Python<'py>, items: &[(&str, u64)]) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    for (k, v) in items {
-        d.set_item(k, v)?;
-    }
-    Ok(d)
-}
+/// Python's spelling of `false` and `true` (for a `repr`).
+pub(crate) const PY_BOOL: [&str; 2] = ["False", "True"];

@@ -200,25 +200,23 @@ fn export_error(py: Python<'_>, writable: bool, what: Name<'_>) -> PyErr {
 impl Drop for Views<'_> {
     fn drop(&mut self) {
         let _ = self.py;
-        for v in &mut self.views {
+        for mut v in self.views.drain(..) {
             // SAFETY: each view came from a successful PyObject_GetBuffer and is released
             // once; the `py` token proves the GIL is held.
-            unsafe { ffi::PyBuffer_Release(v) };
+            unsafe { ffi::PyBuffer_Release(&mut v) };
         }
-        for o in &self.pinned {
+        for o in self.pinned.drain(..) {
             // SAFETY: each pin took a reference, given back once here with the GIL held.
             unsafe { ffi::Py_DECREF(o.as_ptr()) };
         }
-        self.views.clear();
-        self.pinned.clear();
-        let spare = Spare {
-            views: std::mem::take(&mut self.views),
-            pinned: std::mem::take(&mut self.pinned),
-        };
+        let (views, pinned) = (
+            std::mem::take(&mut self.views),
+            std::mem::take(&mut self.pinned),
+        );
         SPARE.with(|s| {
             if let Ok(mut s) = s.try_borrow_mut() {
                 if s.len() < SPARES {
-                    s.push(spare);
+                    s.push(Spare { views, pinned });
                 }
             }
         });
@@ -251,11 +249,12 @@ pub(crate) fn list_item<'py>(list: &Bound<'py, PyList>, i: usize) -> Option<Boun
 pub(crate) struct PyBuf<'py> {
     pub(crate) obj: Bound<'py, PyAny>,
     /// The buffer's memory (refreshed after every resize).
-    region: Region,
-    /// The packet's end.
-    len: usize,
-    /// An exact `bytearray`, read in place.
-    bytearray: bool,
+    pub(crate) region: Region,
+    /// The packet's end (`<= region.len`).
+    pub(crate) len: usize,
+    /// An exact `bytearray`, read in place (pinning it takes an export, which runs no
+    /// Python code; anything else is exported already).
+    pub(crate) bytearray: bool,
     /// May be resized: a bytearray in a call that grows its buffers.
     growable: bool,
     sized: bool,
@@ -302,22 +301,6 @@ impl<'py> PyBuf<'py> {
             self.region = unsafe { bytearray_region(self.obj.as_ptr()) };
             self.len = self.region.len;
         }
-    }
-
-    /// The buffer's memory as read last, and whether pinning it needs an export (an
-    /// exact bytearray's runs no Python code; anything else is exported already).
-    pub(crate) fn region(&self) -> (Region, bool) {
-        (self.region, self.bytearray)
-    }
-
-    /// The first byte's address.
-    pub(crate) fn addr(&self) -> usize {
-        self.region.ptr.as_ptr() as usize
-    }
-
-    /// Takes a window's length as the packet's end (after work on the pinned memory).
-    pub(crate) fn set_len(&mut self, len: usize) {
-        self.len = len.min(self.region.len);
     }
 }
 
@@ -374,22 +357,17 @@ impl PyBuf<'_> {
     #[cold]
     fn grow_to(&mut self, new_len: usize) -> engine::Result<()> {
         let cap = self.region.len;
-        if !self.growable {
-            let m =
-                format!("a buffer of {cap} bytes that is not a bytearray cannot become {new_len}");
+        // SAFETY: an exact bytearray when growable (checked in `new`), GIL held.
+        let ba = || unsafe { self.obj.cast_unchecked::<PyByteArray>() };
+        if !self.growable || ba().resize(new_len).is_err() {
+            let m = format!(
+                "a buffer of {cap} bytes cannot become {new_len} (only a bytearray that \
+                 nothing else exports can, memory permitting)"
+            );
             return Err(engine::Error::new(ErrorKind::BufferCannotGrow, m));
         }
-        // SAFETY: an exact bytearray (growable implies it), GIL held.
-        let ba = unsafe { self.obj.cast_unchecked::<PyByteArray>() };
-        ba.resize(new_len).map_err(|e| {
-            let m = format!(
-                "cannot resize a bytearray to {new_len} bytes: {}",
-                e.value(ba.py())
-            );
-            engine::Error::new(ErrorKind::BufferCannotGrow, m)
-        })?;
         // SAFETY: a bytearray, GIL held.
-        self.region = unsafe { bytearray_region(ba.as_ptr()) };
+        self.region = unsafe { bytearray_region(self.obj.as_ptr()) };
         let fresh = cap..new_len.min(self.written_from);
         if !fresh.is_empty() {
             // SAFETY: `fresh` is within the bytearray's new length; GIL held and no

@@ -22,21 +22,6 @@ create_exception!(
      of ``ERROR_KINDS``) and ``index`` (the buffer or packet it is about, or None)."
 );
 
-/// The `InputError` for `e`, with its `kind` and `index`.
-#[cold]
-fn input_error(e: engine::Error) -> PyErr {
-    Python::attach(|py| {
-        let (kind, index) = (e.kind().as_str(), e.index());
-        let err = InputError::new_err(e.into_message());
-        let v = err.value(py);
-        // Setting an attribute of a fresh exception fails only without memory; the
-        // error is raised all the same.
-        let _ = v.setattr(intern!(py, "kind"), kind);
-        let _ = v.setattr(intern!(py, "index"), index);
-        err
-    })
-}
-
 /// `OSError(errno, msg)`, of the subclass Python picks for `errno`.
 pub(crate) fn os_error(errno: i32, msg: String) -> PyErr {
     PyOSError::new_err((errno, msg))
@@ -53,16 +38,27 @@ pub(crate) fn with_attrs(err: PyErr, attrs: &[(&str, usize)]) -> PyErr {
     err
 }
 
+/// The `InputError` for `e`, with its `kind` and `index`.
 impl From<engine::Error> for PyErr {
+    #[cold]
     fn from(e: engine::Error) -> PyErr {
-        input_error(e)
+        Python::attach(|py| {
+            let (kind, index) = (e.kind().as_str(), e.index());
+            let err = InputError::new_err(e.into_message());
+            let v = err.value(py);
+            // Setting an attribute of a fresh exception fails only without memory; the
+            // error is raised all the same.
+            let _ = v.setattr(intern!(py, "kind"), kind);
+            let _ = v.setattr(intern!(py, "index"), index);
+            err
+        })
     }
 }
 
 impl From<device::Error> for PyErr {
     fn from(e: device::Error) -> PyErr {
         match e {
-            device::Error::Invalid(e) => input_error(e),
+            device::Error::Invalid(e) => e.into(),
             device::Error::State(m) => PyRuntimeError::new_err(m),
             device::Error::Os { errno, msg } => os_error(errno, msg),
             // EBADF, with the device's own message.
@@ -74,10 +70,12 @@ impl From<device::Error> for PyErr {
 impl From<udp::Error> for PyErr {
     fn from(e: udp::Error) -> PyErr {
         match e {
-            udp::Error::Invalid(e) => input_error(e),
+            udp::Error::Invalid(e) => e.into(),
             udp::Error::BufferTooSmall { index, .. } => {
                 let m = e.to_string();
-                input_error(engine::Error::new(engine::ErrorKind::OutBufTooSmall, m).at(index))
+                engine::Error::new(engine::ErrorKind::OutBufTooSmall, m)
+                    .at(index)
+                    .into()
             }
             udp::Error::Os { errno, msg } => os_error(errno, msg),
             udp::Error::Timeout => PyTimeoutError::new_err(e.to_string()),
@@ -102,7 +100,11 @@ impl From<SendError<PyErr>> for PyErr {
 
 /// A `TypeError` saying what `what` must be, and what it is.
 #[cold]
-pub(crate) fn type_error(what: &str, must: &str, obj: &Bound<'_, PyAny>) -> PyErr {
+pub(crate) fn type_error(
+    what: impl std::fmt::Display,
+    must: &str,
+    obj: &Bound<'_, PyAny>,
+) -> PyErr {
     let ty = obj
         .get_type()
         .name()

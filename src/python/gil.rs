@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::prelude::*;
 
-use crate::hooks::{retry, Hooks, Interruptible};
+use crate::hooks::Hooks;
 
 /// Copies of at least this many bytes release the GIL while another thread is in a
 /// system call (their buffers pinned by an export each); smaller ones are over before a
@@ -60,16 +60,4 @@ impl Hooks<PyErr> for Gil<'_> {
     fn work<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
         self.0.detach(f)
     }
-}
-
-/// Runs one system call of the core (`call`) with the GIL released, going on after
-/// signals (PEP 475).
-pub(crate) fn call<T: Send, E: Interruptible + Send>(
-    py: Python<'_>,
-    call: impl FnMut() -> Result<T, E> + Send,
-) -> PyResult<T>
-where
-    PyErr: From<E>,
-{
-    retry(&mut Gil(py), call)
 }

@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
 
+use super::batch::PY_BOOL;
 use super::errors::type_error;
-use super::gil;
+use super::gil::Gil;
 use crate::device::{Netns, NetnsTarget, Switch};
+use crate::hooks::retry;
 
 /// A Python `netns` argument as a target: an `int` is a descriptor, a `str` (or `bytes`)
 /// is read by `NetnsTarget::parse`, an `os.PathLike` is a path.
@@ -39,7 +41,7 @@ pub(crate) fn target(obj: &Bound<'_, PyAny>) -> PyResult<NetnsTarget> {
 /// Opens and checks a Python `netns` argument (GIL released for the system calls).
 pub(crate) fn open(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Netns> {
     let t = target(obj)?;
-    gil::call(py, || Netns::open(&t))
+    retry(&mut Gil(py), || Netns::open(&t))
 }
 
 /// What ``with tunoffload.netns(target) as ns:`` gives: the calling thread's stay in a
@@ -115,7 +117,7 @@ impl PyNetnsSwitch {
             (None, Some(p)) => format!("path={p:?}"),
             _ => "fd".into(),
         };
-        let active = if self.active() { "True" } else { "False" };
+        let active = PY_BOOL[usize::from(self.active())];
         format!("<NetnsSwitch {what} inode={} active={active}>", self.inode)
     }
 }
@@ -126,7 +128,7 @@ impl PyNetnsSwitch {
 #[pyfunction]
 pub(crate) fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
     let ns = open(py, target)?;
-    let sw = Mutex::new(gil::call(py, || ns.enter())?);
+    let sw = Mutex::new(retry(&mut Gil(py), || ns.enter())?);
     let name = ns.name().map(str::to_owned);
     let path = ns.path().map(|p| p.to_string_lossy().into_owned());
     let inode = ns.inode();

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyTuple};
 
-use super::batch::{dict_of, filling_sizes, sizes_of, PyBufs};
+use super::batch::{filling_sizes, sizes_of, PyBufs, PY_BOOL};
 use super::buffers::{Name, Views};
 use super::errors::type_error;
-use super::gil::{self, Gil};
+use super::gil::Gil;
 use super::gro::PyGroTable;
 use super::netns;
 use crate::device::batch::{self, RecvState, MAX_READ};
@@ -19,6 +19,7 @@ use crate::device::{self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse
 use crate::device::{sys, Tun, TunOptions};
 use crate::engine::buffer::non_negative;
 use crate::engine::Buffers;
+use crate::hooks::retry;
 
 /// A Linux TUN (or TAP) device, optionally with the kernel's offloads.
 ///
@@ -106,7 +107,7 @@ impl PyTunDevice {
         mut f: impl FnMut(&Tun) -> Result<T, dev::Error> + Send,
     ) -> PyResult<T> {
         let tun = self.get()?;
-        gil::call(py, || f(&tun))
+        retry(&mut Gil(py), || f(&tun))
     }
 
     fn is_blocking(&self) -> bool {
@@ -215,7 +216,7 @@ methods_with_properties! {
             up,
             netns,
         };
-        let tun = gil::call(py, || Tun::open(&opts))?;
+        let tun = retry(&mut Gil(py), || Tun::open(&opts))?;
         Ok(Self::wrap(tun, !nonblocking))
     }
 
@@ -230,7 +231,7 @@ methods_with_properties! {
     #[pyo3(signature = (fd, *, nonblocking=false))]
     fn from_fd(py: Python<'_>, fd: i32, nonblocking: bool) -> PyResult<Self> {
         non_negative(fd, "fd")?;
-        let tun = gil::call(py, || Tun::from_fd(fd))?;
+        let tun = retry(&mut Gil(py), || Tun::from_fd(fd))?;
         Ok(Self::wrap(tun, !nonblocking))
     }
 
@@ -249,7 +250,7 @@ methods_with_properties! {
         let Some(tun) = self.slot().clone() else {
             return Ok(last().clone());
         };
-        let name = gil::call(py, || tun.name())?;
+        let name = retry(&mut Gil(py), || tun.name())?;
         name.clone_into(&mut last());
         Ok(name)
     }
@@ -293,8 +294,9 @@ methods_with_properties! {
     /// ``<TunDevice name='tun0' offload=True closed=False>``.
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = self.name(py).unwrap_or_default();
-        let b = |v: bool| if v { "True" } else { "False" };
-        format!("<TunDevice name={name:?} offload={} closed={}>", b(self.offload), b(self.closed()))
+        let offload = PY_BOOL[usize::from(self.offload)];
+        let closed = PY_BOOL[usize::from(self.closed())];
+        format!("<TunDevice name={name:?} offload={offload} closed={closed}>")
     }
 
     /// ``setblocking(flag)``: in blocking mode (the default) ``recv`` waits for a packet;
@@ -447,7 +449,8 @@ methods_with_properties! {
         let (state, blocking) = (&self.recv_state, self.is_blocking());
         filling_sizes(sizes, move |sz| {
             let gil = &mut Gil(py);
-            let r = batch::recv_multiple_with(&tun, state, original, &mut outs, sz, offset, blocking, fit, gil);
+            let (o, b) = (offset, blocking);
+            let r = batch::recv_multiple_with(&tun, state, original, &mut outs, sz, o, b, fit, gil);
             let _views = views; // held until the split is done
             r
         })
@@ -511,7 +514,7 @@ methods_with_properties! {
     /// into ``send_multiple`` before coalescing).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        dict_of(py, &self.counters.items())
+        self.counters.items().into_py_dict(py)
     }
 
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in

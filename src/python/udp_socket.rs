@@ -10,9 +10,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{IntoPyDict, PyDict, PyList, PyTuple};
 
-use super::batch::{dict_of, filling_sizes, reuse, PyBufs, Seq, SizeReader};
+use super::batch::{filling_sizes, reuse, PyBufs, Seq, SizeReader, PY_BOOL};
 use super::buffers::{Name, Views, PREALLOC};
 use super::errors::{os_error, type_error, with_attrs};
 use super::gil::Gil;
@@ -122,52 +122,37 @@ impl PyUdpSocket {
         })
     }
 
-    /// Reads an address as `socket.sendto` does (its shape here, its rules in
-    /// `udp::parse_addr`).
-    fn parse_addr(&self, obj: &Bound<'_, PyAny>, what: Name<'_>) -> PyResult<SocketAddr> {
+    /// `obj` read as an address the way `socket.sendto` reads it (its shape here, its
+    /// rules in `udp::parse_addr`), through a one-entry cache of the last object read
+    /// (tuples are immutable, and the cache holds a reference, so identity is enough).
+    fn parse_addr(
+        &self,
+        cache: &mut Option<(Py<PyAny>, SocketAddr)>,
+        obj: &Bound<'_, PyAny>,
+        what: Name<'_>,
+    ) -> PyResult<SocketAddr> {
+        if let Some((_, a)) = cache.as_ref().filter(|(o, _)| o.is(obj)) {
+            return Ok(*a);
+        }
         let v6 = self.family == udp::consts::AF_INET6;
         let parts = match obj.cast::<PyTuple>().map(|t| t.len()) {
             Ok(2) => obj
-                .extract::<(String, i128)>()
-                .map(|(h, p)| (h, p, 0, 0))
+                .extract()
+                .map(|(h, p): (String, i128)| (h, p, 0, 0))
                 .ok(),
             Ok(3) if v6 => obj
-                .extract::<(String, i128, i128)>()
-                .map(|(h, p, f)| (h, p, f, 0))
+                .extract()
+                .map(|(h, p, f): (String, i128, i128)| (h, p, f, 0))
                 .ok(),
-            Ok(4) if v6 => obj.extract::<(String, i128, i128, i128)>().ok(),
+            Ok(4) if v6 => obj.extract().ok(),
             _ => None,
         };
         let form = match v6 {
             true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
             false => "a tuple (host: str, port: int) for an AF_INET socket",
         };
-        let (host, port, flow, scope) =
-            parts.ok_or_else(|| type_error(&what.to_string(), form, obj))?;
-        Ok(udp::parse_addr(
-            &what.to_string(),
-            &host,
-            port,
-            flow,
-            scope,
-            self.family,
-        )?)
-    }
-
-    /// `addr` parsed, through a one-entry cache of the last address object (tuples are
-    /// immutable, and the cache holds a reference, so identity is enough).
-    fn parse_cached(
-        &self,
-        cache: &mut Option<(Py<PyAny>, SocketAddr)>,
-        obj: &Bound<'_, PyAny>,
-        what: Name<'_>,
-    ) -> PyResult<SocketAddr> {
-        if let Some((o, a)) = cache {
-            if o.is(obj) {
-                return Ok(*a);
-            }
-        }
-        let a = self.parse_addr(obj, what)?;
+        let (host, port, flow, scope) = parts.ok_or_else(|| type_error(what, form, obj))?;
+        let a = udp::parse_addr(&what, &host, port, flow, scope, self.family)?;
         *cache = Some((obj.clone().unbind(), a));
         Ok(a)
     }
@@ -301,7 +286,7 @@ impl PyUdpSocket {
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let seen = lock(py, &self.seen);
-        dict_of(py, &seen.rx.items(&seen.tx))
+        seen.rx.items(&seen.tx).into_py_dict(py)
     }
 
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
@@ -313,12 +298,12 @@ impl PyUdpSocket {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!(
-            "<UdpSocket gso={} gro={} sock={}>",
-            if self.gso() { "True" } else { "False" },
-            if self.gro { "True" } else { "False" },
-            self.sock.bind(py).repr()?
-        ))
+        let (gso, gro) = (
+            PY_BOOL[usize::from(self.gso())],
+            PY_BOOL[usize::from(self.gro)],
+        );
+        let sock = self.sock.bind(py).repr()?;
+        Ok(format!("<UdpSocket gso={gso} gro={gro} sock={sock}>"))
     }
 
     /// ``recv_multiple(bufs, sizes, offset=0, addrs=None) -> int``
@@ -475,11 +460,11 @@ impl PyUdpSocket {
                 Ok(list) => {
                     for i in 0..n.min(list.len()) {
                         let o = Seq::List(list).get(i, "addr")?.0;
-                        dests.push(self.parse_cached(&mut cache, &o, Name("addr", Some(i)))?);
+                        dests.push(self.parse_addr(&mut cache, &o, Name("addr", Some(i)))?);
                     }
                     Dest::Each(dests)
                 }
-                Err(_) => Dest::One(self.parse_cached(&mut cache, addr, Name("addr", None))?),
+                Err(_) => Dest::One(self.parse_addr(&mut cache, addr, Name("addr", None))?),
             };
             self.send_all(py, &data, dest)
         });

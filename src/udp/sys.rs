@@ -264,7 +264,7 @@ pub fn parse_host(host: &str, family: c_int) -> Result<(IpAddr, Option<u32>)> {
 /// over a `%scope` in `host`). An IPv4 host on an `AF_INET6` socket is kept as IPv4 (the
 /// send maps it); an IPv6 host on an `AF_INET` socket is `BadAddress`.
 pub fn parse_addr(
-    what: &str,
+    what: &dyn std::fmt::Display,
     host: &str,
     port: i128,
     flowinfo: i128,
