@@ -202,7 +202,36 @@ where
     let read_into = vnet.then_some(original.as_ptr() as usize);
     check_outputs(bufs, sizes.len(), offset, read_into, "bufs")?;
     if !vnet {
-        return recv_plain(tun, state, bufs, sizes, offset, blocking, fit, hooks);
+        // One packet, read straight into `bufs[0][offset..]`.
+        let want = offset.saturating_add(max_read(tun));
+        // With `fit` the bytes after the packet are cut off again at once: only the
+        // headroom needs zeroing when the buffer grows.
+        let b = &mut bufs.bufs(1, false, if fit { offset } else { want })?[0];
+        let want = want.min(b.max_len());
+        // A buffer with no room after `offset` grows as it can; with `fit` one too small
+        // for any packet grows too.
+        if b.bytes().len() < want && (fit || b.bytes().len() <= offset) {
+            b.resize(want)?;
+        }
+        let len = b.bytes().len();
+        if len <= offset {
+            let m =
+                format!("bufs[0] holds {len} bytes and cannot grow: no room after offset {offset}");
+            return Err(engine::Error::new(ErrorKind::OutBufTooSmall, m)
+                .at(0)
+                .into());
+        }
+        let n = bufs.pinned(1, |w| {
+            let data = &mut w[0].bytes_mut()[offset..];
+            retry(hooks, || state.read(tun, data, blocking))
+        })??;
+        sizes[0] = n;
+        tun.counters.rx_packets.fetch_add(1, Relaxed);
+        let b = &mut bufs.bufs(1, false, offset)?[0];
+        if fit && b.bytes().len() != offset + n && b.max_len() > b.bytes().len() {
+            b.resize(offset + n)?;
+        }
+        return Ok(1);
     }
     check_original(original.len())?;
     let n = retry(hooks, || state.read(tun, original, blocking))?;
@@ -226,53 +255,6 @@ where
             Err(e)
         }
     }
-}
-
-/// [`recv_multiple_with`] without offload: one packet read into `bufs[0][offset..]`.
-#[allow(clippy::too_many_arguments)]
-fn recv_plain<E, L, H>(
-    tun: &Tun,
-    state: &RecvState,
-    bufs: &mut L,
-    sizes: &mut [usize],
-    offset: usize,
-    blocking: bool,
-    fit: bool,
-    hooks: &mut H,
-) -> Result<usize, E>
-where
-    E: From<Error> + From<engine::Error>,
-    L: Buffers<E> + ?Sized,
-    H: Hooks<E> + ?Sized,
-{
-    let want = offset.saturating_add(max_read(tun));
-    // With `fit` the bytes after the packet are cut off again at once: only the headroom
-    // needs zeroing when the buffer grows.
-    let b = &mut bufs.bufs(1, false, if fit { offset } else { want })?[0];
-    let want = want.min(b.max_len());
-    // A buffer with no room after `offset` grows as it can; with `fit` one too small for
-    // any packet grows too.
-    if b.bytes().len() < want && (fit || b.bytes().len() <= offset) {
-        b.resize(want)?;
-    }
-    let len = b.bytes().len();
-    if len <= offset {
-        let m = format!("bufs[0] holds {len} bytes and cannot grow: no room after offset {offset}");
-        return Err(engine::Error::new(ErrorKind::OutBufTooSmall, m)
-            .at(0)
-            .into());
-    }
-    let n = bufs.pinned(1, |w| {
-        let data = &mut w[0].bytes_mut()[offset..];
-        retry(hooks, || state.read(tun, data, blocking))
-    })??;
-    sizes[0] = n;
-    tun.counters.rx_packets.fetch_add(1, Relaxed);
-    let b = &mut bufs.bufs(1, false, offset)?[0];
-    if fit && b.bytes().len() != offset + n && b.max_len() > b.bytes().len() {
-        b.resize(offset + n)?;
-    }
-    Ok(1)
 }
 
 /// `error` (about the caller's buffers) saying that the packet was held for the next call.

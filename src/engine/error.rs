@@ -2,9 +2,10 @@
 //!
 //! An [`Error`] is a [`ErrorKind`] (which refusal it is, with a stable snake_case name),
 //! optionally the index of the buffer or packet it is about, and a message that names the
-//! problem with its numbers. Nothing is allocated until an error is made. The Python layer
-//! raises it as `ValueError` with the kind's name as `err.kind` and the index as
-//! `err.index`.
+//! problem with its numbers. Nothing is allocated until an error is made. The device and
+//! socket layers carry it as their `Invalid` errors; the Python layer raises it as
+//! `tunoffload.InputError` (a `ValueError`) with the kind's name as `err.kind` and the
+//! index as `err.index`.
 
 use std::borrow::Cow;
 use std::fmt;

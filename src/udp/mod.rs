@@ -46,7 +46,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// At most this many segments go in one `UDP_SEGMENT` send. The kernel's limit
-/// (`UDP_MAX_SEGMENTS`) is 64 before Linux 6.9 and 128 since; 64 holds on all. (The
+/// (`UDP_MAX_SEGMENTS`) is 64 on older kernels and 128 on newer ones; 64 holds on all. (The
 /// engine's [`UDP_MAX_SEGMENTS`](crate::engine::UDP_MAX_SEGMENTS), 128, is the newer
 /// kernel's limit for a UDP super-packet through a TUN device.)
 pub const MAX_SEGMENTS_PER_SEND: usize = 64;
