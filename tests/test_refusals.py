@@ -348,13 +348,14 @@ def test_the_same_mistake_is_the_same_refusal_everywhere(env: Env) -> None:
 
 
 def test_wrong_types_are_type_errors(env: Env) -> None:
-    for call in (
-        lambda: env.tun.send_multiple(G, _pkts(), OFF, sizes=["x", "y"]),
-        lambda: env.udp.send_multiple([b"x"], sizes=["x"]),
-        lambda: env.udp.send_multiple([b"x"], addr="127.0.0.1"),
-        lambda: env.tun.recv_multiple(bytearray(70000), 5, [0], OFF),
-        lambda: env.udp.recv_multiple(5, [0]),
-        lambda: t.gso_split(SUP, HDR, _outs(), (0, 0, 0, 0)),
-    ):
+    calls: list[Callable[[], Any]] = [
+        lambda: env.tun.send_multiple(G, _pkts(), OFF, sizes=["x", "y"]),  # type: ignore[list-item]
+        lambda: env.udp.send_multiple([b"x"], sizes=["x"]),  # type: ignore[list-item]
+        lambda: env.udp.send_multiple([b"x"], addr="127.0.0.1"),  # type: ignore[arg-type]
+        lambda: env.tun.recv_multiple(bytearray(70000), 5, [0], OFF),  # type: ignore[arg-type]
+        lambda: env.udp.recv_multiple(5, [0]),  # type: ignore[arg-type]
+        lambda: t.gso_split(SUP, HDR, _outs(), (0, 0, 0, 0)),  # type: ignore[arg-type]
+    ]
+    for call in calls:
         with pytest.raises(TypeError):
             call()

@@ -3,16 +3,20 @@
 //! in `crate::engine`, `crate::device` and `crate::udp`, which this layer calls with the
 //! arguments Python gave.
 //!
-//! The files import each other in one direction only (each from those above it):
+//! The files import each other in one direction only, each from files above it:
 //!
 //! ```text
-//! errors, gil        the core's errors as Python exceptions; the GIL around system calls
-//!   <- buffers       Python buffers: exports (Views), one growable buffer (PyBuf)
-//!   <- batch         a Python list as the core's `Buffers`; sizes to and from ints
-//!   <- virtio_hdr <- split       VirtioNetHdr; gso_split
-//!   <- gro, netns <- tun_device  GroTable, handle_gro; NetnsSwitch; TunDevice
-//!   <- udp_socket                UdpSocket
-//!   <- mod           the module: classes, functions and constants
+//! errors      the core's errors as Python exceptions (InputError, OSError, ...)
+//! gil         Gil: the binding's Hooks (the GIL around system calls and large copies)
+//! buffers     Python buffers: exports (Views), one growable buffer (PyBuf)
+//! batch       <- buffers, errors: a Python sequence as the core's Buffers; sizes
+//! virtio_hdr  <- buffers: VirtioNetHdr
+//! split       <- batch, buffers, virtio_hdr: gso_split
+//! gro         <- batch: GroTable, handle_gro
+//! netns       <- batch, errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
+//! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice
+//! udp_socket  <- batch, buffers, errors, gil: UdpSocket
+//! mod         <- every class and function: the module and its constants
 //! ```
 
 mod batch;
