@@ -1,12 +1,14 @@
 //! tunoffload: GSO and GRO for Linux TUN devices through `virtio_net_hdr`.
 //!
-//! - [`engine`]: the pure-Rust offload engine (checksums, virtio header, GSO, GRO).
+//! - [`engine`]: the pure-Rust offload engine (checksums, virtio header, GSO, GRO, the
+//!   split into a caller's buffers, and the checks every batch call makes).
 //! - [`aead`]: WireGuard's transport-data messages sealed and opened in batches, in place.
-//! - [`device`], [`udp`]: TUN devices and batched UDP sockets.
+//! - [`device`]: TUN/TAP devices and their batch I/O; [`udp`]: batched UDP sockets.
 //! - [`wireguard`]: the WireGuard protocol without I/O (handshakes, timers, cryptokey
 //!   routing, a device's data and control paths).
+//! - [`hooks`]: what a caller does around the system calls of a batch operation.
 //! - `python` (feature `python`): the thin PyO3 layer that maps Python buffers, errors and
-//!   the GIL onto the engine, built by maturin as `tunoffload._native`.
+//!   the GIL onto the above, built by maturin as `tunoffload._native`.
 
 /// A root-only unit test: `root_test! { /// doc\n fn name() { body } }` is a `#[test]`
 /// that is `#[ignore]`d unless build.rs enabled `cfg(tunoffload_root_tests)` (root and
@@ -33,6 +35,7 @@ pub(crate) use root_test;
 pub mod aead;
 pub mod device;
 pub mod engine;
+pub mod hooks;
 pub mod udp;
 pub mod wireguard;
 

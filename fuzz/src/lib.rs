@@ -19,8 +19,8 @@ pub mod wireguard;
 
 use tunoffload::engine::gso::{plan, write_segments};
 use tunoffload::engine::{
-    gso_split, handle_gro, ErrorKind, ExpandBuffer, GroTable, VirtioNetHdr, UDP_MAX_SEGMENTS,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    gso_split, handle_gro, ErrorKind, ExpandBuffer, GroTable, VirtioNetHdr, Window,
+    UDP_MAX_SEGMENTS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
     VIRTIO_NET_HDR_LEN,
 };
@@ -826,7 +826,7 @@ pub fn gro_vec(data: &[u8]) {
 /// something else exports): `max_len` promises room, `resize` refuses it.
 pub enum Region<'a> {
     Exact(&'a mut [u8]),
-    Roomy { region: &'a mut [u8], len: usize },
+    Roomy(Window<'a>),
     Stuck(&'a mut [u8]),
 }
 
@@ -834,29 +834,28 @@ impl ExpandBuffer for Region<'_> {
     fn bytes(&self) -> &[u8] {
         match self {
             Region::Exact(b) | Region::Stuck(b) => ExpandBuffer::bytes(b),
-            Region::Roomy { region, len } => &region[..*len],
+            Region::Roomy(w) => w.bytes(),
         }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             Region::Exact(b) | Region::Stuck(b) => ExpandBuffer::bytes_mut(b),
-            Region::Roomy { region, len } => &mut region[..*len],
+            Region::Roomy(w) => w.bytes_mut(),
         }
     }
     fn max_len(&self) -> usize {
         match self {
             Region::Exact(b) => ExpandBuffer::max_len(b),
-            Region::Roomy { region, .. } => region.len(),
+            Region::Roomy(w) => w.max_len(),
             Region::Stuck(_) => usize::MAX,
         }
     }
     fn resize(&mut self, new_len: usize) -> tunoffload::engine::Result<()> {
         match self {
             Region::Exact(b) | Region::Stuck(b) => ExpandBuffer::resize(b, new_len),
-            Region::Roomy { region, len } => {
-                assert!(new_len <= region.len(), "asked to grow past max_len");
-                *len = new_len;
-                Ok(())
+            Region::Roomy(w) => {
+                assert!(new_len <= w.max_len(), "asked to grow past max_len");
+                w.resize(new_len)
             }
         }
     }
@@ -900,7 +899,7 @@ pub fn gro_fixed(data: &[u8]) {
             } else if spare == 0 {
                 Region::Exact(region)
             } else {
-                Region::Roomy { region, len }
+                Region::Roomy(Window::new(region, len))
             });
         }
         let mut table = GroTable::new();

@@ -32,6 +32,7 @@ __all__ = [
     "VIRTIO_NET_HDR_F_DATA_VALID",
     "UDP_MAX_SEGMENTS",
     "ERROR_KINDS",
+    "InputError",
     "VirtioNetHdr",
     "GroTable",
     "gso_split",
@@ -48,8 +49,8 @@ VIRTIO_NET_HDR_LEN: Final[int]
 IDEAL_BATCH_SIZE: Final[int]
 UDP_MAX_SEGMENTS: Final[int]
 ERROR_KINDS: Final[tuple[str, ...]]
-"""Every ``kind`` an engine ``ValueError`` can carry (``err.kind``; ``err.index`` is the
-buffer or packet index, or ``None``). Names are stable; new ones may be added."""
+"""Every ``kind`` an :class:`InputError` can carry. Names are stable; new ones may be
+added."""
 VIRTIO_NET_HDR_GSO_NONE: Final[int]
 VIRTIO_NET_HDR_GSO_TCPV4: Final[int]
 VIRTIO_NET_HDR_GSO_UDP: Final[int]
@@ -58,6 +59,14 @@ VIRTIO_NET_HDR_GSO_UDP_L4: Final[int]
 VIRTIO_NET_HDR_GSO_ECN: Final[int]
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final[int]
 VIRTIO_NET_HDR_F_DATA_VALID: Final[int]
+
+class InputError(ValueError):
+    """A packet, header or argument tunoffload refuses: a ``ValueError`` whose ``kind`` (one
+    of ``ERROR_KINDS``) says which refusal and whose ``index`` which buffer or packet (or
+    ``None``)."""
+
+    kind: str
+    index: int | None
 
 @final
 class VirtioNetHdr:
@@ -245,6 +254,8 @@ class UdpSocket:
     the socket unless ``gro=False``.
     """
 
+    MAX_SEGMENTS: ClassVar[int]
+    """The most datagrams one ``UDP_SEGMENT`` send carries (64: what every kernel takes)."""
     def __new__(cls, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> UdpSocket: ...
     @property
     def gso(self) -> bool:

@@ -130,7 +130,7 @@ pub const WINDOW: usize = 8192;
 /// Checks a batch's shape before anything is changed: `offset >= min_offset`
 /// (`offset_too_small`, for the header in front of a packet to seal), no more `sizes`
 /// than `bufs` (`too_few_out_bufs`), and every entry `bufs[i][offset..offset + sizes[i]]`
-/// inside its buffer (`packet_beyond_buffer`, with its index; `what` names the entries in
+/// inside its buffer (`buffer_too_small`, with its index; `what` names the entries in
 /// the message: "packet", "message"). The one check of [`Sealer::seal`], [`open_batch`]
 /// and the WireGuard device's batches.
 pub fn check_batch<B: ExpandBuffer>(
@@ -159,7 +159,7 @@ pub fn check_batch<B: ExpandBuffer>(
         let len = b.bytes().len();
         if offset.checked_add(size).is_none_or(|end| end > len) {
             bail!(
-                PacketBeyondBuffer @ i,
+                BufferTooSmall @ i,
                 "bufs[{i}] holds {len} bytes: no {size}-byte {what} after offset {offset}"
             );
         }

@@ -209,7 +209,7 @@ pub trait Sessions {
 /// found for, are in [`Opened::stats`].
 ///
 /// Errors (nothing is changed): more `sizes` than `bufs` (`too_few_out_bufs`); a message
-/// that runs past its buffer (`packet_beyond_buffer`, with its index). No input makes it
+/// that runs past its buffer (`buffer_too_small`, with its index). No input makes it
 /// panic. Work is linear in the batch, but for moving each packet in front of the other
 /// messages before it (a move of the run of others, which are rare: handshakes).
 pub fn open_batch<B: ExpandBuffer, S: Sessions>(

@@ -61,7 +61,7 @@ impl Sealer {
     ///
     /// Refused before anything is written (an error of the kind named):
     /// `offset < HEADER_LEN` (`offset_too_small`); more `sizes` than `bufs`
-    /// (`too_few_out_bufs`); a packet that runs past its buffer (`packet_beyond_buffer`,
+    /// (`too_few_out_bufs`); a packet that runs past its buffer (`buffer_too_small`,
     /// with its index); a buffer that cannot grow to its message (`out_buf_too_small`,
     /// with its index); a packet too long for ChaCha20-Poly1305 (`packet_too_large`); a
     /// batch that would use a counter at or above [`REJECT_AFTER_MESSAGES`]

@@ -1,33 +1,33 @@
-//! Batch I/O on a TUN device with offload: reading a super-packet and splitting it into
-//! the caller's buffers, coalescing a batch and writing it.
+//! Batch I/O on a TUN device: one read split into the caller's buffers, a batch coalesced
+//! (with offload) and written. Pure Rust, no Python.
 //!
-//! Pure Rust, no Python. Each operation comes whole ([`recv_multiple`],
-//! [`send_multiple`]) and in stages, so that a caller that must do something between the
-//! system call and the packet work (the Python binding releases the GIL for the read and
-//! the writes, and holds it for the split and the coalescing) runs the same code:
+//! [`recv_multiple`] and [`send_multiple`] take the arguments the Python API takes
+//! (buffers, `offset`, `sizes`, `count`, `fit`) and make every check on them. Their
+//! `*_with` forms take the caller's [`Buffers`] and [`Hooks`]: the Python binding passes
+//! its lists and releases the GIL around the system calls, which go through the hooks;
+//! Rust callers use the plain forms, on slices of [`ExpandBuffer`]s.
 //!
-//! - receive: [`RecvState::read`] (one read, or the packet held back by an earlier call),
-//!   [`Split::plan`], [`Split::prepare`] (counts, growth), [`Split::write`];
-//! - send: [`coalesce`], [`check_packet`] on each packet to write, [`write_packets`].
-//!
-//! Buffers are the engine's [`ExpandBuffer`]: a buffer too small for its segment is grown
-//! when it can be (`max_len()`), so a `Vec<u8>` (or a Python `bytearray`) trimmed to its
-//! last packet takes a larger one next time.
-//!
-//! Errors are the device's [`Error`]: `Invalid` for a bad packet or argument, `Os` with the
-//! errno for the system. `EINTR` is returned, never retried here, except by the whole
-//! operations, which retry it: a caller that must run signal handlers uses the stages.
+//! A buffer too small for its packet is grown when it can be (`max_len()`), so a
+//! `Vec<u8>` (or a Python `bytearray`) trimmed to its last packet takes a larger one next
+//! time. Errors are the device's [`Error`]: `Invalid` (with its kind) for a bad packet or
+//! argument, `Os` with the errno for the system.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use super::sys::{IFF_NO_PI, IFF_TAP};
-use super::{Error, Tun};
+use super::{invalid, Error, Tun};
+use crate::engine::buffer::{batch_len, check_sizes, span};
+use crate::engine::gro::coalesce;
+use crate::engine::split::{check_outputs, Failed};
 use crate::engine::{
-    self, gso, ErrorKind, ExpandBuffer, GroTable, GsoPlan, VirtioNetHdr, VIRTIO_NET_HDR_LEN,
+    self, Buffers, ErrorKind, ExpandBuffer, GroTable, Split, MAX_IP_PACKET, VIRTIO_NET_HDR_LEN,
 };
+use crate::hooks::{retry, Direct, Hooks};
 
-/// The largest IP packet.
-pub const MAX_IP_PACKET: usize = 65535;
+/// More than any one read from a TUN/TAP device returns (a header, an Ethernet header and
+/// the largest IP packet): a caller that allocates per read need not allocate more.
+pub const MAX_READ: usize = 1 << 17;
 
 /// The size a receive buffer needs for any packet of this device: the virtio header or
 /// packet information, an Ethernet header on TAP, and the largest IP packet.
@@ -51,14 +51,10 @@ fn is_tap(tun: &Tun) -> bool {
     tun.flags() & IFF_TAP != 0
 }
 
-fn invalid(e: engine::Error) -> Error {
-    Error::Engine(e)
-}
-
 /// The TUN driver silently truncates a packet that does not fit the read buffer. A read
-/// that filled `data` is checked against the IP header's own length: `Invalid` if the
-/// packet was cut (it is lost). `skip` is what precedes the IP header; TAP frames are not
-/// checked.
+/// that filled `data` is checked against the IP header's own length: `BufferTooSmall` if
+/// the packet was cut (it is lost). `skip` is what precedes the IP header; TAP frames are
+/// not checked.
 pub fn check_truncation(data: &[u8], skip: usize, tap: bool) -> Result<(), Error> {
     if tap || data.len() <= skip {
         return Ok(());
@@ -74,13 +70,16 @@ pub fn check_truncation(data: &[u8], skip: usize, tap: bool) -> Result<(), Error
         _ => None,
     };
     match want {
-        Some(w) if w > pkt.len() => Err(Error::Invalid(format!(
-            "a {}-byte packet did not fit the {}-byte buffer and was truncated (it is lost); \
-             use a buffer of at least {} bytes",
-            w + skip,
-            data.len(),
-            skip + MAX_IP_PACKET
-        ))),
+        Some(w) if w > pkt.len() => Err(invalid(
+            ErrorKind::BufferTooSmall,
+            format!(
+                "a {}-byte packet did not fit the {}-byte buffer and was truncated (it is \
+                 lost); use a buffer of at least {} bytes",
+                w + skip,
+                data.len(),
+                skip + MAX_IP_PACKET
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -125,12 +124,15 @@ impl RecvState {
             return Ok(None);
         };
         if p.len() > buf.len() {
-            return Err(Error::Invalid(format!(
-                "the buffer holds {} bytes, less than the {}-byte packet held back from an \
-                 earlier call",
-                buf.len(),
-                p.len()
-            )));
+            return Err(invalid(
+                ErrorKind::BufferTooSmall,
+                format!(
+                    "the buffer holds {} bytes, less than the {}-byte packet held back from \
+                     an earlier call",
+                    buf.len(),
+                    p.len()
+                ),
+            ));
         }
         let n = p.len();
         buf[..n].copy_from_slice(p);
@@ -144,232 +146,16 @@ impl RecvState {
     }
 }
 
-/// A super-packet as read (virtio header first), checked and planned: how it splits.
-#[derive(Debug, Clone, Copy)]
-pub struct Split {
-    plan: GsoPlan,
-}
-
-/// Why a split failed, and whether the packet is intact (the buffers were at fault: hold
-/// it with [`RecvState::hold`] for the next call) or bad (it is dropped).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitError {
-    pub error: Error,
-    /// True when the caller's buffers, not the packet, were at fault.
-    pub keep: bool,
-}
-
-impl SplitError {
-    fn bad(error: Error) -> Self {
-        SplitError { error, keep: false }
-    }
-    fn buffers(kind: ErrorKind, index: Option<usize>, msg: String) -> Self {
-        let e = engine::Error::new(kind, msg);
-        SplitError {
-            error: Error::Engine(match index {
-                Some(i) => e.at(i),
-                None => e,
-            }),
-            keep: true,
-        }
-    }
-}
-
-impl From<SplitError> for Error {
-    fn from(e: SplitError) -> Error {
-        e.error
-    }
-}
-
-impl Split {
-    /// Checks `read` (the virtio header, then the packet) and plans the split.
-    pub fn plan(read: &[u8]) -> Result<Split, SplitError> {
-        if read.len() < VIRTIO_NET_HDR_LEN {
-            return Err(SplitError::bad(Error::Invalid(format!(
-                "short read of {} bytes from the device",
-                read.len()
-            ))));
-        }
-        let (h, pkt) = read.split_at(VIRTIO_NET_HDR_LEN);
-        let hdr = VirtioNetHdr::decode(h).map_err(|e| SplitError::bad(invalid(e)))?;
-        let plan = gso::plan(pkt, &hdr, None).map_err(|e| SplitError::bad(invalid(e)))?;
-        Ok(Split { plan })
-    }
-
-    /// Checks the packet `pkt` (without its virtio header `hdr`) and plans the split, as
-    /// [`gso::plan`] does (`is_v6`: `None` takes the version from the packet).
-    pub fn plan_packet(
-        pkt: &[u8],
-        hdr: &VirtioNetHdr,
-        is_v6: Option<bool>,
-    ) -> Result<Split, Error> {
-        Ok(Split {
-            plan: gso::plan(pkt, hdr, is_v6).map_err(invalid)?,
-        })
-    }
-
-    /// The number of packets.
-    pub fn count(&self) -> usize {
-        self.plan.segments()
-    }
-
-    /// The length of packet `i`.
-    pub fn size(&self, i: usize) -> usize {
-        self.plan.segment_len(i)
-    }
-
-    /// Checks that `bufs` (with `sizes_len` sizes) can take the packets at `offset`, and
-    /// grows the buffers that are too small; nothing is written. A failure leaves the
-    /// packet intact (`keep`). Messages call the buffers `bufs`.
-    pub fn prepare<B: ExpandBuffer>(
-        &self,
-        bufs: &mut [B],
-        sizes_len: usize,
-        offset: usize,
-    ) -> Result<(), SplitError> {
-        self.prepare_named(bufs, sizes_len, offset, "bufs")
-    }
-
-    /// [`prepare`](Self::prepare), with messages that call the buffers `name` (the
-    /// caller's name for them: `out_bufs` for `gso_split`).
-    pub fn prepare_named<B: ExpandBuffer>(
-        &self,
-        bufs: &mut [B],
-        sizes_len: usize,
-        offset: usize,
-        name: &str,
-    ) -> Result<(), SplitError> {
-        let n = self.count();
-        if bufs.len() < n {
-            return Err(SplitError::buffers(
-                ErrorKind::TooFewOutBufs,
-                None,
-                format!(
-                    "the packet splits into {n} segments but only {} {name} were given",
-                    bufs.len()
-                ),
-            ));
-        }
-        if sizes_len < n {
-            return Err(SplitError::buffers(
-                ErrorKind::SizesTooShort,
-                None,
-                format!("the packet splits into {n} segments but sizes has room for {sizes_len}"),
-            ));
-        }
-        for (i, b) in bufs[..n].iter_mut().enumerate() {
-            let need = offset.saturating_add(self.size(i));
-            if b.bytes().len() >= need {
-                continue;
-            }
-            if b.max_len() < need {
-                return Err(SplitError::buffers(
-                    ErrorKind::OutBufTooSmall,
-                    Some(i),
-                    format!(
-                        "{name}[{i}] holds {} bytes; segment {i} needs {} after offset {offset}",
-                        b.bytes().len(),
-                        self.size(i)
-                    ),
-                ));
-            }
-            b.resize(need).map_err(|e| {
-                SplitError::buffers(
-                    ErrorKind::BufferCannotGrow,
-                    Some(i),
-                    format!("{name}[{i}] cannot grow to {need} bytes: {}", e.message()),
-                )
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Writes the packets: packet `i` into `bufs[i][offset..offset + size(i)]`, after a
-    /// successful [`prepare`](Self::prepare). With `fit`, each growable buffer is then
-    /// set to exactly `offset + size(i)` bytes. `read` is what [`plan`](Self::plan) saw.
-    pub fn write<B: ExpandBuffer + AsMut<[u8]>>(
-        &self,
-        read: &[u8],
-        bufs: &mut [B],
-        offset: usize,
-        fit: bool,
-    ) -> Result<usize, Error> {
-        self.write_packet(
-            &read[VIRTIO_NET_HDR_LEN.min(read.len())..],
-            bufs,
-            offset,
-            fit,
-        )
-    }
-
-    /// As [`write`](Self::write), for a split made by [`plan_packet`](Self::plan_packet):
-    /// `pkt` is the packet without its virtio header.
-    ///
-    /// The buffers' `AsMut<[u8]>` must give the same bytes as their
-    /// [`ExpandBuffer::bytes_mut`] (as `Vec<u8>` and `&mut [u8]` do).
-    pub fn write_packet<B: ExpandBuffer + AsMut<[u8]>>(
-        &self,
-        pkt: &[u8],
-        bufs: &mut [B],
-        offset: usize,
-        fit: bool,
-    ) -> Result<usize, Error> {
-        let n = self.count().min(bufs.len());
-        let written =
-            gso::write_segments(&self.plan, pkt, &mut bufs[..n], offset).map_err(invalid)?;
-        if fit {
-            for (i, b) in bufs[..written].iter_mut().enumerate() {
-                let want = offset + self.size(i);
-                if b.bytes().len() != want && b.max_len() > b.bytes().len() {
-                    b.resize(want).map_err(invalid)?;
-                }
-            }
-        }
-        Ok(written)
-    }
-}
-
-/// Fills `sizes[..split.count()]` with the packets' lengths.
-pub fn fill_sizes(split: &Split, sizes: &mut [usize]) {
-    for (i, s) in sizes.iter_mut().take(split.count()).enumerate() {
-        *s = split.size(i);
-    }
-}
-
-/// Checks what can be checked of a receive's outputs before anything is read: at least one
-/// buffer, and each one able to hold a byte after `offset` (growing if it must).
-pub fn check_outputs<B: ExpandBuffer>(bufs: &[B], offset: usize) -> Result<(), Error> {
-    if bufs.is_empty() {
-        return Err(Error::Engine(engine::Error::fixed(
-            ErrorKind::TooFewOutBufs,
-            "bufs must not be empty",
-        )));
-    }
-    for (i, b) in bufs.iter().enumerate() {
-        if b.max_len() <= offset {
-            return Err(Error::Engine(
-                engine::Error::new(
-                    ErrorKind::OutBufTooSmall,
-                    format!(
-                        "bufs[{i}] holds {} bytes and cannot grow: no room after offset {offset}",
-                        b.bytes().len()
-                    ),
-                )
-                .at(i),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// One read from a device with offload, split into `bufs` (packet `i` into
-/// `bufs[i][offset..offset + sizes[i]]`); returns the number of packets. `original`
-/// receives the read (ideally `VIRTIO_NET_HDR_LEN + 65535` bytes). Buffers too small are
-/// grown; with `fit` every growable buffer ends exactly at its packet. A packet that the
-/// buffers cannot take is held in `state` for the next call. `EINTR` is returned.
+/// One read from the device, split into `bufs` (packet `i` into `bufs[i][offset..offset
+/// + sizes[i]]`); returns the number of packets. `original` receives the read (ideally
+/// `VIRTIO_NET_HDR_LEN + 65535` bytes). Buffers too small are grown; with `fit` every
+/// growable buffer ends exactly at its packet. Arguments wrong whatever arrives are
+/// refused before the read; a packet that the buffers cannot take is held in `state` for
+/// the next call. `EINTR` is retried.
 ///
-/// Without offload one packet is read straight into `bufs[0][offset..]` (grown first to
-/// [`max_read`] when `fit` and it can grow) and `original` is not used.
+/// Without offload one packet is read straight into `bufs[0][offset..]` (grown first
+/// when it has no room after `offset`, or to [`max_read`] with `fit`) and `original` is
+/// not used.
 #[allow(clippy::too_many_arguments)]
 pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
     tun: &Tun,
@@ -381,68 +167,100 @@ pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
     blocking: bool,
     fit: bool,
 ) -> Result<usize, Error> {
-    check_outputs(bufs, offset)?;
-    if sizes.is_empty() {
-        return Err(Error::Engine(engine::Error::fixed(
-            ErrorKind::SizesTooShort,
-            "sizes must not be empty",
-        )));
-    }
-    if !tun.vnet_hdr() {
-        let b = &mut bufs[0];
-        // A buffer with no room after `offset` grows as it can (`check_outputs` made sure
-        // it can take a byte there); with `fit` one too small for any packet grows too.
-        let want = (offset + max_read(tun)).min(b.max_len());
+    recv_multiple_with(
+        tun,
+        state,
+        original,
+        bufs,
+        sizes,
+        offset,
+        blocking,
+        fit,
+        &mut Direct,
+    )
+}
+
+/// [`recv_multiple`] with the caller's buffers and hooks.
+#[allow(clippy::too_many_arguments)]
+pub fn recv_multiple_with<E, L, H>(
+    tun: &Tun,
+    state: &RecvState,
+    original: &mut [u8],
+    bufs: &mut L,
+    sizes: &mut [usize],
+    offset: usize,
+    blocking: bool,
+    fit: bool,
+    hooks: &mut H,
+) -> Result<usize, E>
+where
+    E: From<Error> + From<engine::Error>,
+    L: Buffers<E> + ?Sized,
+    H: Hooks<E> + ?Sized,
+{
+    let vnet = tun.vnet_hdr();
+    let read_into = vnet.then_some(original.as_ptr() as usize);
+    check_outputs(bufs, sizes.len(), offset, read_into, "bufs")?;
+    if !vnet {
+        // One packet, read straight into `bufs[0][offset..]`.
+        let want = offset.saturating_add(max_read(tun));
+        // With `fit` the bytes after the packet are cut off again at once: only the
+        // headroom needs zeroing when the buffer grows.
+        let b = &mut bufs.bufs(1, false, if fit { offset } else { want })?[0];
+        let want = want.min(b.max_len());
+        // A buffer with no room after `offset` grows as it can; with `fit` one too small
+        // for any packet grows too.
         if b.bytes().len() < want && (fit || b.bytes().len() <= offset) {
-            b.resize(want).map_err(invalid)?;
+            b.resize(want)?;
         }
-        let n = state.read(tun, &mut b.bytes_mut()[offset..], blocking)?;
+        let len = b.bytes().len();
+        if len <= offset {
+            let m =
+                format!("bufs[0] holds {len} bytes and cannot grow: no room after offset {offset}");
+            return Err(engine::Error::new(ErrorKind::OutBufTooSmall, m)
+                .at(0)
+                .into());
+        }
+        let n = bufs.pinned(1, |w| {
+            let data = &mut w[0].bytes_mut()[offset..];
+            retry(hooks, || state.read(tun, data, blocking))
+        })??;
         sizes[0] = n;
+        tun.counters.rx_packets.fetch_add(1, Relaxed);
+        let b = &mut bufs.bufs(1, false, offset)?[0];
         if fit && b.bytes().len() != offset + n && b.max_len() > b.bytes().len() {
-            b.resize(offset + n).map_err(invalid)?;
+            b.resize(offset + n)?;
         }
         return Ok(1);
     }
-    check_original(original.len(), "original")?;
-    let n = state.read(tun, original, blocking)?;
+    check_original(original.len())?;
+    let n = retry(hooks, || state.read(tun, original, blocking))?;
     let read = &original[..n];
+    // Everything goes through the engine: super-packets are split, a plain packet (GSO_NONE
+    // without NEEDS_CSUM) is copied across as it is, whatever it holds.
     let split = Split::plan(read)?;
-    if let Err(e) = split.prepare(bufs, sizes.len(), offset) {
-        return Err(if e.keep {
+    let pkt = &read[VIRTIO_NET_HDR_LEN..];
+    match split.deliver(pkt, bufs, sizes, offset, fit, "bufs", hooks) {
+        Ok(count) => {
+            tun.counters.rx_packets.fetch_add(count as u64, Relaxed);
+            Ok(count)
+        }
+        Err(Failed::Packet(e)) => Err(e.into()),
+        Err(Failed::Buffers(e)) => {
             state.hold(read);
-            kept(e.error)
-        } else {
-            e.error
-        });
+            Err(kept(e).into())
+        }
+        Err(Failed::Caller(e)) => {
+            state.hold(read);
+            Err(e)
+        }
     }
-    let count = split.write(read, bufs, offset, fit)?;
-    fill_sizes(&split, sizes);
-    Ok(count)
 }
 
 /// `error` (about the caller's buffers) saying that the packet was held for the next call.
-pub fn kept(error: Error) -> Error {
-    match error {
-        Error::Invalid(m) => Error::Invalid(format!("{m} (the packet is kept for the next call)")),
-        Error::Engine(e) => {
-            let m = format!("{} (the packet is kept for the next call)", e.message());
-            Error::Engine(e.with_message(m))
-        }
-        e => e,
-    }
-}
-
-/// Coalesces `bufs` (packet `i` is `bufs[i].bytes()[offset..]`, `offset >=
-/// VIRTIO_NET_HDR_LEN`) as [`engine::handle_gro`] does and returns the indices of the
-/// buffers to write, in order; `bufs[i].bytes()[offset - 10..]` is then a virtio header
-/// and a packet.
-pub fn coalesce<'t, B: ExpandBuffer>(
-    bufs: &mut [B],
-    offset: usize,
-    table: &'t mut GroTable,
-    can_udp_gro: bool,
-) -> Result<&'t [usize], Error> {
-    engine::handle_gro(bufs, offset, table, can_udp_gro).map_err(invalid)
+pub fn kept(error: engine::Error) -> engine::Error {
+    let m = format!("{} (the packet is kept for the next call)", error.message());
+    error.with_message(m)
 }
 
 /// Checks one packet to be written as the kernel's `tun_get_user` and IP input would
@@ -526,13 +344,13 @@ pub fn check_packet(buf: &[u8], vnet: bool) -> Result<(), engine::Error> {
     Ok(())
 }
 
-/// Checks every packet of a batch with [`check_packet`] (`Invalid` naming the first bad
-/// one's index in `index_of`).
+/// Checks every packet of a batch with [`check_packet`] (the first bad one's index in
+/// `index_of`).
 pub fn check_packets(
     packets: &[&[u8]],
     vnet: bool,
     index_of: impl Fn(usize) -> usize,
-) -> Result<(), Error> {
+) -> Result<(), engine::Error> {
     for (k, p) in packets.iter().enumerate() {
         if let Err(e) = check_packet(p, vnet) {
             let i = index_of(k);
@@ -540,21 +358,24 @@ pub fn check_packets(
                 "bufs[{i}] is not a packet the kernel takes: {}; nothing was written",
                 e.message()
             );
-            return Err(Error::Engine(e.with_message(m).at(i)));
+            return Err(e.with_message(m).at(i));
         }
     }
     Ok(())
 }
 
-/// Refuses a buffer for the super-packet read (`name`, `len` bytes) that cannot hold the
-/// virtio header and a packet.
-pub fn check_original(len: usize, name: &str) -> Result<(), Error> {
+/// Refuses a buffer for the super-packet read (`len` bytes) that cannot hold the virtio
+/// header and a packet.
+pub fn check_original(len: usize) -> Result<(), engine::Error> {
     if len <= VIRTIO_NET_HDR_LEN {
-        return Err(Error::Invalid(format!(
-            "{name} holds {len} bytes; it needs room for the {VIRTIO_NET_HDR_LEN}-byte virtio \
-             header and a packet (ideally {} bytes)",
-            VIRTIO_NET_HDR_LEN + MAX_IP_PACKET
-        )));
+        return Err(engine::Error::new(
+            ErrorKind::BufferTooSmall,
+            format!(
+                "original_buffer holds {len} bytes; it needs room for the \
+                 {VIRTIO_NET_HDR_LEN}-byte virtio header and a packet (ideally {} bytes)",
+                VIRTIO_NET_HDR_LEN + MAX_IP_PACKET
+            ),
+        ));
     }
     Ok(())
 }
@@ -596,8 +417,8 @@ pub fn write_packets(
                 sent.bytes += n;
                 sent.next += 1;
             }
-            Err(e) if e.is_eintr() || e.errno() == Some(libc::EAGAIN) => return Err(e),
-            Err(e @ (Error::Closed | Error::Invalid(_) | Error::Engine(_))) => return Err(e),
+            Err(e) if e.is_eintr() || e.is_eagain() => return Err(e),
+            Err(e @ (Error::Closed | Error::Invalid(_) | Error::State(_))) => return Err(e),
             Err(e) if matches!(e.errno(), Some(libc::EBADFD | libc::EBADF)) => return Err(e),
             Err(e) => {
                 sent.refused.get_or_insert(e);
@@ -611,74 +432,148 @@ pub fn write_packets(
     }
 }
 
-/// A failed [`send_multiple`]: the error and what was written before it.
+/// A failed [`send_multiple`]: the error and, once writing had started, what was written
+/// before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendError {
-    pub error: Error,
+pub struct SendError<E = Error> {
+    pub error: E,
+    /// Whether writing had started (`packets` and `bytes` say how far it got).
+    pub writing: bool,
     pub packets: usize,
     pub bytes: usize,
 }
 
-/// Coalesces `bufs` (packet `i` is `bufs[i].bytes()[offset..]`) when the device has
-/// offload (`offset >= VIRTIO_NET_HDR_LEN`; the buffers may grow and be swapped), checks
-/// every packet to write, then writes them; returns the bytes written. Without offload
-/// each packet is written as it is. `EINTR` is retried.
-pub fn send_multiple<B: ExpandBuffer>(
+impl<E> SendError<E> {
+    fn early(error: impl Into<E>) -> Self {
+        SendError {
+            error: error.into(),
+            writing: false,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// Writes packet `i` = `bufs[i][offset..]` (with `sizes`: `bufs[i][offset..offset +
+/// sizes[i]]`) for the first `count` buffers (default: as many as `sizes` has, else all),
+/// coalesced first when the device has offload (`offset >= VIRTIO_NET_HDR_LEN`: the
+/// buffers may grow and be swapped); returns the bytes written. Every packet to write is
+/// checked as the kernel would refuse it before anything is written. A packet the kernel
+/// still refuses does not stop the others; the first error comes at the end. `EINTR` is
+/// retried.
+#[allow(clippy::too_many_arguments)]
+pub fn send_multiple<B: ExpandBuffer + AsMut<[u8]>>(
     tun: &Tun,
     table: &mut GroTable,
     bufs: &mut [B],
     offset: usize,
+    sizes: Option<&[usize]>,
+    count: Option<usize>,
     blocking: bool,
 ) -> Result<usize, SendError> {
-    let fail = |error| SendError {
-        error,
-        packets: 0,
-        bytes: 0,
-    };
+    send_multiple_with(
+        tun,
+        table,
+        bufs,
+        offset,
+        sizes,
+        count,
+        blocking,
+        &mut Direct,
+    )
+}
+
+/// [`send_multiple`] with the caller's buffers and hooks. Without `sizes`, the packets end
+/// where their buffers end, and a coalesced buffer is resized to its packet; with them,
+/// coalescing moves each packet's end within its buffer, and when every buffer can hold
+/// `offset + 65535` bytes (nothing grows) a large batch is coalesced through
+/// [`Hooks::work`] on the buffers pinned.
+#[allow(clippy::too_many_arguments)]
+pub fn send_multiple_with<E, L, H>(
+    tun: &Tun,
+    table: &mut GroTable,
+    bufs: &mut L,
+    offset: usize,
+    sizes: Option<&[usize]>,
+    count: Option<usize>,
+    blocking: bool,
+    hooks: &mut H,
+) -> Result<usize, SendError<E>>
+where
+    E: From<Error> + From<engine::Error>,
+    L: Buffers<E> + ?Sized,
+    H: Hooks<E> + ?Sized,
+{
     let vnet = tun.vnet_hdr();
-    // With offload: the buffers GRO says to write (it refused any without a packet after
-    // `offset`), each from its virtio header. Without: every buffer, as it is.
-    let (start, idx): (usize, Option<&[usize]>) = if vnet {
-        let idx = coalesce(bufs, offset, table, tun.udp_gso()).map_err(fail)?;
-        (offset - VIRTIO_NET_HDR_LEN, Some(idx))
+    let n = batch_len(bufs.count(), sizes.map(<[usize]>::len), count).map_err(SendError::early)?;
+    let sizes = sizes.map(|s| &s[..n]);
+    if let Some(s) = sizes {
+        check_sizes(s, offset, false).map_err(SendError::early)?;
+    }
+    if vnet && offset < VIRTIO_NET_HDR_LEN {
+        let m = format!(
+            "offset {offset} leaves no room for the {VIRTIO_NET_HDR_LEN}-byte virtio header"
+        );
+        return Err(SendError::early(engine::Error::new(
+            ErrorKind::OffsetTooSmall,
+            m,
+        )));
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+
+    // Each packet is `bufs[i][start..end]`: its virtio header (with offload) and the
+    // packet, which ends at `offset + size` (or, `size` None, where the buffer ends).
+    let coalesced: Vec<(usize, usize)> = if vnet {
+        (coalesce(bufs, n, sizes, offset, table, tun.udp_gso(), hooks))
+            .map_err(SendError::early)?;
+        let b = bufs
+            .bufs(n, sizes.is_some(), offset)
+            .map_err(SendError::early)?;
+        (table.written().iter())
+            .map(|&i| (i, b[i].bytes().len() - offset))
+            .collect()
     } else {
-        (offset, None)
+        Vec::new() // every buffer in order (nothing reserved from `n`, which Python code may have made up)
     };
-    let index_of = |k: usize| idx.map_or(k, |v| v[k]);
-    let count = idx.map_or(bufs.len(), <[usize]>::len);
-    let mut packets = Vec::with_capacity(count);
-    for k in 0..count {
-        let i = index_of(k);
-        let b = bufs[i].bytes();
-        if b.len() <= offset {
-            return Err(fail(Error::Engine(
-                engine::Error::new(
-                    ErrorKind::NoPacketAfterOffset,
-                    format!(
-                        "bufs[{i}] holds {} bytes: no packet after offset {offset}",
-                        b.len()
-                    ),
-                )
-                .at(i),
-            )));
-        }
-        packets.push(&b[start..]);
+    let at = |k: usize| match vnet {
+        true => (coalesced[k].0, Some(coalesced[k].1)),
+        false => (k, sizes.map(|s| s[k])),
+    };
+    let count = if vnet { coalesced.len() } else { n };
+    let start = if vnet {
+        offset - VIRTIO_NET_HDR_LEN
+    } else {
+        offset
+    };
+    let whole = (bufs.pinned_bytes((0..count).map(|k| at(k).0))).map_err(SendError::early)?;
+    let mut packets: Vec<&[u8]> = Vec::with_capacity(whole.len());
+    for (k, b) in whole.iter().enumerate() {
+        let (i, size) = at(k);
+        let end = span(i, b.len(), offset, size, false).map_err(SendError::early)?;
+        packets.push(&b[start..end]);
     }
     if !is_tap(tun) && tun.flags() & IFF_NO_PI != 0 {
-        check_packets(&packets, vnet, index_of).map_err(fail)?;
+        check_packets(&packets, vnet, |k| at(k).0).map_err(SendError::early)?;
     }
     let mut sent = Sent::new();
+    let stop = |error: E, sent: &Sent| SendError {
+        error,
+        writing: true,
+        packets: sent.packets,
+        bytes: sent.bytes,
+    };
+    tun.counters.tx_packets.fetch_add(n as u64, Relaxed);
     loop {
-        match write_packets(tun, &packets, blocking, &mut sent) {
+        match hooks.syscall(|| write_packets(tun, &packets, blocking, &mut sent)) {
             Ok(()) => return Ok(sent.bytes),
-            Err(e) if e.is_eintr() => continue,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    packets: sent.packets,
-                    bytes: sent.bytes,
-                })
+            Err(e) if e.is_eintr() => {
+                if let Err(e) = hooks.interrupted() {
+                    return Err(stop(e, &sent));
+                }
             }
+            Err(e) => return Err(stop(e.into(), &sent)),
         }
     }
 }
@@ -728,62 +623,6 @@ mod tests {
         p[2] = 0;
         p[3] = 100;
         assert!(check_truncation(&p, 0, false).is_ok());
-    }
-
-    /// A read as a TUN device with offload gives it: a plain virtio header, then an
-    /// IPv4/UDP packet of `len` bytes.
-    fn plain_read(len: usize) -> Vec<u8> {
-        let mut r = vec![0u8; VIRTIO_NET_HDR_LEN + len];
-        let p = &mut r[VIRTIO_NET_HDR_LEN..];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        p[9] = 17;
-        for (i, b) in p[20..].iter_mut().enumerate() {
-            *b = i as u8;
-        }
-        r
-    }
-
-    #[test]
-    fn split_grows_small_buffers_and_fits() {
-        let read = plain_read(300);
-        let split = Split::plan(&read).unwrap();
-        assert_eq!((split.count(), split.size(0)), (1, 300));
-        let mut bufs = vec![vec![0u8; 3], vec![7u8; 2]];
-        split.prepare(&mut bufs, 1, 10).unwrap();
-        assert_eq!(bufs[0].len(), 310); // grown to what the packet needs
-        assert_eq!(split.write(&read, &mut bufs, 10, true).unwrap(), 1);
-        assert_eq!(&bufs[0][10..], &read[VIRTIO_NET_HDR_LEN..]);
-        assert_eq!(bufs[1], vec![7u8; 2]); // untouched
-        let mut sizes = [0usize; 2];
-        fill_sizes(&split, &mut sizes);
-        assert_eq!(sizes, [300, 0]);
-        // Fit: a larger buffer ends exactly at its packet.
-        let mut big = vec![vec![0u8; 2000]];
-        split.prepare(&mut big, 1, 10).unwrap();
-        split.write(&read, &mut big, 10, true).unwrap();
-        assert_eq!(big[0].len(), 310);
-    }
-
-    #[test]
-    fn split_refusals_keep_the_packet() {
-        let read = plain_read(300);
-        let split = Split::plan(&read).unwrap();
-        let mut none: Vec<Vec<u8>> = Vec::new();
-        let e = split.prepare(&mut none, 1, 10).unwrap_err();
-        assert!(e.keep, "{e:?}");
-        let e = split.prepare(&mut [vec![0u8; 400]], 0, 10).unwrap_err();
-        assert!(e.keep && e.error.to_string().contains("sizes"), "{e:?}");
-        let mut fixed = [0u8; 100];
-        let mut outs: [&mut [u8]; 1] = [&mut fixed];
-        let e = split.prepare(&mut outs, 1, 10).unwrap_err();
-        assert!(e.keep && e.error.to_string().contains("bufs[0]"), "{e:?}");
-        // A bad packet is not kept.
-        let e = Split::plan(&read[..5]).unwrap_err();
-        assert!(!e.keep);
-        assert!(check_outputs(&outs, 100).is_err()); // no room after the offset, cannot grow
-        assert!(check_outputs(&[Vec::<u8>::new()], 100).is_ok()); // grows
-        assert!(check_outputs::<Vec<u8>>(&[], 0).is_err());
     }
 
     #[test]
@@ -872,7 +711,7 @@ mod forward {
             for (b, &s) in bufs[..n].iter().zip(&sizes) {
                 assert_eq!(b.len(), offset + s, "fit");
             }
-            match send_multiple(dst, &mut table, &mut bufs[..n], offset, true) {
+            match send_multiple(dst, &mut table, &mut bufs[..n], offset, None, None, true) {
                 Ok(_) => {}
                 Err(SendError {
                     error: Error::Closed,

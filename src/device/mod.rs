@@ -1,7 +1,7 @@
 //! The TUN device layer: opening and configuring Linux TUN/TAP devices, and reading and
 //! writing them with a `poll(2)`-based wait that another thread can interrupt.
 //!
-//! Pure Rust, no Python: the PyO3 class in `crate::python::device` wraps [`Tun`].
+//! Pure Rust, no Python: the PyO3 class in `crate::python::tun_device` wraps [`Tun`].
 //! Every `unsafe` block here is a system call or ioctl on descriptors this module owns.
 
 pub mod batch;
@@ -11,10 +11,10 @@ pub mod sys;
 mod tun;
 
 pub use batch::{
-    check_packet, check_truncation, coalesce, recv_multiple, send_multiple, write_packets,
-    RecvState, SendError, Sent, Split, SplitError,
+    check_packet, check_truncation, recv_multiple, send_multiple, write_packets, RecvState,
+    SendError, Sent,
 };
-pub use netlink::{parse_ifaddr, IfAddr};
+pub use netlink::{format_mac, mac_from_bytes, parse_ifaddr, parse_mac, IfAddr};
 pub use netns::{Netns, NetnsGuard, NetnsTarget, Switch};
 pub use tun::{Counters, Tun, TunOptions};
 
@@ -26,13 +26,25 @@ use std::fmt;
 pub enum Error {
     /// A system call failed.
     Os { errno: i32, msg: String },
-    /// A bad argument (Python: `ValueError`).
-    Invalid(String),
-    /// A packet or buffer the engine refused, with its kind (Python: `ValueError` with
-    /// `kind` and `index`).
-    Engine(crate::engine::Error),
+    /// A bad argument, packet or buffer, with its kind (Python: `ValueError` with `kind`
+    /// and `index`).
+    Invalid(crate::engine::Error),
+    /// A call out of turn (leaving a namespace switch twice, from another thread, or
+    /// before an inner one; Python: `RuntimeError`).
+    State(String),
     /// The device was closed, before or during the call.
     Closed,
+}
+
+impl From<crate::engine::Error> for Error {
+    fn from(e: crate::engine::Error) -> Self {
+        Error::Invalid(e)
+    }
+}
+
+/// An [`Error::Invalid`] of `kind`.
+pub(crate) fn invalid(kind: crate::engine::ErrorKind, msg: impl Into<String>) -> Error {
+    Error::Invalid(crate::engine::Error::new(kind, msg.into()))
 }
 
 /// The C library's text for `errno`, without Rust's " (os error N)" suffix.
@@ -58,7 +70,7 @@ impl Error {
         match self {
             Error::Os { errno, .. } => Some(*errno),
             Error::Closed => Some(libc::EBADF),
-            Error::Invalid(_) | Error::Engine(_) => None,
+            Error::Invalid(_) | Error::State(_) => None,
         }
     }
 
@@ -77,14 +89,20 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Os { msg, .. } => f.write_str(msg),
-            Error::Invalid(msg) => f.write_str(msg),
-            Error::Engine(e) => f.write_str(e.message()),
+            Error::Invalid(e) => f.write_str(e.message()),
+            Error::State(msg) => f.write_str(msg),
             Error::Closed => f.write_str("the TUN device is closed"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl crate::hooks::Interruptible for Error {
+    fn is_interrupted(&self) -> bool {
+        self.is_eintr()
+    }
+}
 
 /// The calling thread's `errno` as an [`Error`] about `what`.
 pub(crate) fn last_error(what: &str) -> Error {

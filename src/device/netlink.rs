@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::sys::*;
-use super::{last_error, Error};
+use super::{invalid, last_error, Error};
+use crate::engine::ErrorKind;
 
 const NLMSG_HDRLEN: usize = 16;
 
@@ -352,20 +353,72 @@ pub fn parse_ifaddr(s: &str) -> Result<IfAddr, Error> {
     };
     let addr: IpAddr = a
         .parse()
-        .map_err(|_| Error::Invalid(format!("not an IP address: {a:?}")))?;
+        .map_err(|_| invalid(ErrorKind::BadAddress, format!("not an IP address: {a:?}")))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match p {
         None => max,
         Some(p) => match p.parse::<u8>() {
             Ok(v) if v <= max => v,
             _ => {
-                return Err(Error::Invalid(format!(
-                    "bad prefix length {p:?} for {addr} (0..={max})"
-                )))
+                return Err(invalid(
+                    ErrorKind::BadAddress,
+                    format!("bad prefix length {p:?} for {addr} (0..={max})"),
+                ))
             }
         },
     };
     Ok(IfAddr { addr, prefix })
+}
+
+impl std::fmt::Display for IfAddr {
+    /// `"address/prefix"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A MAC address written `"aa:bb:cc:dd:ee:ff"` (or with `-`): `BadMac` otherwise.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], Error> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in &mut mac {
+        match parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .map(|p| u8::from_str_radix(p, 16))
+        {
+            Some(Ok(v)) => *b = v,
+            _ => {
+                return Err(invalid(
+                    ErrorKind::BadMac,
+                    format!("not a MAC address: {s:?}"),
+                ))
+            }
+        }
+    }
+    if parts.next().is_some() {
+        return Err(invalid(
+            ErrorKind::BadMac,
+            format!("not a MAC address: {s:?}"),
+        ));
+    }
+    Ok(mac)
+}
+
+/// A MAC address given as its bytes: `BadMac` unless there are 6.
+pub fn mac_from_bytes(b: &[u8]) -> Result<[u8; 6], Error> {
+    b.try_into().map_err(|_| {
+        invalid(
+            ErrorKind::BadMac,
+            format!("a MAC address has 6 bytes, not {}", b.len()),
+        )
+    })
+}
+
+/// `mac` written `"aa:bb:cc:dd:ee:ff"`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
 #[cfg(test)]

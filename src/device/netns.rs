@@ -13,7 +13,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{last_error, strerror, Error};
+use super::{invalid, last_error, strerror, Error};
+use crate::engine::ErrorKind::{BadName, NegativeArgument, WrongFileType};
 
 /// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`, `linux/nsfs.h`): the `CLONE_NEW*` type of a
 /// namespace file; `ENOTTY` for a file that is not one.
@@ -31,6 +32,21 @@ pub enum NetnsTarget {
     Path(PathBuf),
     /// An open descriptor of a namespace file (it is duplicated; the caller keeps it).
     Fd(RawFd),
+}
+
+impl NetnsTarget {
+    /// A target written as text: without a `/`, a name under `/run/netns` (one that is
+    /// not UTF-8 is still that file, byte for byte, not a lossy copy naming another);
+    /// with one, a path.
+    pub fn parse(s: &std::ffi::OsStr) -> NetnsTarget {
+        match s.to_str() {
+            Some(n) if !n.contains('/') => NetnsTarget::Name(n.to_owned()),
+            None if !s.as_bytes().contains(&b'/') => {
+                NetnsTarget::Path(Path::new(NETNS_RUN_DIR).join(s))
+            }
+            _ => NetnsTarget::Path(PathBuf::from(s)),
+        }
+    }
 }
 
 /// An open network namespace: a descriptor of its namespace file, checked to be a
@@ -101,7 +117,7 @@ pub fn setns(fd: RawFd, desc: &str) -> Result<(), Error> {
                  namespace needs CAP_SYS_ADMIN (run as root or grant the capability)"
             ),
         },
-        Some(libc::EINVAL) => Error::Invalid(format!("{desc} is not a network namespace")),
+        Some(libc::EINVAL) => invalid(WrongFileType, format!("{desc} is not a network namespace")),
         _ => e,
     })
 }
@@ -119,22 +135,28 @@ fn check_netns_fd(fd: &OwnedFd, desc: &str) -> Result<(), Error> {
         return if t == libc::CLONE_NEWNET {
             Ok(())
         } else {
-            Err(Error::Invalid(format!(
-                "{desc} is a {} namespace, not a network namespace",
-                kind_name(t)
-            )))
+            Err(invalid(
+                WrongFileType,
+                format!(
+                    "{desc} is a {} namespace, not a network namespace",
+                    kind_name(t)
+                ),
+            ))
         };
     }
     let e = last_error(&format!("checking {desc}"));
     match e.errno() {
-        Some(libc::ENOTTY | libc::EINVAL) => Err(Error::Invalid(format!(
-            "{desc} is not a network namespace (not a namespace file at all{})",
-            if desc.contains(NETNS_RUN_DIR) {
-                "; a leftover of `ip netns`? `ip netns del` it and add it again"
-            } else {
-                ""
-            }
-        ))),
+        Some(libc::ENOTTY | libc::EINVAL) => Err(invalid(
+            WrongFileType,
+            format!(
+                "{desc} is not a network namespace (not a namespace file at all{})",
+                if desc.contains(NETNS_RUN_DIR) {
+                    "; a leftover of `ip netns`? `ip netns del` it and add it again"
+                } else {
+                    ""
+                }
+            ),
+        )),
         // A kernel without NS_GET_NSTYPE (before 4.11): setns checks the type itself.
         _ => Ok(()),
     }
@@ -142,7 +164,7 @@ fn check_netns_fd(fd: &OwnedFd, desc: &str) -> Result<(), Error> {
 
 fn open_path(path: &Path, desc: &str, name: Option<&str>) -> Result<OwnedFd, Error> {
     let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid(format!("{desc}: the path contains a NUL byte")))?;
+        .map_err(|_| invalid(BadName, format!("{desc}: the path contains a NUL byte")))?;
     // SAFETY: a NUL-terminated path; the result is checked.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd >= 0 {
@@ -173,10 +195,13 @@ fn open_path(path: &Path, desc: &str, name: Option<&str>) -> Result<OwnedFd, Err
 
 fn check_name(n: &str) -> Result<(), Error> {
     if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
-        return Err(Error::Invalid(format!(
-            "{n:?} is not a network namespace name (a name under {NETNS_RUN_DIR}, as \
+        return Err(invalid(
+            BadName,
+            format!(
+                "{n:?} is not a network namespace name (a name under {NETNS_RUN_DIR}, as \
              `ip netns add` makes: not empty, no '/', not '.' or '..')"
-        )));
+            ),
+        ));
     }
     Ok(())
 }
@@ -202,9 +227,10 @@ impl Netns {
             }
             NetnsTarget::Fd(n) => {
                 if *n < 0 {
-                    return Err(Error::Invalid(format!(
-                        "bad file descriptor {n} for a network namespace"
-                    )));
+                    return Err(invalid(
+                        NegativeArgument,
+                        format!("bad file descriptor {n} for a network namespace"),
+                    ));
                 }
                 // SAFETY: F_DUPFD_CLOEXEC on a caller-given number; failure is checked.
                 let dup = unsafe { libc::fcntl(*n, libc::F_DUPFD_CLOEXEC, 0) };
@@ -313,6 +339,7 @@ fn enter_fd(ns: &OwnedFd, id: (u64, u64), desc: &str) -> Result<Switch, Error> {
         prev_id,
         tid: gettid(),
         serial,
+        desc: desc.to_owned(),
     })
 }
 
@@ -333,6 +360,8 @@ pub struct Switch {
     prev_id: (u64, u64),
     tid: libc::pid_t,
     serial: u64,
+    /// The namespace entered, for messages.
+    desc: String,
 }
 
 impl Switch {
@@ -357,26 +386,27 @@ impl Switch {
     }
 
     /// Moves the calling thread back to the namespace it was in before entering. Refused
-    /// (`Error::Invalid`, nothing switched) on another thread than the one that entered,
+    /// (`Error::State`, nothing switched) on another thread than the one that entered,
     /// for a switch that is not the thread's innermost, and a second time.
     pub fn leave(&mut self) -> Result<(), Error> {
         if self.prev.is_none() {
-            return Err(Error::Invalid(
+            return Err(Error::State(
                 "this network namespace switch was already left".into(),
             ));
         }
         if !self.on_this_thread() {
-            return Err(Error::Invalid(format!(
-                "a network namespace switch can only be left by the thread that entered it \
-                 (thread {}, this is {})",
-                self.tid,
-                gettid()
+            return Err(Error::State(format!(
+                "leaving {} in another thread than the one that entered it (native thread \
+                 id {}); a thread can only leave its own namespace switch",
+                self.desc, self.tid
             )));
         }
         if !self.is_innermost() {
-            return Err(Error::Invalid(
-                "network namespace switches must be left innermost first".into(),
-            ));
+            return Err(Error::State(format!(
+                "leaving {} while a namespace entered after it on this thread is still \
+                 active; leave the innermost first",
+                self.desc
+            )));
         }
         let prev = self.prev.as_ref().expect("checked above");
         // Where the thread is now; when that cannot be told (no descriptor left to open
@@ -461,11 +491,13 @@ mod tests {
             r => panic!("{r:?}"),
         }
         match Netns::open(&NetnsTarget::Path("/proc/self/ns/uts".into())) {
-            Err(Error::Invalid(msg)) => assert!(msg.contains("UTS namespace"), "{msg}"),
+            Err(Error::Invalid(e)) => assert!(e.message().contains("UTS namespace"), "{e}"),
             r => panic!("{r:?}"),
         }
         match Netns::open(&NetnsTarget::Path("/proc/self/status".into())) {
-            Err(Error::Invalid(msg)) => assert!(msg.contains("not a network namespace"), "{msg}"),
+            Err(Error::Invalid(e)) => {
+                assert!(e.message().contains("not a network namespace"), "{e}")
+            }
             r => panic!("{r:?}"),
         }
         assert!(matches!(
@@ -505,10 +537,10 @@ mod tests {
                 let mut inner = by_fd.enter().unwrap();
                 assert!(orig.is_current().unwrap());
                 assert!(!sw.is_innermost());
-                assert!(matches!(sw.leave(), Err(Error::Invalid(_))));
+                assert!(matches!(sw.leave(), Err(Error::State(_))));
                 inner.leave().unwrap();
                 assert!(new.is_current().unwrap());
-                assert!(matches!(inner.leave(), Err(Error::Invalid(_))));
+                assert!(matches!(inner.leave(), Err(Error::State(_))));
                 {
                     let _g = orig.enter_scoped().unwrap();
                     assert!(orig.is_current().unwrap());
@@ -520,7 +552,7 @@ mod tests {
                     s.spawn(move || {
                         let mut sw = sw;
                         assert!(!sw.on_this_thread());
-                        assert!(matches!(sw.leave(), Err(Error::Invalid(_))));
+                        assert!(matches!(sw.leave(), Err(Error::State(_))));
                         sw
                     })
                     .join()
@@ -537,8 +569,8 @@ mod tests {
                 assert!(orig.is_current().unwrap());
                 // ... and back after an error, and after a panic, in it.
                 let r: Result<(), Error> =
-                    in_netns(Some(new.fd()), || Err(Error::Invalid("inside".into())));
-                assert!(matches!(r, Err(Error::Invalid(_))));
+                    in_netns(Some(new.fd()), || Err(Error::State("inside".into())));
+                assert!(matches!(r, Err(Error::State(_))));
                 assert!(orig.is_current().unwrap());
                 let r = std::panic::catch_unwind(|| {
                     in_netns(Some(new.fd()), || -> Result<(), Error> { panic!("inside") })

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use super::netlink::{IfAddr, Netlink};
 use super::netns::{fd_id, in_netns, open_current, Netns};
 use super::sys::*;
-use super::{last_error, Error};
+use super::{invalid, last_error, Error};
+use crate::engine::ErrorKind as K;
 
 /// The size of the virtio header tunoffload uses (`struct virtio_net_hdr`, not `_mrg_rxbuf`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -44,7 +45,9 @@ pub struct TunOptions {
 }
 
 /// Counters of one queue's reads and writes (each read or write is one packet or
-/// super-packet, virtio header included in the byte counts).
+/// super-packet, virtio header included in the byte counts), and of the packets the batch
+/// calls moved (`rx_packets` out of `recv_multiple` after splitting, `tx_packets` into
+/// `send_multiple` before coalescing).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub reads: AtomicU64,
@@ -53,6 +56,8 @@ pub struct Counters {
     pub writes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub max_write: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
 }
 
 impl Counters {
@@ -60,6 +65,21 @@ impl Counters {
         count.fetch_add(1, Ordering::Relaxed);
         bytes.fetch_add(n as u64, Ordering::Relaxed);
         max.fetch_max(n as u64, Ordering::Relaxed);
+    }
+
+    /// Every counter by name, as of now.
+    pub fn items(&self) -> [(&'static str, u64); 8] {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("reads", c(&self.reads)),
+            ("read_bytes", c(&self.read_bytes)),
+            ("max_read", c(&self.max_read)),
+            ("writes", c(&self.writes)),
+            ("write_bytes", c(&self.write_bytes)),
+            ("max_write", c(&self.max_write)),
+            ("rx_packets", c(&self.rx_packets)),
+            ("tx_packets", c(&self.tx_packets)),
+        ]
     }
 }
 
@@ -97,23 +117,29 @@ pub struct Tun {
 fn check_name(name: &str) -> Result<(), Error> {
     let b = name.as_bytes();
     if b.is_empty() {
-        return Err(Error::Invalid("interface name must not be empty".into()));
+        return Err(invalid(K::BadName, "interface name must not be empty"));
     }
     if b.len() > IFNAMSIZ - 1 {
-        return Err(Error::Invalid(format!(
-            "interface name {name:?} is {} bytes long; Linux allows at most {}",
-            b.len(),
-            IFNAMSIZ - 1
-        )));
+        return Err(invalid(
+            K::BadName,
+            format!(
+                "interface name {name:?} is {} bytes long; Linux allows at most {}",
+                b.len(),
+                IFNAMSIZ - 1
+            ),
+        ));
     }
     if name == "."
         || name == ".."
         || b.iter()
             .any(|&c| c == b'/' || c == b':' || c == 0 || c.is_ascii_whitespace())
     {
-        return Err(Error::Invalid(format!(
+        return Err(invalid(
+            K::BadName,
+            format!(
             "interface name {name:?} is not valid (no '/', ':', NUL or whitespace, not '.' or '..')"
-        )));
+        ),
+        ));
     }
     Ok(())
 }
@@ -318,8 +344,14 @@ impl Tun {
         if let Some(mtu) = opts.mtu {
             check_mtu(mtu)?;
         }
+        if opts.offload && opts.tap {
+            return Err(invalid(
+                K::IncompatibleOptions,
+                "offload=True is for TUN devices (IP packets); tap=True carries Ethernet frames",
+            ));
+        }
         if opts.offload && opts.packet_information {
-            return Err(Error::Invalid(VNET_WITH_PI.into()));
+            return Err(invalid(K::IncompatibleOptions, VNET_WITH_PI));
         }
         let mut flags = if opts.tap { IFF_TAP } else { IFF_TUN };
         if !opts.packet_information {
@@ -381,9 +413,10 @@ impl Tun {
         // SAFETY: a fresh descriptor that nothing else owns.
         let dup = unsafe { OwnedFd::from_raw_fd(dup) };
         if let Err(e) = get_iff(dup.as_raw_fd()) {
-            return Err(Error::Invalid(format!(
-                "descriptor {fd} is not attached to a TUN/TAP device ({e})"
-            )));
+            return Err(invalid(
+                K::WrongFileType,
+                format!("descriptor {fd} is not attached to a TUN/TAP device ({e})"),
+            ));
         }
         // SAFETY: F_GETFL/F_SETFL on our own descriptor.
         unsafe {
@@ -406,7 +439,7 @@ impl Tun {
         let vnet = flags & IFF_VNET_HDR != 0;
         if vnet && flags & IFF_NO_PI == 0 {
             // (an adopted descriptor: `open` refuses the combination before creating it)
-            return Err(Error::Invalid(VNET_WITH_PI.into()));
+            return Err(invalid(K::IncompatibleOptions, VNET_WITH_PI));
         }
         let udp_gso = if vnet || clear_offload {
             configure_offload(fd.as_raw_fd(), vnet)?
@@ -428,8 +461,9 @@ impl Tun {
     pub fn clone_queue(&self) -> Result<Tun, Error> {
         self.check_open()?;
         if self.flags & IFF_MULTI_QUEUE == 0 {
-            return Err(Error::Invalid(
-                "clone_queue needs a device created with multi_queue=True".into(),
+            return Err(invalid(
+                K::IncompatibleOptions,
+                "clone_queue needs a device created with multi_queue=True",
             ));
         }
         // The device's namespace now (it may have been moved since it was opened), so
@@ -597,9 +631,10 @@ impl Tun {
     /// Sets the transmit queue length (`SIOCSIFTXQLEN`).
     pub fn set_tx_queue_len(&self, len: u32) -> Result<(), Error> {
         if len > i32::MAX as u32 {
-            return Err(Error::Invalid(format!(
-                "tx queue length {len} is too large"
-            )));
+            return Err(invalid(
+                K::OutOfRange,
+                format!("tx queue length {len} is too large"),
+            ));
         }
         let mut r = self.ifreq()?;
         r.set_int(len as i32);
@@ -621,11 +656,15 @@ impl Tun {
     /// Sets a TAP device's MAC address (`SIOCSIFHWADDR`).
     pub fn set_mac(&self, mac: [u8; 6]) -> Result<(), Error> {
         if self.flags & IFF_TAP == 0 {
-            return Err(Error::Invalid("only a TAP device has a MAC address".into()));
+            return Err(invalid(
+                K::IncompatibleOptions,
+                "only a TAP device has a MAC address",
+            ));
         }
         if mac[0] & 1 != 0 {
-            return Err(Error::Invalid(
-                "a multicast MAC address cannot be assigned".into(),
+            return Err(invalid(
+                K::BadMac,
+                "a multicast MAC address cannot be assigned",
             ));
         }
         let mut r = self.ifreq()?;
@@ -698,9 +737,10 @@ impl Tun {
     /// datagrams one `UDP_SEGMENT` send can carry, so that one read fills one send.
     pub fn set_gso_max_segs(&self, segs: u32) -> Result<(), Error> {
         if !(1..=65535).contains(&segs) {
-            return Err(Error::Invalid(format!(
-                "gso_max_segs must be 1..65535, not {segs}"
-            )));
+            return Err(invalid(
+                K::OutOfRange,
+                format!("gso_max_segs must be 1..65535, not {segs}"),
+            ));
         }
         self.with_netlink(|nl, ifindex| nl.set_gso_max_segs(ifindex, segs))
     }
@@ -854,15 +894,19 @@ fn moved(name: &str, e: &Error) -> Error {
     );
     match e.errno() {
         Some(errno) => Error::Os { errno, msg },
-        None => Error::Invalid(msg),
+        None => match e {
+            Error::Invalid(e) => Error::Invalid(e.clone().with_message(msg)),
+            _ => Error::State(msg),
+        },
     }
 }
 
 fn check_mtu(mtu: u32) -> Result<(), Error> {
     if !(68..=65535).contains(&mtu) {
-        return Err(Error::Invalid(format!(
-            "MTU {mtu} is out of range (68..=65535)"
-        )));
+        return Err(invalid(
+            K::OutOfRange,
+            format!("MTU {mtu} is out of range (68..=65535)"),
+        ));
     }
     Ok(())
 }
@@ -878,7 +922,9 @@ mod tests {
             packet_information: true,
             ..Default::default()
         };
-        assert!(matches!(Tun::open(&opts), Err(Error::Invalid(m)) if m.contains("virtio")));
+        assert!(
+            matches!(Tun::open(&opts), Err(Error::Invalid(m)) if m.message().contains("virtio"))
+        );
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! An [`Error`] is a [`ErrorKind`] (which refusal it is, with a stable snake_case name),
 //! optionally the index of the buffer or packet it is about, and a message that names the
-//! problem with its numbers. Nothing is allocated until an error is made. The Python layer
-//! raises it as `ValueError` with the kind's name as `err.kind` and the index as
-//! `err.index`.
+//! problem with its numbers. Nothing is allocated until an error is made. The device and
+//! socket layers carry it as their `Invalid` errors; the Python layer raises it as
+//! `tunoffload.InputError` (a `ValueError`) with the kind's name as `err.kind` and the
+//! index as `err.index`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -117,7 +118,7 @@ kinds! {
     /// A buffer that had to grow and cannot (a fixed-size one, or out of memory).
     BufferCannotGrow = "buffer_cannot_grow",
 
-    // --- Arguments checked by the Python binding ---
+    // --- Arguments of every batch call ---
     /// Two buffers of one call share memory (`index`: the second).
     OverlappingBuffers = "overlapping_buffers",
     /// A size or offset argument below 0.
@@ -129,8 +130,6 @@ kinds! {
     /// A batch that would use a counter at or above `REJECT_AFTER_MESSAGES`: the send key
     /// is spent (a new handshake is due); nothing was sealed.
     KeyExhausted = "key_exhausted",
-    /// `offset + sizes[index]` runs past the end of `bufs[index]`.
-    PacketBeyondBuffer = "packet_beyond_buffer",
     /// A packet longer than the call can take (a plaintext beyond ChaCha20-Poly1305's
     /// 256 GiB).
     PacketTooLarge = "packet_too_large",
@@ -140,8 +139,37 @@ kinds! {
     BadAllowedIp = "bad_allowed_ip",
     /// A `protocol_version` other than 1.
     BadProtocolVersion = "bad_protocol_version",
-    /// Fewer source addresses than datagrams in a batch to decrypt.
-    TooFewSources = "too_few_sources",
+    // --- Arguments of the device and socket calls (kept in one block) ---
+    /// `count` is more than the buffers given.
+    CountTooLarge = "count_too_large",
+    /// A buffer too short for what the call puts in or takes from it: `offset +
+    /// sizes[index]` past its end, an `original_buffer` with no room for a packet, a read
+    /// buffer the kernel cut a packet to fit.
+    BufferTooSmall = "buffer_too_small",
+    /// A datagram over the largest UDP payload (65507 bytes over IPv4, 65527 over IPv6).
+    DatagramTooLarge = "datagram_too_large",
+    /// Fewer addresses than datagrams.
+    TooFewAddresses = "too_few_addresses",
+    /// An address the call cannot use: not an IP literal, a port, flow label, scope or
+    /// prefix length out of range, an IPv6 address for an IPv4 socket.
+    BadAddress = "bad_address",
+    /// Not a MAC address (6 bytes, or `"aa:bb:cc:dd:ee:ff"`), or a multicast one.
+    BadMac = "bad_mac",
+    /// A name Linux refuses: an interface name that is empty, too long, or has `/`, `:`,
+    /// NUL or spaces; a network namespace name or path that cannot be one.
+    BadName = "bad_name",
+    /// A number outside its range (an MTU, `gso_max_segs`, a queue length, a datagram
+    /// size).
+    OutOfRange = "out_of_range",
+    /// Options that do not go together (offload with TAP or with packet information), or
+    /// a call the device's options do not allow (`clone_queue` without `multi_queue`, a
+    /// MAC address on TUN).
+    IncompatibleOptions = "incompatible_options",
+    /// A file of another type than the call needs: not a network namespace, not a
+    /// TUN/TAP device, not a UDP socket.
+    WrongFileType = "wrong_file_type",
+    /// `bufs` (or `addr`) was shortened by Python code during the call.
+    BufsChanged = "bufs_changed",
 }
 
 impl fmt::Display for ErrorKind {

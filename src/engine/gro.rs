@@ -25,65 +25,15 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+pub use super::buffer::ExpandBuffer;
+use super::buffer::{addr_range, check_distinct, span, Buffers, MAX_IP_PACKET};
 use super::checksum;
 use super::error::{bail, Result};
 use super::packet::*;
 use super::virtio::*;
-
-/// A buffer `handle_gro` may grow. The packet is `bytes()[offset..]`.
-pub trait ExpandBuffer {
-    /// The buffer's bytes.
-    fn bytes(&self) -> &[u8];
-    /// The buffer's bytes, writable.
-    fn bytes_mut(&mut self) -> &mut [u8];
-    /// The length this buffer can be grown to (its length, for fixed buffers).
-    fn max_len(&self) -> usize;
-    /// Sets the length to `new_len <= max_len()`; new bytes are unspecified (they are
-    /// overwritten at once).
-    fn resize(&mut self, new_len: usize) -> Result<()>;
-}
-
-impl ExpandBuffer for Vec<u8> {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        self
-    }
-    fn max_len(&self) -> usize {
-        isize::MAX as usize
-    }
-    fn resize(&mut self, new_len: usize) -> Result<()> {
-        Vec::resize(self, new_len, 0);
-        Ok(())
-    }
-}
-
-impl ExpandBuffer for &mut [u8] {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        self
-    }
-    fn max_len(&self) -> usize {
-        self.len()
-    }
-    fn resize(&mut self, new_len: usize) -> Result<()> {
-        if new_len != self.len() {
-            bail!(
-                BufferCannotGrow,
-                "a fixed-size buffer of {} bytes cannot become {new_len}",
-                self.len()
-            );
-        }
-        Ok(())
-    }
-}
+use crate::hooks::Hooks;
 
 const NONE: u32 = u32::MAX;
-/// The largest IP packet: a coalesced one never exceeds it.
-const MAX_IP_PACKET: usize = 65535;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -176,6 +126,55 @@ impl GroTable {
     pub fn swapped(&self) -> bool {
         self.swapped
     }
+
+    /// The indices the last [`handle_gro`] returned: the buffers to write, in order.
+    pub fn written(&self) -> &[usize] {
+        &self.to_write
+    }
+}
+
+/// [`handle_gro`] on the first `n` of a caller's buffers: `bufs[i][offset..]` is packet
+/// `i` (with `sizes`, `bufs[i][offset..offset + sizes[i]]`: each packet's end then moves
+/// within its buffer). Refuses buffers that share memory; puts the caller's entries in
+/// GRO's order afterwards. When every buffer can hold `offset + 65535` bytes (none would
+/// grow), a large batch with `sizes` is coalesced through [`Hooks::work`] on the buffers
+/// pinned. The buffers to write are then [`GroTable::written`], each ending at its packet.
+pub fn coalesce<E, L, H>(
+    bufs: &mut L,
+    n: usize,
+    sizes: Option<&[usize]>,
+    offset: usize,
+    table: &mut GroTable,
+    can_udp_gro: bool,
+    hooks: &mut H,
+) -> std::result::Result<(), E>
+where
+    E: From<super::Error>,
+    L: Buffers<E> + ?Sized,
+    H: Hooks<E> + ?Sized,
+{
+    let b = bufs.bufs(n, sizes.is_some(), offset)?;
+    if let Some(s) = sizes {
+        for (i, (b, &size)) in b.iter_mut().zip(s).enumerate() {
+            b.resize(span(i, b.bytes().len(), offset, Some(size), false)?)?;
+        }
+    }
+    check_distinct(b, &|_, b| addr_range(b, 0, b.capacity()), "bufs")?;
+    let release = sizes.is_some_and(|s| hooks.worth_releasing(s.iter().sum()))
+        && b.iter()
+            .all(|b| b.capacity() >= offset.saturating_add(MAX_IP_PACKET));
+    if release {
+        let t = &mut *table;
+        bufs.pinned(n, |w| {
+            hooks.work(|| handle_gro(w, offset, t, can_udp_gro).map(|_| ()))
+        })??;
+    } else {
+        handle_gro(b, offset, table, can_udp_gro)?;
+    }
+    if table.swapped() {
+        bufs.reorder()?;
+    }
+    Ok(())
 }
 
 /// Headers of a packet that may coalesce.

@@ -20,7 +20,10 @@ use super::error::{bail, Error, ErrorKind, Result};
 use super::packet::*;
 use super::virtio::*;
 
-/// The kernel's `UDP_MAX_SEGMENTS`: a UDP GSO packet of more segments is refused.
+/// The kernel's `UDP_MAX_SEGMENTS` (on newer kernels): a UDP super-packet of more segments
+/// is refused, and GRO never builds one. (A `UDP_SEGMENT` send keeps to
+/// [`MAX_SEGMENTS_PER_SEND`](crate::udp::MAX_SEGMENTS_PER_SEND), 64, which older kernels
+/// take too.)
 pub const UDP_MAX_SEGMENTS: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,19 +1,27 @@
-//! When to release the GIL for work that is not a system call.
+//! The GIL around the core's system calls and copies: [`Gil`], the binding's
+//! [`Hooks`].
 //!
-//! Every system call of this module runs with the GIL released, inside [`syscall`], which
-//! counts the threads in one. A split or a coalescing (a few microseconds of copying)
-//! releases the GIL only when [`others_in_syscalls`] says another thread is in such a
-//! call: typically the other direction of a forwarder, blocked in its read, which would
-//! otherwise wake to find the GIL taken and pay a thread hand-off. A program with one
-//! thread keeps the GIL and pays neither the hand-off nor the buffer exports that make
-//! releasing it safe.
+//! Every system call of this module runs through [`Gil::syscall`]: with the GIL
+//! released, counted as a thread in a system call while it runs. After `EINTR` the signal
+//! handlers run (an exception from one stops the call). A large copy (a split or a
+//! coalescing, a UDP delivery) releases the GIL only when [`others_in_syscalls`] says
+//! another thread is in such a call: typically the other direction of a forwarder,
+//! blocked in its read, which would otherwise wake to find the GIL taken and pay a
+//! thread hand-off. A program with one thread keeps the GIL and pays neither the hand-off
+//! nor the buffer exports that make releasing it safe.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pyo3::marker::Ungil;
 use pyo3::prelude::*;
 
-/// Threads now inside [`syscall`].
+use crate::hooks::Hooks;
+
+/// Copies of at least this many bytes release the GIL while another thread is in a
+/// system call (their buffers pinned by an export each); smaller ones are over before a
+/// hand-off would be.
+pub(crate) const DETACH_BYTES: usize = 16 * 1024;
+
+/// Threads now inside [`Gil::syscall`].
 static IN_SYSCALLS: AtomicUsize = AtomicUsize::new(0);
 
 /// Decrements the count when the call ends, panics and early returns included.
@@ -25,16 +33,31 @@ impl Drop for Inside {
     }
 }
 
-/// Runs `f` (a system call, or a wait for a lock that one holds) with the GIL released,
-/// counted as a thread in a system call while it runs.
-pub(crate) fn syscall<T: Ungil>(py: Python<'_>, f: impl Ungil + FnOnce() -> T) -> T {
-    IN_SYSCALLS.fetch_add(1, Ordering::Relaxed);
-    let _inside = Inside;
-    py.detach(f)
-}
-
 /// Whether another thread is in one of this module's system calls now (the caller, which
 /// holds the GIL, is not).
 pub(crate) fn others_in_syscalls() -> bool {
     IN_SYSCALLS.load(Ordering::Relaxed) > 0
+}
+
+/// The binding's hooks: the GIL released around each system call and large copy.
+pub(crate) struct Gil<'py>(pub(crate) Python<'py>);
+
+impl Hooks<PyErr> for Gil<'_> {
+    fn syscall<T: Send>(&mut self, call: impl FnOnce() -> T + Send) -> T {
+        IN_SYSCALLS.fetch_add(1, Ordering::Relaxed);
+        let _inside = Inside;
+        self.0.detach(call)
+    }
+
+    fn interrupted(&mut self) -> PyResult<()> {
+        self.0.check_signals()
+    }
+
+    fn worth_releasing(&self, bytes: usize) -> bool {
+        bytes >= DETACH_BYTES && others_in_syscalls()
+    }
+
+    fn work<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        self.0.detach(f)
+    }
 }

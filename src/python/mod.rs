@@ -1,23 +1,67 @@
-//! The PyO3 layer: maps Python buffers, errors and the GIL onto the engine.
-//! Nothing here decides anything about packets; that is all in `crate::engine`.
+//! The PyO3 layer: maps Python buffers, errors and the GIL onto the core. Nothing here
+//! decides anything about packets or arguments: every batch rule, check and refusal is
+//! in `crate::engine`, `crate::device` and `crate::udp`, which this layer calls with the
+//! arguments Python gave.
+//!
+//! The files import each other in one direction only, each from files above it:
+//!
+//! ```text
+//! errors      the core's errors as Python exceptions (InputError, OSError, ...)
+//! gil         Gil: the binding's Hooks (the GIL around system calls and large copies)
+//! buffers     Python buffers: exports (Views), one growable buffer (PyBuf)
+//! batch       <- buffers, errors: a Python sequence as the core's Buffers; sizes
+//! virtio_hdr  <- buffers: VirtioNetHdr
+//! split       <- batch, buffers, virtio_hdr: gso_split
+//! gro         <- batch: GroTable, handle_gro
+//! netns       <- batch, errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
+//! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice
+//! udp_socket  <- batch, buffers, errors, gil: UdpSocket
+//! mod         <- every class and function: the module and its constants
+//! ```
 
-pub(crate) mod buffers;
-pub(crate) mod device;
-pub(crate) mod engine;
-pub(crate) mod gil;
-pub(crate) mod netns;
-pub(crate) mod udp;
+mod batch;
+mod buffers;
+mod errors;
+mod gil;
+mod gro;
+mod netns;
+mod split;
+mod tun_device;
+mod udp_socket;
+mod virtio_hdr;
 
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::engine::{self, virtio::*};
 
 /// The native part of the `tunoffload` package.
-// gil_used: handle_gro relies on the GIL to keep bytearrays from being resized under it.
+// gil_used: the binding relies on the GIL to keep bytearrays from being resized under it.
 #[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    engine::register(m)?;
-    device::register(m)?;
-    netns::register(m)?;
-    udp::register(m)?;
+    m.add("VIRTIO_NET_HDR_LEN", VIRTIO_NET_HDR_LEN)?;
+    m.add("IDEAL_BATCH_SIZE", IDEAL_BATCH_SIZE)?;
+    m.add("VIRTIO_NET_HDR_GSO_NONE", VIRTIO_NET_HDR_GSO_NONE)?;
+    m.add("VIRTIO_NET_HDR_GSO_TCPV4", VIRTIO_NET_HDR_GSO_TCPV4)?;
+    m.add("VIRTIO_NET_HDR_GSO_UDP", VIRTIO_NET_HDR_GSO_UDP)?;
+    m.add("VIRTIO_NET_HDR_GSO_TCPV6", VIRTIO_NET_HDR_GSO_TCPV6)?;
+    m.add("VIRTIO_NET_HDR_GSO_UDP_L4", VIRTIO_NET_HDR_GSO_UDP_L4)?;
+    m.add("VIRTIO_NET_HDR_GSO_ECN", VIRTIO_NET_HDR_GSO_ECN)?;
+    m.add("VIRTIO_NET_HDR_F_NEEDS_CSUM", VIRTIO_NET_HDR_F_NEEDS_CSUM)?;
+    m.add("VIRTIO_NET_HDR_F_DATA_VALID", VIRTIO_NET_HDR_F_DATA_VALID)?;
+    m.add("UDP_MAX_SEGMENTS", engine::UDP_MAX_SEGMENTS)?;
+    let kinds = engine::ErrorKind::ALL.iter().map(|k| k.as_str());
+    m.add("ERROR_KINDS", PyTuple::new(py, kinds)?)?;
+    m.add("InputError", py.get_type::<errors::InputError>())?;
+    m.add_class::<virtio_hdr::PyVirtioNetHdr>()?;
+    m.add_class::<gro::PyGroTable>()?;
+    m.add_function(wrap_pyfunction!(split::gso_split, m)?)?;
+    m.add_function(wrap_pyfunction!(gro::handle_gro, m)?)?;
+    m.add_class::<tun_device::PyTunDevice>()?;
+    m.add_class::<netns::PyNetnsSwitch>()?;
+    m.add_function(wrap_pyfunction!(netns::netns_enter, m)?)?;
+    m.add_class::<udp_socket::PyUdpSocket>()?;
     Ok(())
 }

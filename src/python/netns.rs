@@ -1,76 +1,47 @@
 //! The native half of `tunoffload.netns` and the `netns=` argument of `TunDevice`:
 //! Python targets mapped onto `crate::device::netns`, its errors onto Python's.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
 
-use super::device::to_py;
-use crate::device::netns::NETNS_RUN_DIR;
+use super::batch::PY_BOOL;
+use super::errors::type_error;
+use super::gil::Gil;
 use crate::device::{Netns, NetnsTarget, Switch};
-
-const FORMS: &str = "a name under /run/netns (str), a path to a namespace file (str \
-                     with a '/', or os.PathLike) or an open file descriptor (int)";
-
-fn name_or_path(s: &OsStr) -> NetnsTarget {
-    match s.to_str() {
-        Some(n) if !n.contains('/') => NetnsTarget::Name(n.to_owned()),
-        // A name that is not UTF-8 is still that file under /run/netns, byte for byte
-        // (not a lossy copy of it naming another file).
-        None if !s.as_bytes().contains(&b'/') => {
-            NetnsTarget::Path(Path::new(NETNS_RUN_DIR).join(s))
-        }
-        _ => NetnsTarget::Path(PathBuf::from(s)),
-    }
-}
+use crate::hooks::retry;
 
 /// A Python `netns` argument as a target: an `int` is a descriptor, a `str` (or `bytes`)
-/// without a `/` a name under `/run/netns` and with one a path, an `os.PathLike` a path.
+/// is read by `NetnsTarget::parse`, an `os.PathLike` is a path.
 pub(crate) fn target(obj: &Bound<'_, PyAny>) -> PyResult<NetnsTarget> {
-    if obj.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "a network namespace is {FORMS}, not bool"
-        )));
+    let forms = "a name under /run/netns (str), a path to a namespace file (str with a '/', \
+                 or os.PathLike) or an open file descriptor (int)";
+    if let (Ok(i), false) = (obj.cast::<PyInt>(), obj.is_instance_of::<PyBool>()) {
+        // A number no descriptor can have is as bad as a negative one.
+        return Ok(NetnsTarget::Fd(i.extract::<i32>().unwrap_or(-1)));
     }
-    if let Ok(i) = obj.cast::<PyInt>() {
-        return match i.extract::<i32>() {
-            Ok(fd) if fd >= 0 => Ok(NetnsTarget::Fd(fd)),
-            _ => Err(PyValueError::new_err(format!(
-                "bad file descriptor {i} for a network namespace"
-            ))),
-        };
-    }
-    if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(name_or_path(OsStr::new(s.to_str()?)));
-    }
-    if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(name_or_path(OsStr::from_bytes(b.as_bytes())));
-    }
-    let os = obj.py().import("os")?;
-    let Ok(p) = os.call_method1("fspath", (obj,)) else {
-        return Err(PyTypeError::new_err(format!(
-            "a network namespace is {FORMS}, not {}",
-            obj.get_type().name()?
-        )));
+    let Ok(p) = obj.py().import("os")?.call_method1("fspath", (obj,)) else {
+        return Err(type_error("a network namespace", forms, obj));
     };
-    if let Ok(s) = p.cast::<PyString>() {
-        return Ok(NetnsTarget::Path(PathBuf::from(s.to_str()?)));
-    }
-    let b = p.cast::<PyBytes>()?;
-    Ok(NetnsTarget::Path(PathBuf::from(OsStr::from_bytes(
-        b.as_bytes(),
-    ))))
+    let s: OsString = match p.cast::<PyBytes>() {
+        Ok(b) => OsStr::from_bytes(b.as_bytes()).into(),
+        Err(_) => p.extract()?,
+    };
+    Ok(
+        match obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+            true => NetnsTarget::parse(&s),
+            false => NetnsTarget::Path(s.into()),
+        },
+    )
 }
 
 /// Opens and checks a Python `netns` argument (GIL released for the system calls).
 pub(crate) fn open(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Netns> {
     let t = target(obj)?;
-    py.detach(|| Netns::open(&t)).map_err(|e| to_py(py, e))
+    retry(&mut Gil(py), || Netns::open(&t))
 }
 
 /// What ``with tunoffload.netns(target) as ns:`` gives: the calling thread's stay in a
@@ -86,6 +57,15 @@ pub(crate) fn open(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Netns> {
 pub(crate) struct PyNetnsSwitch {
     ns: Netns,
     sw: Mutex<Switch>,
+    /// The name under ``/run/netns``, or None when not entered by name.
+    #[pyo3(get)]
+    name: Option<String>,
+    /// The namespace file's path, or None when entered by descriptor.
+    #[pyo3(get)]
+    path: Option<String>,
+    /// The namespace's inode number.
+    #[pyo3(get)]
+    inode: u64,
 }
 
 impl PyNetnsSwitch {
@@ -96,24 +76,6 @@ impl PyNetnsSwitch {
 
 #[pymethods]
 impl PyNetnsSwitch {
-    /// The name under ``/run/netns``, or None when not entered by name.
-    #[getter]
-    fn name(&self) -> Option<String> {
-        self.ns.name().map(str::to_owned)
-    }
-
-    /// The namespace file's path, or None when entered by descriptor.
-    #[getter]
-    fn path(&self) -> Option<String> {
-        self.ns.path().map(|p| p.to_string_lossy().into_owned())
-    }
-
-    /// The namespace's inode number.
-    #[getter]
-    fn inode(&self) -> u64 {
-        self.ns.inode()
-    }
-
     /// The native thread id of the thread that entered.
     #[getter]
     fn thread_id(&self) -> i64 {
@@ -142,45 +104,21 @@ impl PyNetnsSwitch {
     /// Moves the calling thread back to the namespace it was in before. ``RuntimeError``
     /// (and nothing switched) on another thread than the one that entered, when a switch
     /// entered later on this thread is still active, or when already left.
-    fn leave(&self, py: Python<'_>) -> PyResult<()> {
-        let mut sw = self.sw();
-        if sw.is_left() {
-            return Err(PyRuntimeError::new_err(
-                "this network namespace switch was already left",
-            ));
-        }
-        if !sw.on_this_thread() {
-            return Err(PyRuntimeError::new_err(format!(
-                "tunoffload.netns: leaving {} in another thread than the one that entered \
-                 it (native thread id {}); a thread can only leave its own namespace switch",
-                self.ns.describe(),
-                sw.thread_id()
-            )));
-        }
-        if !sw.is_innermost() {
-            return Err(PyRuntimeError::new_err(format!(
-                "tunoffload.netns: leaving {} while a namespace entered after it on this \
-                 thread is still active; leave the innermost first",
-                self.ns.describe()
-            )));
-        }
+    fn leave(&self) -> PyResult<()> {
         // With the GIL held: `setns` does not block, and releasing the GIL while this
         // switch's lock is held would deadlock against another thread that holds the GIL
         // and waits for the lock (reading `active`, say).
-        sw.leave().map_err(|e| to_py(py, e))
+        Ok(self.sw().leave()?)
     }
 
     fn __repr__(&self) -> String {
-        let what = match (self.ns.name(), self.ns.path()) {
+        let what = match (&self.name, &self.path) {
             (Some(n), _) => format!("name={n:?}"),
-            (None, Some(p)) => format!("path={:?}", p.to_string_lossy()),
+            (None, Some(p)) => format!("path={p:?}"),
             _ => "fd".into(),
         };
-        format!(
-            "<NetnsSwitch {what} inode={} active={}>",
-            self.ns.inode(),
-            if self.active() { "True" } else { "False" }
-        )
+        let active = PY_BOOL[usize::from(self.active())];
+        format!("<NetnsSwitch {what} inode={} active={active}>", self.inode)
     }
 }
 
@@ -188,17 +126,17 @@ impl PyNetnsSwitch {
 /// namespace ``target`` (a name under ``/run/netns``, a path, or a descriptor) until
 /// ``leave()``. ``tunoffload.netns`` is the context manager over this.
 #[pyfunction]
-fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
+pub(crate) fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
     let ns = open(py, target)?;
-    let sw = py.detach(|| ns.enter()).map_err(|e| to_py(py, e))?;
+    let sw = Mutex::new(retry(&mut Gil(py), || ns.enter())?);
+    let name = ns.name().map(str::to_owned);
+    let path = ns.path().map(|p| p.to_string_lossy().into_owned());
+    let inode = ns.inode();
     Ok(PyNetnsSwitch {
         ns,
-        sw: Mutex::new(sw),
+        sw,
+        name,
+        path,
+        inode,
     })
-}
-
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyNetnsSwitch>()?;
-    m.add_function(wrap_pyfunction!(netns_enter, m)?)?;
-    Ok(())
 }

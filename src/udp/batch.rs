@@ -9,9 +9,14 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::sys::{self, errno, SOL_UDP, UDP_GRO, UDP_SEGMENT};
 use super::{
-    Dest, Error, Result, Wait, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, MAX_SEGMENTS, RECV_SLOTS, SLOT_SIZE,
+    invalid, Dest, Error, Result, Wait, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, MAX_SEGMENTS_PER_SEND,
+    RECV_SLOTS, SLOT_SIZE,
 };
-use crate::engine::ExpandBuffer;
+use crate::engine::ErrorKind::{
+    BadAddress, BufferTooSmall, DatagramTooLarge, TooFewAddresses, TooFewOutBufs, WrongFileType,
+};
+use crate::engine::{Buffers, ExpandBuffer};
+use crate::hooks::Hooks;
 
 /// Room for the control messages of one received datagram: `UDP_GRO` needs 24 bytes; the
 /// rest leaves space for options the owner of the socket may have turned on (timestamps,
@@ -40,6 +45,12 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
+impl crate::hooks::Interruptible for SendError {
+    fn is_interrupted(&self) -> bool {
+        matches!(self.error, Error::Interrupted)
+    }
+}
+
 /// Counters of a [`UdpBatch`] since it was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -60,6 +71,23 @@ pub struct Stats {
     /// Reads the kernel cut short (more than 64 KiB): their complete segments were
     /// delivered, a single datagram was dropped. Practically always 0.
     pub truncated: u64,
+}
+
+impl Stats {
+    /// By name: the receive counters of `self`, the send counters of `tx` (one batch
+    /// receiving and another sending on one socket).
+    pub fn items(&self, tx: &Stats) -> [(&'static str, u64); 8] {
+        [
+            ("recv_calls", self.recv_calls),
+            ("recv_messages", self.recv_messages),
+            ("recv_datagrams", self.recv_datagrams),
+            ("send_calls", tx.send_calls),
+            ("send_messages", tx.send_messages),
+            ("send_datagrams", tx.send_datagrams),
+            ("fallbacks", tx.fallbacks),
+            ("truncated", self.truncated),
+        ]
+    }
 }
 
 /// One message of the last `recvmmsg`: `len` bytes in slot `slot`, segments of `seg`
@@ -181,30 +209,37 @@ impl UdpBatch {
         let fd = sock.as_raw_fd();
         let opt = |name, what: &str| {
             sys::getsockopt_int(fd, libc::SOL_SOCKET, name).map_err(|e| match e {
-                libc::ENOTSOCK => Error::Invalid(format!("descriptor {fd} is not a socket")),
+                libc::ENOTSOCK => {
+                    invalid(WrongFileType, format!("descriptor {fd} is not a socket"))
+                }
                 e => Error::from_errno(e, what),
             })
         };
         let family = opt(libc::SO_DOMAIN, "reading the socket family (SO_DOMAIN)")?;
         if family != libc::AF_INET && family != libc::AF_INET6 {
-            return Err(Error::Invalid(format!(
-                "the socket's family is {family}, not AF_INET or AF_INET6"
-            )));
+            return Err(invalid(
+                WrongFileType,
+                format!("the socket's family is {family}, not AF_INET or AF_INET6"),
+            ));
         }
         let ty = opt(libc::SO_TYPE, "reading the socket type (SO_TYPE)")?;
         if ty != libc::SOCK_DGRAM {
-            return Err(Error::Invalid(format!(
-                "the socket's type is {ty}, not SOCK_DGRAM"
-            )));
+            return Err(invalid(
+                WrongFileType,
+                format!("the socket's type is {ty}, not SOCK_DGRAM"),
+            ));
         }
         let proto = opt(
             libc::SO_PROTOCOL,
             "reading the socket protocol (SO_PROTOCOL)",
         )?;
         if proto != libc::IPPROTO_UDP && proto != libc::IPPROTO_UDPLITE {
-            return Err(Error::Invalid(format!(
-                "the socket's protocol is {proto}, not UDP (IPPROTO_UDP or IPPROTO_UDPLITE)"
-            )));
+            return Err(invalid(
+                WrongFileType,
+                format!(
+                    "the socket's protocol is {proto}, not UDP (IPPROTO_UDP or IPPROTO_UDPLITE)"
+                ),
+            ));
         }
         let gso = gso && sys::getsockopt_int(fd, SOL_UDP, UDP_SEGMENT).is_ok();
         let gro = gro && sys::setsockopt_int(fd, SOL_UDP, UDP_GRO, 1).is_ok();
@@ -308,8 +343,9 @@ impl UdpBatch {
             max = max.min(a.len());
         }
         if max == 0 {
-            return Err(Error::Invalid(
-                "no buffers to receive into (bufs, sizes and addrs must not be empty)".into(),
+            return Err(invalid(
+                TooFewOutBufs,
+                "no buffers to receive into (bufs, sizes and addrs must not be empty)",
             ));
         }
         self.fill(sock, max, wait)?;
@@ -420,7 +456,10 @@ impl UdpBatch {
             let buf = &mut bufs[n];
             let have = buf.bytes().len();
             let need = offset.checked_add(dlen).ok_or_else(|| {
-                Error::Invalid(format!("offset {offset} + datagram size {dlen} overflows"))
+                invalid(
+                    BufferTooSmall,
+                    format!("offset {offset} + datagram size {dlen} overflows"),
+                )
             })?;
             if have < need {
                 let too_small = |reason: String| Error::BufferTooSmall {
@@ -507,6 +546,43 @@ impl UdpBatch {
             rx.next_off = off;
         }
         Ok(n)
+    }
+
+    /// [`recv`](Self::recv) on a caller's buffers and hooks (the Python binding's): the
+    /// wait runs through [`Hooks::syscall`], a large delivery (a coalesced read) through
+    /// [`Hooks::work`] on the buffers pinned. The outer error is the caller's (converting
+    /// its buffers); the inner one the socket's, `Interrupted` included (check for signals
+    /// and call again).
+    #[allow(clippy::too_many_arguments)]
+    pub fn recv_with<E, L, H>(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        bufs: &mut L,
+        sizes: &mut [usize],
+        offset: usize,
+        addrs: Option<&mut [Option<SocketAddr>]>,
+        wait: Wait,
+        hooks: &mut H,
+    ) -> std::result::Result<Result<usize>, E>
+    where
+        L: Buffers<E> + ?Sized,
+        H: Hooks<E> + ?Sized,
+    {
+        let nb = bufs.count();
+        if self.pending() == 0 {
+            if let Err(e) = hooks.syscall(|| self.fill(sock, nb, wait)) {
+                return Ok(Err(e));
+            }
+        }
+        let (n, bytes) = match self.make_room(bufs.bufs(nb, false, usize::MAX)?, offset) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if hooks.worth_releasing(bytes) {
+            return bufs.pinned(n, |w| hooks.work(|| self.copy_out(w, sizes, offset, addrs)));
+        }
+        let b = &mut bufs.bufs(nb, false, usize::MAX)?[..n];
+        Ok(self.copy_out(b, sizes, offset, addrs))
     }
 
     // ----- sending ---------------------------------------------------------------------
@@ -601,23 +677,30 @@ impl UdpBatch {
         let wrong_family = |a: &SocketAddr| a.is_ipv6() && self.family == libc::AF_INET;
         match to {
             Dest::Each(a) if a.len() < n => {
-                return Err(Error::Invalid(format!(
-                    "{} addresses for {n} datagrams",
-                    a.len()
-                )))
+                return Err(invalid(
+                    TooFewAddresses,
+                    format!("{} addresses for {n} datagrams", a.len()),
+                ))
             }
             Dest::Each(a) => {
                 if let Some(i) = a[..n].iter().position(wrong_family) {
-                    return Err(Error::Invalid(format!(
-                        "address {i} ({}) is IPv6, but the socket is AF_INET (IPv4)",
-                        a[i]
-                    )));
+                    return Err(Error::Invalid(
+                        crate::engine::Error::new(
+                            BadAddress,
+                            format!(
+                                "address {i} ({}) is IPv6, but the socket is AF_INET (IPv4)",
+                                a[i]
+                            ),
+                        )
+                        .at(i),
+                    ));
                 }
             }
             Dest::One(a) if wrong_family(&a) => {
-                return Err(Error::Invalid(format!(
-                    "{a} is an IPv6 address, but the socket is AF_INET (IPv4)"
-                )))
+                return Err(invalid(
+                    BadAddress,
+                    format!("{a} is an IPv6 address, but the socket is AF_INET (IPv4)"),
+                ))
             }
             _ => {}
         }
@@ -653,10 +736,16 @@ impl UdpBatch {
                 MAX_PAYLOAD_V6
             };
             if len > max {
-                return Err(Error::Invalid(format!(
-                    "datagram {i} is {len} bytes; the largest UDP payload over {} is {max}",
-                    if over_v4 { "IPv4" } else { "IPv6" }
-                )));
+                return Err(Error::Invalid(
+                    crate::engine::Error::new(
+                        DatagramTooLarge,
+                        format!(
+                            "datagram {i} is {len} bytes; the largest UDP payload over {} is {max}",
+                            if over_v4 { "IPv4" } else { "IPv6" }
+                        ),
+                    )
+                    .at(i),
+                ));
             }
         }
         Ok(())
@@ -737,7 +826,8 @@ impl UdpBatch {
 
 /// The run grouping: `datagrams[start..]` as messages. A run starts at a non-empty
 /// datagram of size `s` and takes the following datagrams to the same address while they
-/// are `s` bytes long (one shorter, non-empty datagram ends it), up to [`MAX_SEGMENTS`]
+/// are `s` bytes long (one shorter, non-empty datagram ends it), up to
+/// [`MAX_SEGMENTS_PER_SEND`]
 /// and [`MAX_PAYLOAD_V4`] bytes in all (IPv4's limit, also on IPv6 sockets, whose
 /// destinations may be v4-mapped). Datagrams before `plain_until`, or all if `!gso`, go
 /// one by one.
@@ -757,7 +847,7 @@ fn group<D: AsRef<[u8]>>(
         let mut count = 1;
         if gso && i >= plain_until && seg > 0 {
             let mut total = seg;
-            while count < MAX_SEGMENTS && i + count < n {
+            while count < MAX_SEGMENTS_PER_SEND && i + count < n {
                 let j = i + count;
                 let len = datagrams[j].as_ref().len();
                 if len == 0 || len > seg || total + len > MAX_PAYLOAD_V4 {

@@ -1,7 +1,8 @@
 //! Batched UDP: `sendmmsg` with `UDP_SEGMENT` (segmentation offload, "GSO") and
 //! `recvmmsg` with `UDP_GRO` (coalescing offload), the outer half of a tunnel.
 //!
-//! Pure Rust, no Python: the PyO3 class in `crate::python::udp` wraps [`UdpBatch`].
+//! Pure Rust, no Python: the PyO3 class in `crate::python::udp_socket` wraps
+//! [`UdpBatch`].
 //!
 //! A [`UdpBatch`] does not own its socket: every call takes the descriptor (so a caller
 //! that re-reads it each time never uses a stale number). It owns the state that makes a
@@ -33,7 +34,7 @@ mod sys;
 mod tests;
 
 pub use batch::{SendError, Stats, UdpBatch};
-pub use sys::{host_string, parse_host};
+pub use sys::{host_string, parse_addr, parse_host};
 
 /// The system constants a caller needs to speak about sockets and their errors (so that
 /// bindings above this module need no `libc` of their own).
@@ -44,15 +45,19 @@ pub mod consts {
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// At most this many segments go in one `UDP_SEGMENT` message (the kernel's
-/// `UDP_MAX_SEGMENTS` is 64 on older kernels and 128 on newer ones; 64 is safe on all).
-pub const MAX_SEGMENTS: usize = 64;
-/// The largest UDP payload over IPv4 (65535 - 20 - 8).
-pub const MAX_PAYLOAD_V4: usize = 65507;
-/// The largest UDP payload over IPv6 without jumbograms (65535 - 8).
-pub const MAX_PAYLOAD_V6: usize = 65527;
+/// At most this many segments go in one `UDP_SEGMENT` send. The kernel's limit
+/// (`UDP_MAX_SEGMENTS`) is 64 on older kernels and 128 on newer ones; 64 holds on all. (The
+/// engine's [`UDP_MAX_SEGMENTS`](crate::engine::UDP_MAX_SEGMENTS), 128, is the newer
+/// kernel's limit for a UDP super-packet through a TUN device.)
+pub const MAX_SEGMENTS_PER_SEND: usize = 64;
+/// The largest UDP payload over IPv4 (the largest IP packet less the IPv4 and UDP
+/// headers: 65507).
+pub const MAX_PAYLOAD_V4: usize = crate::engine::MAX_IP_PACKET - 20 - 8;
+/// The largest UDP payload over IPv6 without jumbograms (65527: the IPv6 payload length
+/// covers the UDP header but not the IPv6 one).
+pub const MAX_PAYLOAD_V6: usize = crate::engine::MAX_IP_PACKET - 8;
 /// How many datagrams of `size` bytes one `UDP_SEGMENT` send carries: at most
-/// [`MAX_SEGMENTS`], and at most [`MAX_PAYLOAD_V4`] bytes in all (the limit
+/// [`MAX_SEGMENTS_PER_SEND`], and at most [`MAX_PAYLOAD_V4`] bytes in all (the limit
 /// [`UdpBatch::send`] keeps to for both families). `None` for 0 or a size no datagram can
 /// have.
 pub const fn segments_per_send(size: usize) -> Option<usize> {
@@ -62,11 +67,49 @@ pub const fn segments_per_send(size: usize) -> Option<usize> {
     let n = MAX_PAYLOAD_V4 / size;
     Some(if n == 0 {
         1
-    } else if n > MAX_SEGMENTS {
-        MAX_SEGMENTS
+    } else if n > MAX_SEGMENTS_PER_SEND {
+        MAX_SEGMENTS_PER_SEND
     } else {
         n
     })
+}
+
+/// [`segments_per_send`] for a size as a caller gave it: `OutOfRange` for one no datagram
+/// can have (below 1 or above [`MAX_PAYLOAD_V6`]).
+pub fn max_segments(size: i64) -> std::result::Result<usize, crate::engine::Error> {
+    usize::try_from(size)
+        .ok()
+        .and_then(segments_per_send)
+        .ok_or_else(|| {
+            crate::engine::Error::new(
+                crate::engine::ErrorKind::OutOfRange,
+                format!("size must be a datagram size, 1..{MAX_PAYLOAD_V6}, not {size}"),
+            )
+        })
+}
+
+/// Checks the arguments of a receive: at least one buffer, and at least as many sizes
+/// (and addresses, when they are wanted) as buffers.
+pub fn check_recv_args(
+    bufs: usize,
+    sizes: usize,
+    addrs: Option<usize>,
+) -> std::result::Result<(), crate::engine::Error> {
+    use crate::engine::{Error as E, ErrorKind as K};
+    if bufs == 0 {
+        return Err(E::fixed(K::TooFewOutBufs, "bufs must not be empty"));
+    }
+    if sizes < bufs {
+        let m = format!("sizes has {sizes} entries, fewer than the {bufs} bufs");
+        return Err(E::new(K::SizesTooShort, m));
+    }
+    match addrs {
+        Some(a) if a < bufs => Err(E::new(
+            K::TooFewAddresses,
+            format!("addrs has {a} entries, fewer than the {bufs} bufs"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// How many `recvmmsg` slots a [`UdpBatch`] keeps (each [`SLOT_SIZE`] bytes).
@@ -79,8 +122,9 @@ pub const SLOT_SIZE: usize = 65536;
 pub enum Error {
     /// A system call failed.
     Os { errno: i32, msg: String },
-    /// A bad argument (Python: `ValueError`); nothing was sent or consumed.
-    Invalid(String),
+    /// A bad argument, with its kind (Python: `ValueError` with `kind` and `index`);
+    /// nothing was sent or consumed.
+    Invalid(crate::engine::Error),
     /// Datagram `index` of this call needs `offset + len = need` bytes of its buffer, which
     /// holds `have` and cannot grow. Nothing was consumed: it is still pending.
     BufferTooSmall {
@@ -122,7 +166,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Os { msg, .. } => f.write_str(msg),
-            Error::Invalid(msg) => f.write_str(msg),
+            Error::Invalid(e) => f.write_str(e.message()),
             Error::BufferTooSmall {
                 index,
                 need,
@@ -141,6 +185,23 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::engine::Error> for Error {
+    fn from(e: crate::engine::Error) -> Self {
+        Error::Invalid(e)
+    }
+}
+
+impl crate::hooks::Interruptible for Error {
+    fn is_interrupted(&self) -> bool {
+        matches!(self, Error::Interrupted)
+    }
+}
+
+/// An [`Error::Invalid`] of `kind`.
+pub(crate) fn invalid(kind: crate::engine::ErrorKind, msg: impl Into<String>) -> Error {
+    Error::Invalid(crate::engine::Error::new(kind, msg.into()))
+}
 
 /// `Result` with the socket layer's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

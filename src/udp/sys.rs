@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use super::{Error, Result, Wait};
+use super::{invalid, Error, Result, Wait};
+use crate::engine::ErrorKind::BadAddress;
 
 /// `SOL_UDP` (`IPPROTO_UDP`), the level of the UDP socket options.
 pub(crate) const SOL_UDP: c_int = 17;
@@ -99,14 +100,16 @@ pub(crate) fn write_sockaddr(
         }
         (SocketAddr::V6(a), libc::AF_INET6) => a,
         (SocketAddr::V6(a), _) => {
-            return Err(Error::Invalid(format!(
-                "{a} is an IPv6 address, but the socket is AF_INET (IPv4)"
-            )))
+            return Err(invalid(
+                BadAddress,
+                format!("{a} is an IPv6 address, but the socket is AF_INET (IPv4)"),
+            ))
         }
         (SocketAddr::V4(a), _) => {
-            return Err(Error::Invalid(format!(
-                "{a}: the socket is neither AF_INET nor AF_INET6"
-            )))
+            return Err(invalid(
+                BadAddress,
+                format!("{a}: the socket is neither AF_INET nor AF_INET6"),
+            ))
         }
     };
     // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -235,9 +238,10 @@ pub fn parse_host(host: &str, family: c_int) -> Result<(IpAddr, Option<u32>)> {
                         // SAFETY: a NUL-terminated string; if_nametoindex only reads it.
                         .map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) });
                     if idx == 0 {
-                        return Err(Error::Invalid(format!(
-                            "{host:?}: no interface named {scope:?} for the scope"
-                        )));
+                        return Err(invalid(
+                            BadAddress,
+                            format!("{host:?}: no interface named {scope:?} for the scope"),
+                        ));
                     }
                     idx
                 }
@@ -245,10 +249,61 @@ pub fn parse_host(host: &str, family: c_int) -> Result<(IpAddr, Option<u32>)> {
             return Ok((IpAddr::V6(a), Some(id)));
         }
     }
-    Err(Error::Invalid(format!(
-        "{host:?} is not an IP address literal; resolve host names first \
-         (socket.getaddrinfo) and pass the address"
-    )))
+    Err(invalid(
+        BadAddress,
+        format!(
+            "{host:?} is not an IP address literal; resolve host names first \
+             (socket.getaddrinfo) and pass the address"
+        ),
+    ))
+}
+
+/// An address as `socket.sendto` takes it for a socket of `family`, without name
+/// resolution (`what` names it in messages): `host` as [`parse_host`] reads it, `port`
+/// 0-65535, and for `AF_INET6` `flowinfo` (20 bits) and `scope_id` (a non-zero one wins
+/// over a `%scope` in `host`). An IPv4 host on an `AF_INET6` socket is kept as IPv4 (the
+/// send maps it); an IPv6 host on an `AF_INET` socket is `BadAddress`.
+pub fn parse_addr(
+    what: &dyn std::fmt::Display,
+    host: &str,
+    port: i128,
+    flowinfo: i128,
+    scope_id: i128,
+    family: c_int,
+) -> Result<SocketAddr> {
+    let int = |v: i128, name: &str, max: u32| {
+        u32::try_from(v).ok().filter(|&v| v <= max).ok_or_else(|| {
+            invalid(
+                BadAddress,
+                format!("{what}: {name} must be 0-{max}, got {v}"),
+            )
+        })
+    };
+    let port = int(port, "port", 65535)? as u16;
+    let flowinfo = int(flowinfo, "flowinfo", 0xf_ffff)?;
+    let scope_id = int(scope_id, "scope_id", u32::MAX)?;
+    let (ip, scope) = parse_host(host, family).map_err(|e| match e {
+        Error::Invalid(e) => {
+            let m = format!("{what}: {}", e.message());
+            Error::Invalid(e.with_message(m))
+        }
+        e => e,
+    })?;
+    match ip {
+        IpAddr::V4(a) => Ok(SocketAddr::V4(SocketAddrV4::new(a, port))),
+        IpAddr::V6(a) if family == libc::AF_INET6 => {
+            let scope = if scope_id != 0 {
+                scope_id
+            } else {
+                scope.unwrap_or(0)
+            };
+            Ok(SocketAddr::V6(SocketAddrV6::new(a, port, flowinfo, scope)))
+        }
+        IpAddr::V6(a) => Err(invalid(
+            BadAddress,
+            format!("{what}: {a} is an IPv6 address, but the socket is AF_INET"),
+        )),
+    }
 }
 
 /// The host part of `addr` as CPython's `socket.recvfrom` gives it: the dotted quad, or

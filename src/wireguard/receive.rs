@@ -188,8 +188,8 @@ impl<'a> Sessions for Rx<'a> {
 impl Device {
     /// Opens a batch of datagrams from the UDP socket in place and compacts it. See the
     /// module doc. Errors (nothing changed): fewer `sources` than `sizes`
-    /// (`too_few_sources`), more `sizes` than `bufs` (`too_few_out_bufs`), a message past
-    /// its buffer (`packet_beyond_buffer`).
+    /// (`too_few_addresses`), more `sizes` than `bufs` (`too_few_out_bufs`), a message past
+    /// its buffer (`buffer_too_small`).
     pub fn decrypt<B: ExpandBuffer>(
         &self,
         bufs: &mut [B],
@@ -201,7 +201,7 @@ impl Device {
         let n = sizes.len();
         if sources.len() < n {
             bail!(
-                TooFewSources,
+                TooFewAddresses,
                 "{} sources for {n} datagrams (one source address per datagram)",
                 sources.len()
             );

@@ -241,30 +241,6 @@ pub unsafe extern "C" fn tob_gro_free(s: *mut Gro) {
     }
 }
 
-/// A packet of `len` bytes at the start of a region GRO may grow it into (up to the
-/// region's end): what `send_multiple(..., sizes=)` hands the engine from Python.
-pub struct Sized<'a> {
-    pub buf: &'a mut [u8],
-    pub len: usize,
-}
-
-impl eng::ExpandBuffer for Sized<'_> {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
-    }
-    fn max_len(&self) -> usize {
-        self.buf.len()
-    }
-    fn resize(&mut self, new_len: usize) -> eng::Result<()> {
-        assert!(new_len <= self.buf.len(), "GRO asked past max_len");
-        self.len = new_len;
-        Ok(())
-    }
-}
-
 /// One iteration of the README idiom in Rust alone: read and split into `bufs`, then
 /// coalesce and write; the number of packets.
 pub fn forward_once(
@@ -277,15 +253,12 @@ pub fn forward_once(
     table: &mut eng::GroTable,
 ) -> Result<usize, tunoffload::device::Error> {
     let n = batch::recv_multiple(src, state, original, bufs, sizes, OFFSET, true, false)?;
-    let mut out: Vec<Sized> = bufs[..n]
-        .iter_mut()
-        .zip(sizes.iter())
-        .map(|(b, &s)| Sized {
-            buf: b,
-            len: OFFSET + s,
-        })
+    // Each packet at the start of its buffer, which GRO may grow it into (what
+    // `send_multiple(..., sizes=)` hands the engine from Python).
+    let mut out: Vec<eng::Window> = (bufs[..n].iter_mut().zip(sizes.iter()))
+        .map(|(b, &s)| eng::Window::new(b, OFFSET + s))
         .collect();
-    batch::send_multiple(dst, table, &mut out, OFFSET, true).map_err(|e| e.error)?;
+    batch::send_multiple(dst, table, &mut out, OFFSET, None, None, true).map_err(|e| e.error)?;
     Ok(n)
 }
 

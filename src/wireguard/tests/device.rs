@@ -227,7 +227,7 @@ fn a_batch_mixes_data_and_handshakes_with_sources_permuted_alike() {
         .dev
         .decrypt(&mut bufs2, 0, &mut sizes2, &mut [None], t0)
         .unwrap_err();
-    assert_eq!(e.kind(), crate::engine::ErrorKind::TooFewSources);
+    assert_eq!(e.kind(), crate::engine::ErrorKind::TooFewAddresses);
 }
 
 #[test]
@@ -687,7 +687,7 @@ fn encrypt_argument_errors() {
         .dev
         .encrypt(&mut bufs, 16, &mut [p.len()], t0)
         .unwrap_err();
-    assert_eq!(e.kind(), crate::engine::ErrorKind::PacketBeyondBuffer);
+    assert_eq!(e.kind(), crate::engine::ErrorKind::BufferTooSmall);
     let e = a.dev.encrypt(&mut bufs, 16, &mut [1, 1], t0).unwrap_err();
     assert_eq!(e.kind(), crate::engine::ErrorKind::TooFewOutBufs);
     assert_eq!(

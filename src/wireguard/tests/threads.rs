@@ -37,13 +37,25 @@ fn three_threads_with_rekeys() {
     let (to_b, from_a) = mpsc::channel::<Vec<u8>>();
     let (to_a, from_b) = mpsc::channel::<Vec<u8>>();
     let done = Arc::new(AtomicBool::new(false));
+    // Batches a's sender has made: the fake clock moves only while it makes progress, so
+    // fake time is tied to the traffic, not to how fast the control thread spins.
+    let progress = Arc::new(AtomicU64::new(0));
+    // Set by the sender when it waits for the clock (after it read the clock): the
+    // control thread then moves it on whatever the progress.
+    let waiting = Arc::new(AtomicBool::new(false));
 
-    // a's TUN-to-UDP: 2000 batches of 8 numbered packets.
+    // a's TUN-to-UDP: batches of 8 numbered packets, 2000 of them and then on until a few
+    // rekeys have completed (the receiving thread may lag behind), 20000 at most.
     let sender = {
         let (a, to_b, now, clock) = (a.clone(), to_b.clone(), now.clone(), clock.clone());
+        let (progress, waiting) = (progress.clone(), waiting.clone());
         thread::spawn(move || {
             let mut sent = HashSet::new();
-            for batch in 0..2000u32 {
+            for batch in 0..20_000u32 {
+                if batch >= 2000 && a.dev.stats().sessions >= 4 {
+                    break;
+                }
+                progress.fetch_add(1, SeqCst);
                 let packets: Vec<Vec<u8>> = (0..8u32)
                     .map(|i| ipv4(a.ip, b_ip(), &(batch * 8 + i).to_be_bytes()))
                     .collect();
@@ -70,6 +82,7 @@ fn three_threads_with_rekeys() {
                 // real time), so the traffic spans a few hundred fake milliseconds.
                 if batch % 10 == 0 {
                     let (seen, since) = (clock.load(SeqCst), std::time::Instant::now());
+                    waiting.store(true, SeqCst);
                     while clock.load(SeqCst) == seen && since.elapsed() < Duration::from_secs(1) {
                         thread::yield_now();
                     }
@@ -109,10 +122,15 @@ fn three_threads_with_rekeys() {
     let control = {
         let (a, b, clock, done) = (a.clone(), b.clone(), clock.clone(), done.clone());
         thread::spawn(move || {
-            let mut rounds = 0;
-            while !done.load(SeqCst) && rounds < 100_000 {
-                rounds += 1;
-                clock.fetch_add(1, SeqCst);
+            // Bounded in real time; the fake clock moves on once per batch-making step
+            // of the sender.
+            let (since, mut last) = (std::time::Instant::now(), 0);
+            while !done.load(SeqCst) && since.elapsed() < Duration::from_secs(60) {
+                let p = progress.load(SeqCst);
+                if p != last || waiting.swap(false, SeqCst) {
+                    last = p;
+                    clock.fetch_add(1, SeqCst);
+                }
                 let t = t0 + Duration::from_millis(clock.load(SeqCst));
                 for (d, _) in a.dev.tick(t) {
                     to_b.send(d).unwrap();
@@ -149,7 +167,7 @@ fn three_threads_with_rekeys() {
     );
     assert!(
         got.len() > 8000,
-        "most of the 16000 packets arrived: {}",
+        "most of the 16000 or more packets sent arrived: {}",
         got.len()
     );
     let sessions = a.dev.stats().sessions;

@@ -1,0 +1,64 @@
+//! The caller's part of a system call.
+//!
+//! The batch operations of the device and socket layers make their system calls, and
+//! copy large amounts of memory, through [`Hooks`]. A Rust caller passes [`Direct`]: each
+//! call runs as it is and `EINTR` is retried. The Python binding releases the GIL around
+//! each system call (and counts the threads inside one), runs the signal handlers after
+//! `EINTR` (stopping the operation when one raises), and releases the GIL for a large
+//! copy while another thread waits for it.
+
+/// What a caller does around the system calls of an operation; `E` is its error type.
+pub trait Hooks<E> {
+    /// Runs one system call (or a wait for one, or for a lock that one holds).
+    fn syscall<T: Send>(&mut self, call: impl FnOnce() -> T + Send) -> T;
+
+    /// A signal interrupted a system call (`EINTR`): `Ok` to make it again, `Err` to stop
+    /// the operation with that error.
+    fn interrupted(&mut self) -> Result<(), E>;
+
+    /// Whether a copy of `bytes` bytes should run through [`work`](Self::work), on
+    /// buffers pinned for it. [`Direct`]: never.
+    fn worth_releasing(&self, bytes: usize) -> bool {
+        let _ = bytes;
+        false
+    }
+
+    /// Runs `f`, which touches only memory pinned for it (the binding releases the GIL).
+    fn work<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        f()
+    }
+}
+
+/// No hooks: system calls run as they are, and `EINTR` is retried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Direct;
+
+impl<E> Hooks<E> for Direct {
+    fn syscall<T: Send>(&mut self, call: impl FnOnce() -> T + Send) -> T {
+        call()
+    }
+
+    fn interrupted(&mut self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// An error that may say a signal interrupted a system call.
+pub trait Interruptible {
+    /// True for `EINTR`.
+    fn is_interrupted(&self) -> bool;
+}
+
+/// Runs the system call `call` through `hooks` until a signal does not interrupt it (or
+/// [`Hooks::interrupted`] stops it).
+pub fn retry<T: Send, C: Interruptible + Send, E: From<C>, H: Hooks<E> + ?Sized>(
+    hooks: &mut H,
+    mut call: impl FnMut() -> Result<T, C> + Send,
+) -> Result<T, E> {
+    loop {
+        match hooks.syscall(&mut call) {
+            Err(e) if e.is_interrupted() => hooks.interrupted()?,
+            r => return r.map_err(E::from),
+        }
+    }
+}
