@@ -97,6 +97,7 @@ mod replay;
 mod seal;
 #[cfg(test)]
 mod tests;
+mod with;
 
 pub use key::Key;
 pub use open::{open_batch, parse_header, Header, OpenStats, Opened, Opener, Outcome, Sessions};
