@@ -10,7 +10,7 @@ seconds. Beside them, in the same sitting, tunoffload's own tunnel rows as ``tun
 bench`` runs them (``python -m tunoffload.bench.tunnel``,
 ``tunoffload.bench.peers.run_tunnel_row``):
 ``tunnel`` (``TunDevice`` + ``UdpSocket``, unencrypted) and ``tunnel+vpn`` (with
-``examples/vpn.py``'s per-packet ChaCha20-Poly1305, when ``cryptography`` is installed).
+``examples/vpn.py``'s encryption, the batch AEAD).
 
 Every row runs once per round, rounds interleaved; the median of ``--repeat`` rounds is
 shown, with each daemon's CPU (both sides' user + system time over the run), TCP
@@ -38,7 +38,7 @@ from typing import Any
 
 from tunoffload.bench import wgpeers as bp
 from tunoffload.bench.peers import TUNNEL_ROWS as BENCH_TUNNEL_ROWS
-from tunoffload.bench.peers import have_cryptography, run_tunnel_row
+from tunoffload.bench.peers import run_tunnel_row
 from tunoffload.bench.report import Result, interleaved_medians
 from tunoffload.bench.traffic import iperf3
 from tunoffload.testing import missing_requirements
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows_wanted = args.impls or [
         *(n for n, impl in bp.IMPLEMENTATIONS.items() if not impl.unavailable(REPO)),
-        *(t for t in TUNNEL_ROWS if t != "tunnel+vpn" or have_cryptography()),
+        *TUNNEL_ROWS,
     ]
     for name in rows_wanted:
         why = bp.IMPLEMENTATIONS[name].unavailable(REPO) if name in bp.IMPLEMENTATIONS else None

@@ -214,7 +214,7 @@ pub trait Sessions {
 /// [`OpenStats`] count its messages; the call's counts, also of messages no session was
 /// found for, are in [`Opened::stats`].
 ///
-/// Errors (nothing is changed): more `sizes` than `bufs` (`too_few_out_bufs`); a message
+/// Errors (nothing is changed): more `sizes` than `bufs` (`count_too_large`); a message
 /// that runs past its buffer (`buffer_too_small`, with its index). No input makes it
 /// panic. Work is linear in the batch, but for moving each packet in front of the other
 /// messages before it (a move of the run of others, which are rare: handshakes).

@@ -609,7 +609,7 @@ fn refusals_change_nothing() {
             "more sizes than bufs",
             16,
             vec![1, 1, 1],
-            ErrorKind::TooFewOutBufs,
+            ErrorKind::CountTooLarge,
             None,
         ),
         (
@@ -918,6 +918,6 @@ fn seal_and_open_with_hooks_match_the_plain_calls() {
         assert_eq!(opener.stats().dropped_forged, 1);
         // More sizes than buffers: refused before anything happens.
         let err = sealer.seal_with(&mut bufs[..1], 16, &mut [20, 20], None, &mut hooks);
-        assert_eq!(err.unwrap_err().kind(), ErrorKind::TooFewOutBufs);
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::CountTooLarge);
     }
 }

@@ -3,7 +3,8 @@
 //! pinned and through [`Hooks::work`] when the batch is large enough to be worth it.
 
 use super::{check_batch, padded_len, Opened, Opener, Sealer, HEADER_LEN, TAG_LEN};
-use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer};
+use crate::engine::buffer::batch_len;
+use crate::engine::{Buffers, Error, ExpandBuffer};
 use crate::hooks::Hooks;
 
 impl Sealer {
@@ -28,6 +29,7 @@ impl Sealer {
         let n = batch_of(bufs, sizes.len())?;
         let b = bufs.bufs(n, true, usize::MAX)?;
         check_batch(b, offset, sizes, HEADER_LEN, "packet")?;
+        self.check_room(n)?; // before any buffer grows
         let mut bytes = 0;
         for (x, &size) in b.iter_mut().zip(sizes.iter()) {
             let need = offset + padded_len(size, pad_mtu) + TAG_LEN;
@@ -74,13 +76,8 @@ impl Opener {
     }
 }
 
-/// `n`, when the caller has that many buffers; else the refusal [`check_batch`] gives a
-/// slice of too few.
+/// `n`, when the caller has that many buffers (the refusal of more sizes than buffers is
+/// [`batch_len`]'s).
 fn batch_of<E: From<Error>, L: Buffers<E> + ?Sized>(bufs: &L, n: usize) -> Result<usize, E> {
-    let have = bufs.count();
-    if n > have {
-        let m = format!("sizes has {n} entries but there are only {have} bufs");
-        return Err(Error::new(ErrorKind::TooFewOutBufs, m).into());
-    }
-    Ok(n)
+    Ok(batch_len(bufs.count(), Some(n), None)?)
 }
