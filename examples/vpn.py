@@ -6,38 +6,39 @@
         --listen 0.0.0.0:51820 --peer 192.0.2.2:51820 --key-file key.hex
     # on the peer: --address 10.77.0.2/24 --peer <this host>:51820, the same key
 
-Two threads, one per direction, each moving a batch per system call:
+Two threads, one per direction, each moving a batch per system call and sealing or
+opening it with one call into Rust (no Python per packet):
 
 - TUN -> peer: ``TunDevice(offload=True).recv_multiple`` reads one super-packet (up to
-  64 KiB) and splits it into MTU-sized IP packets; each is encrypted into a datagram, and
-  ``UdpSocket.send_multiple`` sends the batch (equal-size datagrams go out as one
-  ``UDP_SEGMENT`` send). The device's ``gso_max_segs`` is set to what one such send
-  carries (``UdpSocket.max_segments(mtu + 28)``: 45 at MTU 1420), so every super-packet
-  leaves in one send.
+  64 KiB) and splits it into MTU-sized IP packets, each behind 16 bytes of headroom;
+  ``PskCipher.seal`` (:class:`tunoffload.Sealer`) turns them into WireGuard
+  transport-data messages in place, and ``UdpSocket.send_multiple`` sends the batch
+  (equal-size datagrams go out as one ``UDP_SEGMENT`` send). The device's
+  ``gso_max_segs`` is set to what one such send carries
+  (``UdpSocket.max_segments(mtu + TRANSPORT_OVERHEAD)``: 45 at MTU 1420), so every
+  super-packet leaves in one send.
 - peer -> TUN: ``UdpSocket.recv_multiple`` takes every datagram queued (a ``UDP_GRO``
-  read is split at its segment size); each is checked against the replay window,
-  verified and decrypted, and ``TunDevice.send_multiple`` coalesces the packets again
-  (GRO) into as few writes as it can.
+  read is split at its segment size); ``PskCipher.open`` (:class:`tunoffload.Opener`)
+  verifies, checks the replay window and decrypts them in place, and
+  ``TunDevice.send_multiple`` coalesces the packets again (GRO) into as few writes as it
+  can.
 
-Each datagram is ``sender id (4) | counter (8) | ciphertext | Poly1305 tag (16)``,
-ChaCha20-Poly1305 with the pre-shared key; the first 12 bytes are the nonce. The nonce
-never repeats for one key: the sender id is the last 4 bytes of the sender's own tunnel
-address (the two ends of a link have different ones, so each has its own half of the
-nonce space), and the counter goes up by one per datagram from the wall clock in
-nanoseconds at start-up (so a restart continues above the counters used before). A
-datagram that is too short or not an IP packet inside is dropped as malformed, one whose
-tag does not verify as forged, and one whose counter was seen already, is older than the
-2048-counter window, or that carries our own sender id (a reflection) as replayed; none
-of them reaches the TUN device. The cipher and the window are
-``tunoffload.bench.cipher.PacketCipher`` / ``ReplayWindow`` (shared with ``tunoffload
-bench``); read them for the details and the limits (no handshake: no forward secrecy, and
-a receiver that restarts forgets its window).
+Each datagram is a WireGuard transport-data message: ``4 | 0 0 0 | sender id (4) |
+counter (8) | ChaCha20-Poly1305(packet padded to 16) | tag (16)``. Each direction has its
+own key, derived from the pre-shared key and the sender's id (the last 4 bytes of its
+tunnel address), and counters start at the wall clock in nanoseconds, so a nonce never
+repeats under one key, across restarts too (:mod:`tunoffload.psk` says how, and its
+limits: no handshake, no forward secrecy; ``python -m tunoffload wireguard`` has both).
+A datagram that is not a transport message, or whose packet is not an IP packet, is
+dropped as malformed; one whose tag does not verify, as forged; one whose counter was
+seen already or is behind the 8192-counter window, or that carries our own sender id (a
+reflection), as replayed. None of them reaches the TUN device.
 
 Counters (sent, received, dropped_forged, dropped_replayed, dropped_malformed, and
 tun_errors / send_errors for what the kernel refused) are written as JSON to
 ``--stats-file`` (else to stderr) on SIGUSR1 and at exit. SIGTERM or SIGINT stops the
 tunnel: the device is closed, which ends the blocked read, and both threads are joined.
-Needs root (or CAP_NET_ADMIN) and ``pip install 'tunoffload[vpn]'``.
+Needs root (or CAP_NET_ADMIN); nothing beyond tunoffload itself.
 """
 
 from __future__ import annotations
@@ -51,29 +52,26 @@ import threading
 from collections.abc import Callable
 
 import tunoffload as t
-from tunoffload.bench.cipher import OVERHEAD, PacketCipher, read_key, sender_id
 from tunoffload.bench.tunnel import make_socket, parse_endpoint
+from tunoffload.psk import PskCipher, read_key
 
 BATCH = t.IDEAL_BATCH_SIZE
-OFFSET = t.VIRTIO_NET_HDR_LEN  # headroom for the virtio header of each packet to the TUN
+HEAD = t.TRANSPORT_HEADER_LEN  # a message's header goes in front of its packet
 BUF = 65535  # room for any datagram or packet
 
 
 class Tunnel:
     def __init__(self, args: argparse.Namespace) -> None:
-        key = read_key(args.key_file)
-        own_id = sender_id(args.address)
+        self.cipher = PskCipher(read_key(args.key_file), args.address, mtu=args.mtu)
         self.peer: tuple[str, int] = args.peer
         self.stats_file: str | None = args.stats_file
-        self.sealer = PacketCipher(key, own_id)  # TUN -> peer: the send counter
-        self.opener = PacketCipher(key, own_id)  # peer -> TUN: the replay window
         self.sent = self.received = self.tun_errors = self.send_errors = 0
         self.stopping = threading.Event()
         self.failed = False  # a thread ended by an error, not by the stop
 
         self.tun = t.TunDevice(args.tun, offload=True, mtu=args.mtu)
         # super-packets the kernel hands us fit one UDP_SEGMENT send of sealed datagrams
-        self.tun.gso_max_segs = t.UdpSocket.max_segments(args.mtu + OVERHEAD)
+        self.tun.gso_max_segs = t.UdpSocket.max_segments(args.mtu + t.TRANSPORT_OVERHEAD)
         self.tun.add_address(args.address)
         self.tun.up()
         self.sock = make_socket(args.listen, peer=None)  # bound, with 4 MiB buffers
@@ -85,22 +83,19 @@ class Tunnel:
 
     def tun_to_peer(self) -> None:
         original = bytearray(t.VIRTIO_NET_HDR_LEN + BUF)  # one super-packet as read
-        plain = [bytearray(BUF) for _ in range(BATCH)]  # the packets it splits into
-        plain_views = [memoryview(b) for b in plain]  # views made once, not per packet
+        # packet i lands at bufs[i][HEAD:], and its message is sealed in place at bufs[i][0:]
+        bufs = [bytearray(HEAD + BUF + t.TRANSPORT_OVERHEAD) for _ in range(BATCH)]
         sizes = [0] * BATCH
-        wire = [bytearray(BUF) for _ in range(BATCH)]  # the datagrams
-        wire_views = [memoryview(b) for b in wire]
-        wire_sizes = [0] * BATCH
         while True:
             try:
-                n = self.tun.recv_multiple(original, plain, sizes)
+                n = self.tun.recv_multiple(original, bufs, sizes, HEAD)
             except ValueError as e:  # a super-packet that cannot be split: lost, go on
                 print(f"vpn: {e}", file=sys.stderr)
                 continue
-            self.sealer.seal(plain_views, 0, sizes, n, wire_views, wire_sizes)
+            self.cipher.seal(bufs, HEAD, sizes, n)
             try:
                 self.sent += self.udp_out.send_multiple(
-                    wire, 0, sizes=wire_sizes, count=n, addr=self.peer
+                    bufs, 0, sizes=sizes, count=n, addr=self.peer
                 )
             except OSError as e:  # no route to the peer, say: these are lost, go on
                 if self.stopping.is_set():
@@ -111,24 +106,22 @@ class Tunnel:
                 self.sent += getattr(e, "datagrams_sent", 0)
 
     def peer_to_tun(self) -> None:
-        wire = [bytearray(BUF) for _ in range(BATCH)]
-        wire_views = [memoryview(b) for b in wire]
-        wire_sizes = [0] * BATCH
+        # datagram i lands at bufs[i][0:] and opens in place to a packet at bufs[i][HEAD:];
         # no memoryviews on these: send_multiple coalesces packets inside them
-        plain = [bytearray(OFFSET + BUF) for _ in range(BATCH)]
+        bufs = [bytearray(HEAD + BUF) for _ in range(BATCH)]
         sizes = [0] * BATCH
         gro = t.GroTable()
         while not self.stopping.is_set():
             try:
-                n = self.udp_in.recv_multiple(wire, wire_sizes)
+                n = self.udp_in.recv_multiple(bufs, sizes)
             except TimeoutError:
                 continue
-            m = self.opener.open(wire_views, wire_sizes, n, plain, OFFSET, sizes)
+            m = self.cipher.open(bufs, 0, sizes, n)
             if not m:
                 continue
             self.received += m  # counted first: whoever sees the packet sees the count
             try:
-                self.tun.send_multiple(gro, plain, OFFSET, sizes=sizes, count=m)
+                self.tun.send_multiple(gro, bufs, HEAD, sizes=sizes, count=m)
             except OSError as e:
                 if self.tun.closed:
                     raise
@@ -151,13 +144,13 @@ class Tunnel:
         return th
 
     def counters(self) -> dict[str, int]:
-        o = self.opener
+        c = self.cipher.stats
         return {
             "sent": self.sent,
             "received": self.received,
-            "dropped_forged": o.dropped_forged,
-            "dropped_replayed": o.dropped_replayed,
-            "dropped_malformed": o.dropped_malformed,
+            "dropped_forged": c["dropped_forged"],
+            "dropped_replayed": c["dropped_replayed"],
+            "dropped_malformed": c["dropped_malformed"],
             "tun_errors": self.tun_errors,
             "send_errors": self.send_errors,
         }

@@ -56,7 +56,8 @@ def wireguard_seeds() -> dict[str, bytes]:
 
     # The pool starts as: initiation, response, the staged packet (transport), ...
     replay_and_mutate = (
-        bytes([op(0, 1), 5]) + real(2) + real(2) + flip(2, 200) + cut(2, 20) + raw(b"\x04\x00\x00\x00" * 9)
+        bytes([op(0, 1), 5]) + real(2) + real(2) + flip(2, 200) + cut(2, 20)
+        + raw(b"\x04\x00\x00\x00" * 9)
         + bytes([op(0, 1, 16), 2]) + flip(0, 1000) + real(0)
     )
     both_ways = (

@@ -79,14 +79,9 @@ def test_bench_table_and_help():
 
 def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
     """The tunnel rows: one tunnel process per namespace, joined by veth; with TunDevice
-    offload + UdpSocket the batches stay whole on both sides, and the vpn row (when
-    cryptography is installed) carries the same traffic encrypted."""
-    try:
-        import cryptography  # noqa: F401
-
-        modes = ["tunnel-plain", "tunnel", "tunnel+vpn"]
-    except ImportError:
-        modes = ["tunnel-plain", "tunnel"]
+    offload + UdpSocket the batches stay whole on both sides, and the vpn row carries the
+    same traffic encrypted."""
+    modes = ["tunnel-plain", "tunnel", "tunnel+vpn"]
     out, pid = _bench_json(
         *("--duration", "1", "--streams", "1", "--no-udp", "--no-iperf", "--modes", *modes),
         timeout=180,

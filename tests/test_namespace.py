@@ -14,7 +14,13 @@ import sys
 
 import pytest
 
-PUBLIC_MODULES = ["tunoffload", "tunoffload.aio", "tunoffload.cli", "tunoffload.__main__"]
+PUBLIC_MODULES = [
+    "tunoffload",
+    "tunoffload.aio",
+    "tunoffload.cli",
+    "tunoffload.__main__",
+    "tunoffload.psk",
+]
 
 
 def _fresh_namespace(module: str) -> tuple[list[str], list[str]]:
@@ -46,7 +52,7 @@ def test_dir_of_package_is_all_plus_dunders() -> None:
 
 def test_aio_all_is_defined() -> None:
     names, all_ = _fresh_namespace("tunoffload.aio")
-    assert all_ == ["AsyncTunDevice", "AsyncUdpSocket"]
+    assert all_ == ["AsyncOpener", "AsyncSealer", "AsyncTunDevice", "AsyncUdpSocket"]
     assert set(all_) <= set(names)
 
 

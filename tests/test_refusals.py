@@ -3,7 +3,8 @@
 Each must raise a ``tunoffload.InputError`` (a ``ValueError``) with its ``kind`` in
 ``ERROR_KINDS``, that kind, and the ``index`` of the buffer it is about (or ``None``); the
 same mistake made on different classes (``count=-1``, empty ``bufs``, a size past its
-buffer, ...) must be the same class and kind from each. Nothing is sent or read.
+buffer, ...) must be the same class and kind from each (the engine, ``TunDevice``,
+``UdpSocket``, the AEAD's ``Sealer`` and ``Opener``). Nothing is sent or read.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _original_as_output(env: Env) -> int:
 # different classes, which must all raise alike.
 Case = tuple[str, Callable[[Env], Any], str, int | None]
 G = t.GroTable()
+SEAL, OPEN = t.Sealer(bytes(32), 1), t.Opener(bytes(32), 1)
 CASES: list[Case] = [
     # --- the engine ---
     (
@@ -290,6 +292,34 @@ CASES: list[Case] = [
         "too_few_addresses",
         None,
     ),
+    # --- the batch AEAD ---
+    ("bad key length", lambda e: t.Sealer(bytes(31), 1), "bad_key_length", None),
+    ("bad key length", lambda e: t.Opener(b"", 1), "bad_key_length", None),
+    ("negative offset", lambda e: SEAL.seal(_outs(2), -1, [1, 1]), "negative_argument", None),
+    ("negative offset", lambda e: OPEN.open(_outs(2), -1, [1, 1]), "negative_argument", None),
+    ("negative count", lambda e: SEAL.seal(_outs(2), 16, [1, 1], -1), "negative_argument", None),
+    ("negative count", lambda e: OPEN.open(_outs(2), 0, [1, 1], -1), "negative_argument", None),
+    ("count past bufs", lambda e: SEAL.seal(_outs(1), 16, [1, 1]), "count_too_large", None),
+    ("count past bufs", lambda e: OPEN.open(_outs(1), 0, [1, 1]), "count_too_large", None),
+    ("too few sizes", lambda e: SEAL.seal(_outs(2), 16, [1], 2), "sizes_too_short", None),
+    ("too few sizes", lambda e: OPEN.open(_outs(2), 0, [1], 2), "sizes_too_short", None),
+    (
+        "offset below the message header",
+        lambda e: SEAL.seal(_outs(2), 15, [1, 1]),
+        "offset_too_small",
+        None,
+    ),
+    ("size past its buffer", lambda e: SEAL.seal(_outs(2), 16, [1, 5000]), "buffer_too_small", 1),
+    ("size past its buffer", lambda e: OPEN.open(_outs(2), 0, [1, 5000]), "buffer_too_small", 1),
+    ("negative size", lambda e: SEAL.seal(_outs(2), 16, [1, -1]), "negative_argument", None),
+    ("same buffer twice", lambda e: SEAL.seal(_twice(), 16, [1, 1]), "overlapping_buffers", 1),
+    ("same buffer twice", lambda e: OPEN.open(_twice(), 0, [1, 1]), "overlapping_buffers", 1),
+    (
+        "key spent",
+        lambda e: t.Sealer(bytes(32), 1, counter=2**64 - 2**13 - 1).seal(_outs(1), 16, [1]),
+        "key_exhausted",
+        None,
+    ),
 ]
 
 _reason = can_use_netns()
@@ -355,6 +385,9 @@ def test_wrong_types_are_type_errors(env: Env) -> None:
         lambda: env.tun.recv_multiple(bytearray(70000), 5, [0], OFF),  # type: ignore[arg-type]
         lambda: env.udp.recv_multiple(5, [0]),  # type: ignore[arg-type]
         lambda: t.gso_split(SUP, HDR, _outs(), (0, 0, 0, 0)),  # type: ignore[arg-type]
+        lambda: SEAL.seal(_outs(2), 16, (1, 1)),  # type: ignore[arg-type]
+        lambda: OPEN.open(bytearray(4), 0, [1]),  # type: ignore[arg-type]
+        lambda: t.Sealer("not bytes", 1),  # type: ignore[arg-type]
     ]
     for call in calls:
         with pytest.raises(TypeError):

@@ -29,15 +29,14 @@ from tunoffload.bench.traffic import tcp_exchange, udp_exchange
 from tunoffload.bench.wire import Capture, Datagram, send_raw_datagrams
 from tunoffload.testing import wait_until
 
-try:
+try:  # only to check messages against an independent ChaCha20-Poly1305
     import cryptography  # noqa: F401
 
     NO_CRYPTO = None
 except ImportError:
-    NO_CRYPTO = "needs the cryptography package (pip install '.[vpn]')"
+    NO_CRYPTO = "needs the cryptography package"
 
-needs_crypto = pytest.mark.skipif(NO_CRYPTO is not None, reason=str(NO_CRYPTO))
-_why = can_use_netns() or NO_CRYPTO
+_why = can_use_netns()
 needs_netns = pytest.mark.skipif(_why is not None, reason=str(_why))
 
 VPN = Path(__file__).resolve().parent.parent / "examples" / "vpn.py"
@@ -48,146 +47,94 @@ KEY = bytes(range(32))
 
 
 def _packet(payload: bytes = b"x" * 40) -> bytearray:
-    """An IPv4 packet (the cipher only looks at the version nibble)."""
-    return bytearray(b"\x45" + bytes(19) + payload)
+    """An IPv4 packet: its total length is all the cipher reads of it (to strip the
+    padding on opening)."""
+    return bytearray(b"\x45\x00" + struct.pack("!H", 20 + len(payload)) + bytes(16) + payload)
 
 
-# --- the replay window and the cipher, without devices ---------------------------------
+# --- the cipher (tunoffload.psk on the batch AEAD), without devices ---------------------
 
 
-@needs_crypto
-def test_replay_window_accepts_each_counter_once_within_the_window():
-    from tunoffload.bench.cipher import ReplayWindow
-
-    w = ReplayWindow(64)
-    for c in (10, 11, 13, 12, 100):  # in order, a gap, the gap filled, a jump
-        assert not w.seen(c)
-        w.mark(c)
-        assert w.seen(c)
-    assert not w.seen(100 - 63)  # the oldest counter the window still knows
-    w.mark(100 - 63)
-    assert w.seen(100 - 63)
-    assert w.seen(100 - 64)  # too old to tell: a replay
-    assert w.seen(13) and w.seen(12)  # slid out of the window
-    assert not w.seen(99) and not w.seen(101)
-    w.mark(1000)  # a jump past the whole window forgets it
-    assert w.seen(100) and not w.seen(999) and w.seen(1000)
+def _seal(cipher, packets, head=16):
+    bufs = [bytearray(head) + p + bytearray(64) for p in packets]
+    sizes = [len(p) for p in packets]
+    assert cipher.seal(bufs, head, sizes, len(bufs)) == len(bufs)
+    return [bytes(b[: sizes[i]]) for i, b in enumerate(bufs)]
 
 
-@needs_crypto
-def test_replay_window_of_2048_by_default():
-    from tunoffload.bench.cipher import ReplayWindow
-
-    w = ReplayWindow()
-    w.mark(5000)
-    assert not w.seen(5000 - 2047) and w.seen(5000 - 2048)
+def _open(cipher, datagrams):
+    bufs = [bytearray(d) + bytearray(16) for d in datagrams]
+    sizes = [len(d) for d in datagrams]
+    m = cipher.open(bufs, 0, sizes, len(bufs))
+    return [bytes(bufs[j][16 : 16 + sizes[j]]) for j in range(m)]
 
 
-@needs_crypto
-@pytest.mark.parametrize("size", [8, 64, 2048])
-def test_replay_window_agrees_with_a_set_of_every_counter_seen(size, seed):
-    """Random counters around a moving front (in order, repeats, gaps, jumps past the
-    window): the ring answers as the plain definition does."""
-    import random
-
-    from tunoffload.bench.cipher import ReplayWindow
-
-    rng = random.Random(seed)
-    w, accepted, top = ReplayWindow(size), set(), -1
-    front = 0
-    for _ in range(20000):
-        if rng.random() < 0.3:
-            front += rng.choice([0, 1, 2, 3, size - 1, size, size + 1, 5 * size])
-        c = max(0, front + rng.randint(-2 * size, 2))
-        expect = c <= top and (top - c >= size or c in accepted)
-        assert w.seen(c) == expect, (c, top)
-        if not expect and rng.random() < 0.9:
-            w.mark(c)
-            accepted.add(c)
-            top = max(top, c)
-    with pytest.raises(ValueError, match="power of two"):
-        ReplayWindow(1000)
-
-
-def _seal(cipher, packets):
-    wire = [bytearray(65535) for _ in packets]
-    sizes = [0] * len(packets)
-    plain = _views(packets)
-    cipher.seal(plain, 0, [len(p) for p in packets], len(packets), _views(wire), sizes)
-    return [bytes(w[:s]) for w, s in zip(wire, sizes, strict=True)]
-
-
-def _views(bufs):
-    return [memoryview(b) for b in bufs]
-
-
-def _open(cipher, datagrams, offset=10):
-    wire = [bytearray(d) + bytearray(100) for d in datagrams]
-    plain = [bytearray(offset + 65535) for _ in datagrams]
-    sizes = [0] * len(datagrams)
-    m = cipher.open(_views(wire), [len(d) for d in datagrams], len(datagrams), plain, offset, sizes)
-    return [bytes(plain[j][offset : offset + sizes[j]]) for j in range(m)]
-
-
-def _cipher(key, own_id, into, **kw):
-    """A PacketCipher; ``into=False`` takes the path of cryptography < 46 (no
-    encrypt_into / decrypt_into: the bytes they return are copied)."""
-    from tunoffload.bench.cipher import PacketCipher
-
-    c = PacketCipher(key, own_id, **kw)
-    if not into:
-        c._into = False
-    return c
-
-
-@needs_crypto
-@pytest.mark.parametrize("into", [True, False], ids=["into", "bytes"])
-def test_cipher_round_trip_and_nonces(into):
-    from tunoffload.bench.cipher import OVERHEAD, PacketCipher, sender_id
+def test_cipher_round_trip_keys_and_nonces():
+    from tunoffload.psk import PskCipher, direction_key, sender_id
 
     a_id, b_id = sender_id("10.0.0.1/24"), sender_id("10.0.0.2/24")
-    assert a_id == bytes([10, 0, 0, 1]) and b_id == bytes([10, 0, 0, 2])
-    a, b = _cipher(KEY, a_id, into, counter=7), _cipher(KEY, b_id, into)
+    assert (a_id, b_id) == (0x0100000A, 0x0200000A)  # the address bytes, little-endian
+    a, b = PskCipher(KEY, "10.0.0.1/24"), PskCipher(KEY, "10.0.0.2/24")
+    start = a.sealer.next_counter
+    assert start > time.time_ns() - 60 * 10**9  # from the clock: above any earlier run's
     packets = [_packet(bytes([i]) * (i * 50)) for i in range(1, 9)]
-    datagrams = _seal(a, packets)
-    for i, (p, d) in enumerate(zip(packets, datagrams, strict=True)):
-        assert len(d) == len(p) + OVERHEAD
-        assert d[:4] == a_id and struct.unpack_from("<Q", d, 4)[0] == 7 + i
-        assert bytes(p[20:]) not in d  # encrypted
-    assert a.counter == 7 + len(packets)
-    assert _open(b, datagrams) == [bytes(p) for p in packets]
-    # the other direction uses the other half of the nonce space
-    back = _seal(b, [_packet()])
-    assert back[0][:4] == b_id and _open(a, back) == [bytes(_packet())]
-    # the default counter starts at the clock: above any earlier run's
-    assert PacketCipher(KEY, a_id).counter > time.time_ns() - 10**9 * 60
+    messages = _seal(a, packets)
+    for i, (p, m) in enumerate(zip(packets, messages, strict=True)):
+        padded = -(-len(p) // 16) * 16
+        assert len(m) == 16 + padded + 16
+        kind, index, counter = struct.unpack_from("<IIQ", m)
+        assert (kind, index, counter) == (4, a_id, start + i)
+        assert bytes(p[20:]) not in m  # encrypted
+    assert _open(b, messages) == [bytes(p) for p in packets]
+    # each direction has its own key: b seals under another key than a
+    back = _seal(b, [_packet()])[0]
+    assert struct.unpack_from("<I", back, 4)[0] == b_id
+    assert direction_key(KEY, a_id) != direction_key(KEY, b_id)
+    assert _open(a, [back]) == [bytes(_packet())]
+    if NO_CRYPTO is None:  # byte for byte what an independent ChaCha20-Poly1305 makes
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        p, m = packets[3], messages[3]
+        padded = bytes(p) + bytes(-len(p) % 16)
+        nonce = bytes(4) + struct.pack("<Q", start + 3)
+        assert m[16:] == ChaCha20Poly1305(direction_key(KEY, a_id)).encrypt(nonce, padded, None)
 
 
-@needs_crypto
-@pytest.mark.parametrize("into", [True, False], ids=["into", "bytes"])
-def test_cipher_drops_forged_replayed_reflected_and_malformed(into):
-    from tunoffload.bench.cipher import PacketCipher, sender_id
+def test_cipher_drops_forged_replayed_reflected_and_malformed():
+    from tunoffload.psk import PskCipher
 
-    a = _cipher(KEY, sender_id("10.0.0.1/24"), into)
-    b = _cipher(KEY, sender_id("10.0.0.2/24"), into)
+    a, b = PskCipher(KEY, "10.0.0.1/24"), PskCipher(KEY, "10.0.0.2/24")
     good = _seal(a, [_packet(b"first" * 10), _packet(b"second" * 10)])
     third = _seal(a, [_packet(b"third" * 10)])[0]
     tampered = bytearray(third)
     tampered[30] ^= 1
-    other_key = _seal(PacketCipher(bytes(32), sender_id("10.0.0.1/24")), [_packet()])[0]
-    reflected = _seal(b, [_packet()])[0]  # b's own datagram sent back to it
+    other_key = _seal(PskCipher(bytes(32), "10.0.0.1/24"), [_packet()])[0]
+    reflected = _seal(b, [_packet()])[0]  # b's own message sent back to it
     not_ip = _seal(a, [bytearray(b"\x00" * 40)])[0]
     batch = [good[0], bytes(tampered), good[0], other_key, reflected, b"short", not_ip]
-    # a forged datagram does not move the window: the real one with its counter still opens
+    # a forged message does not move the window: the real one with its counter still opens
     out = _open(b, [*batch, good[1], third])
     assert out == [bytes(_packet(w * 10)) for w in (b"first", b"second", b"third")]
-    assert (b.dropped_forged, b.dropped_replayed, b.dropped_malformed) == (2, 2, 2)
-    assert _open(b, [third]) == [] and b.dropped_replayed == 3
+    s = b.stats
+    assert (s["dropped_forged"], s["dropped_replayed"], s["dropped_malformed"]) == (2, 2, 2)
+    assert _open(b, [third]) == [] and b.stats["dropped_replayed"] == 3
 
 
-@needs_crypto
+def test_cipher_refuses_the_last_run_s_messages_after_a_sender_restart():
+    """A restarted sender (same address, so the same key) continues above its old
+    counters; the receiver keeps its window, so the old run's messages stay refused."""
+    from tunoffload.psk import PskCipher
+
+    b = PskCipher(KEY, "10.0.0.2/24")
+    old = _seal(PskCipher(KEY, "10.0.0.1/24"), [_packet(b"old")])
+    assert _open(b, old) == [bytes(_packet(b"old"))]
+    new = _seal(PskCipher(KEY, "10.0.0.1/24"), [_packet(b"new")])
+    assert _open(b, new) == [bytes(_packet(b"new"))]
+    assert _open(b, old) == [] and b.stats["dropped_replayed"] == 1
+
+
 def test_read_key(tmp_path):
-    from tunoffload.bench.cipher import read_key
+    from tunoffload.psk import read_key
 
     good = tmp_path / "k"
     good.write_text(KEY.hex()[:30] + "\n  " + KEY.hex()[30:] + "\n")
@@ -292,8 +239,6 @@ def test_udp_datagrams_through_the_tunnel(tunnel: Tunnel):
 
 @needs_netns
 def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
-    from tunoffload.bench.cipher import OVERHEAD
-
     a, b = tunnel.a, tunnel.b
     rx, b_rx = a.ns.socket(), b.ns.socket()
     rx.bind((OVER_A, 6002))
@@ -303,7 +248,7 @@ def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
     b_rx.settimeout(10)
     with rx, tx, b_rx, a_tx:
         inner = os.urandom(333)
-        wire_len = 20 + 8 + len(inner) + OVERHEAD
+        wire_len = 16 + -(-(20 + 8 + len(inner)) // 16) * 16 + 16  # header, padded, tag
         with Capture(a.ns, "va", [PORT]) as cap:
             tx.sendto(inner, (OVER_A, 6002))  # B -> A, encrypted
             assert rx.recv(65535) == inner
@@ -315,8 +260,8 @@ def test_replayed_forged_and_malformed_datagrams_are_dropped(tunnel: Tunnel):
 
         before = a.stats()
         forged = bytearray(incoming)
-        counter = struct.unpack_from("<Q", forged, 4)[0]
-        struct.pack_into("<Q", forged, 4, counter + 1000)  # a fresh counter: not a replay
+        counter = struct.unpack_from("<Q", forged, 8)[0]
+        struct.pack_into("<Q", forged, 8, counter + 1000)  # a fresh counter: not a replay
         forged[40] ^= 0x20  # and a flipped ciphertext bit
         straight = (incoming, bytes(forged), outgoing, b"\x01" * 20)  # at A's port
         send_raw_datagrams(b.ns, [Datagram(d, UNDER_A, PORT) for d in straight])

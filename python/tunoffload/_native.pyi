@@ -41,6 +41,10 @@ __all__ = [
     "NetnsSwitch",
     "netns_enter",
     "UdpSocket",
+    "TRANSPORT_HEADER_LEN",
+    "TRANSPORT_OVERHEAD",
+    "Sealer",
+    "Opener",
 ]
 
 __version__: Final[str]
@@ -304,3 +308,61 @@ class UdpSocket:
         ``count``, in order, to ``addr`` (one, or one per datagram) or the connected peer;
         runs of equal sizes as ``UDP_SEGMENT`` sends. Returns the count; an exception
         carries ``datagrams_sent``."""
+
+TRANSPORT_HEADER_LEN: Final[int]
+"""16: a WireGuard transport-data message's header (type, receiver index, counter)."""
+TRANSPORT_OVERHEAD: Final[int]
+"""32: what a message adds to its packet besides padding (header and tag)."""
+
+@final
+class Sealer:
+    """Seals IP packets into WireGuard transport-data messages under one send key
+    (ChaCha20-Poly1305, nonce = 4 zero bytes + a 64-bit counter, one counter per packet,
+    packets zero-padded to 16 within ``mtu``), a batch per call, in place. The counter
+    never passes ``REJECT_AFTER_MESSAGES`` (2**64 - 2**13 - 1): a batch that would is
+    refused (``InputError``, kind ``key_exhausted``), so a nonce is never reused. The key
+    is zeroed when the object is freed."""
+
+    def __new__(
+        cls, key: Buffer, receiver_index: int, *, counter: int = 0, mtu: int | None = None
+    ) -> Sealer: ...
+    @property
+    def next_counter(self) -> int:
+        """The counter the next packet gets."""
+    @property
+    def receiver_index(self) -> int:
+        """The receiver index every message carries."""
+    def seal(
+        self, bufs: list[bytearray], offset: int, sizes: list[int], count: int | None = None
+    ) -> int:
+        """Seals the first ``count`` (default ``len(sizes)``) packets: packet *i* at
+        ``bufs[i][offset:offset + sizes[i]]`` (``offset >= TRANSPORT_HEADER_LEN``) becomes
+        a message at ``bufs[i][offset - 16:]`` and ``sizes[i]`` its length; bytearrays
+        grow where padding and tag need room. Returns the count."""
+
+@final
+class Opener:
+    """Opens WireGuard transport-data messages under one receive key, a batch per call,
+    in place, with an 8192-counter replay window (RFC 6479) checked after authentication.
+    Forged, replayed, truncated and malformed messages are dropped and counted; messages
+    that are not transport data for this key are handed back untouched. The key is
+    zeroed when the object is freed."""
+
+    def __new__(cls, key: Buffer, receiver_index: int) -> Opener: ...
+    @property
+    def receiver_index(self) -> int:
+        """The receiver index this key opens messages for."""
+    def open(
+        self, bufs: list[bytearray], offset: int, sizes: list[int], count: int | None = None
+    ) -> tuple[int, int]:
+        """Opens the first ``count`` (default ``len(sizes)``) messages: message *i* at
+        ``bufs[i][offset:offset + sizes[i]]``. Returns ``(packets, other)``:
+        ``bufs[:packets]`` hold the opened IP packets at ``offset + 16`` (``sizes`` set,
+        padding stripped), ``bufs[packets:packets + other]`` the messages that are not
+        transport data for this key, untouched, both in arrival order; list entries may
+        be swapped."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """Every message since the opener was made: ``packets``, ``bytes``,
+        ``keepalives``, ``other``, ``dropped_forged``, ``dropped_replayed``,
+        ``dropped_malformed``, ``dropped_filtered``."""

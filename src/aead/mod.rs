@@ -97,12 +97,14 @@ mod replay;
 mod seal;
 #[cfg(test)]
 mod tests;
+mod with;
 
 pub use key::Key;
 pub use open::{open_batch, parse_header, Header, OpenStats, Opened, Opener, Outcome, Sessions};
 pub use replay::ReplayWindow;
 pub use seal::Sealer;
 
+use crate::engine::buffer;
 use crate::engine::error::{bail, Result};
 use crate::engine::ExpandBuffer;
 
@@ -128,11 +130,12 @@ pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 pub const WINDOW: usize = 8192;
 
 /// Checks a batch's shape before anything is changed: `offset >= min_offset`
-/// (`offset_too_small`, for the header in front of a packet to seal), no more `sizes`
-/// than `bufs` (`too_few_out_bufs`), and every entry `bufs[i][offset..offset + sizes[i]]`
-/// inside its buffer (`buffer_too_small`, with its index; `what` names the entries in
-/// the message: "packet", "message"). The one check of [`Sealer::seal`], [`open_batch`]
-/// and the WireGuard device's batches.
+/// (`offset_too_small`, for the header in front of a packet to seal; `what` names the
+/// entries: "packet", "message"), no more `sizes` than `bufs` (`count_too_large`), every
+/// entry `bufs[i][offset..offset + sizes[i]]` inside its buffer (`buffer_too_small`, with
+/// its index), and no two buffers sharing memory (`overlapping_buffers`): the engine's
+/// rules ([`buffer::batch_len`], [`buffer::span`], [`buffer::check_distinct`]). The one
+/// check of [`Sealer::seal`], [`open_batch`] and the WireGuard device's batches.
 pub fn check_batch<B: ExpandBuffer>(
     bufs: &[B],
     offset: usize,
@@ -147,24 +150,12 @@ pub fn check_batch<B: ExpandBuffer>(
              {what}"
         );
     }
-    if sizes.len() > bufs.len() {
-        bail!(
-            TooFewOutBufs,
-            "sizes has {} entries but there are only {} bufs",
-            sizes.len(),
-            bufs.len()
-        );
-    }
+    let n = buffer::batch_len(bufs.len(), Some(sizes.len()), None)?;
     for (i, (b, &size)) in bufs.iter().zip(sizes).enumerate() {
-        let len = b.bytes().len();
-        if offset.checked_add(size).is_none_or(|end| end > len) {
-            bail!(
-                BufferTooSmall @ i,
-                "bufs[{i}] holds {len} bytes: no {size}-byte {what} after offset {offset}"
-            );
-        }
+        buffer::span(i, b.bytes().len(), offset, Some(size), true)?;
     }
-    Ok(())
+    let whole = |_: usize, b: &B| buffer::addr_range(b, 0, b.capacity().max(b.bytes().len()));
+    buffer::check_distinct(&bufs[..n], &whole, "bufs")
 }
 
 /// The padded length of a `size`-byte packet: rounded up to a multiple of 16, but never

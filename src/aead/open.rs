@@ -17,6 +17,7 @@ use crate::engine::ExpandBuffer;
 /// Declares [`OpenStats`] (plain numbers) and `Counters` (the same fields, atomic), with
 /// the field list written once.
 macro_rules! stats {
+    (@count $($f:ident)*) => { 0 $(+ { let _ = stringify!($f); 1 })* };
     ($($(#[$doc:meta])* $field:ident,)*) => {
         /// What opening did with messages: for an [`Opener`], every message since it was
         /// made ([`Opener::stats`]); for one call, that call's ([`Opened::stats`]).
@@ -31,6 +32,11 @@ macro_rules! stats {
             /// Adds `other`'s counts to these.
             pub fn add(&mut self, other: &OpenStats) {
                 $(self.$field += other.$field;)*
+            }
+
+            /// Each count with its name, in declaration order.
+            pub fn items(&self) -> [(&'static str, u64); stats!(@count $($field)*)] {
+                [$((stringify!($field), self.$field),)*]
             }
         }
 
@@ -208,7 +214,7 @@ pub trait Sessions {
 /// [`OpenStats`] count its messages; the call's counts, also of messages no session was
 /// found for, are in [`Opened::stats`].
 ///
-/// Errors (nothing is changed): more `sizes` than `bufs` (`too_few_out_bufs`); a message
+/// Errors (nothing is changed): more `sizes` than `bufs` (`count_too_large`); a message
 /// that runs past its buffer (`buffer_too_small`, with its index). No input makes it
 /// panic. Work is linear in the batch, but for moving each packet in front of the other
 /// messages before it (a move of the run of others, which are rare: handshakes).

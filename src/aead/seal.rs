@@ -61,7 +61,7 @@ impl Sealer {
     ///
     /// Refused before anything is written (an error of the kind named):
     /// `offset < HEADER_LEN` (`offset_too_small`); more `sizes` than `bufs`
-    /// (`too_few_out_bufs`); a packet that runs past its buffer (`buffer_too_small`,
+    /// (`count_too_large`); a packet that runs past its buffer (`buffer_too_small`,
     /// with its index); a buffer that cannot grow to its message (`out_buf_too_small`,
     /// with its index); a packet too long for ChaCha20-Poly1305 (`packet_too_large`); a
     /// batch that would use a counter at or above [`REJECT_AFTER_MESSAGES`]
@@ -130,22 +130,23 @@ impl Sealer {
     /// compare-and-swap (retried only when another thread got in between): the next
     /// counter never passes the limit, so it cannot wrap.
     fn reserve(&self, n: usize) -> Result<u64> {
-        let want = u64::try_from(n).unwrap_or(u64::MAX);
         self.next
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
-                next.checked_add(want)
-                    .filter(|&end| end <= REJECT_AFTER_MESSAGES)
+                fits(next, n).then(|| next + n as u64)
             })
-            .map_err(|next| {
-                Error::new(
-                    ErrorKind::KeyExhausted,
-                    format!(
-                        "the send key is spent: {} counters left, the batch needs {n} (a new \
-                         handshake is due)",
-                        REJECT_AFTER_MESSAGES.saturating_sub(next)
-                    ),
-                )
-            })
+            .map_err(|next| spent(next, n))
+    }
+
+    /// Refuses (`key_exhausted`) a batch of `n` that the counters left cannot take, as
+    /// sealing it would: a check made before a caller prepares a batch. (Another thread
+    /// may still spend the counters in between; the seal itself then refuses.)
+    pub fn check_room(&self, n: usize) -> Result<()> {
+        let next = self.next_counter();
+        if fits(next, n) {
+            Ok(())
+        } else {
+            Err(spent(next, n))
+        }
     }
 
     /// Seals the packet `buf[offset..offset + size]` (checked by the caller) with
@@ -197,6 +198,26 @@ pub(super) fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
     Nonce::assume_unique_for_key(n)
+}
+
+/// Whether `n` counters from `next` on stay below [`REJECT_AFTER_MESSAGES`].
+fn fits(next: u64, n: usize) -> bool {
+    u64::try_from(n)
+        .ok()
+        .and_then(|n| next.checked_add(n))
+        .is_some_and(|end| end <= REJECT_AFTER_MESSAGES)
+}
+
+/// The refusal of a batch of `n` when `next` is the next counter.
+fn spent(next: u64, n: usize) -> Error {
+    Error::new(
+        ErrorKind::KeyExhausted,
+        format!(
+            "the send key is spent: {} counters left, the batch needs {n} (a new handshake \
+             is due)",
+            REJECT_AFTER_MESSAGES.saturating_sub(next)
+        ),
+    )
 }
 
 impl std::fmt::Debug for Sealer {

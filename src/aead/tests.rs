@@ -609,7 +609,7 @@ fn refusals_change_nothing() {
             "more sizes than bufs",
             16,
             vec![1, 1, 1],
-            ErrorKind::TooFewOutBufs,
+            ErrorKind::CountTooLarge,
             None,
         ),
         (
@@ -848,4 +848,76 @@ fn open_one_outcomes() {
     );
     assert_eq!(parse_header(&kept[..31]), Header::Truncated);
     assert_eq!(parse_header(&kept[..3]), Header::Other);
+}
+
+// ----------------------------------------------------------------------------------------
+// On a caller's buffers and hooks.
+
+/// Hooks that release (or not) for any batch, and count the work they ran.
+struct Counting {
+    release: bool,
+    works: usize,
+}
+
+impl crate::hooks::Hooks<crate::engine::Error> for Counting {
+    fn syscall<T: Send>(&mut self, call: impl FnOnce() -> T + Send) -> T {
+        call()
+    }
+    fn interrupted(&mut self) -> std::result::Result<(), crate::engine::Error> {
+        Ok(())
+    }
+    fn worth_releasing(&self, _: usize) -> bool {
+        self.release
+    }
+    fn work<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        self.works += 1;
+        f()
+    }
+}
+
+/// `seal_with`/`open_with` give what `seal`/`open` give, on the buffers pinned (through
+/// the hooks' work) or not: buffers short of room for padding and tag grow before the
+/// work, and the batch comes back compacted in the buffers themselves.
+#[test]
+fn seal_and_open_with_hooks_match_the_plain_calls() {
+    for release in [false, true] {
+        let (mut rng, key, sealer, opener) = pair(7, 9, 100);
+        let packets: Vec<Vec<u8>> = [20, 21, 1400].map(|n| ip_packet(&mut rng, n, false)).into();
+        // Buffer 1 has no room for its padding and tag: it grows before the work.
+        let mut bufs = [
+            [vec![0; 16], packets[0].clone(), vec![0; 64]].concat(),
+            [vec![0; 16], packets[1].clone()].concat(),
+            [vec![0; 16], packets[2].clone(), vec![0; 64]].concat(),
+        ];
+        let mut sizes: Vec<usize> = packets.iter().map(Vec::len).collect();
+        let mut hooks = Counting { release, works: 0 };
+        let n = sealer.seal_with(&mut bufs[..], 16, &mut sizes, None, &mut hooks);
+        assert_eq!(n, Ok(3));
+        assert_eq!(hooks.works, usize::from(release));
+        let plain = Sealer::with_counter(&key, 9, 100);
+        let mut want = vec![
+            [vec![0; 16], packets[0].clone(), vec![0; 64]].concat(),
+            [vec![0; 16], packets[1].clone()].concat(),
+            [vec![0; 16], packets[2].clone(), vec![0; 64]].concat(),
+        ];
+        let mut want_sizes: Vec<usize> = packets.iter().map(Vec::len).collect();
+        plain.seal(&mut want, 16, &mut want_sizes, None).unwrap();
+        assert_eq!(sizes, want_sizes);
+        for ((b, w), &size) in bufs.iter().zip(&want).zip(&sizes) {
+            assert_eq!(b[..size], w[..size]);
+        }
+        // A forged one first: the opened two move in front of it.
+        bufs[0][20] ^= 1;
+        let opened = opener
+            .open_with(&mut bufs[..], 0, &mut sizes, &mut hooks)
+            .unwrap();
+        assert_eq!((opened.packets, opened.other), (2, 0));
+        assert_eq!(hooks.works, 2 * usize::from(release));
+        assert_eq!(&bufs[0][16..16 + sizes[0]], &packets[1][..]);
+        assert_eq!(&bufs[1][16..16 + sizes[1]], &packets[2][..]);
+        assert_eq!(opener.stats().dropped_forged, 1);
+        // More sizes than buffers: refused before anything happens.
+        let err = sealer.seal_with(&mut bufs[..1], 16, &mut [20, 20], None, &mut hooks);
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::CountTooLarge);
+    }
 }

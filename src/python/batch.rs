@@ -390,7 +390,7 @@ pub(crate) fn filling_sizes(
 /// Stores `values` into the first entries of the list `sizes`. Entries that already hold
 /// the value are left alone (a reused list usually does), and consecutive equal values
 /// share one int object. `sizes_changed` if Python code run meanwhile shortened it.
-fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
+pub(crate) fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
     // An int object known to hold a value (owned, so its address stays its own): a reused
     // list is checked by identity, without converting every entry.
     let mut known: Option<(usize, Bound<'py, PyAny>)> = None;

@@ -1,6 +1,6 @@
 //! The PyO3 layer: maps Python buffers, errors and the GIL onto the core. Nothing here
 //! decides anything about packets or arguments: every batch rule, check and refusal is
-//! in `crate::engine`, `crate::device` and `crate::udp`, which this layer calls with the
+//! in `crate::engine`, `crate::device`, `crate::udp` and `crate::aead`, which this layer calls with the
 //! arguments Python gave.
 //!
 //! The files import each other in one direction only, each from files above it:
@@ -16,9 +16,11 @@
 //! netns       <- batch, errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
 //! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice
 //! udp_socket  <- batch, buffers, errors, gil: UdpSocket
+//! aead        <- batch, buffers, errors, gil: Sealer, Opener
 //! mod         <- every class and function: the module and its constants
 //! ```
 
+mod aead;
 mod batch;
 mod buffers;
 mod errors;
@@ -63,5 +65,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<netns::PyNetnsSwitch>()?;
     m.add_function(wrap_pyfunction!(netns::netns_enter, m)?)?;
     m.add_class::<udp_socket::PyUdpSocket>()?;
+    m.add("TRANSPORT_HEADER_LEN", crate::aead::HEADER_LEN)?;
+    m.add("TRANSPORT_OVERHEAD", crate::aead::OVERHEAD)?;
+    m.add_class::<aead::PySealer>()?;
+    m.add_class::<aead::PyOpener>()?;
     Ok(())
 }

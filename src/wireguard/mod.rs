@@ -31,7 +31,7 @@
 //! endpoint, staged packets); a batch takes each lock it needs once, never once per
 //! packet (the one per-message lock is the aead module's replay window, held to check a
 //! counter), and the steady state allocates nothing. Argument errors are the engine's
-//! [`Error`](crate::engine::Error) (kinds `offset_too_small`, `too_few_out_bufs`,
+//! [`Error`](crate::engine::Error) (kinds `offset_too_small`, `count_too_large`,
 //! `buffer_too_small`, `out_buf_too_small`, `too_few_addresses`,
 //! `bad_protocol_version`, `bad_allowed_ip`); bad packets are never errors, only counted.
 //!

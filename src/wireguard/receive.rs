@@ -188,7 +188,7 @@ impl<'a> Sessions for Rx<'a> {
 impl Device {
     /// Opens a batch of datagrams from the UDP socket in place and compacts it. See the
     /// module doc. Errors (nothing changed): fewer `sources` than `sizes`
-    /// (`too_few_addresses`), more `sizes` than `bufs` (`too_few_out_bufs`), a message past
+    /// (`too_few_addresses`), more `sizes` than `bufs` (`count_too_large`), a message past
     /// its buffer (`buffer_too_small`).
     pub fn decrypt<B: ExpandBuffer>(
         &self,

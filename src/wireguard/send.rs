@@ -26,7 +26,7 @@ pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
 impl Device {
     /// Seals a batch of packets from the TUN device for the peer of the first packet's
     /// destination. See the module doc. Errors (nothing sealed or staged): `offset < 16`
-    /// (`offset_too_small`), more `sizes` than `bufs` (`too_few_out_bufs`), a packet past
+    /// (`offset_too_small`), more `sizes` than `bufs` (`count_too_large`), a packet past
     /// its buffer (`buffer_too_small`), a buffer that cannot grow for padding and tag
     /// (`out_buf_too_small`).
     pub fn encrypt<B: ExpandBuffer>(

@@ -327,3 +327,38 @@ pub unsafe extern "C" fn tob_fwd_free(s: *mut Fwd) {
         drop(unsafe { Box::from_raw(s) });
     }
 }
+
+/// `ring` alone on a tunnel's batch, the baseline of the batch AEAD from Python
+/// (`benchmarks/aead_py.py`): nanoseconds per round over `iters` rounds, each sealing
+/// `n` packets of `size` bytes in place (padded to a multiple of 16, nonce 0000 || counter,
+/// tag after the ciphertext) and opening them again, as `Sealer::seal` + `Opener::open`
+/// do with the same bytes. `ring_key` is built once (as a `Sealer`/`Opener` holds one).
+#[no_mangle]
+pub extern "C" fn tob_ring_seal_open_run(n: usize, size: usize, iters: u64) -> f64 {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[0x5a; 32]).unwrap());
+    let nonce = |c: u64| {
+        let mut b = [0u8; 12];
+        b[4..].copy_from_slice(&c.to_le_bytes());
+        Nonce::assume_unique_for_key(b)
+    };
+    let padded = size.div_ceil(16) * 16;
+    let mut bufs = vec![vec![0x45u8; 16 + padded + 16]; n];
+    let mut counter = 0u64;
+    let t = Instant::now();
+    for _ in 0..iters {
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let c = counter + i as u64;
+            let body = &mut b[16..16 + padded];
+            let tag = key.seal_in_place_separate_tag(nonce(c), Aad::empty(), body);
+            b[16 + padded..].copy_from_slice(tag.unwrap().as_ref());
+        }
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let c = counter + i as u64;
+            let opened = key.open_in_place(nonce(c), Aad::empty(), &mut b[16..]);
+            std::hint::black_box(opened.map(|p| p.len()).ok());
+        }
+        counter += n as u64;
+    }
+    t.elapsed().as_nanos() as f64 / iters.max(1) as f64
+}

@@ -23,6 +23,4 @@ dependency when imported):
   (``python -m tunoffload.bench.tunnel MODE ...``).
 - :mod:`~tunoffload.bench.report`: a row's :class:`Result`, :func:`median_run`,
   :func:`format_table`, :func:`results_json`.
-- :mod:`~tunoffload.bench.cipher`: the per-packet cipher of ``examples/vpn.py`` and the
-  ``tunnel+vpn`` row (interim, until the Rust batch AEAD replaces it).
 """

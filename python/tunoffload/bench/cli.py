@@ -20,7 +20,7 @@ import os
 import sys
 
 from tunoffload.bench.forwarders import FORWARDER_MODES, run_forwarder_row
-from tunoffload.bench.peers import TUNNEL_ROWS, have_cryptography, run_tunnel_row
+from tunoffload.bench.peers import TUNNEL_ROWS, run_tunnel_row
 from tunoffload.bench.report import Result, format_table, interleaved_medians, results_json
 from tunoffload.bench.traffic import have_iperf3
 from tunoffload.testing import missing_requirements
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=MODES,
         default=None,
-        help="rows to run (default all; tunnel+vpn when cryptography is installed)",
+        help="rows to run (default all)",
     )
     p.add_argument("--no-udp", action="store_true", help="skip the UDP (UDP_SEGMENT) rows")
     p.add_argument("--no-iperf", action="store_true", help="use the built-in traffic generator")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tunoffload bench: {reason}", file=sys.stderr)
         return 2
     use_iperf = not args.no_iperf and have_iperf3()
-    modes = args.modes or [m for m in MODES if m != "tunnel+vpn" or have_cryptography()]
+    modes = args.modes or list(MODES)
     plan = [(m, "tcp", s) for s in args.streams for m in modes]
     if not args.no_udp:
         plan += [(m, "udp", 1) for m in modes]

@@ -15,8 +15,8 @@ namespace. The modes:
 - ``offload-stdlib-gso``: the same with ``UDP_SEGMENT`` and ``UDP_GRO`` written by hand on
   the standard library's ``socket.sendmsg`` / ``recvmsg_into``.
 - ``tunoffload``: ``TunDevice`` + ``UdpSocket``, batches both ways.
-- ``vpn``: ``tunoffload`` with ``examples/vpn.py``'s cipher per packet
-  (:mod:`tunoffload.bench.cipher`; needs ``cryptography`` and ``--key-file``).
+- ``vpn``: ``tunoffload`` with ``examples/vpn.py``'s cipher, a batch per call
+  (:mod:`tunoffload.psk`, on the batch AEAD; needs ``--key-file``).
 
 :func:`parse_endpoint` and :func:`make_socket` are shared with ``examples/vpn.py``.
 """
@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import tunoffload as t
-from tunoffload.bench.cipher import OVERHEAD, PacketCipher, read_key, sender_id
+from tunoffload.psk import OVERHEAD, PskCipher, read_key
 
 MODES = ("plain", "offload-stdlib-perpacket", "offload-stdlib-gso", "tunoffload", "vpn")
 UDP_SEGMENT, UDP_GRO = 103, 104  # <linux/udp.h>; not in the socket module
@@ -215,30 +215,27 @@ def tunoffload_rx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters) -> None:
         c.calls += 1
 
 
-def vpn_tx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PacketCipher) -> None:
+def vpn_tx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PskCipher) -> None:
     original = bytearray(t.VIRTIO_NET_HDR_LEN + 65535)
-    plain, sizes = _bufs(size=65535), [0] * BATCH
-    plain_views = _views(plain)
-    wire = _bufs(size=65535)
-    wire_views, wire_sizes = _views(wire), [0] * BATCH
+    head = t.TRANSPORT_HEADER_LEN  # each packet lands behind room for its message header
+    bufs, sizes = _bufs(size=head + 65535 + t.TRANSPORT_OVERHEAD), [0] * BATCH
     while True:
-        n = tun.recv_multiple(original, plain, sizes, 0)
-        cipher.seal(plain_views, 0, sizes, n, wire_views, wire_sizes)
-        udp.send_multiple(wire, 0, sizes=wire_sizes, count=n)
+        n = tun.recv_multiple(original, bufs, sizes, head)
+        cipher.seal(bufs, head, sizes, n)
+        udp.send_multiple(bufs, 0, sizes=sizes, count=n)
         c.reads += 1
         c.packets += n
         c.calls += 1
 
 
-def vpn_rx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PacketCipher) -> None:
-    wire = _bufs(size=65535)
-    wire_views, wire_sizes = _views(wire), [0] * BATCH
-    plain, sizes, gro = _bufs(), [0] * BATCH, t.GroTable()
+def vpn_rx(tun: t.TunDevice, udp: t.UdpSocket, c: Counters, cipher: PskCipher) -> None:
+    head = t.TRANSPORT_HEADER_LEN  # the packets open behind their headers
+    bufs, sizes, gro = _bufs(size=head + 65535), [0] * BATCH, t.GroTable()
     while True:
-        n = udp.recv_multiple(wire, wire_sizes, 0)
-        m = cipher.open(wire_views, wire_sizes, n, plain, TUN_OFFSET, sizes)
+        n = udp.recv_multiple(bufs, sizes, 0)
+        m = cipher.open(bufs, 0, sizes, n)
         if m:
-            tun.send_multiple(gro, plain, TUN_OFFSET, sizes=sizes, count=m)
+            tun.send_multiple(gro, bufs, head, sizes=sizes, count=m)
             c.calls += 1
         c.reads += 1
         c.packets += m
@@ -297,13 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     mode: str = args.mode
     tx_extra: tuple[Any, ...] = ()  # the vpn's ciphers, one per direction
     rx_extra: tuple[Any, ...] = ()
-    ciphers: list[PacketCipher] = []
+    ciphers: list[PskCipher] = []
     if mode == "vpn":
         if not args.key_file:
             p.error("vpn mode needs --key-file")
-        key, own = read_key(args.key_file), sender_id(args.address)
-        ciphers = [PacketCipher(key, own), PacketCipher(key, own)]
-        tx_extra, rx_extra = (ciphers[0],), (ciphers[1],)
+        ciphers = [PskCipher(read_key(args.key_file), args.address, mtu=args.mtu)]
+        tx_extra = rx_extra = (ciphers[0],)
     tun = t.TunDevice(args.tun, offload=mode != "plain", mtu=args.mtu)
     if mode != "plain":
         # each super-packet read leaves in one UDP_SEGMENT send (46 at MTU 1420)
@@ -348,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             "udp_stats_rx": dict(getattr(udp_rx, "stats", {})),
         }
         for name in ("dropped_forged", "dropped_replayed", "dropped_malformed"):
-            out[name] = sum(getattr(c, name) for c in ciphers)
+            out[name] = sum(c.stats[name] for c in ciphers)
         print(json.dumps(out), flush=True)
         os._exit(0)
 

@@ -689,7 +689,7 @@ fn encrypt_argument_errors() {
         .unwrap_err();
     assert_eq!(e.kind(), crate::engine::ErrorKind::BufferTooSmall);
     let e = a.dev.encrypt(&mut bufs, 16, &mut [1, 1], t0).unwrap_err();
-    assert_eq!(e.kind(), crate::engine::ErrorKind::TooFewOutBufs);
+    assert_eq!(e.kind(), crate::engine::ErrorKind::CountTooLarge);
     assert_eq!(
         a.dev.encrypt(&mut bufs, 16, &mut [], t0).unwrap(),
         Encrypted::NoRoute
