@@ -16,9 +16,9 @@ use super::index_table::IndexTable;
 use super::keypair::Keypair;
 use super::messages::{control_type, MESSAGE_COOKIE_REPLY};
 use super::peer::{read, want, write, Peer};
-use crate::aead::{open_batch, parse_header, Header, Opener, Sessions};
+use crate::aead::{check_batch, open_batch, parse_header, Header, Opener, Sessions};
 use crate::engine::buffer::{addr_range, check_distinct};
-use crate::engine::error::{bail, ErrorKind};
+use crate::engine::error::bail;
 use crate::engine::{Buffers, Error, ExpandBuffer, Result};
 use crate::hooks::Hooks;
 
@@ -351,14 +351,9 @@ impl Device {
         H: Hooks<E> + ?Sized,
     {
         let n = sizes.len();
-        if n > bufs.count() {
-            let m = format!(
-                "sizes has {n} entries but there are only {} bufs",
-                bufs.count()
-            );
-            return Err(Error::new(ErrorKind::TooFewOutBufs, m).into());
-        }
-        let b = bufs.bufs(n, true, usize::MAX)?;
+        // (Fewer bufs than sizes: all of them converted, for check_batch to refuse.)
+        let b = bufs.bufs(n.min(bufs.count()), true, usize::MAX)?;
+        check_batch(b, offset, sizes, 0, "message")?;
         check_distinct(b, &|_, b| addr_range(b, 0, b.bytes().len()), "bufs")?;
         let r = if hooks.worth_releasing(sizes.iter().sum()) {
             bufs.pinned(n, |w| {

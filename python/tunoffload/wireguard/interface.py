@@ -382,19 +382,21 @@ class Interface:
             except Exception as exc:
                 error = uapi_error(exc)
             # A listen_port or fwmark line that took effect came before any refused line
-            # (the device stops at the first): its failure is the one to report.
-            if wg.fwmark != mark:
+            # (the device stops at the first): its failure is the one to report. The
+            # mark first, so that new sockets get the new one.
+            for key, before, apply in (
+                ("fwmark", mark, self._mark),
+                ("listen_port", port, self._rebind),
+            ):
+                now = getattr(wg, key)
+                if now == before:
+                    continue
                 try:
-                    self._mark(wg.fwmark)
+                    apply(now)
                 except OSError as exc:
-                    wg.uapi_set(f"fwmark={self._fwmark}\n")
-                    error = UapiError(ERROR_PORT_IN_USE, f"failed to update fwmark: {exc}")
-            if wg.listen_port != port:
-                try:
-                    self._rebind(wg.listen_port)
-                except OSError as exc:
-                    wg.uapi_set(f"listen_port={self._binding.port}\n")
-                    error = UapiError(ERROR_PORT_IN_USE, f"failed to set listen_port: {exc}")
+                    kept = self._fwmark if key == "fwmark" else self._binding.port
+                    wg.uapi_set(f"{key}={kept}\n")  # the device keeps what the sockets have
+                    error = UapiError(ERROR_PORT_IN_USE, f"failed to set {key}: {exc}")
         self._kick.set()
         if error is not None:
             raise error
