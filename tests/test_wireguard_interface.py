@@ -29,7 +29,7 @@ pytest.importorskip("cryptography")
 
 import tunoffload as t  # noqa: E402
 from tunoffload.bench.traffic import tcp_exchange  # noqa: E402
-from tunoffload.wireguard import Interface  # noqa: E402
+from tunoffload.wireguard import Interface, UapiError  # noqa: E402
 from wgfake import FakeDevice  # noqa: E402
 
 UNDER_A, UNDER_B = "10.97.0.1", "10.97.0.2"
@@ -123,7 +123,7 @@ def test_tcp_both_ways_with_roaming_and_the_hook(pair: Pair) -> None:
     p = pair
     tcp_exchange(p.a_ns, p.b_ns, OVER_B, SIZE, port=5401, check=True)
     # B learned A's endpoint from A's datagrams (the sender of each, through RecvMeta)
-    peer_a = p.fb.peers()[0]
+    peer_a = p.b.peers()[0]
     assert peer_a["endpoint"] == (UNDER_A, p.a.listen_port)
     assert peer_a["rx_bytes"] > SIZE and peer_a["tx_bytes"] > SIZE
     # batches, not packets: TUN reads of super-packets, and sends per batch
@@ -196,8 +196,8 @@ def test_control_messages_and_timer_thread(pair: Pair) -> None:
     msg, source = p.fa.control_log[0]
     assert msg == bytes([2]) + p.b.public_key  # type: ignore[operator]
     assert source == (UNDER_B, p.b.listen_port)
-    assert p.fa.peers()[0]["last_handshake"][0] > 0
-    assert p.fb.peers()[0]["last_handshake"][0] > 0
+    assert p.a.peers()[0]["last_handshake"][0] > 0
+    assert p.b.peers()[0]["last_handshake"][0] > 0
     assert p.a.stats()["control_sent"] == 1 and p.b.stats()["control_sent"] == 1
 
 
@@ -232,6 +232,35 @@ def test_rebind_while_running(pair: Pair) -> None:
         p.b.listen_port = blocker.getsockname()[1]
     assert p.b.listen_port == new
     assert udp_roundtrip(p, b"still", 7102) == b"still"
+
+
+def test_configuration_protocol_rebinds_and_marks(pair: Pair) -> None:
+    # what wg set does through the daemon: the device takes the lines, the interface
+    # binds and marks its sockets after them
+    p = pair
+    old = p.b.listen_port
+    p.b.uapi_set("listen_port=0\nfwmark=4660\n")
+    new = p.b.listen_port
+    assert new not in (0, old) and p.fb.listen_port == new
+    assert (p.b.fwmark, p.fb.fwmark) == (0x1234, 0x1234)
+    lines = [line for line in p.b_ns.run("ss", "-uaneH").stdout.splitlines() if f":{new} " in line]
+    assert len(lines) == 2 and all("fwmark:0x1234" in line for line in lines)
+    p.a.set_peer(p.b.public_key, endpoint=f"{UNDER_B}:{new}")  # type: ignore[arg-type]
+    assert udp_roundtrip(p, b"rebound", 7110) == b"rebound"
+    # a port in use: -EADDRINUSE, the sockets and the device's port as they were; the
+    # lines of the operation that the device took stay applied
+    blocker = p.b_ns.socket()
+    blocker.bind(("0.0.0.0", 0))
+    with blocker, pytest.raises(UapiError) as err:
+        p.b.uapi_set(f"listen_port={blocker.getsockname()[1]}\nfwmark=7\n")
+    assert err.value.code == -98
+    assert (p.b.listen_port, p.fb.listen_port) == (new, new)
+    assert p.b.fwmark == 7
+    # a refused line: the device's errno, what came before it applied
+    with pytest.raises(UapiError) as err:
+        p.b.uapi_set("fwmark=8\nlisten_port=x\n")
+    assert err.value.code == -22 and p.b.fwmark == 8 and p.b.listen_port == new
+    assert udp_roundtrip(p, b"still", 7111) == b"still"
 
 
 def test_fwmark_on_both_sockets(pair: Pair) -> None:
@@ -287,7 +316,7 @@ def test_ipv6_underlay() -> None:
             ns.run("ip", "-6", "addr", "add", f"{addr}/64", "dev", ns.veth, "nodad")  # type: ignore[attr-defined]
         with running(a_ns, b_ns, b_host="fd97::2") as p:
             assert udp_roundtrip(p, b"over v6", 7200) == b"over v6"
-            assert p.fb.peers()[0]["endpoint"] == ("fd97::1", p.a.listen_port)
+            assert p.b.peers()[0]["endpoint"] == ("fd97::1", p.a.listen_port)
             tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5403, check=True)
 
 

@@ -1,10 +1,12 @@
 """A stand-in for the native ``tunoffload.WireGuardDevice``, for the tests of the Python
 layer (configuration protocol, ``Interface``, daemon) before and besides the native one.
 
-Its configuration behaves as wireguard-go's device does (peers created, updated and
-removed; allowed IPs moved between peers, longest prefix; the peer with the device's own
-public key removed when the private key changes to it), and its public key is X25519 of
-the private key, so ``wg`` shows what it would show for a real device.
+Its configuration takes the configuration protocol's lines as ``wg`` and ``Interface``
+write them (``uapi_set``) and answers ``get`` (``uapi_get``) in the protocol's format:
+enough for the plumbing around the device (the socket, the daemon, ``Interface``), not
+the rules, which are the native device's (tested in the Rust core and in
+``test_wireguard_uapi.py``). Its public key is X25519 of the private key, so ``wg`` shows
+what it would show for a real device.
 
 Its "data path" is no cipher at all, only the same shape: a transport message is a
 16-byte header (type 4, three zero bytes, the sender's id = the first four bytes of its
@@ -21,17 +23,18 @@ as JSON to the file named by ``WGFAKE_RECORD`` (for the daemon tests).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
 import struct
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from tunoffload.wireguard.uapi import ERROR_PORT_IN_USE, UapiError
 
 HEADER = struct.Struct("<B3x4sQ")
 HEADER_LEN, TAG_LEN = 16, 16
@@ -68,6 +71,14 @@ class FakePeer:
         self.counter = 0
 
 
+class FakeRefusal(ValueError):
+    """A line the stand-in refuses, with the errno the native device's refusal carries."""
+
+    def __init__(self, errno_: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
 class FakeDevice:
     """The stand-in. Thread-safe through one lock (it is a test double, not fast)."""
 
@@ -84,7 +95,7 @@ class FakeDevice:
         self._peers: dict[bytes, FakePeer] = {}
         self.fail_listen_port: int | None = None  # a port whose setting "fails" (tests)
         self._listen_port = 0
-        self.fwmark = 0
+        self._fwmark = 0
         self.mtu = 1420
         self.timers = timers
         self.force_under_load = force_under_load
@@ -94,29 +105,21 @@ class FakeDevice:
             ("no_route", "no_endpoint", "dropped_malformed", "dropped_filtered", "unknown"), 0
         )
         if private_key is not None:
-            self.private_key = private_key
+            self._set_private_key(private_key)
         record = os.environ.get("WGFAKE_RECORD")
         if record:
             with open(record, "w") as f:
                 json.dump({"timers": timers, "force_under_load": force_under_load}, f)
 
-    # --- configuration ---------------------------------------------------------------
+    # --- configuration: the configuration protocol's lines --------------------------------
+    #
+    # Enough of it for the Python layer's plumbing (what ``wg`` sends, what ``Interface``
+    # writes): the rules themselves (values, semantics, refusals) are the native
+    # device's, tested in the Rust core and in test_wireguard_uapi.py.
 
     @property
     def private_key(self) -> bytes | None:
         return self._private
-
-    @private_key.setter
-    def private_key(self, key: bytes | None) -> None:
-        with self._lock:
-            if key is None:
-                self._private = self._public = None
-                return
-            if len(key) != 32:
-                raise ValueError("a private key is 32 bytes")
-            self._private = clamp(key)
-            self._public = public_key_of(self._private)
-            self._peers.pop(self._public, None)
 
     @property
     def public_key(self) -> bytes | None:
@@ -126,80 +129,112 @@ class FakeDevice:
     def listen_port(self) -> int:
         return self._listen_port
 
-    @listen_port.setter
-    def listen_port(self, port: int) -> None:
-        if port == self.fail_listen_port:
-            raise OSError(98, "Address already in use")
-        self._listen_port = port
+    @property
+    def fwmark(self) -> int:
+        return self._fwmark
 
-    def set_peer(
-        self,
-        public_key: bytes,
-        *,
-        remove: bool = False,
-        update_only: bool = False,
-        preshared_key: bytes | None = None,
-        endpoint: tuple[str, int] | None = None,
-        persistent_keepalive: int | None = None,
-        replace_allowed_ips: bool = False,
-        allowed_ips: Sequence[str] = (),
-        remove_allowed_ips: Sequence[str] = (),
-    ) -> None:
-        if len(public_key) != 32:
-            raise ValueError("a public key is 32 bytes")
-        nets = [ipaddress.ip_network(p, strict=False) for p in allowed_ips]
-        gone = [ipaddress.ip_network(p, strict=False) for p in remove_allowed_ips]
+    def _set_private_key(self, key: bytes) -> None:
+        if key == bytes(32):
+            self._private = self._public = None
+            return
+        self._private = clamp(key)
+        self._public = public_key_of(self._private)
+        self._peers.pop(self._public, None)
+
+    def uapi_get(self) -> str:
         with self._lock:
-            if public_key == self._public:
-                return
-            peer = self._peers.get(public_key)
-            if remove:
-                self._peers.pop(public_key, None)
-                return
-            if peer is None:
-                if update_only:
+            lines = []
+            if self._private is not None:
+                lines.append(f"private_key={self._private.hex()}")
+            if self._listen_port:
+                lines.append(f"listen_port={self._listen_port}")
+            if self._fwmark:
+                lines.append(f"fwmark={self._fwmark}")
+            for p in self._peers.values():
+                lines.append(f"public_key={p.public_key.hex()}")
+                lines.append(f"preshared_key={(p.preshared_key or bytes(32)).hex()}")
+                lines.append("protocol_version=1")
+                if p.endpoint is not None:
+                    host, port = p.endpoint
+                    host = f"[{host}]" if ":" in host else host
+                    lines.append(f"endpoint={host}:{port}")
+                lines.append(f"last_handshake_time_sec={p.last_handshake[0]}")
+                lines.append(f"last_handshake_time_nsec={p.last_handshake[1]}")
+                lines.append(f"tx_bytes={p.tx_bytes}")
+                lines.append(f"rx_bytes={p.rx_bytes}")
+                lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+                lines += [f"allowed_ip={n}" for n in p.allowed]
+            return "".join(f"{line}\n" for line in lines)
+
+    def uapi_set(self, text: str) -> None:
+        with self._lock:
+            peer: FakePeer | None = None
+            created = in_peer = False
+            for line in text.split("\n"):
+                line = line.removesuffix("\r")
+                if not line:
                     return
-                peer = self._peers[public_key] = FakePeer(public_key)
-            if preshared_key is not None:
-                peer.preshared_key = None if preshared_key == bytes(32) else preshared_key
-            if endpoint is not None:
-                peer.endpoint = (endpoint[0], endpoint[1])
-            if persistent_keepalive is not None:
-                was = peer.persistent_keepalive
-                peer.persistent_keepalive = persistent_keepalive
-                if was == 0 and persistent_keepalive and peer.endpoint is not None:
-                    self.outbox.append((b"keepalive", peer.endpoint))
-            if replace_allowed_ips:
-                peer.allowed.clear()
-            for net in gone:
-                if net in peer.allowed:
-                    peer.allowed.remove(net)
-            for net in nets:
-                for other in self._peers.values():
-                    if other is not peer and net in other.allowed:
-                        other.allowed.remove(net)
-                if net not in peer.allowed:
-                    peer.allowed.append(net)
+                key, sep, value = line.partition("=")
+                if not sep:
+                    raise FakeRefusal(errno.EPROTO, f"no '=' in {line!r}")
+                try:
+                    if key == "public_key":
+                        in_peer = True
+                        pk = bytes.fromhex(value)
+                        peer, created = None, pk not in self._peers
+                        if pk != self._public:
+                            peer = self._peers.setdefault(pk, FakePeer(pk))
+                    elif not in_peer:
+                        self._device_line(key, value)
+                    elif peer is not None:
+                        peer = self._peer_line(peer, created, key, value)
+                except (ValueError, IndexError) as exc:
+                    if isinstance(exc, FakeRefusal):
+                        raise
+                    raise FakeRefusal(errno.EINVAL, f"{line!r}: {exc}") from None
 
-    def remove_all_peers(self) -> None:
-        with self._lock:
+    def _device_line(self, key: str, value: str) -> None:
+        if key == "private_key":
+            self._set_private_key(bytes.fromhex(value))
+        elif key == "listen_port":
+            if int(value) == self.fail_listen_port:  # as an Interface that cannot bind
+                raise UapiError(ERROR_PORT_IN_USE, "failed to set listen_port: in use")
+            self._listen_port = int(value)
+        elif key == "fwmark":
+            self._fwmark = int(value)
+        elif key == "replace_peers":
             self._peers.clear()
+        else:
+            raise ValueError(f"invalid UAPI device key: {key}")
 
-    def peers(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                {
-                    "public_key": p.public_key,
-                    "preshared_key": p.preshared_key,
-                    "endpoint": p.endpoint,
-                    "last_handshake": p.last_handshake,
-                    "rx_bytes": p.rx_bytes,
-                    "tx_bytes": p.tx_bytes,
-                    "persistent_keepalive": p.persistent_keepalive,
-                    "allowed_ips": [str(n) for n in p.allowed],
-                }
-                for p in self._peers.values()
-            ]
+    def _peer_line(self, peer: FakePeer, created: bool, key: str, value: str) -> FakePeer | None:
+        if key == "remove" or (key == "update_only" and created):
+            self._peers.pop(peer.public_key, None)
+            return None
+        if key == "preshared_key":
+            psk = bytes.fromhex(value)
+            peer.preshared_key = None if psk == bytes(32) else psk
+        elif key == "endpoint":
+            host, _, port = value.rpartition(":")
+            peer.endpoint = (host.removeprefix("[").removesuffix("]"), int(port))
+        elif key == "persistent_keepalive_interval":
+            was, peer.persistent_keepalive = peer.persistent_keepalive, int(value)
+            if was == 0 and peer.persistent_keepalive and peer.endpoint is not None:
+                self.outbox.append((b"keepalive", peer.endpoint))
+        elif key == "replace_allowed_ips":
+            peer.allowed.clear()
+        elif key == "allowed_ip":
+            net = ipaddress.ip_network(value.removeprefix("-"), strict=False)
+            if net in peer.allowed:
+                peer.allowed.remove(net)
+            if not value.startswith("-"):
+                for other in self._peers.values():
+                    if net in other.allowed:
+                        other.allowed.remove(net)
+                peer.allowed.append(net)
+        elif key not in ("update_only", "protocol_version"):
+            raise ValueError(f"invalid UAPI peer key: {key}")
+        return peer
 
     def peer(self, public_key: bytes) -> FakePeer:
         return self._peers[public_key]
@@ -258,7 +293,7 @@ class FakeDevice:
 
     def decrypt(
         self, bufs: list[bytearray], offset: int, sizes: list[int], count: int, meta: Any
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, bool]:
         packets: list[int] = []
         control: list[int] = []
         with self._lock:
@@ -292,7 +327,7 @@ class FakeDevice:
             sizes[:count] = [sizes[i] for i in perm]
             if hasattr(meta, "addrs"):
                 meta.addrs[:count] = [meta.addrs[i] for i in perm]
-        return len(packets), len(control)
+        return len(packets), len(control), False
 
     @staticmethod
     def _source_allowed(peer: FakePeer, packet: memoryview) -> bool:

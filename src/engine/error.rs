@@ -139,6 +139,14 @@ kinds! {
     BadAllowedIp = "bad_allowed_ip",
     /// A `protocol_version` other than 1.
     BadProtocolVersion = "bad_protocol_version",
+    /// A key that is not 64 hexadecimal digits (WireGuard's configuration protocol).
+    BadKey = "bad_key",
+    /// A configuration protocol (UAPI) line that is no `key=value`, names a key
+    /// wireguard-go does not take there, or has a value of the wrong form (not `true`,
+    /// not a decimal number).
+    BadUapiLine = "bad_uapi_line",
+    /// An option name the call does not take (a WireGuard timer's name).
+    UnknownOption = "unknown_option",
     // --- Arguments of the device and socket calls (kept in one block) ---
     /// `count` is more than the buffers given.
     CountTooLarge = "count_too_large",

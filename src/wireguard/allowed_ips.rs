@@ -135,15 +135,19 @@ struct Node<V> {
     bits: u128,
     len: u8,
     value: Option<V>,
+    /// When the value was set (the table's count of insertions then): entries are listed
+    /// in this order.
+    seq: u64,
     child: [Option<Box<Node<V>>>; 2],
 }
 
 impl<V> Node<V> {
-    fn leaf(bits: u128, len: u8, value: V) -> Box<Node<V>> {
+    fn leaf(bits: u128, len: u8, value: V, seq: u64) -> Box<Node<V>> {
         Box::new(Node {
             bits,
             len,
             value: Some(value),
+            seq,
             child: [None, None],
         })
     }
@@ -153,11 +157,17 @@ impl<V> Node<V> {
 pub struct AllowedIps<V> {
     v4: Option<Box<Node<V>>>,
     v6: Option<Box<Node<V>>>,
+    /// Insertions so far.
+    inserted: u64,
 }
 
 impl<V> Default for AllowedIps<V> {
     fn default() -> Self {
-        AllowedIps { v4: None, v6: None }
+        AllowedIps {
+            v4: None,
+            v6: None,
+            inserted: 0,
+        }
     }
 }
 
@@ -188,15 +198,18 @@ impl<V> AllowedIps<V> {
     pub fn insert(&mut self, net: IpNet, value: V) {
         let bits = to_bits(&net.addr);
         let len = net.len;
+        self.inserted += 1;
+        let seq = self.inserted;
         let mut link = self.root_mut(net.addr.is_ipv6());
         loop {
             let Some(node) = link else {
-                *link = Some(Node::leaf(bits, len, value));
+                *link = Some(Node::leaf(bits, len, value, seq));
                 return;
             };
             let common = common_len(node.bits, bits, node.len.min(len));
             if common == node.len && node.len == len {
                 node.value = Some(value);
+                node.seq = seq;
                 return;
             }
             if common == node.len {
@@ -207,7 +220,7 @@ impl<V> AllowedIps<V> {
             let old = link.take().unwrap();
             let new = if common == len {
                 // The new prefix covers the node: it becomes the node's parent.
-                let mut n = Node::leaf(bits, len, value);
+                let mut n = Node::leaf(bits, len, value, seq);
                 let side = bit(old.bits, len);
                 n.child[side] = Some(old);
                 n
@@ -217,11 +230,12 @@ impl<V> AllowedIps<V> {
                     bits: mask(bits, common),
                     len: common,
                     value: None,
+                    seq: 0,
                     child: [None, None],
                 });
                 let old_side = bit(old.bits, common);
                 branch.child[old_side] = Some(old);
-                branch.child[1 - old_side] = Some(Node::leaf(bits, len, value));
+                branch.child[1 - old_side] = Some(Node::leaf(bits, len, value, seq));
                 branch
             };
             *link = Some(new);
@@ -271,12 +285,15 @@ impl<V> AllowedIps<V> {
         remove_all(&mut self.v6, &owns);
     }
 
-    /// Every prefix whose value `owns` picks: IPv4 first, each family in address order.
+    /// Every prefix whose value `owns` picks, in the order they were mapped to their
+    /// values (a prefix inserted again moves to the end), both families together: the
+    /// order in which wireguard-go lists a peer's allowed IPs.
     pub fn entries_by(&self, owns: impl Fn(&V) -> bool) -> Vec<IpNet> {
         let mut out = Vec::new();
         collect(self.v4.as_deref(), false, &owns, &mut out);
         collect(self.v6.as_deref(), true, &owns, &mut out);
-        out
+        out.sort_unstable_by_key(|&(seq, _)| seq);
+        out.into_iter().map(|(_, net)| net).collect()
     }
 
     /// Removes everything.
@@ -339,13 +356,19 @@ fn remove_all<V>(link: &mut Option<Box<Node<V>>>, owns: &impl Fn(&V) -> bool) {
     compact(link);
 }
 
-fn collect<V>(node: Option<&Node<V>>, v6: bool, owns: &impl Fn(&V) -> bool, out: &mut Vec<IpNet>) {
+fn collect<V>(
+    node: Option<&Node<V>>,
+    v6: bool,
+    owns: &impl Fn(&V) -> bool,
+    out: &mut Vec<(u64, IpNet)>,
+) {
     let Some(node) = node else { return };
     if node.value.as_ref().is_some_and(owns) {
-        out.push(IpNet {
+        let net = IpNet {
             addr: from_bits(node.bits, v6),
             len: node.len,
-        });
+        };
+        out.push((node.seq, net));
     }
     collect(node.child[0].as_deref(), v6, owns, out);
     collect(node.child[1].as_deref(), v6, owns, out);
@@ -482,6 +505,14 @@ mod tests {
             show(&t, 'b'),
             ["10.1.0.0/16", "10.2.0.0/16", "2001:db8::/32"]
         );
+        // insertion order, both families mixed; inserted again: to the end
+        t.insert(net("10.1.0.0/16"), 'b');
+        t.insert(net("10.0.0.5/32"), 'b');
+        assert_eq!(
+            show(&t, 'b'),
+            ["10.2.0.0/16", "2001:db8::/32", "10.1.0.0/16", "10.0.0.5/32"]
+        );
+        t.remove(net("10.0.0.5/32"), |_| true);
         t.remove_by(|v| *v == 'a');
         assert_eq!(show(&t, 'a'), Vec::<String>::new());
         assert_eq!(t.lookup(&ip("10.1.1.1")), Some(&'b'));
@@ -559,15 +590,13 @@ mod tests {
                 }
             }
             for owner in 0..4 {
-                let mut want: Vec<IpNet> = model
+                // the model keeps insertion order (a prefix inserted again at the end)
+                let want: Vec<IpNet> = model
                     .iter()
                     .filter(|(_, o)| *o == owner)
                     .map(|(m, _)| *m)
                     .collect();
-                let mut got = t.entries_by(|v| *v == owner);
-                want.sort();
-                got.sort();
-                assert_eq!(got, want);
+                assert_eq!(t.entries_by(|v| *v == owner), want);
             }
         }
     }

@@ -1,5 +1,6 @@
-//! [`Device`]: the whole WireGuard interface. See the module doc of
-//! [`crate::wireguard`] for the API.
+//! [`Device`]: the whole WireGuard interface, its sessions, the control path and the
+//! timers. See the module doc of [`crate::wireguard`] for the API; the configuration is
+//! in `config.rs`, the data paths in `send.rs` and `receive.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,9 +10,8 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zeroize::Zeroizing;
-
-use super::allowed_ips::{AllowedIps, IpNet};
+use super::allowed_ips::AllowedIps;
+use super::config::DeviceConfig;
 use super::cookie::{CookieChecker, LoadMeter, RateLimiter};
 use super::crypto;
 use super::index_table::IndexTable;
@@ -22,8 +22,7 @@ use super::peer::{lock, read, want, write, Peer};
 use super::tai64n::Tai64n;
 use super::timers::{after, nanos, Jitter, Nanos, Timing, NONE};
 use crate::aead::HEADER_LEN;
-use crate::engine::error::{Error, ErrorKind};
-use crate::engine::Result;
+use crate::engine::error::ErrorKind;
 
 /// One datagram to send: its bytes and where to.
 pub type Datagram = (Vec<u8>, SocketAddr);
@@ -42,33 +41,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn wall(&self, _now: Instant) -> SystemTime {
         SystemTime::now()
-    }
-}
-
-/// A device's settings that are not part of UAPI.
-#[derive(Debug, Clone)]
-pub struct DeviceConfig {
-    /// The protocol's timer and counter constants (defaults: the real ones).
-    pub timing: Timing,
-    /// Pad transport messages only up to this many plaintext bytes (wireguard-go pads to
-    /// the TUN MTU); `None`: always to a multiple of 16.
-    pub mtu: Option<usize>,
-    /// The device is under load (handshake messages need a valid mac2, else a cookie
-    /// reply) while it receives at least this many handshake messages in one second, and
-    /// for [`Timing::under_load_after_time`] after.
-    pub under_load_per_second: u32,
-    /// Always under load (tests; a daemon's testing option).
-    pub force_under_load: bool,
-}
-
-impl Default for DeviceConfig {
-    fn default() -> Self {
-        DeviceConfig {
-            timing: Timing::default(),
-            mtu: None,
-            under_load_per_second: 128,
-            force_under_load: false,
-        }
     }
 }
 
@@ -104,50 +76,6 @@ pub struct Decrypted {
     pub wake: bool,
 }
 
-/// One line of a UAPI peer block, in the order given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerLine {
-    /// `update_only=true`: do not create the peer if it does not exist.
-    UpdateOnly,
-    /// `remove=true`.
-    Remove,
-    /// `preshared_key=` (all zeros: none).
-    PresharedKey([u8; 32]),
-    /// `endpoint=`.
-    Endpoint(SocketAddr),
-    /// `persistent_keepalive_interval=` in seconds (0: off).
-    PersistentKeepalive(u16),
-    /// `replace_allowed_ips=true`.
-    ReplaceAllowedIps,
-    /// `allowed_ip=`.
-    AllowedIp(IpNet),
-    /// `allowed_ip=-...` (wireguard-go's removal).
-    RemoveAllowedIp(IpNet),
-    /// `protocol_version=` (only 1 is accepted).
-    ProtocolVersion(u32),
-}
-
-/// One peer as `get=1` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// `public_key`.
-    pub public_key: [u8; 32],
-    /// `preshared_key` (zeros: none).
-    pub preshared_key: [u8; 32],
-    /// `endpoint`.
-    pub endpoint: Option<SocketAddr>,
-    /// `last_handshake_time_sec` / `_nsec` since the Unix epoch (zero: never).
-    pub last_handshake: Duration,
-    /// `tx_bytes`.
-    pub tx_bytes: u64,
-    /// `rx_bytes`.
-    pub rx_bytes: u64,
-    /// `persistent_keepalive_interval`.
-    pub persistent_keepalive_interval: u16,
-    /// `allowed_ip` lines.
-    pub allowed_ips: Vec<IpNet>,
-}
-
 /// Declares [`DeviceStats`] (plain numbers) and `Counters` (the same fields, atomic),
 /// with the field list written once.
 macro_rules! stats {
@@ -162,6 +90,13 @@ macro_rules! stats {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $(pub(crate) $field: AtomicU64,)*
+        }
+
+        impl DeviceStats {
+            /// Every counter with its name, in the order declared (a binding's dict).
+            pub fn items(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
         }
 
         impl Counters {
@@ -243,7 +178,7 @@ pub(crate) struct Static {
 pub(crate) struct PeerTable {
     pub(crate) by_key: HashMap<[u8; 32], Arc<Peer>>,
     pub(crate) allowed: AllowedIps<Arc<Peer>>,
-    next_seq: u64,
+    pub(crate) next_seq: u64,
 }
 
 /// A WireGuard interface without I/O. See the module doc of [`crate::wireguard`].
@@ -251,13 +186,16 @@ pub struct Device {
     pub(crate) timing: Timing,
     under_load_per_second: u32,
     /// [`DeviceConfig::mtu`], 0 for none.
-    mtu: AtomicUsize,
-    force_under_load: AtomicBool,
+    pub(crate) mtu: AtomicUsize,
+    pub(crate) force_under_load: AtomicBool,
     clock: Arc<dyn Clock>,
     epoch: Instant,
+    /// Held by each configuration change (wireguard-go's `ipcMutex`): a UAPI `set` is
+    /// applied line by line, never interleaved with another change.
+    pub(crate) config: Mutex<()>,
     pub(crate) static_: RwLock<Option<Static>>,
-    listen_port: AtomicU16,
-    fwmark: AtomicU32,
+    pub(crate) listen_port: AtomicU16,
+    pub(crate) fwmark: AtomicU32,
     pub(crate) peers: RwLock<PeerTable>,
     pub(crate) index: RwLock<IndexTable>,
     load: Mutex<LoadMeter>,
@@ -294,6 +232,7 @@ impl Device {
             force_under_load: AtomicBool::new(config.force_under_load),
             clock,
             epoch: Instant::now(),
+            config: Mutex::new(()),
             static_: RwLock::new(None),
             listen_port: AtomicU16::new(0),
             fwmark: AtomicU32::new(0),
@@ -320,14 +259,6 @@ impl Device {
         self.epoch + Duration::from_nanos(t)
     }
 
-    /// The padding limit.
-    pub(crate) fn mtu(&self) -> Option<usize> {
-        match self.mtu.load(Relaxed) {
-            0 => None,
-            m => Some(m),
-        }
-    }
-
     /// Adds to a counter.
     pub(crate) fn count(&self, c: impl Fn(&Counters) -> &AtomicU64, n: u64) {
         if n != 0 {
@@ -339,210 +270,6 @@ impl Device {
     pub(crate) fn ask(&self, peer: &Peer, what: u8) {
         peer.ask(what);
         self.wake.store(true, Relaxed);
-    }
-
-    // ----- configuration ------------------------------------------------------------
-
-    /// Sets the private key (clamped; all zeros: none) and derives the public key. As
-    /// wireguard-go: a peer whose public key is our new one is removed, and every session
-    /// whose static-static DH changes is expired.
-    pub fn set_private_key(&self, key: &[u8; 32], _now: Instant) {
-        let new = (!crypto::is_zero(key)).then(|| Zeroizing::new(crypto::clamp(*key)));
-        let mut st = write(&self.static_);
-        let same = match (&*st, &new) {
-            (None, None) => true,
-            (Some(s), Some(k)) => crypto::ct_eq(s.identity.secret.as_bytes(), &k[..]),
-            _ => false,
-        };
-        if same {
-            return;
-        }
-        let identity = new.as_ref().map(|k| Identity::new(k));
-        let mut table = write(&self.peers);
-        if let Some(id) = &identity {
-            if let Some(me) = table.by_key.get(&id.public).cloned() {
-                self.remove_peer_locked(&mut table, &me);
-            }
-        }
-        for peer in table.by_key.values() {
-            let mut hs = lock(&peer.handshake);
-            let ss = identity
-                .as_ref()
-                .and_then(|id| crypto::dh(&id.secret, &peer.public_key));
-            let changed = match (&hs.static_static, &ss) {
-                (Some(a), Some(b)) => !crypto::ct_eq(&a[..], &b[..]),
-                (None, None) => false,
-                _ => true,
-            };
-            hs.static_static = ss;
-            if changed {
-                self.expire_current_keypairs(peer, &mut hs);
-            }
-        }
-        *st = identity.map(|identity| Static {
-            checker: CookieChecker::new(&identity.public),
-            identity,
-        });
-    }
-
-    /// The private key as stored (clamped), `None` if unset.
-    pub fn private_key(&self) -> Option<[u8; 32]> {
-        read(&self.static_)
-            .as_ref()
-            .map(|s| s.identity.secret.to_bytes())
-    }
-
-    /// The public key, `None` without a private key.
-    pub fn public_key(&self) -> Option<[u8; 32]> {
-        read(&self.static_).as_ref().map(|s| s.identity.public)
-    }
-
-    /// `listen_port`: stored and reported (the caller binds the sockets).
-    pub fn set_listen_port(&self, port: u16) {
-        self.listen_port.store(port, Relaxed);
-    }
-
-    /// The stored listen port (0: none).
-    pub fn listen_port(&self) -> u16 {
-        self.listen_port.load(Relaxed)
-    }
-
-    /// `fwmark`: stored and reported.
-    pub fn set_fwmark(&self, mark: u32) {
-        self.fwmark.store(mark, Relaxed);
-    }
-
-    /// The stored fwmark (0: none).
-    pub fn fwmark(&self) -> u32 {
-        self.fwmark.load(Relaxed)
-    }
-
-    /// Changes the padding limit ([`DeviceConfig::mtu`]).
-    pub fn set_mtu(&self, mtu: Option<usize>) {
-        self.mtu.store(mtu.unwrap_or(0), Relaxed);
-    }
-
-    /// Turns [`DeviceConfig::force_under_load`] on or off.
-    pub fn set_force_under_load(&self, on: bool) {
-        self.force_under_load.store(on, Relaxed);
-    }
-
-    /// `replace_peers=true`: removes every peer (their keys zeroed, staged packets
-    /// dropped).
-    pub fn remove_all_peers(&self) {
-        let mut table = write(&self.peers);
-        let all: Vec<Arc<Peer>> = table.by_key.values().cloned().collect();
-        for p in &all {
-            self.remove_peer_locked(&mut table, p);
-        }
-    }
-
-    /// One UAPI peer block: `public_key=` then `lines` in order. Creates the peer unless
-    /// an [`PeerLine::UpdateOnly`] says not to; a block for our own public key is
-    /// ignored. Every line is checked before any is applied (`protocol_version` other
-    /// than 1: an error, nothing changed). After the block, as wireguard-go: turning a
-    /// persistent keepalive on queues a keepalive, and staged packets are sent if a
-    /// session allows.
-    pub fn set_peer(&self, public_key: &[u8; 32], lines: &[PeerLine], _now: Instant) -> Result<()> {
-        for line in lines {
-            if let PeerLine::ProtocolVersion(v) = line {
-                if *v != 1 {
-                    return Err(Error::new(
-                        ErrorKind::BadProtocolVersion,
-                        format!("protocol_version {v}: only 1 exists"),
-                    ));
-                }
-            }
-        }
-        let st = read(&self.static_);
-        if st
-            .as_ref()
-            .is_some_and(|s| s.identity.public == *public_key)
-        {
-            return Ok(());
-        }
-        let mut table = write(&self.peers);
-        let (peer, created) = match table.by_key.get(public_key) {
-            Some(p) => (p.clone(), false),
-            None => {
-                let ss = st
-                    .as_ref()
-                    .and_then(|s| crypto::dh(&s.identity.secret, public_key));
-                table.next_seq += 1;
-                let p = Arc::new(Peer::new(*public_key, ss, table.next_seq));
-                table.by_key.insert(*public_key, p.clone());
-                (p, true)
-            }
-        };
-        let mut pka_on = false;
-        for line in lines {
-            match line {
-                PeerLine::UpdateOnly if created => {
-                    self.remove_peer_locked(&mut table, &peer);
-                    return Ok(());
-                }
-                PeerLine::UpdateOnly | PeerLine::ProtocolVersion(_) => {}
-                PeerLine::Remove => {
-                    self.remove_peer_locked(&mut table, &peer);
-                    return Ok(());
-                }
-                PeerLine::PresharedKey(k) => *lock(&peer.handshake).preshared_key = *k,
-                PeerLine::Endpoint(a) => *write(&peer.endpoint) = Some(*a),
-                PeerLine::PersistentKeepalive(s) => {
-                    let old = peer.persistent_keepalive.swap(*s, Relaxed);
-                    pka_on = old == 0 && *s != 0;
-                }
-                PeerLine::ReplaceAllowedIps => table.allowed.remove_by(|v| Arc::ptr_eq(v, &peer)),
-                PeerLine::AllowedIp(n) => table.allowed.insert(*n, peer.clone()),
-                PeerLine::RemoveAllowedIp(n) => {
-                    table.allowed.remove(*n, |v| Arc::ptr_eq(v, &peer));
-                }
-            }
-        }
-        if pka_on {
-            self.ask(&peer, want::KEEPALIVE);
-        }
-        self.ask(&peer, want::FLUSH);
-        Ok(())
-    }
-
-    /// Removes a peer; `false` if there was none.
-    pub fn remove_peer(&self, public_key: &[u8; 32]) -> bool {
-        let mut table = write(&self.peers);
-        let Some(peer) = table.by_key.get(public_key).cloned() else {
-            return false;
-        };
-        self.remove_peer_locked(&mut table, &peer);
-        true
-    }
-
-    /// Removes `peer` (its routes, index entries, keys and staged packets).
-    fn remove_peer_locked(&self, table: &mut PeerTable, peer: &Arc<Peer>) {
-        table.allowed.remove_by(|v| Arc::ptr_eq(v, peer));
-        table.by_key.remove(&peer.public_key);
-        peer.running.store(false, Relaxed);
-        peer.timers.stop();
-        self.zero_and_flush_all(peer);
-    }
-
-    /// Every peer, in the order they were added, as `get=1` reports them.
-    pub fn peers(&self) -> Vec<PeerStatus> {
-        let table = read(&self.peers);
-        let mut peers: Vec<&Arc<Peer>> = table.by_key.values().collect();
-        peers.sort_by_key(|p| p.seq);
-        peers
-            .into_iter()
-            .map(|p| PeerStatus {
-                public_key: p.public_key,
-                preshared_key: *lock(&p.handshake).preshared_key,
-                endpoint: p.endpoint(),
-                last_handshake: Duration::from_nanos(p.last_handshake.load(Relaxed)),
-                tx_bytes: p.tx_bytes.load(Relaxed),
-                rx_bytes: p.rx_bytes.load(Relaxed),
-                persistent_keepalive_interval: p.persistent_keepalive.load(Relaxed),
-                allowed_ips: table.allowed.entries_by(|v| Arc::ptr_eq(v, p)),
-            })
-            .collect()
     }
 
     /// The device's counters.
@@ -575,7 +302,7 @@ impl Device {
     /// `ExpireCurrentKeypairs` (the private key changed): the handshake in progress is
     /// forgotten, a new one may start at once, and the current and next sessions send no
     /// more.
-    fn expire_current_keypairs(&self, peer: &Peer, hs: &mut Handshake) {
+    pub(crate) fn expire_current_keypairs(&self, peer: &Peer, hs: &mut Handshake) {
         write(&self.index).remove(hs.local_index);
         hs.clear();
         hs.last_sent_handshake = None;

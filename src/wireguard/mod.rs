@@ -20,8 +20,14 @@
 //! - `timers`: the five timers of `timers.go` as atomic deadlines, and [`Timing`].
 //! - `index_table`: our random 32-bit indices, each naming a handshake or a session.
 //! - `peer`: one peer's state, and the lock order.
-//! - `device`: [`Device`], the whole: configuration, sessions, the control path, `tick`.
-//! - `send`, `receive`: the data paths, [`Device::encrypt`] and [`Device::decrypt`].
+//! - `device`: [`Device`], the whole: sessions, the control path, `tick`.
+//! - `config`: [`DeviceConfig`], the keys, port, fwmark and peers, changed one UAPI line
+//!   at a time ([`PeerLine`]) and reported as `get=1` does ([`PeerStatus`]).
+//! - [`uapi`]: the configuration protocol's text, as wireguard-go's `uapi.go`
+//!   ([`Device::uapi_get`], [`Device::uapi_set`]).
+//! - `send`, `receive`: the data paths, [`Device::encrypt`] and [`Device::decrypt`], and
+//!   their forms for a binding's buffers ([`Device::encrypt_with`],
+//!   [`Device::decrypt_with`]).
 //!
 //! # The API
 //!
@@ -32,8 +38,10 @@
 //! packet (the one per-message lock is the aead module's replay window, held to check a
 //! counter), and the steady state allocates nothing. Argument errors are the engine's
 //! [`Error`](crate::engine::Error) (kinds `offset_too_small`, `count_too_large`,
-//! `buffer_too_small`, `out_buf_too_small`, `too_few_addresses`,
-//! `bad_protocol_version`, `bad_allowed_ip`); bad packets are never errors, only counted.
+//! `buffer_too_small`, `out_buf_too_small`, `too_few_addresses`, `overlapping_buffers`,
+//! `bad_protocol_version`, `bad_allowed_ip`, and for the configuration `bad_key`,
+//! `bad_address`, `bad_uapi_line`, `out_of_range`, `unknown_option`); bad packets are
+//! never errors, only counted.
 //!
 //! ## Sending: [`Device::encrypt`]
 //! `encrypt(bufs, offset, sizes, now) -> Result<Encrypted>`: packet `i` is
@@ -64,13 +72,24 @@
 //! bytes and timers are updated. The batch is compacted as the aead module compacts:
 //! `[0..packets)` are the decrypted IP packets (packet `i` at
 //! `bufs[i][offset + 16..offset + 16 + sizes[i]]`, padding stripped) in arrival order,
-//! `[packets..packets + control)` the handshake initiations, responses and cookie replies
-//! (right type and size), untouched, in arrival order, with `sources[packets..packets +
-//! control)` set to their sources, so the caller passes each to
-//! [`Device::handle_control`] (the other entries of `sources` are unspecified). Everything
-//! else (forged, replayed, unknown index, expired session, disallowed source, malformed,
-//! keepalives) is dropped, its size 0, and counted. A keepalive or data message that
+//! `[packets..packets + control)` the handshake initiations and responses made for our
+//! public key (right size, valid mac1) and the cookie replies (right size), untouched, in
+//! arrival order, with `sources[packets..packets + control)` set to their sources, so the
+//! caller passes each to [`Device::handle_control`] (the other entries of `sources` are
+//! unspecified). Everything else (forged, replayed, unknown index, expired session,
+//! disallowed source, malformed, keepalives, handshake messages of a wrong size or with a
+//! bad mac1) is dropped, its size 0, and counted. A keepalive or data message that
 //! confirms a responder's session, or a receive-side rekey, sets [`Decrypted::wake`].
+//!
+//! ## For a binding: [`Device::encrypt_with`], [`Device::decrypt_with`]
+//! The same two calls on a caller's [`Buffers`](crate::engine::Buffers) (a Python list of
+//! `bytearray`s) with its [`Hooks`](crate::hooks::Hooks): the buffers converted once,
+//! checked distinct, grown before the work where a message needs room, then pinned and
+//! sealed or opened through [`Hooks::work`](crate::hooks::Hooks::work) (the binding
+//! releases the GIL) when the hooks find the batch worth it, as
+//! [`UdpBatch::recv_with`](crate::udp::UdpBatch::recv_with) copies; a decrypt puts the
+//! caller's entries in the compacted order. `sources` is the `[Option<SocketAddr>]` a
+//! binding's receive metadata holds.
 //!
 //! ## The control path: [`Device::handle_control`], [`Device::tick`]
 //! - `handle_control(msg, src, now) -> Vec<Datagram>`: one handshake initiation,
@@ -84,28 +103,35 @@
 //!
 //! A [`Datagram`] is `(bytes, destination)`.
 //!
-//! ## Configuration (what UAPI `set=1` / `get=1` need)
-//! The caller parses the text protocol; the device applies typed values:
+//! ## Configuration: UAPI text, or typed values
+//! [`Device::uapi_set`] applies the lines of a UAPI `set=1` operation and
+//! [`Device::uapi_get`] writes the body of a `get=1` answer, byte for byte as
+//! wireguard-go (see [`uapi`]): a server only frames them. The same changes typed:
 //! [`Device::set_private_key`] (the public key is derived; changing it expires every
 //! session whose static-static DH changes and removes a peer equal to our own public key),
-//! [`Device::set_listen_port`], [`Device::set_fwmark`] (stored and reported only),
-//! [`Device::remove_all_peers`] (`replace_peers=true`), and [`Device::set_peer`] with one
-//! peer block's lines in order ([`PeerLine`]: `update_only`, `remove`, `preshared_key`,
-//! `endpoint`, `persistent_keepalive_interval`, `replace_allowed_ips`, `allowed_ip`
-//! (add or remove), `protocol_version`). [`Device::peers`] reports every peer as `get=1`
-//! does ([`PeerStatus`]; `protocol_version` is always 1), [`Device::private_key`],
-//! [`Device::listen_port`], [`Device::fwmark`] the device's lines; [`Device::stats`] the
-//! device's counters, drops by reason. [`IpNet`]'s `FromStr` parses `allowed_ip` values.
+//! [`Device::set_listen_port`], [`Device::set_fwmark`] (stored and reported only: the
+//! caller binds and marks its sockets), [`Device::remove_all_peers`]
+//! (`replace_peers=true`), and [`Device::set_peer`] with one peer block's lines in order
+//! ([`PeerLine`]: `update_only`, `remove`, `preshared_key`, `endpoint`,
+//! `persistent_keepalive_interval`, `replace_allowed_ips`, `allowed_ip` (add or remove),
+//! `protocol_version`). [`Device::peers`] reports every peer as `get=1` does
+//! ([`PeerStatus`]), [`Device::private_key`], [`Device::public_key`],
+//! [`Device::listen_port`], [`Device::fwmark`] the device's values; [`Device::stats`] the
+//! device's counters, drops by reason ([`DeviceStats::items`] by name). Changes are
+//! serialized by one configuration lock, as wireguard-go's `ipcMutex`.
 //!
 //! Timer constants are overridable in [`DeviceConfig::timing`] (defaults: the real
-//! values), so tests can force a rekey in seconds; [`DeviceConfig::force_under_load`]
-//! makes every handshake message need a valid mac2.
+//! values; [`Timing::set`] by name), so tests can force a rekey in seconds;
+//! [`DeviceConfig::force_under_load`] makes every handshake message need a valid mac2;
+//! [`DeviceConfig::from_options`] makes the whole from a binding's keyword arguments,
+//! naming a bad one.
 //!
 //! Time: `now` is a monotonic [`std::time::Instant`]; wall-clock time (TAI64N timestamps,
 //! the last handshake time) comes from the device's [`Clock`], by default
 //! [`SystemClock`].
 
 pub mod allowed_ips;
+mod config;
 mod cookie;
 mod crypto;
 mod device;
@@ -118,16 +144,16 @@ mod receive;
 mod send;
 pub mod tai64n;
 mod timers;
+pub mod uapi;
 
 #[cfg(test)]
 mod tests;
 
 pub use allowed_ips::{AllowedIps, IpNet};
-pub use device::{
-    Clock, Datagram, Decrypted, Device, DeviceConfig, DeviceStats, Encrypted, PeerLine, PeerStatus,
-    SystemClock,
-};
+pub use config::{mtu_limit, DeviceConfig, PeerLine, PeerStatus};
+pub use device::{Clock, Datagram, Decrypted, Device, DeviceStats, Encrypted, SystemClock};
 pub use timers::Timing;
+pub use uapi::UapiError;
 
 /// The length of a public, private or pre-shared key.
 pub const KEY_LEN: usize = 32;

@@ -14,16 +14,21 @@ use super::allowed_ips::AllowedIps;
 use super::device::{Decrypted, Device};
 use super::index_table::IndexTable;
 use super::keypair::Keypair;
-use super::messages::control_type;
+use super::messages::{control_type, MESSAGE_COOKIE_REPLY};
 use super::peer::{read, want, write, Peer};
-use crate::aead::{open_batch, parse_header, Header, Opener, Sessions};
+use crate::aead::{check_batch, open_batch, parse_header, Header, Opener, Sessions};
 use crate::engine::error::bail;
-use crate::engine::{ExpandBuffer, Result};
+use crate::engine::{Buffers, Error, ExpandBuffer, Result};
+use crate::hooks::Hooks;
+
+/// A handshake message of the batch, in arrival order: its source if it is kept for
+/// [`Device::handle_control`], `None` if it was dropped (a bad mac1).
+type Control = Option<Option<SocketAddr>>;
 
 thread_local! {
-    /// Per thread, reused: the sources of the batch's handshake messages in arrival
-    /// order, and the batch's message sizes as passed in.
-    static SCRATCH: RefCell<(Vec<Option<SocketAddr>>, Vec<usize>)> = const {
+    /// Per thread, reused: the batch's handshake messages in arrival order, and its
+    /// message sizes as passed in.
+    static SCRATCH: RefCell<(Vec<Control>, Vec<usize>)> = const {
         RefCell::new((Vec::new(), Vec::new()))
     };
 }
@@ -208,19 +213,31 @@ impl Device {
         }
         SCRATCH.with(|scratch| {
             let (ctrl, sizes0) = &mut *scratch.borrow_mut();
-            // The handshake messages' sources in arrival order, and the sizes as passed in.
+            // The handshake messages in arrival order (the ones with a bad mac1 dropped
+            // here, so that only messages made for our public key reach the caller), and
+            // the sizes as passed in.
             ctrl.clear();
             sizes0.clear();
             sizes0.extend_from_slice(sizes);
+            let mut bad_mac1 = 0;
+            let mut st = None;
             for i in 0..n.min(bufs.len()) {
                 let msg = bufs[i]
                     .bytes()
                     .get(offset..)
                     .and_then(|b| b.get(..sizes[i]));
-                if msg.and_then(control_type).is_some() {
-                    ctrl.push(sources[i]);
-                }
+                let Some((msg, kind)) = msg.and_then(|m| Some((m, control_type(m)?))) else {
+                    continue;
+                };
+                // A cookie reply has no mac1 (its seal is checked by `handle_control`).
+                let st = st.get_or_insert_with(|| read(&self.static_));
+                let ok = kind == MESSAGE_COOKIE_REPLY
+                    || st.as_ref().is_some_and(|s| s.checker.check_mac1(msg));
+                bad_mac1 += u64::from(!ok);
+                ctrl.push(ok.then_some(sources[i]));
             }
+            drop(st);
+            self.count(|c| &c.hs_bad_mac1, bad_mac1);
             let t = self.nanos(now);
             let (opened, rx) = {
                 let peers = read(&self.peers);
@@ -262,6 +279,7 @@ impl Device {
             // Keep the handshake messages among the others, in order; drop the rest.
             let (p, o) = (opened.packets, opened.other);
             let mut c = 0;
+            let mut seen = 0;
             let mut junk = 0;
             for j in p..p + o {
                 let Some(msg) = bufs[j]
@@ -272,11 +290,15 @@ impl Device {
                     junk += 1;
                     continue;
                 };
-                if control_type(msg).is_some() && c < ctrl.len() {
-                    bufs.swap(p + c, j);
-                    sizes.swap(p + c, j);
-                    sources[p + c] = ctrl[c];
-                    c += 1;
+                if control_type(msg).is_some() {
+                    // Counted above when its mac1 was bad.
+                    if let Some(Some(src)) = ctrl.get(seen) {
+                        bufs.swap(p + c, j);
+                        sizes.swap(p + c, j);
+                        sources[p + c] = *src;
+                        c += 1;
+                    }
+                    seen += 1;
                 } else if !matches!(parse_header(msg), Header::Transport { .. }) {
                     // Transport data for no session was counted by the lookup.
                     junk += 1;
@@ -301,5 +323,44 @@ impl Device {
                 wake,
             })
         })
+    }
+
+    /// [`decrypt`](Self::decrypt) on a caller's [`Buffers`] (a binding's list of
+    /// `bytearray`s), datagram `i` at `bufs[i][offset..offset + sizes[i]]` from
+    /// `sources[i]` for `i < sizes.len()` (a binding's `RecvMeta` holds `sources`). The
+    /// buffers are converted once and keep their lengths; buffers that share memory are
+    /// refused (`overlapping_buffers`), as are more `sizes` than `bufs`
+    /// (`count_too_large`) or `sources` (`too_few_addresses`) and a datagram past its
+    /// buffer (`buffer_too_small`), before anything changes. When `hooks` finds the batch
+    /// worth it ([`Hooks::worth_releasing`] of its bytes), the buffers are pinned and the
+    /// opening runs through [`Hooks::work`] (the binding releases the GIL). Afterwards the
+    /// caller's entries are in the compacted order ([`Buffers::reorder`]), as `sizes`.
+    pub fn decrypt_with<E, L, H>(
+        &self,
+        bufs: &mut L,
+        offset: usize,
+        sizes: &mut [usize],
+        sources: &mut [Option<SocketAddr>],
+        now: Instant,
+        hooks: &mut H,
+    ) -> std::result::Result<Decrypted, E>
+    where
+        E: From<Error>,
+        L: Buffers<E> + ?Sized,
+        H: Hooks<E> + ?Sized,
+    {
+        let n = sizes.len();
+        // (Fewer bufs than sizes: all of them converted, for check_batch to refuse.)
+        let b = bufs.bufs(n.min(bufs.count()), true, usize::MAX)?;
+        check_batch(b, offset, sizes, 0, "message")?;
+        let r = if hooks.worth_releasing(sizes.iter().sum()) {
+            bufs.pinned(n, |w| {
+                hooks.work(|| self.decrypt(w, offset, sizes, sources, now))
+            })??
+        } else {
+            self.decrypt(bufs.bufs(n, true, usize::MAX)?, offset, sizes, sources, now)?
+        };
+        bufs.reorder()?;
+        Ok(r)
     }
 }

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use super::device::{Device, Encrypted};
 use super::peer::{read, want, Peer};
-use crate::aead::{check_batch, HEADER_LEN};
+use crate::aead::{check_batch, padded_len, HEADER_LEN, TAG_LEN};
 use crate::engine::error::ErrorKind;
-use crate::engine::{ExpandBuffer, Result};
+use crate::engine::{Buffers, Error, ExpandBuffer, Result};
+use crate::hooks::Hooks;
 
 /// The destination address of an IP packet, if it is one (version 4 with at least 20
 /// bytes, or 6 with at least 40).
@@ -92,5 +93,57 @@ impl Device {
         self.count(|c| &c.tx_staged, sizes.len() as u64);
         self.ask(&peer, want::FLUSH);
         Ok(Encrypted::Staged)
+    }
+
+    /// [`encrypt`](Self::encrypt) on a caller's [`Buffers`] (a binding's list of
+    /// `bytearray`s), packet `i` at `bufs[i][offset..offset + sizes[i]]` for `i <
+    /// sizes.len()`. The buffers are converted once; each keeps its length, a buffer
+    /// too short for its message grows (where it can) before anything is sealed; buffers
+    /// that share memory are refused (`overlapping_buffers`), as are more `sizes` than
+    /// `bufs` (`count_too_large`). When `hooks` finds the batch worth it
+    /// ([`Hooks::worth_releasing`] of its bytes), the buffers are pinned and the sealing
+    /// runs through [`Hooks::work`] (the binding releases the GIL). `sizes` become the
+    /// messages' lengths, as with `encrypt`.
+    pub fn encrypt_with<E, L, H>(
+        &self,
+        bufs: &mut L,
+        offset: usize,
+        sizes: &mut [usize],
+        now: Instant,
+        hooks: &mut H,
+    ) -> std::result::Result<Encrypted, E>
+    where
+        E: From<Error>,
+        L: Buffers<E> + ?Sized,
+        H: Hooks<E> + ?Sized,
+    {
+        let n = sizes.len();
+        // (Fewer bufs than sizes: all of them converted, for check_batch to refuse.)
+        let b = bufs.bufs(n.min(bufs.count()), true, offset)?;
+        check_batch(b, offset, sizes, HEADER_LEN, "packet")?;
+        // Room for each message (padding and tag) made now, so that pinned buffers need
+        // not grow.
+        let mtu = self.mtu();
+        for (i, (b, &size)) in b.iter_mut().zip(sizes.iter()).enumerate() {
+            let need = offset
+                .saturating_add(padded_len(size, mtu))
+                .saturating_add(TAG_LEN);
+            if b.bytes().len() < need {
+                if b.max_len() < need {
+                    let m = format!(
+                        "bufs[{i}] holds {} bytes and cannot grow to the {need} that packet \
+                         {i}'s message needs after offset {offset}",
+                        b.bytes().len()
+                    );
+                    return Err(Error::new(ErrorKind::OutBufTooSmall, m).at(i).into());
+                }
+                b.resize(need)?;
+            }
+        }
+        if hooks.worth_releasing(sizes.iter().sum()) {
+            let r = bufs.pinned(n, |w| hooks.work(|| self.encrypt(w, offset, sizes, now)))?;
+            return Ok(r?);
+        }
+        Ok(self.encrypt(bufs.bufs(n, true, offset)?, offset, sizes, now)?)
     }
 }

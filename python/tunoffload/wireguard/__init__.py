@@ -11,17 +11,18 @@ the batch paths of ``TunDevice`` and ``UdpSocket``.
 See ``docs/wireguard.md``.
 """
 
-from ._device import Endpoint, PeerConfigTarget, WireGuardDeviceLike, key_bytes
-from .interface import Hook, Interface
+from ._device import Endpoint, UapiTarget, WireGuardDeviceLike, key_bytes
+from .interface import Hook, Interface, peers_of
 from .uapi import UapiError, UapiServer
 
 __all__ = [
     "Endpoint",
     "Hook",
     "Interface",
-    "PeerConfigTarget",
     "UapiError",
     "UapiServer",
+    "UapiTarget",
     "WireGuardDeviceLike",
     "key_bytes",
+    "peers_of",
 ]

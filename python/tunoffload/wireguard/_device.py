@@ -4,18 +4,19 @@
 does no I/O: keys, peers, sessions, timers, and the batch encryption and decryption. The
 Python layer (``interface.py``, ``uapi.py``) owns the TUN device, the sockets and the
 threads, and talks to the device only through the methods below, so a stand-in with the
-same methods (the tests' fake) can take its place.
+same methods (the tests' fake) can take its place. The configuration is the device's
+configuration protocol text (``uapi_get``/``uapi_set``): its rules (values, semantics,
+refusals) live in the native device alone.
 
 The native class and its ``RecvMeta`` are looked up when first needed, not imported, so
-that this package imports (and its configuration protocol works against a stand-in) on a
-build without them.
+that this package imports (and runs against a stand-in) on a build without them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 KEY_LEN = 32
@@ -38,44 +39,32 @@ class RecvMetaLike(Protocol):
     def source(self, index: int) -> Endpoint: ...
 
 
-class PeerConfigTarget(Protocol):
-    """The configuration side of a WireGuard device: what the UAPI ``set=1``/``get=1``
-    operations read and change. ``Interface`` and ``WireGuardDevice`` both have it."""
+class UapiTarget(Protocol):
+    """What WireGuard's configuration protocol (UAPI) serves: the body of a ``get=1``
+    answer, and a ``set=1`` operation applied. ``WireGuardDevice`` (the rules, as
+    wireguard-go's) and ``Interface`` (which also binds and marks its sockets) both
+    have it.
 
-    @property
-    def private_key(self) -> bytes | None: ...
-    @private_key.setter
-    def private_key(self, key: bytes | None) -> None: ...
+    ``uapi_set`` raises ``ValueError`` for a refused line (the native device's
+    ``InputError`` carries ``kind`` and ``errno``, the positive errno wireguard-go
+    answers: ``EINVAL``, or ``EPROTO`` for a line without ``=``); the lines before it
+    stay applied. :func:`tunoffload.wireguard.uapi.uapi_error` turns any refusal into
+    the errno a client reads."""
+
+    def uapi_get(self) -> str: ...
+    def uapi_set(self, text: str) -> None: ...
+
+
+class WireGuardDeviceLike(UapiTarget, Protocol):
+    """The whole native device: configuration (UAPI text), data path, control and
+    timers."""
+
     @property
     def public_key(self) -> bytes | None: ...
     @property
     def listen_port(self) -> int: ...
-    @listen_port.setter
-    def listen_port(self, port: int) -> None: ...
     @property
     def fwmark(self) -> int: ...
-    @fwmark.setter
-    def fwmark(self, mark: int) -> None: ...
-    def set_peer(
-        self,
-        public_key: bytes,
-        *,
-        remove: bool = False,
-        update_only: bool = False,
-        preshared_key: bytes | None = None,
-        endpoint: Endpoint | None = None,
-        persistent_keepalive: int | None = None,
-        replace_allowed_ips: bool = False,
-        allowed_ips: Sequence[str] = (),
-        remove_allowed_ips: Sequence[str] = (),
-    ) -> None: ...
-    def remove_all_peers(self) -> None: ...
-    def peers(self) -> list[dict[str, Any]]: ...
-
-
-class WireGuardDeviceLike(PeerConfigTarget, Protocol):
-    """The whole native device: configuration, data path, control and timers."""
-
     @property
     def mtu(self) -> int: ...
     @mtu.setter
@@ -90,7 +79,7 @@ class WireGuardDeviceLike(PeerConfigTarget, Protocol):
         sizes: list[int],
         count: int,
         meta: Any,
-    ) -> tuple[int, int]: ...
+    ) -> tuple[int, int, bool]: ...
     def handle_control(self, msg: bytes, source: Endpoint) -> Datagrams: ...
     def tick(self) -> Datagrams: ...
     def next_deadline(self) -> float | None: ...
@@ -99,12 +88,12 @@ class WireGuardDeviceLike(PeerConfigTarget, Protocol):
 
 def native_device(
     *,
-    private_key: bytes | None = None,
     timers: Mapping[str, float] | None = None,
     force_under_load: bool = False,
 ) -> WireGuardDeviceLike:
-    """A new native ``WireGuardDevice``. The testing keywords are passed only when set,
-    so a build whose device does not take them still makes ordinary devices.
+    """A new native ``WireGuardDevice`` (no key, no peers: configure it through
+    ``uapi_set``). The testing keywords are passed only when set, so a build whose
+    device does not take them still makes ordinary devices.
 
     Raises ``RuntimeError`` when this build of tunoffload has no WireGuard device."""
     from tunoffload import _native
@@ -115,7 +104,7 @@ def native_device(
             "this build of tunoffload has no native WireGuardDevice "
             "(tunoffload._native.WireGuardDevice is missing)"
         )
-    kwargs: dict[str, Any] = {"private_key": private_key}
+    kwargs: dict[str, Any] = {}
     if timers:
         kwargs["timers"] = dict(timers)
     if force_under_load:

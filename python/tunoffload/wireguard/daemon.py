@@ -138,7 +138,7 @@ def _testing_device(spec: str, options: dict[str, Any]) -> WireGuardDeviceLike:
     if not sep:
         raise DaemonError(f"{ENV_TESTING_DEVICE}: expected module:callable, not {spec!r}")
     factory = getattr(importlib.import_module(module), attr)
-    device: WireGuardDeviceLike = factory(private_key=None, **options)
+    device: WireGuardDeviceLike = factory(**options)
     return device
 
 

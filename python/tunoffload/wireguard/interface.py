@@ -14,7 +14,11 @@ packet:
   handshake and cookie messages after them) -> the optional ``hook`` -> one
   ``tun.send_multiple`` (GRO); the handshake messages -> ``wg.handle_control`` -> sends;
 - timers: ``wg.tick()`` when ``wg.next_deadline()`` says, or when the other threads ask
-  (a packet staged for a handshake, a configuration change) -> sends.
+  (a packet staged for a handshake, a session confirmed, a configuration change) -> sends.
+
+The configuration goes to the device as the configuration protocol's text (``uapi_set``)
+and comes back from it the same way (``uapi_get``): the rules are the device's, this
+class only writes its keywords as lines and reads the answer's lines back.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tunoffload._netns import NetnsTarget
 from tunoffload._netns import netns as enter_netns
 
 from ._device import (
+    KEY_LEN,
     MESSAGE_HEADER_LEN,
     MESSAGE_OVERHEAD,
     AddrsMeta,
@@ -43,7 +48,7 @@ from ._device import (
     native_device,
     new_recv_meta,
 )
-from .uapi import UapiError, parse_endpoint
+from .uapi import ERROR_PORT_IN_USE, UapiError, uapi_error
 
 Hook = Callable[[list[bytearray], int, list[int], int], "int | None"]
 """``hook(bufs, offset, sizes, count)``: sees each batch of decrypted packets before it
@@ -194,11 +199,9 @@ class Interface:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         key = None if private_key is None else key_bytes(private_key, "private_key")
         if device is None:
-            device = native_device(
-                private_key=key, timers=timers, force_under_load=force_under_load
-            )
-        elif key is not None:
-            device.private_key = key
+            device = native_device(timers=timers, force_under_load=force_under_load)
+        if key is not None:
+            device.uapi_set(f"private_key={key.hex()}\n")
         self._wg = device
         self._netns = netns
         self._hook = hook
@@ -243,8 +246,7 @@ class Interface:
             if up:
                 self._tun.up()
             binding = self._binding = self._open_binding(listen_port, fwmark)
-            self._wg.listen_port = binding.port
-            self._wg.fwmark = fwmark
+            self._wg.uapi_set(f"listen_port={binding.port}\nfwmark={fwmark}\n")
         except BaseException:
             if binding is not None:
                 _close_binding(binding)
@@ -266,11 +268,17 @@ class Interface:
 
     @property
     def private_key(self) -> bytes | None:
-        return self._wg.private_key
+        """The private key (as the device stores it, clamped); ``None`` when unset.
+        Setting it (``None`` clears it) changes the public key."""
+        for line in self._wg.uapi_get().splitlines():
+            if line.startswith("private_key="):
+                return bytes.fromhex(line.partition("=")[2])
+        return None
 
     @private_key.setter
     def private_key(self, key: bytes | str | None) -> None:
-        self._wg.private_key = None if key is None else key_bytes(key, "private_key")
+        raw = bytes(KEY_LEN) if key is None else key_bytes(key, "private_key")
+        self._wg.uapi_set(f"private_key={raw.hex()}\n")
         self._kick.set()
 
     @property
@@ -288,16 +296,7 @@ class Interface:
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"listen_port must be in 0..=65535, not {port}")
         with self._lock:
-            if port != 0 and port == self._binding.port:
-                return
-            new = self._open_binding(port, self._fwmark)
-            old, self._binding = self._binding, new
-            self._wg.listen_port = new.port
-            if self._started and not self._stopping.is_set():
-                for bound in new.all():
-                    self._start_rx(bound)
-            self._retire(old)
-            log.debug("UDP bind has been updated (port %d)", new.port)
+            self._rebind(port)
 
     @property
     def fwmark(self) -> int:
@@ -308,10 +307,7 @@ class Interface:
         if not 0 <= mark <= 0xFFFFFFFF:
             raise ValueError(f"fwmark must be in 0..=4294967295, not {mark}")
         with self._lock:
-            for bound in self._binding.all():
-                bound.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
-            self._fwmark = mark
-            self._wg.fwmark = mark
+            self._mark(mark)
 
     def set_peer(
         self,
@@ -326,42 +322,84 @@ class Interface:
         allowed_ips: Sequence[str] = (),
         remove_allowed_ips: Sequence[str] = (),
     ) -> None:
-        """Adds, changes or removes a peer, as the native ``set_peer`` (keys may be text;
-        ``endpoint`` may be ``"host:port"`` / ``"[v6]:port"``); ``None`` leaves a
-        setting as it is."""
-        pk = key_bytes(public_key, "public_key")
-        psk = None if preshared_key is None else key_bytes(preshared_key, "preshared_key")
-        if isinstance(endpoint, str):
-            try:
-                endpoint = parse_endpoint(endpoint)
-            except UapiError:
-                raise ValueError(f"endpoint: not HOST:PORT or [V6]:PORT: {endpoint!r}") from None
-        extra: dict[str, Any] = {}
-        if remove_allowed_ips:
-            extra["remove_allowed_ips"] = list(remove_allowed_ips)
-        self._wg.set_peer(
-            pk,
-            remove=remove,
-            update_only=update_only,
-            preshared_key=psk,
-            endpoint=endpoint,
-            persistent_keepalive=persistent_keepalive,
-            replace_allowed_ips=replace_allowed_ips,
-            allowed_ips=list(allowed_ips),
-            **extra,
-        )
+        """Adds, changes or removes a peer, as one peer section of the configuration
+        protocol (keys may be text as ``wg`` writes them; ``endpoint`` a ``(host, port)``
+        tuple or ``"host:port"`` / ``"[v6]:port"``; ``None`` leaves a setting as it is;
+        a preshared key of 32 zero bytes removes it). Lines go in the order of the
+        keywords (``update_only`` first, ``replace_allowed_ips`` before the removals,
+        then the additions). A refused value is the device's ``ValueError`` (with its
+        ``kind``); the settings before it in that order stay applied, as with ``wg set``.
+        """
+        lines = [f"public_key={key_bytes(public_key, 'public_key').hex()}"]
+        if update_only:
+            lines.append("update_only=true")
+        if remove:
+            lines.append("remove=true")
+        if preshared_key is not None:
+            lines.append(f"preshared_key={key_bytes(preshared_key, 'preshared_key').hex()}")
+        if endpoint is not None:
+            lines.append(f"endpoint={_endpoint_text(endpoint)}")
+        if persistent_keepalive is not None:
+            lines.append(f"persistent_keepalive_interval={int(persistent_keepalive)}")
+        if replace_allowed_ips:
+            lines.append("replace_allowed_ips=true")
+        lines += [f"allowed_ip=-{p}" for p in remove_allowed_ips]
+        lines += [f"allowed_ip={p}" for p in allowed_ips]
+        self._wg.uapi_set("".join(f"{line}\n" for line in lines))
         self._kick.set()
 
     def remove_peer(self, public_key: bytes | str) -> None:
         self.set_peer(public_key, remove=True)
 
     def remove_all_peers(self) -> None:
-        self._wg.remove_all_peers()
+        self._wg.uapi_set("replace_peers=true\n")
         self._kick.set()
 
     def peers(self) -> list[dict[str, Any]]:
-        """Each peer's configuration and counters, as the native device reports them."""
-        return self._wg.peers()
+        """Each peer's configuration and counters, as the device reports them (see
+        :func:`peers_of`)."""
+        return peers_of(self._wg.uapi_get())
+
+    def uapi_get(self) -> str:
+        """The body of a configuration protocol ``get=1`` answer (the device's)."""
+        return self._wg.uapi_get()
+
+    def uapi_set(self, text: str) -> None:
+        """Applies a configuration protocol ``set=1`` operation (its lines, without
+        ``set=1``) to the device, then binds new sockets if it changed the listen port
+        and marks them if it changed the fwmark. A refusal is a :class:`UapiError` with
+        the errno a client reads: the device's for a bad line (the lines before it stay
+        applied), ``-EADDRINUSE`` when the port cannot be bound or the mark set (the old
+        sockets and the device's port or mark then kept). Unlike wireguard-go, which
+        binds as it reads the ``listen_port`` line, the sockets change after the whole
+        operation: a refused port does not stop the lines after it."""
+        with self._lock:
+            wg = self._wg
+            port, mark = wg.listen_port, wg.fwmark
+            error: UapiError | None = None
+            try:
+                wg.uapi_set(text)
+            except Exception as exc:
+                error = uapi_error(exc)
+            # A listen_port or fwmark line that took effect came before any refused line
+            # (the device stops at the first): its failure is the one to report. The
+            # mark first, so that new sockets get the new one.
+            for key, before, apply in (
+                ("fwmark", mark, self._mark),
+                ("listen_port", port, self._rebind),
+            ):
+                now = getattr(wg, key)
+                if now == before:
+                    continue
+                try:
+                    apply(now)
+                except OSError as exc:
+                    kept = self._fwmark if key == "fwmark" else self._binding.port
+                    wg.uapi_set(f"{key}={kept}\n")  # the device keeps what the sockets have
+                    error = UapiError(ERROR_PORT_IN_USE, f"failed to set {key}: {exc}")
+        self._kick.set()
+        if error is not None:
+            raise error
 
     def stats(self) -> dict[str, int]:
         """The native device's counters (drops by reason...) and this layer's: reads,
@@ -446,6 +484,29 @@ class Interface:
     def _open_binding(self, port: int, fwmark: int) -> _Binding:
         with self._in_netns():
             return _open_binding(port, fwmark)
+
+    def _rebind(self, port: int) -> None:
+        """Binds sockets on ``port`` (0: a free one), starts their receivers and retires
+        the old ones, and tells the device the port bound (``self._lock`` held);
+        ``OSError`` keeps the old ones. The port already bound is kept as it is."""
+        if port != 0 and port == self._binding.port:
+            self._wg.uapi_set(f"listen_port={port}\n")
+            return
+        new = self._open_binding(port, self._fwmark)
+        old, self._binding = self._binding, new
+        self._wg.uapi_set(f"listen_port={new.port}\n")
+        if self._started and not self._stopping.is_set():
+            for bound in new.all():
+                self._start_rx(bound)
+        self._retire(old)
+        log.debug("UDP bind has been updated (port %d)", new.port)
+
+    def _mark(self, mark: int) -> None:
+        """``SO_MARK`` on every socket (``self._lock`` held)."""
+        for bound in self._binding.all():
+            bound.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        self._fwmark = mark
+        self._wg.uapi_set(f"fwmark={mark}\n")
 
     def _apply_mtu(self, mtu: int) -> None:
         """The padding limit of the device and the super-packet size of the TUN device
@@ -580,11 +641,13 @@ class Interface:
                 counters["udp_reads"] += 1
                 counters["udp_datagrams"] += n
                 try:
-                    packets, control = wg.decrypt(bufs, 0, sizes, n, meta)
+                    packets, control, wake = wg.decrypt(bufs, 0, sizes, n, meta)
                 except ValueError as exc:  # the batch refused as a whole: dropped
                     counters["rx_errors"] += 1
                     log.debug("%s: decrypt: %s", self.name, exc)
                     continue
+                if wake:  # a session confirmed (staged packets to send), a rekey due
+                    self._kick.set()
                 messages = (
                     [
                         (bytes(memoryview(bufs[i])[: sizes[i]]), meta.source(i))
@@ -647,3 +710,57 @@ class Interface:
             log.debug("%s: MTU %d -> %d", self.name, self._mtu, mtu)
             self._mtu = mtu
             self._apply_mtu(mtu)
+
+
+def _endpoint_text(endpoint: Endpoint | str) -> str:
+    """An endpoint as the configuration protocol writes it: ``host:port``, ``[v6]:port``
+    for a ``(host, port)`` tuple whose host has a ``:``; text as it is (the device
+    parses it)."""
+    if isinstance(endpoint, str):
+        return endpoint
+    host, port = endpoint[0], int(endpoint[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peers_of(get: str) -> list[dict[str, Any]]:
+    """The peers of a ``get=1`` answer's body, in its order, each a dict:
+    ``public_key`` and ``preshared_key`` (``bytes``; ``None`` for no preshared key),
+    ``endpoint`` (``(host, port)``, an IPv6 host without brackets, or ``None``),
+    ``last_handshake`` (``(sec, nsec)``, wall clock; ``(0, 0)`` never), ``tx_bytes``,
+    ``rx_bytes``, ``persistent_keepalive`` (seconds, 0 off) and ``allowed_ips`` (the
+    prefixes as text, in the order added)."""
+    peers: list[dict[str, Any]] = []
+    peer: dict[str, Any] = {}
+    for line in get.splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            peer = {
+                "public_key": bytes.fromhex(value),
+                "preshared_key": None,
+                "endpoint": None,
+                "last_handshake": (0, 0),
+                "tx_bytes": 0,
+                "rx_bytes": 0,
+                "persistent_keepalive": 0,
+                "allowed_ips": [],
+            }
+            peers.append(peer)
+        elif not peers:
+            continue  # the device's own lines
+        elif key == "preshared_key":
+            psk = bytes.fromhex(value)
+            peer["preshared_key"] = None if psk == bytes(KEY_LEN) else psk
+        elif key == "endpoint":
+            host, _, port = value.rpartition(":")
+            peer["endpoint"] = (host.removeprefix("[").removesuffix("]"), int(port))
+        elif key == "last_handshake_time_sec":
+            peer["last_handshake"] = (int(value), peer["last_handshake"][1])
+        elif key == "last_handshake_time_nsec":
+            peer["last_handshake"] = (peer["last_handshake"][0], int(value))
+        elif key in ("tx_bytes", "rx_bytes"):
+            peer[key] = int(value)
+        elif key == "persistent_keepalive_interval":
+            peer["persistent_keepalive"] = int(value)
+        elif key == "allowed_ip":
+            peer["allowed_ips"].append(value)
+    return peers

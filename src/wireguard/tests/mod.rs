@@ -4,6 +4,7 @@
 //! from one device to the other, and addresses are labels.
 
 mod against_boringtun;
+mod batch;
 mod device;
 mod garbage;
 mod threads;
