@@ -18,7 +18,8 @@ shown, with each daemon's CPU (both sides' user + system time over the run), TCP
 retransmissions and the datagrams the underlay's UDP sockets dropped on a full receive
 buffer (``RcvbufErrors`` of both namespaces). Then the ratios issue 20 asks for: each
 implementation against the upstream wireguard-go and against the unencrypted tunnel
-(ours: at least 1.5x and 0.6x; the encrypted tunnels: at least 0.6x the unencrypted one). The results also go to ``benchmarks/results/`` as JSON.
+(ours: at least 1.5x and 0.6x; the encrypted tunnels: at least 0.6x the unencrypted
+one). The results also go to ``benchmarks/results/`` as JSON.
 Needs root, ``wg`` and iperf3; everything made is removed at the end, also on Ctrl-C.
 
     python benchmarks/wireguard.py --repeat 3 [--duration 5] [--impls ...] [--json]

@@ -315,7 +315,7 @@ class FakeDevice:
                 if inner and not self._source_allowed(peer, inner):
                     self.counters["dropped_filtered"] += 1
                     continue
-                peer.endpoint = meta.source(i)
+                peer.endpoint = meta.source(i)[:2]  # (host, port) of a 4-tuple too
                 peer.rx_bytes += size
                 sizes[i] = size - HEADER_LEN - TAG_LEN
                 if sizes[i]:

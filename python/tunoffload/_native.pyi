@@ -45,6 +45,8 @@ __all__ = [
     "TRANSPORT_OVERHEAD",
     "Sealer",
     "Opener",
+    "RecvMeta",
+    "WireGuardDevice",
 ]
 
 __version__: Final[str]
@@ -291,10 +293,13 @@ class UdpSocket:
         sizes: list[int],
         offset: int = 0,
         addrs: list[Any] | None = None,
+        *,
+        meta: RecvMeta | None = None,
     ) -> int:
         """Waits for a datagram, then takes all queued ones up to ``len(bufs)``: datagram
         *i* lands in ``bufs[i][offset:offset + sizes[i]]`` (bytearrays grow to fit);
-        ``addrs[i]`` is its sender. Returns n >= 1; the rest stay pending."""
+        ``addrs[i]`` is its sender, and ``meta`` keeps each datagram's metadata without a
+        Python object per datagram. Returns n >= 1; the rest stay pending."""
     def send_multiple(
         self,
         bufs: Sequence[Buffer],
@@ -366,3 +371,68 @@ class Opener:
         """Every message since the opener was made: ``packets``, ``bytes``,
         ``keepalives``, ``other``, ``dropped_forged``, ``dropped_replayed``,
         ``dropped_malformed``, ``dropped_filtered``."""
+
+@final
+class RecvMeta:
+    """Each datagram's metadata from one ``UdpSocket.recv_multiple(..., meta=meta)``, kept
+    in Rust (no Python object per datagram); reusable. ``WireGuardDevice.decrypt``
+    permutes it along with the buffers."""
+
+    def __new__(cls, capacity: int = 0) -> RecvMeta: ...
+    def __len__(self) -> int: ...
+    def source(self, index: int) -> tuple[Any, ...] | None:
+        """The sender of datagram ``index``, as ``socket.recvfrom`` gives it."""
+
+@final
+class WireGuardDevice:
+    """A WireGuard interface's protocol state (keys, peers, handshakes, timers, the
+    transport data of its batches), configured through WireGuard's configuration protocol
+    (``uapi_set``/``uapi_get``, the text ``wg`` speaks); no socket or device of its own.
+    ``tunoffload.wireguard.Interface`` runs one between a ``TunDevice`` and UDP sockets."""
+
+    def __new__(
+        cls,
+        *,
+        timers: dict[str, float] | None = None,
+        force_under_load: bool = False,
+        mtu: int = 0,
+    ) -> WireGuardDevice: ...
+    def uapi_get(self) -> str:
+        """The body of the configuration protocol's answer to ``get=1``."""
+    def uapi_set(self, text: str) -> None:
+        """Applies the lines of a ``set=1`` operation; a refused line raises
+        ``InputError`` with ``errno`` (the lines before it stay applied)."""
+    @property
+    def public_key(self) -> bytes | None: ...
+    @property
+    def listen_port(self) -> int: ...
+    @property
+    def fwmark(self) -> int: ...
+    @property
+    def mtu(self) -> int:
+        """Padding never goes past it (0: no limit)."""
+    @mtu.setter
+    def mtu(self, value: int) -> None: ...
+    def encrypt(
+        self, bufs: list[bytearray], offset: int, sizes: list[int], count: int
+    ) -> tuple[str, int] | None:
+        """Seals the packets at ``offset`` (>= 16) for the peer the first one's destination
+        routes to; returns its endpoint (send ``bufs[i][offset - 16:][:sizes[i]]`` there),
+        or ``None`` (no route, or staged until a handshake completes)."""
+    def decrypt(
+        self, bufs: list[bytearray], offset: int, sizes: list[int], count: int, meta: RecvMeta
+    ) -> tuple[int, int, bool]:
+        """Opens the datagrams at ``offset``; returns ``(packets, control, wake)``:
+        ``bufs[:packets]`` the decrypted packets at ``offset + 16``, then ``control``
+        handshake messages for ``handle_control`` (``meta`` permuted alike); ``wake``:
+        call ``tick`` soon."""
+    def handle_control(
+        self, msg: Buffer, source: tuple[str, int]
+    ) -> list[tuple[bytes, tuple[str, int]]]:
+        """One handshake initiation, response or cookie reply; the datagrams to send."""
+    def tick(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """The timers that are due: the datagrams to send."""
+    def next_deadline(self) -> float | None:
+        """Seconds until ``tick`` has something to do (``None``: nothing scheduled)."""
+    def stats(self) -> dict[str, int]:
+        """The device's counters, drops by reason."""

@@ -3,15 +3,13 @@
 //! in a system call (`Sealer::seal_with` / `Opener::open_with` decide and pin).
 
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyDict, PyList};
+use pyo3::types::{IntoPyDict, PyDict};
 
-use super::batch::{sizes_of, store_sizes, PyBufs};
+use super::batch::in_place;
 use super::buffers::{Name, Views};
-use super::errors::type_error;
 use super::gil::Gil;
 use crate::aead::{Key, Opener, Sealer};
 use crate::engine::buffer::non_negative;
-use crate::engine::Buffers;
 
 /// A key from any bytes-like object (32 bytes, else `bad_key_length`).
 fn key_of(key: &Bound<'_, PyAny>) -> PyResult<Key> {
@@ -19,26 +17,6 @@ fn key_of(key: &Bound<'_, PyAny>) -> PyResult<Key> {
     let r = views.export(key, false, Name("key", None))?;
     // SAFETY: the export is held by `views` while the bytes are read; nothing writes them.
     Ok(Key::new(unsafe { r.slice() })?)
-}
-
-/// Runs `f` on the list `bufs` and the first `count` (default all) of `sizes`, then
-/// stores the sizes `f` left.
-fn batch<T>(
-    bufs: &Bound<'_, PyAny>,
-    sizes: &Bound<'_, PyAny>,
-    count: Option<i64>,
-    f: impl FnOnce(&mut PyBufs<'_, '_>, &mut [usize]) -> PyResult<T>,
-) -> PyResult<T> {
-    let count = count.map(|c| non_negative(c, "count")).transpose()?;
-    let list = sizes
-        .cast::<PyList>()
-        .map_err(|_| type_error("sizes", "a list of int", sizes))?;
-    let mut b = PyBufs::list(bufs, "bufs")?;
-    let mut v = sizes_of(sizes, b.count(), count)?;
-    let out = f(&mut b, &mut v)?;
-    drop(b);
-    store_sizes(list, &v)?;
-    Ok(out)
 }
 
 /// Seals packets into WireGuard transport-data messages under one send key
@@ -85,7 +63,7 @@ impl PySealer {
         count: Option<i64>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        batch(bufs, sizes, count, |b, v| {
+        in_place(bufs, sizes, count, |b, v| {
             self.inner.seal_with(b, offset, v, self.mtu, &mut Gil(py))
         })
     }
@@ -120,7 +98,7 @@ impl PyOpener {
         count: Option<i64>,
     ) -> PyResult<(usize, usize)> {
         let offset = non_negative(offset, "offset")?;
-        let o = batch(bufs, sizes, count, |b, v| {
+        let o = in_place(bufs, sizes, count, |b, v| {
             self.0.open_with(b, offset, v, &mut Gil(py))
         })?;
         Ok((o.packets, o.other))

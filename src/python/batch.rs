@@ -390,7 +390,27 @@ pub(crate) fn filling_sizes(
 /// Stores `values` into the first entries of the list `sizes`. Entries that already hold
 /// the value are left alone (a reused list usually does), and consecutive equal values
 /// share one int object. `sizes_changed` if Python code run meanwhile shortened it.
-pub(crate) fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
+/// Runs `f` on the list `bufs` (its bytearrays may grow) and the first `count` (default
+/// all) of the list `sizes`, then stores the sizes `f` left: a batch changed in place.
+pub(crate) fn in_place<T>(
+    bufs: &Bound<'_, PyAny>,
+    sizes: &Bound<'_, PyAny>,
+    count: Option<i64>,
+    f: impl FnOnce(&mut PyBufs<'_, '_>, &mut [usize]) -> PyResult<T>,
+) -> PyResult<T> {
+    let count = count.map(|c| non_negative(c, "count")).transpose()?;
+    let list = sizes
+        .cast::<PyList>()
+        .map_err(|_| type_error("sizes", "a list of int", sizes))?;
+    let mut b = PyBufs::list(bufs, "bufs")?;
+    let mut v = sizes_of(sizes, b.count(), count)?;
+    let out = f(&mut b, &mut v)?;
+    drop(b);
+    store_sizes(list, &v)?;
+    Ok(out)
+}
+
+fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
     // An int object known to hold a value (owned, so its address stays its own): a reused
     // list is checked by identity, without converting every entry.
     let mut known: Option<(usize, Bound<'py, PyAny>)> = None;

@@ -1,6 +1,7 @@
 //! The PyO3 layer: maps Python buffers, errors and the GIL onto the core. Nothing here
 //! decides anything about packets or arguments: every batch rule, check and refusal is
-//! in `crate::engine`, `crate::device`, `crate::udp` and `crate::aead`, which this layer calls with the
+//! in `crate::engine`, `crate::device`, `crate::udp`, `crate::aead` and
+//! `crate::wireguard`, which this layer calls with the
 //! arguments Python gave.
 //!
 //! The files import each other in one direction only, each from files above it:
@@ -15,8 +16,9 @@
 //! gro         <- batch: GroTable, handle_gro
 //! netns       <- batch, errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
 //! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice
-//! udp_socket  <- batch, buffers, errors, gil: UdpSocket
+//! udp_socket  <- batch, buffers, errors, gil: UdpSocket, RecvMeta
 //! aead        <- batch, buffers, errors, gil: Sealer, Opener
+//! wireguard   <- batch, buffers, errors, gil, udp_socket: WireGuardDevice
 //! mod         <- every class and function: the module and its constants
 //! ```
 
@@ -31,6 +33,7 @@ mod split;
 mod tun_device;
 mod udp_socket;
 mod virtio_hdr;
+mod wireguard;
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -69,5 +72,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TRANSPORT_OVERHEAD", crate::aead::OVERHEAD)?;
     m.add_class::<aead::PySealer>()?;
     m.add_class::<aead::PyOpener>()?;
+    m.add_class::<udp_socket::PyRecvMeta>()?;
+    m.add_class::<wireguard::PyWireGuardDevice>()?;
     Ok(())
 }

@@ -39,6 +39,54 @@ thread_local! {
     static DESTS: Cell<Vec<SocketAddr>> = const { Cell::new(Vec::new()) };
 }
 
+/// Each datagram's metadata from one ``UdpSocket.recv_multiple(..., meta=meta)``, kept in
+/// Rust (no Python object per datagram): ``len(meta)`` datagrams, ``meta.source(i)`` the
+/// sender of datagram *i* in the form ``socket.recvfrom`` gives it. Reusable; a
+/// ``WireGuardDevice.decrypt`` permutes it along with the buffers.
+#[pyclass(name = "RecvMeta", module = "tunoffload")]
+#[derive(Default)]
+pub(crate) struct PyRecvMeta {
+    pub(crate) sources: Vec<Option<SocketAddr>>,
+}
+
+#[pymethods]
+impl PyRecvMeta {
+    #[new]
+    #[pyo3(signature = (capacity=0))]
+    fn new(capacity: usize) -> Self {
+        let sources = Vec::with_capacity(capacity.min(super::buffers::PREALLOC));
+        PyRecvMeta { sources }
+    }
+
+    fn __len__(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// The sender of datagram ``index`` (``None`` where the kernel gave none).
+    fn source(&self, py: Python<'_>, index: usize) -> PyResult<Option<Py<PyAny>>> {
+        let a = self.sources.get(index).ok_or_else(|| {
+            let m = format!(
+                "no datagram {index}: the last receive gave {}",
+                self.sources.len()
+            );
+            crate::engine::Error::new(crate::engine::ErrorKind::OutOfRange, m)
+        })?;
+        a.as_ref().map(|a| addr_tuple(py, a)).transpose()
+    }
+}
+
+/// The Python form of `a`, as `socket.recvfrom` gives it.
+pub(crate) fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
+    let (host, port) = (udp::host_string(a), a.port());
+    Ok(match a {
+        SocketAddr::V4(_) => (host, port).into_pyobject(py)?.into_any().unbind(),
+        SocketAddr::V6(v) => {
+            let t = (host, port, v.flowinfo(), v.scope_id());
+            t.into_pyobject(py)?.into_any().unbind()
+        }
+    })
+}
+
 /// Batched UDP on a ``socket.socket``, with the kernel's segmentation (``UDP_SEGMENT``)
 /// and coalescing (``UDP_GRO``) offloads.
 ///
@@ -110,18 +158,6 @@ impl PyUdpSocket {
         Ok(Wait::from_timeout(t))
     }
 
-    /// The Python form of `a`, as `socket.recvfrom` gives it.
-    fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
-        let (host, port) = (udp::host_string(a), a.port());
-        Ok(match a {
-            SocketAddr::V4(_) => (host, port).into_pyobject(py)?.into_any().unbind(),
-            SocketAddr::V6(v) => {
-                let t = (host, port, v.flowinfo(), v.scope_id());
-                t.into_pyobject(py)?.into_any().unbind()
-            }
-        })
-    }
-
     /// `obj` read as an address the way `socket.sendto` reads it (its shape here, its
     /// rules in `udp::parse_addr`), through a one-entry cache of the last object read
     /// (tuples are immutable, and the cache holds a reference, so identity is enough).
@@ -172,7 +208,7 @@ impl PyUdpSocket {
                     (None, _) => py.None(),
                     (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
                     (Some(a), _) => {
-                        let o = Self::addr_tuple(py, a)?;
+                        let o = addr_tuple(py, a)?;
                         last = Some((*a, o.clone_ref(py)));
                         o
                     }
@@ -323,7 +359,7 @@ impl PyUdpSocket {
     /// No datagram is cut short or lost: datagrams received beyond ``len(bufs)`` (a
     /// coalesced read can hold up to 64) are kept *pending* and returned first by the next
     /// call, at once. Argument errors are raised before anything is received.
-    #[pyo3(signature = (bufs, sizes, offset=0, addrs=None))]
+    #[pyo3(signature = (bufs, sizes, offset=0, addrs=None, *, meta=None))]
     fn recv_multiple(
         &self,
         py: Python<'_>,
@@ -331,6 +367,7 @@ impl PyUdpSocket {
         sizes: &Bound<'_, PyAny>,
         offset: i64,
         addrs: Option<&Bound<'_, PyAny>>,
+        mut meta: Option<PyRefMut<'_, PyRecvMeta>>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let mut b = PyBufs::new(bufs, "bufs", true)?;
@@ -346,7 +383,8 @@ impl PyUdpSocket {
         b.bufs(nb, false, usize::MAX)?; // converted before anything is received
         let (wait, gil) = (self.wait(py)?, &mut Gil(py));
         reuse(&SENDERS, |senders| {
-            senders.resize(if addrs.is_some() { nb } else { 0 }, None);
+            let want = addrs.is_some() || meta.is_some();
+            senders.resize(if want { nb } else { 0 }, None);
             let out = &mut *senders;
             // (Takes the buffers, to let go of them before the sizes are stored.)
             let n = filling_sizes(sizes, move |sz| {
@@ -361,7 +399,7 @@ impl PyUdpSocket {
                     // the number; no memory of this process depends on it.)
                     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
                     let mut rx = lock(py, &self.rx);
-                    let out = addrs.is_some().then_some(&mut out[..]);
+                    let out = want.then_some(&mut out[..]);
                     let r = rx.recv_with(bfd, &mut b, sz, offset, out, wait, gil)?;
                     let mut seen = lock(py, &self.seen);
                     (seen.rx, seen.pending) = (rx.stats(), rx.pending());
@@ -376,7 +414,12 @@ impl PyUdpSocket {
                     }
                 };
                 Ok(n)
-            })?;
+            });
+            if let Some(m) = meta.as_deref_mut() {
+                senders.truncate(*n.as_ref().unwrap_or(&0));
+                m.sources.clone_from(senders); // (addrs below reads them too)
+            }
+            let n = n?;
             if let Some(list) = addrs {
                 self.store_senders(py, list, &senders[..n])?;
             }

@@ -68,9 +68,6 @@ VETH = ("towg0", "towg1")
 ENV_WIREGUARD_GO = "TUNOFFLOAD_WIREGUARD_GO"  # Debian's (or any) wireguard-go binary
 ENV_UPSTREAM = "TUNOFFLOAD_WIREGUARD_GO_UPSTREAM"  # the upstream wireguard-go anchor
 ENV_BORINGTUN = "TUNOFFLOAD_BORINGTUN"  # boringtun-cli
-ENV_OURS = "TUNOFFLOAD_INTEROP_OURS"  # "1": run ours even while OURS_BUILT is False
-# Switch on when `python -m tunoffload wireguard` lands (issue 20).
-OURS_BUILT = False
 
 MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE, MESSAGE_TRANSPORT = 1, 2, 3, 4
 INITIATION_LEN, RESPONSE_LEN, COOKIE_LEN = 148, 92, 64
@@ -213,11 +210,6 @@ def _anchor(repo: Path | None) -> list[str]:
 
 
 def _ours(_repo: Path | None) -> list[str]:
-    if not (OURS_BUILT or os.environ.get(ENV_OURS) == "1"):
-        raise Unavailable(
-            "not yet built (python -m tunoffload wireguard; set wgpeers.OURS_BUILT or "
-            f"${ENV_OURS}=1)"
-        )
     return python_module("tunoffload", "wireguard", "-f")
 
 
