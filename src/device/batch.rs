@@ -19,7 +19,7 @@ use super::offload::{refused_coalesced, segments};
 use super::sys::{IFF_NO_PI, IFF_TAP};
 use super::{invalid, Error, Tun};
 use crate::engine::buffer::{batch_len, check_sizes, span};
-use crate::engine::gro::coalesce_kinds;
+use crate::engine::gro::coalesce;
 use crate::engine::split::{check_outputs, Failed};
 use crate::engine::{
     self, Buffers, ErrorKind, ExpandBuffer, GroTable, Split, MAX_IP_PACKET, VIRTIO_NET_HDR_LEN,
@@ -576,7 +576,7 @@ where
     // Each packet is `bufs[i][start..end]`: its virtio header (with offload) and the
     // packet, which ends at `offset + size` (or, `size` None, where the buffer ends).
     let coalesced: Vec<(usize, usize)> = if vnet {
-        (coalesce_kinds(bufs, n, sizes, offset, table, tun.coalescing(), hooks))
+        (coalesce(bufs, n, sizes, offset, table, tun.coalescing(), hooks))
             .map_err(SendError::early)?;
         let b = bufs
             .bufs(n, sizes.is_some(), offset)

@@ -158,19 +158,27 @@ impl GroKinds {
     }
 }
 
+impl From<bool> for GroKinds {
+    /// [`GroKinds::tcp_and`]: `handle_gro(..., can_udp_gro)`.
+    fn from(can_udp_gro: bool) -> Self {
+        GroKinds::tcp_and(can_udp_gro)
+    }
+}
+
 /// [`handle_gro`] on the first `n` of a caller's buffers: `bufs[i][offset..]` is packet
 /// `i` (with `sizes`, `bufs[i][offset..offset + sizes[i]]`: each packet's end then moves
 /// within its buffer). Refuses buffers that share memory; puts the caller's entries in
 /// GRO's order afterwards. When every buffer can hold `offset + 65535` bytes (none would
 /// grow), a large batch with `sizes` is coalesced through [`Hooks::work`] on the buffers
 /// pinned. The buffers to write are then [`GroTable::written`], each ending at its packet.
+/// `kinds`: the flows that merge ([`GroKinds`], or `can_udp_gro` as a `bool`).
 pub fn coalesce<E, L, H>(
     bufs: &mut L,
     n: usize,
     sizes: Option<&[usize]>,
     offset: usize,
     table: &mut GroTable,
-    can_udp_gro: bool,
+    kinds: impl Into<GroKinds>,
     hooks: &mut H,
 ) -> std::result::Result<(), E>
 where
@@ -178,25 +186,7 @@ where
     L: Buffers<E> + ?Sized,
     H: Hooks<E> + ?Sized,
 {
-    let kinds = GroKinds::tcp_and(can_udp_gro);
-    coalesce_kinds(bufs, n, sizes, offset, table, kinds, hooks)
-}
-
-/// [`coalesce`] merging the flows of `kinds` only.
-pub fn coalesce_kinds<E, L, H>(
-    bufs: &mut L,
-    n: usize,
-    sizes: Option<&[usize]>,
-    offset: usize,
-    table: &mut GroTable,
-    kinds: GroKinds,
-    hooks: &mut H,
-) -> std::result::Result<(), E>
-where
-    E: From<super::Error>,
-    L: Buffers<E> + ?Sized,
-    H: Hooks<E> + ?Sized,
-{
+    let kinds = kinds.into();
     let b = bufs.bufs(n, sizes.is_some(), offset)?;
     if let Some(s) = sizes {
         for (i, (b, &size)) in b.iter_mut().zip(s).enumerate() {
@@ -210,10 +200,10 @@ where
     if release {
         let t = &mut *table;
         bufs.pinned(n, |w| {
-            hooks.work(|| handle_gro_kinds(w, offset, t, kinds).map(|_| ()))
+            hooks.work(|| handle_gro(w, offset, t, kinds).map(|_| ()))
         })??;
     } else {
-        handle_gro_kinds(b, offset, table, kinds)?;
+        handle_gro(b, offset, table, kinds)?;
     }
     if table.swapped() {
         bufs.reorder()?;
@@ -353,7 +343,9 @@ enum Fit {
 }
 
 /// Coalesces `bufs` in place for writing to a TUN device with offload and returns the
-/// indices of the buffers to write, in order.
+/// indices of the buffers to write, in order. `kinds`: the flows that merge, TCP and,
+/// with `can_udp_gro` (a `bool`), UDP; or a [`GroKinds`] (TCP, UDP, both or neither: with
+/// neither, every packet only gets its plain virtio header).
 ///
 /// `bufs[i][offset..]` is one IP packet and the `offset >= VIRTIO_NET_HDR_LEN` bytes before
 /// it are headroom. On return, for each returned index `i`, `bufs[i][offset - 10..offset]`
@@ -363,19 +355,9 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
     bufs: &mut [B],
     offset: usize,
     table: &'t mut GroTable,
-    can_udp_gro: bool,
+    kinds: impl Into<GroKinds>,
 ) -> Result<&'t [usize]> {
-    handle_gro_kinds(bufs, offset, table, GroKinds::tcp_and(can_udp_gro))
-}
-
-/// [`handle_gro`] merging the flows of `kinds` only (TCP, UDP, both or neither: with
-/// neither, every packet gets its plain virtio header).
-pub fn handle_gro_kinds<'t, B: ExpandBuffer>(
-    bufs: &mut [B],
-    offset: usize,
-    table: &'t mut GroTable,
-    kinds: GroKinds,
-) -> Result<&'t [usize]> {
+    let kinds = kinds.into();
     if offset < VIRTIO_NET_HDR_LEN {
         bail!(
             OffsetTooSmall,
@@ -972,9 +954,7 @@ mod tests {
                 .collect();
             let mut b = bufs(&specs);
             let mut t = GroTable::new();
-            let w = handle_gro_kinds(&mut b, OFF, &mut t, kinds)
-                .unwrap()
-                .to_vec();
+            let w = handle_gro(&mut b, OFF, &mut t, kinds).unwrap().to_vec();
             assert_eq!(w, want, "{kinds:?}");
             for &i in &w {
                 let hdr = VirtioNetHdr::decode(&b[i][OFF - 10..]).unwrap();

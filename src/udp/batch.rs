@@ -222,18 +222,31 @@ impl FaultOn {
     }
 }
 
-/// Where a delivery puts each datagram's sender (and metadata).
-enum Out<'a> {
+/// Where a receive puts what it learns of each datagram besides its bytes: nothing, its
+/// sender (`Some(&mut addrs[..])`: entry `i` is datagram `i`'s; `None`: nothing), or its
+/// metadata (`&mut RecvMeta`: the sender, and with [`Options::pktinfo`] /
+/// [`Options::ecn`] the local address, interface and ECN codepoint). A receive takes at
+/// most as many datagrams as there are entries.
+#[derive(Debug)]
+pub enum Out<'a> {
     Nothing,
     Addrs(&'a mut [Option<SocketAddr>]),
     Meta(&'a mut RecvMeta),
 }
 
-impl<'a> Out<'a> {
-    fn addrs(a: Option<&'a mut [Option<SocketAddr>]>) -> Self {
+impl<'a> From<Option<&'a mut [Option<SocketAddr>]>> for Out<'a> {
+    fn from(a: Option<&'a mut [Option<SocketAddr>]>) -> Self {
         a.map_or(Out::Nothing, Out::Addrs)
     }
+}
 
+impl<'a> From<&'a mut RecvMeta> for Out<'a> {
+    fn from(m: &'a mut RecvMeta) -> Self {
+        Out::Meta(m)
+    }
+}
+
+impl Out<'_> {
     /// The most datagrams it takes.
     fn limit(&self) -> usize {
         match self {
@@ -465,43 +478,16 @@ impl UdpBatch {
     /// Datagram `i` lands in `bufs[i][offset..offset + sizes[i]]` (a buffer that is too
     /// short is grown if it can be), `addrs[i]` is its sender. Returns n >= 1, at most
     /// the shortest of `bufs`, `sizes` and `addrs`.
-    pub fn recv<B: ExpandBuffer>(
+    pub fn recv<'a, B: ExpandBuffer>(
         &mut self,
         sock: BorrowedFd<'_>,
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
         wait: Wait,
     ) -> Result<usize> {
-        self.recv_to(sock, bufs, sizes, offset, Out::addrs(addrs), wait)
-    }
-
-    /// [`recv`](Self::recv) with each datagram's metadata in `meta` (its sender, and with
-    /// [`Options::pktinfo`] / [`Options::ecn`] its local address, interface and ECN
-    /// codepoint; the datagrams of a coalesced read share theirs). At most `meta.len()`
-    /// datagrams.
-    pub fn recv_meta<B: ExpandBuffer>(
-        &mut self,
-        sock: BorrowedFd<'_>,
-        bufs: &mut [B],
-        sizes: &mut [usize],
-        offset: usize,
-        meta: &mut RecvMeta,
-        wait: Wait,
-    ) -> Result<usize> {
-        self.recv_to(sock, bufs, sizes, offset, Out::Meta(meta), wait)
-    }
-
-    fn recv_to<B: ExpandBuffer>(
-        &mut self,
-        sock: BorrowedFd<'_>,
-        bufs: &mut [B],
-        sizes: &mut [usize],
-        offset: usize,
-        out: Out<'_>,
-        wait: Wait,
-    ) -> Result<usize> {
+        let out = addrs.into();
         let max = bufs.len().min(sizes.len()).min(out.limit());
         if max == 0 {
             return Err(invalid(
@@ -511,7 +497,7 @@ impl UdpBatch {
         }
         self.fill(sock, max, wait)?;
         let (n, _) = self.make_room(&mut bufs[..max], offset)?;
-        self.copy_out_to(&mut bufs[..n], sizes, offset, out)
+        self.copy_out(&mut bufs[..n], sizes, offset, out)
     }
 
     /// Makes datagrams available: returns the pending count at once if there are any
@@ -580,17 +566,17 @@ impl UdpBatch {
     /// consumed. Then the datagrams are copied and leave the pending queue. Each buffer's
     /// bytes are borrowed only while that buffer is worked on, one buffer at a time (the
     /// Python binding relies on this: two of its buffers may share memory).
-    pub fn deliver<B: ExpandBuffer>(
+    pub fn deliver<'a, B: ExpandBuffer>(
         &mut self,
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
     ) -> Result<usize> {
-        let out = Out::addrs(addrs);
+        let out = addrs.into();
         let k = bufs.len().min(sizes.len()).min(out.limit());
         let (n, _) = self.make_room(&mut bufs[..k], offset)?;
-        self.copy_out_to(&mut bufs[..n], sizes, offset, out)
+        self.copy_out(&mut bufs[..n], sizes, offset, out)
     }
 
     /// [`deliver`](Self::deliver)'s first pass: makes every buffer of `bufs` that will
@@ -648,35 +634,14 @@ impl UdpBatch {
     /// [`deliver`](Self::deliver)'s second pass: copies the next `bufs.len()` pending
     /// datagrams (at most; see [`make_room`](Self::make_room), which must have made room
     /// in these buffers) into them and consumes them; returns how many.
-    pub fn copy_out<B: ExpandBuffer>(
+    pub fn copy_out<'a, B: ExpandBuffer>(
         &mut self,
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
     ) -> Result<usize> {
-        self.copy_out_to(bufs, sizes, offset, Out::addrs(addrs))
-    }
-
-    /// [`copy_out`](Self::copy_out) with each datagram's metadata in `meta` (see
-    /// [`recv_meta`](Self::recv_meta)).
-    pub fn copy_out_meta<B: ExpandBuffer>(
-        &mut self,
-        bufs: &mut [B],
-        sizes: &mut [usize],
-        offset: usize,
-        meta: &mut RecvMeta,
-    ) -> Result<usize> {
-        self.copy_out_to(bufs, sizes, offset, Out::Meta(meta))
-    }
-
-    fn copy_out_to<B: ExpandBuffer>(
-        &mut self,
-        bufs: &mut [B],
-        sizes: &mut [usize],
-        offset: usize,
-        mut out: Out<'_>,
-    ) -> Result<usize> {
+        let mut out = addrs.into();
         let (pktinfo, ecn) = (self.opts.pktinfo, self.opts.ecn);
         if let Out::Meta(meta) = &mut out {
             meta.begin(pktinfo, ecn);
@@ -744,13 +709,13 @@ impl UdpBatch {
     /// its buffers); the inner one the socket's, `Interrupted` included (check for signals
     /// and call again).
     #[allow(clippy::too_many_arguments)]
-    pub fn recv_with<E, L, H>(
+    pub fn recv_with<'a, E, L, H>(
         &mut self,
         sock: BorrowedFd<'_>,
         bufs: &mut L,
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
         wait: Wait,
         hooks: &mut H,
     ) -> std::result::Result<Result<usize>, E>
@@ -758,44 +723,7 @@ impl UdpBatch {
         L: Buffers<E> + ?Sized,
         H: Hooks<E> + ?Sized,
     {
-        self.recv_to_with(sock, bufs, sizes, offset, Out::addrs(addrs), wait, hooks)
-    }
-
-    /// [`recv_with`](Self::recv_with) with each datagram's metadata in `meta` (see
-    /// [`recv_meta`](Self::recv_meta)).
-    #[allow(clippy::too_many_arguments)]
-    pub fn recv_meta_with<E, L, H>(
-        &mut self,
-        sock: BorrowedFd<'_>,
-        bufs: &mut L,
-        sizes: &mut [usize],
-        offset: usize,
-        meta: &mut RecvMeta,
-        wait: Wait,
-        hooks: &mut H,
-    ) -> std::result::Result<Result<usize>, E>
-    where
-        L: Buffers<E> + ?Sized,
-        H: Hooks<E> + ?Sized,
-    {
-        self.recv_to_with(sock, bufs, sizes, offset, Out::Meta(meta), wait, hooks)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn recv_to_with<E, L, H>(
-        &mut self,
-        sock: BorrowedFd<'_>,
-        bufs: &mut L,
-        sizes: &mut [usize],
-        offset: usize,
-        out: Out<'_>,
-        wait: Wait,
-        hooks: &mut H,
-    ) -> std::result::Result<Result<usize>, E>
-    where
-        L: Buffers<E> + ?Sized,
-        H: Hooks<E> + ?Sized,
-    {
+        let out = addrs.into();
         let nb = bufs.count().min(out.limit());
         if self.pending() == 0 {
             if let Err(e) = hooks.syscall(|| self.fill(sock, nb, wait)) {
@@ -807,12 +735,10 @@ impl UdpBatch {
             Err(e) => return Ok(Err(e)),
         };
         if hooks.worth_releasing(bytes) {
-            return bufs.pinned(n, |w| {
-                hooks.work(|| self.copy_out_to(w, sizes, offset, out))
-            });
+            return bufs.pinned(n, |w| hooks.work(|| self.copy_out(w, sizes, offset, out)));
         }
         let b = &mut bufs.bufs(nb, false, usize::MAX)?[..n];
-        Ok(self.copy_out_to(b, sizes, offset, out))
+        Ok(self.copy_out(b, sizes, offset, out))
     }
 
     // ----- sending ---------------------------------------------------------------------

@@ -435,6 +435,15 @@ mod tests {
         assert_eq!(len, 24 + 24 + 40);
     }
 
+    fn rx(segment: usize, dst: &str, ifindex: u32, tos: Option<u8>) -> RxInfo {
+        RxInfo {
+            segment,
+            dst: (!dst.is_empty()).then(|| dst.parse().unwrap()),
+            ifindex,
+            tos,
+        }
+    }
+
     #[test]
     fn decoding() {
         let mapped: Ipv6Addr = "::ffff:127.0.0.7".parse().unwrap();
@@ -458,12 +467,7 @@ mod tests {
                     ),
                     (IP, libc::IP_TOS, vec![0x03]),
                 ],
-                RxInfo {
-                    dst: Some("127.0.0.5".parse().unwrap()),
-                    ifindex: 1,
-                    tos: Some(3),
-                    ..RxInfo::default()
-                },
+                rx(0, "127.0.0.5", 1, Some(3)),
             ),
             // An IPv4 datagram on an AF_INET6 socket: IPV6_PKTINFO v4-mapped, IP_TOS.
             (
@@ -472,12 +476,7 @@ mod tests {
                     (IP6, libc::IPV6_PKTINFO, pktinfo6(mapped, 1)),
                     (IP, libc::IP_TOS, vec![0x02]),
                 ],
-                RxInfo {
-                    segment: 1200,
-                    dst: Some(IpAddr::V6(mapped)),
-                    ifindex: 1,
-                    tos: Some(2),
-                },
+                rx(1200, "::ffff:127.0.0.7", 1, Some(2)),
             ),
             (
                 vec![
@@ -488,12 +487,7 @@ mod tests {
                     ),
                     (IP6, libc::IPV6_TCLASS, int(0xb9)),
                 ],
-                RxInfo {
-                    dst: Some("fd00::2".parse().unwrap()),
-                    ifindex: 4,
-                    tos: Some(0xb9),
-                    ..RxInfo::default()
-                },
+                rx(0, "fd00::2", 4, Some(0xb9)),
             ),
             // Unknown cmsgs are skipped, short ones too.
             (

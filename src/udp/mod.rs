@@ -35,7 +35,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{FaultOn, SendError, Stats, UdpBatch};
+pub use batch::{FaultOn, Out, SendError, Stats, UdpBatch};
 pub use cmsg::{Source, TxMeta};
 pub use meta::{parse_source, Meta, Options, PerDatagram, RecvMeta, TxMetas};
 pub use sys::{host_string, parse_addr, parse_host};

@@ -376,7 +376,7 @@ netns_test! {
                     &mut bufs,
                     &mut sizes,
                     0,
-                    Some(&mut addrs),
+                    Some(&mut addrs[..]),
                     soon(),
                 )
                 .unwrap();

@@ -61,7 +61,7 @@ fn recv_n(rx: &mut UdpBatch, sock: &UdpSocket, n: usize) -> Vec<(usize, crate::u
     let mut meta = RecvMeta::new(64);
     while out.len() < n {
         let k = rx
-            .recv_meta(sock.as_fd(), &mut bufs, &mut sizes, 0, &mut meta, soon())
+            .recv(sock.as_fd(), &mut bufs, &mut sizes, 0, &mut meta, soon())
             .unwrap_or_else(|e| {
                 let at = sock.local_addr().ok();
                 panic!(
