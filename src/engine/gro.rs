@@ -226,7 +226,7 @@ struct Candidate {
 
 /// Whether `pkt` is a TCP or UDP packet that GRO may merge (the seed's
 /// `packet_is_gro_candidate`, `tcp_gro` and `udp_gro` preconditions).
-fn candidate(pkt: &[u8], kinds: GroKinds) -> Option<Candidate> {
+fn candidate(pkt: &[u8], can_tcp_gro: bool, can_udp_gro: bool) -> Option<Candidate> {
     if pkt.len() < 28 || pkt.len() > MAX_IP_PACKET {
         return None;
     }
@@ -256,8 +256,8 @@ fn candidate(pkt: &[u8], kinds: GroKinds) -> Option<Candidate> {
         (IPV4_HDR_LEN, pkt[9])
     };
     let udp = match proto {
-        PROTO_TCP if kinds.tcp => false,
-        PROTO_UDP if kinds.udp => true,
+        PROTO_TCP if can_tcp_gro => false,
+        PROTO_UDP if can_udp_gro => true,
         _ => return None,
     };
     let l4 = &pkt[iph_len..];
@@ -394,7 +394,7 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
 
 /// Links every packet of `bufs` that coalesces to its item. With `verify`, checksums are
 /// checked before a packet merges (and a packet that fails is not merged); without, they
-/// are taken as valid, for `copy` to check.
+/// are taken as valid, for `copy` to check. Only the flows of `kinds` merge.
 fn plan<B: ExpandBuffer>(
     bufs: &[B],
     offset: usize,
@@ -403,9 +403,10 @@ fn plan<B: ExpandBuffer>(
     verify: bool,
 ) {
     table.reset(bufs.len());
+    let GroKinds { tcp, udp } = kinds;
     for i in 0..bufs.len() {
         let pkt = &bufs[i].bytes()[offset..];
-        let merged = match candidate(pkt, kinds) {
+        let merged = match candidate(pkt, tcp, udp) {
             Some(c) => plan_packet(bufs, offset, table, i, &c, verify),
             None => false,
         };

@@ -1119,6 +1119,7 @@ impl UdpBatch {
         }
         let (tos4, tos6) = self.tos.unwrap_or_default();
         let v4_socket = self.family == libc::AF_INET;
+        let plain = meta.is_none();
         let iov = tx.iov.as_mut_ptr();
         for (m, msg) in tx.msgs.iter().enumerate() {
             let h = &mut tx.hdrs[m].msg_hdr;
@@ -1138,7 +1139,7 @@ impl UdpBatch {
                 }
             }
             let segment = (msg.count > 1).then_some(msg.seg as u16);
-            if segment.is_none() && msg.meta == TxMeta::default() {
+            if segment.is_none() && (plain || msg.meta == TxMeta::default()) {
                 continue; // no cmsg at all (no UDP_SEGMENT on a single datagram)
             }
             let v4 = v4_socket
