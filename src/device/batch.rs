@@ -15,6 +15,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
+use super::offload::{refused_coalesced, segments};
 use super::sys::{IFF_NO_PI, IFF_TAP};
 use super::{invalid, Error, Tun};
 use crate::engine::buffer::{batch_len, check_sizes, span};
@@ -389,6 +390,9 @@ pub struct Sent {
     /// Bytes written (virtio headers included).
     pub bytes: usize,
     next: usize,
+    /// When the kernel refused packet `next`, a super-packet, and it is being written as
+    /// its segments (see [`super::offload`]): the next segment to write.
+    split_next: Option<usize>,
     refused: Option<Error>,
 }
 
@@ -401,9 +405,11 @@ impl Sent {
 
 /// Writes `packets` in order, from where `sent` stopped. A packet the kernel refuses
 /// (`EINVAL`, `EIO` on a down device, ...) does not stop the others: the first such error
-/// is returned at the end. A closed or deleted device stops at once. `EINTR`, and
-/// `EAGAIN` when not `blocking`, are returned with `sent` up to date and the packet not
-/// yet written: call again to go on.
+/// is returned at the end. A super-packet the kernel refuses with `EINVAL` is written
+/// again as its segments, and coalescing of its kind is turned off for the device
+/// ([`super::offload`]). A closed or deleted device stops at once. `EINTR`, and `EAGAIN`
+/// when not `blocking`, are returned with `sent` up to date and the packet (or segment)
+/// not yet written: call again to go on.
 pub fn write_packets(
     tun: &Tun,
     packets: &[&[u8]],
@@ -411,25 +417,69 @@ pub fn write_packets(
     sent: &mut Sent,
 ) -> Result<(), Error> {
     while sent.next < packets.len() {
-        match tun.write(packets[sent.next], blocking) {
-            Ok(n) => {
-                sent.packets += 1;
-                sent.bytes += n;
-                sent.next += 1;
-            }
-            Err(e) if e.is_eintr() || e.is_eagain() => return Err(e),
-            Err(e @ (Error::Closed | Error::Invalid(_) | Error::State(_))) => return Err(e),
-            Err(e) if matches!(e.errno(), Some(libc::EBADFD | libc::EBADF)) => return Err(e),
-            Err(e) => {
-                sent.refused.get_or_insert(e);
-                sent.next += 1;
+        let packet = packets[sent.next];
+        if sent.split_next.is_none() {
+            match tun.write(packet, blocking) {
+                Ok(n) => {
+                    sent.packets += 1;
+                    sent.bytes += n;
+                    sent.next += 1;
+                    continue;
+                }
+                Err(e) => {
+                    stops(&e)?;
+                    if !refused_coalesced(tun, packet, &e) {
+                        sent.refused.get_or_insert(e);
+                        sent.next += 1;
+                        continue;
+                    }
+                    sent.split_next = Some(0);
+                }
             }
         }
+        write_segments(tun, packet, blocking, sent)?;
     }
     match sent.refused.take() {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// `Err` for a write error that stops the batch: a signal or a full queue (call again),
+/// a closed or deleted device, a bad argument.
+fn stops(e: &Error) -> Result<(), Error> {
+    match e {
+        e if e.is_eintr() || e.is_eagain() => Err(e.clone()),
+        Error::Closed | Error::Invalid(_) | Error::State(_) => Err(e.clone()),
+        e if matches!(e.errno(), Some(libc::EBADFD | libc::EBADF)) => Err(e.clone()),
+        _ => Ok(()),
+    }
+}
+
+/// Writes packet `sent.next`, a super-packet the kernel refused, as its segments (from
+/// `sent.split_next` on), then moves on to the next packet. A segment refused in turn is
+/// counted as [`write_packets`] counts a refused packet.
+fn write_segments(tun: &Tun, packet: &[u8], blocking: bool, sent: &mut Sent) -> Result<(), Error> {
+    // (`refused_coalesced` planned the split already: it cannot fail.)
+    let segments = segments(packet).unwrap_or_default();
+    let mut k = sent.split_next.unwrap_or(0);
+    while let Some(seg) = segments.get(k) {
+        match tun.write(seg, blocking) {
+            Ok(n) => {
+                sent.packets += 1;
+                sent.bytes += n;
+            }
+            Err(e) => {
+                stops(&e)?;
+                sent.refused.get_or_insert(e);
+            }
+        }
+        k += 1;
+        sent.split_next = Some(k);
+    }
+    sent.split_next = None;
+    sent.next += 1;
+    Ok(())
 }
 
 /// A failed [`send_multiple`]: the error and, once writing had started, what was written
@@ -526,7 +576,7 @@ where
     // Each packet is `bufs[i][start..end]`: its virtio header (with offload) and the
     // packet, which ends at `offset + size` (or, `size` None, where the buffer ends).
     let coalesced: Vec<(usize, usize)> = if vnet {
-        (coalesce(bufs, n, sizes, offset, table, tun.udp_gso(), hooks))
+        (coalesce(bufs, n, sizes, offset, table, tun.coalescing(), hooks))
             .map_err(SendError::early)?;
         let b = bufs
             .bufs(n, sizes.is_some(), offset)
@@ -645,23 +695,19 @@ mod tests {
 /// [`send_multiple`]. Needs root and `/dev/net/tun`; without them it says so on stderr
 /// and passes.
 #[cfg(test)]
-mod forward {
+pub(super) mod forward {
     use super::*;
     use crate::device::{parse_ifaddr, TunOptions};
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::mpsc;
     use std::sync::Arc;
-    use std::time::Duration;
 
     const BYTES: usize = 8 << 20;
 
-    fn pattern(i: usize) -> u8 {
+    pub(crate) fn pattern(i: usize) -> u8 {
         (i * 7 + i / 4093) as u8
     }
 
     /// In a new network namespace (this thread's), a TUN device with offload at `addr`.
-    fn device_in_new_netns(addr: &str) -> Result<Arc<Tun>, String> {
+    pub(crate) fn device_in_new_netns(addr: &str) -> Result<Arc<Tun>, String> {
         // SAFETY: unshare on this thread only affects this thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(format!(
@@ -680,8 +726,9 @@ mod forward {
         Ok(Arc::new(tun))
     }
 
-    /// Forwards from `src` to `dst` until either is closed; returns (reads, packets).
-    fn forward(src: &Tun, dst: &Tun) -> (usize, usize) {
+    /// Forwards from `src` to `dst` until either is closed; returns (reads, packets,
+    /// failed writes).
+    pub(crate) fn forward(src: &Tun, dst: &Tun) -> (usize, usize, usize) {
         let offset = VIRTIO_NET_HDR_LEN;
         let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_IP_PACKET];
         // Small buffers on purpose: they grow to what their packets need.
@@ -689,7 +736,7 @@ mod forward {
         let mut sizes = vec![0usize; 128];
         let mut table = GroTable::new();
         let state = RecvState::new();
-        let (mut reads, mut packets) = (0, 0);
+        let (mut reads, mut packets, mut errors) = (0, 0, 0);
         loop {
             let n = match recv_multiple(
                 src,
@@ -703,7 +750,7 @@ mod forward {
             ) {
                 Ok(n) => n,
                 Err(e) if e.is_eintr() => continue,
-                Err(Error::Closed) => return (reads, packets),
+                Err(Error::Closed) => return (reads, packets, errors),
                 Err(e) => panic!("recv_multiple: {e}"),
             };
             reads += 1;
@@ -716,9 +763,12 @@ mod forward {
                 Err(SendError {
                     error: Error::Closed,
                     ..
-                }) => return (reads, packets),
+                }) => return (reads, packets, errors),
                 // IPv6 router solicitations and such may be refused; TCP never is.
-                Err(e) => eprintln!("send_multiple: {e:?}"),
+                Err(e) => {
+                    eprintln!("send_multiple: {e:?}");
+                    errors += 1;
+                }
             }
         }
     }
@@ -769,73 +819,21 @@ mod forward {
 
     crate::root_test! {
         fn tcp_through_a_rust_forwarder() {
-            let (tx_a, rx_a) = mpsc::channel();
-            let (tx_b, rx_b) = mpsc::channel();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            // B: the receiver, in its own namespace.
-            let b = std::thread::spawn(move || -> Result<usize, String> {
-                let tun = device_in_new_netns("10.77.1.2/16")?;
-                let l = TcpListener::bind("10.77.1.2:5001").map_err(|e| e.to_string())?;
-                tx_b.send(tun).map_err(|e| e.to_string())?;
-                let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(Duration::from_secs(20)))
-                    .map_err(|e| e.to_string())?;
-                let mut got = 0usize;
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        return Ok(got);
-                    }
-                    for (k, &x) in buf[..n].iter().enumerate() {
-                        if x != pattern(got + k) {
-                            return Err(format!("byte {} differs", got + k));
-                        }
-                    }
-                    got += n;
-                }
-            });
-            // A: the sender, in another namespace.
-            let a = std::thread::spawn(move || -> Result<(), String> {
-                let tun = device_in_new_netns("10.77.0.1/16")?;
-                tx_a.send(tun).map_err(|e| e.to_string())?;
-                go_rx.recv().map_err(|e| e.to_string())?;
-                let mut s = TcpStream::connect_timeout(
-                    &"10.77.1.2:5001".parse().expect("address"),
-                    Duration::from_secs(10),
-                )
-                .map_err(|e| e.to_string())?;
-                s.set_write_timeout(Some(Duration::from_secs(20)))
-                    .map_err(|e| e.to_string())?;
-                let data: Vec<u8> = (0..BYTES).map(pattern).collect();
-                s.write_all(&data).map_err(|e| e.to_string())?;
-                Ok(())
-            });
-            let (ta, tb) = match (rx_a.recv(), rx_b.recv()) {
-                (Ok(ta), Ok(tb)) => (ta, tb),
-                _ => {
-                    let (ea, eb) = (a.join(), b.join());
-                    panic!("setting up the namespaces failed: {ea:?} {eb:?}");
-                }
-            };
-            let (a2, b2) = (ta.clone(), tb.clone());
-            let ab = std::thread::spawn(move || forward(&a2, &b2));
-            let (a3, b3) = (ta.clone(), tb.clone());
-            let ba = std::thread::spawn(move || forward(&b3, &a3));
-            go_tx.send(()).expect("go");
-            let sent = a.join().expect("sender thread");
-            let got = b.join().expect("receiver thread");
-            ta.shutdown();
-            tb.shutdown();
-            let (reads, packets) = ab.join().expect("forwarder a->b");
-            let _ = ba.join().expect("forwarder b->a");
-            sent.expect("sender");
-            assert_eq!(got.expect("receiver"), BYTES);
+            use crate::device::offload_tests::{between_namespaces, tcp_receive, tcp_send};
+            let r = between_namespaces(
+                |_| {},
+                |_| tcp_send(BYTES),
+                |_, ready| tcp_receive(ready, |_| {}),
+            );
+            r.a.expect("sender");
+            assert_eq!(r.b.expect("receiver"), BYTES);
+            let (reads, packets, errors) = r.ab;
             eprintln!(
                 "tcp_through_a_rust_forwarder: {BYTES} bytes, {packets} packets in {reads} reads"
             );
             // Super-packets came through: far fewer reads than packets.
             assert!(packets > 2 * reads, "{packets} packets in {reads} reads");
+            assert_eq!(errors, 0, "every write went through");
         }
     }
 }

@@ -7,6 +7,9 @@
 pub mod batch;
 pub mod netlink;
 pub mod netns;
+pub mod offload;
+#[cfg(test)]
+mod offload_tests;
 pub mod sys;
 mod tun;
 
@@ -16,6 +19,7 @@ pub use batch::{
 };
 pub use netlink::{format_mac, mac_from_bytes, parse_ifaddr, parse_mac, IfAddr};
 pub use netns::{Netns, NetnsGuard, NetnsTarget, Switch};
+pub use offload::{OffloadState, Offloads};
 pub use tun::{Counters, Tun, TunOptions};
 
 use std::fmt;

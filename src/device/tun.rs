@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::netlink::{IfAddr, Netlink};
 use super::netns::{fd_id, in_netns, open_current, Netns};
+use super::offload::Offloads;
 use super::sys::*;
 use super::{invalid, last_error, Error};
 use crate::engine::ErrorKind as K;
@@ -58,6 +59,11 @@ pub struct Counters {
     pub max_write: AtomicU64,
     pub rx_packets: AtomicU64,
     pub tx_packets: AtomicU64,
+    /// TCP super-packets the kernel refused (`EINVAL`) and that were written again as
+    /// their segments (TCP coalescing then turned off: see [`super::offload`]).
+    pub tcp_coalescing_fallbacks: AtomicU64,
+    /// The same for UDP super-packets.
+    pub udp_coalescing_fallbacks: AtomicU64,
 }
 
 impl Counters {
@@ -68,7 +74,7 @@ impl Counters {
     }
 
     /// Every counter by name, as of now.
-    pub fn items(&self) -> [(&'static str, u64); 8] {
+    pub fn items(&self) -> [(&'static str, u64); 10] {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("reads", c(&self.reads)),
@@ -79,6 +85,14 @@ impl Counters {
             ("max_write", c(&self.max_write)),
             ("rx_packets", c(&self.rx_packets)),
             ("tx_packets", c(&self.tx_packets)),
+            (
+                "tcp_coalescing_fallbacks",
+                c(&self.tcp_coalescing_fallbacks),
+            ),
+            (
+                "udp_coalescing_fallbacks",
+                c(&self.udp_coalescing_fallbacks),
+            ),
         ]
     }
 }
@@ -110,6 +124,10 @@ pub struct Tun {
     ctl: Mutex<Arc<Control>>,
     flags: i16,
     udp_gso: bool,
+    /// The device's offload switches, shared by its queues.
+    pub(super) offloads: Arc<Offloads>,
+    /// Write faults armed for tests (see [`Tun::inject_write_faults`]); 0: none.
+    pub(super) faults: AtomicU64,
     /// Read and write counters (shared, so they can outlive the queue).
     pub counters: Arc<Counters>,
 }
@@ -453,6 +471,8 @@ impl Tun {
             ctl: Mutex::new(ctl),
             flags,
             udp_gso,
+            offloads: Arc::new(Offloads::new(vnet, udp_gso)),
+            faults: AtomicU64::new(0),
             counters: Arc::default(),
         })
     }
@@ -476,10 +496,18 @@ impl Tun {
             set_iff(&fd, name.as_bytes(), self.flags & keep)?;
             Ok(fd)
         })?;
-        Tun::finish(fd, ctl, true)
+        let mut queue = Tun::finish(fd, ctl, true)?;
+        if queue.vnet_hdr() {
+            // The open set the full mask on the device: back to the switches as they are,
+            // which the new queue shares.
+            self.offloads.apply(queue.raw_fd())?;
+            queue.offloads = self.offloads.clone();
+            queue.udp_gso = self.udp_gso;
+        }
+        Ok(queue)
     }
 
-    fn check_open(&self) -> Result<(), Error> {
+    pub(super) fn check_open(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
@@ -860,6 +888,12 @@ impl Tun {
     pub fn write(&self, buf: &[u8], blocking: bool) -> Result<usize, Error> {
         loop {
             self.check_open()?;
+            let armed = self.faults.load(Ordering::Relaxed);
+            if armed != 0 {
+                if let Some(e) = self.take_fault(armed, buf) {
+                    return Err(e);
+                }
+            }
             // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the descriptor is ours.
             let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
             if n >= 0 {

@@ -133,19 +133,52 @@ impl GroTable {
     }
 }
 
+/// Which flows coalescing merges: a TUN device's `tcp_coalescing` and `udp_coalescing`
+/// switches. The other packets are written as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroKinds {
+    /// TCP segments of one flow (`GSO_TCPV4` / `GSO_TCPV6` super-packets).
+    pub tcp: bool,
+    /// UDP datagrams of one flow (`GSO_UDP_L4` super-packets).
+    pub udp: bool,
+}
+
+impl GroKinds {
+    /// TCP always, UDP when `can_udp_gro`: what [`handle_gro`]'s argument means.
+    pub const fn tcp_and(can_udp_gro: bool) -> Self {
+        GroKinds {
+            tcp: true,
+            udp: can_udp_gro,
+        }
+    }
+
+    /// Whether any flow coalesces.
+    pub const fn any(self) -> bool {
+        self.tcp || self.udp
+    }
+}
+
+impl From<bool> for GroKinds {
+    /// [`GroKinds::tcp_and`]: `handle_gro(..., can_udp_gro)`.
+    fn from(can_udp_gro: bool) -> Self {
+        GroKinds::tcp_and(can_udp_gro)
+    }
+}
+
 /// [`handle_gro`] on the first `n` of a caller's buffers: `bufs[i][offset..]` is packet
 /// `i` (with `sizes`, `bufs[i][offset..offset + sizes[i]]`: each packet's end then moves
 /// within its buffer). Refuses buffers that share memory; puts the caller's entries in
 /// GRO's order afterwards. When every buffer can hold `offset + 65535` bytes (none would
 /// grow), a large batch with `sizes` is coalesced through [`Hooks::work`] on the buffers
 /// pinned. The buffers to write are then [`GroTable::written`], each ending at its packet.
+/// `kinds`: the flows that merge ([`GroKinds`], or `can_udp_gro` as a `bool`).
 pub fn coalesce<E, L, H>(
     bufs: &mut L,
     n: usize,
     sizes: Option<&[usize]>,
     offset: usize,
     table: &mut GroTable,
-    can_udp_gro: bool,
+    kinds: impl Into<GroKinds>,
     hooks: &mut H,
 ) -> std::result::Result<(), E>
 where
@@ -153,6 +186,7 @@ where
     L: Buffers<E> + ?Sized,
     H: Hooks<E> + ?Sized,
 {
+    let kinds = kinds.into();
     let b = bufs.bufs(n, sizes.is_some(), offset)?;
     if let Some(s) = sizes {
         for (i, (b, &size)) in b.iter_mut().zip(s).enumerate() {
@@ -166,10 +200,10 @@ where
     if release {
         let t = &mut *table;
         bufs.pinned(n, |w| {
-            hooks.work(|| handle_gro(w, offset, t, can_udp_gro).map(|_| ()))
+            hooks.work(|| handle_gro(w, offset, t, kinds).map(|_| ()))
         })??;
     } else {
-        handle_gro(b, offset, table, can_udp_gro)?;
+        handle_gro(b, offset, table, kinds)?;
     }
     if table.swapped() {
         bufs.reorder()?;
@@ -192,7 +226,7 @@ struct Candidate {
 
 /// Whether `pkt` is a TCP or UDP packet that GRO may merge (the seed's
 /// `packet_is_gro_candidate`, `tcp_gro` and `udp_gro` preconditions).
-fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
+fn candidate(pkt: &[u8], can_tcp_gro: bool, can_udp_gro: bool) -> Option<Candidate> {
     if pkt.len() < 28 || pkt.len() > MAX_IP_PACKET {
         return None;
     }
@@ -222,7 +256,7 @@ fn candidate(pkt: &[u8], can_udp_gro: bool) -> Option<Candidate> {
         (IPV4_HDR_LEN, pkt[9])
     };
     let udp = match proto {
-        PROTO_TCP => false,
+        PROTO_TCP if can_tcp_gro => false,
         PROTO_UDP if can_udp_gro => true,
         _ => return None,
     };
@@ -309,7 +343,9 @@ enum Fit {
 }
 
 /// Coalesces `bufs` in place for writing to a TUN device with offload and returns the
-/// indices of the buffers to write, in order.
+/// indices of the buffers to write, in order. `kinds`: the flows that merge, TCP and,
+/// with `can_udp_gro` (a `bool`), UDP; or a [`GroKinds`] (TCP, UDP, both or neither: with
+/// neither, every packet only gets its plain virtio header).
 ///
 /// `bufs[i][offset..]` is one IP packet and the `offset >= VIRTIO_NET_HDR_LEN` bytes before
 /// it are headroom. On return, for each returned index `i`, `bufs[i][offset - 10..offset]`
@@ -319,8 +355,9 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
     bufs: &mut [B],
     offset: usize,
     table: &'t mut GroTable,
-    can_udp_gro: bool,
+    kinds: impl Into<GroKinds>,
 ) -> Result<&'t [usize]> {
+    let kinds = kinds.into();
     if offset < VIRTIO_NET_HDR_LEN {
         bail!(
             OffsetTooSmall,
@@ -346,9 +383,9 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
         bufs[0].bytes_mut()[offset - VIRTIO_NET_HDR_LEN..offset].copy_from_slice(&plain);
         return Ok(&table.to_write);
     }
-    plan(bufs, offset, table, can_udp_gro, false);
+    plan(bufs, offset, table, kinds, false);
     if !copy(bufs, offset, table, true)? {
-        plan(bufs, offset, table, can_udp_gro, true);
+        plan(bufs, offset, table, kinds, true);
         copy(bufs, offset, table, false)?;
     }
     finish(bufs, offset, table);
@@ -357,18 +394,19 @@ pub fn handle_gro<'t, B: ExpandBuffer>(
 
 /// Links every packet of `bufs` that coalesces to its item. With `verify`, checksums are
 /// checked before a packet merges (and a packet that fails is not merged); without, they
-/// are taken as valid, for `copy` to check.
+/// are taken as valid, for `copy` to check. Only the flows of `kinds` merge.
 fn plan<B: ExpandBuffer>(
     bufs: &[B],
     offset: usize,
     table: &mut GroTable,
-    can_udp_gro: bool,
+    kinds: GroKinds,
     verify: bool,
 ) {
     table.reset(bufs.len());
+    let GroKinds { tcp, udp } = kinds;
     for i in 0..bufs.len() {
         let pkt = &bufs[i].bytes()[offset..];
-        let merged = match candidate(pkt, can_udp_gro) {
+        let merged = match candidate(pkt, tcp, udp) {
             Some(c) => plan_packet(bufs, offset, table, i, &c, verify),
             None => false,
         };
@@ -884,6 +922,55 @@ mod tests {
     }
 
     #[test]
+    fn kinds_switch_tcp_and_udp_coalescing_apart() {
+        // (kinds, what a batch of 3 TCP then 3 UDP segments of one flow each becomes)
+        let all = GroKinds {
+            tcp: true,
+            udp: true,
+        };
+        let cases = [
+            (all, vec![0, 3]),
+            (GroKinds { udp: false, ..all }, vec![0, 3, 4, 5]),
+            (GroKinds { tcp: false, ..all }, vec![0, 1, 2, 3]),
+            (GroKinds::tcp_and(false), vec![0, 3, 4, 5]),
+            (
+                GroKinds {
+                    tcp: false,
+                    udp: false,
+                },
+                vec![0, 1, 2, 3, 4, 5],
+            ),
+        ];
+        let (tcp, udp) = (
+            Spec::default(),
+            Spec {
+                udp: true,
+                ..Spec::default()
+            },
+        );
+        for (kinds, want) in cases {
+            let specs: Vec<Spec> = (0..3)
+                .map(|i| seg(&tcp, i, 100))
+                .chain((0..3).map(|i| seg(&udp, i, 100)))
+                .collect();
+            let mut b = bufs(&specs);
+            let mut t = GroTable::new();
+            let w = handle_gro(&mut b, OFF, &mut t, kinds).unwrap().to_vec();
+            assert_eq!(w, want, "{kinds:?}");
+            for &i in &w {
+                let hdr = VirtioNetHdr::decode(&b[i][OFF - 10..]).unwrap();
+                let merged = b[i].len() > OFF + 200;
+                assert_eq!(
+                    hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE,
+                    merged,
+                    "{kinds:?} {i}"
+                );
+            }
+            assert_eq!(kinds.any(), w.len() < 6);
+        }
+    }
+
+    #[test]
     fn refusals() {
         let base = Spec::default();
         let a = seg(&base, 0, 100);
@@ -1024,7 +1111,7 @@ mod tests {
 
     /// `handle_gro` as the seed runs it: every checksum checked before its packet merges.
     fn verify_first<B: ExpandBuffer>(b: &mut [B], t: &mut GroTable) -> Vec<usize> {
-        plan(b, OFF, t, true, true);
+        plan(b, OFF, t, GroKinds::tcp_and(true), true);
         assert!(copy(b, OFF, t, false).unwrap());
         finish(b, OFF, t);
         t.to_write.clone()

@@ -20,7 +20,7 @@ pub mod virtio;
 
 pub use buffer::{Buffers, ExpandBuffer, Room, Window, MAX_IP_PACKET};
 pub use error::{Error, ErrorKind, Result};
-pub use gro::{handle_gro, GroTable};
+pub use gro::{handle_gro, GroKinds, GroTable};
 pub use gso::{gso_split, GsoPlan, UDP_MAX_SEGMENTS};
 pub use split::{Failed, Split};
 pub use virtio::*;

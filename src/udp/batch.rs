@@ -7,13 +7,16 @@ use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use super::cmsg::{self, RxInfo, TxMeta};
+use super::meta::{Options, RecvMeta, TxMetas};
 use super::sys::{self, errno, SOL_UDP, UDP_GRO, UDP_SEGMENT};
 use super::{
     invalid, Dest, Error, Result, Wait, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, MAX_SEGMENTS_PER_SEND,
     RECV_SLOTS, SLOT_SIZE,
 };
 use crate::engine::ErrorKind::{
-    BadAddress, BufferTooSmall, DatagramTooLarge, TooFewAddresses, TooFewOutBufs, WrongFileType,
+    BadAddress, BufferTooSmall, DatagramTooLarge, OutOfRange, TooFewAddresses, TooFewOutBufs,
+    WrongFileType,
 };
 use crate::engine::{Buffers, ExpandBuffer};
 use crate::hooks::Hooks;
@@ -71,12 +74,19 @@ pub struct Stats {
     /// Reads the kernel cut short (more than 64 KiB): their complete segments were
     /// delivered, a single datagram was dropped. Practically always 0.
     pub truncated: u64,
+    /// Messages with an ECN cmsg the kernel refused (`EINVAL`/`EIO`), sent again
+    /// without it; ECN cmsgs are then off for this batch ([`UdpBatch::send_ecn`]).
+    pub ecn_fallbacks: u64,
+    /// Messages with a source address the kernel refused (`EINVAL`, `EIO`,
+    /// `ENETUNREACH`, `EADDRNOTAVAIL`: an address no longer on the host, mostly), sent
+    /// again without it. Sources stay on: another may be good.
+    pub src_fallbacks: u64,
 }
 
 impl Stats {
     /// By name: the receive counters of `self`, the send counters of `tx` (one batch
     /// receiving and another sending on one socket).
-    pub fn items(&self, tx: &Stats) -> [(&'static str, u64); 8] {
+    pub fn items(&self, tx: &Stats) -> [(&'static str, u64); 10] {
         [
             ("recv_calls", self.recv_calls),
             ("recv_messages", self.recv_messages),
@@ -86,6 +96,8 @@ impl Stats {
             ("send_datagrams", tx.send_datagrams),
             ("fallbacks", tx.fallbacks),
             ("truncated", self.truncated),
+            ("ecn_fallbacks", tx.ecn_fallbacks),
+            ("src_fallbacks", tx.src_fallbacks),
         ]
     }
 }
@@ -139,6 +151,9 @@ struct Rx {
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     msgs: Vec<RxMsg>,
+    /// Per message of `msgs`, what its cmsgs said (kept only with packet information or
+    /// ECN on).
+    info: Vec<RxInfo>,
     /// The next datagram to deliver: message index and byte offset in it.
     next: usize,
     next_off: usize,
@@ -155,7 +170,9 @@ struct Tx {
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     names: Vec<libc::sockaddr_storage>,
-    ctrl: Vec<[u64; TX_CTRL_WORDS]>,
+    /// Each message's cmsgs, [`TX_CTRL_WORDS`] words apiece (without metadata) or
+    /// [`cmsg::META_CTRL_WORDS`] (with).
+    ctrl: Vec<u64>,
     msgs: Vec<TxMsg>,
 }
 
@@ -164,12 +181,80 @@ struct Tx {
 unsafe impl Send for Tx {}
 
 /// One message to send: datagrams `first..first + count` in one `UDP_SEGMENT` message of
-/// segment size `seg` (count 1: a plain datagram).
+/// segment size `seg` (count 1: a plain datagram), with `meta`'s cmsgs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TxMsg {
     first: usize,
     count: usize,
     seg: usize,
+    meta: TxMeta,
+}
+
+/// A fault armed for tests ([`UdpBatch::inject_send_faults`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fault {
+    errno: i32,
+    left: u32,
+    on: FaultOn,
+}
+
+/// Which messages an injected send fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOn {
+    /// Every message.
+    Any,
+    /// Messages with a `UDP_SEGMENT` cmsg (more than one datagram).
+    Segmented,
+    /// Messages with an ECN cmsg.
+    Ecn,
+    /// Messages with a source address cmsg.
+    Source,
+}
+
+impl FaultOn {
+    fn hits(self, m: &TxMsg) -> bool {
+        match self {
+            FaultOn::Any => true,
+            FaultOn::Segmented => m.count > 1,
+            FaultOn::Ecn => m.meta.ecn.is_some(),
+            FaultOn::Source => m.meta.src.is_some(),
+        }
+    }
+}
+
+/// Where a receive puts what it learns of each datagram besides its bytes: nothing, its
+/// sender (`Some(&mut addrs[..])`: entry `i` is datagram `i`'s; `None`: nothing), or its
+/// metadata (`&mut RecvMeta`: the sender, and with [`Options::pktinfo`] /
+/// [`Options::ecn`] the local address, interface and ECN codepoint). A receive takes at
+/// most as many datagrams as there are entries.
+#[derive(Debug)]
+pub enum Out<'a> {
+    Nothing,
+    Addrs(&'a mut [Option<SocketAddr>]),
+    Meta(&'a mut RecvMeta),
+}
+
+impl<'a> From<Option<&'a mut [Option<SocketAddr>]>> for Out<'a> {
+    fn from(a: Option<&'a mut [Option<SocketAddr>]>) -> Self {
+        a.map_or(Out::Nothing, Out::Addrs)
+    }
+}
+
+impl<'a> From<&'a mut RecvMeta> for Out<'a> {
+    fn from(m: &'a mut RecvMeta) -> Self {
+        Out::Meta(m)
+    }
+}
+
+impl Out<'_> {
+    /// The most datagrams it takes.
+    fn limit(&self) -> usize {
+        match self {
+            Out::Nothing => usize::MAX,
+            Out::Addrs(a) => a.len(),
+            Out::Meta(m) => m.len(),
+        }
+    }
 }
 
 /// Batched UDP I/O on a socket it does not own (see the [module docs](super)).
@@ -179,6 +264,13 @@ pub struct UdpBatch {
     family: c_int,
     gso: bool,
     gro: bool,
+    /// The options asked for (`gso` and `gro` as asked, before the kernel had its say).
+    opts: Options,
+    /// ECN cmsgs go out (off after the kernel refused one).
+    send_ecn: bool,
+    /// The socket's TOS and traffic class bytes, read at the first send with ECN.
+    tos: Option<(u8, u8)>,
+    faults: Option<Fault>,
     stats: Stats,
     rx: Rx,
     tx: Tx,
@@ -206,6 +298,22 @@ impl UdpBatch {
     /// allowed or not. With `gro == false` the socket option is left as it is (another
     /// user of the socket may have turned it on; coalesced reads are split anyway).
     pub fn with_offloads(sock: BorrowedFd<'_>, gso: bool, gro: bool) -> Result<Self> {
+        Self::with_options(
+            sock,
+            &Options {
+                gso,
+                gro,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// As [`with_offloads`](Self::with_offloads), with the other [`Options`] too: the
+    /// socket options they ask for are turned on here (an option the kernel refuses is an
+    /// `OSError`; on an `AF_INET6` socket the IPv4 ones for v4-mapped peers are turned on
+    /// where the kernel lets them).
+    pub fn with_options(sock: BorrowedFd<'_>, opts: &Options) -> Result<Self> {
+        let (gso, gro) = (opts.gso, opts.gro);
         let fd = sock.as_raw_fd();
         let opt = |name, what: &str| {
             sys::getsockopt_int(fd, libc::SOL_SOCKET, name).map_err(|e| match e {
@@ -243,10 +351,15 @@ impl UdpBatch {
         }
         let gso = gso && sys::getsockopt_int(fd, SOL_UDP, UDP_SEGMENT).is_ok();
         let gro = gro && sys::setsockopt_int(fd, SOL_UDP, UDP_GRO, 1).is_ok();
+        sys::set_options(fd, family, opts)?;
         Ok(UdpBatch {
             family,
             gso,
             gro,
+            opts: *opts,
+            send_ecn: true,
+            tos: None,
+            faults: None,
             stats: Stats::default(),
             rx: Rx {
                 data: Vec::new(),
@@ -255,6 +368,7 @@ impl UdpBatch {
                 iov: Vec::new(),
                 hdrs: Vec::new(),
                 msgs: Vec::new(),
+                info: Vec::new(),
                 next: 0,
                 next_off: 0,
             },
@@ -289,6 +403,41 @@ impl UdpBatch {
     /// Whether this batch turned `UDP_GRO` on.
     pub fn gro(&self) -> bool {
         self.gro
+    }
+
+    /// The options this batch was made with.
+    pub fn options(&self) -> Options {
+        self.opts
+    }
+
+    /// Whether ECN codepoints go out as cmsgs (off once the kernel refused one).
+    pub fn send_ecn(&self) -> bool {
+        self.send_ecn
+    }
+
+    /// The faults still armed (for tests).
+    #[cfg(test)]
+    pub(crate) fn faults_left(&self) -> u32 {
+        self.faults.map_or(0, |f| f.left)
+    }
+
+    /// **Testing only.** The next `count` messages that `on` hits fail as if `sendmmsg`
+    /// had refused them with `errno`, without reaching the kernel (this kernel takes what
+    /// older ones refused); the fallbacks then run as for the kernel's refusal. `count`
+    /// 0 disarms. Unset, a send pays one check of an `Option` per `sendmmsg`.
+    pub fn inject_send_faults(&mut self, errno: i32, count: u32, on: FaultOn) -> Result<()> {
+        if errno <= 0 {
+            return Err(invalid(
+                OutOfRange,
+                format!("errno must be a positive error number, not {errno}"),
+            ));
+        }
+        self.faults = (count > 0).then_some(Fault {
+            errno,
+            left: count,
+            on,
+        });
+        Ok(())
     }
 
     /// The largest payload of one datagram on this socket's family.
@@ -329,19 +478,17 @@ impl UdpBatch {
     /// Datagram `i` lands in `bufs[i][offset..offset + sizes[i]]` (a buffer that is too
     /// short is grown if it can be), `addrs[i]` is its sender. Returns n >= 1, at most
     /// the shortest of `bufs`, `sizes` and `addrs`.
-    pub fn recv<B: ExpandBuffer>(
+    pub fn recv<'a, B: ExpandBuffer>(
         &mut self,
         sock: BorrowedFd<'_>,
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
         wait: Wait,
     ) -> Result<usize> {
-        let mut max = bufs.len().min(sizes.len());
-        if let Some(a) = &addrs {
-            max = max.min(a.len());
-        }
+        let out = addrs.into();
+        let max = bufs.len().min(sizes.len()).min(out.limit());
         if max == 0 {
             return Err(invalid(
                 TooFewOutBufs,
@@ -349,7 +496,8 @@ impl UdpBatch {
             ));
         }
         self.fill(sock, max, wait)?;
-        self.deliver(bufs, sizes, offset, addrs)
+        let (n, _) = self.make_room(&mut bufs[..max], offset)?;
+        self.copy_out(&mut bufs[..n], sizes, offset, out)
     }
 
     /// Makes datagrams available: returns the pending count at once if there are any
@@ -385,7 +533,7 @@ impl UdpBatch {
                 )
             };
             if n > 0 {
-                let truncated = rx.parse(n as usize);
+                let truncated = rx.parse(n as usize, self.opts.pktinfo || self.opts.ecn);
                 let pending = self.pending();
                 let st = &mut self.stats;
                 st.recv_calls += 1;
@@ -418,19 +566,17 @@ impl UdpBatch {
     /// consumed. Then the datagrams are copied and leave the pending queue. Each buffer's
     /// bytes are borrowed only while that buffer is worked on, one buffer at a time (the
     /// Python binding relies on this: two of its buffers may share memory).
-    pub fn deliver<B: ExpandBuffer>(
+    pub fn deliver<'a, B: ExpandBuffer>(
         &mut self,
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
     ) -> Result<usize> {
-        let mut k = bufs.len().min(sizes.len());
-        if let Some(a) = &addrs {
-            k = k.min(a.len());
-        }
+        let out = addrs.into();
+        let k = bufs.len().min(sizes.len()).min(out.limit());
         let (n, _) = self.make_room(&mut bufs[..k], offset)?;
-        self.copy_out(&mut bufs[..n], sizes, offset, addrs)
+        self.copy_out(&mut bufs[..n], sizes, offset, out)
     }
 
     /// [`deliver`](Self::deliver)'s first pass: makes every buffer of `bufs` that will
@@ -488,18 +634,20 @@ impl UdpBatch {
     /// [`deliver`](Self::deliver)'s second pass: copies the next `bufs.len()` pending
     /// datagrams (at most; see [`make_room`](Self::make_room), which must have made room
     /// in these buffers) into them and consumes them; returns how many.
-    pub fn copy_out<B: ExpandBuffer>(
+    pub fn copy_out<'a, B: ExpandBuffer>(
         &mut self,
         bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
-        mut addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
     ) -> Result<usize> {
-        let rx = &mut self.rx;
-        let mut n = bufs.len().min(sizes.len());
-        if let Some(a) = &addrs {
-            n = n.min(a.len());
+        let mut out = addrs.into();
+        let (pktinfo, ecn) = (self.opts.pktinfo, self.opts.ecn);
+        if let Out::Meta(meta) = &mut out {
+            meta.begin(pktinfo, ecn);
         }
+        let rx = &mut self.rx;
+        let mut n = bufs.len().min(sizes.len()).min(out.limit());
         let (mut m, mut off) = (rx.next, rx.next_off);
         let mut last: Option<(usize, Option<SocketAddr>)> = None;
         for i in 0..n {
@@ -527,13 +675,20 @@ impl UdpBatch {
             };
             dst.copy_from_slice(src);
             sizes[i] = dlen;
-            if let Some(a) = addrs.as_deref_mut() {
+            if !matches!(out, Out::Nothing) {
                 let addr = match last {
                     Some((slot, addr)) if slot == msg.slot => addr,
                     _ => sys::read_sockaddr(&rx.names[msg.slot], msg.name_len),
                 };
                 last = Some((msg.slot, addr));
-                a[i] = addr;
+                match &mut out {
+                    Out::Nothing => {}
+                    Out::Addrs(a) => a[i] = addr,
+                    Out::Meta(meta) => {
+                        let info = rx.info.get(m).filter(|_| meta.wants_local());
+                        meta.set(i, addr, info);
+                    }
+                }
             }
             (m, off) = msg.advance(m, off, dlen);
         }
@@ -554,13 +709,13 @@ impl UdpBatch {
     /// its buffers); the inner one the socket's, `Interrupted` included (check for signals
     /// and call again).
     #[allow(clippy::too_many_arguments)]
-    pub fn recv_with<E, L, H>(
+    pub fn recv_with<'a, E, L, H>(
         &mut self,
         sock: BorrowedFd<'_>,
         bufs: &mut L,
         sizes: &mut [usize],
         offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
+        addrs: impl Into<Out<'a>>,
         wait: Wait,
         hooks: &mut H,
     ) -> std::result::Result<Result<usize>, E>
@@ -568,7 +723,8 @@ impl UdpBatch {
         L: Buffers<E> + ?Sized,
         H: Hooks<E> + ?Sized,
     {
-        let nb = bufs.count();
+        let out = addrs.into();
+        let nb = bufs.count().min(out.limit());
         if self.pending() == 0 {
             if let Err(e) = hooks.syscall(|| self.fill(sock, nb, wait)) {
                 return Ok(Err(e));
@@ -579,10 +735,10 @@ impl UdpBatch {
             Err(e) => return Ok(Err(e)),
         };
         if hooks.worth_releasing(bytes) {
-            return bufs.pinned(n, |w| hooks.work(|| self.copy_out(w, sizes, offset, addrs)));
+            return bufs.pinned(n, |w| hooks.work(|| self.copy_out(w, sizes, offset, out)));
         }
         let b = &mut bufs.bufs(nb, false, usize::MAX)?[..n];
-        Ok(self.copy_out(b, sizes, offset, addrs))
+        Ok(self.copy_out(b, sizes, offset, out))
     }
 
     // ----- sending ---------------------------------------------------------------------
@@ -597,7 +753,9 @@ impl UdpBatch {
     /// offload, then segmentation stays off; `EINVAL`/`EMSGSIZE`: a segment size above the
     /// route's MTU), its datagrams are sent one by one instead. A wait that ends
     /// ([`Wait`]), a signal (`Interrupted`: check for signals and send the rest) or a
-    /// system error stops the batch: [`SendError`] says how many went out.
+    /// system error stops the batch: [`SendError`] says how many went out. A single
+    /// datagram over the path MTU on a socket that does not fragment is
+    /// [`Error::MessageTooLong`], which names the MTU.
     pub fn send<D: AsRef<[u8]>>(
         &mut self,
         sock: BorrowedFd<'_>,
@@ -605,29 +763,73 @@ impl UdpBatch {
         to: Dest<'_>,
         wait: Wait,
     ) -> std::result::Result<usize, SendError> {
+        self.send_meta(sock, datagrams, to, TxMetas::None, wait)
+    }
+
+    /// [`send`](Self::send) with an ECN codepoint and a source address for each datagram
+    /// (`meta`; nothing, the same for all, or one each): runs of equal size *and* equal
+    /// metadata go as one `UDP_SEGMENT` message with the cmsgs of its metadata.
+    ///
+    /// Also refused before anything is sent: an ECN codepoint above 3 (`out_of_range`),
+    /// fewer entries than datagrams, a source of another family than its destination
+    /// (`bad_address`). Where the kernel refuses a message with a source (`EINVAL`, `EIO`,
+    /// `ENETUNREACH`, `EADDRNOTAVAIL`: mostly an address no longer on the host), it is
+    /// sent again without it (counted in [`Stats::src_fallbacks`]; sources stay on); one
+    /// with an ECN codepoint (`EINVAL`, `EIO`: a kernel without the cmsg), again without
+    /// it, and ECN cmsgs turn off for this batch ([`Stats::ecn_fallbacks`],
+    /// [`send_ecn`](Self::send_ecn)). Segmentation is given up first, the source next,
+    /// ECN last. Nothing is lost or sent twice.
+    pub fn send_meta<D: AsRef<[u8]>>(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        datagrams: &[D],
+        to: Dest<'_>,
+        meta: TxMetas<'_>,
+        wait: Wait,
+    ) -> std::result::Result<usize, SendError> {
         let fd = sock.as_raw_fd();
         let n = datagrams.len();
-        self.check_send(fd, datagrams, to)
+        let peer = self
+            .check_send(fd, datagrams, to, meta)
             .map_err(|error| SendError { sent: 0, error })?;
-        let mut start = 0;
-        let mut plain_until = 0;
+        let mut r = Replan::default();
         'plan: loop {
-            self.plan(datagrams, to, start, plain_until)
-                .map_err(|error| SendError { sent: start, error })?;
-            let tx = &mut self.tx;
+            self.plan(fd, datagrams, to, meta, peer, &r)
+                .map_err(|error| SendError {
+                    sent: r.start,
+                    error,
+                })?;
             let mut m = 0;
-            while m < tx.msgs.len() {
-                let left = tx.msgs.len() - m;
-                // SAFETY: `hdrs[m..]` were written by `plan` in this call; they point at
-                // `iov`, `names` and `ctrl` (not changed since) and at the bytes of
-                // `datagrams`, which are borrowed for this whole call.
-                let rc = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        tx.hdrs.as_mut_ptr().add(m),
-                        left.min(c_uint::MAX as usize) as c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
+            while m < self.tx.msgs.len() {
+                let tx = &mut self.tx;
+                let mut vlen = tx.msgs.len() - m;
+                let mut injected = None;
+                if let Some(f) = &mut self.faults {
+                    match tx.msgs[m..].iter().position(|x| f.on.hits(x)) {
+                        Some(0) => {
+                            injected = Some(f.errno);
+                            f.left -= 1;
+                            if f.left == 0 {
+                                self.faults = None;
+                            }
+                        }
+                        Some(k) => vlen = k, // up to the message it hits
+                        None => {}
+                    }
+                }
+                let rc = match injected {
+                    Some(_) => -1,
+                    // SAFETY: `hdrs[m..]` were written by `plan` in this call; they point
+                    // at `iov`, `names` and `ctrl` (not changed since) and at the bytes of
+                    // `datagrams`, which are borrowed for this whole call.
+                    None => unsafe {
+                        libc::sendmmsg(
+                            fd,
+                            tx.hdrs.as_mut_ptr().add(m),
+                            vlen.min(c_uint::MAX as usize) as c_uint,
+                            libc::MSG_DONTWAIT,
+                        )
+                    },
                 };
                 if rc > 0 {
                     let st = &mut self.stats;
@@ -638,41 +840,161 @@ impl UdpBatch {
                     m += rc as usize;
                     continue;
                 }
-                let e = if rc == 0 { libc::EAGAIN } else { errno() };
+                let e = match (rc, injected) {
+                    (_, Some(e)) => e,
+                    (0, None) => libc::EAGAIN,
+                    _ => errno(),
+                };
                 let msg = tx.msgs[m];
                 let stop = |error| SendError {
                     sent: msg.first,
                     error,
                 };
+                let st = &mut self.stats;
+                let (seg, src, ecn) = (msg.count > 1, msg.meta.src.is_some(), msg.meta.ecn);
                 match e {
                     libc::EAGAIN => {
                         sys::wait_fd(fd, libc::POLLOUT, wait).map_err(stop)?;
+                        continue;
                     }
                     libc::EINTR => return Err(stop(Error::Interrupted)),
-                    libc::EIO if msg.count > 1 => {
+                    libc::EIO if seg => {
                         // No checksum offload on this route: segmentation cannot work on
                         // this socket (wireguard-go turns it off for good, too).
                         self.gso = false;
-                        self.stats.fallbacks += 1;
-                        start = msg.first;
-                        plain_until = n;
-                        continue 'plan;
+                        st.fallbacks += 1;
+                        r.plain_until = n;
                     }
-                    libc::EINVAL | libc::EMSGSIZE if msg.count > 1 => {
-                        self.stats.fallbacks += 1;
-                        start = msg.first;
-                        plain_until = msg.first + msg.count;
-                        continue 'plan;
+                    libc::EINVAL | libc::EMSGSIZE if seg => {
+                        st.fallbacks += 1;
+                        r.plain_until = r.plain_until.max(msg.first + msg.count);
+                    }
+                    libc::EINVAL | libc::EIO | libc::ENETUNREACH | libc::EADDRNOTAVAIL if src => {
+                        st.src_fallbacks += 1;
+                        r.nosrc = msg.first..msg.first + msg.count;
+                    }
+                    libc::EINVAL | libc::EIO if ecn.is_some() && self.send_ecn => {
+                        self.send_ecn = false;
+                        st.ecn_fallbacks += 1;
+                    }
+                    libc::EMSGSIZE => {
+                        let to = match to {
+                            Dest::Connected => None,
+                            Dest::One(a) => Some(a),
+                            Dest::Each(a) => Some(a[msg.first]),
+                        };
+                        let size = datagrams[msg.first].as_ref().len();
+                        return Err(stop(self.too_long(fd, msg.first, size, to, peer)));
                     }
                     e => return Err(stop(Error::from_errno(e, "sending datagrams (sendmmsg)"))),
                 }
+                r.start = msg.first;
+                continue 'plan;
             }
             return Ok(n);
         }
     }
 
-    /// The checks `send` makes before sending anything.
-    fn check_send<D: AsRef<[u8]>>(&self, fd: RawFd, datagrams: &[D], to: Dest<'_>) -> Result<()> {
+    /// The error for datagram `i` of `size` bytes refused with `EMSGSIZE`: over the path
+    /// MTU towards `to` (`None`: the connected `peer`), which it names where it can be
+    /// read.
+    #[cold]
+    fn too_long(
+        &self,
+        fd: RawFd,
+        i: usize,
+        size: usize,
+        to: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> Error {
+        let mtu = sys::path_mtu(fd, self.family, to.as_ref());
+        let dest = to.or(peer).or_else(|| sys::peer(fd));
+        let v4 = self.family == libc::AF_INET || dest.is_some_and(|a| is_v4(&a));
+        let (ip, overhead) = if v4 { ("IPv4", 28) } else { ("IPv6", 48) };
+        let towards = dest.map_or(String::new(), |a| format!(" to {a}"));
+        let msg = match mtu {
+            Some(mtu) => format!(
+                "sending datagrams (sendmmsg): Message too long: datagram {i} is {size} bytes, \
+                 more than the {} bytes of UDP payload over {ip} that the path MTU of {mtu} \
+                 bytes{towards} allows (the socket does not fragment)",
+                mtu.saturating_sub(overhead)
+            ),
+            None => format!(
+                "sending datagrams (sendmmsg): Message too long: datagram {i} is {size} bytes, \
+                 more than the path MTU{towards} allows (the socket does not fragment); the \
+                 MTU could not be read (it can on a connected socket, or with CAP_NET_ADMIN)"
+            ),
+        };
+        Error::MessageTooLong { size, mtu, msg }
+    }
+
+    /// The checks `send` makes before sending anything; returns the connected peer where
+    /// the metadata needs its family.
+    fn check_send<D: AsRef<[u8]>>(
+        &self,
+        fd: RawFd,
+        datagrams: &[D],
+        to: Dest<'_>,
+        meta: TxMetas<'_>,
+    ) -> Result<Option<SocketAddr>> {
+        let n = datagrams.len();
+        let peer = self.check_meta(fd, n, to, meta)?;
+        self.check_sizes(fd, datagrams, to)?;
+        Ok(peer)
+    }
+
+    /// The metadata's checks (see [`send_meta`](Self::send_meta)).
+    fn check_meta(
+        &self,
+        fd: RawFd,
+        n: usize,
+        to: Dest<'_>,
+        meta: TxMetas<'_>,
+    ) -> Result<Option<SocketAddr>> {
+        if meta.is_none() {
+            return Ok(None);
+        }
+        meta.check(n)?;
+        let peer = match to {
+            Dest::Connected if self.family == libc::AF_INET6 => sys::peer(fd),
+            _ => None,
+        };
+        for i in 0..n {
+            let Some(src) = meta.get(i).src else {
+                if matches!(meta, TxMetas::All(_)) {
+                    break;
+                }
+                continue;
+            };
+            let dest_v4 = self.family == libc::AF_INET
+                || match to {
+                    Dest::Connected => peer.is_some_and(|a| is_v4(&a)),
+                    Dest::One(a) => is_v4(&a),
+                    Dest::Each(a) => a.get(i).is_some_and(is_v4),
+                };
+            if dest_v4 != src.v4().is_some() || (self.family == libc::AF_INET && src.ip.is_ipv6()) {
+                let (s, d) = match dest_v4 {
+                    true => ("IPv6", "IPv4"),
+                    false => ("IPv4", "IPv6"),
+                };
+                let e = crate::engine::Error::new(
+                    BadAddress,
+                    format!(
+                        "the source of datagram {i} ({}) is {s}, but it goes to an {d} destination",
+                        src.ip
+                    ),
+                );
+                return Err(Error::Invalid(e.at(i)));
+            }
+            if matches!(meta, TxMetas::All(_)) && !matches!(to, Dest::Each(_)) {
+                break; // one source, one destination family
+            }
+        }
+        Ok(peer)
+    }
+
+    /// The address and size checks of a send.
+    fn check_sizes<D: AsRef<[u8]>>(&self, fd: RawFd, datagrams: &[D], to: Dest<'_>) -> Result<()> {
         let n = datagrams.len();
         let wrong_family = |a: &SocketAddr| a.is_ipv6() && self.family == libc::AF_INET;
         match to {
@@ -713,10 +1035,7 @@ impl UdpBatch {
             return Ok(());
         }
         // Over IPv4's limit: fine only for IPv6 destinations (not v4-mapped ones).
-        let v4 = |a: &SocketAddr| match a {
-            SocketAddr::V4(_) => true,
-            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
-        };
+        let v4 = is_v4;
         let connected_v4 = match to {
             Dest::Connected if self.family == libc::AF_INET6 => {
                 sys::peer(fd).is_some_and(|a| v4(&a))
@@ -751,17 +1070,22 @@ impl UdpBatch {
         Ok(())
     }
 
-    /// Groups `datagrams[start..]` into messages (those before `plain_until` one by one)
-    /// and writes the `sendmmsg` arrays for them.
+    /// Groups `datagrams[r.start..]` into messages (see [`group`]) and writes the
+    /// `sendmmsg` arrays for them, the cmsgs of their metadata included (`peer`: the
+    /// connected peer, for its family).
     fn plan<D: AsRef<[u8]>>(
         &mut self,
+        fd: RawFd,
         datagrams: &[D],
         to: Dest<'_>,
-        start: usize,
-        plain_until: usize,
+        meta: TxMetas<'_>,
+        peer: Option<SocketAddr>,
+        r: &Replan,
     ) -> Result<()> {
+        let start = r.start;
         let tx = &mut self.tx;
-        group(&mut tx.msgs, datagrams, to, start, plain_until, self.gso);
+        let send_ecn = self.send_ecn;
+        group(&mut tx.msgs, datagrams, to, meta, r, self.gso, send_ecn);
         let nm = tx.msgs.len();
         tx.iov.clear();
         tx.iov.extend(datagrams[start..].iter().map(|d| {
@@ -776,15 +1100,26 @@ impl UdpBatch {
             Dest::One(_) => 1,
             Dest::Each(_) => nm,
         };
+        // Room for each message's cmsgs: UDP_SEGMENT alone, or with the metadata's.
+        let words = match meta {
+            TxMetas::None => TX_CTRL_WORDS,
+            _ => cmsg::META_CTRL_WORDS,
+        };
         // SAFETY (both closures): all-zero is a valid value of these C structs.
         tx.names.resize_with(n_names, || unsafe { zeroed() });
-        tx.ctrl.resize(nm, [0; TX_CTRL_WORDS]);
+        tx.ctrl.resize(nm * words, 0);
         tx.hdrs.clear();
         tx.hdrs.resize_with(nm, || unsafe { zeroed() });
         let mut name_len = 0;
         if let Dest::One(a) = to {
             name_len = sys::write_sockaddr(&a, self.family, &mut tx.names[0])?;
         }
+        if send_ecn && self.tos.is_none() && tx.msgs.iter().any(|m| m.meta.ecn.is_some()) {
+            self.tos = Some(sys::tos_bytes(fd, self.family));
+        }
+        let (tos4, tos6) = self.tos.unwrap_or_default();
+        let v4_socket = self.family == libc::AF_INET;
+        let plain = meta.is_none();
         let iov = tx.iov.as_mut_ptr();
         for (m, msg) in tx.msgs.iter().enumerate() {
             let h = &mut tx.hdrs[m].msg_hdr;
@@ -803,49 +1138,82 @@ impl UdpBatch {
                     h.msg_name = (&mut tx.names[m] as *mut libc::sockaddr_storage).cast();
                 }
             }
-            if msg.count > 1 {
-                h.msg_control = tx.ctrl[m].as_mut_ptr().cast();
-                // SAFETY: CMSG_SPACE/CMSG_LEN compute sizes only.
-                h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as c_uint) } as usize;
-                // SAFETY: msg_control points at TX_CTRL_WORDS * 8 >= CMSG_SPACE(2) bytes,
-                // 8-aligned, so CMSG_FIRSTHDR is a valid header with room for 2 data bytes.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as c_uint) as usize;
-                    libc::CMSG_DATA(c)
-                        .cast::<u16>()
-                        .write_unaligned(msg.seg as u16);
-                }
+            let segment = (msg.count > 1).then_some(msg.seg as u16);
+            if segment.is_none() && (plain || msg.meta == TxMeta::default()) {
+                continue; // no cmsg at all (no UDP_SEGMENT on a single datagram)
+            }
+            let v4 = v4_socket
+                || match to {
+                    Dest::Connected => peer.is_some_and(|a| is_v4(&a)),
+                    Dest::One(a) => is_v4(&a),
+                    Dest::Each(a) => is_v4(&a[msg.first]),
+                };
+            let ctrl = &mut tx.ctrl[m * words..(m + 1) * words];
+            let tos = if v4 { tos4 } else { tos6 };
+            let len = cmsg::encode(ctrl, segment, &msg.meta, v4, tos);
+            if len > 0 {
+                h.msg_control = ctrl.as_mut_ptr().cast();
+                h.msg_controllen = len;
             }
         }
         Ok(())
     }
 }
 
-/// The run grouping: `datagrams[start..]` as messages. A run starts at a non-empty
-/// datagram of size `s` and takes the following datagrams to the same address while they
-/// are `s` bytes long (one shorter, non-empty datagram ends it), up to
-/// [`MAX_SEGMENTS_PER_SEND`]
-/// and [`MAX_PAYLOAD_V4`] bytes in all (IPv4's limit, also on IPv6 sockets, whose
-/// destinations may be v4-mapped). Datagrams before `plain_until`, or all if `!gso`, go
-/// one by one.
+/// Whether `a` is an IPv4 destination (or v4-mapped: the kernel sends it over IPv4).
+fn is_v4(a: &SocketAddr) -> bool {
+    match a {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    }
+}
+
+/// Where a send goes on after the kernel refused a message: from datagram `start`, the
+/// datagrams before `plain_until` one by one (segmentation refused), those in `nosrc`
+/// without their source address.
+#[derive(Debug, Clone, Default)]
+struct Replan {
+    start: usize,
+    plain_until: usize,
+    nosrc: std::ops::Range<usize>,
+}
+
+/// The run grouping: `datagrams[r.start..]` as messages. A run starts at a non-empty
+/// datagram of size `s` and takes the following datagrams to the same address, with the
+/// same metadata, while they are `s` bytes long (one shorter, non-empty datagram ends
+/// it), up to [`MAX_SEGMENTS_PER_SEND`] and [`MAX_PAYLOAD_V4`] bytes in all (IPv4's
+/// limit, also on IPv6 sockets, whose destinations may be v4-mapped). Datagrams before
+/// `r.plain_until`, or all if `!gso`, go one by one. Each message's metadata is its
+/// datagrams' from `meta`, without the ECN codepoint unless `send_ecn`, without the source
+/// in `r.nosrc`.
 fn group<D: AsRef<[u8]>>(
     msgs: &mut Vec<TxMsg>,
     datagrams: &[D],
     to: Dest<'_>,
-    start: usize,
-    plain_until: usize,
+    meta: TxMetas<'_>,
+    r: &Replan,
     gso: bool,
+    send_ecn: bool,
 ) {
     msgs.clear();
     let n = datagrams.len();
-    let mut i = start;
+    let meta_of = |i: usize| {
+        let mut m = meta.get(i);
+        if !send_ecn {
+            m.ecn = None;
+        }
+        if r.nosrc.contains(&i) {
+            m.src = None;
+        }
+        m
+    };
+    let plain = meta.is_none();
+    let mut i = r.start;
     while i < n {
         let seg = datagrams[i].as_ref().len();
+        let m = if plain { TxMeta::default() } else { meta_of(i) };
         let mut count = 1;
-        if gso && i >= plain_until && seg > 0 {
+        if gso && i >= r.plain_until && seg > 0 {
             let mut total = seg;
             while count < MAX_SEGMENTS_PER_SEND && i + count < n {
                 let j = i + count;
@@ -858,6 +1226,9 @@ fn group<D: AsRef<[u8]>>(
                         break;
                     }
                 }
+                if !plain && meta_of(j) != m {
+                    break;
+                }
                 count += 1;
                 total += len;
                 if len < seg {
@@ -869,6 +1240,7 @@ fn group<D: AsRef<[u8]>>(
             first: i,
             count,
             seg,
+            meta: m,
         });
         i += count;
     }
@@ -904,33 +1276,21 @@ impl Rx {
         self.hdrs = hdrs;
     }
 
-    /// Reads the results of a `recvmmsg` of `n` messages; returns how many were cut
-    /// short.
-    fn parse(&mut self, n: usize) -> u64 {
+    /// Reads the results of a `recvmmsg` of `n` messages, keeping what their cmsgs say
+    /// with `keep_info`; returns how many were cut short.
+    fn parse(&mut self, n: usize, keep_info: bool) -> u64 {
         let mut truncated = 0;
         self.msgs.clear();
+        self.info.clear();
         self.next = 0;
         self.next_off = 0;
         for (slot, h) in self.hdrs[..n].iter().enumerate() {
             let mut len = h.msg_len as usize;
-            let mut seg = 0usize;
             let mh = &h.msg_hdr;
             // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed cmsgs into
-            // the control buffer; CMSG_FIRSTHDR/NXTHDR stay within it.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(mh);
-                while !c.is_null() {
-                    if (*c).cmsg_level == SOL_UDP
-                        && (*c).cmsg_type == UDP_GRO
-                        && (*c).cmsg_len as usize
-                            >= libc::CMSG_LEN(size_of::<c_int>() as c_uint) as usize
-                    {
-                        let v = libc::CMSG_DATA(c).cast::<c_int>().read_unaligned();
-                        seg = usize::try_from(v).unwrap_or(0);
-                    }
-                    c = libc::CMSG_NXTHDR(mh, c);
-                }
-            }
+            // the control buffer, which is 8-aligned.
+            let info = unsafe { cmsg::decode(mh) };
+            let mut seg = info.segment;
             if mh.msg_flags & libc::MSG_TRUNC != 0 {
                 truncated += 1;
                 if seg == 0 {
@@ -947,6 +1307,9 @@ impl Rx {
                 seg,
                 name_len: mh.msg_namelen as usize,
             });
+            if keep_info {
+                self.info.push(info);
+            }
         }
         truncated
     }
@@ -960,7 +1323,15 @@ mod unit {
     fn runs(lens: &[usize], to: Dest<'_>, gso: bool) -> Vec<(usize, usize, usize)> {
         let data: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0; l]).collect();
         let mut msgs = Vec::new();
-        group(&mut msgs, &data, to, 0, 0, gso);
+        group(
+            &mut msgs,
+            &data,
+            to,
+            TxMetas::None,
+            &Replan::default(),
+            gso,
+            true,
+        );
         msgs.iter().map(|m| (m.first, m.count, m.seg)).collect()
     }
 
@@ -1029,8 +1400,83 @@ mod unit {
     fn plain_until_forces_single_datagrams() {
         let data: Vec<Vec<u8>> = vec![vec![0; 10]; 6];
         let mut msgs = Vec::new();
-        group(&mut msgs, &data, Dest::Connected, 1, 3, true);
+        let r = Replan {
+            start: 1,
+            plain_until: 3,
+            nosrc: 0..0,
+        };
+        group(
+            &mut msgs,
+            &data,
+            Dest::Connected,
+            TxMetas::None,
+            &r,
+            true,
+            true,
+        );
         let got: Vec<_> = msgs.iter().map(|m| (m.first, m.count)).collect();
         assert_eq!(got, [(1, 1), (2, 1), (3, 3)]);
+    }
+
+    #[test]
+    fn runs_break_at_metadata_changes() {
+        let src = |ip: &str| {
+            Some(crate::udp::Source {
+                ip: ip.parse().unwrap(),
+                ifindex: 0,
+            })
+        };
+        let m = |ecn: Option<u8>, s: &str| TxMeta {
+            ecn,
+            src: if s.is_empty() { None } else { src(s) },
+        };
+        let (a, b) = (m(Some(2), "10.0.0.1"), m(Some(3), "10.0.0.1"));
+        let c = m(Some(2), "10.0.0.2");
+        let data: Vec<Vec<u8>> = vec![vec![0; 10]; 7];
+        let each = [a, a, b, b, c, c, a];
+        // (metadata, replan, send_ecn) -> (first, count) of each message
+        type Case<'a> = (TxMetas<'a>, Replan, bool, Vec<(usize, usize)>);
+        let cases: Vec<Case<'_>> = vec![
+            (TxMetas::All(a), Replan::default(), true, vec![(0, 7)]),
+            (
+                TxMetas::Each(&each),
+                Replan::default(),
+                true,
+                vec![(0, 2), (2, 2), (4, 2), (6, 1)],
+            ),
+            // ECN off: a and b are the same then.
+            (
+                TxMetas::Each(&each),
+                Replan::default(),
+                false,
+                vec![(0, 4), (4, 2), (6, 1)],
+            ),
+            // Datagrams 4 and 5 without their source: like a's but for... their ECN.
+            (
+                TxMetas::Each(&each),
+                Replan {
+                    nosrc: 4..6,
+                    ..Replan::default()
+                },
+                true,
+                vec![(0, 2), (2, 2), (4, 2), (6, 1)],
+            ),
+        ];
+        for (k, (meta, r, send_ecn, want)) in cases.into_iter().enumerate() {
+            let mut msgs = Vec::new();
+            group(&mut msgs, &data, Dest::Connected, meta, &r, true, send_ecn);
+            let got: Vec<_> = msgs.iter().map(|m| (m.first, m.count)).collect();
+            assert_eq!(got, want, "case {k}");
+            for msg in &msgs {
+                let mut want = meta.get(msg.first);
+                if !send_ecn {
+                    want.ecn = None;
+                }
+                if r.nosrc.contains(&msg.first) {
+                    want.src = None;
+                }
+                assert_eq!(msg.meta, want, "case {k}, message at {}", msg.first);
+            }
+        }
     }
 }

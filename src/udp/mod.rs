@@ -29,11 +29,15 @@
 //! ```
 
 mod batch;
+pub mod cmsg;
+pub mod meta;
 mod sys;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{SendError, Stats, UdpBatch};
+pub use batch::{FaultOn, Out, SendError, Stats, UdpBatch};
+pub use cmsg::{Source, TxMeta};
+pub use meta::{parse_source, Meta, Options, PerDatagram, RecvMeta, TxMetas};
 pub use sys::{host_string, parse_addr, parse_host};
 
 /// The system constants a caller needs to speak about sockets and their errors (so that
@@ -133,6 +137,14 @@ pub enum Error {
         have: usize,
         reason: String,
     },
+    /// A datagram over the path MTU on a socket that does not fragment (`EMSGSIZE`): it
+    /// is `size` bytes and the path MTU (the IP packet's limit, `IP_MTU`) is `mtu`, where
+    /// it could be read; `msg` says both.
+    MessageTooLong {
+        size: usize,
+        mtu: Option<u32>,
+        msg: String,
+    },
     /// Non-blocking, and the call would block (`EAGAIN`).
     WouldBlock,
     /// The deadline passed before the socket was ready.
@@ -154,6 +166,7 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Os { errno, .. } => Some(*errno),
+            Error::MessageTooLong { .. } => Some(libc::EMSGSIZE),
             Error::WouldBlock => Some(libc::EAGAIN),
             Error::Timeout => Some(libc::ETIMEDOUT),
             Error::Interrupted => Some(libc::EINTR),
@@ -165,7 +178,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Os { msg, .. } => f.write_str(msg),
+            Error::Os { msg, .. } | Error::MessageTooLong { msg, .. } => f.write_str(msg),
             Error::Invalid(e) => f.write_str(e.message()),
             Error::BufferTooSmall {
                 index,

@@ -4,7 +4,7 @@
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::Instant;
 
 use super::{invalid, Error, Result, Wait};
@@ -69,6 +69,137 @@ pub(crate) fn setsockopt_int(
         return Err(errno());
     }
     Ok(())
+}
+
+/// Turns on the socket options `opts` asks for besides the offloads (see
+/// [`Options`](super::meta::Options)). On an `AF_INET6` socket the IPv4 option that
+/// covers v4-mapped peers (`IP_RECVTOS`, `IP_MTU_DISCOVER`) is best effort.
+pub(crate) fn set_options(fd: RawFd, family: c_int, opts: &super::meta::Options) -> Result<()> {
+    use libc::{IPPROTO_IP as IP, IPPROTO_IPV6 as IP6};
+    let v6 = family == libc::AF_INET6;
+    let set = |level, name, v, what: &str| {
+        setsockopt_int(fd, level, name, v).map_err(|e| Error::from_errno(e, what))
+    };
+    if opts.pktinfo {
+        match v6 {
+            true => set(
+                IP6,
+                libc::IPV6_RECVPKTINFO,
+                1,
+                "turning on IPV6_RECVPKTINFO",
+            )?,
+            false => set(IP, libc::IP_PKTINFO, 1, "turning on IP_PKTINFO")?,
+        }
+    }
+    if opts.ecn {
+        if v6 {
+            set(IP6, libc::IPV6_RECVTCLASS, 1, "turning on IPV6_RECVTCLASS")?;
+        }
+        let r = set(IP, libc::IP_RECVTOS, 1, "turning on IP_RECVTOS");
+        if !v6 {
+            r?;
+        }
+    }
+    if opts.dont_fragment {
+        if v6 {
+            let what = "turning on IPV6_MTU_DISCOVER=IPV6_PMTUDISC_DO";
+            set(IP6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO, what)?;
+            set(IP6, libc::IPV6_DONTFRAG, 1, "turning on IPV6_DONTFRAG")?;
+        }
+        let what = "turning on IP_MTU_DISCOVER=IP_PMTUDISC_DO";
+        let r = set(IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO, what);
+        if !v6 {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// The socket's TOS and traffic class bytes (0 where unreadable), whose DSCP bits go
+/// with the ECN codepoints a send sets.
+pub(crate) fn tos_bytes(fd: RawFd, family: c_int) -> (u8, u8) {
+    let tos = getsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TOS).unwrap_or(0);
+    let tclass = match family {
+        libc::AF_INET6 => getsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS).unwrap_or(0),
+        _ => 0,
+    };
+    let byte = |v: c_int| u8::try_from(v).unwrap_or(0);
+    (byte(tos), byte(tclass))
+}
+
+/// The path MTU towards `to` (`None`: the connected peer) for a socket of `family`:
+/// `IP_MTU` / `IPV6_MTU` on the socket itself when connected, else on a probe socket
+/// connected to `to` in the socket's network namespace (`SIOCGSKNS`, which needs
+/// CAP_NET_ADMIN; the socket's mark and bound interface are copied). `None` where
+/// neither works.
+pub(crate) fn path_mtu(fd: RawFd, family: c_int, to: Option<&SocketAddr>) -> Option<u32> {
+    let mtu_of = |fd: RawFd, v6: bool| {
+        let (level, name) = match v6 {
+            true => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+            false => (libc::IPPROTO_IP, libc::IP_MTU),
+        };
+        getsockopt_int(fd, level, name)
+            .ok()
+            .and_then(|m| u32::try_from(m).ok())
+            .filter(|&m| m > 0)
+    };
+    let Some(to) = to else {
+        return mtu_of(fd, family == libc::AF_INET6);
+    };
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor or -1.
+    let ns = unsafe { libc::ioctl(fd, libc::SIOCGSKNS as _) };
+    if ns < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let ns = unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) };
+    let v4 = match to {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let (pfamily, dest) = match (v4, to) {
+        (true, SocketAddr::V6(a)) => {
+            let ip = a.ip().to_ipv4_mapped()?;
+            (
+                libc::AF_INET,
+                SocketAddr::V4(SocketAddrV4::new(ip, a.port())),
+            )
+        }
+        (true, a) => (libc::AF_INET, *a),
+        (false, a) => (libc::AF_INET6, *a),
+    };
+    let mark = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MARK).unwrap_or(0);
+    let bound = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX).unwrap_or(0);
+    let probe = crate::device::netns::in_netns(Some(&ns), || {
+        // SAFETY: plain socket(2); the result is checked.
+        let p = unsafe { libc::socket(pfamily, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if p < 0 {
+            return Err(crate::device::Error::from_errno(errno(), "a probe socket"));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(p) })
+    })
+    .ok()?;
+    let p = std::os::fd::AsRawFd::as_raw_fd(&probe);
+    if mark != 0 {
+        let _ = setsockopt_int(p, libc::SOL_SOCKET, libc::SO_MARK, mark);
+    }
+    if bound != 0 {
+        let _ = setsockopt_int(p, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX, bound);
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut dest = dest;
+    if dest.port() == 0 {
+        dest.set_port(9); // (any port: only the route matters)
+    }
+    let len = write_sockaddr(&dest, pfamily, &mut ss).ok()?;
+    // SAFETY: `ss` holds a sockaddr of `len` bytes.
+    let rc = unsafe { libc::connect(p, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    if rc != 0 {
+        return None;
+    }
+    mtu_of(p, !v4)
 }
 
 /// Writes `addr` as a `sockaddr` for a socket of `family` into `out`; returns its length.

@@ -376,7 +376,7 @@ netns_test! {
                     &mut bufs,
                     &mut sizes,
                     0,
-                    Some(&mut addrs),
+                    Some(&mut addrs[..]),
                     soon(),
                 )
                 .unwrap();
@@ -458,3 +458,5 @@ fn address_text_forms() {
     let a: SocketAddr = "10.1.2.3:5".parse().unwrap();
     assert_eq!(host_string(&a), "10.1.2.3");
 }
+
+mod options;
