@@ -7,7 +7,9 @@
 //!   (`PermissionError`, `FileNotFoundError`, `BlockingIOError`, ...).
 //! - A call out of turn (a namespace switch left twice) is a `RuntimeError`.
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use std::fmt;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::{create_exception, intern};
 
@@ -60,8 +62,7 @@ impl From<device::Error> for PyErr {
         match e {
             device::Error::Invalid(e) => e.into(),
             device::Error::State(m) => PyRuntimeError::new_err(m),
-            device::Error::Os { errno, msg } => os_error(errno, msg),
-            // EBADF, with the device's own message.
+            // Os, and Closed (EBADF): the errno and the device's own message.
             e => os_error(e.errno().unwrap_or_default(), e.to_string()),
         }
     }
@@ -72,14 +73,11 @@ impl From<udp::Error> for PyErr {
         match e {
             udp::Error::Invalid(e) => e.into(),
             udp::Error::BufferTooSmall { index, .. } => {
-                let m = e.to_string();
-                engine::Error::new(engine::ErrorKind::OutBufTooSmall, m)
-                    .at(index)
-                    .into()
+                let kind = engine::ErrorKind::OutBufTooSmall;
+                engine::Error::new(kind, e.to_string()).at(index).into()
             }
-            udp::Error::Os { errno, msg } => os_error(errno, msg),
             udp::Error::Timeout => PyTimeoutError::new_err(e.to_string()),
-            // WouldBlock and Interrupted: their errno and the C library's words for it.
+            // Os, WouldBlock and Interrupted: their errno and the C library's words for it.
             e => os_error(e.errno().unwrap_or_default(), e.to_string()),
         }
     }
@@ -100,14 +98,15 @@ impl From<SendError<PyErr>> for PyErr {
 
 /// A `TypeError` saying what `what` must be, and what it is.
 #[cold]
-pub(crate) fn type_error(
-    what: impl std::fmt::Display,
-    must: &str,
-    obj: &Bound<'_, PyAny>,
-) -> PyErr {
+pub(crate) fn type_error(what: impl fmt::Display, must: &str, obj: &Bound<'_, PyAny>) -> PyErr {
     let ty = obj
         .get_type()
         .name()
         .map_or_else(|_| "?".into(), |n| n.to_string());
-    pyo3::exceptions::PyTypeError::new_err(format!("{what} must be {must}, not {ty}"))
+    PyTypeError::new_err(format!("{what} must be {must}, not {ty}"))
+}
+
+/// Python's spelling of `b` (for a `repr`).
+pub(crate) fn py_bool(b: bool) -> &'static str {
+    ["False", "True"][usize::from(b)]
 }

@@ -3,9 +3,9 @@
 use pyo3::prelude::*;
 
 use super::batch::{filling_sizes, PyBufs};
-use super::buffers::{Name, Views};
+use super::buffers::Views;
 use super::virtio_hdr::PyVirtioNetHdr;
-use crate::engine::buffer::non_negative;
+use crate::engine::buffer::{non_negative, Name};
 use crate::engine::{Failed, Split};
 use crate::hooks::Direct;
 
@@ -34,10 +34,10 @@ pub(crate) fn gso_split(
     is_v6: Option<bool>,
 ) -> PyResult<usize> {
     let out_offset = non_negative(out_offset, "out_offset")?;
-    let mut views = Views::with_capacity(py, 1);
-    // SAFETY: the export is held by `views` until the end of this function; the core
-    // checks that the outputs written meanwhile do not overlap it.
-    let pkt = unsafe { views.export(packet, false, Name("packet", None))?.slice() };
+    let mut views = Views::new(py);
+    // SAFETY: the export is held by `views` until the split is done; the core checks that
+    // the outputs written meanwhile do not overlap it.
+    let pkt = unsafe { views.export(packet, false, Name("packet", None))?.as_ref() };
     let split = Split::plan_packet(pkt, &hdr.0, is_v6)?;
     let mut outs = PyBufs::new(out_bufs, "out_bufs", false)?;
     filling_sizes(sizes, move |sz| {
@@ -50,10 +50,7 @@ pub(crate) fn gso_split(
             "out_bufs",
             &mut Direct,
         );
-        let _views = views; // held until the split is done
-        r.map_err(|f| match f {
-            Failed::Packet(e) | Failed::Buffers(e) => e.into(),
-            Failed::Caller(e) => e,
-        })
+        drop(views);
+        r.map_err(Failed::into_error)
     })
 }

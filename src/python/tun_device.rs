@@ -8,16 +8,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyTuple};
 
-use super::batch::{filling_sizes, sizes_of, PyBufs, PY_BOOL};
-use super::buffers::{Name, Views};
-use super::errors::type_error;
+use super::batch::{filling_sizes, PyBufs, Seq};
+use super::buffers::Views;
+use super::errors::{py_bool, type_error};
 use super::gil::Gil;
 use super::gro::PyGroTable;
 use super::netns;
 use crate::device::batch::{self, RecvState, MAX_READ};
 use crate::device::{self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse_mac};
 use crate::device::{sys, Tun, TunOptions};
-use crate::engine::buffer::non_negative;
+use crate::engine::buffer::{batch_len, non_negative, Name};
 use crate::engine::Buffers;
 use crate::hooks::retry;
 
@@ -199,10 +199,7 @@ methods_with_properties! {
         up: bool,
         netns: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let netns = match netns.filter(|t| !t.is_none()) {
-            Some(t) => Some(Arc::new(netns::open(py, t)?)),
-            None => None,
-        };
+        let netns = netns.map(|t| netns::open(py, t).map(Arc::new)).transpose()?;
         let opts = TunOptions {
             name,
             tap,
@@ -294,8 +291,7 @@ methods_with_properties! {
     /// ``<TunDevice name='tun0' offload=True closed=False>``.
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = self.name(py).unwrap_or_default();
-        let offload = PY_BOOL[usize::from(self.offload)];
-        let closed = PY_BOOL[usize::from(self.closed())];
+        let (offload, closed) = (py_bool(self.offload), py_bool(self.closed()));
         format!("<TunDevice name={name:?} offload={offload} closed={closed}>")
     }
 
@@ -354,10 +350,10 @@ methods_with_properties! {
     /// ``ValueError``.
     /// Blocking mode waits; non-blocking mode raises ``BlockingIOError``.
     fn recv(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let mut views = Views::with_capacity(py, 1);
+        let mut views = Views::new(py);
         // SAFETY: the writable export is held by `views` until after the read; this is
         // the only reference to those bytes.
-        let data = unsafe { views.export(buf, true, Name("buf", None))?.slice_mut() };
+        let data = unsafe { views.export(buf, true, Name("buf", None))?.as_mut() };
         let blocking = self.is_blocking();
         self.on(py, |tun| self.recv_state.read(tun, data, blocking))
     }
@@ -378,9 +374,9 @@ methods_with_properties! {
     /// number of bytes written. With ``offload=True`` it must start with a 10-byte virtio
     /// header (``bytes(VirtioNetHdr())`` for a plain packet). ``write`` is an alias.
     fn send(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let mut views = Views::with_capacity(py, 1);
+        let mut views = Views::new(py);
         // SAFETY: the export is held by `views` until after the write.
-        let data = unsafe { views.export(buf, false, Name("buf", None))?.slice() };
+        let data = unsafe { views.export(buf, false, Name("buf", None))?.as_ref() };
         let blocking = self.is_blocking();
         self.on(py, |tun| tun.write(data, blocking))
     }
@@ -436,13 +432,13 @@ methods_with_properties! {
         let offset = non_negative(offset, "offset")?;
         let tun = self.get()?;
         let mut outs = PyBufs::new(bufs, "bufs", true)?;
-        let mut views = Views::with_capacity(py, 1);
+        let mut views = Views::new(py);
         let original: &mut [u8] = match self.offload {
             // SAFETY: the writable export is held by `views` until the split is done; the
             // core checks that no output is this buffer.
             true => unsafe {
                 let what = Name("original_buffer", None);
-                views.export(original_buffer, true, what)?.slice_mut()
+                views.export(original_buffer, true, what)?.as_mut()
             },
             false => &mut [],
         };
@@ -451,7 +447,7 @@ methods_with_properties! {
             let gil = &mut Gil(py);
             let (o, b) = (offset, blocking);
             let r = batch::recv_multiple_with(&tun, state, original, &mut outs, sz, o, b, fit, gil);
-            let _views = views; // held until the split is done
+            drop(views);
             r
         })
     }
@@ -500,9 +496,10 @@ methods_with_properties! {
             true => PyBufs::list(bufs, "bufs")?,
             false => PyBufs::new(bufs, "bufs", true)?,
         };
-        let sizes = sizes.filter(|s| !s.is_none());
-        let sizes = sizes.map(|s| sizes_of(s, b.count(), count)).transpose()?;
-        let (t, sz) = (&mut gro_table.inner, sizes.as_deref());
+        let sizes = sizes.map(Seq::sizes).transpose()?;
+        let n = batch_len(b.count(), sizes.map(Seq::len).transpose()?, count)?;
+        let sizes = sizes.map(|s| s.read_sizes(n)).transpose()?;
+        let (t, sz) = (&mut gro_table.0, sizes.as_deref());
         Ok(batch::send_multiple_with(&tun, t, &mut b, offset, sz, count, true, &mut Gil(py))?)
     }
 

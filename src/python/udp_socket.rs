@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict, PyList, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
 
-use super::batch::{filling_sizes, reuse, PyBufs, Seq, SizeReader, PY_BOOL};
-use super::buffers::{Name, Views, PREALLOC};
-use super::errors::{os_error, type_error, with_attrs};
+use super::batch::{filling_sizes, PyBufs, Seq, SizeReader};
+use super::errors::{os_error, py_bool, type_error, with_attrs};
 use super::gil::Gil;
-use crate::engine::buffer::{batch_len, non_negative, span};
+use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
 use crate::engine::Buffers;
 use crate::hooks::Hooks;
-use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
+use crate::udp::{self, Dest, Stats, UdpBatch, Wait};
 
 /// Locks `m`; if another thread holds it (with the GIL released, in a system call), waits
 /// for it with the GIL released too, so that the holder can get the GIL back.
@@ -93,33 +93,53 @@ struct Seen {
 }
 
 /// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
-fn sock_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<i32> {
-    let fd: i32 = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+fn sock_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let fd: i32 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
     if fd < 0 {
         return Err(os_error(udp::consts::EBADF, "the socket is closed".into()));
     }
     Ok(fd)
 }
 
+/// The Python form of `a`, as `socket.recvfrom` gives it.
+fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
+    let host = udp::host_string(a);
+    match a {
+        SocketAddr::V4(_) => (host, a.port()).into_py_any(py),
+        SocketAddr::V6(v) => (host, a.port(), v.flowinfo(), v.scope_id()).into_py_any(py),
+    }
+}
+
 impl PyUdpSocket {
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
-        let timeout = pyo3::intern!(py, "gettimeout");
+        let timeout = intern!(py, "gettimeout");
         let t: Option<f64> = self.sock.bind(py).call_method0(timeout)?.extract()?;
         let t = t.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
         Ok(Wait::from_timeout(t))
     }
 
-    /// The Python form of `a`, as `socket.recvfrom` gives it.
-    fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
-        let (host, port) = (udp::host_string(a), a.port());
-        Ok(match a {
-            SocketAddr::V4(_) => (host, port).into_pyobject(py)?.into_any().unbind(),
-            SocketAddr::V6(v) => {
-                let t = (host, port, v.flowinfo(), v.scope_id());
-                t.into_pyobject(py)?.into_any().unbind()
+    /// Runs `attempt` on the socket's descriptor, read again for each attempt (a signal
+    /// handler may have closed the socket), until no signal interrupts it; the signal
+    /// handlers run in between (PEP 475). The outer error is one that stops the call at
+    /// once, the inner one the socket's.
+    fn retrying<T>(
+        &self,
+        py: Python<'_>,
+        mut attempt: impl FnMut(BorrowedFd<'_>, &mut Gil<'_>) -> PyResult<udp::Result<T>>,
+    ) -> PyResult<T> {
+        let mut gil = Gil(py);
+        loop {
+            let fd = sock_fd(self.sock.bind(py))?;
+            // SAFETY: the socket's descriptor as of now, used only during this attempt. (As
+            // with the socket's own methods, another thread may close it while the GIL is
+            // released: the calls then fail with EBADF, or reach whatever reuses the
+            // number; no memory of this process depends on it.)
+            match attempt(unsafe { BorrowedFd::borrow_raw(fd) }, &mut gil)? {
+                Err(udp::Error::Interrupted) => gil.interrupted()?,
+                r => return Ok(r?),
             }
-        })
+        }
     }
 
     /// `obj` read as an address the way `socket.sendto` reads it (its shape here, its
@@ -135,24 +155,20 @@ impl PyUdpSocket {
             return Ok(*a);
         }
         let v6 = self.family == udp::consts::AF_INET6;
-        let parts = match obj.cast::<PyTuple>().map(|t| t.len()) {
-            Ok(2) => obj
-                .extract()
-                .map(|(h, p): (String, i128)| (h, p, 0, 0))
-                .ok(),
-            Ok(3) if v6 => obj
-                .extract()
-                .map(|(h, p, f): (String, i128, i128)| (h, p, f, 0))
-                .ok(),
-            Ok(4) if v6 => obj.extract().ok(),
-            _ => None,
-        };
         let form = match v6 {
             true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
             false => "a tuple (host: str, port: int) for an AF_INET socket",
         };
-        let (host, port, flow, scope) = parts.ok_or_else(|| type_error(what, form, obj))?;
-        let a = udp::parse_addr(&what, &host, port, flow, scope, self.family)?;
+        let bad = || type_error(what, form, obj);
+        let parts = obj.cast::<PyTuple>().ok();
+        let t = parts.filter(|t| (2..=if v6 { 4 } else { 2 }).contains(&t.len()));
+        let t = t.ok_or_else(bad)?;
+        let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
+        let mut n = [0i128; 3];
+        for (k, item) in t.iter().skip(1).enumerate() {
+            n[k] = item.extract().map_err(|_| bad())?;
+        }
+        let a = udp::parse_addr(&what, &host, n[0], n[1], n[2], self.family)?;
         *cache = Some((obj.clone().unbind(), a));
         Ok(a)
     }
@@ -166,57 +182,40 @@ impl PyUdpSocket {
         senders: &[Option<SocketAddr>],
     ) -> PyResult<()> {
         let mut last = lock(py, &self.seen).sender.take();
-        let r = (|| {
-            for (i, a) in senders.iter().enumerate() {
-                let obj = match (a, &last) {
-                    (None, _) => py.None(),
-                    (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
-                    (Some(a), _) => {
-                        let o = Self::addr_tuple(py, a)?;
-                        last = Some((*a, o.clone_ref(py)));
-                        o
-                    }
-                };
-                list.set_item(i, obj)?;
-            }
-            Ok(())
-        })();
+        for (i, a) in senders.iter().enumerate() {
+            let obj = match (a, &last) {
+                (None, _) => py.None(),
+                (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
+                (Some(a), _) => {
+                    let o = addr_tuple(py, a)?;
+                    last = Some((*a, o.clone_ref(py)));
+                    o
+                }
+            };
+            list.set_item(i, obj)?;
+        }
         let old = std::mem::replace(&mut lock(py, &self.seen).sender, last);
         drop(old); // (a decref may run Python code: not under the lock)
-        r
+        Ok(())
     }
 
-    /// Sends `data` to `dest`, going on after signals (PEP 475); returns the count, or the
+    /// Sends `data` to `dest`, going on after signals; returns the count, or the
     /// exception with `datagrams_sent`.
     fn send_all(&self, py: Python<'_>, data: &[&[u8]], dest: Dest<'_>) -> PyResult<usize> {
         let wait = self.wait(py)?;
-        let (mut gil, mut done) = (Gil(py), 0);
-        let sent = |e: PyErr, done: usize| with_attrs(e, &[("datagrams_sent", done)]);
-        loop {
-            // Again after signal handlers: one may have closed the socket.
-            let fd = sock_fd(py, self.sock.bind(py)).map_err(|e| sent(e, done))?;
-            // SAFETY: as in `recv_multiple`: the descriptor as of now, for this call only.
-            let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let (part, to) = (&data[done..], dest.skip(done));
-            let r = {
-                let mut guard = lock(py, &self.tx);
-                let batch = &mut *guard;
-                let r = gil.syscall(|| batch.send(bfd, part, to, wait));
-                self.gso.store(batch.gso(), Ordering::Relaxed);
-                lock(py, &self.seen).tx = batch.stats();
-                r
-            };
-            match r {
-                Ok(k) => return Ok(done + k),
-                Err(SendError { sent: k, error }) => {
-                    done += k;
-                    if !matches!(error, udp::Error::Interrupted) {
-                        return Err(sent(error.into(), done));
-                    }
-                    gil.interrupted().map_err(|e| sent(e, done))?;
-                }
-            }
-        }
+        let mut done = 0;
+        let r = self.retrying(py, |fd, gil| {
+            let mut guard = lock(py, &self.tx);
+            let tx = &mut *guard;
+            let r = gil.syscall(|| tx.send(fd, &data[done..], dest.skip(done), wait));
+            self.gso.store(tx.gso(), Ordering::Relaxed);
+            lock(py, &self.seen).tx = tx.stats();
+            Ok(r.map(|k| done + k).map_err(|e| {
+                done += e.sent;
+                e.error
+            }))
+        });
+        r.map_err(|e| with_attrs(e, &[("datagrams_sent", done)]))
     }
 }
 
@@ -229,12 +228,11 @@ impl PyUdpSocket {
         if !sock.is_instance(&socket_type)? {
             return Err(type_error("UdpSocket's sock", "a socket.socket", sock));
         }
-        let fd = sock_fd(py, sock)?;
-        // SAFETY: `fd` is the socket's open descriptor (just read from it); it is only
-        // used during these calls, while `sock` is alive.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let rx = UdpBatch::with_offloads(bfd, false, gro)?;
-        let tx = UdpBatch::with_offloads(bfd, gso, false)?;
+        // SAFETY: the socket's open descriptor (just read from it), only used during these
+        // calls, while `sock` is alive.
+        let fd = unsafe { BorrowedFd::borrow_raw(sock_fd(sock)?) };
+        let rx = UdpBatch::with_offloads(fd, false, gro)?;
+        let tx = UdpBatch::with_offloads(fd, gso, false)?;
         Ok(PyUdpSocket {
             sock: sock.clone().unbind(),
             family: rx.family(),
@@ -292,16 +290,12 @@ impl PyUdpSocket {
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
     fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
         self.sock
-            .bind(py)
-            .call_method0(pyo3::intern!(py, "fileno"))?
-            .extract()
+            .call_method0(py, intern!(py, "fileno"))?
+            .extract(py)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let (gso, gro) = (
-            PY_BOOL[usize::from(self.gso())],
-            PY_BOOL[usize::from(self.gro)],
-        );
+        let (gso, gro) = (py_bool(self.gso()), py_bool(self.gro));
         let sock = self.sock.bind(py).repr()?;
         Ok(format!("<UdpSocket gso={gso} gro={gro} sock={sock}>"))
     }
@@ -334,48 +328,31 @@ impl PyUdpSocket {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let mut b = PyBufs::new(bufs, "bufs", true)?;
-        let addrs = match addrs.filter(|a| !a.is_none()) {
-            Some(a) => Some(
+        let addrs = addrs
+            .map(|a| {
                 a.cast::<PyList>()
-                    .map_err(|_| type_error("addrs", "a list or None", a))?,
-            ),
-            None => None,
-        };
+                    .map_err(|_| type_error("addrs", "a list or None", a))
+            })
+            .transpose()?;
         let nb = b.count();
         udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
         b.bufs(nb, false, usize::MAX)?; // converted before anything is received
-        let (wait, gil) = (self.wait(py)?, &mut Gil(py));
+        let wait = self.wait(py)?;
         reuse(&SENDERS, |senders| {
             senders.resize(if addrs.is_some() { nb } else { 0 }, None);
             let out = &mut *senders;
             // (Takes the buffers, to let go of them before the sizes are stored.)
             let n = filling_sizes(sizes, move |sz| {
-                // No Python code runs while the lock is held (a signal handler or a destructor
-                // could call this object again).
-                let n = loop {
-                    // Read again after signal handlers: one may have closed the socket.
-                    let fd = sock_fd(py, self.sock.bind(py))?;
-                    // SAFETY: the socket's descriptor as of now, used only during this call.
-                    // (As with the socket's own methods, another thread may close it while the
-                    // GIL is released: the calls then fail with EBADF, or reach whatever reuses
-                    // the number; no memory of this process depends on it.)
-                    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+                // No Python code runs while the lock is held (a signal handler or a
+                // destructor could call this object again).
+                self.retrying(py, |fd, gil| {
                     let mut rx = lock(py, &self.rx);
                     let out = addrs.is_some().then_some(&mut out[..]);
-                    let r = rx.recv_with(bfd, &mut b, sz, offset, out, wait, gil)?;
+                    let r = rx.recv_with(fd, &mut b, sz, offset, out, wait, gil)?;
                     let mut seen = lock(py, &self.seen);
                     (seen.rx, seen.pending) = (rx.stats(), rx.pending());
-                    drop(seen);
-                    match r {
-                        Ok(n) => break n,
-                        Err(udp::Error::Interrupted) => {
-                            drop(rx);
-                            gil.interrupted()?;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                Ok(n)
+                    Ok(r)
+                })
             })?;
             if let Some(list) = addrs {
                 self.store_senders(py, list, &senders[..n])?;
@@ -422,34 +399,25 @@ impl PyUdpSocket {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let count = count.map(|c| non_negative(c, "count")).transpose()?;
-        let bufs = Seq::of(bufs, "bufs", "a sequence of bytes-like objects")?;
-        let sizes = sizes.filter(|s| !s.is_none());
-        let sizes = sizes
-            .map(|s| Seq::of(s, "sizes", "a sequence of int"))
-            .transpose()?;
-        let have = bufs.len()?;
+        let mut b = PyBufs::new(bufs, "bufs", false)?;
+        let sizes = sizes.map(Seq::sizes).transpose()?;
+        let have = b.count();
         let n = batch_len(
             have,
             sizes.map(Seq::len).transpose()?,
             Some(count.unwrap_or(have)),
         )?;
-        let mut views = Views::with_capacity(py, n);
-        let mut data: Vec<&[u8]> = Vec::with_capacity(n.min(PREALLOC));
-        let mut reader = SizeReader::default();
-        // Each datagram is exported before its size is read: an `__index__` that resizes
-        // a buffer of this call then fails, instead of moving it under the send.
-        for i in 0..n {
-            let obj = bufs.get(i, "bufs")?.0;
-            // SAFETY: the export is held by `views` until the send is over; nothing writes
-            // to these bytes meanwhile (the send only reads them).
-            let b = unsafe { views.export(&obj, false, Name("bufs", Some(i)))?.slice() };
-            let size = match sizes {
-                Some(s) => Some(reader.read(s.get(i, "sizes")?.0, i)?),
-                None => None,
-            };
-            data.push(&b[offset..span(i, b.len(), offset, size, true)?]);
-        }
-        let Some(addr) = addr.filter(|a| !a.is_none()) else {
+        let (mut reader, mut ends) = (SizeReader::default(), Vec::new());
+        // Each datagram is exported before its size is read: an `__index__` that resizes a
+        // buffer of this call then fails, instead of moving it under the send.
+        let whole = b.exports(0..n, |i| {
+            if let Some(s) = sizes {
+                ends.push(reader.read(s, i)?);
+            }
+            Ok(())
+        })?;
+        let data = packets(&whole, offset, sizes.map(|_| &ends[..]), true)?;
+        let Some(addr) = addr else {
             return self.send_all(py, &data, Dest::Connected);
         };
         // Addresses are parsed outside the locks (parsing may run Python code), with the
@@ -470,7 +438,6 @@ impl PyUdpSocket {
         });
         let old = std::mem::replace(&mut lock(py, &self.seen).dest, cache);
         drop(old); // (a decref may run Python code: not under the lock)
-        drop(views);
         result
     }
 }
