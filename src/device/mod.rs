@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod netlink;
 pub mod netns;
+mod queue;
 pub mod sys;
 mod tun;
 
@@ -16,6 +17,7 @@ pub use batch::{
 };
 pub use netlink::{format_mac, mac_from_bytes, parse_ifaddr, parse_mac, IfAddr};
 pub use netns::{Netns, NetnsGuard, NetnsTarget, Switch};
+pub use queue::{Queue, QueueInfo};
 pub use tun::{Counters, Tun, TunOptions};
 
 use std::fmt;

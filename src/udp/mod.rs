@@ -29,11 +29,13 @@
 //! ```
 
 mod batch;
+mod shared;
 mod sys;
 #[cfg(test)]
 mod tests;
 
 pub use batch::{SendError, Stats, UdpBatch};
+pub use shared::Shared;
 pub use sys::{host_string, parse_addr, parse_host};
 
 /// The system constants a caller needs to speak about sockets and their errors (so that

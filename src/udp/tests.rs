@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::device::sys::{IfReq, IFF_UP, SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFMTU};
+use crate::hooks::Direct;
 
 fn ioctl(fd: i32, req: std::ffi::c_ulong, r: &mut IfReq) {
     // SAFETY: these interface requests take a pointer to an `ifreq`, valid for writes.
@@ -457,4 +458,31 @@ fn address_text_forms() {
     assert_eq!(host_string(&a), "2001:db8::1%3");
     let a: SocketAddr = "10.1.2.3:5".parse().unwrap();
     assert_eq!(host_string(&a), "10.1.2.3");
+}
+
+netns_test! {
+    /// `Shared`: its counters and pending count as of the last call that ended.
+    fn shared_batches_report_as_of_the_last_call(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let (rx, tx) = (Shared::new(b.as_fd(), true, true).unwrap(), Shared::new(a.as_fd(), true, true).unwrap());
+        assert_eq!(tx.family(), libc::AF_INET);
+        let data = datagrams(&[100, 100, 100]);
+        let sent = tx.send::<_, (), _>(&mut Direct, a.as_fd(), &data, Dest::Connected, Wait::Block);
+        assert_eq!(sent, Ok(3));
+        let (mut bufs, mut sizes) = (vec![Vec::new(); 2], [0; 2]);
+        let got = rx.recv::<crate::engine::Error, _, _>(
+            &mut Direct,
+            b.as_fd(),
+            &mut bufs[..],
+            &mut sizes,
+            0,
+            None,
+            Wait::Block,
+        );
+        assert_eq!(got, Ok(Ok(2)));
+        assert_eq!(rx.pending(), 1, "the third datagram waits for the next call");
+        assert_eq!(tx.stats()[5], ("send_datagrams", 3));
+        assert_eq!(rx.stats()[5], ("send_datagrams", 0));
+        assert_eq!(bufs[1], data[1]);
+    }
 }
