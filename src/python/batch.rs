@@ -4,7 +4,6 @@
 use std::cell::Cell;
 
 use pyo3::exceptions::PyTypeError;
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
@@ -18,6 +17,16 @@ use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer, Room, Window};
 /// The most entries reserved up front from a length that Python code reported (a list
 /// subclass's `__len__` can say anything): more grow as they come.
 pub(crate) const PREALLOC: usize = 1 << 12;
+
+/// `obj` (named `what`) as a list (a subclass too), or `TypeError` saying what it must be.
+pub(crate) fn list<'a, 'py>(
+    obj: &'a Bound<'py, PyAny>,
+    what: &str,
+    must: &str,
+) -> PyResult<&'a Bound<'py, PyList>> {
+    obj.cast::<PyList>()
+        .map_err(|_| type_error(what, must, obj))
+}
 
 /// A sequence argument, read item by item (no copy of its items per call).
 #[derive(Clone, Copy)]
@@ -38,6 +47,11 @@ impl<'a, 'py> Seq<'a, 'py> {
             .map_err(|_| type_error(what, must, obj))
     }
 
+    /// `obj`, the argument `sizes`, as a sequence.
+    pub(crate) fn sizes(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
+        Seq::of(obj, "sizes", "a sequence of int")
+    }
+
     pub(crate) fn len(self) -> PyResult<usize> {
         match self {
             Seq::List(l) => Ok(l.len()),
@@ -45,35 +59,34 @@ impl<'a, 'py> Seq<'a, 'py> {
         }
     }
 
-    /// `obj`, the argument `sizes`, as a sequence.
-    pub(crate) fn sizes(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
-        Seq::of(obj, "sizes", "a sequence of int")
-    }
-
-    /// The first `n` entries of `sizes` (a sequence of ints) read as sizes.
-    pub(crate) fn read_sizes(self, n: usize) -> PyResult<Vec<usize>> {
-        let mut v = Vec::with_capacity(n.min(PREALLOC));
-        let mut reader = SizeReader::default();
-        for i in 0..n {
-            v.push(reader.read(self, i)?);
-        }
-        Ok(v)
+    /// Whether reading an item may run Python code (a `__getitem__`).
+    fn runs_python(self) -> bool {
+        matches!(self, Seq::Other(s) if !s.is_exact_instance_of::<PyTuple>())
     }
 
     /// Item `i` (a new reference); `what` names the sequence if a list got shorter than
-    /// `i` during the call (Python code run meanwhile may change it). Whether Python code
-    /// may have run for it comes second.
+    /// `i` during the call (Python code run meanwhile may change it).
     #[inline(always)]
-    pub(crate) fn get(self, i: usize, what: &str) -> PyResult<(Bound<'py, PyAny>, bool)> {
+    pub(crate) fn get(self, i: usize, what: &str) -> PyResult<Bound<'py, PyAny>> {
         match self {
             // SAFETY: the index is checked against the list's length (GIL held).
-            Seq::List(l) if i < l.len() => Ok((unsafe { l.get_item_unchecked(i) }, false)),
+            Seq::List(l) if i < l.len() => Ok(unsafe { l.get_item_unchecked(i) }),
             Seq::List(_) => {
                 let m = format!("{what} got shorter during the call (no item {i})");
                 Err(Error::new(ErrorKind::BufsChanged, m).into())
             }
-            Seq::Other(s) => Ok((s.get_item(i)?, !s.is_exact_instance_of::<PyTuple>())),
+            Seq::Other(s) => s.get_item(i),
         }
+    }
+
+    /// The first `n` entries, read as sizes (see [`read_size`]).
+    pub(crate) fn read_sizes(self, n: usize) -> PyResult<Vec<usize>> {
+        let mut v = Vec::with_capacity(n.min(PREALLOC));
+        let mut known = None;
+        for i in 0..n {
+            v.push(read_size(self, i, &mut known)?);
+        }
+        Ok(v)
     }
 }
 
@@ -91,38 +104,26 @@ pub(crate) struct PyBufs<'a, 'py> {
 }
 
 impl<'a, 'py> PyBufs<'a, 'py> {
-    /// `seq` (named `name`; `TypeError` if it is not a sequence). With `grow`, a
-    /// bytearray too small for its packet is resized.
+    /// `obj` (named `name`; `TypeError` if it is not a sequence). With `grow`, a bytearray
+    /// too small for its packet is resized. With `list`, a list (GRO swaps its entries; a
+    /// subclass is read as its own entries, whatever its `__len__` says).
     pub(crate) fn new(
-        seq: &'a Bound<'py, PyAny>,
+        obj: &'a Bound<'py, PyAny>,
         name: &'static str,
         grow: bool,
+        list: bool,
     ) -> PyResult<Self> {
-        Self::of(
-            Seq::of(seq, name, "a sequence of buffers")?,
-            seq.py(),
-            name,
-            grow,
-        )
-    }
-
-    /// The list `seq` (a subclass too: its own entries, whatever its `__len__` says), to
-    /// coalesce (GRO swaps its entries).
-    pub(crate) fn list(seq: &'a Bound<'py, PyAny>, name: &'static str) -> PyResult<Self> {
-        let list = seq
-            .cast::<PyList>()
-            .map_err(|_| type_error(name, "a list of bytearray", seq))?;
-        Self::of(Seq::List(list), seq.py(), name, true)
-    }
-
-    fn of(seq: Seq<'a, 'py>, py: Python<'py>, name: &'static str, grow: bool) -> PyResult<Self> {
+        let seq = match list {
+            true => Seq::List(self::list(obj, name, "a list of bytearray")?),
+            false => Seq::of(obj, name, "a sequence of buffers")?,
+        };
         Ok(PyBufs {
-            py,
+            py: obj.py(),
             len: seq.len()?,
             seq,
             name,
             grow,
-            views: Views::new(py),
+            views: Views::new(obj.py()),
             bufs: Vec::new(),
         })
     }
@@ -136,7 +137,7 @@ impl<'a, 'py> PyBufs<'a, 'py> {
     ) -> PyResult<Vec<&[u8]>> {
         let mut out = Vec::with_capacity(idx.size_hint().0.min(PREALLOC));
         for i in idx {
-            let (obj, _) = self.seq.get(i, self.name)?;
+            let obj = self.seq.get(i, self.name)?;
             let r = self.views.export(&obj, false, Name(self.name, Some(i)))?;
             // SAFETY: exported by `self.views` while `self` is borrowed; only read.
             out.push(unsafe { r.as_ref() });
@@ -152,11 +153,11 @@ impl<'a, 'py> PyBufs<'a, 'py> {
         // Whether Python code may have run since the first buffer was read (`seq[i]` on
         // something that is not a list, or the export of a buffer that is not a
         // bytearray): it may have resized a bytearray read before it.
-        let mut ran_python = false;
+        let mut ran_python = self.seq.runs_python();
         for i in 0..n {
-            let (obj, ran) = self.seq.get(i, self.name)?;
+            let obj = self.seq.get(i, self.name)?;
             let b = py_buf(obj, &mut self.views, mode, Name(self.name, Some(i)))?;
-            ran_python |= ran || !b.holder.is_bytearray();
+            ran_python |= !b.holder.is_bytearray();
             self.bufs.push(b);
         }
         if ran_python {
@@ -164,11 +165,6 @@ impl<'a, 'py> PyBufs<'a, 'py> {
         }
         Ok(())
     }
-}
-
-thread_local! {
-    /// The sizes of [`filling_sizes`], reused between calls.
-    static SIZES: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
 }
 
 impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
@@ -180,8 +176,7 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
 
     fn room(&mut self, i: usize) -> PyResult<Room> {
         let mut views = Views::new(self.py);
-        let (obj, _) = self.seq.get(i, self.name)?;
-        let what = Name(self.name, Some(i));
+        let (obj, what) = (self.seq.get(i, self.name)?, Name(self.name, Some(i)));
         let b = py_buf(obj, &mut views, (self.grow, false, 0), what)?;
         let (addr, len, max_len) = (addr(b.region()), b.capacity(), b.max_len());
         Ok(Room { addr, len, max_len })
@@ -195,11 +190,10 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
             return from;
         };
         // SAFETY: the list's live items (GIL held, no Python code run).
-        let limited = |&i: &usize| {
-            list_get(l, i)
-                .is_none_or(|o| unsafe { bytearray_start(o) }.is_none_or(|a| Some(a) == start))
-        };
-        (from..l.len()).find(limited).unwrap_or(l.len().max(from))
+        let at = |o| unsafe { bytearray_start(o) }.is_none_or(|a| Some(a) == start);
+        (from..l.len())
+            .find(|&i| list_get(l, i).is_none_or(at))
+            .unwrap_or(l.len().max(from))
     }
 
     #[inline(always)]
@@ -222,15 +216,9 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         };
         // SAFETY: the list's live items (GIL held).
         let regions = (0..n).map(|i| list_get(l, i).and_then(|o| unsafe { bytearray_region(o) }));
-        // Each exported while `f` runs, if asked (exporting a bytearray runs no Python code).
-        let pins = || {
-            let mut pins = Views::new(self.py);
-            for i in (0..n).filter(|_| pin) {
-                let (obj, _) = self.seq.get(i, self.name)?;
-                pins.export(&obj, true, Name(self.name, Some(i)))?;
-            }
-            Ok(pins)
-        };
+        // Each exported while `f` runs (and on, until the call ends), if asked: exporting a
+        // bytearray runs no Python code.
+        let pins = || self.exports((0..n).filter(|_| pin), |_| Ok(())).map(drop);
         // SAFETY: bytearrays the list owns, GIL held and no Python code run while `f` runs
         // (or pinned): nothing else touches them; two share memory only if they are the
         // same object (then at the same address).
@@ -271,32 +259,25 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
     }
 }
 
-/// Reads `sizes[i]` as a size: `TypeError` for an entry that is not an int; a negative
-/// one is `negative_argument`, one too large for any buffer is kept so that the core
-/// names it.
-#[derive(Default)]
-pub(crate) struct SizeReader<'py> {
-    /// The int object last read and its value: recv_multiple stores one shared int for
-    /// equal sizes, so a list it filled converts one or two objects, not 45.
-    known: Option<(Bound<'py, PyAny>, usize)>,
-}
-
-impl<'py> SizeReader<'py> {
-    #[inline(always)]
-    pub(crate) fn read(&mut self, sizes: Seq<'_, 'py>, i: usize) -> PyResult<usize> {
-        let (item, _) = sizes.get(i, "sizes")?;
-        match &self.known {
-            Some((o, v)) if o.is(&item) => Ok(*v),
-            _ => {
-                let v = size_of(&item, i)?;
-                self.known = Some((item, v));
-                Ok(v)
-            }
-        }
+/// `sizes[i]` read as a size: `TypeError` for an entry that is not an int; a negative one
+/// is `negative_argument`, one too large for any buffer is kept so that the core names
+/// it. `known` is the int object last read and its value: recv_multiple stores one
+/// shared int for equal sizes, so a list it filled converts one or two objects, not 45.
+#[inline(always)]
+pub(crate) fn read_size<'py>(
+    sizes: Seq<'_, 'py>,
+    i: usize,
+    known: &mut Option<(Bound<'py, PyAny>, usize)>,
+) -> PyResult<usize> {
+    let item = sizes.get(i, "sizes")?;
+    if let Some((_, v)) = known.as_ref().filter(|(o, _)| o.is(&item)) {
+        return Ok(*v);
     }
+    let v = size_of(&item, i)?;
+    *known = Some((item, v));
+    Ok(v)
 }
 
-/// `item` (`sizes[i]`) as a size.
 #[cold]
 fn size_of(item: &Bound<'_, PyAny>, i: usize) -> PyResult<usize> {
     match item.extract::<i128>() {
@@ -309,6 +290,11 @@ fn size_of(item: &Bound<'_, PyAny>, i: usize) -> PyResult<usize> {
     }
 }
 
+thread_local! {
+    /// The sizes of [`filling_sizes`], reused between calls.
+    static SIZES: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
+}
+
 /// Runs `f` on sizes for the Python list `sizes` (`TypeError` if it is not a list), as
 /// many zeros as it has entries, then stores the first `n` (what `f` returns) into it.
 /// Storing may run Python code: `f` lets go of its buffers first (it takes them).
@@ -316,9 +302,7 @@ pub(crate) fn filling_sizes(
     sizes: &Bound<'_, PyAny>,
     f: impl FnOnce(&mut [usize]) -> PyResult<usize>,
 ) -> PyResult<usize> {
-    let list = sizes
-        .cast::<PyList>()
-        .map_err(|_| type_error("sizes", "a list", sizes))?;
+    let list = list(sizes, "sizes", "a list")?;
     reuse(&SIZES, |v| {
         v.resize(list.len(), 0);
         let n = f(v)?;
@@ -331,12 +315,12 @@ pub(crate) fn filling_sizes(
 /// the value are left alone (a reused list usually does), and consecutive equal values
 /// share one int object. `sizes_changed` if Python code run meanwhile shortened it.
 fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
-    // The int object last stored or found, with its value: a reused list is checked by
+    let py = sizes.py();
+    // The int object last stored or found, and its value: a reused list is checked by
     // identity, without converting every entry.
     let mut last: Option<(usize, Bound<'py, PyAny>)> = None;
     for (i, &v) in values.iter().enumerate() {
-        // The list's length and item are read afresh each time: storing may run Python
-        // code.
+        // The entry is read afresh each time: storing may run Python code.
         let Some(p) = list_get(sizes, i) else {
             let m = "sizes was shortened during the call";
             return Err(Error::fixed(ErrorKind::SizesChanged, m).into());
@@ -347,32 +331,19 @@ fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()
         {
             continue;
         }
-        last = Some((v, store(sizes, i, v, p, last.take())?));
+        // SAFETY: the list's live entry, no Python code run since it was read; a new
+        // reference is taken at once.
+        let cur = unsafe { Borrowed::from_ptr(py, p) }.to_owned();
+        let equal = cur.is_exact_instance_of::<PyInt>() && cur.extract::<usize>().ok() == Some(v);
+        let obj = match last.take() {
+            _ if equal => cur,
+            Some((lv, o)) if lv == v => o,
+            _ => v.into_pyobject(py)?.into_any(),
+        };
+        if obj.as_ptr() != p {
+            sizes.set_item(i, &obj)?;
+        }
+        last = Some((v, obj));
     }
     Ok(())
-}
-
-/// `store_sizes`'s slow path: `sizes[i] = v` unless `p` (the entry) already equals it;
-/// `last` is the last int object stored, with its value. Returns the int object now there.
-#[cold]
-fn store<'py>(
-    sizes: &Bound<'py, PyList>,
-    i: usize,
-    v: usize,
-    p: *mut ffi::PyObject,
-    last: Option<(usize, Bound<'py, PyAny>)>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = sizes.py();
-    // SAFETY: `p` is the list's live entry i (read with the GIL held, no Python code run
-    // since); a new reference is taken before anything else happens.
-    let cur = unsafe { Borrowed::from_ptr(py, p) }.to_owned();
-    if cur.is_exact_instance_of::<PyInt>() && cur.extract::<usize>().ok() == Some(v) {
-        return Ok(cur);
-    }
-    let obj = match last {
-        Some((lv, o)) if lv == v => o,
-        _ => v.into_pyobject(py)?.into_any(),
-    };
-    sizes.set_item(i, &obj)?;
-    Ok(obj)
 }

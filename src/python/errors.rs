@@ -9,9 +9,9 @@
 
 use std::fmt;
 
+use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::{create_exception, intern};
 
 use crate::device::{self, batch::SendError};
 use crate::{engine, udp};
@@ -29,12 +29,17 @@ pub(crate) fn os_error(errno: i32, msg: String) -> PyErr {
     PyOSError::new_err((errno, msg))
 }
 
-/// `err` with attributes set (how much of a batch went out before it).
-pub(crate) fn with_attrs(err: PyErr, attrs: &[(&str, usize)]) -> PyErr {
+/// `err` with attributes set (how much of a batch went out before it, which refusal).
+pub(crate) fn with_attrs<V>(err: PyErr, attrs: &[(&str, V)]) -> PyErr
+where
+    V: for<'py> IntoPyObject<'py> + Copy,
+{
     Python::attach(|py| {
         let v = err.value(py);
+        // Setting an attribute of a fresh exception fails only without memory; the error
+        // is raised all the same.
         for (name, value) in attrs {
-            let _ = v.setattr(name, value);
+            let _ = v.setattr(name, *value);
         }
     });
     err
@@ -44,16 +49,9 @@ pub(crate) fn with_attrs(err: PyErr, attrs: &[(&str, usize)]) -> PyErr {
 impl From<engine::Error> for PyErr {
     #[cold]
     fn from(e: engine::Error) -> PyErr {
-        Python::attach(|py| {
-            let (kind, index) = (e.kind().as_str(), e.index());
-            let err = InputError::new_err(e.into_message());
-            let v = err.value(py);
-            // Setting an attribute of a fresh exception fails only without memory; the
-            // error is raised all the same.
-            let _ = v.setattr(intern!(py, "kind"), kind);
-            let _ = v.setattr(intern!(py, "index"), index);
-            err
-        })
+        let (kind, index) = (e.kind().as_str(), e.index());
+        let err = with_attrs(InputError::new_err(e.into_message()), &[("kind", kind)]);
+        with_attrs(err, &[("index", index)])
     }
 }
 
@@ -86,11 +84,9 @@ impl From<udp::Error> for PyErr {
 /// A send that stopped after writing started carries `packets_sent` and `bytes_sent`.
 impl From<SendError<PyErr>> for PyErr {
     fn from(e: SendError<PyErr>) -> PyErr {
+        let sent = [("packets_sent", e.packets), ("bytes_sent", e.bytes)];
         match e.writing {
-            true => with_attrs(
-                e.error,
-                &[("packets_sent", e.packets), ("bytes_sent", e.bytes)],
-            ),
+            true => with_attrs(e.error, &sent),
             false => e.error,
         }
     }
@@ -99,10 +95,8 @@ impl From<SendError<PyErr>> for PyErr {
 /// A `TypeError` saying what `what` must be, and what it is.
 #[cold]
 pub(crate) fn type_error(what: impl fmt::Display, must: &str, obj: &Bound<'_, PyAny>) -> PyErr {
-    let ty = obj
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".into(), |n| n.to_string());
+    let ty = obj.get_type();
+    let ty = ty.name().map_or_else(|_| "?".into(), |n| n.to_string());
     PyTypeError::new_err(format!("{what} must be {must}, not {ty}"))
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn handle_gro<'py>(
     mut table: PyRefMut<'_, PyGroTable>,
     can_udp_gro: bool,
 ) -> PyResult<Bound<'py, PyList>> {
-    let mut b = PyBufs::list(bufs, "bufs")?;
+    let mut b = PyBufs::new(bufs, "bufs", true, true)?;
     let offset = non_negative(offset, "offset")?;
     let (n, t) = (b.count(), &mut table.0);
     gro::coalesce(&mut b, n, None, offset, t, can_udp_gro, &mut Direct)?;

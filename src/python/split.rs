@@ -39,7 +39,7 @@ pub(crate) fn gso_split(
     // the outputs written meanwhile do not overlap it.
     let pkt = unsafe { views.export(packet, false, Name("packet", None))?.as_ref() };
     let split = Split::plan_packet(pkt, &hdr.0, is_v6)?;
-    let mut outs = PyBufs::new(out_bufs, "out_bufs", false)?;
+    let mut outs = PyBufs::new(out_bufs, "out_bufs", false, false)?;
     filling_sizes(sizes, move |sz| {
         let r = split.deliver(
             pkt,

@@ -5,33 +5,20 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict, PyList, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
-use super::batch::{filling_sizes, PyBufs, Seq, SizeReader};
+use super::batch::{filling_sizes, list, read_size, PyBufs, Seq};
 use super::errors::{os_error, py_bool, type_error, with_attrs};
 use super::gil::Gil;
 use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
 use crate::engine::Buffers;
-use crate::hooks::Hooks;
-use crate::udp::{self, Dest, Stats, UdpBatch, Wait};
-
-/// Locks `m`; if another thread holds it (with the GIL released, in a system call), waits
-/// for it with the GIL released too, so that the holder can get the GIL back.
-fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
-    loop {
-        match m.try_lock() {
-            Ok(g) => return g,
-            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(TryLockError::WouldBlock) => Gil(py).syscall(|| drop(m.lock())),
-        }
-    }
-}
+use crate::hooks::{lock, Hooks};
+use crate::udp::{self, Dest, Shared, Wait};
 
 thread_local! {
     /// The senders a receive fills in, and the addresses a send parses, reused per thread.
@@ -68,28 +55,13 @@ pub(crate) struct PyUdpSocket {
     /// The socket's family (``socket.AF_INET`` or ``socket.AF_INET6``), as an int.
     #[pyo3(get)]
     family: i32,
-    gso: AtomicBool,
     /// True if this ``UdpSocket`` turned ``UDP_GRO`` on for the socket (the kernel then
     /// hands over coalesced reads, which ``recv_multiple`` splits).
     #[pyo3(get)]
     gro: bool,
-    rx: Mutex<UdpBatch>,
-    tx: Mutex<UdpBatch>,
-    /// What calls leave for later ones.
-    seen: Mutex<Seen>,
-}
-
-#[derive(Default)]
-struct Seen {
-    /// Counters and pending count as of the last call that ended: readable while another
-    /// thread waits in a call (which holds `rx` or `tx` meanwhile).
-    rx: Stats,
-    tx: Stats,
-    pending: usize,
-    /// The last sender and its tuple (the same object while the sender stays the same),
-    /// and the last address object a send parsed, with its address.
-    sender: Option<(SocketAddr, Py<PyAny>)>,
-    dest: Option<(Py<PyAny>, SocketAddr)>,
+    batch: Shared,
+    /// The last sender and its tuple (the same object while the sender stays the same).
+    sender: Mutex<Option<(SocketAddr, Py<PyAny>)>>,
 }
 
 /// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
@@ -110,7 +82,7 @@ fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
     }
 }
 
-impl PyUdpSocket {
+impl<'py> PyUdpSocket {
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
         let timeout = intern!(py, "gettimeout");
@@ -147,56 +119,31 @@ impl PyUdpSocket {
     /// (tuples are immutable, and the cache holds a reference, so identity is enough).
     fn parse_addr(
         &self,
-        cache: &mut Option<(Py<PyAny>, SocketAddr)>,
-        obj: &Bound<'_, PyAny>,
+        cache: &mut Option<(Bound<'py, PyAny>, SocketAddr)>,
+        obj: &Bound<'py, PyAny>,
         what: Name<'_>,
     ) -> PyResult<SocketAddr> {
         if let Some((_, a)) = cache.as_ref().filter(|(o, _)| o.is(obj)) {
             return Ok(*a);
         }
-        let v6 = self.family == udp::consts::AF_INET6;
-        let form = match v6 {
-            true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
-            false => "a tuple (host: str, port: int) for an AF_INET socket",
+        let (most, form) = match self.family == udp::consts::AF_INET6 {
+            true => (
+                4,
+                "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
+            ),
+            false => (2, "a tuple (host: str, port: int) for an AF_INET socket"),
         };
         let bad = || type_error(what, form, obj);
-        let parts = obj.cast::<PyTuple>().ok();
-        let t = parts.filter(|t| (2..=if v6 { 4 } else { 2 }).contains(&t.len()));
-        let t = t.ok_or_else(bad)?;
+        let t = obj.cast::<PyTuple>().ok();
+        let t = t
+            .filter(|t| (2..=most).contains(&t.len()))
+            .ok_or_else(bad)?;
         let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
-        let mut n = [0i128; 3];
-        for (k, item) in t.iter().skip(1).enumerate() {
-            n[k] = item.extract().map_err(|_| bad())?;
-        }
-        let a = udp::parse_addr(&what, &host, n[0], n[1], n[2], self.family)?;
-        *cache = Some((obj.clone().unbind(), a));
+        let n: Vec<i128> = t.get_slice(1, most).extract().map_err(|_| bad())?;
+        let at = |k: usize| n.get(k).copied().unwrap_or(0);
+        let a = udp::parse_addr(&what, &host, at(0), at(1), at(2), self.family)?;
+        *cache = Some((obj.clone(), a));
         Ok(a)
-    }
-
-    /// Sets `list[i]` to sender `i` in the form `socket.recvfrom` gives (one tuple object
-    /// for consecutive datagrams from one sender, and across calls).
-    fn store_senders(
-        &self,
-        py: Python<'_>,
-        list: &Bound<'_, PyList>,
-        senders: &[Option<SocketAddr>],
-    ) -> PyResult<()> {
-        let mut last = lock(py, &self.seen).sender.take();
-        for (i, a) in senders.iter().enumerate() {
-            let obj = match (a, &last) {
-                (None, _) => py.None(),
-                (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
-                (Some(a), _) => {
-                    let o = addr_tuple(py, a)?;
-                    last = Some((*a, o.clone_ref(py)));
-                    o
-                }
-            };
-            list.set_item(i, obj)?;
-        }
-        let old = std::mem::replace(&mut lock(py, &self.seen).sender, last);
-        drop(old); // (a decref may run Python code: not under the lock)
-        Ok(())
     }
 
     /// Sends `data` to `dest`, going on after signals; returns the count, or the
@@ -205,11 +152,8 @@ impl PyUdpSocket {
         let wait = self.wait(py)?;
         let mut done = 0;
         let r = self.retrying(py, |fd, gil| {
-            let mut guard = lock(py, &self.tx);
-            let tx = &mut *guard;
-            let r = gil.syscall(|| tx.send(fd, &data[done..], dest.skip(done), wait));
-            self.gso.store(tx.gso(), Ordering::Relaxed);
-            lock(py, &self.seen).tx = tx.stats();
+            let (part, to) = (&data[done..], dest.skip(done));
+            let r = self.batch.send(gil, fd, part, to, wait);
             Ok(r.map(|k| done + k).map_err(|e| {
                 done += e.sent;
                 e.error
@@ -231,16 +175,13 @@ impl PyUdpSocket {
         // SAFETY: the socket's open descriptor (just read from it), only used during these
         // calls, while `sock` is alive.
         let fd = unsafe { BorrowedFd::borrow_raw(sock_fd(sock)?) };
-        let rx = UdpBatch::with_offloads(fd, false, gro)?;
-        let tx = UdpBatch::with_offloads(fd, gso, false)?;
+        let batch = Shared::new(fd, gso, gro)?;
         Ok(PyUdpSocket {
             sock: sock.clone().unbind(),
-            family: rx.family(),
-            gso: AtomicBool::new(tx.gso()),
-            gro: rx.gro(),
-            rx: Mutex::new(rx),
-            tx: Mutex::new(tx),
-            seen: Mutex::default(),
+            family: batch.family(),
+            gro: batch.gro(),
+            batch,
+            sender: Mutex::default(),
         })
     }
 
@@ -253,7 +194,7 @@ impl PyUdpSocket {
     /// refused a segmented send with ``EIO`` (then it stays off for this ``UdpSocket``).
     #[getter]
     fn gso(&self) -> bool {
-        self.gso.load(Ordering::Relaxed)
+        self.batch.gso()
     }
 
     /// ``max_segments(size) -> int``: how many datagrams of ``size`` bytes one
@@ -271,8 +212,8 @@ impl PyUdpSocket {
     /// first, without waiting. (As of the last call that ended: reading it never waits
     /// for a call another thread is in, nor do ``stats``.)
     #[getter]
-    fn pending(&self, py: Python<'_>) -> usize {
-        lock(py, &self.seen).pending
+    fn pending(&self) -> usize {
+        self.batch.pending()
     }
 
     /// Counters of this ``UdpSocket`` since it was made, as a dict: ``recv_calls``
@@ -283,15 +224,13 @@ impl PyUdpSocket {
     /// ``truncated`` (reads cut short by the kernel; practically always 0).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let seen = lock(py, &self.seen);
-        seen.rx.items(&seen.tx).into_py_dict(py)
+        self.batch.stats().into_py_dict(py)
     }
 
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
     fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
-        self.sock
-            .call_method0(py, intern!(py, "fileno"))?
-            .extract(py)
+        let sock = self.sock.bind(py);
+        sock.call_method0(intern!(py, "fileno"))?.extract()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -327,12 +266,9 @@ impl PyUdpSocket {
         addrs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let mut b = PyBufs::new(bufs, "bufs", true)?;
+        let mut b = PyBufs::new(bufs, "bufs", true, false)?;
         let addrs = addrs
-            .map(|a| {
-                a.cast::<PyList>()
-                    .map_err(|_| type_error("addrs", "a list or None", a))
-            })
+            .map(|a| list(a, "addrs", "a list or None"))
             .transpose()?;
         let nb = b.count();
         udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
@@ -346,17 +282,30 @@ impl PyUdpSocket {
                 // No Python code runs while the lock is held (a signal handler or a
                 // destructor could call this object again).
                 self.retrying(py, |fd, gil| {
-                    let mut rx = lock(py, &self.rx);
                     let out = addrs.is_some().then_some(&mut out[..]);
-                    let r = rx.recv_with(fd, &mut b, sz, offset, out, wait, gil)?;
-                    let mut seen = lock(py, &self.seen);
-                    (seen.rx, seen.pending) = (rx.stats(), rx.pending());
-                    Ok(r)
+                    self.batch.recv(gil, fd, &mut b, sz, offset, out, wait)
                 })
             })?;
-            if let Some(list) = addrs {
-                self.store_senders(py, list, &senders[..n])?;
+            let Some(list) = addrs else {
+                return Ok(n);
+            };
+            // Each sender in the form `socket.recvfrom` gives, one tuple object for
+            // consecutive datagrams from one sender, and across calls.
+            let mut last = lock(&mut Gil(py), &self.sender).take();
+            for (i, a) in senders[..n].iter().enumerate() {
+                let obj = match (a, &last) {
+                    (None, _) => py.None(),
+                    (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
+                    (Some(a), _) => {
+                        let o = addr_tuple(py, a)?;
+                        last = Some((*a, o.clone_ref(py)));
+                        o
+                    }
+                };
+                list.set_item(i, obj)?;
             }
+            let old = std::mem::replace(&mut *lock(&mut Gil(py), &self.sender), last);
+            drop(old); // (a decref may run Python code: not under the lock)
             Ok(n)
         })
     }
@@ -399,20 +348,17 @@ impl PyUdpSocket {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let count = count.map(|c| non_negative(c, "count")).transpose()?;
-        let mut b = PyBufs::new(bufs, "bufs", false)?;
+        let mut b = PyBufs::new(bufs, "bufs", false, false)?;
         let sizes = sizes.map(Seq::sizes).transpose()?;
-        let have = b.count();
-        let n = batch_len(
-            have,
-            sizes.map(Seq::len).transpose()?,
-            Some(count.unwrap_or(have)),
-        )?;
-        let (mut reader, mut ends) = (SizeReader::default(), Vec::new());
+        let all = Some(count.unwrap_or(b.count()));
+        let n = batch_len(b.count(), sizes.map(Seq::len).transpose()?, all)?;
+        let mut known = None;
+        let mut ends = Vec::new();
         // Each datagram is exported before its size is read: an `__index__` that resizes a
         // buffer of this call then fails, instead of moving it under the send.
         let whole = b.exports(0..n, |i| {
             if let Some(s) = sizes {
-                ends.push(reader.read(s, i)?);
+                ends.push(read_size(s, i, &mut known)?);
             }
             Ok(())
         })?;
@@ -420,14 +366,13 @@ impl PyUdpSocket {
         let Some(addr) = addr else {
             return self.send_all(py, &data, Dest::Connected);
         };
-        // Addresses are parsed outside the locks (parsing may run Python code), with the
-        // cache taken out and handed back afterwards.
-        let mut cache = lock(py, &self.seen).dest.take();
-        let result = reuse(&DESTS, |dests| {
+        // The last address object read, and its address.
+        let mut cache = None;
+        reuse(&DESTS, |dests| {
             let dest = match addr.cast::<PyList>() {
                 Ok(list) => {
                     for i in 0..n.min(list.len()) {
-                        let o = Seq::List(list).get(i, "addr")?.0;
+                        let o = Seq::List(list).get(i, "addr")?;
                         dests.push(self.parse_addr(&mut cache, &o, Name("addr", Some(i)))?);
                     }
                     Dest::Each(dests)
@@ -435,9 +380,6 @@ impl PyUdpSocket {
                 Err(_) => Dest::One(self.parse_addr(&mut cache, addr, Name("addr", None))?),
             };
             self.send_all(py, &data, dest)
-        });
-        let old = std::mem::replace(&mut lock(py, &self.seen).dest, cache);
-        drop(old); // (a decref may run Python code: not under the lock)
-        result
+        })
     }
 }
