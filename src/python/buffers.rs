@@ -26,11 +26,14 @@ use crate::engine::held::{Held, Holder};
 /// A raw byte region inside a held export (or a bytearray read with the GIL held).
 pub(crate) type Region = NonNull<[u8]>;
 
+/// No bytes.
+const EMPTY: Region = NonNull::slice_from_raw_parts(NonNull::dangling(), 0);
+
 /// The region `len` bytes long at `ptr` (a null pointer or a negative length: empty).
 #[inline(always)]
 fn region_at(ptr: *mut u8, len: ffi::Py_ssize_t) -> Region {
-    let ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
-    NonNull::slice_from_raw_parts(ptr, usize::try_from(len).unwrap_or(0))
+    let len = usize::try_from(len).unwrap_or(0);
+    NonNull::new(ptr).map_or(EMPTY, |p| NonNull::slice_from_raw_parts(p, len))
 }
 
 /// The first byte's address.
@@ -87,10 +90,7 @@ thread_local! {
 
 impl<'py> Views<'py> {
     pub(crate) fn new(py: Python<'py>) -> Self {
-        Views {
-            py,
-            views: Vec::new(),
-        }
+        Views { py, views: vec![] }
     }
 
     /// Exports `obj` (named `what` in errors), `writable` or read-only. Not a buffer:
@@ -114,10 +114,7 @@ impl<'py> Views<'py> {
         // SAFETY: GetBuffer succeeded, so view is initialised.
         let v = unsafe { view.assume_init() };
         self.views.push(v);
-        Ok(region_at(
-            v.buf.cast(),
-            if v.buf.is_null() { 0 } else { v.len },
-        ))
+        Ok(region_at(v.buf.cast(), v.len))
     }
 }
 
@@ -194,16 +191,13 @@ impl Holder for PyObj<'_> {
     fn region(&self) -> Region {
         // SAFETY: a live object (GIL held): a bytearray's memory as it is now.
         let now = || unsafe { bytearray_region(self.obj.as_ptr()) };
-        self.export
-            .or_else(now)
-            .unwrap_or(region_at(std::ptr::null_mut(), 0))
+        self.export.or_else(now).unwrap_or(EMPTY)
     }
 
     fn resize(&mut self, new_len: usize) -> bool {
         // SAFETY: asked only of a growable buffer: an exact bytearray (GIL held).
-        unsafe { self.obj.cast_unchecked::<PyByteArray>() }
-            .resize(new_len)
-            .is_ok()
+        let bytearray = unsafe { self.obj.cast_unchecked::<PyByteArray>() };
+        bytearray.resize(new_len).is_ok()
     }
 
     fn identity(&self) -> Option<usize> {

@@ -119,11 +119,8 @@ impl PyNetnsSwitch {
             (None, Some(p)) => format!("path={p:?}"),
             _ => "fd".into(),
         };
-        let active = py_bool(self.active());
-        format!(
-            "<NetnsSwitch {what} inode={} active={active}>",
-            self.inode()
-        )
+        let (inode, active) = (self.inode(), py_bool(self.active()));
+        format!("<NetnsSwitch {what} inode={inode} active={active}>")
     }
 }
 

@@ -14,7 +14,7 @@ use super::gil::Gil;
 use super::gro::PyGroTable;
 use super::netns;
 use crate::device::batch::{self, MAX_READ};
-use crate::device::{self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse_mac};
+use crate::device::{format_mac, mac_from_bytes, parse_ifaddr, parse_mac};
 use crate::device::{Queue, Tun, TunOptions};
 use crate::engine::buffer::{batch_len, non_negative, Name};
 use crate::engine::Buffers;
@@ -50,17 +50,6 @@ pub(crate) struct PyTunDevice {
     q: Queue,
 }
 
-impl PyTunDevice {
-    /// Runs `f` on the open queue with the GIL released, going on after signals.
-    fn on<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnMut(&Tun) -> Result<T, dev::Error> + Send,
-    ) -> PyResult<T> {
-        self.q.on(&mut Gil(py), f)
-    }
-}
-
 /// The class's methods, with a property for each of the queue's [`QueueInfo`] flags
 /// (known after close too), and for each `get` (and its `set`ter) that is one call of the
 /// open queue (`|tun| ...`).
@@ -81,12 +70,12 @@ macro_rules! methods_with_properties {
                 $(#[$doc])*
                 #[getter]
                 fn $get(&self, py: Python<'_>) -> PyResult<$t> {
-                    self.on(py, |$tun| $g)
+                    self.q.on(&mut Gil(py), |$tun| $g)
                 }
                 $(
                     #[setter]
                     fn $set(&self, py: Python<'_>, $v: $vt) -> PyResult<()> {
-                        self.on(py, |$tun| $s)
+                        self.q.on(&mut Gil(py), |$tun| $s)
                     }
                 )?
             )*
@@ -204,7 +193,7 @@ methods_with_properties! {
     /// same offload settings and blocking mode, as a new ``TunDevice``. Each queue gets
     /// its own share of the traffic (the kernel hashes flows over queues).
     fn clone_queue(&self, py: Python<'_>) -> PyResult<Self> {
-        let new = self.on(py, |tun| tun.clone_queue())?;
+        let new = self.q.on(&mut Gil(py), |tun| tun.clone_queue())?;
         Ok(PyTunDevice { q: Queue::new(new, self.q.blocking()) })
     }
 
@@ -267,12 +256,12 @@ methods_with_properties! {
 
     /// Brings the interface up (``ip link set NAME up``).
     fn up(&self, py: Python<'_>) -> PyResult<()> {
-        self.on(py, |tun| tun.set_up(true))
+        self.q.on(&mut Gil(py), |tun| tun.set_up(true))
     }
 
     /// Brings the interface down.
     fn down(&self, py: Python<'_>) -> PyResult<()> {
-        self.on(py, |tun| tun.set_up(false))
+        self.q.on(&mut Gil(py), |tun| tun.set_up(false))
     }
 
     /// ``add_address(address, *, nodad=False)``: adds an IPv4 or IPv6 address given as
@@ -282,14 +271,14 @@ methods_with_properties! {
     #[pyo3(signature = (address, *, nodad=false))]
     fn add_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>, nodad: bool) -> PyResult<()> {
         let a = parse_ifaddr(&address.str()?.to_cow()?)?;
-        self.on(py, |tun| tun.add_address(&a, nodad))
+        self.q.on(&mut Gil(py), |tun| tun.add_address(&a, nodad))
     }
 
     /// ``remove_address(address)``: removes an address given as for ``add_address``.
     /// An address not present: ``OSError(EADDRNOTAVAIL)``.
     fn remove_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<()> {
         let a = parse_ifaddr(&address.str()?.to_cow()?)?;
-        self.on(py, |tun| tun.remove_address(&a))
+        self.q.on(&mut Gil(py), |tun| tun.remove_address(&a))
     }
 
     #[setter]
@@ -299,7 +288,7 @@ methods_with_properties! {
             (_, Ok(b)) => mac_from_bytes(&b)?,
             _ => return Err(type_error("mac", "a str or 6 bytes", mac)),
         };
-        self.on(py, |tun| tun.set_mac(mac))
+        self.q.on(&mut Gil(py), |tun| tun.set_mac(mac))
     }
 
     /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
@@ -470,6 +459,6 @@ methods_with_properties! {
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in
     /// non-blocking mode. ``OSError(EBADF)`` if the device is closed meanwhile.
     fn wait_readable(&self, py: Python<'_>) -> PyResult<()> {
-        self.on(py, |tun| tun.wait_readable())
+        self.q.on(&mut Gil(py), |tun| tun.wait_readable())
     }
 }
