@@ -176,7 +176,8 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
 
     fn room(&mut self, i: usize) -> PyResult<Room> {
         let mut views = Views::new(self.py);
-        let (obj, what) = (self.seq.get(i, self.name)?, Name(self.name, Some(i)));
+        let obj = self.seq.get(i, self.name)?;
+        let what = Name(self.name, Some(i));
         let b = py_buf(obj, &mut views, (self.grow, false, 0), what)?;
         let (addr, len, max_len) = (addr(b.region()), b.capacity(), b.max_len());
         Ok(Room { addr, len, max_len })

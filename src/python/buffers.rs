@@ -20,7 +20,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList};
 
-use crate::engine::buffer::Name;
+pub(crate) use crate::engine::buffer::Name;
 use crate::engine::held::{Held, Holder};
 
 /// A raw byte region inside a held export (or a bytearray read with the GIL held).

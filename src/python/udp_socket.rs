@@ -126,18 +126,16 @@ impl<'py> PyUdpSocket {
         if let Some((_, a)) = cache.as_ref().filter(|(o, _)| o.is(obj)) {
             return Ok(*a);
         }
-        let (most, form) = match self.family == udp::consts::AF_INET6 {
-            true => (
-                4,
-                "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
-            ),
-            false => (2, "a tuple (host: str, port: int) for an AF_INET socket"),
+        let v6 = self.family == udp::consts::AF_INET6;
+        let form = match v6 {
+            true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
+            false => "a tuple (host: str, port: int) for an AF_INET socket",
         };
+        let most = if v6 { 4 } else { 2 };
         let bad = || type_error(what, form, obj);
         let t = obj.cast::<PyTuple>().ok();
-        let t = t
-            .filter(|t| (2..=most).contains(&t.len()))
-            .ok_or_else(bad)?;
+        let t = t.filter(|t| (2..=most).contains(&t.len()));
+        let t = t.ok_or_else(bad)?;
         let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
         let n: Vec<i128> = t.get_slice(1, most).extract().map_err(|_| bad())?;
         let at = |k: usize| n.get(k).copied().unwrap_or(0);
