@@ -151,7 +151,7 @@ impl<'py> PyUdpSocket {
         let mut done = 0;
         let r = self.retrying(py, |fd, gil| {
             let (part, to) = (&data[done..], dest.skip(done));
-            let r = self.batch.send(gil, fd, part, to, wait);
+            let r = self.batch.sending(gil, |tx| tx.send(fd, part, to, wait));
             Ok(r.map(|k| done + k).map_err(|e| {
                 done += e.sent;
                 e.error
@@ -265,9 +265,8 @@ impl PyUdpSocket {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let mut b = PyBufs::new(bufs, "bufs", true, false)?;
-        let addrs = addrs
-            .map(|a| list(a, "addrs", "a list or None"))
-            .transpose()?;
+        let addrs = addrs.map(|a| list(a, "addrs", "a list or None"));
+        let addrs = addrs.transpose()?;
         let nb = b.count();
         udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
         b.bufs(nb, false, usize::MAX)?; // converted before anything is received
@@ -281,7 +280,9 @@ impl PyUdpSocket {
                 // destructor could call this object again).
                 self.retrying(py, |fd, gil| {
                     let out = addrs.is_some().then_some(&mut out[..]);
-                    self.batch.recv(gil, fd, &mut b, sz, offset, out, wait)
+                    self.batch.receiving(gil, |rx, gil| {
+                        rx.recv_with(fd, &mut b, sz, offset, out, wait, gil)
+                    })
                 })
             })?;
             let Some(list) = addrs else {

@@ -2,13 +2,11 @@
 //! `UdpSocket`).
 
 use std::ffi::c_int;
-use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
-use super::{Dest, Result, SendError, Stats, UdpBatch, Wait};
-use crate::engine::Buffers;
+use super::{Result, Stats, UdpBatch};
 use crate::hooks::{lock, Hooks};
 
 /// A receiving and a sending [`UdpBatch`] on one socket: one thread may receive while
@@ -72,41 +70,31 @@ impl Shared {
         rx.items(&tx)
     }
 
-    /// [`UdpBatch::send`] on the sending batch, the call made through `hooks`.
-    pub fn send<D: AsRef<[u8]> + Sync, E, H: Hooks<E> + ?Sized>(
+    /// Runs `f` on the sending batch as one system call made through `hooks` (after a
+    /// wait for another send, through them too); then records the batch's counters and
+    /// whether segmentation is still on.
+    pub fn sending<T: Send, E, H: Hooks<E> + ?Sized>(
         &self,
         hooks: &mut H,
-        sock: BorrowedFd<'_>,
-        datagrams: &[D],
-        to: Dest<'_>,
-        wait: Wait,
-    ) -> std::result::Result<usize, SendError> {
+        f: impl FnOnce(&mut UdpBatch) -> T + Send,
+    ) -> T {
         let mut guard = lock(hooks, &self.tx);
         let tx = &mut *guard;
-        let r = hooks.syscall(|| tx.send(sock, datagrams, to, wait));
+        let r = hooks.syscall(|| f(tx));
         self.gso.store(tx.gso(), Relaxed);
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).1 = tx.stats();
         r
     }
 
-    /// [`UdpBatch::recv_with`] on the receiving batch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn recv<E, L, H>(
+    /// Runs `f` on the receiving batch and `hooks` (after a wait for another receive,
+    /// through them); then records the batch's counters and pending count.
+    pub fn receiving<T, E, H: Hooks<E> + ?Sized>(
         &self,
         hooks: &mut H,
-        sock: BorrowedFd<'_>,
-        bufs: &mut L,
-        sizes: &mut [usize],
-        offset: usize,
-        addrs: Option<&mut [Option<SocketAddr>]>,
-        wait: Wait,
-    ) -> std::result::Result<Result<usize>, E>
-    where
-        L: Buffers<E> + ?Sized,
-        H: Hooks<E> + ?Sized,
-    {
+        f: impl FnOnce(&mut UdpBatch, &mut H) -> T,
+    ) -> T {
         let mut rx = lock(hooks, &self.rx);
-        let r = rx.recv_with(sock, bufs, sizes, offset, addrs, wait, hooks);
+        let r = f(&mut rx, hooks);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         (seen.0, seen.2) = (rx.stats(), rx.pending());
         r
