@@ -50,9 +50,9 @@ pub(crate) struct PyTunDevice {
     q: Queue,
 }
 
-/// The class's methods, with a property for each of the queue's [`QueueInfo`] flags
-/// (known after close too), and for each `get` (and its `set`ter) that is one call of the
-/// open queue (`|tun| ...`).
+/// The class's methods, with a property for each of the queue's
+/// [`QueueInfo`](crate::device::QueueInfo) flags (known after close too), and for each
+/// `get` (and its `set`ter) that is one call of the open queue (`|tun| ...`).
 macro_rules! methods_with_properties {
     ({ $($(#[$idoc:meta])* $info:ident;)* }
      { $($(#[$doc:meta])* $get:ident -> $t:ty = |$tun:ident| $g:expr
