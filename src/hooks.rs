@@ -7,6 +7,8 @@
 //! `EINTR` (stopping the operation when one raises), and releases the GIL for a large
 //! copy while another thread waits for it.
 
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
 /// What a caller does around the system calls of an operation; `E` is its error type.
 pub trait Hooks<E> {
     /// Runs one system call (or a wait for one, or for a lock that one holds).
@@ -40,6 +42,22 @@ impl<E> Hooks<E> for Direct {
 
     fn interrupted(&mut self) -> Result<(), E> {
         Ok(())
+    }
+}
+
+/// Locks `m`; while another thread holds it (in a system call, say), waits for it through
+/// [`Hooks::syscall`] (the binding releases the GIL meanwhile, so that the holder can take
+/// the GIL back). A lock poisoned by a panic is taken as it is.
+pub fn lock<'a, T: Send, E, H: Hooks<E> + ?Sized>(
+    hooks: &mut H,
+    m: &'a Mutex<T>,
+) -> MutexGuard<'a, T> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(TryLockError::WouldBlock) => hooks.syscall(|| drop(m.lock())),
+        }
     }
 }
 

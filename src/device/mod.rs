@@ -10,6 +10,7 @@ pub mod netns;
 pub mod offload;
 #[cfg(test)]
 mod offload_tests;
+mod queue;
 pub mod sys;
 mod tun;
 
@@ -20,6 +21,7 @@ pub use batch::{
 pub use netlink::{format_mac, mac_from_bytes, parse_ifaddr, parse_mac, IfAddr};
 pub use netns::{Netns, NetnsGuard, NetnsTarget, Switch};
 pub use offload::{OffloadState, Offloads};
+pub use queue::{Queue, QueueInfo};
 pub use tun::{Counters, Tun, TunOptions};
 
 use std::fmt;

@@ -11,8 +11,10 @@
 //!   batch call takes ([`non_negative`], [`batch_len`], [`check_sizes`], [`span`]).
 
 use std::cell::Cell;
+use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::thread::LocalKey;
 
 use super::error::{bail, Error, ErrorKind, Result};
 
@@ -20,6 +22,31 @@ use super::error::{bail, Error, ErrorKind, Result};
 /// coalesced packet exceeds it, and a read buffer of this size after its header takes any
 /// packet.
 pub const MAX_IP_PACKET: usize = 65535;
+
+/// How an argument is named in a message: `buf`, or `bufs[3]` (formatted only for an
+/// error).
+#[derive(Debug, Clone, Copy)]
+pub struct Name<'a>(pub &'a str, pub Option<usize>);
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(i) => write!(f, "{}[{i}]", self.0),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+/// Runs `f` on this thread's reusable vector in `key`, empty: nothing is allocated per
+/// call once it has grown (a call made meanwhile, from inside `f`, gets one of its own).
+pub fn reuse<T, R>(key: &'static LocalKey<Cell<Vec<T>>>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    let mut v = key.with(Cell::take);
+    v.clear();
+    let r = f(&mut v);
+    v.clear();
+    key.with(|c| c.set(v));
+    r
+}
 
 /// A buffer a batch call writes into and may grow. The packet is `bytes()[offset..]`.
 pub trait ExpandBuffer {
@@ -383,10 +410,19 @@ pub fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
     found
 }
 
+/// Whether no two of `windows` start at the same address: windows over objects that own
+/// their memory (whole `bytearray`s) share none unless they are the same object.
+pub fn distinct_starts(windows: &[Window<'_>]) -> bool {
+    reuse(&KEYS, |keys| {
+        keys.extend(windows.iter().map(Window::addr));
+        find_duplicate(keys).is_none()
+    })
+}
+
 thread_local! {
     /// `find_duplicate`'s table, reused between calls.
     static SLOTS: Cell<Vec<(usize, u32)>> = const { Cell::new(Vec::new()) };
-    /// `check_distinct`'s keys, reused between calls.
+    /// The keys of `check_identities` and `distinct_starts`, reused between calls.
     static KEYS: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
 }
 
@@ -413,12 +449,10 @@ pub fn check_identities<B: ExpandBuffer>(bufs: &[B], name: &str) -> Result<bool>
     if B::DISJOINT {
         return Ok(true);
     }
-    let mut keys = KEYS.with(Cell::take);
-    keys.clear();
-    keys.extend(bufs.iter().map(|b| b.identity().unwrap_or(0)));
-    let all = !keys.contains(&0);
-    let dup = find_duplicate(&keys);
-    KEYS.with(|k| k.set(keys));
+    let (all, dup) = reuse(&KEYS, |keys| {
+        keys.extend(bufs.iter().map(|b| b.identity().unwrap_or(0)));
+        (!keys.contains(&0), find_duplicate(keys))
+    });
     if let Some((i, j)) = dup {
         bail!(OverlappingBuffers @ j, "{name}[{i}] and {name}[{j}] share memory (the same bytearray twice)");
     }
@@ -534,6 +568,23 @@ pub fn span(
         bail!(NoPacketAfterOffset @ i, "bufs[{i}] holds {len} bytes: no packet after offset {offset}");
     }
     Ok(end)
+}
+
+/// The packets (or datagrams) of a send from the buffers `whole`: packet `i` is
+/// `whole[i][offset..]`, with `sizes` `whole[i][offset..offset + sizes[i]]`, each checked
+/// by [`span`].
+pub fn packets<'b>(
+    whole: &[&'b [u8]],
+    offset: usize,
+    sizes: Option<&[usize]>,
+    empty_ok: bool,
+) -> Result<Vec<&'b [u8]>> {
+    let mut out = Vec::with_capacity(whole.len());
+    for (i, b) in whole.iter().enumerate() {
+        let end = span(i, b.len(), offset, sizes.map(|s| s[i]), empty_ok)?;
+        out.push(&b[offset..end]);
+    }
+    Ok(out)
 }
 
 /// The error for a buffer too small, when a call needs `need` bytes of it.

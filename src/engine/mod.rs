@@ -6,12 +6,14 @@
 //! - [`gro`]: coalescing a batch of packets into super-packets.
 //! - [`split`]: a super-packet split into a caller's buffers (checks, growth, sizes).
 //! - [`buffer`]: buffers as the batch calls see them, and the checks they share.
+//! - [`held`]: buffers in memory a caller holds and may resize (the binding's).
 
 pub mod buffer;
 pub mod checksum;
 pub mod error;
 pub mod gro;
 pub mod gso;
+pub mod held;
 mod packet;
 pub mod split;
 #[cfg(test)]

@@ -29,6 +29,16 @@ pub enum Failed<E> {
     Caller(E),
 }
 
+impl<E: From<Error>> Failed<E> {
+    /// The error, in the caller's type.
+    pub fn into_error(self) -> E {
+        match self {
+            Failed::Packet(e) | Failed::Buffers(e) => e.into(),
+            Failed::Caller(e) => e,
+        }
+    }
+}
+
 impl Split {
     /// Checks `read` (a virtio header, then the packet, as a TUN device with offload
     /// gives it) and plans the split.

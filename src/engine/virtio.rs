@@ -4,6 +4,8 @@
 //! The multi-byte fields are in the device's vnet byte order, which is the host's native
 //! order unless `TUNSETVNETLE`/`TUNSETVNETBE` changed it; tunoffload never changes it.
 
+use std::fmt;
+
 use super::error::{Error, ErrorKind, Result};
 
 /// Size of `struct virtio_net_hdr` in bytes. (Not 12: that is `virtio_net_hdr_mrg_rxbuf`.)
@@ -95,6 +97,63 @@ impl VirtioNetHdr {
         dst.copy_from_slice(&self.to_bytes());
         Ok(())
     }
+
+    /// The fields' names and largest values, in the order of [`fields`](Self::fields).
+    pub const FIELDS: [(&'static str, u16); 6] = [
+        ("flags", 0xff),
+        ("gso_type", 0xff),
+        ("hdr_len", 0xffff),
+        ("gso_size", 0xffff),
+        ("csum_start", 0xffff),
+        ("csum_offset", 0xffff),
+    ];
+
+    /// The fields, in the order of [`FIELDS`](Self::FIELDS).
+    pub fn fields(&self) -> [u16; 6] {
+        let h = self;
+        let (flags, gso_type) = (u16::from(h.flags), u16::from(h.gso_type));
+        [
+            flags,
+            gso_type,
+            h.hdr_len,
+            h.gso_size,
+            h.csum_start,
+            h.csum_offset,
+        ]
+    }
+
+    /// The header with these fields (in the order of [`FIELDS`](Self::FIELDS)); the
+    /// 8-bit ones keep their low byte.
+    pub fn from_fields(f: [u16; 6]) -> Self {
+        VirtioNetHdr {
+            flags: f[0] as u8,
+            gso_type: f[1] as u8,
+            hdr_len: f[2],
+            gso_size: f[3],
+            csum_start: f[4],
+            csum_offset: f[5],
+        }
+    }
+
+    /// Field `i` (of [`FIELDS`](Self::FIELDS)) set to `value`.
+    pub fn set_field(&mut self, i: usize, value: u16) {
+        let mut f = self.fields();
+        f[i] = value;
+        *self = VirtioNetHdr::from_fields(f);
+    }
+}
+
+/// `VirtioNetHdr(flags=1, gso_type=4, hdr_len=54, gso_size=1448, csum_start=34,
+/// csum_offset=16)`.
+impl fmt::Display for VirtioNetHdr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VirtioNetHdr(")?;
+        for (i, ((name, _), v)) in Self::FIELDS.iter().zip(self.fields()).enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name}={v}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +177,19 @@ mod tests {
         h.encode(&mut buf).unwrap();
         assert_eq!(&buf[..10], &b);
         assert_eq!(&buf[10..], &[0xaa, 0xaa]);
+    }
+
+    #[test]
+    fn fields_by_index() {
+        let mut h = VirtioNetHdr::from_fields([1, 4, 54, 1448, 34, 16]);
+        assert_eq!((h.flags, h.gso_size, h.csum_offset), (1, 1448, 16));
+        h.set_field(1, 5);
+        assert_eq!(h.fields(), [1, 5, 54, 1448, 34, 16]);
+        assert_eq!(
+            h.to_string(),
+            "VirtioNetHdr(flags=1, gso_type=5, hdr_len=54, gso_size=1448, csum_start=34, \
+             csum_offset=16)"
+        );
     }
 
     #[test]

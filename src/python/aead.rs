@@ -13,10 +13,10 @@ use crate::engine::buffer::non_negative;
 
 /// A key from any bytes-like object (32 bytes, else `bad_key_length`).
 fn key_of(key: &Bound<'_, PyAny>) -> PyResult<Key> {
-    let mut views = Views::with_capacity(key.py(), 1);
+    let mut views = Views::new(key.py());
     let r = views.export(key, false, Name("key", None))?;
     // SAFETY: the export is held by `views` while the bytes are read; nothing writes them.
-    Ok(Key::new(unsafe { r.slice() })?)
+    Ok(Key::new(unsafe { r.as_ref() })?)
 }
 
 /// Seals packets into WireGuard transport-data messages under one send key

@@ -2,17 +2,31 @@
 //! core's [`Buffers`] ([`PyBufs`]), `sizes` read from and stored into Python ints.
 
 use std::cell::Cell;
-use std::thread::LocalKey;
 
-use pyo3::ffi;
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
-use super::buffers::{bytearray_region, is_bytearray, list_item, Name, PyBuf, Region, Views};
+use super::buffers::{addr, bytearray_region, bytearray_start, list_get, py_buf, PyBuf, Views};
 use super::errors::type_error;
-use crate::engine::buffer::{batch_len, find_duplicate, non_negative};
+use crate::engine::buffer::{batch_len, non_negative, reuse, Name};
+use crate::engine::held::{on_windows, windows_over};
 use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer, Room, Window};
+
+/// The most entries reserved up front from a length that Python code reported (a list
+/// subclass's `__len__` can say anything): more grow as they come.
+pub(crate) const PREALLOC: usize = 1 << 12;
+
+/// `obj` (named `what`) as a list (a subclass too), or `TypeError` saying what it must be.
+pub(crate) fn list<'a, 'py>(
+    obj: &'a Bound<'py, PyAny>,
+    what: &str,
+    must: &str,
+) -> PyResult<&'a Bound<'py, PyList>> {
+    obj.cast::<PyList>()
+        .map_err(|_| type_error(what, must, obj))
+}
 
 /// A sequence argument, read item by item (no copy of its items per call).
 #[derive(Clone, Copy)]
@@ -33,6 +47,11 @@ impl<'a, 'py> Seq<'a, 'py> {
             .map_err(|_| type_error(what, must, obj))
     }
 
+    /// `obj`, the argument `sizes`, as a sequence.
+    pub(crate) fn sizes(obj: &'a Bound<'py, PyAny>) -> PyResult<Self> {
+        Seq::of(obj, "sizes", "a sequence of int")
+    }
+
     pub(crate) fn len(self) -> PyResult<usize> {
         match self {
             Seq::List(l) => Ok(l.len()),
@@ -40,18 +59,34 @@ impl<'a, 'py> Seq<'a, 'py> {
         }
     }
 
+    /// Whether reading an item may run Python code (a `__getitem__`).
+    fn runs_python(self) -> bool {
+        matches!(self, Seq::Other(s) if !s.is_exact_instance_of::<PyTuple>())
+    }
+
     /// Item `i` (a new reference); `what` names the sequence if a list got shorter than
-    /// `i` during the call (Python code run meanwhile may change it). Whether Python code
-    /// may have run for it comes second.
+    /// `i` during the call (Python code run meanwhile may change it).
     #[inline(always)]
-    pub(crate) fn get(self, i: usize, what: &str) -> PyResult<(Bound<'py, PyAny>, bool)> {
+    pub(crate) fn get(self, i: usize, what: &str) -> PyResult<Bound<'py, PyAny>> {
         match self {
-            Seq::List(l) => list_item(l, i).map(|o| (o, false)).ok_or_else(|| {
+            // SAFETY: the index is checked against the list's length (GIL held).
+            Seq::List(l) if i < l.len() => Ok(unsafe { l.get_item_unchecked(i) }),
+            Seq::List(_) => {
                 let m = format!("{what} got shorter during the call (no item {i})");
-                Error::new(ErrorKind::BufsChanged, m).into()
-            }),
-            Seq::Other(s) => Ok((s.get_item(i)?, !s.is_exact_instance_of::<PyTuple>())),
+                Err(Error::new(ErrorKind::BufsChanged, m).into())
+            }
+            Seq::Other(s) => s.get_item(i),
         }
+    }
+
+    /// The first `n` entries, read as sizes (see [`read_size`]).
+    pub(crate) fn read_sizes(self, n: usize) -> PyResult<Vec<usize>> {
+        let mut v = Vec::with_capacity(n.min(PREALLOC));
+        let mut known = None;
+        for i in 0..n {
+            v.push(read_size(self, i, &mut known)?);
+        }
+        Ok(v)
     }
 }
 
@@ -69,86 +104,67 @@ pub(crate) struct PyBufs<'a, 'py> {
 }
 
 impl<'a, 'py> PyBufs<'a, 'py> {
-    /// `seq` (named `name`; `TypeError` if it is not a sequence). With `grow`, a
-    /// bytearray too small for its packet is resized.
+    /// `obj` (named `name`; `TypeError` if it is not a sequence). With `grow`, a bytearray
+    /// too small for its packet is resized. With `list`, a list (GRO swaps its entries; a
+    /// subclass is read as its own entries, whatever its `__len__` says).
     pub(crate) fn new(
-        seq: &'a Bound<'py, PyAny>,
+        obj: &'a Bound<'py, PyAny>,
         name: &'static str,
         grow: bool,
+        list: bool,
     ) -> PyResult<Self> {
-        Self::of(
-            seq.py(),
-            Seq::of(seq, name, "a sequence of buffers")?,
-            name,
-            grow,
-        )
-    }
-
-    /// The list `seq` (a subclass too: its own entries, whatever its `__len__` says), to
-    /// coalesce (GRO swaps its entries).
-    pub(crate) fn list(seq: &'a Bound<'py, PyAny>, name: &'static str) -> PyResult<Self> {
-        let list = seq
-            .cast::<PyList>()
-            .map_err(|_| type_error(name, "a list of bytearray", seq))?;
-        Self::of(seq.py(), Seq::List(list), name, true)
-    }
-
-    fn of(py: Python<'py>, seq: Seq<'a, 'py>, name: &'static str, grow: bool) -> PyResult<Self> {
+        let seq = match list {
+            true => Seq::List(self::list(obj, name, "a list of bytearray")?),
+            false => Seq::of(obj, name, "a sequence of buffers")?,
+        };
         Ok(PyBufs {
-            py,
+            py: obj.py(),
             len: seq.len()?,
             seq,
             name,
             grow,
-            views: Views::with_capacity(py, 0),
+            views: Views::new(obj.py()),
             bufs: Vec::new(),
         })
     }
 
-    #[inline(always)]
-    fn item(&self, i: usize) -> PyResult<(Bound<'py, PyAny>, bool)> {
-        self.seq.get(i, self.name)
-    }
-
-    /// The list's item `i` borrowed, when it is an exact bytearray (GIL held: valid while
-    /// no Python code runs).
-    #[inline(always)]
-    fn bytearray_at(&self, i: usize) -> Option<Region> {
-        let Seq::List(l) = self.seq else { return None };
-        let raw = l.as_ptr();
-        // SAFETY: a live list, GIL held; the index is checked against its length now, and
-        // the item is a live object the list owns.
-        unsafe {
-            if i >= ffi::PyList_GET_SIZE(raw) as usize {
-                return None;
-            }
-            let item = ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t);
-            is_bytearray(item).then(|| bytearray_region(item))
+    /// The bytes of buffers `idx`, exported read-only while `self` is borrowed; `then(i)`
+    /// runs once buffer `i` is exported.
+    pub(crate) fn exports(
+        &mut self,
+        idx: impl Iterator<Item = usize>,
+        mut then: impl FnMut(usize) -> PyResult<()>,
+    ) -> PyResult<Vec<&[u8]>> {
+        let mut out = Vec::with_capacity(idx.size_hint().0.min(PREALLOC));
+        for i in idx {
+            let obj = self.seq.get(i, self.name)?;
+            let r = self.views.export(&obj, false, Name(self.name, Some(i)))?;
+            // SAFETY: exported by `self.views` while `self` is borrowed; only read.
+            out.push(unsafe { r.as_ref() });
+            then(i)?;
         }
+        Ok(out)
     }
-}
 
-thread_local! {
-    /// The windows of [`PyBufs::windows`] and [`PyBufs::pinned`], reused between calls.
-    static WINDOWS: Cell<Vec<Window<'static>>> = const { Cell::new(Vec::new()) };
-    /// Keys for the duplicate check of [`PyBufs::windows`], reused between calls.
-    static KEYS: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
-    /// The sizes of [`with_sizes`], reused between calls.
-    static SIZES: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's reusable vector in `key`, empty: nothing is allocated per
-/// call once it has grown (a call made meanwhile, by Python code, gets one of its own).
-pub(crate) fn reuse<T, R>(
-    key: &'static LocalKey<Cell<Vec<T>>>,
-    f: impl FnOnce(&mut Vec<T>) -> R,
-) -> R {
-    let mut v = key.with(Cell::take);
-    v.clear();
-    let r = f(&mut v);
-    v.clear();
-    key.with(|c| c.set(v));
-    r
+    /// Converts the first `n` buffers (see [`Buffers::bufs`]).
+    fn convert(&mut self, n: usize, mode: (bool, bool, usize)) -> PyResult<()> {
+        self.bufs.clear();
+        self.bufs.reserve(n.min(PREALLOC));
+        // Whether Python code may have run since the first buffer was read (`seq[i]` on
+        // something that is not a list, or the export of a buffer that is not a
+        // bytearray): it may have resized a bytearray read before it.
+        let mut ran_python = self.seq.runs_python();
+        for i in 0..n {
+            let obj = self.seq.get(i, self.name)?;
+            let b = py_buf(obj, &mut self.views, mode, Name(self.name, Some(i)))?;
+            ran_python |= !b.holder.is_bytearray();
+            self.bufs.push(b);
+        }
+        if ran_python {
+            self.bufs.iter_mut().for_each(PyBuf::reread);
+        }
+        Ok(())
+    }
 }
 
 impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
@@ -159,39 +175,32 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
     }
 
     fn room(&mut self, i: usize) -> PyResult<Room> {
-        let mut views = Views::with_capacity(self.py, 1);
+        let mut views = Views::new(self.py);
+        let obj = self.seq.get(i, self.name)?;
         let what = Name(self.name, Some(i));
-        let b = PyBuf::new(self.item(i)?.0, &mut views, self.grow, false, 0, what)?;
-        let (addr, len, max_len) = (b.region.ptr.as_ptr() as usize, b.capacity(), b.max_len());
+        let b = py_buf(obj, &mut views, (self.grow, false, 0), what)?;
+        let (addr, len, max_len) = (addr(b.region()), b.capacity(), b.max_len());
         Ok(Room { addr, len, max_len })
     }
 
     #[inline(always)]
-    fn next_limited(&mut self, from: usize, addr: Option<usize>) -> usize {
+    fn next_limited(&mut self, from: usize, start: Option<usize>) -> usize {
         // A list of bytearrays that may grow (the usual case) is passed over without
         // references taken: the C API's macros on the list's own entries, GIL held.
         let (Seq::List(l), true) = (self.seq, self.grow) else {
             return from;
         };
-        let raw = l.as_ptr();
-        let addr = addr.unwrap_or(0);
-        // SAFETY: a live list, GIL held, no Python code run: its length is read once and
-        // its first `len` items are live objects it owns.
-        unsafe {
-            let len = ffi::PyList_GET_SIZE(raw) as usize;
-            (from..len)
-                .find(|&i| {
-                    let item = ffi::PyList_GET_ITEM(raw, i as ffi::Py_ssize_t);
-                    !is_bytearray(item) || ffi::PyByteArray_AS_STRING(item) as usize == addr
-                })
-                .unwrap_or(len.max(from))
-        }
+        // SAFETY: the list's live items (GIL held, no Python code run).
+        let at = |o| unsafe { bytearray_start(o) }.is_none_or(|a| Some(a) == start);
+        (from..l.len())
+            .find(|&i| list_get(l, i).is_none_or(at))
+            .unwrap_or(l.len().max(from))
     }
 
     #[inline(always)]
     fn bufs(&mut self, n: usize, sized: bool, written_from: usize) -> PyResult<&mut [PyBuf<'py>]> {
         if self.bufs.len() != n {
-            self.convert(n, sized, written_from)?;
+            self.convert(n, (self.grow, sized, written_from))?;
         }
         Ok(&mut self.bufs)
     }
@@ -203,26 +212,18 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         pin: bool,
         f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
     ) -> PyResult<Option<T>> {
-        reuse(&WINDOWS, |w| {
-            for i in 0..n {
-                let Some(r) = self.bytearray_at(i).filter(|r| r.len >= need(i)) else {
-                    return Ok(None);
-                };
-                // SAFETY: a bytearray the list owns, GIL held and no Python code run while
-                // the window is used (or pinned below); no byte is used before the windows
-                // are checked distinct.
-                w.push(unsafe { Window::from_raw(r.ptr, r.len, r.len) });
-            }
-            let addrs = |k: &mut Vec<usize>| k.extend(w.iter().map(Window::addr));
-            if reuse(&KEYS, |k| {
-                addrs(k);
-                find_duplicate(k).is_some()
-            }) {
-                return Ok(None);
-            }
-            let _pins = if pin { Some(self.pin_items(n)?) } else { None };
-            Ok(Some(f(w)))
-        })
+        let Seq::List(l) = self.seq else {
+            return Ok(None);
+        };
+        // SAFETY: the list's live items (GIL held).
+        let regions = (0..n).map(|i| list_get(l, i).and_then(|o| unsafe { bytearray_region(o) }));
+        // Each exported while `f` runs (and on, until the call ends), if asked: exporting a
+        // bytearray runs no Python code.
+        let pins = || self.exports((0..n).filter(|_| pin), |_| Ok(())).map(drop);
+        // SAFETY: bytearrays the list owns, GIL held and no Python code run while `f` runs
+        // (or pinned): nothing else touches them; two share memory only if they are the
+        // same object (then at the same address).
+        unsafe { windows_over(regions, need, pins, f) }
     }
 
     fn pinned<T>(
@@ -230,143 +231,69 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
         n: usize,
         f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
     ) -> PyResult<T> {
-        let mut pins = Views::with_capacity(self.py, n);
-        reuse(&WINDOWS, |w| {
-            for (i, b) in self.bufs[..n].iter().enumerate() {
-                // A bytearray's export runs no Python code: no other buffer changes meanwhile.
-                let r = match b.bytearray {
-                    true => pins.export(&b.obj, true, Name(self.name, Some(i)))?,
-                    false => b.region,
-                };
-                // SAFETY: exported (pinned) until `pins` is dropped, after `f`; the core
-                // checked the buffers distinct before.
-                w.push(unsafe { Window::from_raw(r.ptr, r.len, b.bytes().len()) });
+        // Each bytearray exported until after `f` (exporting a bytearray runs no Python
+        // code: no other buffer changes meanwhile); anything else is exported already.
+        let mut pins = Views::new(self.py);
+        for (i, b) in self.bufs[..n].iter().enumerate() {
+            if b.holder.is_bytearray() {
+                pins.export(&b.holder.obj, true, Name(self.name, Some(i)))?;
             }
-            let out = f(w);
-            drop(pins);
-            self.follow(w);
-            Ok(out)
-        })
+        }
+        // SAFETY: pinned until after `f`; the core checked the buffers distinct before.
+        Ok(unsafe { on_windows(&mut self.bufs[..n], f) })
     }
 
     fn reorder(&mut self) -> PyResult<()> {
+        let Seq::List(l) = self.seq else {
+            return Ok(());
+        };
         for (i, b) in self.bufs.iter().enumerate() {
-            match self.seq {
-                Seq::List(l) if list_item(l, i).is_some_and(|o| o.is(&b.obj)) => {}
-                Seq::List(l) => l.set_item(i, &b.obj)?,
-                Seq::Other(s) if s.get_item(i)?.is(&b.obj) => {}
-                Seq::Other(s) => s.set_item(i, &b.obj)?,
+            if list_get(l, i) != Some(b.holder.obj.as_ptr()) {
+                l.set_item(i, &b.holder.obj)?;
             }
         }
         Ok(())
     }
 
     fn pinned_bytes(&mut self, idx: impl Iterator<Item = usize>) -> PyResult<Vec<&[u8]>> {
-        let mut out = Vec::with_capacity(idx.size_hint().0.min(super::buffers::PREALLOC));
-        for i in idx {
-            let (obj, _) = self.item(i)?;
-            let r = self.views.export(&obj, false, Name(self.name, Some(i)))?;
-            // SAFETY: exported by `self.views` while `self` is borrowed; only read.
-            out.push(unsafe { r.slice() });
-        }
-        Ok(out)
+        self.exports(idx, |_| Ok(()))
     }
 }
 
-impl<'py> PyBufs<'_, 'py> {
-    /// Converts the first `n` buffers (see [`Buffers::bufs`]).
-    fn convert(&mut self, n: usize, sized: bool, written_from: usize) -> PyResult<()> {
-        self.bufs.clear();
-        self.bufs.reserve(n.min(super::buffers::PREALLOC));
-        // Whether Python code may have run since the first buffer was read (`seq[i]` on
-        // something that is not a list, or the export of a buffer that is not a
-        // bytearray): it may have resized a bytearray read before it.
-        let mut ran_python = false;
-        for i in 0..n {
-            let (obj, ran) = self.item(i)?;
-            let what = Name(self.name, Some(i));
-            let b = PyBuf::new(obj, &mut self.views, self.grow, sized, written_from, what)?;
-            ran_python |= ran || !b.bytearray;
-            self.bufs.push(b);
-        }
-        if ran_python {
-            self.bufs.iter_mut().for_each(PyBuf::reread);
-        }
-        Ok(())
+/// `sizes[i]` read as a size: `TypeError` for an entry that is not an int; a negative one
+/// is `negative_argument`, one too large for any buffer is kept so that the core names
+/// it. `known` is the int object last read and its value: recv_multiple stores one
+/// shared int for equal sizes, so a list it filled converts one or two objects, not 45.
+#[inline(always)]
+pub(crate) fn read_size<'py>(
+    sizes: Seq<'_, 'py>,
+    i: usize,
+    known: &mut Option<(Bound<'py, PyAny>, usize)>,
+) -> PyResult<usize> {
+    let item = sizes.get(i, "sizes")?;
+    if let Some((_, v)) = known.as_ref().filter(|(o, _)| o.is(&item)) {
+        return Ok(*v);
     }
-
-    /// Exports the list's first `n` items (exact bytearrays: no Python code runs).
-    fn pin_items(&self, n: usize) -> PyResult<Views<'py>> {
-        let mut pins = Views::with_capacity(self.py, n);
-        for i in 0..n {
-            let (obj, _) = self.item(i)?;
-            pins.export(&obj, true, Name(self.name, Some(i)))?;
-        }
-        Ok(pins)
-    }
-
-    /// The buffers take the order and lengths of `w`, windows of them that work may have
-    /// swapped (their memory is disjoint, each window starting where its buffer does).
-    fn follow(&mut self, w: &[Window<'_>]) {
-        for (k, x) in w.iter().enumerate() {
-            // Where the buffer GRO moved here is now (at `k` itself unless swapped).
-            if let Some(j) = (k..w.len()).find(|&j| self.bufs[j].region.ptr == x.ptr()) {
-                self.bufs.swap(k, j);
-            }
-            self.bufs[k].len = x.len();
-        }
-    }
-}
-
-/// Reads sizes from Python ints: `TypeError` for one that is not an int; a negative one is
-/// `negative_argument`, one too large for any buffer is kept so that the core names it.
-#[derive(Default)]
-pub(crate) struct SizeReader<'py> {
-    /// The int object last read and its value: recv_multiple stores one shared int for
-    /// equal sizes, so a list it filled converts one or two objects, not 45.
-    known: Option<(Bound<'py, PyAny>, usize)>,
-}
-
-impl<'py> SizeReader<'py> {
-    /// `item`, the entry `sizes[i]`, as a size.
-    #[inline(always)]
-    pub(crate) fn read(&mut self, item: Bound<'py, PyAny>, i: usize) -> PyResult<usize> {
-        match &self.known {
-            Some((o, v)) if o.is(&item) => Ok(*v),
-            _ => self.convert(item, i),
-        }
-    }
-
-    #[cold]
-    fn convert(&mut self, item: Bound<'py, PyAny>, i: usize) -> PyResult<usize> {
-        let v = match item.extract::<i128>() {
-            Ok(v) => non_negative(v, Name("sizes", Some(i)))?,
-            Err(_) if item.is_instance_of::<PyInt>() => usize::MAX,
-            Err(e) if e.is_instance_of::<pyo3::exceptions::PyTypeError>(item.py()) => {
-                return Err(type_error(Name("sizes", Some(i)), "an int", &item))
-            }
-            Err(e) => return Err(e), // what an `__index__` raised
-        };
-        self.known = Some((item, v));
-        Ok(v)
-    }
-}
-
-/// `sizes` (a sequence of ints) read for a send of `have` buffers and `count`: its first
-/// [`batch_len`] entries.
-pub(crate) fn sizes_of(
-    obj: &Bound<'_, PyAny>,
-    have: usize,
-    count: Option<usize>,
-) -> PyResult<Vec<usize>> {
-    let seq = Seq::of(obj, "sizes", "a sequence of int")?;
-    let n = batch_len(have, Some(seq.len()?), count)?;
-    let mut v = Vec::with_capacity(n.min(super::buffers::PREALLOC));
-    let mut reader = SizeReader::default();
-    for i in 0..n {
-        v.push(reader.read(seq.get(i, "sizes")?.0, i)?);
-    }
+    let v = size_of(&item, i)?;
+    *known = Some((item, v));
     Ok(v)
+}
+
+#[cold]
+fn size_of(item: &Bound<'_, PyAny>, i: usize) -> PyResult<usize> {
+    match item.extract::<i128>() {
+        Ok(v) => Ok(non_negative(v, Name("sizes", Some(i)))?),
+        Err(_) if item.is_instance_of::<PyInt>() => Ok(usize::MAX),
+        Err(e) if e.is_instance_of::<PyTypeError>(item.py()) => {
+            Err(type_error(Name("sizes", Some(i)), "an int", item))
+        }
+        Err(e) => Err(e), // what an `__index__` raised
+    }
+}
+
+thread_local! {
+    /// The sizes of [`filling_sizes`], reused between calls.
+    static SIZES: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on sizes for the Python list `sizes` (`TypeError` if it is not a list), as
@@ -376,9 +303,7 @@ pub(crate) fn filling_sizes(
     sizes: &Bound<'_, PyAny>,
     f: impl FnOnce(&mut [usize]) -> PyResult<usize>,
 ) -> PyResult<usize> {
-    let list = sizes
-        .cast::<PyList>()
-        .map_err(|_| type_error("sizes", "a list", sizes))?;
+    let list = list(sizes, "sizes", "a list")?;
     reuse(&SIZES, |v| {
         v.resize(list.len(), 0);
         let n = f(v)?;
@@ -399,11 +324,10 @@ pub(crate) fn in_place<T>(
     f: impl FnOnce(&mut PyBufs<'_, '_>, &mut [usize]) -> PyResult<T>,
 ) -> PyResult<T> {
     let count = count.map(|c| non_negative(c, "count")).transpose()?;
-    let list = sizes
-        .cast::<PyList>()
-        .map_err(|_| type_error("sizes", "a list of int", sizes))?;
-    let mut b = PyBufs::list(bufs, "bufs")?;
-    let mut v = sizes_of(sizes, b.count(), count)?;
+    let list = list(sizes, "sizes", "a list of int")?;
+    let mut b = PyBufs::new(bufs, "bufs", true, true)?;
+    let n = batch_len(b.count(), Some(list.len()), count)?;
+    let mut v = Seq::List(list).read_sizes(n)?;
     let out = f(&mut b, &mut v)?;
     drop(b);
     store_sizes(list, &v)?;
@@ -411,55 +335,35 @@ pub(crate) fn in_place<T>(
 }
 
 fn store_sizes<'py>(sizes: &Bound<'py, PyList>, values: &[usize]) -> PyResult<()> {
-    // An int object known to hold a value (owned, so its address stays its own): a reused
-    // list is checked by identity, without converting every entry.
-    let mut known: Option<(usize, Bound<'py, PyAny>)> = None;
-    let mut known_key = (usize::MAX, std::ptr::null_mut());
+    let py = sizes.py();
+    // The int object last stored or found, and its value: a reused list is checked by
+    // identity, without converting every entry.
+    let mut last: Option<(usize, Bound<'py, PyAny>)> = None;
     for (i, &v) in values.iter().enumerate() {
-        // SAFETY: the list's length and item are read afresh each time through the C
-        // API's macros (GIL held), since `store` may run Python code.
-        let current = unsafe {
-            let l = sizes.as_ptr();
-            if i >= ffi::PyList_GET_SIZE(l) as usize {
-                let m = "sizes was shortened during the call";
-                return Err(Error::fixed(ErrorKind::SizesChanged, m).into());
-            }
-            ffi::PyList_GET_ITEM(l, i as ffi::Py_ssize_t)
+        // The entry is read afresh each time: storing may run Python code.
+        let Some(p) = list_get(sizes, i) else {
+            let m = "sizes was shortened during the call";
+            return Err(Error::fixed(ErrorKind::SizesChanged, m).into());
         };
-        if known_key != (v, current) {
-            let obj = store(sizes, i, v, current, known.take())?;
-            known_key = (v, obj.as_ptr());
-            known = Some((v, obj));
+        if last
+            .as_ref()
+            .is_some_and(|(lv, o)| *lv == v && o.as_ptr() == p)
+        {
+            continue;
         }
+        // SAFETY: the list's live entry, no Python code run since it was read; a new
+        // reference is taken at once.
+        let cur = unsafe { Borrowed::from_ptr(py, p) }.to_owned();
+        let equal = cur.is_exact_instance_of::<PyInt>() && cur.extract::<usize>().ok() == Some(v);
+        let obj = match last.take() {
+            _ if equal => cur,
+            Some((lv, o)) if lv == v => o,
+            _ => v.into_pyobject(py)?.into_any(),
+        };
+        if obj.as_ptr() != p {
+            sizes.set_item(i, &obj)?;
+        }
+        last = Some((v, obj));
     }
     Ok(())
 }
-
-/// `store_sizes`'s slow path: `sizes[i] = v` unless `current` (the entry) already equals
-/// it; `known` is the last int object stored, with its value. Returns the int object now
-/// there.
-#[cold]
-fn store<'py>(
-    sizes: &Bound<'py, PyList>,
-    i: usize,
-    v: usize,
-    current: *mut ffi::PyObject,
-    known: Option<(usize, Bound<'py, PyAny>)>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = sizes.py();
-    // SAFETY: `current` is the list's live entry i (read by the caller with the GIL held,
-    // no Python code run since); a new reference is taken before anything else happens.
-    let cur = unsafe { Borrowed::from_ptr(py, current) }.to_owned();
-    if cur.is_exact_instance_of::<PyInt>() && cur.extract::<usize>().ok() == Some(v) {
-        return Ok(cur);
-    }
-    let obj = match known {
-        Some((kv, o)) if kv == v => o,
-        _ => v.into_pyobject(py)?.into_any(),
-    };
-    sizes.set_item(i, &obj)?;
-    Ok(obj)
-}
-
-/// Python's spelling of `false` and `true` (for a `repr`).
-pub(crate) const PY_BOOL: [&str; 2] = ["False", "True"];

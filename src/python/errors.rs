@@ -7,9 +7,11 @@
 //!   (`PermissionError`, `FileNotFoundError`, `BlockingIOError`, ...).
 //! - A call out of turn (a namespace switch left twice) is a `RuntimeError`.
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use std::fmt;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::{create_exception, intern};
 
 use crate::device::{self, batch::SendError};
 use crate::{engine, udp};
@@ -27,12 +29,17 @@ pub(crate) fn os_error(errno: i32, msg: String) -> PyErr {
     PyOSError::new_err((errno, msg))
 }
 
-/// `err` with attributes set (how much of a batch went out before it).
-pub(crate) fn with_attrs(err: PyErr, attrs: &[(&str, usize)]) -> PyErr {
+/// `err` with attributes set (how much of a batch went out before it, which refusal).
+pub(crate) fn with_attrs<V>(err: PyErr, attrs: &[(&str, V)]) -> PyErr
+where
+    V: for<'py> IntoPyObject<'py> + Copy,
+{
     Python::attach(|py| {
         let v = err.value(py);
+        // Setting an attribute of a fresh exception fails only without memory; the error
+        // is raised all the same.
         for (name, value) in attrs {
-            let _ = v.setattr(name, value);
+            let _ = v.setattr(name, *value);
         }
     });
     err
@@ -42,16 +49,9 @@ pub(crate) fn with_attrs(err: PyErr, attrs: &[(&str, usize)]) -> PyErr {
 impl From<engine::Error> for PyErr {
     #[cold]
     fn from(e: engine::Error) -> PyErr {
-        Python::attach(|py| {
-            let (kind, index) = (e.kind().as_str(), e.index());
-            let err = InputError::new_err(e.into_message());
-            let v = err.value(py);
-            // Setting an attribute of a fresh exception fails only without memory; the
-            // error is raised all the same.
-            let _ = v.setattr(intern!(py, "kind"), kind);
-            let _ = v.setattr(intern!(py, "index"), index);
-            err
-        })
+        let (kind, index) = (e.kind().as_str(), e.index());
+        let err = with_attrs(InputError::new_err(e.into_message()), &[("kind", kind)]);
+        with_attrs(err, &[("index", index)])
     }
 }
 
@@ -60,8 +60,7 @@ impl From<device::Error> for PyErr {
         match e {
             device::Error::Invalid(e) => e.into(),
             device::Error::State(m) => PyRuntimeError::new_err(m),
-            device::Error::Os { errno, msg } => os_error(errno, msg),
-            // EBADF, with the device's own message.
+            // Os, and Closed (EBADF): the errno and the device's own message.
             e => os_error(e.errno().unwrap_or_default(), e.to_string()),
         }
     }
@@ -72,14 +71,11 @@ impl From<udp::Error> for PyErr {
         match e {
             udp::Error::Invalid(e) => e.into(),
             udp::Error::BufferTooSmall { index, .. } => {
-                let m = e.to_string();
-                engine::Error::new(engine::ErrorKind::OutBufTooSmall, m)
-                    .at(index)
-                    .into()
+                let kind = engine::ErrorKind::OutBufTooSmall;
+                engine::Error::new(kind, e.to_string()).at(index).into()
             }
-            udp::Error::Os { errno, msg } => os_error(errno, msg),
             udp::Error::Timeout => PyTimeoutError::new_err(e.to_string()),
-            // WouldBlock and Interrupted: their errno and the C library's words for it.
+            // Os, WouldBlock and Interrupted: their errno and the C library's words for it.
             e => os_error(e.errno().unwrap_or_default(), e.to_string()),
         }
     }
@@ -88,11 +84,9 @@ impl From<udp::Error> for PyErr {
 /// A send that stopped after writing started carries `packets_sent` and `bytes_sent`.
 impl From<SendError<PyErr>> for PyErr {
     fn from(e: SendError<PyErr>) -> PyErr {
+        let sent = [("packets_sent", e.packets), ("bytes_sent", e.bytes)];
         match e.writing {
-            true => with_attrs(
-                e.error,
-                &[("packets_sent", e.packets), ("bytes_sent", e.bytes)],
-            ),
+            true => with_attrs(e.error, &sent),
             false => e.error,
         }
     }
@@ -100,14 +94,13 @@ impl From<SendError<PyErr>> for PyErr {
 
 /// A `TypeError` saying what `what` must be, and what it is.
 #[cold]
-pub(crate) fn type_error(
-    what: impl std::fmt::Display,
-    must: &str,
-    obj: &Bound<'_, PyAny>,
-) -> PyErr {
-    let ty = obj
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".into(), |n| n.to_string());
-    pyo3::exceptions::PyTypeError::new_err(format!("{what} must be {must}, not {ty}"))
+pub(crate) fn type_error(what: impl fmt::Display, must: &str, obj: &Bound<'_, PyAny>) -> PyErr {
+    let ty = obj.get_type();
+    let ty = ty.name().map_or_else(|_| "?".into(), |n| n.to_string());
+    PyTypeError::new_err(format!("{what} must be {must}, not {ty}"))
+}
+
+/// Python's spelling of `b` (for a `repr`).
+pub(crate) fn py_bool(b: bool) -> &'static str {
+    ["False", "True"][usize::from(b)]
 }

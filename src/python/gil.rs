@@ -24,15 +24,6 @@ pub(crate) const DETACH_BYTES: usize = 16 * 1024;
 /// Threads now inside [`Gil::syscall`].
 static IN_SYSCALLS: AtomicUsize = AtomicUsize::new(0);
 
-/// Decrements the count when the call ends, panics and early returns included.
-struct Inside;
-
-impl Drop for Inside {
-    fn drop(&mut self) {
-        IN_SYSCALLS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Whether another thread is in one of this module's system calls now (the caller, which
 /// holds the GIL, is not).
 pub(crate) fn others_in_syscalls() -> bool {
@@ -44,9 +35,12 @@ pub(crate) struct Gil<'py>(pub(crate) Python<'py>);
 
 impl Hooks<PyErr> for Gil<'_> {
     fn syscall<T: Send>(&mut self, call: impl FnOnce() -> T + Send) -> T {
+        // (A panic in `call`, which would be a bug, leaves the count high: large copies
+        // then release the GIL more often than they need to, nothing worse.)
         IN_SYSCALLS.fetch_add(1, Ordering::Relaxed);
-        let _inside = Inside;
-        self.0.detach(call)
+        let r = self.0.detach(call);
+        IN_SYSCALLS.fetch_sub(1, Ordering::Relaxed);
+        r
     }
 
     fn interrupted(&mut self) -> PyResult<()> {

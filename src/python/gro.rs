@@ -13,9 +13,7 @@ use crate::hooks::Direct;
 /// over from one call to the next; its memory is reused.
 #[pyclass(name = "GroTable", module = "tunoffload")]
 #[derive(Default)]
-pub(crate) struct PyGroTable {
-    pub(crate) inner: GroTable,
-}
+pub(crate) struct PyGroTable(pub(crate) GroTable);
 
 #[pymethods]
 impl PyGroTable {
@@ -24,8 +22,8 @@ impl PyGroTable {
         Self::default()
     }
 
-    fn __repr__(&self) -> String {
-        "GroTable()".to_owned()
+    fn __repr__(&self) -> &'static str {
+        "GroTable()"
     }
 }
 
@@ -47,10 +45,9 @@ pub(crate) fn handle_gro<'py>(
     mut table: PyRefMut<'_, PyGroTable>,
     can_udp_gro: bool,
 ) -> PyResult<Bound<'py, PyList>> {
-    let mut b = PyBufs::list(bufs, "bufs")?;
+    let mut b = PyBufs::new(bufs, "bufs", true, true)?;
     let offset = non_negative(offset, "offset")?;
-    let (n, t) = (b.count(), &mut table.inner);
+    let (n, t) = (b.count(), &mut table.0);
     gro::coalesce(&mut b, n, None, offset, t, can_udp_gro, &mut Direct)?;
-    drop(b);
-    PyList::new(py, table.inner.written())
+    PyList::new(py, table.0.written())
 }

@@ -9,14 +9,13 @@
 //! ```text
 //! errors      the core's errors as Python exceptions (InputError, OSError, ...)
 //! gil         Gil: the binding's Hooks (the GIL around system calls and large copies)
-//! buffers     Python buffers: exports (Views), one growable buffer (PyBuf)
+//! buffers     Python buffers: exports (Views), a buffer's object (PyObj) for the core's Held
 //! batch       <- buffers, errors: a Python sequence as the core's Buffers; sizes
-//! virtio_hdr  <- buffers: VirtioNetHdr
-//! split       <- batch, buffers, virtio_hdr: gso_split
+//! virtio_hdr  <- batch, buffers, errors: VirtioNetHdr, gso_split
 //! gro         <- batch: GroTable, handle_gro
-//! netns       <- batch, errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
-//! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice
-//! udp_socket  <- batch, buffers, errors, gil: UdpSocket, RecvMeta
+//! netns       <- errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
+//! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice (on device::Queue)
+//! udp_socket  <- batch, errors, gil: UdpSocket (on udp::Shared), RecvMeta
 //! aead        <- batch, buffers, errors, gil: Sealer, Opener
 //! wireguard   <- batch, buffers, errors, gil, udp_socket: WireGuardDevice
 //! mod         <- every class and function: the module and its constants
@@ -29,7 +28,6 @@ mod errors;
 mod gil;
 mod gro;
 mod netns;
-mod split;
 mod tun_device;
 mod udp_socket;
 mod virtio_hdr;
@@ -62,7 +60,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InputError", py.get_type::<errors::InputError>())?;
     m.add_class::<virtio_hdr::PyVirtioNetHdr>()?;
     m.add_class::<gro::PyGroTable>()?;
-    m.add_function(wrap_pyfunction!(split::gso_split, m)?)?;
+    m.add_function(wrap_pyfunction!(virtio_hdr::gso_split, m)?)?;
     m.add_function(wrap_pyfunction!(gro::handle_gro, m)?)?;
     m.add_class::<tun_device::PyTunDevice>()?;
     m.add_class::<netns::PyNetnsSwitch>()?;

@@ -1,15 +1,15 @@
 //! The native half of `tunoffload.netns` and the `netns=` argument of `TunDevice`:
 //! Python targets mapped onto `crate::device::netns`, its errors onto Python's.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
 
-use super::batch::PY_BOOL;
-use super::errors::type_error;
+use super::errors::{py_bool, type_error};
 use super::gil::Gil;
 use crate::device::{Netns, NetnsTarget, Switch};
 use crate::hooks::retry;
@@ -17,25 +17,19 @@ use crate::hooks::retry;
 /// A Python `netns` argument as a target: an `int` is a descriptor, a `str` (or `bytes`)
 /// is read by `NetnsTarget::parse`, an `os.PathLike` is a path.
 pub(crate) fn target(obj: &Bound<'_, PyAny>) -> PyResult<NetnsTarget> {
-    let forms = "a name under /run/netns (str), a path to a namespace file (str with a '/', \
-                 or os.PathLike) or an open file descriptor (int)";
     if let (Ok(i), false) = (obj.cast::<PyInt>(), obj.is_instance_of::<PyBool>()) {
         // A number no descriptor can have is as bad as a negative one.
         return Ok(NetnsTarget::Fd(i.extract::<i32>().unwrap_or(-1)));
     }
-    let Ok(p) = obj.py().import("os")?.call_method1("fspath", (obj,)) else {
-        return Err(type_error("a network namespace", forms, obj));
-    };
-    let s: OsString = match p.cast::<PyBytes>() {
-        Ok(b) => OsStr::from_bytes(b.as_bytes()).into(),
-        Err(_) => p.extract()?,
-    };
-    Ok(
-        match obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-            true => NetnsTarget::parse(&s),
-            false => NetnsTarget::Path(s.into()),
-        },
-    )
+    let forms = "a name under /run/netns (str), a path to a namespace file (str with a '/', \
+                 or os.PathLike) or an open file descriptor (int)";
+    let path = obj.py().import("os")?.call_method1("fsencode", (obj,));
+    let path = path.map_err(|_| type_error("a network namespace", forms, obj))?;
+    let path = OsStr::from_bytes(path.cast::<PyBytes>()?.as_bytes());
+    match obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        true => Ok(NetnsTarget::parse(path)),
+        false => Ok(NetnsTarget::Path(path.into())),
+    }
 }
 
 /// Opens and checks a Python `netns` argument (GIL released for the system calls).
@@ -57,15 +51,6 @@ pub(crate) fn open(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Netns> {
 pub(crate) struct PyNetnsSwitch {
     ns: Netns,
     sw: Mutex<Switch>,
-    /// The name under ``/run/netns``, or None when not entered by name.
-    #[pyo3(get)]
-    name: Option<String>,
-    /// The namespace file's path, or None when entered by descriptor.
-    #[pyo3(get)]
-    path: Option<String>,
-    /// The namespace's inode number.
-    #[pyo3(get)]
-    inode: u64,
 }
 
 impl PyNetnsSwitch {
@@ -76,6 +61,24 @@ impl PyNetnsSwitch {
 
 #[pymethods]
 impl PyNetnsSwitch {
+    /// The name under ``/run/netns``, or None when not entered by name.
+    #[getter]
+    fn name(&self) -> Option<&str> {
+        self.ns.name()
+    }
+
+    /// The namespace file's path, or None when entered by descriptor.
+    #[getter]
+    fn path(&self) -> Option<String> {
+        self.ns.path().map(|p| p.to_string_lossy().into_owned())
+    }
+
+    /// The namespace's inode number.
+    #[getter]
+    fn inode(&self) -> u64 {
+        self.ns.inode()
+    }
+
     /// The native thread id of the thread that entered.
     #[getter]
     fn thread_id(&self) -> i64 {
@@ -97,7 +100,6 @@ impl PyNetnsSwitch {
 
     /// A descriptor of the namespace, owned by this object.
     fn fileno(&self) -> i32 {
-        use std::os::fd::AsRawFd;
         self.ns.fd().as_raw_fd()
     }
 
@@ -112,13 +114,13 @@ impl PyNetnsSwitch {
     }
 
     fn __repr__(&self) -> String {
-        let what = match (&self.name, &self.path) {
+        let what = match (self.name(), self.path()) {
             (Some(n), _) => format!("name={n:?}"),
             (None, Some(p)) => format!("path={p:?}"),
             _ => "fd".into(),
         };
-        let active = PY_BOOL[usize::from(self.active())];
-        format!("<NetnsSwitch {what} inode={} active={active}>", self.inode)
+        let (inode, active) = (self.inode(), py_bool(self.active()));
+        format!("<NetnsSwitch {what} inode={inode} active={active}>")
     }
 }
 
@@ -129,14 +131,5 @@ impl PyNetnsSwitch {
 pub(crate) fn netns_enter(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<PyNetnsSwitch> {
     let ns = open(py, target)?;
     let sw = Mutex::new(retry(&mut Gil(py), || ns.enter())?);
-    let name = ns.name().map(str::to_owned);
-    let path = ns.path().map(|p| p.to_string_lossy().into_owned());
-    let inode = ns.inode();
-    Ok(PyNetnsSwitch {
-        ns,
-        sw,
-        name,
-        path,
-        inode,
-    })
+    Ok(PyNetnsSwitch { ns, sw })
 }

@@ -2,22 +2,21 @@
 //! GIL. Every system call runs with the GIL released, on buffers exported (pinned) for
 //! the length of the call.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict, PyTuple};
 
-use super::batch::{filling_sizes, sizes_of, PyBufs, PY_BOOL};
-use super::buffers::{Name, Views};
-use super::errors::type_error;
+use super::batch::{filling_sizes, PyBufs, Seq};
+use super::buffers::Views;
+use super::errors::{py_bool, type_error};
 use super::gil::Gil;
 use super::gro::PyGroTable;
 use super::netns;
-use crate::device::batch::{self, RecvState, MAX_READ};
-use crate::device::{self as dev, format_mac, mac_from_bytes, parse_ifaddr, parse_mac};
-use crate::device::{sys, Tun, TunOptions};
-use crate::engine::buffer::non_negative;
+use crate::device::batch::{self, MAX_READ};
+use crate::device::{format_mac, mac_from_bytes, parse_ifaddr, parse_mac};
+use crate::device::{Queue, Tun, TunOptions};
+use crate::engine::buffer::{batch_len, non_negative, Name};
 use crate::engine::Buffers;
 use crate::hooks::retry;
 
@@ -48,90 +47,35 @@ use crate::hooks::retry;
 /// there (that needs CAP_SYS_ADMIN for setns; without it the error says it was moved).
 #[pyclass(name = "TunDevice", module = "tunoffload", frozen)]
 pub(crate) struct PyTunDevice {
-    tun: Mutex<Option<Arc<Tun>>>,
-    blocking: AtomicBool,
-    last_name: Mutex<String>,
-    /// True when reads and writes carry the 10-byte virtio header (``offload=True``).
-    #[pyo3(get)]
-    offload: bool,
-    /// True when the kernel accepted UDP segmentation offload (USO4/USO6): it may then
-    /// hand over UDP super-packets, and ``send_multiple`` coalesces UDP flows too.
-    #[pyo3(get)]
-    udp_gso: bool,
-    /// True for a TAP (Ethernet) device.
-    #[pyo3(get)]
-    tap: bool,
-    /// True for a multi-queue device (``clone_queue()`` works).
-    #[pyo3(get)]
-    multi_queue: bool,
-    /// True when every packet starts with the 4-byte packet information header.
-    #[pyo3(get)]
-    packet_information: bool,
-    /// The queue's counters (kept after close).
-    counters: Arc<dev::Counters>,
-    /// A packet read by a `recv_multiple` whose buffers could not take it, for the next.
-    recv_state: RecvState,
+    q: Queue,
 }
 
-impl PyTunDevice {
-    fn wrap(tun: Tun, blocking: bool) -> Self {
-        let flags = tun.flags();
-        let name = tun.name().unwrap_or_default();
-        PyTunDevice {
-            counters: tun.counters.clone(),
-            offload: tun.vnet_hdr(),
-            udp_gso: tun.udp_gso(),
-            tap: flags & sys::IFF_TAP != 0,
-            multi_queue: flags & sys::IFF_MULTI_QUEUE != 0,
-            packet_information: flags & sys::IFF_NO_PI == 0,
-            tun: Mutex::new(Some(Arc::new(tun))),
-            blocking: AtomicBool::new(blocking),
-            last_name: Mutex::new(name),
-            recv_state: RecvState::new(),
-        }
-    }
-
-    fn slot(&self) -> MutexGuard<'_, Option<Arc<Tun>>> {
-        self.tun.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The open queue, or `OSError(EBADF)`.
-    fn get(&self) -> PyResult<Arc<Tun>> {
-        Ok(self.slot().clone().ok_or(dev::Error::Closed)?)
-    }
-
-    /// Runs `f` on the open queue with the GIL released, going on after signals.
-    fn on<T: Send>(
-        &self,
-        py: Python<'_>,
-        mut f: impl FnMut(&Tun) -> Result<T, dev::Error> + Send,
-    ) -> PyResult<T> {
-        let tun = self.get()?;
-        retry(&mut Gil(py), || f(&tun))
-    }
-
-    fn is_blocking(&self) -> bool {
-        self.blocking.load(Ordering::Relaxed)
-    }
-}
-
-/// The class's methods, with a property for each `get` (and its `set`ter) that is one
-/// call of the open queue (`|tun| ...`).
+/// The class's methods, with a property for each of the queue's
+/// [`QueueInfo`](crate::device::QueueInfo) flags (known after close too), and for each
+/// `get` (and its `set`ter) that is one call of the open queue (`|tun| ...`).
 macro_rules! methods_with_properties {
-    ({ $($(#[$doc:meta])* $get:ident -> $t:ty = |$tun:ident| $g:expr
+    ({ $($(#[$idoc:meta])* $info:ident;)* }
+     { $($(#[$doc:meta])* $get:ident -> $t:ty = |$tun:ident| $g:expr
         $(, $set:ident($v:ident: $vt:ty) = $s:expr)?;)* } $($method:item)*) => {
         #[pymethods]
         impl PyTunDevice {
             $(
+                $(#[$idoc])*
+                #[getter]
+                fn $info(&self) -> bool {
+                    self.q.info.$info
+                }
+            )*
+            $(
                 $(#[$doc])*
                 #[getter]
                 fn $get(&self, py: Python<'_>) -> PyResult<$t> {
-                    self.on(py, |$tun| $g)
+                    self.q.on(&mut Gil(py), |$tun| $g)
                 }
                 $(
                     #[setter]
                     fn $set(&self, py: Python<'_>, $v: $vt) -> PyResult<()> {
-                        self.on(py, |$tun| $s)
+                        self.q.on(&mut Gil(py), |$tun| $s)
                     }
                 )?
             )*
@@ -141,6 +85,19 @@ macro_rules! methods_with_properties {
 }
 
 methods_with_properties! {
+    {
+        /// True when reads and writes carry the 10-byte virtio header (``offload=True``).
+        offload;
+        /// True when the kernel accepted UDP segmentation offload (USO4/USO6): it may then
+        /// hand over UDP super-packets, and ``send_multiple`` coalesces UDP flows too.
+        udp_gso;
+        /// True for a TAP (Ethernet) device.
+        tap;
+        /// True for a multi-queue device (``clone_queue()`` works).
+        multi_queue;
+        /// True when every packet starts with the 4-byte packet information header.
+        packet_information;
+    }
     {
         /// The interface index.
         ifindex -> u32 = |tun| tun.current_ifindex();
@@ -199,10 +156,7 @@ methods_with_properties! {
         up: bool,
         netns: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let netns = match netns.filter(|t| !t.is_none()) {
-            Some(t) => Some(Arc::new(netns::open(py, t)?)),
-            None => None,
-        };
+        let netns = netns.map(|t| netns::open(py, t).map(Arc::new)).transpose()?;
         let opts = TunOptions {
             name,
             tap,
@@ -217,7 +171,7 @@ methods_with_properties! {
             netns,
         };
         let tun = retry(&mut Gil(py), || Tun::open(&opts))?;
-        Ok(Self::wrap(tun, !nonblocking))
+        Ok(PyTunDevice { q: Queue::new(tun, !nonblocking) })
     }
 
     /// ``TunDevice.from_fd(fd, *, nonblocking=False)``: adopts a descriptor already
@@ -232,39 +186,33 @@ methods_with_properties! {
     fn from_fd(py: Python<'_>, fd: i32, nonblocking: bool) -> PyResult<Self> {
         non_negative(fd, "fd")?;
         let tun = retry(&mut Gil(py), || Tun::from_fd(fd))?;
-        Ok(Self::wrap(tun, !nonblocking))
+        Ok(PyTunDevice { q: Queue::new(tun, !nonblocking) })
     }
 
     /// Opens another queue of this multi-queue device (``multi_queue=True``), with the
     /// same offload settings and blocking mode, as a new ``TunDevice``. Each queue gets
     /// its own share of the traffic (the kernel hashes flows over queues).
     fn clone_queue(&self, py: Python<'_>) -> PyResult<Self> {
-        let new = self.on(py, |tun| tun.clone_queue())?;
-        Ok(Self::wrap(new, self.is_blocking()))
+        let new = self.q.on(&mut Gil(py), |tun| tun.clone_queue())?;
+        Ok(PyTunDevice { q: Queue::new(new, self.q.blocking()) })
     }
 
     /// The interface name, as the kernel has it now (the last known name once closed).
     #[getter]
     fn name(&self, py: Python<'_>) -> PyResult<String> {
-        let last = || self.last_name.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tun) = self.slot().clone() else {
-            return Ok(last().clone());
-        };
-        let name = retry(&mut Gil(py), || tun.name())?;
-        name.clone_into(&mut last());
-        Ok(name)
+        self.q.name(&mut Gil(py))
     }
 
     /// True once ``close()`` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.slot().is_none()
+        self.q.is_closed()
     }
 
     /// The file descriptor of this queue, or -1 once closed (as ``socket.fileno()``).
     /// The descriptor is in non-blocking mode.
     fn fileno(&self) -> i32 {
-        self.slot().as_ref().map_or(-1, |t| t.raw_fd())
+        self.q.raw_fd()
     }
 
     /// Closes the device (this queue). Idempotent. A thread blocked in ``recv`` or
@@ -273,10 +221,7 @@ methods_with_properties! {
     /// never reused under a running call. A non-persistent device disappears when its
     /// last queue is closed.
     fn close(&self) {
-        let taken = self.slot().take();
-        if let Some(tun) = taken {
-            tun.shutdown();
-        }
+        self.q.close();
     }
 
     /// Returns the device itself (``with TunDevice(...) as dev:``).
@@ -294,30 +239,29 @@ methods_with_properties! {
     /// ``<TunDevice name='tun0' offload=True closed=False>``.
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = self.name(py).unwrap_or_default();
-        let offload = PY_BOOL[usize::from(self.offload)];
-        let closed = PY_BOOL[usize::from(self.closed())];
+        let (offload, closed) = (py_bool(self.q.info.offload), py_bool(self.closed()));
         format!("<TunDevice name={name:?} offload={offload} closed={closed}>")
     }
 
     /// ``setblocking(flag)``: in blocking mode (the default) ``recv`` waits for a packet;
     /// in non-blocking mode it raises ``BlockingIOError`` when there is none.
     fn setblocking(&self, flag: bool) {
-        self.blocking.store(flag, Ordering::Relaxed);
+        self.q.set_blocking(flag);
     }
 
     /// True in blocking mode.
     fn getblocking(&self) -> bool {
-        self.is_blocking()
+        self.q.blocking()
     }
 
     /// Brings the interface up (``ip link set NAME up``).
     fn up(&self, py: Python<'_>) -> PyResult<()> {
-        self.on(py, |tun| tun.set_up(true))
+        self.q.on(&mut Gil(py), |tun| tun.set_up(true))
     }
 
     /// Brings the interface down.
     fn down(&self, py: Python<'_>) -> PyResult<()> {
-        self.on(py, |tun| tun.set_up(false))
+        self.q.on(&mut Gil(py), |tun| tun.set_up(false))
     }
 
     /// ``add_address(address, *, nodad=False)``: adds an IPv4 or IPv6 address given as
@@ -327,14 +271,14 @@ methods_with_properties! {
     #[pyo3(signature = (address, *, nodad=false))]
     fn add_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>, nodad: bool) -> PyResult<()> {
         let a = parse_ifaddr(&address.str()?.to_cow()?)?;
-        self.on(py, |tun| tun.add_address(&a, nodad))
+        self.q.on(&mut Gil(py), |tun| tun.add_address(&a, nodad))
     }
 
     /// ``remove_address(address)``: removes an address given as for ``add_address``.
     /// An address not present: ``OSError(EADDRNOTAVAIL)``.
     fn remove_address(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<()> {
         let a = parse_ifaddr(&address.str()?.to_cow()?)?;
-        self.on(py, |tun| tun.remove_address(&a))
+        self.q.on(&mut Gil(py), |tun| tun.remove_address(&a))
     }
 
     #[setter]
@@ -344,7 +288,7 @@ methods_with_properties! {
             (_, Ok(b)) => mac_from_bytes(&b)?,
             _ => return Err(type_error("mac", "a str or 6 bytes", mac)),
         };
-        self.on(py, |tun| tun.set_mac(mac))
+        self.q.on(&mut Gil(py), |tun| tun.set_mac(mac))
     }
 
     /// ``recv(buf) -> int``: reads one packet into the writable buffer ``buf`` and returns
@@ -354,23 +298,21 @@ methods_with_properties! {
     /// ``ValueError``.
     /// Blocking mode waits; non-blocking mode raises ``BlockingIOError``.
     fn recv(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let mut views = Views::with_capacity(py, 1);
+        let mut views = Views::new(py);
         // SAFETY: the writable export is held by `views` until after the read; this is
         // the only reference to those bytes.
-        let data = unsafe { views.export(buf, true, Name("buf", None))?.slice_mut() };
-        let blocking = self.is_blocking();
-        self.on(py, |tun| self.recv_state.read(tun, data, blocking))
+        let data = unsafe { views.export(buf, true, Name("buf", None))?.as_mut() };
+        self.q.recv(&mut Gil(py), data)
     }
 
     /// ``read(size=65545) -> bytes``: reads one packet and returns it as ``bytes``
     /// (allocates; ``recv`` into a reused buffer does not). Same header rule as ``recv``.
     #[pyo3(signature = (size=65545))]
     fn read<'py>(&self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let blocking = self.is_blocking();
         // No read returns more than MAX_READ: a larger `size` must not become a huge
         // allocation, whose failure would abort the process.
         let mut v = vec![0u8; size.min(MAX_READ)];
-        let n = self.on(py, |tun| self.recv_state.read(tun, &mut v, blocking))?;
+        let n = self.q.recv(&mut Gil(py), &mut v)?;
         Ok(PyBytes::new(py, &v[..n]))
     }
 
@@ -378,11 +320,10 @@ methods_with_properties! {
     /// number of bytes written. With ``offload=True`` it must start with a 10-byte virtio
     /// header (``bytes(VirtioNetHdr())`` for a plain packet). ``write`` is an alias.
     fn send(&self, py: Python<'_>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let mut views = Views::with_capacity(py, 1);
+        let mut views = Views::new(py);
         // SAFETY: the export is held by `views` until after the write.
-        let data = unsafe { views.export(buf, false, Name("buf", None))?.slice() };
-        let blocking = self.is_blocking();
-        self.on(py, |tun| tun.write(data, blocking))
+        let data = unsafe { views.export(buf, false, Name("buf", None))?.as_ref() };
+        self.q.send(&mut Gil(py), data)
     }
 
     /// Alias of ``send`` (python-pytun's name).
@@ -434,24 +375,24 @@ methods_with_properties! {
         fit: bool,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let tun = self.get()?;
-        let mut outs = PyBufs::new(bufs, "bufs", true)?;
-        let mut views = Views::with_capacity(py, 1);
-        let original: &mut [u8] = match self.offload {
+        let tun = self.q.get()?;
+        let mut outs = PyBufs::new(bufs, "bufs", true, false)?;
+        let mut views = Views::new(py);
+        let original: &mut [u8] = match self.q.info.offload {
             // SAFETY: the writable export is held by `views` until the split is done; the
             // core checks that no output is this buffer.
             true => unsafe {
                 let what = Name("original_buffer", None);
-                views.export(original_buffer, true, what)?.slice_mut()
+                views.export(original_buffer, true, what)?.as_mut()
             },
             false => &mut [],
         };
-        let (state, blocking) = (&self.recv_state, self.is_blocking());
+        let (state, blocking) = (&self.q.recv_state, self.q.blocking());
         filling_sizes(sizes, move |sz| {
             let gil = &mut Gil(py);
             let (o, b) = (offset, blocking);
             let r = batch::recv_multiple_with(&tun, state, original, &mut outs, sz, o, b, fit, gil);
-            let _views = views; // held until the split is done
+            drop(views);
             r
         })
     }
@@ -494,15 +435,13 @@ methods_with_properties! {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let count = count.map(|c| non_negative(c, "count")).transpose()?;
-        let tun = self.get()?;
+        let tun = self.q.get()?;
         // Coalescing swaps entries: a list then.
-        let mut b = match self.offload {
-            true => PyBufs::list(bufs, "bufs")?,
-            false => PyBufs::new(bufs, "bufs", true)?,
-        };
-        let sizes = sizes.filter(|s| !s.is_none());
-        let sizes = sizes.map(|s| sizes_of(s, b.count(), count)).transpose()?;
-        let (t, sz) = (&mut gro_table.inner, sizes.as_deref());
+        let mut b = PyBufs::new(bufs, "bufs", true, self.q.info.offload)?;
+        let sizes = sizes.map(Seq::sizes).transpose()?;
+        let n = batch_len(b.count(), sizes.map(Seq::len).transpose()?, count)?;
+        let sizes = sizes.map(|s| s.read_sizes(n)).transpose()?;
+        let (t, sz) = (&mut gro_table.0, sizes.as_deref());
         Ok(batch::send_multiple_with(&tun, t, &mut b, offset, sz, count, true, &mut Gil(py))?)
     }
 
@@ -514,12 +453,12 @@ methods_with_properties! {
     /// into ``send_multiple`` before coalescing).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.counters.items().into_py_dict(py)
+        self.q.counters.items().into_py_dict(py)
     }
 
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in
     /// non-blocking mode. ``OSError(EBADF)`` if the device is closed meanwhile.
     fn wait_readable(&self, py: Python<'_>) -> PyResult<()> {
-        self.on(py, |tun| tun.wait_readable())
+        self.q.on(&mut Gil(py), |tun| tun.wait_readable())
     }
 }

@@ -5,86 +5,25 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict, PyList, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
 
-use super::batch::{filling_sizes, reuse, PyBufs, Seq, SizeReader, PY_BOOL};
-use super::buffers::{Name, Views, PREALLOC};
-use super::errors::{os_error, type_error, with_attrs};
+use super::batch::{filling_sizes, list, read_size, PyBufs, Seq};
+use super::errors::{os_error, py_bool, type_error, with_attrs};
 use super::gil::Gil;
-use crate::engine::buffer::{batch_len, non_negative, span};
+use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
 use crate::engine::Buffers;
-use crate::hooks::Hooks;
-use crate::udp::{self, Dest, SendError, Stats, UdpBatch, Wait};
-
-/// Locks `m`; if another thread holds it (with the GIL released, in a system call), waits
-/// for it with the GIL released too, so that the holder can get the GIL back.
-fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
-    loop {
-        match m.try_lock() {
-            Ok(g) => return g,
-            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(TryLockError::WouldBlock) => Gil(py).syscall(|| drop(m.lock())),
-        }
-    }
-}
+use crate::hooks::{lock, Hooks};
+use crate::udp::{self, Dest, Shared, Wait};
 
 thread_local! {
     /// The senders a receive fills in, and the addresses a send parses, reused per thread.
     static SENDERS: Cell<Vec<Option<SocketAddr>>> = const { Cell::new(Vec::new()) };
     static DESTS: Cell<Vec<SocketAddr>> = const { Cell::new(Vec::new()) };
-}
-
-/// Each datagram's metadata from one ``UdpSocket.recv_multiple(..., meta=meta)``, kept in
-/// Rust (no Python object per datagram): ``len(meta)`` datagrams, ``meta.source(i)`` the
-/// sender of datagram *i* in the form ``socket.recvfrom`` gives it. Reusable; a
-/// ``WireGuardDevice.decrypt`` permutes it along with the buffers.
-#[pyclass(name = "RecvMeta", module = "tunoffload")]
-#[derive(Default)]
-pub(crate) struct PyRecvMeta {
-    pub(crate) sources: Vec<Option<SocketAddr>>,
-}
-
-#[pymethods]
-impl PyRecvMeta {
-    #[new]
-    #[pyo3(signature = (capacity=0))]
-    fn new(capacity: usize) -> Self {
-        let sources = Vec::with_capacity(capacity.min(super::buffers::PREALLOC));
-        PyRecvMeta { sources }
-    }
-
-    fn __len__(&self) -> usize {
-        self.sources.len()
-    }
-
-    /// The sender of datagram ``index`` (``None`` where the kernel gave none).
-    fn source(&self, py: Python<'_>, index: usize) -> PyResult<Option<Py<PyAny>>> {
-        let a = self.sources.get(index).ok_or_else(|| {
-            let m = format!(
-                "no datagram {index}: the last receive gave {}",
-                self.sources.len()
-            );
-            crate::engine::Error::new(crate::engine::ErrorKind::OutOfRange, m)
-        })?;
-        a.as_ref().map(|a| addr_tuple(py, a)).transpose()
-    }
-}
-
-/// The Python form of `a`, as `socket.recvfrom` gives it.
-pub(crate) fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
-    let (host, port) = (udp::host_string(a), a.port());
-    Ok(match a {
-        SocketAddr::V4(_) => (host, port).into_pyobject(py)?.into_any().unbind(),
-        SocketAddr::V6(v) => {
-            let t = (host, port, v.flowinfo(), v.scope_id());
-            t.into_pyobject(py)?.into_any().unbind()
-        }
-    })
 }
 
 /// Batched UDP on a ``socket.socket``, with the kernel's segmentation (``UDP_SEGMENT``)
@@ -116,46 +55,99 @@ pub(crate) struct PyUdpSocket {
     /// The socket's family (``socket.AF_INET`` or ``socket.AF_INET6``), as an int.
     #[pyo3(get)]
     family: i32,
-    gso: AtomicBool,
     /// True if this ``UdpSocket`` turned ``UDP_GRO`` on for the socket (the kernel then
     /// hands over coalesced reads, which ``recv_multiple`` splits).
     #[pyo3(get)]
     gro: bool,
-    rx: Mutex<UdpBatch>,
-    tx: Mutex<UdpBatch>,
-    /// What calls leave for later ones.
-    seen: Mutex<Seen>,
-}
-
-#[derive(Default)]
-struct Seen {
-    /// Counters and pending count as of the last call that ended: readable while another
-    /// thread waits in a call (which holds `rx` or `tx` meanwhile).
-    rx: Stats,
-    tx: Stats,
-    pending: usize,
-    /// The last sender and its tuple (the same object while the sender stays the same),
-    /// and the last address object a send parsed, with its address.
-    sender: Option<(SocketAddr, Py<PyAny>)>,
-    dest: Option<(Py<PyAny>, SocketAddr)>,
+    batch: Shared,
+    /// The last sender and its tuple (the same object while the sender stays the same).
+    sender: Mutex<Option<(SocketAddr, Py<PyAny>)>>,
 }
 
 /// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
-fn sock_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<i32> {
-    let fd: i32 = sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?;
+fn sock_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let fd: i32 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
     if fd < 0 {
         return Err(os_error(udp::consts::EBADF, "the socket is closed".into()));
     }
     Ok(fd)
 }
 
-impl PyUdpSocket {
+/// Each datagram's metadata from one ``UdpSocket.recv_multiple(..., meta=meta)``, kept in
+/// Rust (no Python object per datagram): ``len(meta)`` datagrams, ``meta.source(i)`` the
+/// sender of datagram *i* in the form ``socket.recvfrom`` gives it. Reusable (it grows to
+/// the batch); a ``WireGuardDevice.decrypt`` permutes it along with the buffers.
+#[pyclass(name = "RecvMeta", module = "tunoffload")]
+pub(crate) struct PyRecvMeta {
+    pub(crate) inner: udp::RecvMeta,
+    /// The datagrams of the last receive.
+    pub(crate) len: usize,
+}
+
+#[pymethods]
+impl PyRecvMeta {
+    #[new]
+    #[pyo3(signature = (capacity=0))]
+    fn new(capacity: usize) -> Self {
+        let inner = udp::RecvMeta::new(capacity.min(super::batch::PREALLOC));
+        PyRecvMeta { inner, len: 0 }
+    }
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    /// The sender of datagram ``index`` (``None`` where the kernel gave none).
+    fn source(&self, py: Python<'_>, index: usize) -> PyResult<Option<Py<PyAny>>> {
+        if index >= self.len {
+            let m = format!("no datagram {index}: the last receive gave {}", self.len);
+            return Err(crate::engine::Error::new(crate::engine::ErrorKind::OutOfRange, m).into());
+        }
+        self.inner.sources()[index]
+            .map(|a| addr_tuple(py, &a))
+            .transpose()
+    }
+}
+
+/// The Python form of `a`, as `socket.recvfrom` gives it.
+pub(crate) fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
+    let host = udp::host_string(a);
+    match a {
+        SocketAddr::V4(_) => (host, a.port()).into_py_any(py),
+        SocketAddr::V6(v) => (host, a.port(), v.flowinfo(), v.scope_id()).into_py_any(py),
+    }
+}
+
+impl<'py> PyUdpSocket {
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
-        let timeout = pyo3::intern!(py, "gettimeout");
+        let timeout = intern!(py, "gettimeout");
         let t: Option<f64> = self.sock.bind(py).call_method0(timeout)?.extract()?;
         let t = t.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
         Ok(Wait::from_timeout(t))
+    }
+
+    /// Runs `attempt` on the socket's descriptor, read again for each attempt (a signal
+    /// handler may have closed the socket), until no signal interrupts it; the signal
+    /// handlers run in between (PEP 475). The outer error is one that stops the call at
+    /// once, the inner one the socket's.
+    fn retrying<T>(
+        &self,
+        py: Python<'_>,
+        mut attempt: impl FnMut(BorrowedFd<'_>, &mut Gil<'_>) -> PyResult<udp::Result<T>>,
+    ) -> PyResult<T> {
+        let mut gil = Gil(py);
+        loop {
+            let fd = sock_fd(self.sock.bind(py))?;
+            // SAFETY: the socket's descriptor as of now, used only during this attempt. (As
+            // with the socket's own methods, another thread may close it while the GIL is
+            // released: the calls then fail with EBADF, or reach whatever reuses the
+            // number; no memory of this process depends on it.)
+            match attempt(unsafe { BorrowedFd::borrow_raw(fd) }, &mut gil)? {
+                Err(udp::Error::Interrupted) => gil.interrupted()?,
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// `obj` read as an address the way `socket.sendto` reads it (its shape here, its
@@ -163,96 +155,45 @@ impl PyUdpSocket {
     /// (tuples are immutable, and the cache holds a reference, so identity is enough).
     fn parse_addr(
         &self,
-        cache: &mut Option<(Py<PyAny>, SocketAddr)>,
-        obj: &Bound<'_, PyAny>,
+        cache: &mut Option<(Bound<'py, PyAny>, SocketAddr)>,
+        obj: &Bound<'py, PyAny>,
         what: Name<'_>,
     ) -> PyResult<SocketAddr> {
         if let Some((_, a)) = cache.as_ref().filter(|(o, _)| o.is(obj)) {
             return Ok(*a);
         }
         let v6 = self.family == udp::consts::AF_INET6;
-        let parts = match obj.cast::<PyTuple>().map(|t| t.len()) {
-            Ok(2) => obj
-                .extract()
-                .map(|(h, p): (String, i128)| (h, p, 0, 0))
-                .ok(),
-            Ok(3) if v6 => obj
-                .extract()
-                .map(|(h, p, f): (String, i128, i128)| (h, p, f, 0))
-                .ok(),
-            Ok(4) if v6 => obj.extract().ok(),
-            _ => None,
-        };
         let form = match v6 {
             true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
             false => "a tuple (host: str, port: int) for an AF_INET socket",
         };
-        let (host, port, flow, scope) = parts.ok_or_else(|| type_error(what, form, obj))?;
-        let a = udp::parse_addr(&what, &host, port, flow, scope, self.family)?;
-        *cache = Some((obj.clone().unbind(), a));
+        let most = if v6 { 4 } else { 2 };
+        let bad = || type_error(what, form, obj);
+        let t = obj.cast::<PyTuple>().ok();
+        let t = t.filter(|t| (2..=most).contains(&t.len()));
+        let t = t.ok_or_else(bad)?;
+        let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
+        let n: Vec<i128> = t.get_slice(1, most).extract().map_err(|_| bad())?;
+        let at = |k: usize| n.get(k).copied().unwrap_or(0);
+        let a = udp::parse_addr(&what, &host, at(0), at(1), at(2), self.family)?;
+        *cache = Some((obj.clone(), a));
         Ok(a)
     }
 
-    /// Sets `list[i]` to sender `i` in the form `socket.recvfrom` gives (one tuple object
-    /// for consecutive datagrams from one sender, and across calls).
-    fn store_senders(
-        &self,
-        py: Python<'_>,
-        list: &Bound<'_, PyList>,
-        senders: &[Option<SocketAddr>],
-    ) -> PyResult<()> {
-        let mut last = lock(py, &self.seen).sender.take();
-        let r = (|| {
-            for (i, a) in senders.iter().enumerate() {
-                let obj = match (a, &last) {
-                    (None, _) => py.None(),
-                    (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
-                    (Some(a), _) => {
-                        let o = addr_tuple(py, a)?;
-                        last = Some((*a, o.clone_ref(py)));
-                        o
-                    }
-                };
-                list.set_item(i, obj)?;
-            }
-            Ok(())
-        })();
-        let old = std::mem::replace(&mut lock(py, &self.seen).sender, last);
-        drop(old); // (a decref may run Python code: not under the lock)
-        r
-    }
-
-    /// Sends `data` to `dest`, going on after signals (PEP 475); returns the count, or the
+    /// Sends `data` to `dest`, going on after signals; returns the count, or the
     /// exception with `datagrams_sent`.
     fn send_all(&self, py: Python<'_>, data: &[&[u8]], dest: Dest<'_>) -> PyResult<usize> {
         let wait = self.wait(py)?;
-        let (mut gil, mut done) = (Gil(py), 0);
-        let sent = |e: PyErr, done: usize| with_attrs(e, &[("datagrams_sent", done)]);
-        loop {
-            // Again after signal handlers: one may have closed the socket.
-            let fd = sock_fd(py, self.sock.bind(py)).map_err(|e| sent(e, done))?;
-            // SAFETY: as in `recv_multiple`: the descriptor as of now, for this call only.
-            let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut done = 0;
+        let r = self.retrying(py, |fd, gil| {
             let (part, to) = (&data[done..], dest.skip(done));
-            let r = {
-                let mut guard = lock(py, &self.tx);
-                let batch = &mut *guard;
-                let r = gil.syscall(|| batch.send(bfd, part, to, wait));
-                self.gso.store(batch.gso(), Ordering::Relaxed);
-                lock(py, &self.seen).tx = batch.stats();
-                r
-            };
-            match r {
-                Ok(k) => return Ok(done + k),
-                Err(SendError { sent: k, error }) => {
-                    done += k;
-                    if !matches!(error, udp::Error::Interrupted) {
-                        return Err(sent(error.into(), done));
-                    }
-                    gil.interrupted().map_err(|e| sent(e, done))?;
-                }
-            }
-        }
+            let r = self.batch.sending(gil, |tx| tx.send(fd, part, to, wait));
+            Ok(r.map(|k| done + k).map_err(|e| {
+                done += e.sent;
+                e.error
+            }))
+        });
+        r.map_err(|e| with_attrs(e, &[("datagrams_sent", done)]))
     }
 }
 
@@ -265,20 +206,16 @@ impl PyUdpSocket {
         if !sock.is_instance(&socket_type)? {
             return Err(type_error("UdpSocket's sock", "a socket.socket", sock));
         }
-        let fd = sock_fd(py, sock)?;
-        // SAFETY: `fd` is the socket's open descriptor (just read from it); it is only
-        // used during these calls, while `sock` is alive.
-        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let rx = UdpBatch::with_offloads(bfd, false, gro)?;
-        let tx = UdpBatch::with_offloads(bfd, gso, false)?;
+        // SAFETY: the socket's open descriptor (just read from it), only used during these
+        // calls, while `sock` is alive.
+        let fd = unsafe { BorrowedFd::borrow_raw(sock_fd(sock)?) };
+        let batch = Shared::new(fd, gso, gro)?;
         Ok(PyUdpSocket {
             sock: sock.clone().unbind(),
-            family: rx.family(),
-            gso: AtomicBool::new(tx.gso()),
-            gro: rx.gro(),
-            rx: Mutex::new(rx),
-            tx: Mutex::new(tx),
-            seen: Mutex::default(),
+            family: batch.family(),
+            gro: batch.gro(),
+            batch,
+            sender: Mutex::default(),
         })
     }
 
@@ -291,7 +228,7 @@ impl PyUdpSocket {
     /// refused a segmented send with ``EIO`` (then it stays off for this ``UdpSocket``).
     #[getter]
     fn gso(&self) -> bool {
-        self.gso.load(Ordering::Relaxed)
+        self.batch.gso()
     }
 
     /// ``max_segments(size) -> int``: how many datagrams of ``size`` bytes one
@@ -309,8 +246,8 @@ impl PyUdpSocket {
     /// first, without waiting. (As of the last call that ended: reading it never waits
     /// for a call another thread is in, nor do ``stats``.)
     #[getter]
-    fn pending(&self, py: Python<'_>) -> usize {
-        lock(py, &self.seen).pending
+    fn pending(&self) -> usize {
+        self.batch.pending()
     }
 
     /// Counters of this ``UdpSocket`` since it was made, as a dict: ``recv_calls``
@@ -321,23 +258,17 @@ impl PyUdpSocket {
     /// ``truncated`` (reads cut short by the kernel; practically always 0).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let seen = lock(py, &self.seen);
-        seen.rx.items(&seen.tx).into_py_dict(py)
+        self.batch.stats().into_py_dict(py)
     }
 
     /// The socket's file descriptor (``sock.fileno()``: -1 once it is closed).
     fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
-        self.sock
-            .bind(py)
-            .call_method0(pyo3::intern!(py, "fileno"))?
-            .extract()
+        let sock = self.sock.bind(py);
+        sock.call_method0(intern!(py, "fileno"))?.extract()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let (gso, gro) = (
-            PY_BOOL[usize::from(self.gso())],
-            PY_BOOL[usize::from(self.gro)],
-        );
+        let (gso, gro) = (py_bool(self.gso()), py_bool(self.gro));
         let sock = self.sock.bind(py).repr()?;
         Ok(format!("<UdpSocket gso={gso} gro={gro} sock={sock}>"))
     }
@@ -370,59 +301,63 @@ impl PyUdpSocket {
         mut meta: Option<PyRefMut<'_, PyRecvMeta>>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
-        let mut b = PyBufs::new(bufs, "bufs", true)?;
-        let addrs = match addrs.filter(|a| !a.is_none()) {
-            Some(a) => Some(
-                a.cast::<PyList>()
-                    .map_err(|_| type_error("addrs", "a list or None", a))?,
-            ),
-            None => None,
-        };
+        let mut b = PyBufs::new(bufs, "bufs", true, false)?;
+        let addrs = addrs.map(|a| list(a, "addrs", "a list or None"));
+        let addrs = addrs.transpose()?;
         let nb = b.count();
         udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
+        if let Some(m) = meta.as_deref_mut().filter(|m| m.inner.len() < nb) {
+            m.inner = udp::RecvMeta::new(nb); // grown to the batch
+        }
         b.bufs(nb, false, usize::MAX)?; // converted before anything is received
-        let (wait, gil) = (self.wait(py)?, &mut Gil(py));
+        let wait = self.wait(py)?;
         reuse(&SENDERS, |senders| {
-            let want = addrs.is_some() || meta.is_some();
-            senders.resize(if want { nb } else { 0 }, None);
+            senders.resize(if addrs.is_some() { nb } else { 0 }, None);
             let out = &mut *senders;
+            let mut inner = meta.as_deref_mut().map(|m| &mut m.inner);
             // (Takes the buffers, to let go of them before the sizes are stored.)
             let n = filling_sizes(sizes, move |sz| {
-                // No Python code runs while the lock is held (a signal handler or a destructor
-                // could call this object again).
-                let n = loop {
-                    // Read again after signal handlers: one may have closed the socket.
-                    let fd = sock_fd(py, self.sock.bind(py))?;
-                    // SAFETY: the socket's descriptor as of now, used only during this call.
-                    // (As with the socket's own methods, another thread may close it while the
-                    // GIL is released: the calls then fail with EBADF, or reach whatever reuses
-                    // the number; no memory of this process depends on it.)
-                    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-                    let mut rx = lock(py, &self.rx);
-                    let out = want.then_some(&mut out[..]);
-                    let r = rx.recv_with(bfd, &mut b, sz, offset, out, wait, gil)?;
-                    let mut seen = lock(py, &self.seen);
-                    (seen.rx, seen.pending) = (rx.stats(), rx.pending());
-                    drop(seen);
-                    match r {
-                        Ok(n) => break n,
-                        Err(udp::Error::Interrupted) => {
-                            drop(rx);
-                            gil.interrupted()?;
-                        }
-                        Err(e) => return Err(e.into()),
+                // No Python code runs while the lock is held (a signal handler or a
+                // destructor could call this object again).
+                self.retrying(py, |fd, gil| match inner.as_deref_mut() {
+                    // (The metadata, or the senders for `addrs`: one or the other.)
+                    Some(m) => self.batch.receiving(gil, |rx, gil| {
+                        rx.recv_with(fd, &mut b, sz, offset, m, wait, gil)
+                    }),
+                    None => {
+                        let out = addrs.is_some().then_some(&mut out[..]);
+                        self.batch.receiving(gil, |rx, gil| {
+                            rx.recv_with(fd, &mut b, sz, offset, out, wait, gil)
+                        })
+                    }
+                })
+            })?;
+            if let Some(m) = meta.as_deref_mut() {
+                m.len = n;
+                if addrs.is_some() {
+                    senders[..n].copy_from_slice(&m.inner.sources()[..n]);
+                }
+            }
+            let Some(list) = addrs else {
+                return Ok(n);
+            };
+            // Each sender in the form `socket.recvfrom` gives, one tuple object for
+            // consecutive datagrams from one sender, and across calls.
+            let mut last = lock(&mut Gil(py), &self.sender).take();
+            for (i, a) in senders[..n].iter().enumerate() {
+                let obj = match (a, &last) {
+                    (None, _) => py.None(),
+                    (Some(a), Some((la, o))) if la == a => o.clone_ref(py),
+                    (Some(a), _) => {
+                        let o = addr_tuple(py, a)?;
+                        last = Some((*a, o.clone_ref(py)));
+                        o
                     }
                 };
-                Ok(n)
-            });
-            if let Some(m) = meta.as_deref_mut() {
-                senders.truncate(*n.as_ref().unwrap_or(&0));
-                m.sources.clone_from(senders); // (addrs below reads them too)
+                list.set_item(i, obj)?;
             }
-            let n = n?;
-            if let Some(list) = addrs {
-                self.store_senders(py, list, &senders[..n])?;
-            }
+            let old = std::mem::replace(&mut *lock(&mut Gil(py), &self.sender), last);
+            drop(old); // (a decref may run Python code: not under the lock)
             Ok(n)
         })
     }
@@ -465,44 +400,31 @@ impl PyUdpSocket {
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let count = count.map(|c| non_negative(c, "count")).transpose()?;
-        let bufs = Seq::of(bufs, "bufs", "a sequence of bytes-like objects")?;
-        let sizes = sizes.filter(|s| !s.is_none());
-        let sizes = sizes
-            .map(|s| Seq::of(s, "sizes", "a sequence of int"))
-            .transpose()?;
-        let have = bufs.len()?;
-        let n = batch_len(
-            have,
-            sizes.map(Seq::len).transpose()?,
-            Some(count.unwrap_or(have)),
-        )?;
-        let mut views = Views::with_capacity(py, n);
-        let mut data: Vec<&[u8]> = Vec::with_capacity(n.min(PREALLOC));
-        let mut reader = SizeReader::default();
-        // Each datagram is exported before its size is read: an `__index__` that resizes
-        // a buffer of this call then fails, instead of moving it under the send.
-        for i in 0..n {
-            let obj = bufs.get(i, "bufs")?.0;
-            // SAFETY: the export is held by `views` until the send is over; nothing writes
-            // to these bytes meanwhile (the send only reads them).
-            let b = unsafe { views.export(&obj, false, Name("bufs", Some(i)))?.slice() };
-            let size = match sizes {
-                Some(s) => Some(reader.read(s.get(i, "sizes")?.0, i)?),
-                None => None,
-            };
-            data.push(&b[offset..span(i, b.len(), offset, size, true)?]);
-        }
-        let Some(addr) = addr.filter(|a| !a.is_none()) else {
+        let mut b = PyBufs::new(bufs, "bufs", false, false)?;
+        let sizes = sizes.map(Seq::sizes).transpose()?;
+        let all = Some(count.unwrap_or(b.count()));
+        let n = batch_len(b.count(), sizes.map(Seq::len).transpose()?, all)?;
+        let mut known = None;
+        let mut ends = Vec::new();
+        // Each datagram is exported before its size is read: an `__index__` that resizes a
+        // buffer of this call then fails, instead of moving it under the send.
+        let whole = b.exports(0..n, |i| {
+            if let Some(s) = sizes {
+                ends.push(read_size(s, i, &mut known)?);
+            }
+            Ok(())
+        })?;
+        let data = packets(&whole, offset, sizes.map(|_| &ends[..]), true)?;
+        let Some(addr) = addr else {
             return self.send_all(py, &data, Dest::Connected);
         };
-        // Addresses are parsed outside the locks (parsing may run Python code), with the
-        // cache taken out and handed back afterwards.
-        let mut cache = lock(py, &self.seen).dest.take();
-        let result = reuse(&DESTS, |dests| {
+        // The last address object read, and its address.
+        let mut cache = None;
+        reuse(&DESTS, |dests| {
             let dest = match addr.cast::<PyList>() {
                 Ok(list) => {
                     for i in 0..n.min(list.len()) {
-                        let o = Seq::List(list).get(i, "addr")?.0;
+                        let o = Seq::List(list).get(i, "addr")?;
                         dests.push(self.parse_addr(&mut cache, &o, Name("addr", Some(i)))?);
                     }
                     Dest::Each(dests)
@@ -510,10 +432,6 @@ impl PyUdpSocket {
                 Err(_) => Dest::One(self.parse_addr(&mut cache, addr, Name("addr", None))?),
             };
             self.send_all(py, &data, dest)
-        });
-        let old = std::mem::replace(&mut lock(py, &self.seen).dest, cache);
-        drop(old); // (a decref may run Python code: not under the lock)
-        drop(views);
-        result
+        })
     }
 }

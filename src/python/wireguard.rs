@@ -29,8 +29,11 @@ fn endpoint(a: &SocketAddr) -> (String, u16) {
     (udp::host_string(a), a.port())
 }
 
-/// Each datagram to send, as `(bytes, (host, port))`.
-fn datagrams(py: Python<'_>, out: Vec<Datagram>) -> Vec<(Py<PyBytes>, (String, u16))> {
+/// Datagrams to send, each as `(bytes, (host, port))`.
+type Out = Vec<(Py<PyBytes>, (String, u16))>;
+
+/// Each datagram to send, as Python has them.
+fn datagrams(py: Python<'_>, out: Vec<Datagram>) -> Out {
     (out.iter())
         .map(|(d, a)| (PyBytes::new(py, d).unbind(), endpoint(a)))
         .collect()
@@ -122,7 +125,8 @@ impl PyWireGuardDevice {
         mut meta: PyRefMut<'_, PyRecvMeta>,
     ) -> PyResult<(usize, usize, bool)> {
         let offset = non_negative(offset, "offset")?;
-        let (now, sources) = (Instant::now(), &mut meta.sources);
+        let n = meta.len;
+        let (now, sources) = (Instant::now(), &mut meta.inner.sources_mut()[..n]);
         let d = in_place(bufs, sizes, Some(count), |b, v| {
             self.0
                 .decrypt_with(b, offset, v, sources, now, &mut Gil(py))
@@ -137,7 +141,7 @@ impl PyWireGuardDevice {
         py: Python<'_>,
         msg: &Bound<'_, PyAny>,
         source: (String, i64),
-    ) -> PyResult<Vec<(Py<PyBytes>, (String, u16))>> {
+    ) -> PyResult<Out> {
         let what = Name("source", None);
         let family = if source.0.contains(':') {
             udp::consts::AF_INET6
@@ -145,17 +149,17 @@ impl PyWireGuardDevice {
             udp::consts::AF_INET
         };
         let src: SocketAddr = udp::parse_addr(&what, &source.0, source.1.into(), 0, 0, family)?;
-        let mut views = Views::with_capacity(py, 1);
+        let mut views = Views::new(py);
         let r = views.export(msg, false, Name("msg", None))?;
         // SAFETY: the export is held by `views` while the bytes are read; nothing writes them.
         let out = self
             .0
-            .handle_control(unsafe { r.slice() }, src, Instant::now());
+            .handle_control(unsafe { r.as_ref() }, src, Instant::now());
         Ok(datagrams(py, out))
     }
 
     /// The timers that are due: the datagrams to send.
-    fn tick(&self, py: Python<'_>) -> Vec<(Py<PyBytes>, (String, u16))> {
+    fn tick(&self, py: Python<'_>) -> Out {
         datagrams(py, self.0.tick(Instant::now()))
     }
 

@@ -31,6 +31,7 @@
 mod batch;
 pub mod cmsg;
 pub mod meta;
+mod shared;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ mod tests;
 pub use batch::{FaultOn, Out, SendError, Stats, UdpBatch};
 pub use cmsg::{Source, TxMeta};
 pub use meta::{parse_source, Meta, Options, PerDatagram, RecvMeta, TxMetas};
+pub use shared::Shared;
 pub use sys::{host_string, parse_addr, parse_host};
 
 /// The system constants a caller needs to speak about sockets and their errors (so that

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::device::sys::{IfReq, IFF_UP, SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFMTU};
+use crate::hooks::Direct;
 
 fn ioctl(fd: i32, req: std::ffi::c_ulong, r: &mut IfReq) {
     // SAFETY: these interface requests take a pointer to an `ifreq`, valid for writes.
@@ -460,3 +461,25 @@ fn address_text_forms() {
 }
 
 mod options;
+netns_test! {
+    /// `Shared`: its counters and pending count as of the last call that ended.
+    fn shared_batches_report_as_of_the_last_call(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let rx = Shared::new(b.as_fd(), true, true).unwrap();
+        let tx = Shared::new(a.as_fd(), true, true).unwrap();
+        assert_eq!(tx.family(), libc::AF_INET);
+        let data = datagrams(&[100, 100, 100]);
+        let send = |t: &mut UdpBatch| t.send(a.as_fd(), &data, Dest::Connected, Wait::Block);
+        assert_eq!(tx.sending::<_, (), _>(&mut Direct, send), Ok(3));
+        let (mut bufs, mut sizes) = (vec![Vec::new(); 2], [0; 2]);
+        let got = rx.receiving::<_, (), _>(&mut Direct, |r, hooks| {
+            let bufs = &mut bufs[..];
+            r.recv_with::<crate::engine::Error, _, _>(b.as_fd(), bufs, &mut sizes, 0, None, Wait::Block, hooks)
+        });
+        assert_eq!(got, Ok(Ok(2)));
+        assert_eq!(rx.pending(), 1, "the third datagram waits for the next call");
+        assert_eq!(tx.stats()[5], ("send_datagrams", 3));
+        assert_eq!(rx.stats()[5], ("send_datagrams", 0));
+        assert_eq!(bufs[1], data[1]);
+    }
+}
