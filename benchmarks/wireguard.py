@@ -133,13 +133,24 @@ def run_vpn_example(duration: float) -> Result:
             if not wait_until(up, 30):
                 raise RuntimeError(f"vpn.py did not come up: {logs[0].read_text()[-300:]}")
             cpu0 = [_cpu(p.pid) for p in procs]
+            drops0 = [ns.udp_counters()["RcvbufErrors"] for ns in (topo.a, topo.b)]
             t0 = time.monotonic()
             r = iperf3(topo.a, topo.b, OVERLAY_B, duration)
             wall = time.monotonic() - t0
             cpu = [_cpu(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+            drops = [
+                ns.udp_counters()["RcvbufErrors"] - d
+                for ns, d in zip((topo.a, topo.b), drops0, strict=True)
+            ]
             res.gbit_s, res.cpu_s = r.gbit_s, sum(cpu)
             res.cpu_pct = 100 * res.cpu_s / wall
-            res.extra = {"retransmits": r.retransmits}
+            res.extra = {
+                "cpu_pct_a": round(100 * cpu[0] / wall, 1),
+                "cpu_pct_b": round(100 * cpu[1] / wall, 1),
+                "retransmits": r.retransmits,
+                "rcvbuf_drops_a": drops[0],
+                "rcvbuf_drops_b": drops[1],
+            }
     except Exception as e:  # a row that fails is reported, the others still run
         res.error = f"{type(e).__name__}: {e}"
     finally:
@@ -175,7 +186,7 @@ def table(rows: list[Result]) -> str:
         runs = ",".join(f"{g:.2f}" for g in r.extra.get("gbit_s_runs", [r.gbit_s]))
         if r.error:
             lines.append((r.mode, "error: " + r.error, "", "", "", "", ""))
-        elif r.mode in (*TUNNEL_ROWS, VPN_EXAMPLE):  # the tunnel processes' CPU, A+B
+        elif r.mode in TUNNEL_ROWS:  # the tunnel processes' CPU, A+B
             lines.append((r.mode, f"{r.gbit_s:.2f}", runs, f"{r.cpu_pct:.0f} (A+B)", "", "", ""))
         else:
             x = r.extra
