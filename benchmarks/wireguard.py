@@ -73,35 +73,13 @@ TARGETS = (
 def run_wireguard(impl: str, duration: float) -> Result:
     """One run: ``impl`` on both sides, one iperf3 TCP stream from side A to side B."""
     res = Result(mode=impl, traffic="TCP", streams=1, generator="iperf3")
-    try:
-        with bp.Pair(prefix="tunoff-wgb", repo=REPO) as pair:
-            a, b = pair.start(0, impl), pair.start(1, impl)
-            bp.configure_pair(a, b, initiator=a)
-            drops0 = [ns.udp_counters()["RcvbufErrors"] for ns in pair.ns]
-            cpu0 = [p.cpu_seconds() for p in (a, b)]
-            t0 = time.monotonic()
-            r = iperf3(a.ns, b.ns, b.address, duration)
-            wall = time.monotonic() - t0
-            cpu = [p.cpu_seconds() - c for p, c in zip((a, b), cpu0, strict=True)]
-            drops = [
-                ns.udp_counters()["RcvbufErrors"] - d for ns, d in zip(pair.ns, drops0, strict=True)
-            ]
-            for p in (a, b):
-                if not p.alive():
-                    raise RuntimeError(f"{p.name} died: {p.log_tail()}")
+
+    def traffic(pair: bp.Pair, a: bp.Peer, b: bp.Peer) -> None:
+        r = iperf3(a.ns, b.ns, b.address, duration)
         res.gbit_s = r.gbit_s
-        res.cpu_s = sum(cpu)
-        res.cpu_pct = 100 * res.cpu_s / wall
-        res.extra = {
-            "cpu_pct_a": round(100 * cpu[0] / wall, 1),
-            "cpu_pct_b": round(100 * cpu[1] / wall, 1),
-            "retransmits": r.retransmits,
-            "rcvbuf_drops_a": drops[0],
-            "rcvbuf_drops_b": drops[1],
-        }
-    except Exception as e:  # a row that fails is reported, the others still run
-        res.error = f"{type(e).__name__}: {e}"
-    return res
+        res.extra["retransmits"] = r.retransmits
+
+    return bp.measure(impl, res, traffic, prefix="tunoff-wgb", repo=REPO)
 
 
 def run_vpn_example(duration: float) -> Result:

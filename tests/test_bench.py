@@ -4,6 +4,7 @@ reports it, and leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -102,6 +103,51 @@ def test_bench_tunnel_rows_cross_two_processes_and_clean_up():
         b = rows["tunnel+vpn"]["extra"]["peer_b"]
         assert b["dropped_forged"] == b["dropped_replayed"] == b["dropped_malformed"] == 0
     assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
+
+
+@pytest.mark.skipif(shutil.which("wg") is None, reason="the wireguard row needs wg")
+def test_bench_wireguard_row_runs_our_daemons_and_cleans_up():
+    """The wireguard row: two `python -m tunoffload wireguard` daemons, configured with
+    wg in the benchmark's namespaces, carry TCP and UDP; the CPU is theirs."""
+    out, pid = _bench_json(
+        *("--duration", "1", "--streams", "1", "--no-iperf", "--modes", "wireguard"),
+        timeout=180,
+    )
+    rows = {x["traffic"]: x for x in out}
+    assert sorted(rows) == ["TCP", "UDP"] and {x["mode"] for x in out} == {"wireguard"}
+    for row in rows.values():
+        assert row["error"] == "" and row["gbit_s"] > 0 and row["generator"] == "built-in"
+        assert row["cpu_s"] > 0 and row["extra"]["cpu_pct_a"] > 0 and row["extra"]["cpu_pct_b"] > 0
+    assert _netns_of(pid) == set(), "the benchmark left its namespaces behind"
+
+
+def test_bench_wireguard_row_without_wg_is_left_out_saying_why(monkeypatch, capsys):
+    from tunoffload.bench import cli
+
+    def missing(tun: bool = True, tools: tuple[str, ...] = ()) -> str | None:
+        return "the `wg` command is missing" if "wg" in tools else None
+
+    monkeypatch.setattr(cli, "missing_requirements", missing)
+    assert cli.main(["--modes", "wireguard"]) == 2  # nothing else asked for: nothing run
+    err = capsys.readouterr().err
+    assert "the wireguard row is left out: the `wg` command is missing" in err
+
+
+def test_bench_compares_wireguard_with_the_tunnel():
+    from tunoffload.bench.cli import _comparisons
+    from tunoffload.bench.report import Result, format_table
+
+    rows = [
+        Result("tunnel", "TCP", 1, gbit_s=4.0, pps=3e5, cpu_s=1.0, pkts_per_read_ab=45.0),
+        Result("wireguard", "TCP", 1, gbit_s=3.0, cpu_s=1.5),
+    ]
+    assert _comparisons(rows, [1]) == [
+        ["wireguard vs tunnel, TCP x1: 0.75x (our WireGuard daemons, configured with wg)"]
+    ]
+    wg_line = format_table(rows).splitlines()[-1].split()
+    # the daemons' CPU time is shown; their packets are not counted
+    assert wg_line[:5] == ["wireguard", "TCP", "1", "3.00", "-"] and wg_line[5] == "1.50"
+    assert wg_line[7:] == ["-"] * 4
 
 
 def test_tunnel_peers_that_fail_to_start_leave_no_process_behind(tmp_path, monkeypatch):

@@ -1,17 +1,21 @@
-"""``python -m tunoffload wireguard [-f] IFNAME``, run as wireguard-go is run.
+"""``python -m tunoffload wireguard [-f] IFNAME``, run as wireguard-go is run, with the
+native device.
 
 Each daemon runs in a network namespace of the test's and in a mount namespace of its
 own with a directory of the test's on ``/run/wireguard`` (``tunoffload.testing.in_netns``);
-so do the ``wg`` and ``wg-quick`` commands that drive it. The device is the stand-in
-``wgfake`` (through the testing-only ``TUNOFFLOAD_WG_TESTING_DEVICE``), so everything but
-the cipher is real: the TUN device, the sockets, the configuration socket, detaching,
-signals, the interface deleted under the daemon, the socket removed, ``wg-quick
-up``/``down``, and traffic between two daemons configured with ``wg``.
+so do the ``wg`` and ``wg-quick`` commands that drive it. Checked: the TUN device, the
+configuration socket and its mode, detaching, signals, the interface deleted under the
+daemon, the socket removed, a socket in use and a stale one, a malformed testing
+option; two daemons configured with ``wg`` (``tunoffload.bench.wgpeers``, the interop
+tests' harness) with the testing options forcing a rekey and cookie replies (each seen
+in ``wg show`` or on the wire); ``wg-quick up`` and ``down`` with
+``WG_QUICK_USERSPACE_IMPLEMENTATION``. Traffic between two daemons and against the
+other implementations: ``test_wireguard_interop.py``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import signal
 import socket
@@ -25,25 +29,24 @@ from pathlib import Path
 import pytest
 from _netns import Netns, joined_by_veth, link_info
 from tunoffload import testing
+from tunoffload.bench import wgpeers as bp
 from tunoffload.bench.traffic import tcp_exchange
+from tunoffload.bench.wire import Capture
 from tunoffload.testing import genkey, missing_requirements, wait_until, wg
 
 _why = missing_requirements(tools=["wg"])
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
-pytest.importorskip("cryptography")
 
-TESTS = str(Path(__file__).resolve().parent)
+REPO = Path(__file__).resolve().parents[1]
 UNDER_A, UNDER_B = "10.99.0.1", "10.99.0.2"
 OVER_A, OVER_B = "10.100.0.1", "10.100.0.2"
 WAIT_S = 15  # for a daemon to exit
 
 
 def daemon_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNOFFLOAD_WG_TESTING")}
     env.pop("LOG_LEVEL", None)
     env.pop("WG_PROCESS_FOREGROUND", None)
-    env["TUNOFFLOAD_WG_TESTING_DEVICE"] = "wgfake:FakeDevice"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
@@ -120,17 +123,7 @@ def ifname(tag: str) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_foreground_serves_and_stops_on_signal(ns, rundir, tmp_path, sig) -> None:  # type: ignore[no-untyped-def]
     name = ifname("f")
-    record = tmp_path / "record.json"
-    d = Daemon(
-        ns,
-        rundir,
-        name,
-        tmp_path / "log",
-        LOG_LEVEL="verbose",
-        WGFAKE_RECORD=str(record),
-        TUNOFFLOAD_WG_TESTING_TIMERS="rekey_after_time=3, reject_after_time=9",
-        TUNOFFLOAD_WG_TESTING_UNDER_LOAD="1",
-    )
+    d = Daemon(ns, rundir, name, tmp_path / "log", LOG_LEVEL="verbose")
     try:
         d.wait_serving()
         st = os.stat(d.sock)
@@ -138,11 +131,6 @@ def test_foreground_serves_and_stops_on_signal(ns, rundir, tmp_path, sig) -> Non
         info = link_info(ns, name)
         assert info is not None and info["ifname"] == name  # created in the namespace
         assert info["mtu"] == 1420
-        # the testing options reached the device's constructor
-        assert json.loads(record.read_text()) == {
-            "timers": {"rekey_after_time": 3.0, "reject_after_time": 9.0},
-            "force_under_load": True,
-        }
         _, pub = genkey()
         d.wg("set", name, "listen-port", "51888", "peer", pub, "allowed-ips", "10.1.0.0/16")
         dump = d.wg("show", name, "dump").stdout.splitlines()
@@ -261,21 +249,11 @@ def test_socket_in_use_and_stale_socket(rundir, tmp_path) -> None:  # type: igno
             first.kill()
 
 
-def _has_native_device() -> bool:
-    from tunoffload import _native
-
-    return hasattr(_native, "WireGuardDevice")
-
-
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"TUNOFFLOAD_WG_TESTING_TIMERS": "rekey_after=5"}, "TUNOFFLOAD_WG_TESTING_TIMERS"),
-        pytest.param(
-            {"TUNOFFLOAD_WG_TESTING_DEVICE": ""},
-            "no native WireGuardDevice",
-            marks=pytest.mark.skipif(_has_native_device(), reason="the build has the device"),
-        ),
+        ({"TUNOFFLOAD_WG_TESTING_TIMERS": "rekey_timeout=0"}, "rekey_timeout must be above 0"),
     ],
 )
 def test_refuses_to_start(ns, rundir, tmp_path, env, message) -> None:  # type: ignore[no-untyped-def]
@@ -289,37 +267,52 @@ def test_refuses_to_start(ns, rundir, tmp_path, env, message) -> None:  # type: 
     assert link_info(ns, name) is None and not os.path.exists(d.sock)
 
 
-def test_two_daemons_configured_with_wg(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    tag = f"wgq{os.getpid() % 100000}"
-    name = ifname("p")
-    with joined_by_veth(tag, (f"{tag}a", f"{tag}b"), (UNDER_A, UNDER_B)) as (a_ns, b_ns):
-        dirs = [tmp_path / "a", tmp_path / "b"]
-        for d in dirs:
-            d.mkdir()
-        a = Daemon(a_ns, str(dirs[0]), name, tmp_path / "log-a")
-        b = Daemon(b_ns, str(dirs[1]), name, tmp_path / "log-b")
-        try:
-            a.wait_serving()
-            b.wait_serving()
-            (priv_a, pub_a), (priv_b, pub_b) = genkey(), genkey()
-            for key, priv in ((tmp_path / "ka", priv_a), (tmp_path / "kb", priv_b)):
-                key.write_text(priv)
-            a.wg("set", name, "private-key", str(tmp_path / "ka"), "peer", pub_b,
-                 "endpoint", f"{UNDER_B}:51902", "allowed-ips", f"{OVER_B}/32")  # fmt: skip
-            b.wg("set", name, "private-key", str(tmp_path / "kb"), "listen-port", "51902",
-                 "peer", pub_a, "allowed-ips", f"{OVER_A}/32")  # fmt: skip
-            for ns, over in ((a_ns, OVER_A), (b_ns, OVER_B)):
-                ns.run("ip", "addr", "add", f"{over}/24", "dev", name)
-                ns.run("ip", "link", "set", name, "up")
-            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5501, check=True)
-            dump_b = b.wg("show", name, "dump").stdout.splitlines()
-            peer = dump_b[1].split("\t")
-            assert peer[0] == pub_a
-            assert peer[2] == f"{UNDER_A}:{a.wg('show', name, 'listen-port').stdout.strip()}"
-            assert int(peer[5]) > 1 << 20 and int(peer[6]) > 1 << 20  # rx, tx
-        finally:
-            a.kill()
-            b.kill()
+def ours(**env: str) -> bp.Implementation:
+    """Our daemon (as the interop tests run it) with ``env`` added."""
+    return dataclasses.replace(bp.IMPLEMENTATIONS["ours"], env=env)
+
+
+def test_rekey_forced_by_testing_timers() -> None:
+    timers = ours(TUNOFFLOAD_WG_TESTING_TIMERS="rekey_after_time=2,rekey_timeout=1")
+    with bp.Pair(prefix="wgpy-r", repo=REPO) as pair:
+        a, b = pair.start(0, timers), pair.start(1, timers)
+        bp.configure_pair(a, b, initiator=a)
+        tcp_exchange(a.ns, b.ns, b.address, 1 << 16, check=True)
+        first = a.peer_info(b).latest_handshake
+        assert first > 0
+        # traffic for longer than the rekey time: the initiator makes new keys (the
+        # handshake time is in seconds: a new one reads later than the first)
+
+        def rekeyed() -> bool:
+            tcp_exchange(a.ns, b.ns, b.address, 1 << 16, check=True)
+            return a.peer_info(b).latest_handshake > first
+
+        assert wait_until(rekeyed, 15, interval=0.5)
+        assert b.peer_info(a).latest_handshake > first
+        tcp_exchange(a.ns, b.ns, b.address, 1 << 20, check=True)
+
+
+def test_cookie_replies_under_load() -> None:
+    quick = ours(TUNOFFLOAD_WG_TESTING_TIMERS="rekey_timeout=1")
+    loaded = ours(
+        TUNOFFLOAD_WG_TESTING_TIMERS="rekey_timeout=1", TUNOFFLOAD_WG_TESTING_UNDER_LOAD="1"
+    )
+    with bp.Pair(prefix="wgpy-k", repo=REPO) as pair:
+        a, b = pair.start(0, quick), pair.start(1, loaded)
+        with Capture(pair.ns[0], pair.veth[0], bp.LISTEN_PORTS) as cap:
+            bp.configure_pair(a, b, initiator=a)
+            # B answers A's first initiation with a cookie reply; A's retry (after
+            # rekey_timeout) carries mac2 made with that cookie, and B answers it
+            tcp_exchange(a.ns, b.ns, b.address, 1 << 16, check=True)
+        assert b.peer_info(a).latest_handshake > 0
+    seen = [(d.src, d.message_type, d.payload) for d in cap.datagrams]
+    inits = [m for src, kind, m in seen if (src, kind) == (a.underlay, bp.MESSAGE_INITIATION)]
+    cookies = [m for src, kind, m in seen if (src, kind) == (b.underlay, bp.MESSAGE_COOKIE)]
+    responses = [src for src, kind, _ in seen if kind == bp.MESSAGE_RESPONSE]
+    assert len(cookies) >= 1 and responses == [b.underlay], seen
+    mac2 = slice(bp.INITIATION_LEN - 16, bp.INITIATION_LEN)
+    assert inits[0][mac2] == bytes(16)  # no cookie yet
+    assert inits[-1][mac2] != bytes(16)  # the one B answered
 
 
 WG_QUICK_CONF = """[Interface]
@@ -367,21 +360,37 @@ def test_wg_quick_up_and_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
             conf.chmod(0o600)
             confs.append((ns, str(d / "run"), str(conf)))
 
-        def wg_quick(command: str) -> None:
+        def wg_quick(command: str) -> list[str]:
+            errors = []
             for ns, run, conf in confs:
                 proc = subprocess.run(
                     ns.exec_argv("wg-quick", command, conf, rundir=run),
                     capture_output=True, text=True, timeout=60, env=env,
                 )  # fmt: skip
                 assert proc.returncode == 0, proc.stderr
+                errors.append(proc.stderr)
+            return errors
 
         try:
-            wg_quick("up")
-            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 16, port=5502, check=True)
+            for err in wg_quick("up"):
+                assert "Falling back to slow userspace implementation" in err, err
+            pids = daemon_pids(name)
+            assert len(pids) == 2  # detached, one per side
+            for ns, over in ((a_ns, OVER_A), (b_ns, OVER_B)):
+                info = link_info(ns, name)
+                assert info is not None and info["mtu"] == 1420  # wg-quick's, for veth
+                assert f"{over}/24" in ns.run("ip", "-o", "addr", "show", name).stdout
+            tcp_exchange(a_ns, b_ns, OVER_B, 1 << 20, port=5502, check=True)
+            for (ns, run, _), other_under in zip(confs, (UNDER_B, UNDER_A), strict=True):
+                dump = wg("show", name, "dump", ns=ns, rundir=run).stdout.splitlines()
+                peer = dump[1].split("\t")
+                assert peer[2].startswith(f"{other_under}:")  # B learned A's endpoint
+                assert int(peer[4]) > 0 and int(peer[5]) > 1 << 20 and int(peer[6]) > 1 << 20
             wg_quick("down")
             assert wait_until(lambda: not daemon_pids(name))
-            for _, run, _ in confs:
+            for ns, run, _ in confs:
                 assert not os.path.exists(os.path.join(run, f"{name}.sock"))
+                assert link_info(ns, name) is None
         finally:
             for pid in daemon_pids(name):
                 os.kill(pid, signal.SIGKILL)

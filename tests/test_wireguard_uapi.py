@@ -4,10 +4,10 @@ The rules (value syntax, ``get`` byte for byte in wireguard-go's order and forma
 semantics section by section, the errno and kind of each refusal and what stays applied
 before it) are the native ``WireGuardDevice``'s (``uapi_get``/``uapi_set``, the Rust
 core's ``wireguard::uapi``, where cargo tests cover the same tables): these tables run
-against it, and are skipped on a build without it. The server (``UapiServer``: framing,
-several operations on one connection, the socket's modes, a stale socket replaced, one in
-use refused, removal) and the pure-Python helpers run against the stand-in device
-(``wgfake``) and without root.
+against it. So does the server (``UapiServer``: framing, several operations on one
+connection, the socket's modes, a stale socket replaced, one in use refused, removal),
+without root; the pure-Python helpers run alone. Public keys are checked against
+``cryptography``'s X25519.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("cryptography")
-
-from tunoffload.wireguard import peers_of, uapi  # noqa: E402
-from tunoffload.wireguard.uapi import (  # noqa: E402
+from _wgkeys import public_key_of
+from tunoffload import WireGuardDevice
+from tunoffload.wireguard import peers_of, uapi
+from tunoffload.wireguard.uapi import (
     ERROR_INVALID,
     ERROR_IO,
     ERROR_PROTOCOL,
@@ -35,7 +33,6 @@ from tunoffload.wireguard.uapi import (  # noqa: E402
     UapiServer,
     uapi_error,
 )
-from wgfake import FakeDevice, public_key_of  # noqa: E402
 
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))
@@ -44,27 +41,12 @@ PSK = bytes([7] * 32)
 PRIV = bytes([0x11] * 32)
 
 
-def device(private_key: bytes | None = PRIV) -> FakeDevice:
-    return FakeDevice(private_key=private_key)
-
-
-@pytest.fixture
-def native() -> Callable[..., Any]:
-    """A factory of native devices (with ``PRIV``, or the key given); skips on a build
-    without the native ``WireGuardDevice``."""
-    from tunoffload import _native
-
-    cls = getattr(_native, "WireGuardDevice", None)
-    if cls is None:
-        pytest.skip("this build has no native WireGuardDevice yet")
-
-    def make(private_key: bytes | None = PRIV) -> Any:
-        dev = cls()
-        if private_key is not None:
-            dev.uapi_set(f"private_key={private_key.hex()}\n")
-        return dev
-
-    return make
+def device(private_key: bytes | None = PRIV) -> WireGuardDevice:
+    """A native device with ``private_key`` (None: none)."""
+    dev = WireGuardDevice()
+    if private_key is not None:
+        dev.uapi_set(f"private_key={private_key.hex()}\n")
+    return dev
 
 
 def refusal(dev: Any, text: str) -> tuple[int, str | None]:
@@ -98,8 +80,8 @@ def keys_of(dev: Any) -> list[bytes]:
         ("1.2.3.4:051820", ("1.2.3.4", 51820), "1.2.3.4:51820"),  # ParseUint: leading zeros
     ],
 )
-def test_endpoint_accepted(native, text: str, expected: tuple[str, int], written: str) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_endpoint_accepted(text: str, expected: tuple[str, int], written: str) -> None:
+    dev = device()
     dev.uapi_set(f"public_key={K1.hex()}\nendpoint={text}\n")
     assert f"\nendpoint={written}\n" in dev.uapi_get()
     assert peer_of(dev, K1)["endpoint"] == expected
@@ -125,8 +107,8 @@ def test_endpoint_accepted(native, text: str, expected: tuple[str, int], written
         "[fe80::1%]:9",  # an empty zone
     ],
 )
-def test_endpoint_refused(native, text: str) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_endpoint_refused(text: str) -> None:
+    dev = device()
     assert refusal(dev, f"public_key={K1.hex()}\nendpoint={text}\n") == (
         ERROR_INVALID,
         "bad_address",
@@ -147,8 +129,8 @@ def test_endpoint_refused(native, text: str) -> None:  # type: ignore[no-untyped
         ("FD00::/8", "fd00::/8"),
     ],
 )
-def test_prefix_accepted(native, text: str, expected: str) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_prefix_accepted(text: str, expected: str) -> None:
+    dev = device()
     dev.uapi_set(f"public_key={K1.hex()}\nallowed_ip={text}\n")
     assert peer_of(dev, K1)["allowed_ips"] == [expected]
 
@@ -168,8 +150,8 @@ def test_prefix_accepted(native, text: str, expected: str) -> None:  # type: ign
         "host/24",
     ],
 )
-def test_prefix_refused(native, text: str) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_prefix_refused(text: str) -> None:
+    dev = device()
     assert refusal(dev, f"public_key={K1.hex()}\nallowed_ip={text}\n") == (
         ERROR_INVALID,
         "bad_allowed_ip",
@@ -188,8 +170,8 @@ def test_prefix_refused(native, text: str) -> None:  # type: ignore[no-untyped-d
         ("", False),
     ],
 )
-def test_hex_key(native, text: str, ok: bool) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_hex_key(text: str, ok: bool) -> None:
+    dev = device()
     section = f"public_key={K1.hex()}\npreshared_key={text}\n"
     if ok:
         dev.uapi_set(section)
@@ -213,8 +195,8 @@ def test_hex_key(native, text: str, ok: bool) -> None:  # type: ignore[no-untype
         ("\u0661", None, "bad_uapi_line"),  # an Arabic-Indic digit: not ASCII
     ],
 )
-def test_uint(native, text: str, value: int | None, kind: str | None) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_uint(text: str, value: int | None, kind: str | None) -> None:
+    dev = device()
     if value is None:
         assert refusal(dev, f"listen_port={text}\n") == (ERROR_INVALID, kind)
     else:
@@ -225,12 +207,12 @@ def test_uint(native, text: str, value: int | None, kind: str | None) -> None:  
 # --- get ---------------------------------------------------------------------------
 
 
-def test_get_empty_device(native) -> None:  # type: ignore[no-untyped-def]
-    assert native(None).uapi_get() == ""
+def test_get_empty_device() -> None:
+    assert device(None).uapi_get() == ""
 
 
-def test_get_in_wireguard_go_order(native) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_get_in_wireguard_go_order() -> None:
+    dev = device()
     dev.uapi_set(
         f"listen_port=51820\nfwmark=32\npublic_key={K1.hex()}\npreshared_key={PSK.hex()}\n"
         "endpoint=192.0.2.1:51821\npersistent_keepalive_interval=25\n"
@@ -270,8 +252,8 @@ def test_get_in_wireguard_go_order(native) -> None:  # type: ignore[no-untyped-d
 # --- set ---------------------------------------------------------------------------
 
 
-def test_set_device_keys(native) -> None:  # type: ignore[no-untyped-def]
-    dev = native(None)
+def test_set_device_keys() -> None:
+    dev = device(None)
     dev.uapi_set(f"private_key={PRIV.hex()}\nlisten_port=51820\nfwmark=7\n")
     assert dev.public_key == public_key_of(PRIV)
     assert (dev.listen_port, dev.fwmark) == (51820, 7)
@@ -279,8 +261,8 @@ def test_set_device_keys(native) -> None:  # type: ignore[no-untyped-def]
     assert dev.public_key is None and dev.fwmark == 0 and dev.uapi_get() == "listen_port=51820\n"
 
 
-def test_set_peer_everything(native) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_set_peer_everything() -> None:
+    dev = device()
     dev.uapi_set(
         f"public_key={K1.hex()}\n"
         f"preshared_key={PSK.hex()}\n"
@@ -354,10 +336,8 @@ def test_set_peer_everything(native) -> None:  # type: ignore[no-untyped-def]
         ),
     ],
 )
-def test_set_peer_semantics(  # type: ignore[no-untyped-def]
-    native, text: str, peers: list[bytes], allowed: dict[bytes, list[str]]
-) -> None:
-    dev = native()
+def test_set_peer_semantics(text: str, peers: list[bytes], allowed: dict[bytes, list[str]]) -> None:
+    dev = device()
     dev.uapi_set(
         f"public_key={K1.hex()}\nallowed_ip=10.1.0.0/16\n"
         f"public_key={K2.hex()}\nallowed_ip=10.2.0.0/16\n"
@@ -368,8 +348,8 @@ def test_set_peer_semantics(  # type: ignore[no-untyped-def]
         assert peer_of(dev, key)["allowed_ips"] == expected
 
 
-def test_set_private_key_of_a_peer_removes_it(native) -> None:  # type: ignore[no-untyped-def]
-    dev = native(None)
+def test_set_private_key_of_a_peer_removes_it() -> None:
+    dev = device(None)
     dev.uapi_set(
         f"public_key={public_key_of(PRIV).hex()}\nallowed_ip=10.1.0.0/16\npublic_key={K1.hex()}\n"
     )
@@ -422,8 +402,8 @@ def test_set_private_key_of_a_peer_removes_it(native) -> None:  # type: ignore[n
         (f"public_key={K3.hex()}\nunknown=1\n", ERROR_INVALID, "bad_uapi_line", True),
     ],
 )
-def test_set_refusals(native, text: str, code: int, kind: str, applied: bool) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_set_refusals(text: str, code: int, kind: str, applied: bool) -> None:
+    dev = device()
     with pytest.raises(ValueError) as err:
         dev.uapi_set(text)
     error = uapi_error(err.value)
@@ -434,8 +414,8 @@ def test_set_refusals(native, text: str, code: int, kind: str, applied: bool) ->
         assert peer_of(dev, K3)["endpoint"] == ("1.2.3.4", 5)
 
 
-def test_set_lines_after_a_bad_one_are_not_applied(native) -> None:  # type: ignore[no-untyped-def]
-    dev = native()
+def test_set_lines_after_a_bad_one_are_not_applied() -> None:
+    dev = device()
     text = f"public_key={K1.hex()}\nallowed_ip=nope\nallowed_ip=10.0.0.0/8\n"
     assert refusal(dev, text) == (ERROR_INVALID, "bad_allowed_ip")
     assert peer_of(dev, K1)["allowed_ips"] == []
@@ -522,7 +502,8 @@ def test_stream_several_operations() -> None:
         f"set=1\npublic_key={K1.hex()}\nremove=true\n\n"
         "get=1\n\n"
     ).encode()
-    key = dev.private_key.hex()  # type: ignore[union-attr]
+    key = dev.uapi_get().splitlines()[0].removeprefix("private_key=")
+    assert public_key_of(bytes.fromhex(key)) == dev.public_key
     peer = (
         f"public_key={K1.hex()}\npreshared_key={bytes(32).hex()}\nprotocol_version=1\n"
         "last_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\n"

@@ -1,9 +1,8 @@
 """The real ``wg`` tool against ``UapiServer`` serving the native ``WireGuardDevice``.
 
 What ``wg`` reads and writes is the device's configuration protocol (its format and
-rules are the native device's), so these run against the native device and are skipped
-on a build without it; only the refusal read back as ``wg``'s error message is the
-server's plumbing, tested with the stand-in (``wgfake``).
+rules are the native device's), so these run against the native device; the refusal of a
+port in use is an ``Interface``'s (it binds the sockets), served the same way.
 
 The server's socket lives in a directory of the test's; every ``wg`` command runs in its
 own mount namespace with that directory on ``/run/wireguard`` and in a network namespace
@@ -12,26 +11,26 @@ machine. Checked: ``wg show`` (all and one interface, and each field), ``wg show
 dump``, ``wg showconf``, ``wg set``, ``wg setconf``, ``wg addconf``, ``wg syncconf`` (a
 peer in both configurations kept, not made again), and a refusal (the errno read back as
 ``wg``'s error message). Handshake times and byte counters after traffic are checked in
-``test_wireguard_native.py`` (two daemons) and the Rust core's tests.
+``test_wireguard_interop.py`` (``wg show dump`` of daemons) and the Rust core's tests.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tunoffload.testing import missing_requirements, wg
+from _wgkeys import public_key_of
+from tunoffload import WireGuardDevice
+from tunoffload.testing import Netns, missing_requirements, wg
+from tunoffload.wireguard import Interface, UapiTarget, peers_of
+from tunoffload.wireguard.uapi import UapiServer
 
 _why = missing_requirements(tun=False, tools=["wg"])
 pytestmark = pytest.mark.skipif(_why is not None, reason=str(_why))
-pytest.importorskip("cryptography")
-
-from tunoffload.wireguard import peers_of  # noqa: E402
-from tunoffload.wireguard.uapi import UapiServer  # noqa: E402
-from wgfake import FakeDevice, public_key_of  # noqa: E402
 
 IF = "wgt0"
 PRIV = bytes(range(1, 33))
@@ -65,10 +64,11 @@ class Served:
         return bytes.fromhex(line.partition("=")[2])
 
 
-def _serve(tmp_path, dev: Any) -> Iterator[Served]:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _serve(tmp_path, target: UapiTarget, dev: Any) -> Iterator[Served]:  # type: ignore[no-untyped-def]
     rundir = str(tmp_path / "run")
     os.mkdir(rundir)
-    server = UapiServer(dev, IF, directory=rundir)
+    server = UapiServer(target, IF, directory=rundir)
     server.start()
     try:
         yield Served(rundir, dev, server)
@@ -79,19 +79,10 @@ def _serve(tmp_path, dev: Any) -> Iterator[Served]:  # type: ignore[no-untyped-d
 @pytest.fixture
 def served(tmp_path) -> Iterator[Served]:  # type: ignore[no-untyped-def]
     """The native device, with ``PRIV``, served."""
-    from tunoffload import _native
-
-    cls = getattr(_native, "WireGuardDevice", None)
-    if cls is None:
-        pytest.skip("this build has no native WireGuardDevice yet")
-    dev = cls()
+    dev = WireGuardDevice()
     dev.uapi_set(f"private_key={PRIV.hex()}\n")
-    yield from _serve(tmp_path, dev)
-
-
-@pytest.fixture
-def served_fake(tmp_path) -> Iterator[Served]:  # type: ignore[no-untyped-def]
-    yield from _serve(tmp_path, FakeDevice(private_key=PRIV))
+    with _serve(tmp_path, dev, dev) as s:
+        yield s
 
 
 def configure(s: Served) -> None:
@@ -203,11 +194,27 @@ def test_set(served: Served, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert served.keys() == []
 
 
-def test_set_refused(served_fake: Served) -> None:
-    served_fake.dev.fail_listen_port = 4242
-    proc = served_fake.wg("set", IF, "listen-port", "4242", check=False)
-    assert proc.returncode == 1
-    assert "Address already in use" in proc.stderr  # errno=-98, as wireguard-go answers
+def test_set_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # an Interface (as the daemon serves it) cannot bind a port in use in its namespace
+    why = missing_requirements(tools=["wg"])
+    if why is not None:
+        pytest.skip(why)
+    with Netns("wgpy-w") as ns:
+        blocker = ns.socket()
+        blocker.bind(("0.0.0.0", 0))
+        port = blocker.getsockname()[1]
+        iface = Interface(IF, netns=ns.name, private_key=PRIV)
+        try:
+            with blocker:
+                with _serve(tmp_path, iface, iface.device) as s:
+                    proc = s.wg("set", IF, "listen-port", str(port), "fwmark", "7", check=False)
+                    assert proc.returncode == 1
+                    # errno=-98, as wireguard-go answers; the sockets and port kept
+                    assert "Address already in use" in proc.stderr
+                    assert iface.listen_port != port and s.dev.listen_port == iface.listen_port
+                    assert s.wg("show", IF, "fwmark").stdout.strip() == "0x7"
+        finally:
+            iface.stop()
 
 
 CONF = """[Interface]

@@ -4,10 +4,11 @@ Two network namespaces, A and B, and between them either a forwarder written on 
 public API (the forwarder rows, :mod:`tunoffload.bench.forwarders`: ``split+coalesce``,
 ``plain``, ``passthrough``, and ``veth`` for the kernel alone) or two tunnel processes
 over a veth pair (the tunnel rows, :mod:`tunoffload.bench.peers`: ``tunnel-plain``,
-``tunnel``, ``tunnel+vpn``). TCP (and UDP) traffic runs from A to B through it for a few
-seconds; the table shows Gbit/s, packets per second, the forwarders' CPU time and how
+``tunnel``, ``tunnel+vpn``, and ``wireguard``: two ``python -m tunoffload wireguard``
+daemons configured with ``wg``). TCP (and UDP) traffic runs from A to B through it for a
+few seconds; the table shows Gbit/s, packets per second, the forwarders' CPU time and how
 many packets each read and write carried. ``benchmarks/tunnel.py`` runs more tunnel
-variants side by side.
+variants side by side, ``benchmarks/wireguard.py`` other WireGuard implementations.
 
 Traffic comes from iperf3 when installed, else from a built-in generator (one process per
 side). Everything created is removed at the end, also on Ctrl-C.
@@ -20,17 +21,18 @@ import os
 import sys
 
 from tunoffload.bench.forwarders import FORWARDER_MODES, run_forwarder_row
-from tunoffload.bench.peers import TUNNEL_ROWS, run_tunnel_row
+from tunoffload.bench.peers import TUNNEL_ROWS, WIREGUARD_ROW, run_tunnel_row, run_wireguard_row
 from tunoffload.bench.report import Result, format_table, interleaved_medians, results_json
 from tunoffload.bench.traffic import have_iperf3
 from tunoffload.testing import missing_requirements
 
-MODES = (*FORWARDER_MODES, *TUNNEL_ROWS)
+MODES = (*FORWARDER_MODES, *TUNNEL_ROWS, WIREGUARD_ROW)
 # pairs of TCP rows whose ratio is printed under the table: (faster, slower, note)
 COMPARED = (
     ("split+coalesce", "plain", ""),
     ("tunnel", "tunnel-plain", ""),
     ("tunnel+vpn", "tunnel", " (what the encryption costs)"),
+    ("wireguard", "tunnel", " (our WireGuard daemons, configured with wg)"),
 )
 
 
@@ -62,6 +64,8 @@ def run_row(mode: str, proto: str, streams: int, duration: float, use_iperf: boo
     """One run of row ``mode`` (one of ``MODES``)."""
     if mode in TUNNEL_ROWS:
         return run_tunnel_row(mode, TUNNEL_ROWS[mode], proto, streams, duration, use_iperf)
+    if mode == WIREGUARD_ROW:
+        return run_wireguard_row(proto, streams, duration, use_iperf)
     return run_forwarder_row(mode, proto, streams, duration, use_iperf)
 
 
@@ -90,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     use_iperf = not args.no_iperf and have_iperf3()
     modes = args.modes or list(MODES)
+    if WIREGUARD_ROW in modes:
+        why = missing_requirements(tools=["wg"])
+        if why:
+            print(f"tunoffload bench: the {WIREGUARD_ROW} row is left out: {why}", file=sys.stderr)
+            modes = [m for m in modes if m != WIREGUARD_ROW]
+            if not modes:
+                return 2
     plan = [(m, "tcp", s) for s in args.streams for m in modes]
     if not args.no_udp:
         plan += [(m, "udp", 1) for m in modes]

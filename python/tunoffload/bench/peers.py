@@ -11,6 +11,11 @@ to the other; traffic runs between the overlay addresses.
 - ``tunnel+vpn``: ``tunnel`` with ``examples/vpn.py``'s encryption: WireGuard
   transport-data messages (ChaCha20-Poly1305) sealed and opened a batch per call in Rust
   (:mod:`tunoffload.psk` on :class:`tunoffload.Sealer` / :class:`tunoffload.Opener`).
+
+And ``wireguard`` (:func:`run_wireguard_row`): WireGuard itself, two ``python -m
+tunoffload wireguard`` daemons configured with ``wg`` as ``benchmarks/wireguard.py`` runs
+them (:func:`tunoffload.bench.wgpeers.measure`, its own underlay and overlay addresses,
+tunnel MTU 1420); the CPU is the daemons'. Needs ``wg``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import tempfile
 import time
 from typing import IO, Any
 
+from tunoffload.bench import wgpeers
 from tunoffload.bench.report import Result, ratio
 from tunoffload.bench.topology import Topology
 from tunoffload.bench.traffic import run_traffic
@@ -32,6 +38,7 @@ from tunoffload.testing import python_module
 
 # the tunnel rows: their label -> the mode of the peer program (tunoffload.bench.tunnel)
 TUNNEL_ROWS = {"tunnel-plain": "plain", "tunnel": "tunoffload", "tunnel+vpn": "vpn"}
+WIREGUARD_ROW = "wireguard"  # ours against ours, the daemons configured with wg
 UNDERLAY_A, UNDERLAY_B = "10.98.0.1", "10.98.0.2"
 OVERLAY_A, OVERLAY_B = "10.97.0.1", "10.97.0.2"
 TUNNEL_PORT = 51820
@@ -167,3 +174,26 @@ def run_tunnel_row(
         res.pkts_per_write_ba = ratio(a.get("udp_datagrams", 0), a.get("tun_writes", 0))
         res.extra = {"peer_a": a, "peer_b": b, "mtu": mtu}
     return res
+
+
+def run_wireguard_row(proto: str, streams: int, duration: float, use_iperf: bool) -> Result:
+    """One ``wireguard`` row: our WireGuard daemon in namespaces A and B (named as the
+    other rows' are), configured with ``wg``; traffic from A's tunnel address to B's. A
+    row that fails is returned with its ``error`` set."""
+    res = Result(mode=WIREGUARD_ROW, traffic=proto.upper(), streams=streams)
+
+    def traffic(pair: wgpeers.Pair, a: wgpeers.Peer, b: wgpeers.Peer) -> None:
+        bps, res.generator = run_traffic(
+            pair,
+            proto,
+            streams,
+            duration,
+            use_iperf,
+            f"{WIREGUARD_ROW} {proto} x{streams}",
+            dst=b.address,
+            udp_size=wgpeers.MTU - 28,  # IPv4 + UDP headers: datagrams fill the MTU
+        )
+        res.gbit_s = bps / 1e9
+
+    res.extra["mtu"] = wgpeers.MTU
+    return wgpeers.measure("ours", res, traffic, prefix="tunoff-bench")

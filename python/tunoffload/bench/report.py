@@ -90,20 +90,27 @@ HEADER = (
 )
 
 
+# rows with no forwarder to measure (the kernel alone), and rows whose processes do not
+# count their packets (the WireGuard daemons: their CPU time only)
+NO_FORWARDER = ("veth",)
+NO_PACKET_COUNTS = (*NO_FORWARDER, "wireguard")
+
+
 def _cells(r: Result) -> tuple[str, ...]:
     if r.error:
         return (r.mode, r.traffic, str(r.streams), "error: " + r.error, *[""] * 7)
-    fwd = r.mode != "veth"  # the kernel-only row has no forwarder to count
+    fwd = r.mode not in NO_FORWARDER
+    counted = r.mode not in NO_PACKET_COUNTS
     per_call = (r.pkts_per_read_ab, r.pkts_per_write_ab, r.pkts_per_read_ba, r.pkts_per_write_ba)
     return (
         r.mode,
         r.traffic,
         str(r.streams),
         f"{r.gbit_s:.2f}",
-        f"{r.pps / 1e3:.0f}" if fwd else "-",
+        f"{r.pps / 1e3:.0f}" if counted else "-",
         f"{r.cpu_s:.2f}" if fwd else "-",
         f"{r.cpu_pct:.0f}" if fwd else "-",
-        *(f"{v:.1f}" if fwd else "-" for v in per_call),
+        *(f"{v:.1f}" if counted else "-" for v in per_call),
     )
 
 

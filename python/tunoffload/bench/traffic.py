@@ -22,9 +22,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from tunoffload.bench.topology import ADDR_B, Topology
+from tunoffload.bench.topology import ADDR_B
 from tunoffload.testing import LineReader, Netns, python_module, wait_ready, wait_until
 
 PORT = 5201  # the throughput generator's and iperf3's
@@ -35,6 +35,16 @@ SLACK_S = 30.0  # for a receiver's report after the sender is done
 # around a 1420-byte tunnel MTU (1392: the largest unfragmented IPv4 datagram), and
 # fragmented ones
 DATAGRAM_SIZES = (12, 100, 1000, 1392, 1393, 4000, 30000)
+
+
+class Sides(Protocol):
+    """Namespaces A and B: a :class:`~tunoffload.bench.topology.Topology`, a
+    :class:`~tunoffload.bench.wgpeers.Pair`."""
+
+    @property
+    def a(self) -> Netns: ...
+    @property
+    def b(self) -> Netns: ...
 
 
 def have_iperf3() -> bool:
@@ -86,7 +96,7 @@ def _finish(proc: subprocess.Popen[str], duration: float, progress: str = "") ->
 
 
 def run_traffic(
-    topo: Topology,
+    topo: Sides,
     proto: str,
     streams: int,
     duration: float,

@@ -13,6 +13,9 @@ here; the namespaces, commands and keys are :mod:`tunoffload.testing`'s, the tra
 - ``configure_pair(a, b, ...)``: keys, ports, each other as peer, and the tunnel addresses
   (the overlay, 10.72.0.1/24 and 10.72.0.2/24, MTU 1420 as wg-quick sets it);
 - ``parse_dump``: ``wg show IF dump`` as ``Dump`` and ``PeerInfo``;
+- ``measure(impl, res, traffic)``: one benchmark run of an implementation on both sides,
+  its daemons' CPU time and the underlay's drops (``tunoffload bench``'s ``wireguard``
+  row, ``benchmarks/wireguard.py``);
 - ``forged_datagrams``: garbage, forged and replayed datagrams onto a peer's listen port.
 
 UAPI sockets live in ``/run/wireguard``, which all network namespaces share, so every
@@ -44,6 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunoffload.bench.report import Result
 from tunoffload.bench.wire import Datagram
 from tunoffload.testing import (
     WIREGUARD_RUN_DIR,
@@ -489,6 +493,14 @@ class Pair:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
 
+    @property
+    def a(self) -> Netns:
+        return self.ns[0]
+
+    @property
+    def b(self) -> Netns:
+        return self.ns[1]
+
     def start(self, side: int, impl: str | Implementation, ifname: str = "wg0") -> Peer:
         """Runs ``impl`` in namespace ``ns[side]``."""
         rundir = os.path.join(self.dir, f"{side}-{ifname}")
@@ -570,6 +582,53 @@ def configure_pair(
                 lines.append(f"PersistentKeepalive = {keepalive}")
         me.setconf("\n".join(lines) + "\n")
         me.up(f"{addr}/{PREFIX_LEN}", mtu)
+
+
+# --- benchmark runs --------------------------------------------------------------------------
+
+
+def measure(
+    impl: str | Implementation,
+    res: Result,
+    traffic: Callable[[Pair, Peer, Peer], None],
+    prefix: str = "tunoff-wgb",
+    repo: Path | None = None,
+) -> Result:
+    """One benchmark run of ``impl`` on both sides of a new :class:`Pair` (namespaces
+    ``{prefix}-a-...`` and ``{prefix}-b-...``), configured by :func:`configure_pair` (A
+    initiates): ``traffic(pair, a, b)`` runs the traffic and sets ``res.gbit_s`` (and
+    whatever else it measures); then ``res`` gets both daemons' CPU time over it
+    (``cpu_s``, ``cpu_pct``; ``extra["cpu_pct_a"]``, ``["cpu_pct_b"]``) and the datagrams
+    the underlay's UDP sockets dropped on a full receive buffer
+    (``extra["rcvbuf_drops_a"]``, ``["rcvbuf_drops_b"]``). A run that fails is returned
+    with ``res.error`` set; everything made is removed either way."""
+    try:
+        with Pair(prefix=prefix, repo=repo) as pair:
+            a, b = pair.start(0, impl), pair.start(1, impl)
+            configure_pair(a, b, initiator=a)
+            drops0 = [ns.udp_counters()["RcvbufErrors"] for ns in pair.ns]
+            cpu0 = [p.cpu_seconds() for p in (a, b)]
+            t0 = time.monotonic()
+            traffic(pair, a, b)
+            wall = time.monotonic() - t0
+            cpu = [p.cpu_seconds() - c for p, c in zip((a, b), cpu0, strict=True)]
+            drops = [
+                ns.udp_counters()["RcvbufErrors"] - d for ns, d in zip(pair.ns, drops0, strict=True)
+            ]
+            for p in (a, b):
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} died: {p.log_tail()}")
+        res.cpu_s = sum(cpu)
+        res.cpu_pct = 100 * res.cpu_s / wall if wall else 0.0
+        res.extra.update(
+            cpu_pct_a=round(100 * cpu[0] / wall, 1) if wall else 0.0,
+            cpu_pct_b=round(100 * cpu[1] / wall, 1) if wall else 0.0,
+            rcvbuf_drops_a=drops[0],
+            rcvbuf_drops_b=drops[1],
+        )
+    except Exception as e:  # a run that fails is reported, the others still run
+        res.error = f"{type(e).__name__}: {e}"
+    return res
 
 
 # --- garbage, forgeries and replays --------------------------------------------------------

@@ -11,7 +11,7 @@ the batch paths of ``TunDevice`` and ``UdpSocket``.
 See ``docs/wireguard.md``.
 """
 
-from ._device import Endpoint, UapiTarget, WireGuardDeviceLike, key_bytes
+from ._device import Endpoint, UapiTarget, key_bytes
 from .interface import Hook, Interface, peers_of
 from .uapi import UapiError, UapiServer
 
@@ -22,7 +22,6 @@ __all__ = [
     "UapiError",
     "UapiServer",
     "UapiTarget",
-    "WireGuardDeviceLike",
     "key_bytes",
     "peers_of",
 ]

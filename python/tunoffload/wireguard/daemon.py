@@ -24,14 +24,10 @@ Testing only (never in production: these weaken or slow the protocol on purpose)
   device's ``timers``; names in :data:`TESTING_TIMER_NAMES`.
 - ``TUNOFFLOAD_WG_TESTING_UNDER_LOAD=1``: the device behaves as under load, answering
   every handshake message without a valid cookie MAC with a cookie reply.
-- ``TUNOFFLOAD_WG_TESTING_DEVICE=module:callable``: the device is made by that callable
-  (with the keywords of the native constructor) instead of the native class: a stand-in
-  for tests of the daemon itself.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -40,13 +36,10 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from ._device import WireGuardDeviceLike
-
 ENV_FOREGROUND = "WG_PROCESS_FOREGROUND"
 ENV_LOG_LEVEL = "LOG_LEVEL"
 ENV_TESTING_TIMERS = "TUNOFFLOAD_WG_TESTING_TIMERS"
 ENV_TESTING_UNDER_LOAD = "TUNOFFLOAD_WG_TESTING_UNDER_LOAD"
-ENV_TESTING_DEVICE = "TUNOFFLOAD_WG_TESTING_DEVICE"
 
 TESTING_TIMER_NAMES = (
     "rekey_after_time",  # 120 s
@@ -133,15 +126,6 @@ def testing_options(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _testing_device(spec: str, options: dict[str, Any]) -> WireGuardDeviceLike:
-    module, sep, attr = spec.partition(":")
-    if not sep:
-        raise DaemonError(f"{ENV_TESTING_DEVICE}: expected module:callable, not {spec!r}")
-    factory = getattr(importlib.import_module(module), attr)
-    device: WireGuardDeviceLike = factory(**options)
-    return device
-
-
 def _redirect_stdio(keep_output: bool) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -165,10 +149,7 @@ def run(ifname: str, foreground: bool = False) -> int:
 
     log.debug("Starting tunoffload wireguard version %s", __version__)
     try:
-        options = testing_options(env)
-        spec = env.get(ENV_TESTING_DEVICE, "")
-        device = _testing_device(spec, options) if spec else None
-        iface = Interface(ifname, device=device, **options)
+        iface = Interface(ifname, **testing_options(env))
     except Exception as exc:
         log.error("Failed to create TUN device: %s", exc)
         return 1

@@ -32,22 +32,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from tunoffload import IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN, GroTable, TunDevice, UdpSocket
+from tunoffload import (
+    IDEAL_BATCH_SIZE,
+    VIRTIO_NET_HDR_LEN,
+    GroTable,
+    RecvMeta,
+    TunDevice,
+    UdpSocket,
+    WireGuardDevice,
+)
 from tunoffload._netns import NetnsTarget
 from tunoffload._netns import netns as enter_netns
 
-from ._device import (
-    KEY_LEN,
-    MESSAGE_HEADER_LEN,
-    MESSAGE_OVERHEAD,
-    AddrsMeta,
-    Datagrams,
-    Endpoint,
-    WireGuardDeviceLike,
-    key_bytes,
-    native_device,
-    new_recv_meta,
-)
+from ._device import KEY_LEN, MESSAGE_HEADER_LEN, MESSAGE_OVERHEAD, Datagrams, Endpoint, key_bytes
 from .uapi import ERROR_PORT_IN_USE, UapiError, uapi_error
 
 Hook = Callable[[list[bytearray], int, list[int], int], "int | None"]
@@ -175,7 +172,8 @@ class Interface:
     ``timers`` and ``force_under_load`` are for tests only: they shorten the protocol's
     timers (names as the native device takes them, e.g. ``{"rekey_after_time": 5}``)
     and make it answer every handshake with a cookie reply. ``device`` drives an
-    existing ``WireGuardDevice`` (or a stand-in with its methods) instead of a new one.
+    existing ``WireGuardDevice`` instead of a new one (``timers`` and
+    ``force_under_load`` are then the device's own).
     """
 
     def __init__(
@@ -193,13 +191,16 @@ class Interface:
         batch_size: int = IDEAL_BATCH_SIZE,
         timers: Mapping[str, float] | None = None,
         force_under_load: bool = False,
-        device: WireGuardDeviceLike | None = None,
+        device: WireGuardDevice | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         key = None if private_key is None else key_bytes(private_key, "private_key")
         if device is None:
-            device = native_device(timers=timers, force_under_load=force_under_load)
+            device = WireGuardDevice(
+                timers=None if timers is None else dict(timers),
+                force_under_load=force_under_load,
+            )
         if key is not None:
             device.uapi_set(f"private_key={key.hex()}\n")
         self._wg = device
@@ -257,7 +258,7 @@ class Interface:
     # --- configuration ----------------------------------------------------------------
 
     @property
-    def device(self) -> WireGuardDeviceLike:
+    def device(self) -> WireGuardDevice:
         """The native ``WireGuardDevice`` (protocol state, counters)."""
         return self._wg
 
@@ -614,22 +615,11 @@ class Interface:
         bufs = [bytearray(BUFFER_SIZE) for _ in range(self._batch)]
         sizes = [0] * self._batch
         gro = GroTable()
-        meta = new_recv_meta(self._batch)
-        recv: Any = udp.recv_multiple  # meta= is the binding's (RecvMeta); addrs= before it
-        if isinstance(meta, AddrsMeta):
-            addrs = meta.addrs
-
-            def receive() -> int:
-                return int(recv(bufs, sizes, 0, addrs))
-        else:
-
-            def receive() -> int:
-                return int(recv(bufs, sizes, 0, meta=meta))
-
+        meta = RecvMeta(self._batch)
         try:
             while not bound.closing:
                 try:
-                    n = receive()
+                    n = udp.recv_multiple(bufs, sizes, 0, meta=meta)
                 except TimeoutError:
                     continue
                 except OSError as exc:
@@ -674,8 +664,14 @@ class Interface:
                             return
                         counters["tun_write_errors"] += 1
                         log.debug("%s: TUN write: %s", self.name, exc)
-                for msg, source in messages:
+                for msg, sender in messages:
                     counters["rx_control"] += 1
+                    if sender is None:  # no source reported: nowhere to answer
+                        counters["rx_errors"] += 1
+                        continue
+                    # an IPv6 sender is socket-style (host, port, flowinfo, scope_id), its
+                    # zone already in the host: handle_control takes (host, port)
+                    source = (sender[0], sender[1])
                     try:
                         out = wg.handle_control(msg, source)
                     except ValueError as exc:  # a message refused: dropped
