@@ -427,7 +427,7 @@ class WireGuardDevice:
         handshake messages for ``handle_control`` (``meta`` permuted alike); ``wake``:
         call ``tick`` soon."""
     def handle_control(
-        self, msg: Buffer, source: tuple[str, int]
+        self, msg: Buffer, source: tuple[Any, ...]
     ) -> list[tuple[bytes, tuple[str, int]]]:
         """One handshake initiation, response or cookie reply; the datagrams to send."""
     def tick(self) -> list[tuple[bytes, tuple[str, int]]]:

@@ -109,6 +109,38 @@ impl PyRecvMeta {
     }
 }
 
+/// `obj` read as an address the way `socket.sendto` reads it for a socket of `family`
+/// (`None`: the host's own, IPv6 if it has a colon): its shape here, its rules in
+/// `udp::parse_addr`.
+pub(crate) fn read_addr(
+    obj: &Bound<'_, PyAny>,
+    what: Name<'_>,
+    family: Option<i32>,
+) -> PyResult<SocketAddr> {
+    let bad = || {
+        let form = "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]] for IPv6)";
+        type_error(what, form, obj)
+    };
+    let t = obj
+        .cast::<PyTuple>()
+        .ok()
+        .filter(|t| (2..=4).contains(&t.len()));
+    let t = t.ok_or_else(bad)?;
+    let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
+    let v6 = family.map_or(host.contains(':'), |f| f == udp::consts::AF_INET6);
+    if !v6 && t.len() > 2 {
+        return Err(bad());
+    }
+    let n: Vec<i128> = t.get_slice(1, 4).extract().map_err(|_| bad())?;
+    let at = |k: usize| n.get(k).copied().unwrap_or(0);
+    let family = if v6 {
+        udp::consts::AF_INET6
+    } else {
+        udp::consts::AF_INET
+    };
+    Ok(udp::parse_addr(&what, &host, at(0), at(1), at(2), family)?)
+}
+
 /// The Python form of `a`, as `socket.recvfrom` gives it.
 pub(crate) fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> {
     let host = udp::host_string(a);
@@ -162,20 +194,7 @@ impl<'py> PyUdpSocket {
         if let Some((_, a)) = cache.as_ref().filter(|(o, _)| o.is(obj)) {
             return Ok(*a);
         }
-        let v6 = self.family == udp::consts::AF_INET6;
-        let form = match v6 {
-            true => "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
-            false => "a tuple (host: str, port: int) for an AF_INET socket",
-        };
-        let most = if v6 { 4 } else { 2 };
-        let bad = || type_error(what, form, obj);
-        let t = obj.cast::<PyTuple>().ok();
-        let t = t.filter(|t| (2..=most).contains(&t.len()));
-        let t = t.ok_or_else(bad)?;
-        let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
-        let n: Vec<i128> = t.get_slice(1, most).extract().map_err(|_| bad())?;
-        let at = |k: usize| n.get(k).copied().unwrap_or(0);
-        let a = udp::parse_addr(&what, &host, at(0), at(1), at(2), self.family)?;
+        let a = read_addr(obj, what, Some(self.family))?;
         *cache = Some((obj.clone(), a));
         Ok(a)
     }

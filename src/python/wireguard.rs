@@ -13,7 +13,7 @@ use super::batch::in_place;
 use super::buffers::{Name, Views};
 use super::errors::with_attrs;
 use super::gil::Gil;
-use super::udp_socket::PyRecvMeta;
+use super::udp_socket::{read_addr, PyRecvMeta};
 use crate::engine::buffer::non_negative;
 use crate::udp;
 use crate::wireguard::{mtu_limit, Datagram, Device, DeviceConfig, Encrypted};
@@ -140,15 +140,9 @@ impl PyWireGuardDevice {
         &self,
         py: Python<'_>,
         msg: &Bound<'_, PyAny>,
-        source: (String, i64),
+        source: &Bound<'_, PyAny>,
     ) -> PyResult<Out> {
-        let what = Name("source", None);
-        let family = if source.0.contains(':') {
-            udp::consts::AF_INET6
-        } else {
-            udp::consts::AF_INET
-        };
-        let src: SocketAddr = udp::parse_addr(&what, &source.0, source.1.into(), 0, 0, family)?;
+        let src = read_addr(source, Name("source", None), None)?;
         let mut views = Views::new(py);
         let r = views.export(msg, false, Name("msg", None))?;
         // SAFETY: the export is held by `views` while the bytes are read; nothing writes them.

@@ -669,14 +669,11 @@ class Interface:
                     if sender is None:  # no source reported: nowhere to answer
                         counters["rx_errors"] += 1
                         continue
-                    # an IPv6 sender is socket-style (host, port, flowinfo, scope_id), its
-                    # zone already in the host: handle_control takes (host, port)
-                    source = (sender[0], sender[1])
                     try:
-                        out = wg.handle_control(msg, source)
+                        out = wg.handle_control(msg, sender)
                     except ValueError as exc:  # a message refused: dropped
                         counters["rx_errors"] += 1
-                        log.debug("%s: handshake message from %s: %s", self.name, source, exc)
+                        log.debug("%s: handshake message from %s: %s", self.name, sender, exc)
                         continue
                     self._send_datagrams(out)
         finally:
