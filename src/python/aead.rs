@@ -9,7 +9,6 @@ use super::batch::in_place;
 use super::buffers::{Name, Views};
 use super::gil::Gil;
 use crate::aead::{Key, Opener, Sealer};
-use crate::engine::buffer::non_negative;
 
 /// A key from any bytes-like object (32 bytes, else `bad_key_length`).
 fn key_of(key: &Bound<'_, PyAny>) -> PyResult<Key> {
@@ -62,8 +61,7 @@ impl PySealer {
         sizes: &Bound<'_, PyAny>,
         count: Option<i64>,
     ) -> PyResult<usize> {
-        let offset = non_negative(offset, "offset")?;
-        in_place(bufs, sizes, count, |b, v| {
+        in_place(bufs, offset, sizes, count, |b, offset, v| {
             self.inner.seal_with(b, offset, v, self.mtu, &mut Gil(py))
         })
     }
@@ -97,8 +95,7 @@ impl PyOpener {
         sizes: &Bound<'_, PyAny>,
         count: Option<i64>,
     ) -> PyResult<(usize, usize)> {
-        let offset = non_negative(offset, "offset")?;
-        let o = in_place(bufs, sizes, count, |b, v| {
+        let o = in_place(bufs, offset, sizes, count, |b, offset, v| {
             self.0.open_with(b, offset, v, &mut Gil(py))
         })?;
         Ok((o.packets, o.other))

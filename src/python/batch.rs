@@ -315,20 +315,23 @@ pub(crate) fn filling_sizes(
 /// Stores `values` into the first entries of the list `sizes`. Entries that already hold
 /// the value are left alone (a reused list usually does), and consecutive equal values
 /// share one int object. `sizes_changed` if Python code run meanwhile shortened it.
-/// Runs `f` on the list `bufs` (its bytearrays may grow) and the first `count` (default
-/// all) of the list `sizes`, then stores the sizes `f` left: a batch changed in place.
+/// Runs `f` on the list `bufs` (its bytearrays may grow), `offset` and the first `count`
+/// (default all) of the list `sizes`, then stores the sizes `f` left: a batch changed in
+/// place.
 pub(crate) fn in_place<T>(
     bufs: &Bound<'_, PyAny>,
+    offset: i64,
     sizes: &Bound<'_, PyAny>,
     count: Option<i64>,
-    f: impl FnOnce(&mut PyBufs<'_, '_>, &mut [usize]) -> PyResult<T>,
+    f: impl FnOnce(&mut PyBufs<'_, '_>, usize, &mut [usize]) -> PyResult<T>,
 ) -> PyResult<T> {
+    let offset = non_negative(offset, "offset")?;
     let count = count.map(|c| non_negative(c, "count")).transpose()?;
     let list = list(sizes, "sizes", "a list of int")?;
     let mut b = PyBufs::new(bufs, "bufs", true, true)?;
     let n = batch_len(b.count(), Some(list.len()), count)?;
     let mut v = Seq::List(list).read_sizes(n)?;
-    let out = f(&mut b, &mut v)?;
+    let out = f(&mut b, offset, &mut v)?;
     drop(b);
     store_sizes(list, &v)?;
     Ok(out)

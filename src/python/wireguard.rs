@@ -14,7 +14,6 @@ use super::buffers::{Name, Views};
 use super::errors::with_attrs;
 use super::gil::Gil;
 use super::udp_socket::{read_addr, PyRecvMeta};
-use crate::engine::buffer::non_negative;
 use crate::udp;
 use crate::wireguard::{mtu_limit, Datagram, Device, DeviceConfig, Encrypted};
 
@@ -103,9 +102,8 @@ impl PyWireGuardDevice {
         sizes: &Bound<'_, PyAny>,
         count: i64,
     ) -> PyResult<Option<(String, u16)>> {
-        let offset = non_negative(offset, "offset")?;
         let now = Instant::now();
-        let r = in_place(bufs, sizes, Some(count), |b, v| {
+        let r = in_place(bufs, offset, sizes, Some(count), |b, offset, v| {
             self.0.encrypt_with(b, offset, v, now, &mut Gil(py))
         })?;
         match r {
@@ -124,10 +122,9 @@ impl PyWireGuardDevice {
         count: i64,
         mut meta: PyRefMut<'_, PyRecvMeta>,
     ) -> PyResult<(usize, usize, bool)> {
-        let offset = non_negative(offset, "offset")?;
         let n = meta.len;
         let (now, sources) = (Instant::now(), &mut meta.inner.sources_mut()[..n]);
-        let d = in_place(bufs, sizes, Some(count), |b, v| {
+        let d = in_place(bufs, offset, sizes, Some(count), |b, offset, v| {
             self.0
                 .decrypt_with(b, offset, v, sources, now, &mut Gil(py))
         })?;
