@@ -103,6 +103,7 @@ pub use key::Key;
 pub use open::{open_batch, parse_header, Header, OpenStats, Opened, Opener, Outcome, Sessions};
 pub use replay::ReplayWindow;
 pub use seal::Sealer;
+pub use with::make_room;
 
 use crate::engine::buffer;
 use crate::engine::error::{bail, Result};

@@ -4,7 +4,7 @@
 
 use super::{check_batch, padded_len, Opened, Opener, Sealer, HEADER_LEN, TAG_LEN};
 use crate::engine::buffer::batch_len;
-use crate::engine::{Buffers, Error, ExpandBuffer};
+use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer};
 use crate::hooks::Hooks;
 
 impl Sealer {
@@ -30,14 +30,7 @@ impl Sealer {
         let b = bufs.bufs(n, true, usize::MAX)?;
         check_batch(b, offset, sizes, HEADER_LEN, "packet")?;
         self.check_room(n)?; // before any buffer grows
-        let mut bytes = 0;
-        for (x, &size) in b.iter_mut().zip(sizes.iter()) {
-            let need = offset + padded_len(size, pad_mtu) + TAG_LEN;
-            if x.capacity() < need {
-                x.resize(need)?; // refused as the seal would refuse it
-            }
-            bytes += size;
-        }
+        let bytes = make_room(b, offset, sizes, pad_mtu)?;
         if hooks.worth_releasing(bytes) {
             return bufs
                 .pinned(n, |w| hooks.work(|| self.seal(w, offset, sizes, pad_mtu)))?
@@ -74,6 +67,36 @@ impl Opener {
         bufs.reorder()?;
         Ok(opened)
     }
+}
+
+/// Grows each of `bufs` whose room is short of its message (the packet at
+/// `bufs[i][offset..offset + sizes[i]]`, padded within `pad_mtu`, then the tag), so that
+/// sealing in place, pinned, never resizes; one that cannot grow is refused
+/// (`out_buf_too_small`, with its index). Returns the packets' bytes. For the callers
+/// that seal on [`Buffers`] (the checks of [`check_batch`] made first).
+pub fn make_room<B: ExpandBuffer>(
+    bufs: &mut [B],
+    offset: usize,
+    sizes: &[usize],
+    pad_mtu: Option<usize>,
+) -> Result<usize, Error> {
+    let mut bytes = 0;
+    for (i, (b, &size)) in bufs.iter_mut().zip(sizes).enumerate() {
+        let need = (offset.saturating_add(padded_len(size, pad_mtu))).saturating_add(TAG_LEN);
+        if b.capacity() < need {
+            if b.max_len() < need {
+                let m = format!(
+                    "bufs[{i}] holds {} bytes and cannot grow to the {need} that packet {i}'s \
+                     message needs after offset {offset}",
+                    b.bytes().len()
+                );
+                return Err(Error::new(ErrorKind::OutBufTooSmall, m).at(i));
+            }
+            b.resize(need)?;
+        }
+        bytes += size;
+    }
+    Ok(bytes)
 }
 
 /// `n`, when the caller has that many buffers (the refusal of more sizes than buffers is

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::device::{Device, Encrypted};
 use super::peer::{read, want, Peer};
-use crate::aead::{check_batch, padded_len, HEADER_LEN, TAG_LEN};
+use crate::aead::{check_batch, make_room, HEADER_LEN};
 use crate::engine::error::ErrorKind;
 use crate::engine::{Buffers, Error, ExpandBuffer, Result};
 use crate::hooks::Hooks;
@@ -121,26 +121,8 @@ impl Device {
         // (Fewer bufs than sizes: all of them converted, for check_batch to refuse.)
         let b = bufs.bufs(n.min(bufs.count()), true, offset)?;
         check_batch(b, offset, sizes, HEADER_LEN, "packet")?;
-        // Room for each message (padding and tag) made now, so that pinned buffers need
-        // not grow.
-        let mtu = self.mtu();
-        for (i, (b, &size)) in b.iter_mut().zip(sizes.iter()).enumerate() {
-            let need = offset
-                .saturating_add(padded_len(size, mtu))
-                .saturating_add(TAG_LEN);
-            if b.bytes().len() < need {
-                if b.max_len() < need {
-                    let m = format!(
-                        "bufs[{i}] holds {} bytes and cannot grow to the {need} that packet \
-                         {i}'s message needs after offset {offset}",
-                        b.bytes().len()
-                    );
-                    return Err(Error::new(ErrorKind::OutBufTooSmall, m).at(i).into());
-                }
-                b.resize(need)?;
-            }
-        }
-        if hooks.worth_releasing(sizes.iter().sum()) {
+        let bytes = make_room(b, offset, sizes, self.mtu())?; // so pinned ones need not grow
+        if hooks.worth_releasing(bytes) {
             let r = bufs.pinned(n, |w| hooks.work(|| self.encrypt(w, offset, sizes, now)))?;
             return Ok(r?);
         }
