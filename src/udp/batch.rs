@@ -16,7 +16,7 @@ use super::{
 };
 use crate::engine::ErrorKind::{
     BadAddress, BufferTooSmall, DatagramTooLarge, OutOfRange, TooFewAddresses, TooFewOutBufs,
-    WrongFileType,
+    UnknownOption, WrongFileType,
 };
 use crate::engine::{Buffers, ExpandBuffer};
 use crate::hooks::Hooks;
@@ -209,6 +209,25 @@ pub enum FaultOn {
     Ecn,
     /// Messages with a source address cmsg.
     Source,
+}
+
+/// A fault target by the name `UdpSocket._inject_send_faults(..., on=)` takes: `"any"`,
+/// `"segmented"`, `"ecn"` or `"src"` (else `unknown_option`).
+impl std::str::FromStr for FaultOn {
+    type Err = Error;
+
+    fn from_str(on: &str) -> Result<Self> {
+        match on {
+            "any" => Ok(FaultOn::Any),
+            "segmented" => Ok(FaultOn::Segmented),
+            "ecn" => Ok(FaultOn::Ecn),
+            "src" => Ok(FaultOn::Source),
+            _ => Err(invalid(
+                UnknownOption,
+                format!("on must be \"any\", \"segmented\", \"ecn\" or \"src\", not {on:?}"),
+            )),
+        }
+    }
 }
 
 impl FaultOn {
@@ -661,9 +680,9 @@ impl UdpBatch {
             let Some(dst) = bufs[i].bytes_mut().get_mut(offset..offset + dlen) else {
                 // Only if a buffer shrank between the passes (it cannot): stop here, with
                 // the rest still pending.
-                rx.next = m;
-                rx.next_off = off;
                 if i == 0 {
+                    rx.next = m;
+                    rx.next_off = off;
                     return Err(Error::BufferTooSmall {
                         index: 0,
                         need: offset + dlen,
@@ -671,7 +690,8 @@ impl UdpBatch {
                         reason: "it shrank".into(),
                     });
                 }
-                return Ok(i);
+                n = i;
+                break;
             };
             dst.copy_from_slice(src);
             sizes[i] = dlen;
@@ -699,6 +719,9 @@ impl UdpBatch {
         } else {
             rx.next = m;
             rx.next_off = off;
+        }
+        if let Out::Meta(meta) = &mut out {
+            meta.end(n);
         }
         Ok(n)
     }
