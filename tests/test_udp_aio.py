@@ -91,6 +91,51 @@ def test_send_resumes_after_would_block() -> None:
         b.close()
 
 
+def test_options_pass_through() -> None:
+    """The keyword arguments of UdpSocket, its recv_multiple (meta=) and send_multiple
+    (ecn=, src=) through the asyncio forms, per-datagram lists included when a send
+    resumes after it would block."""
+    if shutil.which("tc") is None:
+        pytest.skip("tc (iproute2) is missing")
+    with Netns("tunoff-udpaio") as ns, ns.entered():
+        r = ns.run("tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "40mbit",
+                   "burst", "2000", "limit", "10000000", check=False)  # fmt: skip
+        if r.returncode != 0:
+            pytest.skip(f"no tbf qdisc here: {r.stderr.strip()}")
+        a, b = _pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        count = 200
+        data = [dgram(i, 1000) for i in range(count)]
+        ecns = [(i // 3) % 4 for i in range(count)]
+        srcs = ["127.0.0.1" if i % 2 else None for i in range(count)]
+        waits = []
+
+        class Counting(AsyncUdpSocket):
+            async def _wait(self, writable: bool) -> None:
+                waits.append(writable)
+                await super()._wait(writable)
+
+        async def main() -> list[tuple[bytes, int | None, str | None]]:
+            ua = Counting(a, gso=False)
+            ub = AsyncUdpSocket(b, pktinfo=True, ecn=True)
+            assert ub.pktinfo and ub.ecn and not ub.dont_fragment and not ua.gso
+            assert await asyncio.wait_for(ua.send_multiple(data, ecn=ecns, src=srcs), 10) == count
+            meta, got = t.RecvMeta(), []
+            bufs, sizes = [bytearray(1500) for _ in range(64)], [0] * 64
+            while len(got) < count:
+                n = await asyncio.wait_for(ub.recv_multiple(bufs, sizes, meta=meta), 5)
+                got += [
+                    (bytes(bufs[i][: sizes[i]]), meta.ecn(i), meta.destination(i)) for i in range(n)
+                ]
+            return got
+
+        got = asyncio.run(main())
+        assert True in waits  # the send did resume after it would have blocked
+        assert got == [(d, e, "127.0.0.1") for d, e in zip(data, ecns, strict=True)]
+        a.close()
+        b.close()
+
+
 def test_close_wakes_pending_awaits() -> None:
     with Netns("tunoff-udpaio") as ns, ns.entered():
         a, b = _pair()
