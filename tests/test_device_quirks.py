@@ -1,11 +1,9 @@
 """TunDevice's offload switches and the coalesced-write fallback, end to end: two network
-namespaces of the test's own joined by a forwarder on the public API (as in
-``test_device_forward``), the kernel's refusal of a coalesced write forced mid-stream by
-the testing-only fault hook (this kernel accepts what older ones refused, the 6.1.103
-backport among them). The Rust counterparts are in ``src/device/offload_tests.rs``.
-
-Namespace A has ``qa`` (198.18.1.1/24), B has ``qb`` (198.18.2.1/24), each routing the
-other's prefix into its device. Needs root; skipped otherwise.
+namespaces of the test's own joined by a forwarder on the public API
+(``test_device_forward``'s, with offload), the kernel's refusal of a coalesced write
+forced mid-stream by the testing-only fault hook (this kernel accepts what older ones
+refused, the 6.1.103 backport among them). The Rust counterparts are in
+``src/device/offload_tests.rs``. Needs root; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -13,13 +11,13 @@ from __future__ import annotations
 import errno
 import random
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import packets as P
 import pytest
 from _netns import Netns, can_use_netns
-from _threads import HANG_GUARD
+from test_device_forward import B4, MTU, Forwarder, forwarding
 
 _reason = can_use_netns()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -28,83 +26,27 @@ if _reason is None:
     import tunoffload as t
     from tunoffload.bench.traffic import tcp_exchange
 
-MTU = 1500
-A4, B4 = "198.18.1.1", "198.18.2.1"
 SWITCHES = ("tcp_segmentation", "udp_segmentation", "tcp_coalescing", "udp_coalescing")
 UDP_SEGMENT = 103  # socket option (SOL_UDP), UDP GSO
 
 
-class Forwarder:
-    """Both directions between two devices, one thread each (the zero-copy idiom);
-    ``hook(dst, n)`` runs after each batch of ``n`` packets written to ``dst``."""
-
-    def __init__(
-        self, a: t.TunDevice, b: t.TunDevice, hook: Callable[[t.TunDevice, int], None]
-    ) -> None:
-        self.errors: list[BaseException] = []
-        self.hook = hook
-        self.threads = [
-            threading.Thread(target=self._run, args=(a, b), daemon=True),
-            threading.Thread(target=self._run, args=(b, a), daemon=True),
-        ]
-        for th in self.threads:
-            th.start()
-
-    def _run(self, src: t.TunDevice, dst: t.TunDevice) -> None:
-        offset = t.VIRTIO_NET_HDR_LEN
-        original = bytearray(offset + 65535)
-        bufs = [bytearray(offset + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
-        sizes = [0] * t.IDEAL_BATCH_SIZE
-        gro = t.GroTable()
-        while True:
-            try:
-                n = src.recv_multiple(original, bufs, sizes, offset)
-                dst.send_multiple(gro, bufs, offset, sizes=sizes, count=n)
-                self.hook(dst, n)
-            except OSError as e:
-                if src.closed or dst.closed:
-                    return
-                self.errors.append(e)
-            except Exception as e:  # noqa: BLE001 (reported by the fixture)
-                self.errors.append(e)
-
-    def join(self) -> None:
-        for th in self.threads:
-            th.join(HANG_GUARD)  # a hang guard, not a measurement
-            assert not th.is_alive(), "forwarder thread did not stop after close()"
-
-
+@dataclass
 class Link:
-    """The namespaces, the devices and, once started, the forwarder."""
+    """Namespace A with its device ``qa`` (``ta``, 198.18.1.1/24), B with ``qb`` (``tb``,
+    198.18.2.1/24), each routing the other's prefix into its device, and the forwarder
+    between them (running; ``fwd.hook`` runs after each batch written)."""
 
-    def __init__(self, na: Netns, nb: Netns, qa: t.TunDevice, qb: t.TunDevice) -> None:
-        self.na, self.nb, self.qa, self.qb = na, nb, qa, qb
-        self.fwd: Forwarder | None = None
-
-    def forward(self, hook: Callable[[t.TunDevice, int], None] = lambda dst, n: None) -> None:
-        self.fwd = Forwarder(self.qa, self.qb, hook)
+    na: Netns
+    nb: Netns
+    qa: t.TunDevice
+    qb: t.TunDevice
+    fwd: Forwarder
 
 
 @pytest.fixture
 def link() -> Iterator[Link]:
-    with Netns("tunoff-qa") as na, Netns("tunoff-qb") as nb:
-        with na.entered():
-            qa = t.TunDevice("qa", offload=True, mtu=MTU, up=True)
-            qa.add_address(f"{A4}/24")
-        with nb.entered():
-            qb = t.TunDevice("qb", offload=True, mtu=MTU, up=True)
-            qb.add_address(f"{B4}/24")
-        na.ip("route", "add", "198.18.2.0/24", "dev", "qa")
-        nb.ip("route", "add", "198.18.1.0/24", "dev", "qb")
-        link = Link(na, nb, qa, qb)
-        try:
-            yield link
-        finally:
-            qa.close()
-            qb.close()
-            if link.fwd is not None:
-                link.fwd.join()
-        assert link.fwd is None or not link.fwd.errors, link.fwd.errors
+    with forwarding(True) as (na, nb, qa, qb, fwd):
+        yield Link(na, nb, qa, qb, fwd)
 
 
 def switches(dev: t.TunDevice) -> dict[str, bool]:
@@ -135,7 +77,7 @@ def test_tcp_coalescing_refused_mid_stream_loses_nothing(link: Link) -> None:
                 armed["at"], armed["coalesced"] = st["tx_packets"], st["tx_packets"] - st["writes"]
                 qb._inject_write_faults(errno.EINVAL, 3)
 
-    link.forward(hook)
+    link.fwd.hook = hook
     tcp_exchange(link.na, link.nb, B4, 16 << 20, seed=21, check=True)
     assert "at" in armed and armed["coalesced"] > 0, "B was coalescing before the refusal"
     sb, sa = qb.stats, qa.stats
@@ -170,7 +112,6 @@ def test_udp_coalescing_refused_loses_nothing(link: Link) -> None:
     rx.settimeout(30)  # nothing for this long: a datagram was lost (a hang guard, too)
     gso = 1200
     tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, gso)
-    link.forward()
     rnd = random.Random(21)
     try:
         for k in range(30):
@@ -274,7 +215,6 @@ def test_tcp_segmentation_and_coalescing_off(link: Link) -> None:
     qa, qb = link.qa, link.qb
     qa.tcp_segmentation = False
     qb.tcp_coalescing = False
-    link.forward()
     tcp_exchange(link.na, link.nb, B4, 4 << 20, seed=23, check=True)
     assert qa.stats["max_read"] <= MTU + t.VIRTIO_NET_HDR_LEN
     assert qb.stats["writes"] == qb.stats["tx_packets"]
@@ -298,7 +238,6 @@ def test_udp_segmentation_off(link: Link) -> None:
         tx.connect((B4, 5301))
     rx.settimeout(30)
     tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 1000)
-    link.forward()
     try:
         payload = random.Random(25).randbytes(1000 * 30)
         tx.send(payload)

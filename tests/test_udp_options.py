@@ -20,6 +20,7 @@ from test_udp import _why_not, dgram
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 SO_RCVBUFFORCE = 33
+IP_RECVTOS = 13
 # The server's two addresses and a client's own, per family (on lo, in the test's
 # namespace; benchmarking and unique-local ranges, nothing routed).
 SERVER = {AF4: ("198.18.0.1", "198.18.0.2"), AF6: ("fd00:21::1", "fd00:21::2")}
@@ -53,6 +54,13 @@ def udp(
     s.bind((host, 0))
     s.settimeout(timeout)
     return s
+
+
+def ends(family: int) -> tuple[socket.socket, t.UdpSocket, socket.socket, t.UdpSocket]:
+    """A receiver on the first server address with ECN reporting (``ecn=True``), and a
+    sender on the client address: each socket and its UdpSocket."""
+    rx, tx = udp(family, SERVER[family][0]), udp(family, CLIENT[family])
+    return rx, t.UdpSocket(rx, ecn=True), tx, t.UdpSocket(tx)
 
 
 def server_socket(family: int, clients: int) -> socket.socket:
@@ -197,13 +205,18 @@ def test_ecn_codepoints_arrive_as_sent(ns: Netns, name: str, sfam: int, cfam: in
 
 
 def test_ecn_keeps_the_sockets_dscp(ns: Netns) -> None:
-    rx = udp(AF4, SERVER[AF4][0])
-    urx = t.UdpSocket(rx, ecn=True)
-    tx = udp(AF4, CLIENT[AF4])
+    """The codepoint goes into the ECN bits; the DSCP bits stay the socket's (read from
+    the whole TOS byte the receiver's IP_RECVTOS reports)."""
+    rx, _, tx, utx = ends(AF4)
+    rx.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
     tx.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)  # DSCP EF
-    utx = t.UdpSocket(tx)
-    assert utx.send_multiple([b"a", b"b"], addr=rx.getsockname(), ecn=[t.ECN_ECT0, t.ECN_CE]) == 2
-    assert [e for *_, e in recv_meta(urx, 2)] == [t.ECN_ECT0, t.ECN_CE]
+    ecns = [t.ECN_ECT0, t.ECN_CE, None]
+    assert utx.send_multiple([b"a", b"bb", b"ccc"], addr=rx.getsockname(), ecn=ecns) == 3
+    tos = []
+    for _ in ecns:
+        _, anc, _, _ = rx.recvmsg(100, socket.CMSG_SPACE(4))
+        tos += [c[2][0] for c in anc if c[:2] == (socket.IPPROTO_IP, socket.IP_TOS)]
+    assert tos == [0xB8 | t.ECN_ECT0, 0xB8 | t.ECN_CE, 0xB8]
     rx.close()
     tx.close()
 
@@ -270,10 +283,7 @@ def test_a_refused_source_is_dropped_for_that_message(ns: Netns, err: int) -> No
 
 
 def test_a_refused_ecn_codepoint_turns_ecn_off(ns: Netns) -> None:
-    rx = udp(AF6, SERVER[AF6][0])
-    urx = t.UdpSocket(rx, ecn=True)
-    tx = udp(AF6, CLIENT[AF6])
-    utx = t.UdpSocket(tx)
+    rx, urx, tx, utx = ends(AF6)
     utx._inject_send_faults(errno.EIO, 1, on="ecn")
     data = [dgram(i, 100 + 50 * i) for i in range(4)]  # one message each
     assert utx.send_multiple(data, addr=rx.getsockname(), ecn=t.ECN_ECT0) == 4
@@ -289,10 +299,7 @@ def test_a_refused_ecn_codepoint_turns_ecn_off(ns: Netns) -> None:
 
 @pytest.mark.parametrize(("err", "gso_after"), [(errno.EIO, False), (errno.EINVAL, True)])
 def test_a_refused_segmented_send_goes_one_by_one(ns: Netns, err: int, gso_after: bool) -> None:
-    rx = udp(AF4, SERVER[AF4][0])
-    urx = t.UdpSocket(rx, ecn=True)
-    tx = udp(AF4, CLIENT[AF4])
-    utx = t.UdpSocket(tx)
+    rx, urx, tx, utx = ends(AF4)
     utx._inject_send_faults(err, 1, on="segmented")
     data = [dgram(i, 800) for i in range(10)]
     assert utx.send_multiple(data, addr=rx.getsockname(), ecn=t.ECN_ECT1) == 10
@@ -305,9 +312,7 @@ def test_a_refused_segmented_send_goes_one_by_one(ns: Netns, err: int, gso_after
 
 
 def test_an_injected_error_without_fallback_is_raised(ns: Netns) -> None:
-    rx = udp(AF4, SERVER[AF4][0])
-    tx = udp(AF4, CLIENT[AF4])
-    utx = t.UdpSocket(tx)
+    rx, _, tx, utx = ends(AF4)
     data = [dgram(i, 100 + i) for i in range(5)]  # one message each
     utx._inject_send_faults(errno.EPERM, 1, on="src")
     # Only messages with a source are hit: datagrams 0 and 1 go, 2 is refused.
