@@ -35,6 +35,8 @@ INFO_KEYS = {
     "offload_tso",
     "offload_uso",
     "offload_probe",
+    "offload_switches",
+    "offload_switches_probe",
     "tso_flags",
     "uso_flags",
 }
@@ -135,6 +137,33 @@ def test_info_offload_as_root(info: dict) -> None:
     assert info["vnet_hdr"] is True
     assert info["offload_tso"] is True
     assert info["offload_uso"] is (own_kernel_version() >= (6, 2))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the offload probe needs root")
+@pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun")
+def test_info_offload_switches_as_root(info: dict) -> None:
+    """The switches of a TunDevice(offload=True) made for the probe: TCP on, UDP where
+    the kernel takes USO; as a device made here has them."""
+    assert info["offload_switches_probe"] == "ok"
+    uso = own_kernel_version() >= (6, 2)
+    want = {"tcp_segmentation": True, "udp_segmentation": uso}
+    want.update(tcp_coalescing=True, udp_coalescing=uso)
+    assert info["offload_switches"] == want
+    import tunoffload as t
+    from tunoffload.testing import Netns
+
+    with Netns("tunoff-info") as ns, ns.entered(), t.TunDevice("probe0", offload=True) as dev:
+        assert {k: dev.stats[k] for k in want} == want
+    table = run_cli("info")
+    assert table.returncode == 0, table.stderr
+    on = {True: "on", False: "off"}
+    assert " ".join(f"{k}={on[v]}" for k, v in want.items()) in table.stdout
+
+
+def test_info_switches_unknown_without_the_probe() -> None:
+    data = info_json("--no-probe")
+    assert data["offload_switches"] is None
+    assert data["offload_switches_probe"].startswith("unknown (")
 
 
 def test_probe_refuses_results_from_the_callers_namespace(

@@ -9,12 +9,14 @@ stays inside the namespaces the tests create. Needs root; skipped otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from _netns import Netns, can_use_netns
@@ -38,10 +40,12 @@ class Forwarder:
 
     The zero-copy idiom of docs/forwarding.md: the ``bufs`` and ``sizes`` that
     ``recv_multiple`` fills go straight into ``send_multiple(..., sizes=, count=)``.
+    ``hook(dst, n)``, when set, runs after each batch of ``n`` packets written to ``dst``.
     """
 
     def __init__(self, a: t.TunDevice, b: t.TunDevice) -> None:
         self.errors: list[BaseException] = []
+        self.hook: Callable[[t.TunDevice, int], None] | None = None
         self.batches = 0
         self.most: dict[str, int] = {}  # the most packets one read gave, by device
         self.threads = [
@@ -70,6 +74,8 @@ class Forwarder:
                 most = self.most[name] = n
             try:
                 dst.send_multiple(gro, bufs, offset, sizes=sizes, count=n)
+                if self.hook is not None:
+                    self.hook(dst, n)
             except OSError as e:
                 if dst.closed:
                     return
@@ -82,10 +88,9 @@ class Forwarder:
             assert not th.is_alive(), "forwarder thread did not stop after close()"
 
 
-@pytest.fixture(params=[True, False], ids=["offload", "no-offload"])
-def link(request):
-    """(ns_a, ns_b, ta, tb, forwarder), torn down afterwards."""
-    offload = request.param
+@contextlib.contextmanager
+def forwarding(offload: bool) -> Iterator[tuple[Netns, Netns, t.TunDevice, t.TunDevice, Forwarder]]:
+    """(ns_a, ns_b, ta, tb, forwarder), torn down afterwards (and no error seen)."""
     with Netns("tunoff-a") as na, Netns("tunoff-b") as nb:
         with na.entered():
             ta = t.TunDevice("ta", offload=offload, mtu=MTU)
@@ -109,6 +114,13 @@ def link(request):
             tb.close()
             fwd.join()
         assert not fwd.errors, fwd.errors
+
+
+@pytest.fixture(params=[True, False], ids=["offload", "no-offload"])
+def link(request):
+    """(ns_a, ns_b, ta, tb, forwarder), torn down afterwards."""
+    with forwarding(request.param) as link:
+        yield link
 
 
 SERVER = r"""

@@ -292,6 +292,64 @@ CASES: list[Case] = [
         "too_few_addresses",
         None,
     ),
+    # --- UdpSocket: per-datagram options ---
+    (
+        "bad ECN value",
+        lambda e: e.udp.send_multiple([b"x"], addr=e.peer, ecn=4),
+        "out_of_range",
+        None,
+    ),
+    (
+        "bad ECN value",
+        lambda e: e.udp.send_multiple([b"x", b"y"], addr=e.peer, ecn=[t.ECN_CE, -1]),
+        "out_of_range",
+        1,
+    ),
+    (
+        "bad source address",
+        lambda e: e.udp.send_multiple([b"x"], addr=e.peer, src="0.0.0.0"),
+        "bad_address",
+        None,
+    ),
+    (
+        "bad source address",
+        lambda e: e.udp.send_multiple([b"x", b"y"], addr=e.peer, src=[None, "fd00::1"]),
+        "bad_address",
+        1,
+    ),
+    (
+        "bad source address",
+        lambda e: e.udp.send_multiple([b"x"], addr=e.peer, src="localhost"),
+        "bad_address",
+        None,
+    ),
+    (
+        "too few addresses",
+        lambda e: e.udp.send_multiple([b"x", b"y"], addr=e.peer, src=["127.0.0.1"]),
+        "too_few_addresses",
+        None,
+    ),
+    (
+        "too few addresses",
+        lambda e: e.udp.send_multiple([b"x", b"y"], addr=e.peer, ecn=[0]),
+        "too_few_addresses",
+        None,
+    ),
+    ("index past the batch", lambda e: t.RecvMeta(4).source(0), "out_of_range", None),
+    ("index past the batch", lambda e: t.RecvMeta(4).swap(0, 1), "out_of_range", None),
+    # --- TunDevice: offload switches ---
+    (
+        "switch without offload",
+        lambda e: setattr(e.plain, "tcp_coalescing", True),
+        "incompatible_options",
+        None,
+    ),
+    (
+        "switch without offload",
+        lambda e: setattr(e.plain, "udp_segmentation", False),
+        "incompatible_options",
+        None,
+    ),
     # --- the batch AEAD ---
     ("bad key length", lambda e: t.Sealer(bytes(31), 1), "bad_key_length", None),
     ("bad key length", lambda e: t.Opener(b"", 1), "bad_key_length", None),
@@ -382,6 +440,8 @@ def test_wrong_types_are_type_errors(env: Env) -> None:
         lambda: env.tun.send_multiple(G, _pkts(), OFF, sizes=["x", "y"]),  # type: ignore[list-item]
         lambda: env.udp.send_multiple([b"x"], sizes=["x"]),  # type: ignore[list-item]
         lambda: env.udp.send_multiple([b"x"], addr="127.0.0.1"),  # type: ignore[arg-type]
+        lambda: env.udp.send_multiple([b"x"], addr=env.peer, ecn="2"),  # type: ignore[arg-type]
+        lambda: env.udp.send_multiple([b"x"], addr=env.peer, ecn=[1.5]),  # type: ignore[list-item]
         lambda: env.tun.recv_multiple(bytearray(70000), 5, [0], OFF),  # type: ignore[arg-type]
         lambda: env.udp.recv_multiple(5, [0]),  # type: ignore[arg-type]
         lambda: t.gso_split(SUP, HDR, _outs(), (0, 0, 0, 0)),  # type: ignore[arg-type]

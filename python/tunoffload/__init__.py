@@ -5,6 +5,10 @@ this package re-exports it. See ``help(tunoffload.gso_split)`` and the README.
 """
 
 from tunoffload._native import (
+    ECN_CE,
+    ECN_ECT0,
+    ECN_ECT1,
+    ECN_NOT_ECT,
     ERROR_KINDS,
     IDEAL_BATCH_SIZE,
     TRANSPORT_HEADER_LEN,
@@ -36,6 +40,10 @@ from tunoffload._native import (
 from tunoffload._netns import NetnsTarget, netns
 
 __all__ = [
+    "ECN_CE",
+    "ECN_ECT0",
+    "ECN_ECT1",
+    "ECN_NOT_ECT",
     "ERROR_KINDS",
     "IDEAL_BATCH_SIZE",
     "TRANSPORT_HEADER_LEN",

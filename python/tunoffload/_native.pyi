@@ -31,6 +31,10 @@ __all__ = [
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",
     "VIRTIO_NET_HDR_F_DATA_VALID",
     "UDP_MAX_SEGMENTS",
+    "ECN_NOT_ECT",
+    "ECN_ECT1",
+    "ECN_ECT0",
+    "ECN_CE",
     "ERROR_KINDS",
     "InputError",
     "VirtioNetHdr",
@@ -54,6 +58,14 @@ __version__: Final[str]
 VIRTIO_NET_HDR_LEN: Final[int]
 IDEAL_BATCH_SIZE: Final[int]
 UDP_MAX_SEGMENTS: Final[int]
+ECN_NOT_ECT: Final[int]
+"""0: not ECN-capable transport (RFC 3168)."""
+ECN_ECT1: Final[int]
+"""1: ECN-capable transport (1)."""
+ECN_ECT0: Final[int]
+"""2: ECN-capable transport (0)."""
+ECN_CE: Final[int]
+"""3: congestion experienced."""
 ERROR_KINDS: Final[tuple[str, ...]]
 """Every ``kind`` an :class:`InputError` can carry. Names are stable; new ones may be
 added."""
@@ -199,8 +211,22 @@ class TunDevice:
     def mac(self, mac: str | bytes) -> None: ...
     tx_queue_len: int
     gso_max_segs: int
+    tcp_segmentation: bool
+    """The kernel may hand the device TCP super-packets (TSO4/TSO6); settable, for the
+    whole device."""
+    udp_segmentation: bool
+    """The same for UDP super-packets (USO4/USO6)."""
+    tcp_coalescing: bool
+    """``send_multiple`` merges TCP segments into super-packets; settable, for the whole
+    device; turned off by itself when the kernel refuses one."""
+    udp_coalescing: bool
+    """The same for UDP datagrams."""
     @property
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]:
+        """Counters (ints), the coalescing fallbacks and the four switches (bools)."""
+    def _inject_write_faults(self, errno: int, count: int, *, coalesced_only: bool = True) -> None:
+        """Testing only: the next ``count`` writes (of super-packets only) fail with
+        ``errno`` before reaching the kernel."""
     def recv(self, buf: Buffer) -> int: ...
     def read(self, size: int = 65545) -> bytes: ...
     def send(self, buf: Buffer) -> int: ...
@@ -262,13 +288,37 @@ class UdpSocket:
 
     MAX_SEGMENTS: ClassVar[int]
     """The most datagrams one ``UDP_SEGMENT`` send carries (64: what every kernel takes)."""
-    def __new__(cls, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> UdpSocket: ...
+    def __new__(
+        cls,
+        sock: socket.socket,
+        *,
+        gso: bool = True,
+        gro: bool = True,
+        pktinfo: bool = False,
+        ecn: bool = False,
+        dont_fragment: bool = False,
+    ) -> UdpSocket: ...
     @property
     def gso(self) -> bool:
         """Runs of equal-size datagrams go out as ``UDP_SEGMENT`` sends."""
     @property
     def gro(self) -> bool:
         """This object turned ``UDP_GRO`` on; coalesced reads are split."""
+    @property
+    def pktinfo(self) -> bool:
+        """Packet information was turned on: ``RecvMeta.destination`` and ``ifindex``."""
+    @property
+    def ecn(self) -> bool:
+        """The received ECN codepoints were turned on: ``RecvMeta.ecn``."""
+    @property
+    def dont_fragment(self) -> bool:
+        """Don't-fragment was turned on: a datagram over the path MTU is ``EMSGSIZE``."""
+    @property
+    def send_ecn(self) -> bool:
+        """ECN codepoints still go out (False once the kernel refused one)."""
+    def _inject_send_faults(self, errno: int, count: int, *, on: str = "any") -> None:
+        """Testing only: the next ``count`` messages that ``on`` hits (``"any"``,
+        ``"segmented"``, ``"ecn"``, ``"src"``) fail with ``errno``."""
     @staticmethod
     def max_segments(size: int) -> int: ...
     @property
@@ -284,7 +334,8 @@ class UdpSocket:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: ``recv_calls``, ``recv_messages``, ``recv_datagrams``, ``send_calls``,
-        ``send_messages``, ``send_datagrams``, ``fallbacks``, ``truncated``."""
+        ``send_messages``, ``send_datagrams``, ``fallbacks``, ``truncated``,
+        ``ecn_fallbacks``, ``src_fallbacks``."""
     def fileno(self) -> int:
         """The socket's descriptor (-1 once it is closed)."""
     def recv_multiple(
@@ -308,11 +359,14 @@ class UdpSocket:
         sizes: Sequence[int] | None = None,
         count: int | None = None,
         addr: _Address | list[Any] | None = None,
+        ecn: int | list[int | None] | None = None,
+        src: str | list[str | None] | None = None,
     ) -> int:
         """Sends ``bufs[i][offset:]`` (or ``[offset:offset + sizes[i]]``) for the first
-        ``count``, in order, to ``addr`` (one, or one per datagram) or the connected peer;
-        runs of equal sizes as ``UDP_SEGMENT`` sends. Returns the count; an exception
-        carries ``datagrams_sent``."""
+        ``count``, in order, to ``addr`` (one, or one per datagram) or the connected peer,
+        with an ECN codepoint and from a source address (one, or one per datagram); runs
+        of equal sizes and metadata as ``UDP_SEGMENT`` sends. Returns the count; an
+        exception carries ``datagrams_sent`` (and ``mtu`` for ``EMSGSIZE``)."""
 
 TRANSPORT_HEADER_LEN: Final[int]
 """16: a WireGuard transport-data message's header (type, receiver index, counter)."""
@@ -382,6 +436,14 @@ class RecvMeta:
     def __len__(self) -> int: ...
     def source(self, index: int) -> tuple[Any, ...] | None:
         """The sender of datagram ``index``, as ``socket.recvfrom`` gives it."""
+    def destination(self, index: int) -> str | None:
+        """The local address datagram ``index`` was sent to (with ``pktinfo``)."""
+    def ifindex(self, index: int) -> int | None:
+        """The interface datagram ``index`` came in on (with ``pktinfo``)."""
+    def ecn(self, index: int) -> int | None:
+        """The ECN codepoint of datagram ``index`` (with ``ecn``)."""
+    def swap(self, i: int, j: int) -> None:
+        """Exchanges the entries of datagrams ``i`` and ``j``."""
 
 @final
 class WireGuardDevice:

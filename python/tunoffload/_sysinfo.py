@@ -6,7 +6,9 @@ still works (and says so) when the extension failed to load.
 The offload probe creates a throwaway TUN device with ``IFF_VNET_HDR`` and asks the
 kernel to accept ``TUNSETOFFLOAD`` flags. It does so in a short-lived child process that
 first moves into a new network namespace (``unshare(CLONE_NEWNET)``), so the device never
-exists in the caller's namespace and disappears with the child.
+exists in the caller's namespace and disappears with the child. A second child does the
+same with the native module, where it loads: a ``TunDevice(offload=True)`` whose four
+offload switches (what such a device starts with here) ``info`` shows.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ USO_FLAGS = TUN_F_USO4 | TUN_F_USO6
 VNET_HDR_LEN = 10
 
 UNKNOWN_NEEDS_CAP = "unknown (needs CAP_NET_ADMIN)"
+
+#: The offload switches of a ``TunDevice`` (its properties and ``stats`` keys).
+SWITCHES = ("tcp_segmentation", "udp_segmentation", "tcp_coalescing", "udp_coalescing")
 
 _PROBE_TIMEOUT = 15.0
 
@@ -210,6 +215,23 @@ def _child_probe() -> dict[str, Any]:
         os.close(fd)
 
 
+def _child_switches(package_parent: str) -> dict[str, Any]:
+    """The switches of a ``TunDevice(offload=True)`` made in a namespace of this child's
+    own, with the ``tunoffload`` found in ``package_parent`` (the caller's)."""
+    result: dict[str, Any] = {"switches": None, "error": None, "netns": None}
+    try:
+        unshare_netns()
+        result["netns"] = _netns_id()
+        sys.path.insert(0, package_parent)
+        from tunoffload import TunDevice
+
+        with TunDevice("tunoffprobe1", offload=True) as dev:
+            result["switches"] = {k: bool(getattr(dev, k)) for k in SWITCHES}
+    except Exception as exc:  # whatever went wrong is what info reports
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
 # --------------------------------------------------------------------------------------
 # The parent side.
 
@@ -281,6 +303,40 @@ def probe_offload(timeout: float = _PROBE_TIMEOUT) -> dict[str, Any]:
     return out
 
 
+def probe_switches(timeout: float = _PROBE_TIMEOUT) -> dict[str, Any]:
+    """The offload switches a ``TunDevice(offload=True)`` starts with here, from a device
+    made in a child process in a throwaway network namespace: ``{"switches": {name: bool}
+    or None, "status": "ok" or "unknown (...)"}``. Needs the native module, root (or
+    CAP_NET_ADMIN and CAP_SYS_ADMIN) and ``/dev/net/tun``; nothing is created in the
+    caller's namespace."""
+    out: dict[str, Any] = {"switches": None, "status": ""}
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), "--switches-child"]
+    try:
+        proc = subprocess.run(
+            [*argv, package_parent],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not isinstance(child, dict):
+            raise ValueError("not an object")
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        out["status"] = f"unknown (probe failed: {exc})"
+        return out
+    switches = child.get("switches")
+    if child.get("error") or not isinstance(switches, dict):
+        out["status"] = f"unknown ({child.get('error')})"
+    elif child.get("netns") is None or child.get("netns") == _netns_id():
+        out["status"] = "unknown (the probe did not run in a separate network namespace)"
+    else:
+        out.update(switches={k: switches.get(k) is True for k in SWITCHES}, status="ok")
+    return out
+
+
 def package_info() -> dict[str, Any]:
     """The installed tunoffload version and whether its native module imports.
 
@@ -329,6 +385,12 @@ def collect(probe: bool = True) -> dict[str, Any]:
         off = probe_offload()
     else:
         off = {"vnet_hdr": None, "tso": None, "uso": None, "status": "unknown (not probed)"}
+    if not probe or off["status"] != "ok":
+        sw: dict[str, Any] = {"switches": None, "status": off["status"]}
+    elif not pkg["native_module"]:
+        sw = {"switches": None, "status": "unknown (the native module does not load)"}
+    else:
+        sw = probe_switches()
     return {
         "tunoffload_version": pkg["version"],
         "native_module": pkg["native_module"],
@@ -345,6 +407,8 @@ def collect(probe: bool = True) -> dict[str, Any]:
         "offload_tso": off["tso"],
         "offload_uso": off["uso"],
         "offload_probe": off["status"],
+        "offload_switches": sw["switches"],
+        "offload_switches_probe": sw["status"],
         "tso_flags": TSO_FLAGS,
         "uso_flags": USO_FLAGS,
     }
@@ -352,3 +416,5 @@ def collect(probe: bool = True) -> dict[str, Any]:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--probe-child"]:
     print(json.dumps(_child_probe()))
+elif __name__ == "__main__" and sys.argv[1:2] == ["--switches-child"] and len(sys.argv) == 3:
+    print(json.dumps(_child_switches(sys.argv[2])))

@@ -30,7 +30,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from tunoffload._native import GroTable, Opener, Sealer, TunDevice, UdpSocket
+from tunoffload._native import GroTable, Opener, RecvMeta, Sealer, TunDevice, UdpSocket
 
 __all__ = ["AsyncOpener", "AsyncSealer", "AsyncTunDevice", "AsyncUdpSocket"]
 
@@ -232,7 +232,8 @@ class AsyncUdpSocket(_Wrapper):
     """A :class:`~tunoffload.UdpSocket` for asyncio.
 
     ``AsyncUdpSocket(sock, **kwargs)`` wraps a ``socket.socket`` (as ``UdpSocket(sock,
-    **kwargs)``) or an existing ``UdpSocket``; the socket is switched to non-blocking mode.
+    **kwargs)``: ``gso``, ``gro``, ``pktinfo``, ``ecn``, ``dont_fragment``) or an existing
+    ``UdpSocket``; the socket is switched to non-blocking mode.
     ``recv_multiple`` and ``send_multiple`` are coroutines with the arguments and results
     of ``UdpSocket``'s: a receive that would block waits for the socket to become readable,
     a send that would block waits for it to become writable and sends the rest of the
@@ -283,9 +284,14 @@ class AsyncUdpSocket(_Wrapper):
         sizes: list[int],
         offset: int = 0,
         addrs: list[Any] | None = None,
+        *,
+        meta: RecvMeta | None = None,
     ) -> int:
-        """Awaits a datagram, then takes what is queued, as ``UdpSocket.recv_multiple``."""
-        return await _io(self._wait, False, self._udp.recv_multiple, bufs, sizes, offset, addrs)
+        """Awaits a datagram, then takes what is queued, as ``UdpSocket.recv_multiple``
+        (``meta`` too)."""
+        return await _io(
+            self._wait, False, self._udp.recv_multiple, bufs, sizes, offset, addrs, meta=meta
+        )
 
     async def send_multiple(
         self,
@@ -295,24 +301,32 @@ class AsyncUdpSocket(_Wrapper):
         sizes: Sequence[int] | None = None,
         count: int | None = None,
         addr: Any = None,
+        ecn: int | list[int | None] | None = None,
+        src: str | list[str | None] | None = None,
     ) -> int:
-        """Sends the whole batch as ``UdpSocket.send_multiple``, waiting for the socket to
-        become writable whenever it would block; returns the number of datagrams."""
+        """Sends the whole batch as ``UdpSocket.send_multiple`` (``ecn`` and ``src`` too),
+        waiting for the socket to become writable whenever it would block; returns the
+        number of datagrams."""
         n = len(bufs) if count is None else count
         done = 0
+
+        def rest(arg: Any) -> Any:  # a per-datagram list from datagram `done` on
+            return arg[done:n] if isinstance(arg, list) else arg
+
         while True:
             try:
                 if done == 0:
                     sent = self._udp.send_multiple(
-                        bufs, offset, sizes=sizes, count=count, addr=addr
+                        bufs, offset, sizes=sizes, count=count, addr=addr, ecn=ecn, src=src
                     )
                 else:
-                    rest_addr = addr[done:n] if isinstance(addr, list) else addr
                     sent = self._udp.send_multiple(
                         list(bufs[done:n]),
                         offset,
                         sizes=None if sizes is None else list(sizes[done:n]),
-                        addr=rest_addr,
+                        addr=rest(addr),
+                        ecn=rest(ecn),
+                        src=rest(src),
                     )
                 return done + sent
             except BlockingIOError as e:

@@ -116,6 +116,14 @@ def _offload_text(value: bool | None, status: str) -> str:
     return "accepted" if value else "rejected"
 
 
+def _switches_text(info: dict[str, Any]) -> str:
+    """``tcp_segmentation=on udp_segmentation=on ...``, or why they are unknown."""
+    switches = info.get("offload_switches")
+    if not isinstance(switches, dict):
+        return str(info.get("offload_switches_probe") or "unknown")
+    return " ".join(f"{name}={'on' if on else 'off'}" for name, on in switches.items())
+
+
 def format_info_table(info: dict[str, Any]) -> str:
     """Render the dict from :func:`tunoffload._sysinfo.collect` as an aligned table."""
     native = "loaded" if info["native_module"] else f"not loaded ({info['native_error']})"
@@ -136,6 +144,7 @@ def format_info_table(info: dict[str, Any]) -> str:
             f"USO offload (0x{info['uso_flags']:x} USO4|USO6)",
             _offload_text(info["offload_uso"], status),
         ),
+        ("offload switches of a new device", _switches_text(info)),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

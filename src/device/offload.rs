@@ -87,6 +87,18 @@ impl Offloads {
         }
     }
 
+    /// The switches as they are now.
+    pub fn state(&self) -> OffloadState {
+        let kinds = self.coalescing();
+        let mask = *self.mask();
+        OffloadState {
+            tcp_segmentation: mask & TSO != 0,
+            udp_segmentation: mask & USO != 0,
+            tcp_coalescing: kinds.tcp,
+            udp_coalescing: kinds.udp,
+        }
+    }
+
     fn mask(&self) -> MutexGuard<'_, c_ulong> {
         self.mask.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -143,14 +155,7 @@ const COALESCED_ONLY: u64 = 1 << 63;
 impl Tun {
     /// The switches as they are now.
     pub fn offload_state(&self) -> OffloadState {
-        let kinds = self.offloads.coalescing();
-        let mask = *self.offloads.mask();
-        OffloadState {
-            tcp_segmentation: mask & TSO != 0,
-            udp_segmentation: mask & USO != 0,
-            tcp_coalescing: kinds.tcp,
-            udp_coalescing: kinds.udp,
-        }
+        self.offloads.state()
     }
 
     /// The flows `send_multiple` coalesces now.

@@ -336,6 +336,14 @@ crate::root_test! {
             assert_eq!(faults_armed(&tun).0, 0, "disarmed");
             assert!(tun.inject_write_faults(0, 1, true).is_err());
 
+            // A queue keeps the device's switches readable once closed, as they were.
+            let queue = crate::device::Queue::new(tun, false);
+            queue.get().unwrap().set_udp_coalescing(true).unwrap();
+            let at_close = queue.offload_state();
+            assert!(at_close.udp_coalescing && at_close.tcp_segmentation);
+            queue.close();
+            assert_eq!(queue.offload_state(), at_close);
+
             let plain_dev = Tun::open(&TunOptions::default()).expect("open without offload");
             assert_eq!(plain_dev.offload_state(), OffloadState::default());
             for r in [

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::batch::RecvState;
-use super::{sys, Counters, Error, Tun};
+use super::{sys, Counters, Error, OffloadState, Offloads, Tun};
 use crate::hooks::{retry, Hooks};
 
 /// What a queue is, as it was opened (still known once it is closed).
@@ -38,6 +38,8 @@ pub struct Queue {
     blocking: AtomicBool,
     /// The queue's counters (kept after close).
     pub counters: Arc<Counters>,
+    /// The device's offload switches (readable after close, as they were).
+    offloads: Arc<Offloads>,
     /// What the queue is.
     pub info: QueueInfo,
     /// A packet read by a batch read whose buffers could not take it, for the next read.
@@ -62,6 +64,7 @@ impl Queue {
         Queue {
             last_name: Mutex::new(tun.name().unwrap_or_default()),
             counters: tun.counters.clone(),
+            offloads: tun.offloads.clone(),
             tun: Mutex::new(Some(Arc::new(tun))),
             blocking: AtomicBool::new(blocking),
             info,
@@ -100,6 +103,11 @@ impl Queue {
         if let Some(tun) = taken {
             tun.shutdown();
         }
+    }
+
+    /// The device's offload switches now (as they were at close, once closed).
+    pub fn offload_state(&self) -> OffloadState {
+        self.offloads.state()
     }
 
     /// Whether [`close`](Self::close) was called.

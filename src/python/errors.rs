@@ -75,6 +75,11 @@ impl From<udp::Error> for PyErr {
                 engine::Error::new(kind, e.to_string()).at(index).into()
             }
             udp::Error::Timeout => PyTimeoutError::new_err(e.to_string()),
+            // EMSGSIZE, with the path MTU (or None) as `mtu`.
+            udp::Error::MessageTooLong { mtu, .. } => {
+                let err = os_error(e.errno().unwrap_or_default(), e.to_string());
+                with_attrs(err, &[("mtu", mtu)])
+            }
             // Os, WouldBlock and Interrupted: their errno and the C library's words for it.
             e => os_error(e.errno().unwrap_or_default(), e.to_string()),
         }

@@ -55,6 +55,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("VIRTIO_NET_HDR_F_NEEDS_CSUM", VIRTIO_NET_HDR_F_NEEDS_CSUM)?;
     m.add("VIRTIO_NET_HDR_F_DATA_VALID", VIRTIO_NET_HDR_F_DATA_VALID)?;
     m.add("UDP_MAX_SEGMENTS", engine::UDP_MAX_SEGMENTS)?;
+    m.add("ECN_NOT_ECT", crate::udp::ECN_NOT_ECT)?;
+    m.add("ECN_ECT1", crate::udp::ECN_ECT1)?;
+    m.add("ECN_ECT0", crate::udp::ECN_ECT0)?;
+    m.add("ECN_CE", crate::udp::ECN_CE)?;
     let kinds = engine::ErrorKind::ALL.iter().map(|k| k.as_str());
     m.add("ERROR_KINDS", PyTuple::new(py, kinds)?)?;
     m.add("InputError", py.get_type::<errors::InputError>())?;

@@ -132,6 +132,24 @@ methods_with_properties! {
         /// leaves in one ``UDP_SEGMENT`` send and arrives as one coalesced read.
         gso_max_segs -> u32 = |tun| tun.gso_max_segs(),
             set_gso_max_segs(segs: u32) = tun.set_gso_max_segs(segs);
+        /// Whether the kernel may hand this device TCP super-packets (TSO4/TSO6; on by
+        /// default with offload); assign to switch it for the whole device (every queue).
+        /// Off, the kernel segments before the device. False without offload, where
+        /// assigning is an ``InputError`` (``incompatible_options``).
+        tcp_segmentation -> bool = |tun| Ok(tun.offload_state().tcp_segmentation),
+            set_tcp_segmentation(on: bool) = tun.set_tcp_segmentation(on);
+        /// The same for UDP super-packets (USO4/USO6; on by default where the kernel has
+        /// it: ``udp_gso``). Turning it on where the kernel has none: ``OSError(EINVAL)``.
+        udp_segmentation -> bool = |tun| Ok(tun.offload_state().udp_segmentation),
+            set_udp_segmentation(on: bool) = tun.set_udp_segmentation(on);
+        /// Whether ``send_multiple`` merges TCP segments into super-packets (on by default
+        /// with offload); assignable, for the whole device. Turned off by itself, and
+        /// counted in ``stats``, when the kernel refuses a TCP super-packet (``EINVAL``).
+        tcp_coalescing -> bool = |tun| Ok(tun.offload_state().tcp_coalescing),
+            set_tcp_coalescing(on: bool) = tun.set_tcp_coalescing(on);
+        /// The same for UDP datagrams (on by default where the kernel took USO).
+        udp_coalescing -> bool = |tun| Ok(tun.offload_state().udp_coalescing),
+            set_udp_coalescing(on: bool) = tun.set_udp_coalescing(on);
     }
 
     #[new]
@@ -450,10 +468,24 @@ methods_with_properties! {
     /// ``max_read`` (system calls and sizes, virtio headers included: a ``max_read``
     /// above the MTU means super-packets came in), ``rx_packets`` (packets out of
     /// ``recv_multiple`` after splitting), and the same for writes (``tx_packets``: packets
-    /// into ``send_multiple`` before coalescing).
+    /// into ``send_multiple`` before coalescing); ``tcp_coalescing_fallbacks`` and
+    /// ``udp_coalescing_fallbacks`` (super-packets the kernel refused, written again as
+    /// their segments); and the device's four switches (``tcp_segmentation``,
+    /// ``udp_segmentation``, ``tcp_coalescing``, ``udp_coalescing``: bools).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.q.counters.items().into_py_dict(py)
+        let stats = self.q.counters.items().into_py_dict(py)?;
+        stats.update(self.q.offload_state().items().into_py_dict(py)?.as_mapping())?;
+        Ok(stats)
+    }
+
+    /// ``_inject_write_faults(errno, count, *, coalesced_only=True)``: **testing only**.
+    /// The next ``count`` writes of this queue (with ``coalesced_only``, of super-packets
+    /// only) fail with ``errno`` before reaching the kernel, as if it had refused them;
+    /// ``count=0`` disarms. ``errno <= 0``: ``InputError`` (``out_of_range``).
+    #[pyo3(signature = (errno, count, *, coalesced_only=true))]
+    fn _inject_write_faults(&self, errno: i32, count: u32, coalesced_only: bool) -> PyResult<()> {
+        Ok(self.q.get()?.inject_write_faults(errno, count, coalesced_only)?)
     }
 
     /// Waits (GIL released) until a packet can be read, then returns; blocking even in

@@ -6,7 +6,6 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict, PyList, PyTuple};
@@ -18,7 +17,7 @@ use super::gil::Gil;
 use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
 use crate::engine::Buffers;
 use crate::hooks::{lock, Hooks};
-use crate::udp::{self, Dest, Shared, Wait};
+use crate::udp::{self, Dest, PerDatagram, Shared, TxMetas, Wait};
 
 thread_local! {
     /// The senders a receive fills in, and the addresses a send parses, reused per thread.
@@ -29,7 +28,8 @@ thread_local! {
 /// Batched UDP on a ``socket.socket``, with the kernel's segmentation (``UDP_SEGMENT``)
 /// and coalescing (``UDP_GRO``) offloads.
 ///
-/// ``UdpSocket(sock, *, gso=True, gro=True)`` wraps an ``AF_INET`` or ``AF_INET6``,
+/// ``UdpSocket(sock, *, gso=True, gro=True, pktinfo=False, ecn=False,
+/// dont_fragment=False)`` wraps an ``AF_INET`` or ``AF_INET6``,
 /// ``SOCK_DGRAM`` socket, bound or not, connected or not; anything else is a
 /// ``TypeError`` (not a socket) or ``ValueError`` (another family, type or protocol). It
 /// keeps a reference to ``sock`` and never closes it; every call re-reads
@@ -42,6 +42,16 @@ thread_local! {
 /// return several coalesced datagrams at once. ``gso`` and ``gro`` say whether the
 /// offloads are in use; ``gso`` turns off for good if the kernel refuses a segmented send
 /// with ``EIO`` (a route whose device lacks checksum offload).
+///
+/// ``pktinfo=True`` turns on packet information for the socket (``IP_PKTINFO``,
+/// ``IPV6_RECVPKTINFO``): each received datagram's local address and interface, read
+/// through ``recv_multiple(..., meta=)`` as ``RecvMeta.destination(i)`` and ``ifindex(i)``.
+/// ``ecn=True`` turns on the received ECN codepoints (``IP_RECVTOS``,
+/// ``IPV6_RECVTCLASS``): ``RecvMeta.ecn(i)``. ``dont_fragment=True`` turns on path MTU
+/// discovery without fragmenting (``IP_PMTUDISC_DO``, and ``IPV6_DONTFRAG``): a datagram
+/// over the path MTU is an ``OSError(EMSGSIZE)`` whose message names the MTU, also
+/// its ``mtu`` attribute. An option the kernel refuses is an ``OSError``. ``False``
+/// leaves a socket option as it is. Sending with ``ecn=`` and ``src=`` needs none of them.
 ///
 /// Several ``UdpSocket`` may wrap one socket (say one per thread). One ``UdpSocket`` may
 /// receive in one thread while it sends in another; two calls of the same kind on one
@@ -59,6 +69,15 @@ pub(crate) struct PyUdpSocket {
     /// hands over coalesced reads, which ``recv_multiple`` splits).
     #[pyo3(get)]
     gro: bool,
+    /// True if this ``UdpSocket`` turned packet information on (``pktinfo=True``).
+    #[pyo3(get)]
+    pktinfo: bool,
+    /// True if this ``UdpSocket`` turned the received ECN codepoints on (``ecn=True``).
+    #[pyo3(get)]
+    ecn: bool,
+    /// True if this ``UdpSocket`` turned don't-fragment on (``dont_fragment=True``).
+    #[pyo3(get)]
+    dont_fragment: bool,
     batch: Shared,
     /// The last sender and its tuple (the same object while the sender stays the same).
     sender: Mutex<Option<(SocketAddr, Py<PyAny>)>>,
@@ -75,37 +94,58 @@ fn sock_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
 
 /// Each datagram's metadata from one ``UdpSocket.recv_multiple(..., meta=meta)``, kept in
 /// Rust (no Python object per datagram): ``len(meta)`` datagrams, ``meta.source(i)`` the
-/// sender of datagram *i* in the form ``socket.recvfrom`` gives it. Reusable (it grows to
-/// the batch); a ``WireGuardDevice.decrypt`` permutes it along with the buffers.
+/// sender of datagram *i* in the form ``socket.recvfrom`` gives it, and with the options
+/// of the receiving ``UdpSocket`` its local address, interface and ECN codepoint.
+/// Reusable (it grows to the batch); a ``WireGuardDevice.decrypt`` permutes its senders
+/// along with the buffers. An index past the last receive's datagrams: ``InputError``
+/// (``out_of_range``).
 #[pyclass(name = "RecvMeta", module = "tunoffload")]
-pub(crate) struct PyRecvMeta {
-    pub(crate) inner: udp::RecvMeta,
-    /// The datagrams of the last receive.
-    pub(crate) len: usize,
-}
+pub(crate) struct PyRecvMeta(pub(crate) udp::RecvMeta);
 
 #[pymethods]
 impl PyRecvMeta {
     #[new]
     #[pyo3(signature = (capacity=0))]
     fn new(capacity: usize) -> Self {
-        let inner = udp::RecvMeta::new(capacity.min(super::batch::PREALLOC));
-        PyRecvMeta { inner, len: 0 }
+        PyRecvMeta(udp::RecvMeta::new(capacity.min(super::batch::PREALLOC)))
     }
 
+    /// The datagrams of the last receive.
     fn __len__(&self) -> usize {
-        self.len
+        self.0.filled()
     }
 
     /// The sender of datagram ``index`` (``None`` where the kernel gave none).
     fn source(&self, py: Python<'_>, index: usize) -> PyResult<Option<Py<PyAny>>> {
-        if index >= self.len {
-            let m = format!("no datagram {index}: the last receive gave {}", self.len);
-            return Err(crate::engine::Error::new(crate::engine::ErrorKind::OutOfRange, m).into());
-        }
-        self.inner.sources()[index]
-            .map(|a| addr_tuple(py, &a))
-            .transpose()
+        let source = self.0.entry(index)?.source;
+        source.map(|a| addr_tuple(py, &a)).transpose()
+    }
+
+    /// The local address datagram ``index`` was sent to, as ``socket.recvfrom`` writes
+    /// hosts (``"::ffff:a.b.c.d"`` for IPv4 on an ``AF_INET6`` socket, ``%interface`` on
+    /// an IPv6 link-local one): what ``send_multiple(..., src=)`` takes to answer from
+    /// it. ``None`` unless the receiving ``UdpSocket`` has ``pktinfo``.
+    fn destination(&self, index: usize) -> PyResult<Option<String>> {
+        self.0.entry(index)?;
+        Ok(self.0.destination_host(index))
+    }
+
+    /// The index of the interface datagram ``index`` came in on (``None`` without
+    /// ``pktinfo``).
+    fn ifindex(&self, index: usize) -> PyResult<Option<u32>> {
+        Ok(self.0.entry(index)?.ifindex)
+    }
+
+    /// The ECN codepoint of datagram ``index`` (0..3: ``ECN_NOT_ECT``, ``ECN_ECT1``,
+    /// ``ECN_ECT0``, ``ECN_CE``; ``None`` unless the receiving ``UdpSocket`` has ``ecn``).
+    fn ecn(&self, index: usize) -> PyResult<Option<u8>> {
+        Ok(self.0.entry(index)?.ecn)
+    }
+
+    /// Exchanges the entries of datagrams ``i`` and ``j`` (to keep them with their
+    /// buffers when a batch is reordered).
+    fn swap(&mut self, i: usize, j: usize) -> PyResult<()> {
+        Ok(self.0.swap(i, j)?)
     }
 }
 
@@ -117,27 +157,20 @@ pub(crate) fn read_addr(
     what: Name<'_>,
     family: Option<i32>,
 ) -> PyResult<SocketAddr> {
-    let bad = || {
-        let form = "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]] for IPv6)";
-        type_error(what, form, obj)
-    };
-    let t = obj
-        .cast::<PyTuple>()
-        .ok()
-        .filter(|t| (2..=4).contains(&t.len()));
-    let t = t.ok_or_else(bad)?;
-    let host: String = t.get_item(0)?.extract().map_err(|_| bad())?;
-    let v6 = family.map_or(host.contains(':'), |f| f == udp::consts::AF_INET6);
-    if !v6 && t.len() > 2 {
-        return Err(bad());
-    }
-    let n: Vec<i128> = t.get_slice(1, 4).extract().map_err(|_| bad())?;
+    let t = obj.cast::<PyTuple>().ok();
+    let host = t.and_then(|t| t.get_item(0).ok()?.extract::<String>().ok());
+    let family = family.unwrap_or(match host.as_deref().is_some_and(|h| h.contains(':')) {
+        true => udp::consts::AF_INET6,
+        false => udp::consts::AF_INET,
+    });
+    let (form, most) = udp::addr_form(family);
+    let bad = || type_error(what, form, obj);
+    let t = t
+        .filter(|t| (2..=most).contains(&t.len()))
+        .ok_or_else(bad)?;
+    let host = host.ok_or_else(bad)?;
+    let n: Vec<i128> = t.get_slice(1, most).extract().map_err(|_| bad())?;
     let at = |k: usize| n.get(k).copied().unwrap_or(0);
-    let family = if v6 {
-        udp::consts::AF_INET6
-    } else {
-        udp::consts::AF_INET
-    };
     Ok(udp::parse_addr(&what, &host, at(0), at(1), at(2), family)?)
 }
 
@@ -154,9 +187,8 @@ impl<'py> PyUdpSocket {
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
         let timeout = intern!(py, "gettimeout");
-        let t: Option<f64> = self.sock.bind(py).call_method0(timeout)?.extract()?;
-        let t = t.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
-        Ok(Wait::from_timeout(t))
+        let t = self.sock.bind(py).call_method0(timeout)?.extract()?;
+        Ok(Wait::from_secs(t))
     }
 
     /// Runs `attempt` on the socket's descriptor, read again for each attempt (a signal
@@ -199,14 +231,16 @@ impl<'py> PyUdpSocket {
         Ok(a)
     }
 
-    /// Sends `data` to `dest`, going on after signals; returns the count, or the
+    /// Sends `data` to `to` with `meta`, going on after signals; returns the count, or the
     /// exception with `datagrams_sent`.
-    fn send_all(&self, py: Python<'_>, data: &[&[u8]], dest: Dest<'_>) -> PyResult<usize> {
+    fn send_all(&self, py: Python<'_>, data: &[&[u8]], to: Dest, meta: TxMetas) -> PyResult<usize> {
         let wait = self.wait(py)?;
         let mut done = 0;
         let r = self.retrying(py, |fd, gil| {
-            let (part, to) = (&data[done..], dest.skip(done));
-            let r = self.batch.sending(gil, |tx| tx.send(fd, part, to, wait));
+            let (part, to, m) = (&data[done..], to.skip(done), meta.skip(done));
+            let r = self
+                .batch
+                .sending(gil, |tx| tx.send_meta(fd, part, to, m, wait));
             Ok(r.map(|k| done + k).map_err(|e| {
                 done += e.sent;
                 e.error
@@ -219,8 +253,18 @@ impl<'py> PyUdpSocket {
 #[pymethods]
 impl PyUdpSocket {
     #[new]
-    #[pyo3(signature = (sock, *, gso=true, gro=true))]
-    fn new(py: Python<'_>, sock: &Bound<'_, PyAny>, gso: bool, gro: bool) -> PyResult<Self> {
+    #[pyo3(signature = (
+        sock, *, gso=true, gro=true, pktinfo=false, ecn=false, dont_fragment=false
+    ))]
+    fn new(
+        py: Python<'_>,
+        sock: &Bound<'_, PyAny>,
+        gso: bool,
+        gro: bool,
+        pktinfo: bool,
+        ecn: bool,
+        dont_fragment: bool,
+    ) -> PyResult<Self> {
         let socket_type = py.import("socket")?.getattr("socket")?;
         if !sock.is_instance(&socket_type)? {
             return Err(type_error("UdpSocket's sock", "a socket.socket", sock));
@@ -228,11 +272,17 @@ impl PyUdpSocket {
         // SAFETY: the socket's open descriptor (just read from it), only used during these
         // calls, while `sock` is alive.
         let fd = unsafe { BorrowedFd::borrow_raw(sock_fd(sock)?) };
-        let batch = Shared::new(fd, gso, gro)?;
+        let batch = Shared::new(
+            fd,
+            &udp::Options::new(gso, gro, pktinfo, ecn, dont_fragment),
+        )?;
         Ok(PyUdpSocket {
             sock: sock.clone().unbind(),
             family: batch.family(),
             gro: batch.gro(),
+            pktinfo,
+            ecn,
+            dont_fragment,
             batch,
             sender: Mutex::default(),
         })
@@ -248,6 +298,32 @@ impl PyUdpSocket {
     #[getter]
     fn gso(&self) -> bool {
         self.batch.gso()
+    }
+
+    /// True while ECN codepoints go out (``send_multiple(..., ecn=)``): False once the
+    /// kernel refused one (``EINVAL``/``EIO``: kernels before 3.13); the datagrams then go
+    /// without it, counted in ``stats["ecn_fallbacks"]``.
+    #[getter]
+    fn send_ecn(&self) -> bool {
+        self.batch.send_ecn()
+    }
+
+    /// ``_inject_send_faults(errno, count, *, on="any")``: **testing only**. The next
+    /// ``count`` messages of a send that ``on`` hits (``"any"``, ``"segmented"``: with
+    /// ``UDP_SEGMENT``, ``"ecn"``, ``"src"``) fail with ``errno`` without reaching the
+    /// kernel; the fallbacks then run as for the kernel's refusal. ``count=0`` disarms.
+    #[pyo3(signature = (errno, count, *, on="any"))]
+    fn _inject_send_faults(
+        &self,
+        py: Python<'_>,
+        errno: i32,
+        count: u32,
+        on: &str,
+    ) -> PyResult<()> {
+        let on = on.parse()?;
+        Ok(self
+            .batch
+            .sending(&mut Gil(py), |tx| tx.inject_send_faults(errno, count, on))?)
     }
 
     /// ``max_segments(size) -> int``: how many datagrams of ``size`` bytes one
@@ -292,7 +368,7 @@ impl PyUdpSocket {
         Ok(format!("<UdpSocket gso={gso} gro={gro} sock={sock}>"))
     }
 
-    /// ``recv_multiple(bufs, sizes, offset=0, addrs=None) -> int``
+    /// ``recv_multiple(bufs, sizes, offset=0, addrs=None, *, meta=None) -> int``
     ///
     /// Waits for at least one datagram (GIL released), then takes every datagram already
     /// queued, up to ``len(bufs)``, in one ``recvmmsg``; a coalesced read (``UDP_GRO``) is
@@ -304,7 +380,9 @@ impl PyUdpSocket {
     /// copied, with the datagram kept for the next call. ``addrs``: a list, at least as
     /// long as ``bufs``, whose entry *i* is set to datagram *i*'s sender as
     /// ``socket.recvfrom`` gives it (one tuple object for consecutive datagrams from one
-    /// sender).
+    /// sender). ``meta``: a ``RecvMeta``, grown to ``len(bufs)`` if it is smaller, whose
+    /// entry *i* is datagram *i*'s sender and, with ``pktinfo`` / ``ecn``, local address,
+    /// interface and ECN codepoint (the datagrams of a coalesced read share them).
     ///
     /// No datagram is cut short or lost: datagrams received beyond ``len(bufs)`` (a
     /// coalesced read can hold up to 64) are kept *pending* and returned first by the next
@@ -325,15 +403,15 @@ impl PyUdpSocket {
         let addrs = addrs.transpose()?;
         let nb = b.count();
         udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
-        if let Some(m) = meta.as_deref_mut().filter(|m| m.inner.len() < nb) {
-            m.inner = udp::RecvMeta::new(nb); // grown to the batch
+        if let Some(m) = meta.as_deref_mut() {
+            m.0.grow_to(nb); // (to the batch)
         }
         b.bufs(nb, false, usize::MAX)?; // converted before anything is received
         let wait = self.wait(py)?;
         reuse(&SENDERS, |senders| {
             senders.resize(if addrs.is_some() { nb } else { 0 }, None);
             let out = &mut *senders;
-            let mut inner = meta.as_deref_mut().map(|m| &mut m.inner);
+            let mut inner = meta.as_deref_mut().map(|m| &mut m.0);
             // (Takes the buffers, to let go of them before the sizes are stored.)
             let n = filling_sizes(sizes, move |sz| {
                 // No Python code runs while the lock is held (a signal handler or a
@@ -351,11 +429,8 @@ impl PyUdpSocket {
                     }
                 })
             })?;
-            if let Some(m) = meta.as_deref_mut() {
-                m.len = n;
-                if addrs.is_some() {
-                    senders[..n].copy_from_slice(&m.inner.sources()[..n]);
-                }
+            if let (Some(m), true) = (meta.as_deref(), addrs.is_some()) {
+                senders[..n].copy_from_slice(&m.0.sources()[..n]);
             }
             let Some(list) = addrs else {
                 return Ok(n);
@@ -381,7 +456,8 @@ impl PyUdpSocket {
         })
     }
 
-    /// ``send_multiple(bufs, offset=0, *, sizes=None, count=None, addr=None) -> int``
+    /// ``send_multiple(bufs, offset=0, *, sizes=None, count=None, addr=None, ecn=None,
+    /// src=None) -> int``
     ///
     /// Sends datagram *i* = ``bufs[i][offset:]`` (with ``sizes``: ``bufs[i][offset:offset +
     /// sizes[i]]``) for the first ``count`` of ``bufs`` (default: all), in order, to
@@ -397,17 +473,32 @@ impl PyUdpSocket {
     /// IPv4 host is sent to as its v4-mapped address (``::ffff:a.b.c.d``); a host name is
     /// a ``ValueError`` (resolve it first with ``socket.getaddrinfo``).
     ///
+    /// ``ecn``: an ECN codepoint (0..3, ``ECN_*``) for every datagram, or a list of one per
+    /// datagram (``None`` entries: none), sent as ``IP_TOS`` / ``IPV6_TCLASS`` with the
+    /// socket's DSCP bits. ``src``: the local address to send from (``IP_PKTINFO`` /
+    /// ``IPV6_PKTINFO``), an IP literal as ``RecvMeta.destination`` gives it, or a list of
+    /// one per datagram (``None`` entries: the address the route picks): a server with
+    /// several addresses answers each client from the one it was reached on. Runs of
+    /// equal size and equal ``ecn`` and ``src`` go out as one ``UDP_SEGMENT`` message.
+    /// A codepoint outside 0..3 is ``out_of_range``, a source that is not a local
+    /// address literal of the destination's family ``bad_address``. If the kernel refuses
+    /// a source or an ECN codepoint, the datagrams go again without it (counted in
+    /// ``stats``; ``send_ecn`` turns off after a refused codepoint).
+    ///
     /// Bad arguments (a datagram over 65507 bytes to IPv4 or 65527 to IPv6, a bad offset,
     /// too few ``sizes`` or addresses, ``count`` out of range, a bad address): ``ValueError``
     /// or ``TypeError``, before anything is sent. If the kernel refuses a segmented send
     /// (``EIO``, ``EINVAL`` or ``EMSGSIZE``), its datagrams go out one by one instead (and
-    /// after ``EIO`` ``gso`` turns off); nothing is lost or sent twice.
+    /// after ``EIO`` ``gso`` turns off); nothing is lost or sent twice. A datagram over the
+    /// path MTU on a socket that does not fragment: ``OSError(EMSGSIZE)`` naming the MTU,
+    /// with ``mtu`` (``None`` where it cannot be read).
     ///
     /// When a non-blocking socket would block (``BlockingIOError``), its timeout passes
     /// (``TimeoutError``) or the system refuses a datagram (``OSError``), the exception
     /// carries ``datagrams_sent``: how many of the batch went out before it (in order);
     /// the rest were not sent. The return value is always the whole count.
-    #[pyo3(signature = (bufs, offset=0, *, sizes=None, count=None, addr=None))]
+    #[pyo3(signature = (bufs, offset=0, *, sizes=None, count=None, addr=None, ecn=None, src=None))]
+    #[allow(clippy::too_many_arguments)]
     fn send_multiple(
         &self,
         py: Python<'_>,
@@ -416,6 +507,8 @@ impl PyUdpSocket {
         sizes: Option<&Bound<'_, PyAny>>,
         count: Option<i64>,
         addr: Option<&Bound<'_, PyAny>>,
+        ecn: Option<&Bound<'_, PyAny>>,
+        src: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let offset = non_negative(offset, "offset")?;
         let count = count.map(|c| non_negative(c, "count")).transpose()?;
@@ -434,8 +527,14 @@ impl PyUdpSocket {
             Ok(())
         })?;
         let data = packets(&whole, offset, sizes.map(|_| &ends[..]), true)?;
+        let (mut ecns, mut srcs, mut metas) = (Vec::new(), Vec::new(), Vec::new());
+        let ecn = per_datagram(ecn, "ecn", n, &mut ecns, |o, _| o.extract())?;
+        let src = per_datagram(src, "src", n, &mut srcs, |o, what| {
+            Ok(udp::parse_source(what, &o.str()?.to_cow()?, self.family)?)
+        })?;
+        let meta = TxMetas::combine(ecn, src, n, &mut metas)?;
         let Some(addr) = addr else {
-            return self.send_all(py, &data, Dest::Connected);
+            return self.send_all(py, &data, Dest::Connected, meta);
         };
         // The last address object read, and its address.
         let mut cache = None;
@@ -450,7 +549,30 @@ impl PyUdpSocket {
                 }
                 Err(_) => Dest::One(self.parse_addr(&mut cache, addr, Name("addr", None))?),
             };
-            self.send_all(py, &data, dest)
+            self.send_all(py, &data, dest, meta)
         })
+    }
+}
+
+/// A per-datagram argument of a send (``ecn=``, ``src=``): None, one value for every
+/// datagram, or a list of one per datagram (the first `n` read into `each`; a None entry
+/// stays None), each value read by `read`.
+fn per_datagram<'a, 'py, T>(
+    obj: Option<&Bound<'py, PyAny>>,
+    what: &'static str,
+    n: usize,
+    each: &'a mut Vec<Option<T>>,
+    mut read: impl FnMut(&Bound<'py, PyAny>, Name<'_>) -> PyResult<T>,
+) -> PyResult<PerDatagram<'a, Option<T>>> {
+    match obj.map(|o| (o, o.cast::<PyList>())) {
+        None => Ok(PerDatagram::Unset),
+        Some((o, Err(_))) => Ok(PerDatagram::All(Some(read(o, Name(what, None))?))),
+        Some((_, Ok(list))) => {
+            for (i, item) in list.iter().take(n).enumerate() {
+                let value = (!item.is_none()).then(|| read(&item, Name(what, Some(i))));
+                each.push(value.transpose()?);
+            }
+            Ok(PerDatagram::Each(each))
+        }
     }
 }

@@ -122,8 +122,8 @@ impl PyWireGuardDevice {
         count: i64,
         mut meta: PyRefMut<'_, PyRecvMeta>,
     ) -> PyResult<(usize, usize, bool)> {
-        let n = meta.len;
-        let (now, sources) = (Instant::now(), &mut meta.inner.sources_mut()[..n]);
+        let n = meta.0.filled();
+        let (now, sources) = (Instant::now(), &mut meta.0.sources_mut()[..n]);
         let d = in_place(bufs, offset, sizes, Some(count), |b, offset, v| {
             self.0
                 .decrypt_with(b, offset, v, sources, now, &mut Gil(py))

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::engine::ErrorKind::{
     BadAddress, BufferTooSmall, DatagramTooLarge, OutOfRange, TooFewAddresses, TooFewOutBufs,
-    WrongFileType,
+    UnknownOption, WrongFileType,
 };
 use crate::engine::{Buffers, ExpandBuffer};
 use crate::hooks::Hooks;
@@ -209,6 +209,25 @@ pub enum FaultOn {
     Ecn,
     /// Messages with a source address cmsg.
     Source,
+}
+
+/// A fault target by the name `UdpSocket._inject_send_faults(..., on=)` takes: `"any"`,
+/// `"segmented"`, `"ecn"` or `"src"` (else `unknown_option`).
+impl std::str::FromStr for FaultOn {
+    type Err = Error;
+
+    fn from_str(on: &str) -> Result<Self> {
+        match on {
+            "any" => Ok(FaultOn::Any),
+            "segmented" => Ok(FaultOn::Segmented),
+            "ecn" => Ok(FaultOn::Ecn),
+            "src" => Ok(FaultOn::Source),
+            _ => Err(invalid(
+                UnknownOption,
+                format!("on must be \"any\", \"segmented\", \"ecn\" or \"src\", not {on:?}"),
+            )),
+        }
+    }
 }
 
 impl FaultOn {
@@ -661,9 +680,9 @@ impl UdpBatch {
             let Some(dst) = bufs[i].bytes_mut().get_mut(offset..offset + dlen) else {
                 // Only if a buffer shrank between the passes (it cannot): stop here, with
                 // the rest still pending.
-                rx.next = m;
-                rx.next_off = off;
                 if i == 0 {
+                    rx.next = m;
+                    rx.next_off = off;
                     return Err(Error::BufferTooSmall {
                         index: 0,
                         need: offset + dlen,
@@ -671,7 +690,8 @@ impl UdpBatch {
                         reason: "it shrank".into(),
                     });
                 }
-                return Ok(i);
+                n = i;
+                break;
             };
             dst.copy_from_slice(src);
             sizes[i] = dlen;
@@ -699,6 +719,9 @@ impl UdpBatch {
         } else {
             rx.next = m;
             rx.next_off = off;
+        }
+        if let Out::Meta(meta) = &mut out {
+            meta.end(n);
         }
         Ok(n)
     }
@@ -763,7 +786,7 @@ impl UdpBatch {
         to: Dest<'_>,
         wait: Wait,
     ) -> std::result::Result<usize, SendError> {
-        self.send_meta(sock, datagrams, to, TxMetas::None, wait)
+        self.send_with(sock, datagrams, to, TxMetas::None, wait)
     }
 
     /// [`send`](Self::send) with an ECN codepoint and a source address for each datagram
@@ -780,6 +803,26 @@ impl UdpBatch {
     /// [`send_ecn`](Self::send_ecn)). Segmentation is given up first, the source next,
     /// ECN last. Nothing is lost or sent twice.
     pub fn send_meta<D: AsRef<[u8]>>(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        datagrams: &[D],
+        to: Dest<'_>,
+        meta: TxMetas<'_>,
+        wait: Wait,
+    ) -> std::result::Result<usize, SendError> {
+        // The plain send is compiled on its own, without metadata: a caller that passes
+        // its arguments through (the Python binding) pays nothing for the options it does
+        // not use.
+        match meta {
+            TxMetas::None => self.send(sock, datagrams, to, wait),
+            meta => self.send_with(sock, datagrams, to, meta, wait),
+        }
+    }
+
+    /// [`send_meta`](Self::send_meta)'s body, inlined into [`send`](Self::send) with no
+    /// metadata.
+    #[inline(always)]
+    fn send_with<D: AsRef<[u8]>>(
         &mut self,
         sock: BorrowedFd<'_>,
         datagrams: &[D],
@@ -929,7 +972,9 @@ impl UdpBatch {
     }
 
     /// The checks `send` makes before sending anything; returns the connected peer where
-    /// the metadata needs its family.
+    /// the metadata needs its family. (Inlined, as [`plan`](Self::plan): into the plain
+    /// send, with no metadata to look at.)
+    #[inline(always)]
     fn check_send<D: AsRef<[u8]>>(
         &self,
         fd: RawFd,
@@ -994,6 +1039,7 @@ impl UdpBatch {
     }
 
     /// The address and size checks of a send.
+    #[inline(always)]
     fn check_sizes<D: AsRef<[u8]>>(&self, fd: RawFd, datagrams: &[D], to: Dest<'_>) -> Result<()> {
         let n = datagrams.len();
         let wrong_family = |a: &SocketAddr| a.is_ipv6() && self.family == libc::AF_INET;
@@ -1073,6 +1119,7 @@ impl UdpBatch {
     /// Groups `datagrams[r.start..]` into messages (see [`group`]) and writes the
     /// `sendmmsg` arrays for them, the cmsgs of their metadata included (`peer`: the
     /// connected peer, for its family).
+    #[inline(always)]
     fn plan<D: AsRef<[u8]>>(
         &mut self,
         fd: RawFd,
@@ -1185,7 +1232,9 @@ struct Replan {
 /// limit, also on IPv6 sockets, whose destinations may be v4-mapped). Datagrams before
 /// `r.plain_until`, or all if `!gso`, go one by one. Each message's metadata is its
 /// datagrams' from `meta`, without the ECN codepoint unless `send_ecn`, without the source
-/// in `r.nosrc`.
+/// in `r.nosrc`. (Inlined into each send, so that the plain one has no metadata to
+/// compare.)
+#[inline(always)]
 fn group<D: AsRef<[u8]>>(
     msgs: &mut Vec<TxMsg>,
     datagrams: &[D],

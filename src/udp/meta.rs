@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use super::cmsg::{RxInfo, Source, TxMeta, ECN_MASK};
 use super::sys::parse_host;
 use super::{invalid, Result};
+use crate::engine::buffer::Name;
 use crate::engine::ErrorKind::{BadAddress, OutOfRange, TooFewAddresses};
 
 /// The options of a [`UdpBatch`](super::UdpBatch). `false` leaves a socket option as it
@@ -25,6 +26,20 @@ pub struct Options {
     /// Don't fragment: `IP_MTU_DISCOVER` / `IPV6_MTU_DISCOVER` = `PMTUDISC_DO` (and
     /// `IPV6_DONTFRAG`); a datagram over the path MTU is then `EMSGSIZE`.
     pub dont_fragment: bool,
+}
+
+impl Options {
+    /// The options in the order `UdpSocket(sock, *, gso, gro, pktinfo, ecn,
+    /// dont_fragment)` takes them.
+    pub const fn new(gso: bool, gro: bool, pktinfo: bool, ecn: bool, dont_fragment: bool) -> Self {
+        Options {
+            gso,
+            gro,
+            pktinfo,
+            ecn,
+            dont_fragment,
+        }
+    }
 }
 
 impl Default for Options {
@@ -101,6 +116,8 @@ struct Local {
 pub struct RecvMeta {
     sources: Vec<Option<SocketAddr>>,
     local: Vec<Local>,
+    /// The datagrams of the last fill.
+    filled: usize,
     /// What the last fill reported.
     pktinfo: bool,
     ecn: bool,
@@ -112,6 +129,7 @@ impl RecvMeta {
         RecvMeta {
             sources: vec![None; capacity],
             local: vec![Local::default(); capacity],
+            filled: 0,
             pktinfo: false,
             ecn: false,
         }
@@ -120,6 +138,31 @@ impl RecvMeta {
     /// The number of entries.
     pub fn len(&self) -> usize {
         self.sources.len()
+    }
+
+    /// Room for at least `n` datagrams (new entries empty).
+    pub fn grow_to(&mut self, n: usize) {
+        if self.sources.len() < n {
+            self.sources.resize(n, None);
+            self.local.resize(n, Local::default());
+        }
+    }
+
+    /// How many datagrams the last receive filled in (entries past it hold older
+    /// datagrams').
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Datagram `i`'s metadata, if the last receive filled it in; else `out_of_range`.
+    pub fn entry(&self, i: usize) -> std::result::Result<Meta, crate::engine::Error> {
+        match self.get(i).filter(|_| i < self.filled) {
+            Some(m) => Ok(m),
+            None => Err(crate::engine::Error::new(
+                OutOfRange,
+                format!("no datagram {i}: the last receive gave {}", self.filled),
+            )),
+        }
     }
 
     /// Whether there are no entries.
@@ -165,16 +208,24 @@ impl RecvMeta {
         Some(super::host_string(&a))
     }
 
-    /// Exchanges the entries of datagrams `i` and `j` (as a batch's buffers are permuted).
-    pub fn swap(&mut self, i: usize, j: usize) {
+    /// Exchanges the entries of datagrams `i` and `j` (as a batch's buffers are permuted);
+    /// `out_of_range` (nothing exchanged) unless the last receive filled both in.
+    pub fn swap(&mut self, i: usize, j: usize) -> std::result::Result<(), crate::engine::Error> {
+        self.entry(i.max(j))?;
         self.sources.swap(i, j);
         self.local.swap(i, j);
+        Ok(())
     }
 
     /// Starts a fill: whether the filling batch reports packet information and ECN.
     pub(crate) fn begin(&mut self, pktinfo: bool, ecn: bool) {
         self.pktinfo = pktinfo;
         self.ecn = ecn;
+    }
+
+    /// Ends a fill of `n` datagrams.
+    pub(crate) fn end(&mut self, n: usize) {
+        self.filled = n;
     }
 
     /// Whether the local fields are being filled.
@@ -233,13 +284,14 @@ impl<'a> TxMetas<'a> {
     }
 
     /// The metadata of `n` datagrams from a send's `ecn` and `src` arguments as a caller
-    /// gives them (each unset, one for all, or one per datagram; a `None` source sends
-    /// that datagram from the address the route picks), built in `scratch` when either is
-    /// per datagram. Checked as [`UdpBatch::send_meta`](super::UdpBatch::send_meta)
-    /// checks it: a list shorter than `n` is `too_few_addresses`, a codepoint above 3
-    /// `out_of_range` (with the index).
+    /// gives them: each unset, one for all, or one per datagram, where a `None` entry
+    /// attaches nothing to its datagram (no ECN cmsg; the source the route picks); built
+    /// in `scratch` when either is per datagram. Refused as
+    /// [`UdpBatch::send_meta`](super::UdpBatch::send_meta) refuses them: a list shorter
+    /// than `n` is `too_few_addresses`, a codepoint outside 0..=3 `out_of_range` (with
+    /// the index of a list's entry).
     pub fn combine(
-        ecn: PerDatagram<'_, u8>,
+        ecn: PerDatagram<'_, Option<i64>>,
         src: PerDatagram<'_, Option<Source>>,
         n: usize,
         scratch: &'a mut Vec<TxMeta>,
@@ -250,23 +302,26 @@ impl<'a> TxMetas<'a> {
                 return Err(invalid(TooFewAddresses, m));
             }
         }
-        let metas = match (ecn, src) {
+        let codepoint = |i: usize| match ecn.get(i).flatten() {
+            None => Ok(None),
+            Some(e @ 0..=3) => Ok(Some(e as u8)),
+            Some(e) => Err(ecn_out_of_range(e, ecn.len().map(|_| i))),
+        };
+        Ok(match (ecn, src) {
             (PerDatagram::Unset, PerDatagram::Unset) => TxMetas::None,
             (PerDatagram::Each(_), _) | (_, PerDatagram::Each(_)) => {
                 scratch.clear();
-                scratch.extend((0..n).map(|i| TxMeta {
-                    ecn: ecn.get(i),
-                    src: src.get(i).flatten(),
-                }));
+                for i in 0..n {
+                    let (ecn, src) = (codepoint(i)?, src.get(i).flatten());
+                    scratch.push(TxMeta { ecn, src });
+                }
                 TxMetas::Each(scratch)
             }
-            (e, s) => TxMetas::All(TxMeta {
-                ecn: e.get(0),
+            (_, s) => TxMetas::All(TxMeta {
+                ecn: codepoint(0)?,
                 src: s.get(0).flatten(),
             }),
-        };
-        metas.check(n)?;
-        Ok(metas)
+        })
     }
 
     /// Checks `n` datagrams' metadata: one per datagram, ECN codepoints 0..=3.
@@ -274,14 +329,14 @@ impl<'a> TxMetas<'a> {
         let bad_ecn = |m: &TxMeta| m.ecn.is_some_and(|e| e > ECN_MASK);
         match self {
             TxMetas::None => Ok(()),
-            TxMetas::All(m) if bad_ecn(m) => Err(ecn_out_of_range(m, None)),
+            TxMetas::All(m) if bad_ecn(m) => Err(ecn_out_of_range(m.ecn.unwrap_or(0).into(), None)),
             TxMetas::All(_) => Ok(()),
             TxMetas::Each(m) if m.len() < n => Err(invalid(
                 TooFewAddresses,
                 format!("{} ecn or src entries for {n} datagrams", m.len()),
             )),
             TxMetas::Each(m) => match m[..n].iter().position(bad_ecn) {
-                Some(i) => Err(ecn_out_of_range(&m[i], Some(i))),
+                Some(i) => Err(ecn_out_of_range(m[i].ecn.unwrap_or(0).into(), Some(i))),
                 None => Ok(()),
             },
         }
@@ -316,8 +371,7 @@ impl<T: Copy> PerDatagram<'_, T> {
     }
 }
 
-fn ecn_out_of_range(m: &TxMeta, i: Option<usize>) -> super::Error {
-    let e = m.ecn.unwrap_or_default();
+fn ecn_out_of_range(e: i64, i: Option<usize>) -> super::Error {
     let what = i.map_or("ecn".into(), |i| format!("ecn[{i}]"));
     let e = crate::engine::Error::new(
         OutOfRange,
@@ -329,33 +383,31 @@ fn ecn_out_of_range(m: &TxMeta, i: Option<usize>) -> super::Error {
     })
 }
 
-/// A source address as a caller writes it (`what` names it in messages): an IP literal
-/// for a socket of `family`, IPv6 with `%scope` for a link-local one, as
-/// [`parse_host`] reads hosts (an IPv4 one on an `AF_INET6` socket stands for its
-/// v4-mapped form). The unspecified address and `"<broadcast>"` are not sources.
-pub fn parse_source(
-    what: &dyn std::fmt::Display,
-    host: &str,
-    family: std::ffi::c_int,
-) -> Result<Source> {
+/// A source address as a caller writes it (`what` names it in messages, and its index
+/// is the error's): an IP literal for a socket of `family`, IPv6 with `%scope` for a
+/// link-local one, as [`parse_host`] reads hosts (an IPv4 one on an `AF_INET6` socket
+/// stands for its v4-mapped form). The unspecified address and `"<broadcast>"` are not
+/// sources (`bad_address`).
+pub fn parse_source(what: Name<'_>, host: &str, family: std::ffi::c_int) -> Result<Source> {
+    // A refusal of `kind`, its message after the name, with the name's index.
+    let refuse = |kind, m: &str| {
+        let e = crate::engine::Error::new(kind, format!("{what}: {m}"));
+        super::Error::Invalid(match what.1 {
+            Some(i) => e.at(i),
+            None => e,
+        })
+    };
     let (ip, scope) = parse_host(host, family).map_err(|e| match e {
-        super::Error::Invalid(e) => {
-            let m = format!("{what}: {}", e.message());
-            super::Error::Invalid(e.with_message(m))
-        }
+        super::Error::Invalid(e) => refuse(e.kind(), e.message()),
         e => e,
     })?;
     if ip.is_unspecified() || host == "<broadcast>" {
-        return Err(invalid(
-            BadAddress,
-            format!("{what}: {host:?} is not a local address to send from"),
-        ));
+        let m = format!("{host:?} is not a local address to send from");
+        return Err(refuse(BadAddress, &m));
     }
     if ip.is_ipv6() && family == libc::AF_INET {
-        return Err(invalid(
-            BadAddress,
-            format!("{what}: {ip} is an IPv6 address, but the socket is AF_INET (IPv4)"),
-        ));
+        let m = format!("{ip} is an IPv6 address, but the socket is AF_INET (IPv4)");
+        return Err(refuse(BadAddress, &m));
     }
     Ok(Source {
         ip,
@@ -395,11 +447,26 @@ mod tests {
         assert_eq!(m.get(0).unwrap().ecn, Some(3));
         assert_eq!(m.get(0).unwrap().destination, None);
         assert_eq!(m.get(3), None);
-        m.swap(0, 2);
+        // Only the entries the last receive filled in are there to read and exchange.
+        m.end(2);
+        assert_eq!(m.filled(), 2);
+        assert_eq!(m.entry(0).unwrap().ecn, Some(3));
+        for bad in [m.entry(2).map(drop), m.swap(0, 2), m.swap(5, 1)] {
+            let e = bad.unwrap_err();
+            assert_eq!(e.kind(), OutOfRange);
+            assert!(e.message().contains("the last receive gave 2"), "{e}");
+        }
+        assert_eq!(m.sources()[0], Some(a), "a refused swap exchanges nothing");
+        m.grow_to(2);
+        assert_eq!(m.len(), 3, "never shrinks");
+        m.grow_to(5);
+        assert_eq!((m.len(), m.get(4)), (5, Some(Meta::default())));
+        m.end(3);
+        m.swap(0, 2).unwrap();
         assert_eq!(m.sources()[2], Some(a));
         assert_eq!(m.get(2).unwrap().ecn, Some(3));
         assert_eq!(m.get(0).unwrap(), Meta::default());
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 5);
         m.sources_mut()[1] = Some(a);
         assert_eq!(m.get(1).unwrap().source, Some(a));
     }
@@ -442,17 +509,17 @@ mod tests {
         let m = |ecn, src| TxMeta { ecn, src };
         let srcs = [s("10.0.0.1"), None, s("10.0.0.2")];
         let mut scratch = Vec::new();
-        // (ecn, src, n) -> each datagram's metadata, or the error kind
-        type Want = std::result::Result<Vec<TxMeta>, crate::engine::ErrorKind>;
+        // (ecn, src, n) -> each datagram's metadata, or the error kind and index
+        type Want = std::result::Result<Vec<TxMeta>, (crate::engine::ErrorKind, Option<usize>)>;
         type Case<'a> = (
-            PerDatagram<'a, u8>,
+            PerDatagram<'a, Option<i64>>,
             PerDatagram<'a, Option<Source>>,
             usize,
             Want,
         );
         let cases: Vec<Case<'_>> = vec![
             (Unset, Unset, 2, Ok(vec![m(None, None); 2])),
-            (All(2), Unset, 2, Ok(vec![m(Some(2), None); 2])),
+            (All(Some(2)), Unset, 2, Ok(vec![m(Some(2), None); 2])),
             (
                 Unset,
                 All(s("10.0.0.1")),
@@ -460,7 +527,7 @@ mod tests {
                 Ok(vec![m(None, s("10.0.0.1"))]),
             ),
             (
-                Each(&[0, 1, 3]),
+                Each(&[Some(0), Some(1), Some(3)]),
                 All(s("10.0.0.9")),
                 3,
                 Ok(vec![
@@ -470,7 +537,7 @@ mod tests {
                 ]),
             ),
             (
-                All(1),
+                All(Some(1)),
                 Each(&srcs),
                 3,
                 Ok(vec![
@@ -479,16 +546,48 @@ mod tests {
                     m(Some(1), srcs[2]),
                 ]),
             ),
-            (Each(&[0, 1]), Unset, 3, Err(TooFewAddresses)),
-            (Unset, Each(&srcs), 4, Err(TooFewAddresses)),
-            (All(4), Unset, 1, Err(OutOfRange)),
-            (Each(&[0, 9]), Unset, 2, Err(OutOfRange)),
+            // A None entry: nothing for that datagram.
+            (
+                Each(&[None, Some(2)]),
+                Unset,
+                2,
+                Ok(vec![m(None, None), m(Some(2), None)]),
+            ),
+            // Longer lists: the first n entries.
+            (
+                Each(&[Some(1), Some(2), Some(9)]),
+                Unset,
+                2,
+                Ok(vec![m(Some(1), None), m(Some(2), None)]),
+            ),
+            (
+                Each(&[Some(0), Some(1)]),
+                Unset,
+                3,
+                Err((TooFewAddresses, None)),
+            ),
+            (Unset, Each(&srcs), 4, Err((TooFewAddresses, None))),
+            (All(Some(4)), Unset, 1, Err((OutOfRange, None))),
+            (All(Some(-1)), Unset, 1, Err((OutOfRange, None))),
+            (All(Some(4)), Unset, 0, Err((OutOfRange, None))),
+            (
+                Each(&[Some(0), Some(9)]),
+                Unset,
+                2,
+                Err((OutOfRange, Some(1))),
+            ),
+            (
+                Each(&[Some(-3)]),
+                All(s("10.0.0.1")),
+                1,
+                Err((OutOfRange, Some(0))),
+            ),
         ];
         for (k, (ecn, src, n, want)) in cases.into_iter().enumerate() {
             let got = TxMetas::combine(ecn, src, n, &mut scratch)
                 .map(|t| (0..n).map(|i| t.get(i)).collect::<Vec<_>>())
                 .map_err(|e| match e {
-                    super::super::Error::Invalid(e) => e.kind(),
+                    super::super::Error::Invalid(e) => (e.kind(), e.index()),
                     e => panic!("{e}"),
                 });
             assert_eq!(got, want, "case {k}");
@@ -501,7 +600,7 @@ mod tests {
     fn sources_are_parsed() {
         let v4 = libc::AF_INET;
         let v6 = libc::AF_INET6;
-        let s = |h: &str, f| parse_source(&"src", h, f);
+        let s = |h: &str, f| parse_source(Name("src", None), h, f);
         assert_eq!(
             s("10.0.0.1", v4).unwrap().ip,
             "10.0.0.1".parse::<IpAddr>().unwrap()
@@ -522,10 +621,21 @@ mod tests {
             ("<broadcast>", v4),
             ("host", v4),
         ] {
-            assert!(
-                matches!(s(h, f), Err(super::super::Error::Invalid(_))),
-                "{h:?}"
-            );
+            match s(h, f) {
+                Err(super::super::Error::Invalid(e)) => {
+                    assert_eq!((e.kind(), e.index()), (BadAddress, None), "{h:?}");
+                    assert!(e.message().starts_with("src: "), "{e}");
+                }
+                r => panic!("{h:?}: {r:?}"),
+            }
+            // An entry of a list: its index is the error's.
+            match parse_source(Name("src", Some(3)), h, f) {
+                Err(super::super::Error::Invalid(e)) => {
+                    assert_eq!(e.index(), Some(3), "{h:?}");
+                    assert!(e.message().starts_with("src[3]: "), "{e}");
+                }
+                r => panic!("{h:?}: {r:?}"),
+            }
         }
     }
 }

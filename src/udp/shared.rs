@@ -6,13 +6,14 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
-use super::{Result, Stats, UdpBatch};
+use super::{Options, Result, Stats, UdpBatch};
 use crate::hooks::{lock, Hooks};
 
 /// A receiving and a sending [`UdpBatch`] on one socket: one thread may receive while
 /// another sends; two calls of one kind take turns (the second waits through the caller's
-/// hooks). The counters, the pending count and whether segmentation is on are readable
-/// at any time, as of the last call that ended (a call may wait long, holding its batch).
+/// hooks). The counters, the pending count and whether segmentation and ECN cmsgs are
+/// on are readable at any time, as of the last call that ended (a call may wait long,
+/// holding its batch).
 #[derive(Debug)]
 pub struct Shared {
     rx: Mutex<UdpBatch>,
@@ -20,20 +21,38 @@ pub struct Shared {
     /// The receive counters, the send counters and the pending count.
     seen: Mutex<(Stats, Stats, usize)>,
     gso: AtomicBool,
+    send_ecn: AtomicBool,
     family: c_int,
     gro: bool,
+    opts: Options,
 }
 
 impl Shared {
     /// The batches for `sock`, with the offloads asked for where the kernel has them
-    /// (`UDP_GRO` turned on for the socket when `gro`), as [`UdpBatch::with_offloads`].
-    pub fn new(sock: BorrowedFd<'_>, gso: bool, gro: bool) -> Result<Self> {
-        let rx = UdpBatch::with_offloads(sock, false, gro)?;
-        let tx = UdpBatch::with_offloads(sock, gso, false)?;
+    /// (`UDP_GRO` turned on for the socket when `opts.gro`) and the other options turned
+    /// on for the socket, as [`UdpBatch::with_options`].
+    pub fn new(sock: BorrowedFd<'_>, opts: &Options) -> Result<Self> {
+        let rx = UdpBatch::with_options(
+            sock,
+            &Options {
+                gso: false,
+                ..*opts
+            },
+        )?;
+        // (The socket options are on already: the sending batch only needs to know them.)
+        let tx = UdpBatch::with_options(
+            sock,
+            &Options {
+                gro: false,
+                ..*opts
+            },
+        )?;
         Ok(Shared {
             family: rx.family(),
             gro: rx.gro(),
             gso: AtomicBool::new(tx.gso()),
+            send_ecn: AtomicBool::new(tx.send_ecn()),
+            opts: *opts,
             rx: Mutex::new(rx),
             tx: Mutex::new(tx),
             seen: Mutex::default(),
@@ -55,6 +74,17 @@ impl Shared {
         self.gso.load(Relaxed)
     }
 
+    /// Whether ECN codepoints go out as cmsgs (off once the kernel refused one; see
+    /// [`UdpBatch::send_ecn`]).
+    pub fn send_ecn(&self) -> bool {
+        self.send_ecn.load(Relaxed)
+    }
+
+    /// The options as asked for.
+    pub fn options(&self) -> Options {
+        self.opts
+    }
+
     fn seen(&self) -> (Stats, Stats, usize) {
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -72,7 +102,7 @@ impl Shared {
 
     /// Runs `f` on the sending batch as one system call made through `hooks` (after a
     /// wait for another send, through them too); then records the batch's counters and
-    /// whether segmentation is still on.
+    /// whether segmentation and ECN cmsgs are still on.
     pub fn sending<T: Send, E, H: Hooks<E> + ?Sized>(
         &self,
         hooks: &mut H,
@@ -82,6 +112,7 @@ impl Shared {
         let tx = &mut *guard;
         let r = hooks.syscall(|| f(tx));
         self.gso.store(tx.gso(), Relaxed);
+        self.send_ecn.store(tx.send_ecn(), Relaxed);
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).1 = tx.stats();
         r
     }

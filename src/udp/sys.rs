@@ -389,6 +389,19 @@ pub fn parse_host(host: &str, family: c_int) -> Result<(IpAddr, Option<u32>)> {
     ))
 }
 
+/// The shape of an address tuple as `socket.sendto` takes it on a socket of `family`:
+/// its description (for a `TypeError`) and the most entries it has (host and port, and
+/// on `AF_INET6` flowinfo and scope id), for [`parse_addr`].
+pub fn addr_form(family: c_int) -> (&'static str, usize) {
+    match family == libc::AF_INET6 {
+        true => (
+            "a tuple (host: str, port: int[, flowinfo: int[, scope_id: int]])",
+            4,
+        ),
+        false => ("a tuple (host: str, port: int) for an AF_INET socket", 2),
+    }
+}
+
 /// An address as `socket.sendto` takes it for a socket of `family`, without name
 /// resolution (`what` names it in messages): `host` as [`parse_host`] reads it, `port`
 /// 0-65535, and for `AF_INET6` `flowinfo` (20 bits) and `scope_id` (a non-zero one wins

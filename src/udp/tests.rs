@@ -465,8 +465,8 @@ netns_test! {
     /// `Shared`: its counters and pending count as of the last call that ended.
     fn shared_batches_report_as_of_the_last_call(mtu: None) {
         let (a, b) = pair("127.0.0.1");
-        let rx = Shared::new(b.as_fd(), true, true).unwrap();
-        let tx = Shared::new(a.as_fd(), true, true).unwrap();
+        let rx = Shared::new(b.as_fd(), &Options::default()).unwrap();
+        let tx = Shared::new(a.as_fd(), &Options::default()).unwrap();
         assert_eq!(tx.family(), libc::AF_INET);
         let data = datagrams(&[100, 100, 100]);
         let send = |t: &mut UdpBatch| t.send(a.as_fd(), &data, Dest::Connected, Wait::Block);
@@ -482,4 +482,60 @@ netns_test! {
         assert_eq!(rx.stats()[5], ("send_datagrams", 0));
         assert_eq!(bufs[1], data[1]);
     }
+}
+
+netns_test! {
+    /// `Shared` with options: they are asked for and turned on for the socket; a refused
+    /// ECN codepoint (a fault by the name a caller gives) turns `send_ecn` off as of
+    /// that send, nothing lost.
+    fn shared_batches_with_options(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let opts = Options::new(true, true, true, true, false);
+        let rx = Shared::new(b.as_fd(), &opts).unwrap();
+        let tx = Shared::new(a.as_fd(), &Options::default()).unwrap();
+        assert_eq!(rx.options(), opts);
+        assert!(tx.send_ecn());
+        let arm = |on: &str| {
+            let on: FaultOn = on.parse()?;
+            tx.sending::<_, (), _>(&mut Direct, |t| t.inject_send_faults(libc::EINVAL, 1, on))
+        };
+        arm("ecn").unwrap();
+        let data = datagrams(&[100, 200]); // (two messages: no segmentation to give up first)
+        let meta = TxMetas::All(TxMeta { ecn: Some(ECN_CE), src: None });
+        let send = |t: &mut UdpBatch| t.send_meta(a.as_fd(), &data, Dest::Connected, meta, Wait::Block);
+        assert_eq!(tx.sending::<_, (), _>(&mut Direct, send), Ok(2));
+        assert!(!tx.send_ecn(), "off after the refusal");
+        assert_eq!(tx.stats()[8], ("ecn_fallbacks", 1));
+        let mut meta = RecvMeta::new(4);
+        let (mut bufs, mut sizes) = (vec![Vec::new(); 4], [0; 4]);
+        let got = rx.receiving::<_, (), _>(&mut Direct, |r, hooks| {
+            let bufs = &mut bufs[..];
+            r.recv_with::<crate::engine::Error, _, _>(b.as_fd(), bufs, &mut sizes, 0, &mut meta, Wait::Block, hooks)
+        });
+        assert_eq!(got, Ok(Ok(2)));
+        assert_eq!((meta.filled(), &bufs[..2]), (2, &data[..]));
+        let m = meta.entry(1).unwrap();
+        assert_eq!((m.ecn, m.destination), (Some(0), Some("127.0.0.1".parse().unwrap())), "sent without ECN");
+        for bad in ["", "Any", "segment"] {
+            match arm(bad) {
+                Err(Error::Invalid(e)) => assert_eq!(e.kind(), crate::engine::ErrorKind::UnknownOption),
+                r => panic!("{bad:?}: {r:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn waits_from_python_timeouts() {
+    assert_eq!(Wait::from_secs(None), Wait::Block);
+    assert_eq!(Wait::from_secs(Some(0.0)), Wait::NonBlocking);
+    assert!(matches!(Wait::from_secs(Some(1.5)), Wait::Until(_)));
+    assert_eq!(
+        Wait::from_secs(Some(1e300)),
+        Wait::Block,
+        "beyond any deadline"
+    );
+    assert_eq!(addr_form(libc::AF_INET).1, 2);
+    assert_eq!(addr_form(libc::AF_INET6).1, 4);
+    assert!(addr_form(libc::AF_INET6).0.contains("scope_id"));
 }
