@@ -6,7 +6,8 @@
         --listen 0.0.0.0:51820 --peer 192.0.2.2:51820 --key-file key.hex
     # on the peer: --address 10.77.0.2/24 --peer <this host>:51820, the same key
 
-Two threads, one per direction, each moving a batch per system call and sealing or
+Two processes, one per direction (forked once the device and the socket exist, so the
+two never wait for each other's GIL), each moving a batch per system call and sealing or
 opening it with one call into Rust (no Python per packet):
 
 - TUN -> peer: ``TunDevice(offload=True).recv_multiple`` reads one super-packet (up to
@@ -36,20 +37,22 @@ reflection), as replayed. None of them reaches the TUN device.
 
 Counters (sent, received, dropped_forged, dropped_replayed, dropped_malformed, and
 tun_errors / send_errors for what the kernel refused) are written as JSON to
-``--stats-file`` (else to stderr) on SIGUSR1 and at exit. SIGTERM or SIGINT stops the
-tunnel: the device is closed, which ends the blocked read, and both threads are joined.
-Needs root (or CAP_NET_ADMIN); nothing beyond tunoffload itself.
+``--stats-file`` (else to stderr) on SIGUSR1 and at exit (by the receiving process, which
+reads the sending one's counters from memory the two share). SIGTERM or SIGINT to the
+process started stops the tunnel: it closes the device (which ends its blocked read),
+tells the receiving process to stop, and waits for it. Needs root (or CAP_NET_ADMIN);
+nothing beyond tunoffload itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 
 import tunoffload as t
 from tunoffload.bench.tunnel import make_socket, parse_endpoint
@@ -65,9 +68,11 @@ class Tunnel:
         self.cipher = PskCipher(read_key(args.key_file), args.address, mtu=args.mtu)
         self.peer: tuple[str, int] = args.peer
         self.stats_file: str | None = args.stats_file
-        self.sent = self.received = self.tun_errors = self.send_errors = 0
+        self.received = self.tun_errors = 0
+        # the sending process's counters (sent, send_errors), where the receiving one
+        # reads them: memory the two processes share after the fork
+        self.tx = memoryview(mmap.mmap(-1, 16)).cast("q")
         self.stopping = threading.Event()
-        self.failed = False  # a thread ended by an error, not by the stop
 
         self.tun = t.TunDevice(args.tun, offload=True, mtu=args.mtu)
         # super-packets the kernel hands us fit one UDP_SEGMENT send of sealed datagrams
@@ -75,17 +80,17 @@ class Tunnel:
         self.tun.add_address(args.address)
         self.tun.up()
         self.sock = make_socket(args.listen, peer=None)  # bound, with 4 MiB buffers
-        self.sock.settimeout(0.5)  # so the receiving thread sees a stop within 0.5 s
-        # one UdpSocket per thread on the one socket; not connected: datagrams are
-        # accepted from any address (the tag says who sent them), sent to --peer
-        self.udp_out = t.UdpSocket(self.sock)
-        self.udp_in = t.UdpSocket(self.sock)
+        self.sock.settimeout(0.5)  # so the receiving process sees a stop within 0.5 s
+        # not connected: datagrams are accepted from any address (the tag says who sent
+        # them), sent to --peer
+        self.udp = t.UdpSocket(self.sock)
 
     def tun_to_peer(self) -> None:
         original = bytearray(t.VIRTIO_NET_HDR_LEN + BUF)  # one super-packet as read
         # packet i lands at bufs[i][HEAD:], and its message is sealed in place at bufs[i][0:]
         bufs = [bytearray(HEAD + BUF + t.TRANSPORT_OVERHEAD) for _ in range(BATCH)]
         sizes = [0] * BATCH
+        tx = self.tx
         while True:
             try:
                 n = self.tun.recv_multiple(original, bufs, sizes, HEAD)
@@ -94,16 +99,14 @@ class Tunnel:
                 continue
             self.cipher.seal(bufs, HEAD, sizes, n)
             try:
-                self.sent += self.udp_out.send_multiple(
-                    bufs, 0, sizes=sizes, count=n, addr=self.peer
-                )
+                tx[0] += self.udp.send_multiple(bufs, 0, sizes=sizes, count=n, addr=self.peer)
             except OSError as e:  # no route to the peer, say: these are lost, go on
                 if self.stopping.is_set():
                     raise
-                self.send_errors += 1
-                if self.send_errors == 1:
+                tx[1] += 1
+                if tx[1] == 1:
                     print(f"vpn: sending to the peer: {e}", file=sys.stderr)
-                self.sent += getattr(e, "datagrams_sent", 0)
+                tx[0] += getattr(e, "datagrams_sent", 0)
 
     def peer_to_tun(self) -> None:
         # datagram i lands at bufs[i][0:] and opens in place to a packet at bufs[i][HEAD:];
@@ -113,7 +116,7 @@ class Tunnel:
         gro = t.GroTable()
         while not self.stopping.is_set():
             try:
-                n = self.udp_in.recv_multiple(bufs, sizes)
+                n = self.udp.recv_multiple(bufs, sizes)
             except TimeoutError:
                 continue
             m = self.cipher.open(bufs, 0, sizes, n)
@@ -128,31 +131,16 @@ class Tunnel:
                 self.tun_errors += 1  # the kernel refused a packet; the others went in
                 self.received -= m - getattr(e, "packets_sent", 0)
 
-    def run_thread(self, body: Callable[[], None]) -> threading.Thread:
-        def run() -> None:
-            try:
-                body()
-            except BaseException:
-                if not self.stopping.is_set():
-                    self.failed = True
-                    raise
-            finally:
-                self.stopping.set()  # one direction ending ends the tunnel
-
-        th = threading.Thread(target=run, name=getattr(body, "__name__", "vpn"))
-        th.start()
-        return th
-
     def counters(self) -> dict[str, int]:
         c = self.cipher.stats
         return {
-            "sent": self.sent,
+            "sent": self.tx[0],
             "received": self.received,
             "dropped_forged": c["dropped_forged"],
             "dropped_replayed": c["dropped_replayed"],
             "dropped_malformed": c["dropped_malformed"],
             "tun_errors": self.tun_errors,
-            "send_errors": self.send_errors,
+            "send_errors": self.tx[1],
         }
 
     def dump(self) -> None:
@@ -165,19 +153,57 @@ class Tunnel:
             f.write(text + "\n")
         os.replace(tmp, self.stats_file)  # readers never see half a file
 
-    def run(self) -> int:
+    def receiving(self) -> int:
+        """The forked process: peer -> TUN until SIGTERM, then the counters."""
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sending process decides
         signal.signal(signal.SIGUSR1, lambda *_: self.dump())
-        threads = [self.run_thread(self.tun_to_peer), self.run_thread(self.peer_to_tun)]
-        print(f"vpn: {self.tun.name} up, peer {self.peer[0]}:{self.peer[1]}", file=sys.stderr)
-        self.stopping.wait()
-        self.tun.close()  # ends a blocked recv_multiple / send_multiple with OSError
-        for th in threads:
-            th.join()
+        code = 0
+        try:
+            self.peer_to_tun()
+        except BaseException as e:  # noqa: BLE001 (reported, then the exit code says it)
+            if not self.stopping.is_set():
+                print(f"vpn: receiving: {e!r}", file=sys.stderr)
+                code = 1
+        self.tun.close()
         self.sock.close()
         self.dump()
-        return 1 if self.failed else 0
+        return code
+
+    def run(self) -> int:
+        child = os.fork()
+        if child == 0:
+            os._exit(self.receiving())
+        failed = False
+
+        def sending() -> None:
+            nonlocal failed
+            try:
+                self.tun_to_peer()
+            except BaseException:
+                failed = not self.stopping.is_set()
+                if failed:
+                    raise
+            finally:
+                self.stopping.set()
+
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGCHLD, lambda *_: self.stopping.set())  # it ended: so do we
+        signal.signal(signal.SIGUSR1, lambda *_: os.kill(child, signal.SIGUSR1))
+        th = threading.Thread(target=sending, name="tun_to_peer")
+        th.start()
+        print(f"vpn: {self.tun.name} up, peer {self.peer[0]}:{self.peer[1]}", file=sys.stderr)
+        self.stopping.wait()
+        self.tun.close()  # ends a blocked recv_multiple with OSError
+        th.join()
+        self.sock.close()
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(child, 0)
+        return 1 if failed or os.waitstatus_to_exitcode(status) != 0 else 0
 
 
 def main(argv: list[str] | None = None) -> int:
