@@ -695,7 +695,7 @@ mod tests {
 /// [`send_multiple`]. Needs root and `/dev/net/tun`; without them it says so on stderr
 /// and passes.
 #[cfg(test)]
-pub(super) mod forward {
+pub(crate) mod forward {
     use super::*;
     use crate::device::{parse_ifaddr, TunOptions};
     use std::sync::Arc;

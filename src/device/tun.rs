@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_ulong, c_void, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::netlink::{IfAddr, Netlink};
 use super::netns::{fd_id, in_netns, open_current, Netns};
@@ -806,8 +807,9 @@ impl Tun {
     }
 
     /// Waits until the device is readable (`events = POLLIN`) or writable (`POLLOUT`),
-    /// or the queue is shut down. `EINTR` is returned to the caller.
-    fn wait(&self, events: i16) -> Result<i16, Error> {
+    /// or the queue is shut down, for at most `timeout_ms` (-1: as long as it takes; 0
+    /// events after a timeout). `EINTR` is returned to the caller.
+    fn wait(&self, events: i16, timeout_ms: c_int) -> Result<i16, Error> {
         let mut fds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -821,7 +823,7 @@ impl Tun {
             },
         ];
         // SAFETY: `fds` is a valid array of two pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
         if n < 0 {
             return Err(last_error("waiting for the device (poll)"));
         }
@@ -834,7 +836,24 @@ impl Tun {
     /// Waits until a read would not block. `EINTR` comes back as an error.
     pub fn wait_readable(&self) -> Result<(), Error> {
         self.check_open()?;
-        self.wait(libc::POLLIN).map(|_| ())
+        self.wait(libc::POLLIN, -1).map(|_| ())
+    }
+
+    /// Waits until a read would not block, for at most `timeout` (rounded up to a
+    /// millisecond): `Ok(false)` when it ran out. The device reporting an error or a
+    /// hang-up without data is `EIO` (as a blocking [`read`](Self::read) reports it),
+    /// a shut-down queue `Error::Closed`; `EINTR` comes back as an error.
+    pub fn wait_readable_for(&self, timeout: Duration) -> Result<bool, Error> {
+        self.check_open()?;
+        let ms = timeout.as_nanos().div_ceil(1_000_000);
+        let rev = self.wait(libc::POLLIN, ms.min(c_int::MAX as u128) as c_int)?;
+        if rev & libc::POLLIN == 0 && rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            return Err(Error::from_errno(
+                libc::EIO,
+                "waiting for the TUN device (poll)",
+            ));
+        }
+        Ok(rev != 0)
     }
 
     /// Reads one packet (with its virtio header when [`Tun::vnet_hdr`]) into `buf`.
@@ -868,7 +887,7 @@ impl Tun {
                     if after_err {
                         return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
                     }
-                    let rev = self.wait(libc::POLLIN)?;
+                    let rev = self.wait(libc::POLLIN, -1)?;
                     after_err = rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
                         && rev & libc::POLLIN == 0;
                 }
@@ -904,7 +923,7 @@ impl Tun {
             let e = last_error("writing to the TUN device");
             match e.errno() {
                 Some(libc::EAGAIN) if blocking => {
-                    self.wait(libc::POLLOUT)?;
+                    self.wait(libc::POLLOUT, -1)?;
                 }
                 Some(libc::EBADFD) => {
                     return Err(Error::from_errno(
