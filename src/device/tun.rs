@@ -4,7 +4,7 @@ use std::ffi::{c_int, c_ulong, c_void, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use super::netlink::{IfAddr, Netlink};
 use super::netns::{fd_id, in_netns, open_current, Netns};
@@ -12,6 +12,7 @@ use super::offload::Offloads;
 use super::sys::*;
 use super::{invalid, last_error, Error};
 use crate::engine::ErrorKind as K;
+use crate::udp::Wait;
 
 /// The size of the virtio header tunoffload uses (`struct virtio_net_hdr`, not `_mrg_rxbuf`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -839,23 +840,6 @@ impl Tun {
         self.wait(libc::POLLIN, -1).map(|_| ())
     }
 
-    /// Waits until a read would not block, for at most `timeout` (rounded up to a
-    /// millisecond): `Ok(false)` when it ran out. The device reporting an error or a
-    /// hang-up without data is `EIO` (as a blocking [`read`](Self::read) reports it),
-    /// a shut-down queue `Error::Closed`; `EINTR` comes back as an error.
-    pub fn wait_readable_for(&self, timeout: Duration) -> Result<bool, Error> {
-        self.check_open()?;
-        let ms = timeout.as_nanos().div_ceil(1_000_000);
-        let rev = self.wait(libc::POLLIN, ms.min(c_int::MAX as u128) as c_int)?;
-        if rev & libc::POLLIN == 0 && rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            return Err(Error::from_errno(
-                libc::EIO,
-                "waiting for the TUN device (poll)",
-            ));
-        }
-        Ok(rev != 0)
-    }
-
     /// Reads one packet (with its virtio header when [`Tun::vnet_hdr`]) into `buf`.
     ///
     /// Blocking: waits for a packet or for [`Tun::shutdown`] (then `Error::Closed`).
@@ -865,6 +849,13 @@ impl Tun {
     /// header's length ([`check_truncation`](super::batch::check_truncation)) and a cut
     /// packet (lost) is `Error::Invalid`.
     pub fn read(&self, buf: &mut [u8], blocking: bool) -> Result<usize, Error> {
+        self.read_waiting(buf, blocking.into())
+    }
+
+    /// [`read`](Self::read), waiting for a packet as `wait` says: as long as it takes
+    /// (`Block`, as blocking), not at all (`NonBlocking`: `EAGAIN`) or until an instant
+    /// (`Until`, then `ETIMEDOUT`).
+    pub fn read_waiting(&self, buf: &mut [u8], wait: Wait) -> Result<usize, Error> {
         let mut after_err = false;
         loop {
             self.check_open()?;
@@ -883,11 +874,23 @@ impl Tun {
             }
             let e = last_error("reading from the TUN device");
             match e.errno() {
-                Some(libc::EAGAIN) if blocking => {
+                Some(libc::EAGAIN) if wait != Wait::NonBlocking => {
                     if after_err {
                         return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
                     }
-                    let rev = self.wait(libc::POLLIN, -1)?;
+                    let ms = match wait {
+                        Wait::Until(t) => match t.saturating_duration_since(Instant::now()) {
+                            left if left.is_zero() => {
+                                let what = "waiting for a packet from the TUN device";
+                                return Err(Error::from_errno(libc::ETIMEDOUT, what));
+                            }
+                            left => {
+                                left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int
+                            }
+                        },
+                        _ => -1,
+                    };
+                    let rev = self.wait(libc::POLLIN, ms)?;
                     after_err = rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
                         && rev & libc::POLLIN == 0;
                 }

@@ -254,6 +254,17 @@ impl Wait {
     }
 }
 
+/// `true`: [`Wait::Block`], `false`: [`Wait::NonBlocking`] (a blocking or non-blocking
+/// descriptor's call).
+impl From<bool> for Wait {
+    fn from(blocking: bool) -> Wait {
+        match blocking {
+            true => Wait::Block,
+            false => Wait::NonBlocking,
+        }
+    }
+}
+
 /// A socket timeout in seconds as Python's `gettimeout()` gives it, as a [`Duration`]:
 /// `None` (blocking) stays `None`; one that is no `Duration` (negative, too large, or
 /// not a number) is [`Duration::MAX`], which waits as long as blocking does.

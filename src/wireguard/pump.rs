@@ -240,6 +240,7 @@ pub fn pump_tx(
     let mut sizes = vec![0usize; opts.batch];
     loop {
         let state = &q.recv_state;
+        let wait = Wait::Until(end);
         match recv_multiple(
             &tun,
             state,
@@ -247,7 +248,7 @@ pub fn pump_tx(
             &mut bufs,
             &mut sizes,
             OFFSET,
-            false,
+            wait,
             false,
         ) {
             Ok(n) => {
@@ -255,14 +256,7 @@ pub fn pump_tx(
                 add(&c.tun_packets, n);
                 send(dev, udp, &mut bufs[..n], &mut sizes[..n]);
             }
-            Err(e) if e.is_eagain() => {
-                match tun.wait_readable_for(end.saturating_duration_since(Instant::now())) {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(()),
-                    Err(e) if e.is_eintr() => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            Err(e) if e.errno() == Some(libc::ETIMEDOUT) => return Ok(()),
             Err(Error::Invalid(_)) => add(&c.tx_errors, 1),
             Err(e) => return Err(e),
         }
@@ -520,6 +514,50 @@ mod tests {
                     );
                 }
             });
+        }
+    }
+
+    crate::root_test! {
+        /// A closed TUN queue ends a receiving pump, an interface deleted (`ip link del`)
+        /// a sending one with `EBADFD`, as the caller is to tell them apart.
+        fn pumps_end_on_a_closed_queue_and_a_deleted_interface() {
+            thread::spawn(|| {
+                // SAFETY: unshare on this thread only affects this thread's namespaces.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                lo_setup(None);
+                let opts = crate::device::TunOptions {
+                    offload: true,
+                    up: true,
+                    ..Default::default()
+                };
+                let (a, b) = (Tun::open(&opts).unwrap(), Tun::open(&opts).unwrap());
+                let name = a.name().unwrap();
+                let (a, b) = (Queue::new(a, true), Queue::new(b, true));
+                let dev = Device::new(DeviceConfig::default());
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
+                let udp = PumpSocket::new(&shared, sock.as_fd(), Some(0.05)).unwrap();
+                let opts = PumpOptions {
+                    slice: Duration::from_secs(30),
+                    ..PumpOptions::default()
+                };
+                thread::scope(|s| {
+                    let tx = s.spawn(|| pump_tx(&dev, &a, &[None, None], &opts));
+                    // Nothing comes: the receive waits out the socket's timeout.
+                    assert_eq!(pump_rx(&dev, &b, &udp, &opts), Ok(()));
+                    b.close();
+                    assert_eq!(pump_rx(&dev, &b, &udp, &opts), Err(Error::Closed));
+                    let del = std::process::Command::new("ip")
+                        .args(["link", "del", &name])
+                        .status()
+                        .expect("ip link del");
+                    assert!(del.success());
+                    let e = tx.join().unwrap().unwrap_err();
+                    assert_eq!(e.errno(), Some(libc::EBADFD), "{e}");
+                });
+            })
+            .join()
+            .expect("test thread");
         }
     }
 
