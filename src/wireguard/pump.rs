@@ -14,7 +14,10 @@
 //! A call runs for at most [`PumpOptions::slice`] and then returns `Ok(())`, so that its
 //! caller looks at its own state between calls (a stop, new sockets after a rebind) with
 //! no signal to the loop; `pump_rx` also returns `Ok(())` when a receive has waited its
-//! socket's timeout. Both return `Err(Error::Closed)` (`EBADF`) once the TUN queue is
+//! socket's timeout. `pump_tx` returns as soon as the device's listen port changes
+//! ([`Device::set_listen_port`]: the caller has bound new sockets), without sending
+//! anything more on the old ones: a datagram sent from the old port would make the peer
+//! roam back to a port about to close, and the tunnel would stay dead from then on. Both return `Err(Error::Closed)` (`EBADF`) once the TUN queue is
 //! closed, and an [`Error::Os`] with `EBADFD` once the interface is deleted; `pump_tx`
 //! returns any other error of a TUN read too. `EINTR` is retried (a binding's signal
 //! handlers run in its main thread). What the loops drop (a super-packet the split
@@ -58,7 +61,8 @@ stats! {
     /// Batches not sent: no peer for their destination, or staged for a handshake.
     tx_unsent,
     /// Reads the split refused (a malformed super-packet), batches the device refused,
-    /// sends that failed or had no socket of the endpoint's family.
+    /// sends that failed or had no socket of the endpoint's family, batches read as the
+    /// listen port changed (not sent).
     tx_errors,
     // --- UDP to TUN ---
     /// Receives (each up to a batch of datagrams).
@@ -235,6 +239,7 @@ pub fn pump_tx(
     opts: &PumpOptions,
 ) -> Result<(), Error> {
     let (q, tun, end, c) = (tun, tun.get()?, opts.end(), &dev.pump);
+    let port = dev.listen_port();
     let mut original = vec![0u8; max_read(&tun)];
     let mut bufs = vec![Vec::new(); opts.batch];
     let mut sizes = vec![0usize; opts.batch];
@@ -254,13 +259,17 @@ pub fn pump_tx(
             Ok(n) => {
                 add(&c.tun_reads, 1);
                 add(&c.tun_packets, n);
+                if dev.listen_port() != port {
+                    add(&c.tx_errors, 1); // read as the sockets changed: not sent
+                    return Ok(());
+                }
                 send(dev, udp, &mut bufs[..n], &mut sizes[..n]);
             }
             Err(e) if e.errno() == Some(libc::ETIMEDOUT) => return Ok(()),
             Err(Error::Invalid(_)) => add(&c.tx_errors, 1),
             Err(e) => return Err(e),
         }
-        if Instant::now() >= end {
+        if Instant::now() >= end || dev.listen_port() != port {
             return Ok(());
         }
     }
@@ -555,6 +564,53 @@ mod tests {
                     let e = tx.join().unwrap().unwrap_err();
                     assert_eq!(e.errno(), Some(libc::EBADFD), "{e}");
                 });
+            })
+            .join()
+            .expect("test thread");
+        }
+    }
+
+    crate::root_test! {
+        /// A packet read after the listen port changed (the caller bound new sockets) is
+        /// not sent on the old socket: the call returns at once, the batch counted.
+        fn pump_tx_sends_nothing_once_the_listen_port_changed() {
+            thread::spawn(|| {
+                let tun = device_in_new_netns(A_ADDR).expect("device");
+                lo_setup(None);
+                let tun = Queue::new(Arc::try_unwrap(tun).expect("one reference"), true);
+                let dev = Device::new(DeviceConfig::default());
+                dev.set_private_key(&keys(1).0, Instant::now());
+                let peer_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let lines = [
+                    PeerLine::AllowedIp(IpNet::new("10.77.1.2".parse().unwrap(), 32).unwrap()),
+                    PeerLine::Endpoint(peer_sock.local_addr().unwrap()),
+                ];
+                dev.set_peer(&keys(2).1, &lines, Instant::now()).unwrap();
+                dev.set_listen_port(1000);
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
+                let udp = [Some(PumpSocket::new(&shared, sock.as_fd(), None).unwrap()), None];
+                let opts = PumpOptions {
+                    slice: Duration::from_secs(30),
+                    ..PumpOptions::default()
+                };
+                let started = Instant::now();
+                thread::scope(|s| {
+                    let pump = s.spawn(|| pump_tx(&dev, &tun, &udp, &opts));
+                    thread::sleep(Duration::from_millis(100)); // the pump reads
+                    dev.set_listen_port(2000);
+                    let probe = UdpSocket::bind("10.77.0.1:0").unwrap();
+                    probe.send_to(b"late", "10.77.1.2:9").unwrap();
+                    assert_eq!(pump.join().unwrap(), Ok(()));
+                });
+                assert!(started.elapsed() < Duration::from_secs(10), "returned at once");
+                let st = dev.pump_stats();
+                // (Other reads: the kernel's own packets on a new link, with no route.)
+                assert_eq!((st.tx_errors, st.tx_batches), (1, 0), "{st:?}");
+                assert_eq!(dev.stats().tx_staged, 0, "not even staged for a handshake");
+                peer_sock.set_nonblocking(true).unwrap();
+                let e = peer_sock.recv(&mut [0u8; 64]).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "nothing sent");
             })
             .join()
             .expect("test thread");
