@@ -498,3 +498,27 @@ class WireGuardDevice:
         """Seconds until ``tick`` has something to do (``None``: nothing scheduled)."""
     def stats(self) -> dict[str, int]:
         """The device's counters, drops by reason."""
+    def pump_stats(self) -> dict[str, int]:
+        """The counters of the loops ``run_tx`` and ``run_rx`` (reads, batches, errors)."""
+    def kick(self) -> None:
+        """Wakes the thread in ``wait_for_kick`` (at once, or at its next wait)."""
+    def wait_for_kick(self, timeout: float) -> bool:
+        """Waits (GIL released) until ``kick`` is called or the device queues work for
+        ``tick``: ``True``; ``False`` after ``timeout`` seconds without."""
+    def run_tx(
+        self,
+        tun: TunDevice,
+        udp4: UdpSocket | None,
+        udp6: UdpSocket | None,
+        batch_size: int = 128,
+    ) -> None:
+        """TUN to UDP as one native loop, GIL released: reads ``tun``, seals each batch,
+        sends it to the peer's endpoint on ``udp4`` or ``udp6``. Returns within half a
+        second (call it again); ``OSError`` ``EBADF`` once ``tun`` is closed, ``EBADFD``
+        once the interface is deleted."""
+    def run_rx(self, tun: TunDevice, udp: UdpSocket, batch_size: int = 128) -> None:
+        """UDP to TUN as one native loop, GIL released: receives on ``udp``, opens each
+        batch, writes the packets to ``tun``, answers the handshake messages on ``udp``.
+        Returns within half a second or when a receive waited the socket's timeout (call
+        it again); ``OSError`` ``EBADF`` once ``tun`` is closed, ``EBADFD`` once the
+        interface is deleted."""

@@ -25,6 +25,7 @@ use crate::engine::{
     self, Buffers, ErrorKind, ExpandBuffer, GroTable, Split, MAX_IP_PACKET, VIRTIO_NET_HDR_LEN,
 };
 use crate::hooks::{retry, Direct, Hooks};
+use crate::udp::Wait;
 
 /// More than any one read from a TUN/TAP device returns (a header, an Ethernet header and
 /// the largest IP packet): a caller that allocates per read need not allocate more.
@@ -109,13 +110,13 @@ impl RecvState {
     }
 
     /// Reads one packet (virtio header first, with offload) into `buf`: the held one if
-    /// there is one, else from the device ([`Tun::read`], truncation checked). `EINTR`
-    /// and `EAGAIN` are returned as errors.
-    pub fn read(&self, tun: &Tun, buf: &mut [u8], blocking: bool) -> Result<usize, Error> {
+    /// there is one, else from the device ([`Tun::read_waiting`], truncation checked).
+    /// `EINTR`, `EAGAIN` and `ETIMEDOUT` are returned as errors.
+    pub fn read(&self, tun: &Tun, buf: &mut [u8], wait: Wait) -> Result<usize, Error> {
         if let Some(n) = self.take_held(buf)? {
             return Ok(n);
         }
-        tun.read(buf, blocking)
+        tun.read_waiting(buf, wait)
     }
 
     /// Copies the held packet into `buf` and forgets it; `None` if nothing is held.
@@ -157,6 +158,9 @@ impl RecvState {
 /// Without offload one packet is read straight into `bufs[0][offset..]` (grown first
 /// when it has no room after `offset`, or to [`max_read`] with `fit`) and `original` is
 /// not used.
+///
+/// `blocking`: whether to wait for a packet (`true`, or `Wait::Block`), not
+/// (`false`: `EAGAIN`), or until an instant (`Wait::Until`: then `ETIMEDOUT`).
 #[allow(clippy::too_many_arguments)]
 pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
     tun: &Tun,
@@ -165,7 +169,7 @@ pub fn recv_multiple<B: ExpandBuffer + AsMut<[u8]>>(
     bufs: &mut [B],
     sizes: &mut [usize],
     offset: usize,
-    blocking: bool,
+    blocking: impl Into<Wait>,
     fit: bool,
 ) -> Result<usize, Error> {
     recv_multiple_with(
@@ -190,7 +194,7 @@ pub fn recv_multiple_with<E, L, H>(
     bufs: &mut L,
     sizes: &mut [usize],
     offset: usize,
-    blocking: bool,
+    blocking: impl Into<Wait>,
     fit: bool,
     hooks: &mut H,
 ) -> Result<usize, E>
@@ -199,7 +203,7 @@ where
     L: Buffers<E> + ?Sized,
     H: Hooks<E> + ?Sized,
 {
-    let vnet = tun.vnet_hdr();
+    let (vnet, blocking) = (tun.vnet_hdr(), blocking.into());
     let read_into = vnet.then_some(original.as_ptr() as usize);
     check_outputs(bufs, sizes.len(), offset, read_into, "bufs")?;
     if !vnet {
@@ -695,7 +699,7 @@ mod tests {
 /// [`send_multiple`]. Needs root and `/dev/net/tun`; without them it says so on stderr
 /// and passes.
 #[cfg(test)]
-pub(super) mod forward {
+pub(crate) mod forward {
     use super::*;
     use crate::device::{parse_ifaddr, TunOptions};
     use std::sync::Arc;

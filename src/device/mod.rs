@@ -9,7 +9,7 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 #[cfg(test)]
-mod offload_tests;
+pub(crate) mod offload_tests;
 mod queue;
 pub mod sys;
 mod tun;

@@ -299,6 +299,15 @@ impl Netns {
         self.path.as_deref()
     }
 
+    /// How it was opened, for a `repr`: `name="NAME"`, `path="PATH"` or `fd`.
+    pub fn opened_as(&self) -> String {
+        match (self.name(), self.path()) {
+            (Some(n), _) => format!("name={n:?}"),
+            (None, Some(p)) => format!("path={:?}", p.to_string_lossy()),
+            _ => "fd".into(),
+        }
+    }
+
     /// What error messages call it.
     pub fn describe(&self) -> &str {
         &self.desc
@@ -378,6 +387,11 @@ impl Switch {
     /// Whether [`Switch::leave`] has run.
     pub fn is_left(&self) -> bool {
         self.prev.is_none()
+    }
+
+    /// Whether it is active and the calling thread is the one that entered.
+    pub fn entered_here(&self) -> bool {
+        !self.is_left() && self.on_this_thread()
     }
 
     /// Whether this is the calling thread's innermost active switch.
@@ -513,6 +527,8 @@ mod tests {
         let here = Netns::open(&NetnsTarget::Path("/proc/self/ns/net".into())).unwrap();
         let by_fd = Netns::open(&NetnsTarget::Fd(here.fd().as_raw_fd())).unwrap();
         assert_eq!(here.id(), by_fd.id());
+        assert_eq!(here.opened_as(), r#"path="/proc/self/ns/net""#);
+        assert_eq!(by_fd.opened_as(), "fd");
     }
 
     crate::root_test! {
@@ -532,6 +548,7 @@ mod tests {
 
                 let mut sw = new.enter().unwrap();
                 assert!(new.is_current().unwrap());
+                assert!(sw.entered_here());
                 // Nested: the original namespace, by descriptor.
                 let by_fd = Netns::open(&NetnsTarget::Fd(orig.fd().as_raw_fd())).unwrap();
                 let mut inner = by_fd.enter().unwrap();
@@ -551,7 +568,7 @@ mod tests {
                 let sw = std::thread::scope(|s| {
                     s.spawn(move || {
                         let mut sw = sw;
-                        assert!(!sw.on_this_thread());
+                        assert!(!sw.on_this_thread() && !sw.entered_here());
                         assert!(matches!(sw.leave(), Err(Error::State(_))));
                         sw
                     })
@@ -562,6 +579,7 @@ mod tests {
                 let mut sw = sw;
                 sw.leave().unwrap();
                 assert!(orig.is_current().unwrap());
+                assert!(!sw.entered_here(), "left");
 
                 // in_netns runs the closure there and comes back.
                 let inside = in_netns(Some(new.fd()), Netns::current).unwrap();

@@ -23,8 +23,8 @@ pub(crate) struct Devs {
     pub b: Arc<Tun>,
 }
 
-const A_ADDR: &str = "10.77.0.1/16";
-const B_ADDR: &str = "10.77.1.2/16";
+pub(crate) const A_ADDR: &str = "10.77.0.1/16";
+pub(crate) const B_ADDR: &str = "10.77.1.2/16";
 const B_IP: &str = "10.77.1.2";
 const WAIT: Duration = Duration::from_secs(20);
 

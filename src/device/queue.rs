@@ -137,7 +137,7 @@ impl Queue {
         buf: &mut [u8],
     ) -> Result<usize, E> {
         let blocking = self.blocking();
-        self.on(hooks, |tun| self.recv_state.read(tun, buf, blocking))
+        self.on(hooks, |tun| self.recv_state.read(tun, buf, blocking.into()))
     }
 
     /// Writes one packet.
@@ -156,6 +156,8 @@ mod tests {
     use super::*;
     use crate::device::TunOptions;
     use crate::hooks::Direct;
+    use crate::udp::Wait;
+    use std::time::{Duration, Instant};
 
     crate::root_test! {
         fn a_closed_queue_refuses_calls_and_keeps_its_name() {
@@ -172,6 +174,10 @@ mod tests {
                 assert!(q.raw_fd() >= 0);
                 let e = q.recv::<Error, _>(&mut Direct, &mut [0; 100]).unwrap_err();
                 assert_eq!(e.errno(), Some(libc::EAGAIN), "non-blocking, nothing to read");
+                let soon = Instant::now() + Duration::from_millis(20);
+                let e = q.get().unwrap().read_waiting(&mut [0; 100], Wait::Until(soon));
+                assert_eq!(e.unwrap_err().errno(), Some(libc::ETIMEDOUT), "waited, for nothing");
+                assert!(Instant::now() >= soon);
                 q.close();
                 q.close();
                 assert!(q.is_closed() && q.raw_fd() == -1);

@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_ulong, c_void, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::netlink::{IfAddr, Netlink};
 use super::netns::{fd_id, in_netns, open_current, Netns};
@@ -11,6 +12,7 @@ use super::offload::Offloads;
 use super::sys::*;
 use super::{invalid, last_error, Error};
 use crate::engine::ErrorKind as K;
+use crate::udp::Wait;
 
 /// The size of the virtio header tunoffload uses (`struct virtio_net_hdr`, not `_mrg_rxbuf`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -806,8 +808,9 @@ impl Tun {
     }
 
     /// Waits until the device is readable (`events = POLLIN`) or writable (`POLLOUT`),
-    /// or the queue is shut down. `EINTR` is returned to the caller.
-    fn wait(&self, events: i16) -> Result<i16, Error> {
+    /// or the queue is shut down, for at most `timeout_ms` (-1: as long as it takes; 0
+    /// events after a timeout). `EINTR` is returned to the caller.
+    fn wait(&self, events: i16, timeout_ms: c_int) -> Result<i16, Error> {
         let mut fds = [
             libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -821,7 +824,7 @@ impl Tun {
             },
         ];
         // SAFETY: `fds` is a valid array of two pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
         if n < 0 {
             return Err(last_error("waiting for the device (poll)"));
         }
@@ -834,7 +837,7 @@ impl Tun {
     /// Waits until a read would not block. `EINTR` comes back as an error.
     pub fn wait_readable(&self) -> Result<(), Error> {
         self.check_open()?;
-        self.wait(libc::POLLIN).map(|_| ())
+        self.wait(libc::POLLIN, -1).map(|_| ())
     }
 
     /// Reads one packet (with its virtio header when [`Tun::vnet_hdr`]) into `buf`.
@@ -846,6 +849,13 @@ impl Tun {
     /// header's length ([`check_truncation`](super::batch::check_truncation)) and a cut
     /// packet (lost) is `Error::Invalid`.
     pub fn read(&self, buf: &mut [u8], blocking: bool) -> Result<usize, Error> {
+        self.read_waiting(buf, blocking.into())
+    }
+
+    /// [`read`](Self::read), waiting for a packet as `wait` says: as long as it takes
+    /// (`Block`, as blocking), not at all (`NonBlocking`: `EAGAIN`) or until an instant
+    /// (`Until`, then `ETIMEDOUT`).
+    pub fn read_waiting(&self, buf: &mut [u8], wait: Wait) -> Result<usize, Error> {
         let mut after_err = false;
         loop {
             self.check_open()?;
@@ -864,11 +874,23 @@ impl Tun {
             }
             let e = last_error("reading from the TUN device");
             match e.errno() {
-                Some(libc::EAGAIN) if blocking => {
+                Some(libc::EAGAIN) if wait != Wait::NonBlocking => {
                     if after_err {
                         return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
                     }
-                    let rev = self.wait(libc::POLLIN)?;
+                    let ms = match wait {
+                        Wait::Until(t) => match t.saturating_duration_since(Instant::now()) {
+                            left if left.is_zero() => {
+                                let what = "waiting for a packet from the TUN device";
+                                return Err(Error::from_errno(libc::ETIMEDOUT, what));
+                            }
+                            left => {
+                                left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int
+                            }
+                        },
+                        _ => -1,
+                    };
+                    let rev = self.wait(libc::POLLIN, ms)?;
                     after_err = rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
                         && rev & libc::POLLIN == 0;
                 }
@@ -904,7 +926,7 @@ impl Tun {
             let e = last_error("writing to the TUN device");
             match e.errno() {
                 Some(libc::EAGAIN) if blocking => {
-                    self.wait(libc::POLLOUT)?;
+                    self.wait(libc::POLLOUT, -1)?;
                 }
                 Some(libc::EBADFD) => {
                     return Err(Error::from_errno(

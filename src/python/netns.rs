@@ -94,8 +94,7 @@ impl PyNetnsSwitch {
     /// True when this is active and the calling thread is the one that entered.
     #[getter]
     fn entered_here(&self) -> bool {
-        let sw = self.sw();
-        !sw.is_left() && sw.on_this_thread()
+        self.sw().entered_here()
     }
 
     /// A descriptor of the namespace, owned by this object.
@@ -114,12 +113,7 @@ impl PyNetnsSwitch {
     }
 
     fn __repr__(&self) -> String {
-        let what = match (self.name(), self.path()) {
-            (Some(n), _) => format!("name={n:?}"),
-            (None, Some(p)) => format!("path={p:?}"),
-            _ => "fd".into(),
-        };
-        let (inode, active) = (self.inode(), py_bool(self.active()));
+        let (what, inode, active) = (self.ns.opened_as(), self.inode(), py_bool(self.active()));
         format!("<NetnsSwitch {what} inode={inode} active={active}>")
     }
 }

@@ -47,7 +47,8 @@ use crate::hooks::retry;
 /// there (that needs CAP_SYS_ADMIN for setns; without it the error says it was moved).
 #[pyclass(name = "TunDevice", module = "tunoffload", frozen)]
 pub(crate) struct PyTunDevice {
-    q: Queue,
+    /// The queue (a `WireGuardDevice`'s loops run on it).
+    pub(crate) q: Queue,
 }
 
 /// The class's methods, with a property for each of the queue's

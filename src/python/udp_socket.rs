@@ -18,6 +18,7 @@ use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
 use crate::engine::Buffers;
 use crate::hooks::{lock, Hooks};
 use crate::udp::{self, Dest, PerDatagram, Shared, TxMetas, Wait};
+use crate::wireguard::PumpSocket;
 
 thread_local! {
     /// The senders a receive fills in, and the addresses a send parses, reused per thread.
@@ -126,8 +127,7 @@ impl PyRecvMeta {
     /// an IPv6 link-local one): what ``send_multiple(..., src=)`` takes to answer from
     /// it. ``None`` unless the receiving ``UdpSocket`` has ``pktinfo``.
     fn destination(&self, index: usize) -> PyResult<Option<String>> {
-        self.0.entry(index)?;
-        Ok(self.0.destination_host(index))
+        Ok(self.0.destination_host(index)?)
     }
 
     /// The index of the interface datagram ``index`` came in on (``None`` without
@@ -159,10 +159,7 @@ pub(crate) fn read_addr(
 ) -> PyResult<SocketAddr> {
     let t = obj.cast::<PyTuple>().ok();
     let host = t.and_then(|t| t.get_item(0).ok()?.extract::<String>().ok());
-    let family = family.unwrap_or(match host.as_deref().is_some_and(|h| h.contains(':')) {
-        true => udp::consts::AF_INET6,
-        false => udp::consts::AF_INET,
-    });
+    let family = family.unwrap_or_else(|| udp::host_family(host.as_deref()));
     let (form, most) = udp::addr_form(family);
     let bad = || type_error(what, form, obj);
     let t = t
@@ -184,6 +181,17 @@ pub(crate) fn addr_tuple(py: Python<'_>, a: &SocketAddr) -> PyResult<Py<PyAny>> 
 }
 
 impl<'py> PyUdpSocket {
+    /// The socket for a `WireGuardDevice`'s loop: its batches, its descriptor (duplicated,
+    /// so that a close meanwhile leaves the loop's open) and its timeout now.
+    pub(crate) fn pump_socket(&self, py: Python<'_>) -> PyResult<PumpSocket<'_>> {
+        let sock = self.sock.bind(py);
+        let timeout = sock.call_method0(intern!(py, "gettimeout"))?.extract()?;
+        // SAFETY: the socket's open descriptor, duplicated at once (no Python code runs
+        // in between that could close it).
+        let fd = unsafe { BorrowedFd::borrow_raw(sock_fd(sock)?) };
+        Ok(PumpSocket::new(&self.batch, fd, timeout)?)
+    }
+
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
         let timeout = intern!(py, "gettimeout");

@@ -3,8 +3,7 @@
 //! handshakes, the timers and the batch rules are the core's; this maps arguments.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBytes, PyDict};
@@ -13,9 +12,12 @@ use super::batch::in_place;
 use super::buffers::{Name, Views};
 use super::errors::with_attrs;
 use super::gil::Gil;
-use super::udp_socket::{read_addr, PyRecvMeta};
+use super::tun_device::PyTunDevice;
+use super::udp_socket::{read_addr, PyRecvMeta, PyUdpSocket};
+use crate::engine::IDEAL_BATCH_SIZE;
 use crate::udp;
-use crate::wireguard::{mtu_limit, Datagram, Device, DeviceConfig, Encrypted};
+use crate::wireguard::{duration_from_secs, mtu_limit, pump_rx, pump_tx, PumpOptions};
+use crate::wireguard::{Datagram, Device, DeviceConfig, Encrypted};
 
 /// A WireGuard interface's protocol state: keys and peers (set through WireGuard's
 /// configuration protocol), handshakes, timers, and the transport data of its batches,
@@ -23,18 +25,13 @@ use crate::wireguard::{mtu_limit, Datagram, Device, DeviceConfig, Encrypted};
 #[pyclass(name = "WireGuardDevice", module = "tunoffload", frozen)]
 pub(crate) struct PyWireGuardDevice(Device);
 
-/// An endpoint as `(host, port)` (an IPv6 scope as `%scope` in the host).
-fn endpoint(a: &SocketAddr) -> (String, u16) {
-    (udp::host_string(a), a.port())
-}
-
 /// Datagrams to send, each as `(bytes, (host, port))`.
 type Out = Vec<(Py<PyBytes>, (String, u16))>;
 
 /// Each datagram to send, as Python has them.
 fn datagrams(py: Python<'_>, out: Vec<Datagram>) -> Out {
     (out.iter())
-        .map(|(d, a)| (PyBytes::new(py, d).unbind(), endpoint(a)))
+        .map(|(d, a)| (PyBytes::new(py, d).unbind(), udp::host_port(a)))
         .collect()
 }
 
@@ -47,8 +44,7 @@ impl PyWireGuardDevice {
         force_under_load: bool,
         mtu: i64,
     ) -> PyResult<Self> {
-        let timers = timers.unwrap_or_default();
-        let t = timers.iter().map(|(k, v)| (k.as_str(), *v));
+        let t = timers.unwrap_or_default();
         let config = DeviceConfig::from_options(t, force_under_load, mtu.into())?;
         Ok(PyWireGuardDevice(Device::new(config)))
     }
@@ -107,7 +103,7 @@ impl PyWireGuardDevice {
             self.0.encrypt_with(b, offset, v, now, &mut Gil(py))
         })?;
         match r {
-            Encrypted::Send { endpoint: e, .. } => Ok(Some(endpoint(&e))),
+            Encrypted::Send { endpoint: e, .. } => Ok(Some(udp::host_port(&e))),
             _ => Ok(None),
         }
     }
@@ -156,16 +152,65 @@ impl PyWireGuardDevice {
 
     /// Seconds until ``tick`` has something to do (``None``: nothing is scheduled).
     fn next_deadline(&self) -> Option<f64> {
-        let d = self.0.next_deadline()?;
-        Some(
-            d.saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(3600))
-                .as_secs_f64(),
-        )
+        Some(self.0.time_to_deadline(Instant::now())?.as_secs_f64())
     }
 
     /// The device's counters, drops by reason.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.0.stats().items().into_py_dict(py)
+    }
+
+    /// The counters of the loops ``run_tx`` and ``run_rx`` (reads, batches, errors).
+    fn pump_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.0.pump_stats().items().into_py_dict(py)
+    }
+
+    /// Wakes the thread in ``wait_for_kick`` (at once, or at its next wait).
+    fn kick(&self) {
+        self.0.kick();
+    }
+
+    /// Waits (GIL released) until ``kick`` is called or the device queues work for
+    /// ``tick``: ``True``; ``False`` after ``timeout`` seconds without.
+    fn wait_for_kick(&self, py: Python<'_>, timeout: f64) -> bool {
+        let timeout = duration_from_secs(timeout);
+        py.detach(|| self.0.wait_for_kick(timeout))
+    }
+
+    /// ``run_tx(tun, udp4, udp6, batch_size=IDEAL_BATCH_SIZE)``: TUN to UDP as one native
+    /// loop, with the GIL released throughout: reads ``tun``, seals each batch, sends it
+    /// to the peer's endpoint on ``udp4`` or ``udp6`` (either may be ``None``). Returns
+    /// after half a second (call it again); ``OSError`` ``EBADF`` once ``tun`` is
+    /// closed, ``EBADFD`` once the interface is deleted.
+    #[pyo3(signature = (tun, udp4, udp6, batch_size=IDEAL_BATCH_SIZE))]
+    fn run_tx(
+        &self,
+        py: Python<'_>,
+        tun: &PyTunDevice,
+        udp4: Option<&PyUdpSocket>,
+        udp6: Option<&PyUdpSocket>,
+        batch_size: usize,
+    ) -> PyResult<()> {
+        let [v4, v6] = [udp4, udp6].map(|u| u.map(|u| u.pump_socket(py)).transpose());
+        let (udp, opts) = ([v4?, v6?], PumpOptions::with_batch(batch_size)?);
+        Ok(py.detach(|| pump_tx(&self.0, &tun.q, &udp, &opts))?)
+    }
+
+    /// ``run_rx(tun, udp, batch_size=IDEAL_BATCH_SIZE)``: UDP to TUN as one native loop,
+    /// with the GIL released throughout: receives on ``udp``, opens each batch, writes
+    /// the packets to ``tun`` and answers the handshake messages on ``udp``. Returns after
+    /// half a second or a receive that waited the socket's timeout (call it again);
+    /// ``OSError`` ``EBADF`` once ``tun`` is closed, ``EBADFD`` once the interface is
+    /// deleted.
+    #[pyo3(signature = (tun, udp, batch_size=IDEAL_BATCH_SIZE))]
+    fn run_rx(
+        &self,
+        py: Python<'_>,
+        tun: &PyTunDevice,
+        udp: &PyUdpSocket,
+        batch_size: usize,
+    ) -> PyResult<()> {
+        let (udp, opts) = (udp.pump_socket(py)?, PumpOptions::with_batch(batch_size)?);
+        Ok(py.detach(|| pump_rx(&self.0, &tun.q, &udp, &opts))?)
     }
 }

@@ -192,10 +192,16 @@ impl RecvMeta {
     }
 
     /// Datagram `i`'s local address as `socket.recvfrom` writes hosts: `"a.b.c.d"`, or
-    /// the IPv6 text form with `%interface` for a link-local one.
-    pub fn destination_host(&self, i: usize) -> Option<String> {
-        let m = self.get(i)?;
-        let ip = m.destination?;
+    /// the IPv6 text form with `%interface` for a link-local one (`None` without
+    /// [`Options::pktinfo`]); `out_of_range` as [`entry`](Self::entry).
+    pub fn destination_host(
+        &self,
+        i: usize,
+    ) -> std::result::Result<Option<String>, crate::engine::Error> {
+        let m = self.entry(i)?;
+        let Some(ip) = m.destination else {
+            return Ok(None);
+        };
         let scope = if needs_scope(&ip) {
             m.ifindex.unwrap_or(0)
         } else {
@@ -205,7 +211,7 @@ impl RecvMeta {
             IpAddr::V4(_) => SocketAddr::new(ip, 0),
             IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(v6, 0, 0, scope)),
         };
-        Some(super::host_string(&a))
+        Ok(Some(super::host_string(&a)))
     }
 
     /// Exchanges the entries of datagrams `i` and `j` (as a batch's buffers are permuted);
@@ -447,6 +453,14 @@ mod tests {
         assert_eq!(m.get(0).unwrap().ecn, Some(3));
         assert_eq!(m.get(0).unwrap().destination, None);
         assert_eq!(m.get(3), None);
+        m.begin(true, false);
+        m.end(1);
+        assert_eq!(m.destination_host(0).unwrap().as_deref(), Some("fe80::1%5"));
+        m.begin(false, false);
+        m.end(1);
+        assert_eq!(m.destination_host(0).unwrap(), None, "no pktinfo asked");
+        assert_eq!(m.destination_host(1).unwrap_err().kind(), OutOfRange);
+        m.begin(false, true);
         // Only the entries the last receive filled in are there to read and exchange.
         m.end(2);
         assert_eq!(m.filled(), 2);

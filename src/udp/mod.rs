@@ -34,14 +34,14 @@ pub mod meta;
 mod shared;
 mod sys;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use batch::{FaultOn, Out, SendError, Stats, UdpBatch};
 pub use cmsg::{Source, TxMeta};
 pub use cmsg::{ECN_CE, ECN_ECT0, ECN_ECT1, ECN_NOT_ECT};
 pub use meta::{parse_source, Meta, Options, PerDatagram, RecvMeta, TxMetas};
 pub use shared::Shared;
-pub use sys::{addr_form, host_string, parse_addr, parse_host};
+pub use sys::{addr_form, host_family, host_port, host_string, parse_addr, parse_host};
 
 /// The system constants a caller needs to speak about sockets and their errors (so that
 /// bindings above this module need no `libc` of their own).
@@ -238,8 +238,7 @@ impl Wait {
     /// From a socket timeout in seconds as Python's `gettimeout()` gives it: `None`
     /// blocks, zero does not wait (one too large for a `Duration` blocks too).
     pub fn from_secs(timeout: Option<f64>) -> Wait {
-        let max = |_| Duration::MAX;
-        Wait::from_timeout(timeout.map(|s| Duration::try_from_secs_f64(s).unwrap_or_else(max)))
+        Wait::from_timeout(timeout_from_secs(timeout))
     }
 
     /// From a socket timeout as Python has it: `None` blocks, zero does not wait.
@@ -253,6 +252,24 @@ impl Wait {
             },
         }
     }
+}
+
+/// `true`: [`Wait::Block`], `false`: [`Wait::NonBlocking`] (a blocking or non-blocking
+/// descriptor's call).
+impl From<bool> for Wait {
+    fn from(blocking: bool) -> Wait {
+        match blocking {
+            true => Wait::Block,
+            false => Wait::NonBlocking,
+        }
+    }
+}
+
+/// A socket timeout in seconds as Python's `gettimeout()` gives it, as a [`Duration`]:
+/// `None` (blocking) stays `None`; one that is no `Duration` (negative, too large, or
+/// not a number) is [`Duration::MAX`], which waits as long as blocking does.
+pub fn timeout_from_secs(timeout: Option<f64>) -> Option<Duration> {
+    timeout.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
 }
 
 /// Where `send` sends.

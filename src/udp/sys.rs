@@ -389,6 +389,20 @@ pub fn parse_host(host: &str, family: c_int) -> Result<(IpAddr, Option<u32>)> {
     ))
 }
 
+/// The family of a socket that takes `host` (an address literal as `socket.sendto`
+/// takes it, or nothing): `AF_INET6` if it has a colon, else `AF_INET`.
+pub fn host_family(host: Option<&str>) -> c_int {
+    match host.is_some_and(|h| h.contains(':')) {
+        true => libc::AF_INET6,
+        false => libc::AF_INET,
+    }
+}
+
+/// `addr` as `(host, port)`: the host as [`host_string`] writes it.
+pub fn host_port(addr: &SocketAddr) -> (String, u16) {
+    (host_string(addr), addr.port())
+}
+
 /// The shape of an address tuple as `socket.sendto` takes it on a socket of `family`:
 /// its description (for a `TypeError`) and the most entries it has (host and port, and
 /// on `AF_INET6` flowinfo and scope id), for [`parse_addr`].

@@ -18,7 +18,7 @@ fn ioctl(fd: i32, req: std::ffi::c_ulong, r: &mut IfReq) {
 }
 
 /// Brings `lo` up (and sets its MTU) in the calling thread's namespace.
-fn lo_setup(mtu: Option<i32>) {
+pub(crate) fn lo_setup(mtu: Option<i32>) {
     let s = UdpSocket::bind("0.0.0.0:0").expect("a socket for ioctls");
     let mut r = IfReq::new(b"lo");
     ioctl(s.as_raw_fd(), SIOCGIFFLAGS, &mut r);
@@ -458,6 +458,18 @@ fn address_text_forms() {
     assert_eq!(host_string(&a), "2001:db8::1%3");
     let a: SocketAddr = "10.1.2.3:5".parse().unwrap();
     assert_eq!(host_string(&a), "10.1.2.3");
+    assert_eq!(host_port(&a), ("10.1.2.3".into(), 5));
+    let a: SocketAddr = "[fd00::7]:51820".parse().unwrap();
+    assert_eq!(host_port(&a), ("fd00::7".into(), 51820));
+    // An address without a socket family picks one by its host, as `sendto` would.
+    assert_eq!(host_family(Some("fd00::1")), libc::AF_INET6);
+    assert_eq!(host_family(Some("::ffff:1.2.3.4")), libc::AF_INET6);
+    assert_eq!(host_family(Some("10.0.0.1")), libc::AF_INET);
+    assert_eq!(
+        host_family(None),
+        libc::AF_INET,
+        "no host: the tuple's shape is refused"
+    );
 }
 
 mod options;

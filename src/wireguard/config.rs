@@ -56,14 +56,14 @@ impl DeviceConfig {
     /// (name, value) pairs as [`Timing::set`] takes them (testing only), `force_under_load`
     /// (testing only) and `mtu` as [`mtu_limit`] takes it. The first bad pair or value is
     /// the error (`unknown_option` naming it, or `out_of_range`).
-    pub fn from_options<'a>(
-        timers: impl IntoIterator<Item = (&'a str, f64)>,
+    pub fn from_options<K: AsRef<str>>(
+        timers: impl IntoIterator<Item = (K, f64)>,
         force_under_load: bool,
         mtu: i128,
     ) -> Result<DeviceConfig> {
         let mut timing = Timing::default();
         for (name, value) in timers {
-            timing.set(name, value)?;
+            timing.set(name.as_ref(), value)?;
         }
         Ok(DeviceConfig {
             timing,
@@ -493,7 +493,16 @@ mod tests {
         );
         assert!(c.force_under_load);
         assert_eq!(c.mtu, Some(1420));
-        assert_eq!(DeviceConfig::from_options([], false, 0).unwrap().mtu, None);
+        // Names owned (a binding's dict) as well as borrowed.
+        let owned = std::collections::HashMap::from([("rekey_timeout".to_string(), 1.0)]);
+        let c = DeviceConfig::from_options(owned, false, 0).unwrap();
+        assert_eq!(c.timing.rekey_timeout, Duration::from_secs(1));
+        assert_eq!(
+            DeviceConfig::from_options([("", 0.0); 0], false, 0)
+                .unwrap()
+                .mtu,
+            None
+        );
         let cases: &[(&str, f64, i128, ErrorKind, &str)] = &[
             (
                 "rekey_after",

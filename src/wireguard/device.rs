@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::allowed_ips::AllowedIps;
@@ -19,6 +19,7 @@ use super::keypair::Keypair;
 use super::messages::*;
 use super::noise::{consume_initiation_static, Handshake, Identity, InitiationRefused};
 use super::peer::{lock, read, want, write, Peer};
+use super::pump::{PumpCounters, PumpStats};
 use super::tai64n::Tai64n;
 use super::timers::{after, nanos, Jitter, Nanos, Timing, NONE};
 use crate::aead::HEADER_LEN;
@@ -76,40 +77,44 @@ pub struct Decrypted {
     pub wake: bool,
 }
 
-/// Declares [`DeviceStats`] (plain numbers) and `Counters` (the same fields, atomic),
-/// with the field list written once.
+/// Declares a struct of counters (plain numbers, `$stats`) and its atomic twin
+/// (`$counters`, the same fields), with the field list written once.
 macro_rules! stats {
-    ($($(#[$doc:meta])* $field:ident,)*) => {
-        /// The device's counters: what it dropped, by reason, and what it did.
+    ($(#[$sdoc:meta])* $stats:ident, $counters:ident;
+     $($(#[$doc:meta])* $field:ident,)*) => {
+        $(#[$sdoc])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct DeviceStats {
+        pub struct $stats {
             $($(#[$doc])* pub $field: u64,)*
         }
 
-        /// [`DeviceStats`], updated by several threads.
+        #[doc = concat!("[`", stringify!($stats), "`], updated by several threads.")]
         #[derive(Debug, Default)]
-        pub(crate) struct Counters {
+        pub(crate) struct $counters {
             $(pub(crate) $field: AtomicU64,)*
         }
 
-        impl DeviceStats {
+        impl $stats {
             /// Every counter with its name, in the order declared (a binding's dict).
             pub fn items(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($field), self.$field),)*]
             }
         }
 
-        impl Counters {
-            fn get(&self) -> DeviceStats {
-                DeviceStats {
+        impl $counters {
+            pub(crate) fn get(&self) -> $stats {
+                $stats {
                     $($field: self.$field.load(Relaxed),)*
                 }
             }
         }
     };
 }
+pub(crate) use stats;
 
 stats! {
+    /// The device's counters: what it dropped, by reason, and what it did.
+    DeviceStats, Counters;
     // --- sending ---
     /// Batches whose first packet's destination has no peer.
     tx_no_route,
@@ -202,8 +207,13 @@ pub struct Device {
     rate: RateLimiter,
     pub(crate) jitter: Jitter,
     pub(crate) counters: Counters,
+    /// The data-path loops' counters ([`crate::wireguard::pump`]).
+    pub(crate) pump: PumpCounters,
     /// Some peer has [`want`] bits set.
     pub(crate) wake: AtomicBool,
+    /// Set by [`Device::kick`], taken by [`Device::wait_for_kick`] (which `kicked` wakes).
+    kicked: Mutex<bool>,
+    kick: Condvar,
 }
 
 impl std::fmt::Debug for Device {
@@ -242,7 +252,10 @@ impl Device {
             rate: RateLimiter::default(),
             jitter: Jitter::new(u64::from_le_bytes(seed)),
             counters: Counters::default(),
+            pump: PumpCounters::default(),
             wake: AtomicBool::new(false),
+            kicked: Mutex::new(false),
+            kick: Condvar::new(),
         }
     }
 
@@ -266,15 +279,45 @@ impl Device {
         }
     }
 
-    /// Asks the control thread for work on `peer`.
+    /// Asks the control thread for work on `peer` (and wakes it: [`Device::kick`]).
     pub(crate) fn ask(&self, peer: &Peer, what: u8) {
         peer.ask(what);
         self.wake.store(true, Relaxed);
+        self.kick();
+    }
+
+    /// Wakes the control thread: its [`wait_for_kick`](Self::wait_for_kick) returns
+    /// `true` now, or at once the next time if it is not waiting. The data paths kick it
+    /// whenever they queue work for [`tick`](Self::tick); a caller kicks it after a
+    /// configuration change (a persistent keepalive turned on, staged packets that now
+    /// have a peer's endpoint), or to have it look at a stop.
+    pub fn kick(&self) {
+        *lock(&self.kicked) = true;
+        self.kick.notify_all();
+    }
+
+    /// The control thread's wait between two [`tick`](Self::tick)s: returns `true` as
+    /// soon as the device is kicked (a kick since the last wait counts), `false` after
+    /// `timeout` without one. Either way the kick is taken. The caller computes
+    /// `timeout` from [`next_deadline`](Self::next_deadline).
+    pub fn wait_for_kick(&self, timeout: Duration) -> bool {
+        let guard = lock(&self.kicked);
+        let (mut kicked, _) = self
+            .kick
+            .wait_timeout_while(guard, timeout, |k| !*k)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *kicked)
     }
 
     /// The device's counters.
     pub fn stats(&self) -> DeviceStats {
         self.counters.get()
+    }
+
+    /// The counters of the data-path loops that ran on this device
+    /// ([`pump_tx`](crate::wireguard::pump_tx), [`pump_rx`](crate::wireguard::pump_rx)).
+    pub fn pump_stats(&self) -> PumpStats {
+        self.pump.get()
     }
 
     /// The peers, in creation order (the control thread's snapshot).
@@ -693,6 +736,14 @@ impl Device {
         if timers.persistent_keepalive.take_due(t) && peer.persistent_keepalive.load(Relaxed) > 0 {
             self.send_keepalive(peer, now, out);
         }
+    }
+
+    /// How long from `now` until [`tick`](Self::tick) has something to do, at most an
+    /// hour (zero if work is queued or a timer is due; `None` if no timer is pending): a
+    /// control thread's wait.
+    pub fn time_to_deadline(&self, now: Instant) -> Option<Duration> {
+        let d = self.next_deadline()?.saturating_duration_since(now);
+        Some(d.min(Duration::from_secs(3600)))
     }
 
     /// When [`tick`](Self::tick) has something to do next: `Some(t <= now)` if work is

@@ -28,6 +28,9 @@
 //! - `send`, `receive`: the data paths, [`Device::encrypt`] and [`Device::decrypt`], and
 //!   their forms for a binding's buffers ([`Device::encrypt_with`],
 //!   [`Device::decrypt_with`]).
+//! - [`pump`]: the data paths as loops between a TUN queue and UDP sockets
+//!   ([`pump_tx`], [`pump_rx`]): the only part of this module that does I/O, for a caller
+//!   that wants no code of its own per batch.
 //!
 //! # The API
 //!
@@ -140,6 +143,7 @@ mod keypair;
 pub mod messages;
 mod noise;
 mod peer;
+pub mod pump;
 mod receive;
 mod send;
 pub mod tai64n;
@@ -152,6 +156,9 @@ mod tests;
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use config::{mtu_limit, DeviceConfig, PeerLine, PeerStatus};
 pub use device::{Clock, Datagram, Decrypted, Device, DeviceStats, Encrypted, SystemClock};
+pub use pump::{
+    duration_from_secs, pump_rx, pump_tx, send_datagrams, PumpOptions, PumpSocket, PumpStats,
+};
 pub use timers::Timing;
 pub use uapi::UapiError;
 

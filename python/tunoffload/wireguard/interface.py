@@ -13,8 +13,14 @@ packet:
   split, each sender noted in a ``RecvMeta``) -> ``wg.decrypt`` (packets at offset 16,
   handshake and cookie messages after them) -> the optional ``hook`` -> one
   ``tun.send_multiple`` (GRO); the handshake messages -> ``wg.handle_control`` -> sends;
-- timers: ``wg.tick()`` when ``wg.next_deadline()`` says, or when the other threads ask
-  (a packet staged for a handshake, a session confirmed, a configuration change) -> sends.
+- timers: ``wg.tick()`` when ``wg.next_deadline()`` says, or when the device is kicked
+  (``wg.wait_for_kick``: a packet staged for a handshake, a session confirmed, a
+  configuration change) -> sends.
+
+Without a ``hook`` the first two are the device's native loops, ``wg.run_tx`` and
+``wg.run_rx``: the same steps, each thread's whole loop in Rust with the GIL released
+(no interpreter work and no GIL hand-off per batch); a call returns within half a
+second, for the thread to look at a stop or a rebind, and the thread calls it again.
 
 The configuration goes to the device as the configuration protocol's text (``uapi_set``)
 and comes back from it the same way (``uapi_get``): the rules are the device's, this
@@ -211,7 +217,6 @@ class Interface:
         self._lock = threading.Lock()  # configuration changes that touch the sockets
         self._stopping = threading.Event()
         self._done = threading.Event()  # stopped, or the device is gone, or a thread died
-        self._kick = threading.Event()  # wakes the timer thread
         self._threads: list[threading.Thread] = []
         self._started = False
         self.reason: str | None = None
@@ -280,7 +285,7 @@ class Interface:
     def private_key(self, key: bytes | str | None) -> None:
         raw = bytes(KEY_LEN) if key is None else key_bytes(key, "private_key")
         self._wg.uapi_set(f"private_key={raw.hex()}\n")
-        self._kick.set()
+        self._wg.kick()
 
     @property
     def public_key(self) -> bytes | None:
@@ -347,14 +352,14 @@ class Interface:
         lines += [f"allowed_ip=-{p}" for p in remove_allowed_ips]
         lines += [f"allowed_ip={p}" for p in allowed_ips]
         self._wg.uapi_set("".join(f"{line}\n" for line in lines))
-        self._kick.set()
+        self._wg.kick()
 
     def remove_peer(self, public_key: bytes | str) -> None:
         self.set_peer(public_key, remove=True)
 
     def remove_all_peers(self) -> None:
         self._wg.uapi_set("replace_peers=true\n")
-        self._kick.set()
+        self._wg.kick()
 
     def peers(self) -> list[dict[str, Any]]:
         """Each peer's configuration and counters, as the device reports them (see
@@ -398,21 +403,22 @@ class Interface:
                     kept = self._fwmark if key == "fwmark" else self._binding.port
                     wg.uapi_set(f"{key}={kept}\n")  # the device keeps what the sockets have
                     error = UapiError(ERROR_PORT_IN_USE, f"failed to set {key}: {exc}")
-        self._kick.set()
+        self._wg.kick()
         if error is not None:
             raise error
 
     def stats(self) -> dict[str, int]:
         """The native device's counters (drops by reason...) and this layer's: reads,
-        batches and errors per direction."""
+        batches and errors per direction (the native loops' and the Python ones')."""
         out = dict(self._wg.stats())
-        out.update(self._counters)
+        native = self._wg.pump_stats()
+        out.update({k: v + native.get(k, 0) for k, v in self._counters.items()})
         return out
 
     def config_changed(self) -> None:
         """Lets the timer thread send what a configuration change queued (a keepalive
         for a persistent keepalive turned on, a handshake for staged packets)."""
-        self._kick.set()
+        self._wg.kick()
 
     # --- running ----------------------------------------------------------------------
 
@@ -424,7 +430,7 @@ class Interface:
             if self._stopping.is_set():
                 raise RuntimeError(f"{self.name}: stopped")
             self._started = True
-            self._spawn("wg-tx", self._tx_loop)
+            self._spawn("wg-tx", self._tx_loop if self._hook else self._tx_native)
             self._spawn("wg-timer", self._timer_loop)
             for bound in self._binding.all():
                 self._start_rx(bound)
@@ -435,7 +441,7 @@ class Interface:
         with self._lock:
             first = not self._stopping.is_set()
             self._stopping.set()
-            self._kick.set()
+            self._wg.kick()
             if first:
                 self._tun.close()  # wakes the sending thread
                 for bound in self._binding.all():
@@ -537,7 +543,8 @@ class Interface:
 
     def _start_rx(self, bound: _Bound) -> None:
         name = "wg-rx6" if bound.sock.family == socket.AF_INET6 else "wg-rx4"
-        bound.thread = self._spawn(name, self._rx_loop, bound)
+        loop = self._rx_loop if self._hook else self._rx_native
+        bound.thread = self._spawn(name, loop, bound)
 
     def _retire(self, binding: _Binding) -> None:
         """Old sockets after a rebind: each receiving thread closes its own socket when
@@ -563,9 +570,51 @@ class Interface:
                 counters["control_errors"] += 1
                 log.debug("%s: sending to %s: %s", self.name, endpoint, exc)
 
+    def _tun_gone(self, exc: OSError) -> bool:
+        """Whether an error of the TUN device ends the sending thread: the interface
+        stopped, or deleted (``ip link del``: ``EBADFD``)."""
+        if self._stopping.is_set():
+            return True
+        if exc.errno == errno.EBADFD:
+            log.debug("%s: the device was deleted", self.name)
+            self._finish("device deleted")
+            return True
+        return False
+
+    def _tx_native(self) -> None:
+        """TUN -> UDP as the device's native loop, on the sockets bound now."""
+        while True:
+            binding = self._binding
+            v4, v6 = binding.v4, binding.v6
+            try:
+                self._wg.run_tx(
+                    self._tun, v4.tx if v4 else None, v6.tx if v6 else None, self._batch
+                )
+            except OSError as exc:
+                if self._tun_gone(exc):
+                    return
+                if binding is not self._binding:
+                    continue  # its sockets were closed by a rebind meanwhile
+                raise
+
+    def _rx_native(self, bound: _Bound) -> None:
+        """UDP -> TUN as the device's native loop, until the socket is retired."""
+        try:
+            while not bound.closing:
+                try:
+                    self._wg.run_rx(self._tun, bound.rx, self._batch)
+                except OSError as exc:
+                    if bound.closing or self._stopping.is_set():
+                        return
+                    if exc.errno == errno.EBADFD:  # deleted: the sending thread says so
+                        return
+                    self._counters["rx_errors"] += 1
+                    log.debug("%s: UDP -> TUN: %s", self.name, exc)
+        finally:
+            bound.sock.close()
+
     def _tx_loop(self) -> None:
-        tun, wg, kick = self._tun, self._wg, self._kick
-        stopping = self._stopping
+        tun, wg = self._tun, self._wg
         counters = self._counters
         original = bytearray(VIRTIO_NET_HDR_LEN + 65535)
         bufs = [bytearray(BUFFER_SIZE) for _ in range(self._batch)]
@@ -574,11 +623,7 @@ class Interface:
             try:
                 n = tun.recv_multiple(original, bufs, sizes, _OFFSET)
             except OSError as exc:
-                if stopping.is_set():
-                    return
-                if exc.errno == errno.EBADFD:  # the interface was deleted (ip link del)
-                    log.debug("%s: the device was deleted", self.name)
-                    self._finish("device deleted")
+                if self._tun_gone(exc):
                     return
                 raise
             except ValueError as exc:  # a packet the split refused: dropped
@@ -593,9 +638,8 @@ class Interface:
                 counters["tx_errors"] += 1
                 log.debug("%s: encrypt: %s", self.name, exc)
                 continue
-            if endpoint is None:  # no route (dropped), or staged for a handshake
+            if endpoint is None:  # no route (dropped), or staged (the device kicks the timer)
                 counters["tx_unsent"] += 1
-                kick.set()
                 continue
             bound = self._binding.for_host(endpoint[0])
             try:
@@ -631,13 +675,12 @@ class Interface:
                 counters["udp_reads"] += 1
                 counters["udp_datagrams"] += n
                 try:
-                    packets, control, wake = wg.decrypt(bufs, 0, sizes, n, meta)
+                    # (wake: the device has kicked the timer thread already)
+                    packets, control, _wake = wg.decrypt(bufs, 0, sizes, n, meta)
                 except ValueError as exc:  # the batch refused as a whole: dropped
                     counters["rx_errors"] += 1
                     log.debug("%s: decrypt: %s", self.name, exc)
                     continue
-                if wake:  # a session confirmed (staged packets to send), a rekey due
-                    self._kick.set()
                 messages = (
                     [
                         (bytes(memoryview(bufs[i])[: sizes[i]]), meta.source(i))
@@ -680,16 +723,15 @@ class Interface:
             bound.sock.close()
 
     def _timer_loop(self) -> None:
-        wg, kick, stopping = self._wg, self._kick, self._stopping
+        wg, stopping = self._wg, self._stopping
         mtu_due = time.monotonic() + MTU_CHECK_S
         while not stopping.is_set():
-            kick.clear()
             out = wg.tick()
             if out:
                 self._send_datagrams(out)
             deadline = wg.next_deadline()
             wait = TIMER_MAX_WAIT_S if deadline is None else min(deadline, TIMER_MAX_WAIT_S)
-            kick.wait(max(wait, TIMER_MIN_WAIT_S))
+            wg.wait_for_kick(max(wait, TIMER_MIN_WAIT_S))  # GIL released; a kick ends it
             if time.monotonic() >= mtu_due and not stopping.is_set():
                 mtu_due = time.monotonic() + MTU_CHECK_S
                 self._check_mtu()

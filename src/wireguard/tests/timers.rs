@@ -25,6 +25,17 @@ fn fire_at(side: &Side, at: Instant) -> Vec<Datagram> {
         "nothing before the deadline"
     );
     assert_eq!(side.dev.next_deadline(), Some(at), "the next deadline");
+    let d = side.dev.time_to_deadline(at - NS);
+    assert_eq!(
+        d,
+        Some(NS.min(Duration::from_secs(3600))),
+        "a control thread's wait"
+    );
+    assert_eq!(
+        side.dev.time_to_deadline(at + NS),
+        Some(Duration::ZERO),
+        "due"
+    );
     side.dev.tick(at)
 }
 
@@ -66,6 +77,7 @@ fn handshake_retransmits_19_times_then_gives_up() {
     assert!(fire_at(&a, give_up + secs(540)).is_empty());
     assert_eq!(super::super::peer::read(&a.dev.index).len(), 0);
     assert_eq!(a.dev.next_deadline(), None);
+    assert_eq!(a.dev.time_to_deadline(give_up), None);
 }
 
 #[test]

@@ -1,0 +1,692 @@
+//! The data path as two loops with nothing of the caller's per batch: [`pump_tx`] (TUN
+//! to UDP, wireguard-go's `RoutineReadFromTUN` and encryption) and [`pump_rx`] (UDP to
+//! TUN, one per socket: `RoutineReceiveIncoming`, decryption and the handshake messages),
+//! on the core's own types: a TUN [`Queue`], each socket's [`Shared`] batches
+//! ([`PumpSocket`]), and buffers the loops own (`Vec<u8>`s, grown as packets need). A
+//! binding runs a whole call with its interpreter lock released.
+//!
+//! The control thread stays the caller's: it calls [`Device::tick`] when
+//! [`Device::next_deadline`] says and waits in [`Device::wait_for_kick`] meanwhile, which
+//! returns as soon as a loop queues work for it (a packet staged for a handshake, a
+//! session confirmed, a rekey due). [`send_datagrams`] sends what it returns, for a
+//! caller that has no sockets of its own.
+//!
+//! A call runs for at most [`PumpOptions::slice`] and then returns `Ok(())`, so that its
+//! caller looks at its own state between calls (a stop, new sockets after a rebind) with
+//! no signal to the loop; `pump_rx` also returns `Ok(())` when a receive has waited its
+//! socket's timeout. `pump_tx` returns as soon as the device's listen port changes
+//! ([`Device::set_listen_port`]: the caller has bound new sockets), without sending
+//! anything more on the old ones: a datagram sent from the old port would make the peer
+//! roam back to a port about to close, and the tunnel would stay dead from then on. Both return `Err(Error::Closed)` (`EBADF`) once the TUN queue is
+//! closed, and an [`Error::Os`] with `EBADFD` once the interface is deleted; `pump_tx`
+//! returns any other error of a TUN read too. `EINTR` is retried (a binding's signal
+//! handlers run in its main thread). What the loops drop (a super-packet the split
+//! refuses, no route, no socket of the endpoint's family, a send or a write the kernel
+//! refuses) is counted in [`PumpStats`] ([`Device::pump_stats`]), beside what the device
+//! itself drops ([`DeviceStats`](super::DeviceStats)).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use super::device::{stats, Datagram, Device, Encrypted};
+use crate::aead::HEADER_LEN;
+use crate::device::batch::{max_read, recv_multiple, send_multiple};
+use crate::device::{Error, Queue};
+use crate::engine::{self, ErrorKind, GroTable, IDEAL_BATCH_SIZE};
+use crate::hooks::Direct;
+use crate::udp::{self, Dest, Out, Shared, Wait};
+
+/// Packets sit at this offset in every buffer, messages at 0 (room for the header).
+const OFFSET: usize = HEADER_LEN;
+
+/// The most buffers a pump takes ([`PumpOptions::batch`]).
+pub const MAX_BATCH: usize = 4096;
+
+/// How long a pump call runs by default ([`PumpOptions::slice`]).
+pub const DEFAULT_SLICE: Duration = Duration::from_millis(500);
+
+stats! {
+    /// What the data-path loops did and dropped, by direction: the data-path counters of
+    /// the Python interface's `stats()` (which adds its own to them).
+    PumpStats, PumpCounters;
+    // --- TUN to UDP ---
+    /// Reads from the TUN device.
+    tun_reads,
+    /// Packets in those reads (super-packets split).
+    tun_packets,
+    /// Batches sealed and sent.
+    tx_batches,
+    /// Batches not sent: no peer for their destination, or staged for a handshake.
+    tx_unsent,
+    /// Reads the split refused (a malformed super-packet), batches the device refused,
+    /// sends that failed or had no socket of the endpoint's family, batches read as the
+    /// listen port changed (not sent).
+    tx_errors,
+    // --- UDP to TUN ---
+    /// Receives (each up to a batch of datagrams).
+    udp_reads,
+    /// Datagrams received.
+    udp_datagrams,
+    /// Decrypted packets handed to the TUN device.
+    rx_packets,
+    /// Handshake messages handed to [`Device::handle_control`].
+    rx_control,
+    /// Receives that failed, batches the device refused, handshake messages without a
+    /// source.
+    rx_errors,
+    /// Writes of decrypted packets to the TUN device that failed.
+    tun_write_errors,
+    /// Datagrams of the control path sent.
+    control_sent,
+    /// Datagrams of the control path that could not be sent.
+    control_errors,
+}
+
+/// How a pump call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PumpOptions {
+    /// Its buffers: the most packets of one TUN read, datagrams of one receive (the
+    /// default: [`IDEAL_BATCH_SIZE`]).
+    pub batch: usize,
+    /// How long it runs at most before it returns `Ok(())` ([`DEFAULT_SLICE`]).
+    pub slice: Duration,
+}
+
+impl Default for PumpOptions {
+    fn default() -> Self {
+        PumpOptions {
+            batch: IDEAL_BATCH_SIZE,
+            slice: DEFAULT_SLICE,
+        }
+    }
+}
+
+impl PumpOptions {
+    /// The default options with `batch` buffers: `out_of_range` unless in
+    /// `1..=`[`MAX_BATCH`].
+    pub fn with_batch(batch: usize) -> engine::Result<Self> {
+        if !(1..=MAX_BATCH).contains(&batch) {
+            let m = format!("batch_size must be in 1..={MAX_BATCH}, not {batch}");
+            return Err(engine::Error::new(ErrorKind::OutOfRange, m));
+        }
+        Ok(PumpOptions {
+            batch,
+            ..PumpOptions::default()
+        })
+    }
+
+    /// When a call that starts now ends.
+    fn end(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.slice)
+            .unwrap_or_else(|| now + Duration::from_secs(1 << 32))
+    }
+}
+
+/// One UDP socket as a pump uses it: its batches, a descriptor of its own (a
+/// duplicate, so that the caller may close its socket while a pump runs: the socket
+/// stays open, sending and receiving, until the pump returns) and how long a receive or
+/// a send waits.
+#[derive(Debug)]
+pub struct PumpSocket<'a> {
+    shared: &'a Shared,
+    fd: OwnedFd,
+    timeout: Option<Duration>,
+}
+
+impl<'a> PumpSocket<'a> {
+    /// `sock`, the socket of `shared`, with its timeout in seconds as Python's
+    /// `gettimeout()` gives it (`None`: calls block; 0: they do not wait; see
+    /// [`udp::timeout_from_secs`]).
+    pub fn new(
+        shared: &'a Shared,
+        sock: BorrowedFd<'_>,
+        timeout: Option<f64>,
+    ) -> udp::Result<Self> {
+        let fd = sock.try_clone_to_owned().map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EBADF);
+            udp::Error::from_errno(errno, "duplicating the socket's descriptor")
+        })?;
+        Ok(PumpSocket {
+            shared,
+            fd,
+            timeout: udp::timeout_from_secs(timeout),
+        })
+    }
+
+    /// How long a call made now waits: the socket's timeout, and for a receive no
+    /// later than `end`.
+    fn wait(&self, end: Option<Instant>) -> Wait {
+        let until = match self.timeout {
+            Some(t) if t.is_zero() => return Wait::NonBlocking,
+            t => t.and_then(|t| Instant::now().checked_add(t)),
+        };
+        until
+            .into_iter()
+            .chain(end)
+            .min()
+            .map_or(Wait::Block, Wait::Until)
+    }
+
+    /// Sends `msgs` to `to` (after a signal, the rest).
+    fn send(&self, msgs: &[&[u8]], to: SocketAddr) -> udp::Result<()> {
+        let (fd, wait) = (self.fd.as_fd(), self.wait(None));
+        let mut done = 0;
+        loop {
+            let part = &msgs[done..];
+            let r = (self.shared)
+                .sending::<_, (), _>(&mut Direct, |tx| tx.send(fd, part, Dest::One(to), wait));
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if e.error == udp::Error::Interrupted => done += e.sent,
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+}
+
+/// Seconds as a caller counts them (a Python float), as a [`Duration`] to wait: zero for
+/// none, a negative number or NaN, [`Duration::MAX`] for one too large.
+pub fn duration_from_secs(secs: f64) -> Duration {
+    match secs {
+        s if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
+        _ => Duration::ZERO,
+    }
+}
+
+/// The socket of `to`'s family among `udp` (IPv4, IPv6).
+fn socket_for<'s, 'a>(
+    udp: &'s [Option<PumpSocket<'a>>; 2],
+    to: &SocketAddr,
+) -> Option<&'s PumpSocket<'a>> {
+    udp[usize::from(to.is_ipv6())].as_ref()
+}
+
+/// Sends each datagram the control path returned ([`Device::tick`],
+/// [`Device::handle_control`]) on the socket of its destination's family among `udp`
+/// (IPv4, IPv6), counting them in the device's [`PumpStats`] (`control_sent`,
+/// `control_errors`).
+pub fn send_datagrams(dev: &Device, udp: &[Option<PumpSocket<'_>>; 2], out: &[Datagram]) {
+    for (bytes, to) in out {
+        let sent = socket_for(udp, to).map(|s| s.send(&[bytes], *to));
+        count_control(dev, matches!(sent, Some(Ok(()))));
+    }
+}
+
+fn count_control(dev: &Device, sent: bool) {
+    let c = &dev.pump;
+    match sent {
+        true => &c.control_sent,
+        false => &c.control_errors,
+    }
+    .fetch_add(1, Relaxed);
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Relaxed);
+}
+
+/// TUN to UDP: reads a super-packet from `tun` (split into the loop's buffers at offset
+/// 16), seals it for the peer of its destination ([`Device::encrypt`]) and sends it to
+/// the peer's endpoint on the socket of its family among `udp` (IPv4, IPv6), until the
+/// slice is over; see the [module doc](self) for what ends a call.
+pub fn pump_tx(
+    dev: &Device,
+    tun: &Queue,
+    udp: &[Option<PumpSocket<'_>>; 2],
+    opts: &PumpOptions,
+) -> Result<(), Error> {
+    let (q, tun, end, c) = (tun, tun.get()?, opts.end(), &dev.pump);
+    let port = dev.listen_port();
+    let mut original = vec![0u8; max_read(&tun)];
+    let mut bufs = vec![Vec::new(); opts.batch];
+    let mut sizes = vec![0usize; opts.batch];
+    loop {
+        let state = &q.recv_state;
+        let wait = Wait::Until(end);
+        match recv_multiple(
+            &tun,
+            state,
+            &mut original,
+            &mut bufs,
+            &mut sizes,
+            OFFSET,
+            wait,
+            false,
+        ) {
+            Ok(n) => {
+                add(&c.tun_reads, 1);
+                add(&c.tun_packets, n);
+                if dev.listen_port() != port {
+                    add(&c.tx_errors, 1); // read as the sockets changed: not sent
+                    return Ok(());
+                }
+                send(dev, udp, &mut bufs[..n], &mut sizes[..n]);
+            }
+            Err(e) if e.errno() == Some(libc::ETIMEDOUT) => return Ok(()),
+            Err(Error::Invalid(_)) => add(&c.tx_errors, 1),
+            Err(e) => return Err(e),
+        }
+        if Instant::now() >= end || dev.listen_port() != port {
+            return Ok(());
+        }
+    }
+}
+
+/// One batch of `pump_tx`, read: sealed and sent.
+fn send(
+    dev: &Device,
+    udp: &[Option<PumpSocket<'_>>; 2],
+    bufs: &mut [Vec<u8>],
+    sizes: &mut [usize],
+) {
+    let c = &dev.pump;
+    let counter = match dev.encrypt(bufs, OFFSET, sizes, Instant::now()) {
+        Ok(Encrypted::Send {
+            endpoint, count, ..
+        }) => {
+            let msgs: Vec<&[u8]> = (bufs.iter().zip(&*sizes).take(count))
+                .map(|(b, &len)| &b[..len])
+                .collect();
+            match socket_for(udp, &endpoint).map(|s| s.send(&msgs, endpoint)) {
+                Some(Ok(())) => &c.tx_batches,
+                _ => &c.tx_errors,
+            }
+        }
+        Ok(Encrypted::NoRoute | Encrypted::Staged) => &c.tx_unsent,
+        Err(_) => &c.tx_errors,
+    };
+    add(counter, 1);
+}
+
+/// UDP to TUN: receives a batch on `udp` (`recvmmsg`, coalesced reads split), opens it
+/// ([`Device::decrypt`]), writes the packets to `tun` (coalesced, with offload) and
+/// hands the handshake messages to [`Device::handle_control`], sending what it returns
+/// on `udp`, until the slice is over or a receive waited the socket's timeout; see the
+/// [module doc](self) for what ends a call.
+pub fn pump_rx(
+    dev: &Device,
+    tun: &Queue,
+    udp: &PumpSocket<'_>,
+    opts: &PumpOptions,
+) -> Result<(), Error> {
+    let (tun, end, c) = (tun.get()?, opts.end(), &dev.pump);
+    let mut bufs = vec![Vec::new(); opts.batch];
+    let mut sizes = vec![0usize; opts.batch];
+    let mut sources: Vec<Option<SocketAddr>> = vec![None; opts.batch];
+    let mut table = GroTable::new();
+    let fd = udp.fd.as_fd();
+    loop {
+        if tun.is_closed() {
+            return Err(Error::Closed);
+        }
+        let wait = udp.wait(Some(end));
+        let (b, s, a) = (&mut bufs, &mut sizes, Out::Addrs(&mut sources));
+        let r =
+            (udp.shared).receiving::<_, (), _>(&mut Direct, |rx, _| rx.recv(fd, b, s, 0, a, wait));
+        let n = match r {
+            Ok(n) => n,
+            Err(udp::Error::Timeout | udp::Error::WouldBlock) => return Ok(()),
+            Err(udp::Error::Interrupted) => continue,
+            Err(_) => {
+                add(&c.rx_errors, 1);
+                0
+            }
+        };
+        if n > 0 {
+            add(&c.udp_reads, 1);
+            add(&c.udp_datagrams, n);
+            receive(
+                dev,
+                &tun,
+                udp,
+                &mut table,
+                &mut bufs,
+                &mut sizes[..n],
+                &mut sources,
+            )?;
+        }
+        if Instant::now() >= end {
+            return Ok(());
+        }
+    }
+}
+
+/// One batch of `pump_rx`, received: opened, its packets written, its handshake
+/// messages handled. `Err` when the TUN device is closed or deleted.
+fn receive(
+    dev: &Device,
+    tun: &crate::device::Tun,
+    udp: &PumpSocket<'_>,
+    table: &mut GroTable,
+    bufs: &mut [Vec<u8>],
+    sizes: &mut [usize],
+    sources: &mut [Option<SocketAddr>],
+) -> Result<(), Error> {
+    let (c, now) = (&dev.pump, Instant::now());
+    let Ok(d) = dev.decrypt(bufs, 0, sizes, sources, now) else {
+        add(&c.rx_errors, 1);
+        return Ok(());
+    };
+    let p = d.packets;
+    if p > 0 {
+        add(&c.rx_packets, p);
+        if let Err(e) = send_multiple(
+            tun,
+            table,
+            &mut bufs[..p],
+            OFFSET,
+            Some(&sizes[..p]),
+            None,
+            true,
+        ) {
+            if e.error == Error::Closed || e.error.errno() == Some(libc::EBADFD) {
+                return Err(e.error);
+            }
+            add(&c.tun_write_errors, 1);
+        }
+    }
+    for i in p..p + d.control {
+        add(&c.rx_control, 1);
+        let Some(src) = sources[i] else {
+            add(&c.rx_errors, 1); // no source: nowhere to answer
+            continue;
+        };
+        for (bytes, to) in dev.handle_control(&bufs[i][..sizes[i]], src, now) {
+            count_control(dev, udp.send(&[&bytes], to).is_ok());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
+
+    use super::*;
+    use crate::device::batch::forward::device_in_new_netns;
+    use crate::device::offload_tests::{tcp_receive, tcp_send, A_ADDR, B_ADDR};
+    use crate::device::Tun;
+    use crate::udp::tests::lo_setup;
+    use crate::wireguard::tests::keys;
+    use crate::wireguard::{DeviceConfig, IpNet, PeerLine};
+
+    const BYTES: usize = 4 << 20;
+
+    #[test]
+    fn batch_sizes_out_of_range_are_refused() {
+        assert_eq!(PumpOptions::with_batch(1).unwrap().batch, 1);
+        assert_eq!(
+            PumpOptions::with_batch(MAX_BATCH).unwrap().slice,
+            DEFAULT_SLICE
+        );
+        for bad in [0, MAX_BATCH + 1, usize::MAX] {
+            let e = PumpOptions::with_batch(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::OutOfRange, "{bad}");
+        }
+    }
+
+    #[test]
+    fn seconds_to_wait() {
+        let ms = Duration::from_millis;
+        assert_eq!(duration_from_secs(0.25), ms(250));
+        for none in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+            assert_eq!(duration_from_secs(none), Duration::ZERO, "{none}");
+        }
+        assert_eq!(duration_from_secs(f64::INFINITY), Duration::MAX);
+        assert_eq!(duration_from_secs(1e300), Duration::MAX);
+    }
+
+    #[test]
+    fn a_kick_wakes_the_control_thread_once() {
+        let dev = Arc::new(Device::new(DeviceConfig::default()));
+        assert!(!dev.wait_for_kick(Duration::from_millis(1)), "no kick yet");
+        dev.kick();
+        assert!(
+            dev.wait_for_kick(Duration::ZERO),
+            "a kick before the wait counts"
+        );
+        assert!(!dev.wait_for_kick(Duration::ZERO), "and is taken");
+        let d = dev.clone();
+        let waiter = thread::spawn(move || d.wait_for_kick(Duration::from_secs(60)));
+        dev.kick();
+        assert!(waiter.join().unwrap(), "woken by the kick, not the timeout");
+    }
+
+    /// One side of the tunnel: its device and its TUN queue (in a namespace of its own),
+    /// its socket (in the namespace of the sockets).
+    struct Side {
+        dev: Device,
+        tun: Queue,
+        sock: UdpSocket,
+    }
+
+    impl Side {
+        fn new(seed: u8, tun: Arc<Tun>, sock: UdpSocket) -> Side {
+            let tun = Arc::try_unwrap(tun).expect("the only reference");
+            let dev = Device::new(DeviceConfig::default());
+            dev.set_private_key(&keys(seed).0, Instant::now());
+            let tun = Queue::new(tun, true);
+            Side { dev, tun, sock }
+        }
+
+        /// `other` as a peer: its tunnel address (`addr`, a /32), and its endpoint when
+        /// `endpoint` (else it is learnt from the handshake).
+        fn add_peer(&self, seed: u8, addr: &str, endpoint: Option<SocketAddr>) {
+            let ip: IpAddr = addr.split('/').next().unwrap().parse().unwrap();
+            let mut lines = vec![PeerLine::AllowedIp(IpNet::new(ip, 32).unwrap())];
+            lines.extend(endpoint.map(PeerLine::Endpoint));
+            self.dev
+                .set_peer(&keys(seed).1, &lines, Instant::now())
+                .unwrap();
+        }
+
+        /// Its two pumps and its control thread, until the TUN queue is closed and `stop`
+        /// set: the control thread sends what `tick` returns with `send_datagrams`.
+        fn run<'s>(
+            &'s self,
+            s: &'s thread::Scope<'s, '_>,
+            shared: &'s Shared,
+            stop: &'s AtomicBool,
+        ) {
+            let socket = || PumpSocket::new(shared, self.sock.as_fd(), Some(0.2)).unwrap();
+            let opts = PumpOptions {
+                slice: Duration::from_millis(300),
+                ..PumpOptions::default()
+            };
+            let until_closed = |pump: &dyn Fn() -> Result<(), Error>| loop {
+                match pump() {
+                    Ok(()) => {}
+                    Err(Error::Closed) => return,
+                    Err(e) => panic!("pump: {e}"),
+                }
+            };
+            let tx = [Some(socket()), None];
+            s.spawn(move || until_closed(&|| pump_tx(&self.dev, &self.tun, &tx, &opts)));
+            let rx = socket();
+            s.spawn(move || until_closed(&|| pump_rx(&self.dev, &self.tun, &rx, &opts)));
+            let control = [Some(socket()), None];
+            s.spawn(move || {
+                while !stop.load(SeqCst) {
+                    send_datagrams(&self.dev, &control, &self.dev.tick(Instant::now()));
+                    let next = self.dev.next_deadline();
+                    let wait = next.map_or(Duration::from_millis(100), |d| {
+                        d.saturating_duration_since(Instant::now())
+                    });
+                    self.dev.wait_for_kick(
+                        wait.clamp(Duration::from_millis(1), Duration::from_millis(100)),
+                    );
+                }
+            });
+        }
+    }
+
+    crate::root_test! {
+        /// A closed TUN queue ends a receiving pump, an interface deleted (`ip link del`)
+        /// a sending one with `EBADFD`, as the caller is to tell them apart.
+        fn pumps_end_on_a_closed_queue_and_a_deleted_interface() {
+            thread::spawn(|| {
+                // SAFETY: unshare on this thread only affects this thread's namespaces.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                lo_setup(None);
+                let opts = crate::device::TunOptions {
+                    offload: true,
+                    up: true,
+                    ..Default::default()
+                };
+                let (a, b) = (Tun::open(&opts).unwrap(), Tun::open(&opts).unwrap());
+                let name = a.name().unwrap();
+                let (a, b) = (Queue::new(a, true), Queue::new(b, true));
+                let dev = Device::new(DeviceConfig::default());
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
+                let udp = PumpSocket::new(&shared, sock.as_fd(), Some(0.05)).unwrap();
+                let opts = PumpOptions {
+                    slice: Duration::from_secs(30),
+                    ..PumpOptions::default()
+                };
+                thread::scope(|s| {
+                    let tx = s.spawn(|| pump_tx(&dev, &a, &[None, None], &opts));
+                    // Nothing comes: the receive waits out the socket's timeout.
+                    assert_eq!(pump_rx(&dev, &b, &udp, &opts), Ok(()));
+                    b.close();
+                    assert_eq!(pump_rx(&dev, &b, &udp, &opts), Err(Error::Closed));
+                    let del = std::process::Command::new("ip")
+                        .args(["link", "del", &name])
+                        .status()
+                        .expect("ip link del");
+                    assert!(del.success());
+                    let e = tx.join().unwrap().unwrap_err();
+                    assert_eq!(e.errno(), Some(libc::EBADFD), "{e}");
+                });
+            })
+            .join()
+            .expect("test thread");
+        }
+    }
+
+    crate::root_test! {
+        /// A packet read after the listen port changed (the caller bound new sockets) is
+        /// not sent on the old socket: the call returns at once, the batch counted.
+        fn pump_tx_sends_nothing_once_the_listen_port_changed() {
+            thread::spawn(|| {
+                let tun = device_in_new_netns(A_ADDR).expect("device");
+                lo_setup(None);
+                let tun = Queue::new(Arc::try_unwrap(tun).expect("one reference"), true);
+                let dev = Device::new(DeviceConfig::default());
+                dev.set_private_key(&keys(1).0, Instant::now());
+                let peer_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let lines = [
+                    PeerLine::AllowedIp(IpNet::new("10.77.1.2".parse().unwrap(), 32).unwrap()),
+                    PeerLine::Endpoint(peer_sock.local_addr().unwrap()),
+                ];
+                dev.set_peer(&keys(2).1, &lines, Instant::now()).unwrap();
+                dev.set_listen_port(1000);
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
+                let udp = [Some(PumpSocket::new(&shared, sock.as_fd(), None).unwrap()), None];
+                let opts = PumpOptions {
+                    slice: Duration::from_secs(30),
+                    ..PumpOptions::default()
+                };
+                let started = Instant::now();
+                thread::scope(|s| {
+                    let pump = s.spawn(|| pump_tx(&dev, &tun, &udp, &opts));
+                    thread::sleep(Duration::from_millis(100)); // the pump reads
+                    dev.set_listen_port(2000);
+                    let probe = UdpSocket::bind("10.77.0.1:0").unwrap();
+                    probe.send_to(b"late", "10.77.1.2:9").unwrap();
+                    assert_eq!(pump.join().unwrap(), Ok(()));
+                });
+                assert!(started.elapsed() < Duration::from_secs(10), "returned at once");
+                let st = dev.pump_stats();
+                // (Other reads: the kernel's own packets on a new link, with no route.)
+                assert_eq!((st.tx_errors, st.tx_batches), (1, 0), "{st:?}");
+                assert_eq!(dev.stats().tx_staged, 0, "not even staged for a handshake");
+                peer_sock.set_nonblocking(true).unwrap();
+                let e = peer_sock.recv(&mut [0u8; 64]).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "nothing sent");
+            })
+            .join()
+            .expect("test thread");
+        }
+    }
+
+    crate::root_test! {
+        /// TCP from A to B through two WireGuard devices, each with its two pumps: TUN
+        /// devices with offload in namespaces of their own, the UDP sockets on `lo` of a
+        /// third. B does not know A's endpoint: it learns it from the handshake, which
+        /// only A's control thread starts (A's first packets are staged for it).
+        fn tcp_through_two_pumps_a_side() {
+            let (ua, ub) = thread::spawn(|| {
+                // SAFETY: unshare on this thread only affects this thread's namespaces.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                lo_setup(None);
+                let bind = || UdpSocket::bind("127.0.0.1:0").expect("bind");
+                (bind(), bind())
+            })
+            .join()
+            .expect("socket thread");
+            let (a_addr, b_addr) = (ua.local_addr().unwrap(), ub.local_addr().unwrap());
+            let (tun_b, tun_b_rx) = mpsc::channel();
+            let (ready, ready_rx) = mpsc::channel();
+            let b = thread::spawn(move || -> Result<usize, String> {
+                tun_b.send(device_in_new_netns(B_ADDR)?).unwrap();
+                tcp_receive(&move || ready.send(()).unwrap(), |_| {})
+            });
+            let (tun_a, tun_a_rx) = mpsc::channel();
+            let (go, go_rx) = mpsc::channel::<()>();
+            let a = thread::spawn(move || -> Result<(), String> {
+                tun_a.send(device_in_new_netns(A_ADDR)?).unwrap();
+                go_rx.recv().map_err(|e| e.to_string())?;
+                tcp_send(BYTES)
+            });
+            let side_a = Side::new(1, tun_a_rx.recv().expect("A's device"), ua);
+            let side_b = Side::new(2, tun_b_rx.recv().expect("B's device"), ub);
+            side_a.add_peer(2, B_ADDR, Some(b_addr));
+            side_b.add_peer(1, A_ADDR, None);
+            let (shared_a, shared_b) = (
+                Shared::new(side_a.sock.as_fd(), &udp::Options::default()).unwrap(),
+                Shared::new(side_b.sock.as_fd(), &udp::Options::default()).unwrap(),
+            );
+            let stop = AtomicBool::new(false);
+            let (sent, got) = thread::scope(|s| {
+                side_a.run(s, &shared_a, &stop);
+                side_b.run(s, &shared_b, &stop);
+                ready_rx.recv().expect("B listens");
+                go.send(()).unwrap();
+                let r = (a.join().expect("thread a"), b.join().expect("thread b"));
+                side_a.tun.close();
+                side_b.tun.close();
+                stop.store(true, SeqCst);
+                side_a.dev.kick();
+                side_b.dev.kick();
+                r
+            });
+            sent.expect("sender");
+            assert_eq!(got.expect("receiver"), BYTES, "every byte, in order");
+            let (a, b) = (side_a.dev.pump_stats(), side_b.dev.pump_stats());
+            eprintln!("A: {a:?}\nB: {b:?}");
+            for (name, dev) in [("A", &side_a.dev), ("B", &side_b.dev)] {
+                assert_eq!(dev.stats().sessions, 1, "{name}: one handshake");
+            }
+            let peer = &side_b.dev.peers()[0];
+            assert_eq!(peer.endpoint, Some(a_addr), "B learnt A's endpoint");
+            // A's data went in super-packets, sealed and sent as batches; B wrote them all.
+            assert!(a.tun_packets > 2 * a.tun_reads && a.tx_batches > 0, "{a:?}");
+            assert!(b.rx_packets >= (BYTES / 1500) as u64, "{b:?}");
+            assert!(b.udp_datagrams > b.udp_reads, "coalesced reads: {b:?}");
+            // The handshake: A's initiation from its control thread, B's response from
+            // its receiving pump, A's staged packets sent once A had the response.
+            assert!(a.control_sent >= 2 && b.control_sent >= 1 && a.rx_control >= 1, "{a:?} {b:?}");
+            for st in [a, b] {
+                assert_eq!(st.tx_errors + st.rx_errors + st.tun_write_errors + st.control_errors, 0, "{st:?}");
+            }
+        }
+    }
+}
