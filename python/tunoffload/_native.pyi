@@ -510,13 +510,13 @@ class WireGuardDevice:
         tun: TunDevice,
         udp4: UdpSocket | None,
         udp6: UdpSocket | None,
-        batch_size: int = 128,
+        batch_size: int | None = None,
     ) -> None:
         """TUN to UDP as one native loop, GIL released: reads ``tun``, seals each batch,
         sends it to the peer's endpoint on ``udp4`` or ``udp6``. Returns within half a
         second (call it again); ``OSError`` ``EBADF`` once ``tun`` is closed, ``EBADFD``
         once the interface is deleted."""
-    def run_rx(self, tun: TunDevice, udp: UdpSocket, batch_size: int = 128) -> None:
+    def run_rx(self, tun: TunDevice, udp: UdpSocket, batch_size: int | None = None) -> None:
         """UDP to TUN as one native loop, GIL released: receives on ``udp``, opens each
         batch, writes the packets to ``tun``, answers the handshake messages on ``udp``.
         Returns within half a second or when a receive waited the socket's timeout (call

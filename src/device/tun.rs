@@ -840,6 +840,20 @@ impl Tun {
         self.wait(libc::POLLIN, -1).map(|_| ())
     }
 
+    /// Waits until a read would not block (`Ok(true)`; also when the descriptor is in
+    /// error: the read says what) or until `until` passes (`Ok(false)`): for a caller
+    /// that looks at its own state between the wait and the read. `EINTR` comes back as
+    /// an error.
+    pub fn wait_readable_until(&self, until: Instant) -> Result<bool, Error> {
+        self.check_open()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int;
+        Ok(self.wait(libc::POLLIN, ms)? != 0)
+    }
+
     /// Reads one packet (with its virtio header when [`Tun::vnet_hdr`]) into `buf`.
     ///
     /// Blocking: waits for a packet or for [`Tun::shutdown`] (then `Error::Closed`).

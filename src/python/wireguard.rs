@@ -14,7 +14,6 @@ use super::errors::with_attrs;
 use super::gil::Gil;
 use super::tun_device::PyTunDevice;
 use super::udp_socket::{read_addr, PyRecvMeta, PyUdpSocket};
-use crate::engine::IDEAL_BATCH_SIZE;
 use crate::udp;
 use crate::wireguard::{duration_from_secs, mtu_limit, pump_rx, pump_tx, PumpOptions};
 use crate::wireguard::{Datagram, Device, DeviceConfig, Encrypted};
@@ -177,38 +176,38 @@ impl PyWireGuardDevice {
         py.detach(|| self.0.wait_for_kick(timeout))
     }
 
-    /// ``run_tx(tun, udp4, udp6, batch_size=IDEAL_BATCH_SIZE)``: TUN to UDP as one native
-    /// loop, with the GIL released throughout: reads ``tun``, seals each batch, sends it
-    /// to the peer's endpoint on ``udp4`` or ``udp6`` (either may be ``None``). Returns
-    /// after half a second (call it again); ``OSError`` ``EBADF`` once ``tun`` is
-    /// closed, ``EBADFD`` once the interface is deleted.
-    #[pyo3(signature = (tun, udp4, udp6, batch_size=IDEAL_BATCH_SIZE))]
+    /// ``run_tx(tun, udp4, udp6, batch_size=None)``: TUN to UDP as one native loop, with
+    /// the GIL released throughout: reads ``tun``, seals each batch, sends it to the
+    /// peer's endpoint on ``udp4`` or ``udp6`` (either may be ``None``), with
+    /// ``batch_size`` buffers (``None``: ``IDEAL_BATCH_SIZE``). Returns after half a
+    /// second (call it again); ``OSError`` ``EBADF`` once ``tun`` is closed, ``EBADFD``
+    /// once the interface is deleted.
+    #[pyo3(signature = (tun, udp4, udp6, batch_size=None))]
     fn run_tx(
         &self,
         py: Python<'_>,
         tun: &PyTunDevice,
         udp4: Option<&PyUdpSocket>,
         udp6: Option<&PyUdpSocket>,
-        batch_size: usize,
+        batch_size: Option<i64>,
     ) -> PyResult<()> {
         let [v4, v6] = [udp4, udp6].map(|u| u.map(|u| u.pump_socket(py)).transpose());
         let (udp, opts) = ([v4?, v6?], PumpOptions::with_batch(batch_size)?);
         Ok(py.detach(|| pump_tx(&self.0, &tun.q, &udp, &opts))?)
     }
 
-    /// ``run_rx(tun, udp, batch_size=IDEAL_BATCH_SIZE)``: UDP to TUN as one native loop,
-    /// with the GIL released throughout: receives on ``udp``, opens each batch, writes
-    /// the packets to ``tun`` and answers the handshake messages on ``udp``. Returns after
-    /// half a second or a receive that waited the socket's timeout (call it again);
-    /// ``OSError`` ``EBADF`` once ``tun`` is closed, ``EBADFD`` once the interface is
-    /// deleted.
-    #[pyo3(signature = (tun, udp, batch_size=IDEAL_BATCH_SIZE))]
+    /// ``run_rx(tun, udp, batch_size=None)``: UDP to TUN as one native loop, with the GIL
+    /// released throughout: receives on ``udp``, opens each batch, writes the packets to
+    /// ``tun`` and answers the handshake messages on ``udp``. Returns after half a second
+    /// or a receive that waited the socket's timeout (call it again); ``OSError``
+    /// ``EBADF`` once ``tun`` is closed, ``EBADFD`` once the interface is deleted.
+    #[pyo3(signature = (tun, udp, batch_size=None))]
     fn run_rx(
         &self,
         py: Python<'_>,
         tun: &PyTunDevice,
         udp: &PyUdpSocket,
-        batch_size: usize,
+        batch_size: Option<i64>,
     ) -> PyResult<()> {
         let (udp, opts) = (udp.pump_socket(py)?, PumpOptions::with_batch(batch_size)?);
         Ok(py.detach(|| pump_rx(&self.0, &tun.q, &udp, &opts))?)

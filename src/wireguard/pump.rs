@@ -16,8 +16,10 @@
 //! no signal to the loop; `pump_rx` also returns `Ok(())` when a receive has waited its
 //! socket's timeout. `pump_tx` returns as soon as the device's listen port changes
 //! ([`Device::set_listen_port`]: the caller has bound new sockets), without sending
-//! anything more on the old ones: a datagram sent from the old port would make the peer
-//! roam back to a port about to close, and the tunnel would stay dead from then on. Both return `Err(Error::Closed)` (`EBADF`) once the TUN queue is
+//! anything more on the old ones (a datagram sent from the old port would make the peer
+//! roam back to a port about to close, and the tunnel would stay dead from then on); it
+//! looks at the port between its wait and its read, so a packet that arrives meanwhile
+//! stays queued for the next call. Both return `Err(Error::Closed)` (`EBADF`) once the TUN queue is
 //! closed, and an [`Error::Os`] with `EBADFD` once the interface is deleted; `pump_tx`
 //! returns any other error of a TUN read too. `EINTR` is retried (a binding's signal
 //! handlers run in its main thread). What the loops drop (a super-packet the split
@@ -61,8 +63,8 @@ stats! {
     /// Batches not sent: no peer for their destination, or staged for a handshake.
     tx_unsent,
     /// Reads the split refused (a malformed super-packet), batches the device refused,
-    /// sends that failed or had no socket of the endpoint's family, batches read as the
-    /// listen port changed (not sent).
+    /// sends that failed or had no socket of the endpoint's family, batches read just as
+    /// the listen port changed (not sent).
     tx_errors,
     // --- UDP to TUN ---
     /// Receives (each up to a batch of datagrams).
@@ -104,9 +106,13 @@ impl Default for PumpOptions {
 }
 
 impl PumpOptions {
-    /// The default options with `batch` buffers: `out_of_range` unless in
-    /// `1..=`[`MAX_BATCH`].
-    pub fn with_batch(batch: usize) -> engine::Result<Self> {
+    /// The default options with `batch` buffers (`None`: the default's): `out_of_range`
+    /// unless in `1..=`[`MAX_BATCH`], `negative_argument` below 0.
+    pub fn with_batch(batch: Option<i64>) -> engine::Result<Self> {
+        let Some(batch) = batch else {
+            return Ok(PumpOptions::default());
+        };
+        let batch = engine::buffer::non_negative(batch, "batch_size")?;
         if !(1..=MAX_BATCH).contains(&batch) {
             let m = format!("batch_size must be in 1..={MAX_BATCH}, not {batch}");
             return Err(engine::Error::new(ErrorKind::OutOfRange, m));
@@ -243,29 +249,36 @@ pub fn pump_tx(
     let mut original = vec![0u8; max_read(&tun)];
     let mut bufs = vec![Vec::new(); opts.batch];
     let mut sizes = vec![0usize; opts.batch];
+    let state = &q.recv_state;
+    // The read does not wait: the loop waits, then looks at the listen port before it
+    // reads, so that a packet that arrives after a rebind stays queued for the next call
+    // (which has the new sockets) instead of being lost.
+    let mut after_wait = false;
     loop {
-        let state = &q.recv_state;
-        let wait = Wait::Until(end);
-        match recv_multiple(
-            &tun,
-            state,
-            &mut original,
-            &mut bufs,
-            &mut sizes,
-            OFFSET,
-            wait,
-            false,
-        ) {
+        let (b, s) = (&mut bufs, &mut sizes);
+        match recv_multiple(&tun, state, &mut original, b, s, OFFSET, false, false) {
             Ok(n) => {
+                after_wait = false;
                 add(&c.tun_reads, 1);
                 add(&c.tun_packets, n);
                 if dev.listen_port() != port {
-                    add(&c.tx_errors, 1); // read as the sockets changed: not sent
+                    add(&c.tx_errors, 1); // read just as the sockets changed: not sent
                     return Ok(());
                 }
                 send(dev, udp, &mut bufs[..n], &mut sizes[..n]);
             }
-            Err(e) if e.errno() == Some(libc::ETIMEDOUT) => return Ok(()),
+            Err(e) if e.is_eagain() => {
+                if after_wait {
+                    // Readable by poll, yet nothing to read: the descriptor is in error.
+                    return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
+                }
+                match tun.wait_readable_until(end) {
+                    Ok(readable) => after_wait = readable,
+                    Err(e) if e.is_eintr() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if e.is_eintr() => {}
             Err(Error::Invalid(_)) => add(&c.tx_errors, 1),
             Err(e) => return Err(e),
         }
@@ -420,14 +433,21 @@ mod tests {
 
     #[test]
     fn batch_sizes_out_of_range_are_refused() {
-        assert_eq!(PumpOptions::with_batch(1).unwrap().batch, 1);
+        assert_eq!(PumpOptions::with_batch(Some(1)).unwrap().batch, 1);
         assert_eq!(
-            PumpOptions::with_batch(MAX_BATCH).unwrap().slice,
-            DEFAULT_SLICE
+            PumpOptions::with_batch(None).unwrap(),
+            PumpOptions::default()
         );
-        for bad in [0, MAX_BATCH + 1, usize::MAX] {
-            let e = PumpOptions::with_batch(bad).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::OutOfRange, "{bad}");
+        let max = Some(MAX_BATCH as i64);
+        assert_eq!(PumpOptions::with_batch(max).unwrap().slice, DEFAULT_SLICE);
+        for (bad, kind) in [
+            (0, ErrorKind::OutOfRange),
+            (MAX_BATCH as i64 + 1, ErrorKind::OutOfRange),
+            (i64::MAX, ErrorKind::OutOfRange),
+            (-1, ErrorKind::NegativeArgument),
+        ] {
+            let e = PumpOptions::with_batch(Some(bad)).unwrap_err();
+            assert_eq!(e.kind(), kind, "{bad}");
         }
     }
 
@@ -571,9 +591,10 @@ mod tests {
     }
 
     crate::root_test! {
-        /// A packet read after the listen port changed (the caller bound new sockets) is
-        /// not sent on the old socket: the call returns at once, the batch counted.
-        fn pump_tx_sends_nothing_once_the_listen_port_changed() {
+        /// A packet that arrives after the listen port changed (the caller bound new
+        /// sockets) is not sent on the old socket: the call returns, and the packet stays
+        /// queued for the next call (here: staged, as the peer has no session yet).
+        fn pump_tx_leaves_a_packet_queued_once_the_listen_port_changed() {
             thread::spawn(|| {
                 let tun = device_in_new_netns(A_ADDR).expect("device");
                 lo_setup(None);
@@ -605,9 +626,14 @@ mod tests {
                 });
                 assert!(started.elapsed() < Duration::from_secs(10), "returned at once");
                 let st = dev.pump_stats();
-                // (Other reads: the kernel's own packets on a new link, with no route.)
-                assert_eq!((st.tx_errors, st.tx_batches), (1, 0), "{st:?}");
-                assert_eq!(dev.stats().tx_staged, 0, "not even staged for a handshake");
+                assert_eq!((st.tx_errors, st.tx_batches), (0, 0), "{st:?}");
+                assert_eq!(dev.stats().tx_staged, 0, "the packet is still queued");
+                let short = PumpOptions {
+                    slice: Duration::from_millis(200),
+                    ..opts
+                };
+                assert_eq!(pump_tx(&dev, &tun, &udp, &short), Ok(()));
+                assert_eq!(dev.stats().tx_staged, 1, "the next call read it");
                 peer_sock.set_nonblocking(true).unwrap();
                 let e = peer_sock.recv(&mut [0u8; 64]).unwrap_err();
                 assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "nothing sent");
