@@ -251,6 +251,11 @@ def test_version(info: dict) -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"tunoffload {info['tunoffload_version']}"
+    # `wireguard-go --version` answers before it looks for an interface name; so does ours
+    # (the benchmarks and wg-quick's users read it), and it creates nothing
+    wg = run_cli("wireguard", "--version")
+    assert wg.returncode == 0, wg.stderr
+    assert wg.stdout.strip() == f"tunoffload {info['tunoffload_version']}"
 
 
 def test_unknown_subcommand() -> None:

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     wg.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground (do not detach)"
     )
+    wg.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the version and exit (first line: 'tunoffload VERSION', as wireguard-go's)",
+    )
     wg.add_argument("ifname", metavar="IFNAME", help="the interface to create, e.g. wg0")
 
     sub.add_parser(
