@@ -26,6 +26,7 @@ Prints instructions-free timing too (wall clock, not to be trusted on a shared m
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import pathlib
 import struct
@@ -90,9 +91,15 @@ def drain(dev: t.TunDevice) -> None:
     dev.setblocking(True)
 
 
+MODES = ("idiom", "small", "fit", "ack", "pass", "ackpass", "native")
+
+
 def main() -> int:
-    mode = sys.argv[1] if len(sys.argv) > 1 else "idiom"
-    iters = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", nargs="?", default="idiom", choices=MODES, help="(default idiom)")
+    p.add_argument("iters", nargs="?", type=int, default=1000, help="iterations (1000)")
+    args = p.parse_args()
+    mode, iters = args.mode, args.iters
     a, b = setup()
     if mode in ("ack", "ackpass"):
         batch = [tcp_segment(1, b"")]

@@ -19,8 +19,8 @@ Modes (the loops are in ``python/tunoffload/bench/tunnel.py``):
   sizes, 0)`` then ``udp.send_multiple(bufs, 0, sizes=sizes, count=n)``; the other way
   ``n = udp.recv_multiple(bufs, sizes, 10)`` then ``tun.send_multiple(gro, bufs, 10,
   sizes=sizes, count=n)``.
-- ``vpn``: ``tunoffload`` with ``examples/vpn.py``'s ChaCha20-Poly1305 per packet (needs
-  ``cryptography``).
+- ``vpn``: ``tunoffload`` with ``examples/vpn.py``'s encryption (``tunoffload.psk``: the
+  batch AEAD, WireGuard's transport-data messages), a batch per call.
 - ``tun-forwarder``: for scale, no tunnel: the README's TUN-to-TUN forwarder on this
   package alone (``tunoffload bench``'s ``split+coalesce`` row, one process).
 
@@ -39,7 +39,7 @@ import sys
 
 from tunoffload.bench import tunnel
 from tunoffload.bench.forwarders import run_forwarder_row
-from tunoffload.bench.peers import TUNNEL_MTU, have_cryptography, run_tunnel_row
+from tunoffload.bench.peers import TUNNEL_MTU, run_tunnel_row
 from tunoffload.bench.report import Result, format_table, interleaved_medians, results_json
 from tunoffload.bench.traffic import have_iperf3
 from tunoffload.testing import missing_requirements
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"tunnel benchmark: {reason}", file=sys.stderr)
         return 2
-    modes = args.modes or [m for m in MODES if m != "vpn" or have_cryptography()]
+    modes = args.modes or list(MODES)
     use_iperf = not args.no_iperf and have_iperf3()
 
     def show(rnd: int, mode: str, r: Result) -> None:
