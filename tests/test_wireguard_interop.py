@@ -24,7 +24,14 @@ through the tunnel addresses:
   messages with a real receiver index and a bad tag, and every datagram captured (with
   ``AF_PACKET``) while the tunnel came up replayed, from its real source and from a new
   port: the daemon lives on, answers none with a handshake response, delivers nothing,
-  keeps the real endpoint, and TCP still goes through.
+  keeps the real endpoint, and TCP still goes through;
+- ``test_rekey``: a rekey mid-stream. Ours runs with ``rekey_after_time`` at 3 s and
+  ``rekey_after_messages`` at 2000 (the testing timers; the others keep WireGuard's 120 s
+  and 2^60), so it starts a new handshake while TCP runs: by time where it made the
+  first handshake (only an initiator rekeys by time), by messages where the other did;
+  the other answers; both show the later handshake and TCP goes on each way on the new
+  keys. (The other side starting the rekey would take two minutes of traffic; ours
+  against ours is in ``test_wireguard_daemon.py``.)
 
 Marked with the implementations each case needs (``-m "not boringtun"``, ``-m ours``);
 a case skips, saying why, when one of them is missing (not root, no ``wg``, no
@@ -35,6 +42,7 @@ the pairs where neither side can move its own address at once (see
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
@@ -242,3 +250,43 @@ def test_garbage(peers: tuple[bp.Pair, bp.Peer, bp.Peer], seed: int) -> None:
             f"{victim.name}'s endpoint for {other.name} moved to {after.endpoint}"
         )
     _assert_tcp(a, b, MiB)
+
+
+REKEY_AFTER_S = 3
+REKEY_AFTER_MESSAGES = 2000  # about 5 exchanges of 256 KiB
+REKEY_CASES = [
+    _case(a, b) for a, b in itertools.permutations(bp.IMPLEMENTATIONS, 2) if "ours" in (a, b)
+]
+
+
+@pytest.mark.parametrize("names", REKEY_CASES)
+def test_rekey(names: tuple[str, str]) -> None:
+    quick = dataclasses.replace(
+        bp.IMPLEMENTATIONS["ours"],
+        env={
+            "TUNOFFLOAD_WG_TESTING_TIMERS": (
+                f"rekey_after_time={REKEY_AFTER_S},rekey_after_messages={REKEY_AFTER_MESSAGES}"
+            )
+        },
+    )
+    impls = [quick if n == "ours" else n for n in names]
+    with bp.Pair(repo=REPO) as pair:
+        a, b = pair.start(0, impls[0]), pair.start(1, impls[1])
+        ours, other = (a, b) if names[0] == "ours" else (b, a)
+        bp.configure_pair(a, b, initiator=a)
+        _assert_tcp(a, b, MiB)
+        first = _assert_handshake(ours, other, 0).latest_handshake
+        _assert_handshake(other, ours, 0)
+
+        def rekeyed() -> bool:
+            _assert_tcp(a, b, MiB // 4)  # traffic all along: each exchange must pass
+            return (
+                ours.peer_info(other).latest_handshake > first + 1  # (boringtun: an age, ±1 s)
+                and other.peer_info(ours).latest_handshake > first + 1
+            )
+
+        assert wait_until(rekeyed, 6 * REKEY_AFTER_S + 10, interval=0.5), (
+            f"no new handshake between {ours.name} and {other.name}"
+        )
+        _assert_tcp(a, b, 4 * MiB)
+        assert ours.alive() and other.alive()
