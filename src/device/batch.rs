@@ -148,8 +148,8 @@ impl RecvState {
     }
 }
 
-/// One read from the device, split into `bufs` (packet `i` into `bufs[i][offset..offset
-/// + sizes[i]]`); returns the number of packets. `original` receives the read (ideally
+/// One read from the device, split into `bufs` (packet `i` into
+/// `bufs[i][offset..offset + sizes[i]]`); returns the number of packets. `original` receives the read (ideally
 /// `VIRTIO_NET_HDR_LEN + 65535` bytes). Buffers too small are grown; with `fit` every
 /// growable buffer ends exactly at its packet. Arguments wrong whatever arrives are
 /// refused before the read; a packet that the buffers cannot take is held in `state` for

@@ -10,8 +10,8 @@
 //! datagrams, v4-mapped), and the TOS / traffic class byte (`IP_TOS`, one byte, for
 //! IPv4 datagrams also on an `AF_INET6` socket; `IPV6_TCLASS`, an int).
 //!
-//! [`Encoder`] lays cmsgs out as the C library's `CMSG_*` macros do (each header and its
-//! data at `CMSG_SPACE` strides); [`decode`] walks them with `CMSG_FIRSTHDR` /
+//! `Encoder` lays cmsgs out as the C library's `CMSG_*` macros do (each header and its
+//! data at `CMSG_SPACE` strides); `decode` walks them with `CMSG_FIRSTHDR` /
 //! `CMSG_NXTHDR`.
 
 use std::ffi::{c_int, c_uint};

@@ -108,7 +108,7 @@ struct Local {
 }
 
 /// The metadata of a receive's datagrams, filled by
-/// [`UdpBatch::recv_meta`](super::UdpBatch::recv_meta): entry `i` is datagram `i`'s. The
+/// [`UdpBatch::recv`](super::UdpBatch::recv) with `Out::Meta`: entry `i` is datagram `i`'s. The
 /// senders are kept as a slice of their own ([`sources`](Self::sources)), as the
 /// WireGuard device's `decrypt` takes them; the local fields are filled only when the
 /// receiving batch has packet information or ECN on (no work per datagram otherwise).
