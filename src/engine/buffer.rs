@@ -274,7 +274,7 @@ pub trait Buffers<E> {
     fn windows<T>(
         &mut self,
         n: usize,
-        need: &dyn Fn(usize) -> usize,
+        need: impl Fn(usize) -> usize,
         pin: bool,
         f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
     ) -> std::result::Result<Option<T>, E> {

@@ -181,7 +181,7 @@ pub unsafe fn on_windows<H: Holder, T>(
 /// share memory only if they are the same one.
 pub unsafe fn windows_over<P, T, E>(
     regions: impl Iterator<Item = Option<NonNull<[u8]>>>,
-    need: &dyn Fn(usize) -> usize,
+    need: impl Fn(usize) -> usize,
     pin: impl FnOnce() -> std::result::Result<P, E>,
     f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
 ) -> std::result::Result<Option<T>, E> {
@@ -287,15 +287,15 @@ mod tests {
         unsafe {
             let f = |w: &mut [Window<'_>]| w.len();
             assert_eq!(
-                windows_over(r.iter().map(|&r| Some(r)), &need, pin, f),
+                windows_over(r.iter().map(|&r| Some(r)), need, pin, f),
                 Ok(Some(2))
             );
             let twice = [Some(r[0]), Some(r[0])];
-            assert_eq!(windows_over(twice.into_iter(), &need, pin, f), Ok(None));
+            assert_eq!(windows_over(twice.into_iter(), need, pin, f), Ok(None));
             let missing = [Some(r[0]), None];
-            assert_eq!(windows_over(missing.into_iter(), &need, pin, f), Ok(None));
+            assert_eq!(windows_over(missing.into_iter(), need, pin, f), Ok(None));
             assert_eq!(
-                windows_over(r.iter().map(|&r| Some(r)), &|_| 9, pin, f),
+                windows_over(r.iter().map(|&r| Some(r)), |_| 9, pin, f),
                 Ok(None)
             );
         }

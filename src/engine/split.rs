@@ -178,7 +178,7 @@ impl Split {
             let need = |i: usize| offset.saturating_add(self.size(i));
             let pin = hooks.worth_releasing(pkt.len());
             let done = outs
-                .windows(n, &need, pin, |w| {
+                .windows(n, need, pin, |w| {
                     if w.iter()
                         .any(|w| overlaps((w.addr(), w.addr() + w.max_len()), packet))
                     {

@@ -208,7 +208,7 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
     fn windows<T>(
         &mut self,
         n: usize,
-        need: &dyn Fn(usize) -> usize,
+        need: impl Fn(usize) -> usize,
         pin: bool,
         f: impl for<'w> FnOnce(&mut [Window<'w>]) -> T,
     ) -> PyResult<Option<T>> {
