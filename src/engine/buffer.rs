@@ -365,10 +365,14 @@ impl<E: From<Error>, B: ExpandBuffer + AsMut<[u8]>> Buffers<E> for [B] {
 }
 
 /// The first pair `(i, j)`, `i < j`, with `keys[i] == keys[j]` (0 is no key, never equal
-/// to another), if any: pairwise for a few keys, else an open-addressing set (reused per
-/// thread) of twice as many slots, a few instructions per key where sorting 45 costs a
-/// couple of thousand.
+/// to another), if any: none at once when the keys rise (buffers allocated one after
+/// another usually do: one comparison per key), pairwise for a few keys, else an
+/// open-addressing set (reused per thread) of twice as many slots, a few instructions per
+/// key where sorting 45 costs a couple of thousand.
 pub fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
+    if rising(keys) {
+        return None;
+    }
     if keys.len() <= 8 {
         for j in 1..keys.len() {
             if keys[j] == 0 {
@@ -417,6 +421,20 @@ pub fn distinct_starts(windows: &[Window<'_>]) -> bool {
         keys.extend(windows.iter().map(Window::addr));
         find_duplicate(keys).is_none()
     })
+}
+
+/// Whether the keys other than 0 rise strictly (then no two are equal).
+fn rising(keys: &[usize]) -> bool {
+    let mut last = 0;
+    for &k in keys {
+        if k != 0 {
+            if k <= last {
+                return false;
+            }
+            last = k;
+        }
+    }
+    true
 }
 
 thread_local! {
@@ -620,6 +638,25 @@ mod tests {
     fn duplicates_are_found_by_key_or_range() {
         assert_eq!(find_duplicate(&[1, 2, 3, 2]), Some((1, 3)));
         assert_eq!(find_duplicate(&[0, 0, 5]), None);
+        // Rising keys (the quick answer), zeros anywhere among them, and keys that rise
+        // but for one repeat or one step back.
+        let rising: Vec<usize> = (1..=100).map(|k| k * 4096).collect();
+        assert_eq!(find_duplicate(&rising), None);
+        let mut gaps = rising.clone();
+        gaps[0] = 0;
+        gaps[50] = 0;
+        assert_eq!(find_duplicate(&gaps), None);
+        let mut repeat = rising.clone();
+        repeat[60] = repeat[59];
+        assert_eq!(find_duplicate(&repeat), Some((59, 60)));
+        let mut back = rising.clone();
+        back[99] = back[3];
+        assert_eq!(find_duplicate(&back), Some((3, 99)));
+        let mut around_zero = rising.clone();
+        around_zero[10] = 0;
+        around_zero[11] = rising[9];
+        assert_eq!(find_duplicate(&around_zero), Some((9, 11)));
+        assert_eq!(find_duplicate(&[5, 0, 5]), Some((0, 2)));
         let many: Vec<usize> = (1..=100).chain([57]).collect();
         assert_eq!(find_duplicate(&many), Some((56, 100)));
         let mut raw = [0u8; 30];
