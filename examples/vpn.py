@@ -125,7 +125,7 @@ class Tunnel:
             self.received += m  # counted first: whoever sees the packet sees the count
             try:
                 self.tun.send_multiple(gro, bufs, HEAD, sizes=sizes, count=m)
-            except OSError as e:
+            except (OSError, ValueError) as e:  # (ValueError: refused before any write)
                 if self.tun.closed:
                     raise
                 self.tun_errors += 1  # the kernel refused a packet; the others went in

@@ -45,6 +45,12 @@ impl<E> Hooks<E> for Direct {
     }
 }
 
+/// Locks `m`, taking a lock poisoned by a panic elsewhere (there should be none) as it is:
+/// for a lock no system call holds.
+pub fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Locks `m`; while another thread holds it (in a system call, say), waits for it through
 /// [`Hooks::syscall`] (the binding releases the GIL meanwhile, so that the holder can take
 /// the GIL back). A lock poisoned by a panic is taken as it is.

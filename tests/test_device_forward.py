@@ -61,7 +61,10 @@ class Forwarder:
         bufs = [bytearray(offset + 65535) for _ in range(t.IDEAL_BATCH_SIZE)]
         sizes = [0] * t.IDEAL_BATCH_SIZE
         gro = t.GroTable()
-        name, most = src.name, 0
+        try:
+            name, most = src.name, 0
+        except OSError:
+            return  # closed before this thread started
         while True:
             try:
                 n = src.recv_multiple(original, bufs, sizes, offset)

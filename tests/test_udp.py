@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -430,6 +431,51 @@ def test_bytearray_too_small_is_grown(ns: Netns) -> None:
     assert sorted(len(x) for x in bufs) == [50, 3004]
     grown = next(x for x in bufs if len(x) == 3004)
     assert grown[:4] == bytes(4)  # the headroom of a grown bytearray is zeroed
+
+
+def test_same_buffer_twice_is_refused_and_kept(ns: Netns) -> None:
+    """The same bytearray twice, the first entry too small for its datagram: growing it
+    moves its memory, and the second entry would still point at the old block. Refused
+    before anything grows (as ``TunDevice.recv_multiple`` does), nothing consumed; so is
+    the same memoryview twice (the second datagram would overwrite the first)."""
+    a, b = pair()
+    ua, ub = t.UdpSocket(a), t.UdpSocket(b)
+    data = [dgram(0, 3000), dgram(1, 10)]
+    assert ua.send_multiple(data) == 2
+    twice = bytearray(100)
+    with pytest.raises(ValueError, match="share memory") as exc:
+        ub.recv_multiple([twice, twice], [0, 0])
+    assert exc.value.kind == "overlapping_buffers" and exc.value.index == 1
+    view = memoryview(bytearray(4000))
+    with pytest.raises(ValueError, match="share memory") as exc:
+        ub.recv_multiple([view, view], [0, 0])
+    assert exc.value.kind == "overlapping_buffers"
+    assert twice == bytearray(100)  # nothing grown or written
+    assert recv_all(ub, 2) == data  # nothing consumed
+
+
+def test_a_buffer_resized_while_the_receive_waits_is_read_again(ns: Netns) -> None:
+    """Another thread resizes a bytearray of ``bufs`` while ``recv_multiple`` waits for a
+    datagram with the GIL released (moving its memory): the datagram lands in the
+    bytearray as it is now, not where it was when the call began."""
+    a, b = pair()
+    ub = t.UdpSocket(b)
+    buf = bytearray(16)
+    data = dgram(7, 1200)
+
+    def resize_then_send() -> None:
+        time.sleep(0.2)  # the receive is waiting by now
+        buf.extend(bytes(1 << 20))  # reallocated: the old block is freed
+        a.send(data)
+
+    th = threading.Thread(target=resize_then_send)
+    th.start()
+    sizes = [0]
+    try:
+        assert ub.recv_multiple([buf], sizes) == 1
+    finally:
+        th.join()
+    assert bytes(buf[: sizes[0]]) == data and len(buf) == 16 + (1 << 20)
 
 
 # ----- blocking modes, closed sockets, signals ---------------------------------------------

@@ -124,10 +124,12 @@ impl World {
             .collect();
         let mut sizes: Vec<usize> = packets.iter().map(Vec::len).collect();
         let side = &self.sides[s];
-        let r = side
-            .dev
-            .encrypt(&mut bufs, HEADER, &mut sizes, self.now)
-            .unwrap();
+        let r = match side.dev.encrypt(&mut bufs, HEADER, &mut sizes, self.now) {
+            Ok(r) => r,
+            // Packets for more than one peer (or not IP) in one batch: nothing sealed.
+            Err(e) if e.kind() == tunoffload::engine::ErrorKind::MixedPeers => return,
+            Err(e) => panic!("encrypt: {e}"),
+        };
         // Packets sealed now or staged (sealed later) may come out at the other side.
         if !matches!(r, Encrypted::NoRoute) {
             for p in packets {

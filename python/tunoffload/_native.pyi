@@ -480,7 +480,9 @@ class WireGuardDevice:
     ) -> tuple[str, int] | None:
         """Seals the packets at ``offset`` (>= 16) for the peer the first one's destination
         routes to; returns its endpoint (send ``bufs[i][offset - 16:][:sizes[i]]`` there),
-        or ``None`` (no route, or staged until a handshake completes)."""
+        or ``None`` (no route, or staged until a handshake completes). A packet that routes
+        to another peer (or is not IP) refuses the whole batch: ``InputError``
+        ``mixed_peers``."""
     def decrypt(
         self, bufs: list[bytearray], offset: int, sizes: list[int], count: int, meta: RecvMeta
     ) -> tuple[int, int, bool]:

@@ -128,10 +128,10 @@ class PskCipher:
             before = opener.stats
             got, _ = opener.open(one, offset, one_size, 1)
             after = opener.stats
-            authentic = (
-                after["packets"] + after["keepalives"] > (before["packets"] + before["keepalives"])
-                or after[_REPLAYED] > before[_REPLAYED]
+            accepted = after["packets"] + after["keepalives"] > (
+                before["packets"] + before["keepalives"]
             )
+            authentic = accepted or after[_REPLAYED] > before[_REPLAYED]
             if fresh:
                 if not authentic:
                     # counted here: the opener that saw it is thrown away
@@ -141,7 +141,8 @@ class PskCipher:
                 if len(self._openers) >= MAX_PEER_IDS:
                     self._openers.pop(next(iter(self._openers)))
                 self._openers[sender] = opener
-            self._current = opener
+            if accepted:  # (not a replay: that would let anyone switch us back)
+                self._current = opener
             if got:  # move the packet into the packets' part of the batch
                 bufs[j], bufs[m] = bufs[m], one[0]
                 sizes[m] = one_size[0]

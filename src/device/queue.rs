@@ -4,11 +4,11 @@
 //! for the next read.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use super::batch::RecvState;
 use super::{sys, Counters, Error, OffloadState, Offloads, Tun};
-use crate::hooks::{retry, Hooks};
+use crate::hooks::{locked, retry, Hooks};
 
 /// What a queue is, as it was opened (still known once it is closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +44,6 @@ pub struct Queue {
     pub info: QueueInfo,
     /// A packet read by a batch read whose buffers could not take it, for the next read.
     pub recv_state: RecvState,
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Queue {

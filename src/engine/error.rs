@@ -133,6 +133,9 @@ kinds! {
     /// A packet longer than the call can take (a plaintext beyond ChaCha20-Poly1305's
     /// 256 GiB).
     PacketTooLarge = "packet_too_large",
+    /// A batch to seal for one WireGuard peer holds a packet that routes elsewhere (or is
+    /// not an IP packet) (`index`: which): nothing was sealed.
+    MixedPeers = "mixed_peers",
 
     // --- WireGuard (src/wireguard/) ---
     /// An allowed IP that is no `address/prefix-length` (or a length beyond 32 / 128).

@@ -165,7 +165,9 @@ pub unsafe fn on_windows<H: Holder, T>(
             if let Some(j) = (k..bufs.len()).find(|&j| start(&bufs[j]) == x.addr()) {
                 bufs.swap(k, j);
             }
-            bufs[k].len = x.len();
+            // (Clamped: a window `f` put in that is not one of these buffers' cannot make a
+            // buffer claim more than its region.)
+            bufs[k].len = x.len().min(bufs[k].region.len());
         }
         out
     })

@@ -10,6 +10,7 @@ use pyo3::Borrowed;
 
 use super::buffers::{addr, bytearray_region, bytearray_start, list_get, py_buf, PyBuf, Views};
 use super::errors::type_error;
+use super::gil::PYTHON_RAN;
 use crate::engine::buffer::{batch_len, non_negative, reuse, Name};
 use crate::engine::held::{on_windows, windows_over};
 use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer, Room, Window};
@@ -101,6 +102,8 @@ pub(crate) struct PyBufs<'a, 'py> {
     grow: bool,
     views: Views<'py>,
     bufs: Vec<PyBuf<'py>>,
+    /// [`PYTHON_RAN`] when `bufs` was read: stale once it moves on.
+    read_at: u64,
 }
 
 impl<'a, 'py> PyBufs<'a, 'py> {
@@ -125,6 +128,7 @@ impl<'a, 'py> PyBufs<'a, 'py> {
             grow,
             views: Views::new(obj.py()),
             bufs: Vec::new(),
+            read_at: PYTHON_RAN.with(Cell::get),
         })
     }
 
@@ -149,6 +153,7 @@ impl<'a, 'py> PyBufs<'a, 'py> {
     /// Converts the first `n` buffers (see [`Buffers::bufs`]).
     fn convert(&mut self, n: usize, mode: (bool, bool, usize)) -> PyResult<()> {
         self.bufs.clear();
+        self.read_at = PYTHON_RAN.with(Cell::get);
         self.bufs.reserve(n.min(PREALLOC));
         // Whether Python code may have run since the first buffer was read (`seq[i]` on
         // something that is not a list, or the export of a buffer that is not a
@@ -199,7 +204,7 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
 
     #[inline(always)]
     fn bufs(&mut self, n: usize, sized: bool, written_from: usize) -> PyResult<&mut [PyBuf<'py>]> {
-        if self.bufs.len() != n {
+        if self.bufs.len() != n || self.read_at != PYTHON_RAN.with(Cell::get) {
             self.convert(n, (self.grow, sized, written_from))?;
         }
         Ok(&mut self.bufs)
@@ -233,6 +238,8 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
     ) -> PyResult<T> {
         // Each bytearray exported until after `f` (exporting a bytearray runs no Python
         // code: no other buffer changes meanwhile); anything else is exported already.
+        // The core pins what it read with `bufs` just before, no Python code run between.
+        debug_assert!(self.read_at == PYTHON_RAN.with(Cell::get), "stale buffers");
         let mut pins = Views::new(self.py);
         for (i, b) in self.bufs[..n].iter().enumerate() {
             if b.holder.is_bytearray() {

@@ -10,6 +10,7 @@
 //! thread hand-off. A program with one thread keeps the GIL and pays neither the hand-off
 //! nor the buffer exports that make releasing it safe.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::prelude::*;
@@ -30,6 +31,18 @@ pub(crate) fn others_in_syscalls() -> bool {
     IN_SYSCALLS.load(Ordering::Relaxed) > 0
 }
 
+thread_local! {
+    /// Counts the times this thread let Python code run in the middle of a call
+    /// ([`python_ran`]): a reading of buffers is good while the count is unchanged.
+    pub(crate) static PYTHON_RAN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Notes that Python code may have run (this thread let go of the GIL, or ran signal
+/// handlers, or called a method a subclass may override): buffers read before are stale.
+pub(crate) fn python_ran() {
+    PYTHON_RAN.with(|c| c.set(c.get() + 1));
+}
+
 /// The binding's hooks: the GIL released around each system call and large copy.
 pub(crate) struct Gil<'py>(pub(crate) Python<'py>);
 
@@ -40,10 +53,12 @@ impl Hooks<PyErr> for Gil<'_> {
         IN_SYSCALLS.fetch_add(1, Ordering::Relaxed);
         let r = self.0.detach(call);
         IN_SYSCALLS.fetch_sub(1, Ordering::Relaxed);
+        python_ran(); // (other threads ran meanwhile)
         r
     }
 
     fn interrupted(&mut self) -> PyResult<()> {
+        python_ran();
         self.0.check_signals()
     }
 

@@ -10,14 +10,14 @@
 //! errors      the core's errors as Python exceptions (InputError, OSError, ...)
 //! gil         Gil: the binding's Hooks (the GIL around system calls and large copies)
 //! buffers     Python buffers: exports (Views), a buffer's object (PyObj) for the core's Held
-//! batch       <- buffers, errors: a Python sequence as the core's Buffers; sizes
+//! batch       <- buffers, errors, gil: a Python sequence as the core's Buffers; sizes
 //! virtio_hdr  <- batch, buffers, errors: VirtioNetHdr, gso_split
 //! gro         <- batch: GroTable, handle_gro
 //! netns       <- errors, gil: NetnsSwitch, netns_enter, the `netns=` argument
 //! tun_device  <- batch, buffers, errors, gil, gro, netns: TunDevice (on device::Queue)
 //! udp_socket  <- batch, errors, gil: UdpSocket (on udp::Shared), RecvMeta
-//! aead        <- batch, buffers, errors, gil: Sealer, Opener
-//! wireguard   <- batch, buffers, errors, gil, udp_socket: WireGuardDevice
+//! aead        <- batch, buffers, gil: Sealer, Opener
+//! wireguard   <- batch, buffers, errors, gil, tun_device, udp_socket: WireGuardDevice
 //! mod         <- every class and function: the module and its constants
 //! ```
 

@@ -12,7 +12,7 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyString};
 use super::errors::{py_bool, type_error};
 use super::gil::Gil;
 use crate::device::{Netns, NetnsTarget, Switch};
-use crate::hooks::retry;
+use crate::hooks::{locked, retry};
 
 /// A Python `netns` argument as a target: an `int` is a descriptor, a `str` (or `bytes`)
 /// is read by `NetnsTarget::parse`, an `os.PathLike` is a path.
@@ -53,12 +53,6 @@ pub(crate) struct PyNetnsSwitch {
     sw: Mutex<Switch>,
 }
 
-impl PyNetnsSwitch {
-    fn sw(&self) -> std::sync::MutexGuard<'_, Switch> {
-        self.sw.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 #[pymethods]
 impl PyNetnsSwitch {
     /// The name under ``/run/netns``, or None when not entered by name.
@@ -82,19 +76,19 @@ impl PyNetnsSwitch {
     /// The native thread id of the thread that entered.
     #[getter]
     fn thread_id(&self) -> i64 {
-        self.sw().thread_id() as i64
+        locked(&self.sw).thread_id() as i64
     }
 
     /// True until ``leave()``.
     #[getter]
     fn active(&self) -> bool {
-        !self.sw().is_left()
+        !locked(&self.sw).is_left()
     }
 
     /// True when this is active and the calling thread is the one that entered.
     #[getter]
     fn entered_here(&self) -> bool {
-        self.sw().entered_here()
+        locked(&self.sw).entered_here()
     }
 
     /// A descriptor of the namespace, owned by this object.
@@ -109,7 +103,7 @@ impl PyNetnsSwitch {
         // With the GIL held: `setns` does not block, and releasing the GIL while this
         // switch's lock is held would deadlock against another thread that holds the GIL
         // and waits for the lock (reading `active`, say).
-        Ok(self.sw().leave()?)
+        Ok(locked(&self.sw).leave()?)
     }
 
     fn __repr__(&self) -> String {

@@ -13,7 +13,7 @@ use pyo3::{intern, IntoPyObjectExt};
 
 use super::batch::{filling_sizes, list, read_size, PyBufs, Seq};
 use super::errors::{os_error, py_bool, type_error, with_attrs};
-use super::gil::Gil;
+use super::gil::{python_ran, Gil};
 use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
 use crate::engine::Buffers;
 use crate::hooks::{lock, Hooks};
@@ -194,9 +194,8 @@ impl<'py> PyUdpSocket {
 
     /// How long a call may wait, from the socket's timeout.
     fn wait(&self, py: Python<'_>) -> PyResult<Wait> {
-        let timeout = intern!(py, "gettimeout");
-        let t = self.sock.bind(py).call_method0(timeout)?.extract()?;
-        Ok(Wait::from_secs(t))
+        let t = self.sock.bind(py).call_method0(intern!(py, "gettimeout"))?;
+        Ok(Wait::from_secs(t.extract()?))
     }
 
     /// Runs `attempt` on the socket's descriptor, read again for each attempt (a signal
@@ -211,6 +210,8 @@ impl<'py> PyUdpSocket {
         let mut gil = Gil(py);
         loop {
             let fd = sock_fd(self.sock.bind(py))?;
+            python_ran(); // (`fileno` of a subclass is Python code)
+
             // SAFETY: the socket's descriptor as of now, used only during this attempt. (As
             // with the socket's own methods, another thread may close it while the GIL is
             // released: the calls then fail with EBADF, or reach whatever reuses the
@@ -412,10 +413,10 @@ impl PyUdpSocket {
         let nb = b.count();
         udp::check_recv_args(nb, sizes.len()?, addrs.map(|a| a.len()))?;
         if let Some(m) = meta.as_deref_mut() {
-            m.0.grow_to(nb); // (to the batch)
+            m.0.grow_to(nb); // (to the batch, at most what one receive holds)
         }
+        let wait = self.wait(py)?; // (Python code: before the buffers are read)
         b.bufs(nb, false, usize::MAX)?; // converted before anything is received
-        let wait = self.wait(py)?;
         reuse(&SENDERS, |senders| {
             senders.resize(if addrs.is_some() { nb } else { 0 }, None);
             let out = &mut *senders;
@@ -437,16 +438,16 @@ impl PyUdpSocket {
                     }
                 })
             })?;
-            if let (Some(m), true) = (meta.as_deref(), addrs.is_some()) {
-                senders[..n].copy_from_slice(&m.0.sources()[..n]);
-            }
             let Some(list) = addrs else {
                 return Ok(n);
             };
+            let from = meta
+                .as_deref()
+                .map_or(&senders[..n], |m| &m.0.sources()[..n]);
             // Each sender in the form `socket.recvfrom` gives, one tuple object for
             // consecutive datagrams from one sender, and across calls.
             let mut last = lock(&mut Gil(py), &self.sender).take();
-            for (i, a) in senders[..n].iter().enumerate() {
+            for (i, a) in from.iter().enumerate() {
                 let obj = match (a, &last) {
                     (None, _) => py.None(),
                     (Some(a), Some((la, o))) if la == a => o.clone_ref(py),

@@ -14,6 +14,7 @@ use super::{
     invalid, Dest, Error, Result, Wait, MAX_PAYLOAD_V4, MAX_PAYLOAD_V6, MAX_SEGMENTS_PER_SEND,
     RECV_SLOTS, SLOT_SIZE,
 };
+use crate::engine::buffer::{addr_range, check_identities, check_ranges};
 use crate::engine::ErrorKind::{
     BadAddress, BufferTooSmall, DatagramTooLarge, OutOfRange, TooFewAddresses, TooFewOutBufs,
     UnknownOption, WrongFileType,
@@ -515,8 +516,7 @@ impl UdpBatch {
             ));
         }
         self.fill(sock, max, wait)?;
-        let (n, _) = self.make_room(&mut bufs[..max], offset)?;
-        self.copy_out(&mut bufs[..n], sizes, offset, out)
+        self.deliver(&mut bufs[..max], sizes, offset, out)
     }
 
     /// Makes datagrams available: returns the pending count at once if there are any
@@ -580,11 +580,11 @@ impl UdpBatch {
     /// TUN-side coalescing of them is not cut in two); one that fills every buffer on its
     /// own is delivered in parts.
     ///
-    /// First every buffer is made long enough (grown with [`ExpandBuffer::resize`] where
-    /// it is too short); if one cannot be, [`Error::BufferTooSmall`] and nothing is
-    /// consumed. Then the datagrams are copied and leave the pending queue. Each buffer's
-    /// bytes are borrowed only while that buffer is worked on, one buffer at a time (the
-    /// Python binding relies on this: two of its buffers may share memory).
+    /// First the buffers are checked distinct (the same object twice, or two views of
+    /// shared memory: `overlapping_buffers`) and every buffer is made long enough (grown
+    /// with [`ExpandBuffer::resize`] where it is too short); if one cannot be,
+    /// [`Error::BufferTooSmall`]; either way nothing is consumed. Then the datagrams are
+    /// copied and leave the pending queue.
     pub fn deliver<'a, B: ExpandBuffer>(
         &mut self,
         bufs: &mut [B],
@@ -608,6 +608,9 @@ impl UdpBatch {
         bufs: &mut [B],
         offset: usize,
     ) -> Result<(usize, usize)> {
+        // The same object twice, refused before anything grows: growing moves a buffer,
+        // and its second entry would keep the old address.
+        let all_known = check_identities(bufs, "bufs")?;
         let k = bufs.len();
         let rx = &self.rx;
         let (mut m, mut off) = (rx.next, rx.next_off);
@@ -646,6 +649,14 @@ impl UdpBatch {
             (m, off) = msg.advance(m, off, dlen);
             n += 1;
             bytes += dlen;
+        }
+        if !all_known {
+            // Views into shared memory (memoryviews of one bytearray): the parts written.
+            check_ranges(
+                &bufs[..n],
+                &|_, b| addr_range(b, 0, b.bytes().len()),
+                "bufs",
+            )?;
         }
         Ok((n, bytes))
     }

@@ -140,8 +140,15 @@ impl RecvMeta {
         self.sources.len()
     }
 
-    /// Room for at least `n` datagrams (new entries empty).
+    /// The most datagrams one receive delivers: [`RECV_SLOTS`](super::RECV_SLOTS)
+    /// coalesced reads of at most 64 segments each.
+    pub const MAX_DATAGRAMS: usize = super::RECV_SLOTS * super::MAX_SEGMENTS_PER_SEND;
+
+    /// Room for at least `n` datagrams (new entries empty), or for
+    /// [`MAX_DATAGRAMS`](Self::MAX_DATAGRAMS) when `n` is more (a caller's count, which
+    /// may be anything).
     pub fn grow_to(&mut self, n: usize) {
+        let n = n.min(Self::MAX_DATAGRAMS);
         if self.sources.len() < n {
             self.sources.resize(n, None);
             self.local.resize(n, Local::default());

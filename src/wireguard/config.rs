@@ -424,6 +424,10 @@ impl Timing {
         "reject_after_messages",
     ];
 
+    /// The longest time [`Timing::set`] takes (a day): sums of a few of them stay far
+    /// from `Duration`'s limit, so the timers' arithmetic cannot overflow.
+    pub const MAX_TIME: Duration = Duration::from_secs(86_400);
+
     /// Sets the constant `name` (one of [`Timing::NAMES`]): a time in seconds, finite and
     /// above 0 (`rekey_timeout_jitter` may be 0), or for the `*_messages` counts a whole
     /// number from 1 to 2^64 - 1. An unknown name is `unknown_option`, a bad value
@@ -463,10 +467,11 @@ impl Timing {
         };
         let zero_ok = name == "rekey_timeout_jitter";
         match Duration::try_from_secs_f64(value) {
-            Ok(d) if !d.is_zero() || zero_ok => *time = d,
+            Ok(d) if (!d.is_zero() || zero_ok) && d <= Timing::MAX_TIME => *time = d,
             _ => bail!(
                 OutOfRange,
-                "timer {name} must be a finite number of seconds above 0, got {value}"
+                "timer {name} must be a number of seconds above 0 and at most {}, got {value}",
+                Timing::MAX_TIME.as_secs()
             ),
         }
         Ok(())
@@ -531,6 +536,21 @@ mod tests {
                 0,
                 ErrorKind::OutOfRange,
                 "rekey_timeout",
+            ),
+            // Past a day: the timers' sums would overflow (1e19 s panicked in tick).
+            (
+                "reject_after_time",
+                1e19,
+                0,
+                ErrorKind::OutOfRange,
+                "reject_after_time",
+            ),
+            (
+                "rekey_timeout_jitter",
+                86_401.0,
+                0,
+                ErrorKind::OutOfRange,
+                "rekey_timeout_jitter",
             ),
             (
                 "keepalive_timeout",

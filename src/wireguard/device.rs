@@ -279,11 +279,13 @@ impl Device {
         }
     }
 
-    /// Asks the control thread for work on `peer` (and wakes it: [`Device::kick`]).
+    /// Asks the control thread for work on `peer`, and wakes it ([`Device::kick`]) unless
+    /// that work was asked for already (a busy sender asks once per batch).
     pub(crate) fn ask(&self, peer: &Peer, what: u8) {
-        peer.ask(what);
-        self.wake.store(true, Relaxed);
-        self.kick();
+        if peer.ask(what) {
+            self.wake.store(true, Relaxed);
+            self.kick();
+        }
     }
 
     /// Wakes the control thread: its [`wait_for_kick`](Self::wait_for_kick) returns
@@ -712,7 +714,7 @@ impl Device {
                 if !timers.zero_key_material.is_pending() {
                     timers
                         .zero_key_material
-                        .set(after(t, self.timing.reject_after_time * 3));
+                        .set(after(t, self.timing.reject_after_time.saturating_mul(3)));
                 }
             } else {
                 timers.handshake_attempts.fetch_add(1, Relaxed);

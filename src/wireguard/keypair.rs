@@ -21,8 +21,10 @@ pub(crate) struct Keypair {
     /// Sending refused from now on (wireguard-go's `sendNonce = RejectAfterMessages` when
     /// the private key changes).
     pub(crate) send_expired: AtomicBool,
-    /// The keypair is or was current. A responder's new keypair waits in `next`
-    /// (unconfirmed) until the initiator's first message arrives under it.
+    /// The keypair is or was current, or can no longer become current. A responder's new
+    /// keypair waits in `next` (unconfirmed) until the initiator's first message arrives
+    /// under it; one that left `next` otherwise is marked by the first message under it
+    /// ([`Keypairs::confirm`]), so that later ones skip the write lock.
     pub(crate) confirmed: AtomicBool,
 }
 
@@ -113,6 +115,9 @@ impl Keypairs {
     /// (current becomes previous). Returns whether it did, and the dropped previous.
     pub(crate) fn confirm(&mut self, kp: &Arc<Keypair>) -> (bool, Option<Arc<Keypair>>) {
         if !self.next.as_ref().is_some_and(|n| Arc::ptr_eq(n, kp)) {
+            // Not the next one (any more: a session of ours replaced it): nothing will
+            // confirm it, and its messages need not take this lock again.
+            kp.confirmed.store(true, Relaxed);
             return (false, None);
         }
         kp.confirmed.store(true, Relaxed);

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
 };
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::cookie::CookieGenerator;
 use super::crypto::Secret;
@@ -33,9 +33,7 @@ pub(crate) mod want {
 }
 
 /// Locks a mutex; a panic elsewhere (there should be none) does not poison the device.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::hooks::locked as lock;
 
 /// Read-locks an `RwLock`, ignoring poisoning.
 pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -163,8 +161,9 @@ impl Peer {
         self.take_staged().len() as u64
     }
 
-    /// Asks the control thread for work.
-    pub(crate) fn ask(&self, what: u8) {
-        self.want.fetch_or(what, Relaxed);
+    /// Asks the control thread for work; whether that is news (a bit of `what` was not
+    /// asked for yet).
+    pub(crate) fn ask(&self, what: u8) -> bool {
+        self.want.fetch_or(what, Relaxed) & what != what
     }
 }

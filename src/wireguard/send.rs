@@ -25,11 +25,45 @@ pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
 }
 
 impl Device {
+    /// Refuses (`mixed_peers`) a batch in which a packet after the first routes to
+    /// another peer than `peer` (the first's, for `dst`), or is not an IP packet: sealed
+    /// for `peer`, it would be readable by the wrong peer. A TUN read (one super-packet, one
+    /// flow) never is; each packet costs a comparison of its destination with `dst`, and
+    /// a lookup only when they differ.
+    fn check_one_peer<B: ExpandBuffer>(
+        &self,
+        bufs: &[B],
+        offset: usize,
+        sizes: &[usize],
+        dst: IpAddr,
+        peer: &Arc<Peer>,
+    ) -> Result<()> {
+        for (i, (b, &n)) in bufs.iter().zip(sizes).enumerate().skip(1) {
+            let same = match destination(&b.bytes()[offset..offset + n]) {
+                Some(d) if d == dst => true,
+                Some(d) => read(&self.peers)
+                    .allowed
+                    .lookup(&d)
+                    .is_some_and(|p| Arc::ptr_eq(p, peer)),
+                None => false,
+            };
+            if !same {
+                let m = format!(
+                    "packet {i} does not route to the peer of packet 0: a batch is sealed for \
+                     one peer"
+                );
+                return Err(Error::new(ErrorKind::MixedPeers, m).at(i));
+            }
+        }
+        Ok(())
+    }
+
     /// Seals a batch of packets from the TUN device for the peer of the first packet's
     /// destination. See the module doc. Errors (nothing sealed or staged): `offset < 16`
     /// (`offset_too_small`), more `sizes` than `bufs` (`count_too_large`), a packet past
     /// its buffer (`buffer_too_small`), a buffer that cannot grow for padding and tag
-    /// (`out_buf_too_small`).
+    /// (`out_buf_too_small`), a packet that routes to another peer than the first
+    /// (`mixed_peers`).
     pub fn encrypt<B: ExpandBuffer>(
         &self,
         bufs: &mut [B],
@@ -50,6 +84,7 @@ impl Device {
             self.count(|c| &c.tx_no_route, 1);
             return Ok(Encrypted::NoRoute);
         };
+        self.check_one_peer(bufs, offset, sizes, dst, &peer)?;
         let t = self.nanos(now);
         let kp = read(&peer.keypairs).current.clone();
         if let (Some(kp), Some(endpoint)) = (kp, peer.endpoint()) {
@@ -67,7 +102,9 @@ impl Device {
                         peer.timers.any_authenticated_packet_sent();
                         let jitter = self.jitter.below(self.timing.rekey_timeout_jitter);
                         peer.timers.data_sent(t, &self.timing, jitter);
-                        let rekey = kp.wants_rekey_on_send(t, &self.timing);
+                        // (Not while our initiation is out: it is retried on its timer.)
+                        let rekey = kp.wants_rekey_on_send(t, &self.timing)
+                            && !peer.timers.retransmit_handshake.is_pending();
                         if rekey {
                             self.ask(&peer, want::HANDSHAKE);
                         }

@@ -210,8 +210,10 @@ impl Timers {
     /// `timersDataSent`: after an authenticated data packet is sent.
     pub(crate) fn data_sent(&self, now: Nanos, t: &Timing, jitter: Duration) {
         if !self.new_handshake.is_pending() {
-            self.new_handshake
-                .set_if_idle(after(now, t.keepalive_timeout + t.rekey_timeout + jitter));
+            self.new_handshake.set_if_idle(after(
+                now,
+                (t.keepalive_timeout + t.rekey_timeout).saturating_add(jitter),
+            ));
         }
     }
 
@@ -238,7 +240,7 @@ impl Timers {
     /// `timersHandshakeInitiated`: after a handshake initiation is sent.
     pub(crate) fn handshake_initiated(&self, now: Nanos, t: &Timing, jitter: Duration) {
         self.retransmit_handshake
-            .set(after(now, t.rekey_timeout + jitter));
+            .set(after(now, t.rekey_timeout.saturating_add(jitter)));
     }
 
     /// `timersHandshakeComplete` (the timers' part; the caller records the time): after

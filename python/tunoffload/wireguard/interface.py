@@ -17,10 +17,12 @@ packet:
   (``wg.wait_for_kick``: a packet staged for a handshake, a session confirmed, a
   configuration change) -> sends.
 
-Without a ``hook`` the first two are the device's native loops, ``wg.run_tx`` and
-``wg.run_rx``: the same steps, each thread's whole loop in Rust with the GIL released
-(no interpreter work and no GIL hand-off per batch); a call returns within half a
-second, for the thread to look at a stop or a rebind, and the thread calls it again.
+The sending thread always runs the device's native loop, ``wg.run_tx``, and so do the
+receiving threads without a ``hook`` (``wg.run_rx``): the same steps, each thread's
+whole loop in Rust with the GIL released (no interpreter work and no GIL hand-off per
+batch); a call returns within half a second, for the thread to look at a stop or a
+rebind, and the thread calls it again. With a hook the receiving threads run the steps
+above in Python, a few calls per batch.
 
 The configuration goes to the device as the configuration protocol's text (``uapi_set``)
 and comes back from it the same way (``uapi_get``): the rules are the device's, this
@@ -40,7 +42,6 @@ from typing import Any
 
 from tunoffload import (
     IDEAL_BATCH_SIZE,
-    VIRTIO_NET_HDR_LEN,
     GroTable,
     RecvMeta,
     TunDevice,
@@ -430,7 +431,7 @@ class Interface:
             if self._stopping.is_set():
                 raise RuntimeError(f"{self.name}: stopped")
             self._started = True
-            self._spawn("wg-tx", self._tx_loop if self._hook else self._tx_native)
+            self._spawn("wg-tx", self._tx_native)
             self._spawn("wg-timer", self._timer_loop)
             for bound in self._binding.all():
                 self._start_rx(bound)
@@ -606,50 +607,13 @@ class Interface:
                 except OSError as exc:
                     if bound.closing or self._stopping.is_set():
                         return
-                    if exc.errno == errno.EBADFD:  # deleted: the sending thread says so
+                    # deleted (the sending thread says so), or the TUN device closed
+                    if exc.errno in (errno.EBADFD, errno.EBADF):
                         return
                     self._counters["rx_errors"] += 1
                     log.debug("%s: UDP -> TUN: %s", self.name, exc)
         finally:
             bound.sock.close()
-
-    def _tx_loop(self) -> None:
-        tun, wg = self._tun, self._wg
-        counters = self._counters
-        original = bytearray(VIRTIO_NET_HDR_LEN + 65535)
-        bufs = [bytearray(BUFFER_SIZE) for _ in range(self._batch)]
-        sizes = [0] * self._batch
-        while True:
-            try:
-                n = tun.recv_multiple(original, bufs, sizes, _OFFSET)
-            except OSError as exc:
-                if self._tun_gone(exc):
-                    return
-                raise
-            except ValueError as exc:  # a packet the split refused: dropped
-                counters["tx_errors"] += 1
-                log.debug("%s: TUN read: %s", self.name, exc)
-                continue
-            counters["tun_reads"] += 1
-            counters["tun_packets"] += n
-            try:
-                endpoint = wg.encrypt(bufs, _OFFSET, sizes, n)
-            except ValueError as exc:
-                counters["tx_errors"] += 1
-                log.debug("%s: encrypt: %s", self.name, exc)
-                continue
-            if endpoint is None:  # no route (dropped), or staged (the device kicks the timer)
-                counters["tx_unsent"] += 1
-                continue
-            bound = self._binding.for_host(endpoint[0])
-            try:
-                if bound is None:
-                    raise OSError(errno.EAFNOSUPPORT, "no socket of that address family")
-                bound.tx.send_multiple(bufs, 0, sizes=sizes, count=n, addr=endpoint)
-                counters["tx_batches"] += 1
-            except (OSError, ValueError) as exc:
-                counters["tx_errors"] += 1
-                log.debug("%s: sending to %s: %s", self.name, endpoint, exc)
 
     def _rx_loop(self, bound: _Bound) -> None:
         tun, wg, hook = self._tun, self._wg, self._hook
@@ -692,12 +656,12 @@ class Interface:
                 if packets and hook is not None:
                     try:
                         kept = hook(bufs, _OFFSET, sizes, packets)
+                        if kept is not None:  # (a count that is no int: the hook failed)
+                            packets = max(0, min(int(kept), packets))
                     except Exception as exc:
                         counters["hook_errors"] += 1
                         log.error("%s: the hook failed: %r", self.name, exc, exc_info=True)
-                        kept = 0
-                    if kept is not None:
-                        packets = max(0, min(int(kept), packets))
+                        packets = 0
                 if packets:
                     counters["rx_packets"] += packets
                     try:

@@ -129,6 +129,41 @@ fn the_batch_entry_points_refuse_before_anything_changes() {
 }
 
 #[test]
+fn a_batch_with_a_packet_for_another_peer_is_refused_whole() {
+    // A with two peers, B and C: a batch sealed for B must not carry C's packets (B could
+    // read them), nor anything that is not IP.
+    let t0 = start();
+    let (a, b) = pair(Timing::default(), t0);
+    let c = Side::new(3, "192.0.2.3:51820", [10, 0, 0, 3], Timing::default(), t0);
+    a.add_peer(&c, true, None, t0);
+    connect(&a, &b, t0);
+    let to_b = ipv4(a.ip, b.ip, b"for b");
+    let cases: [(Vec<u8>, &str); 3] = [
+        (ipv4(a.ip, c.ip, b"for c"), "another peer's"),
+        (ipv4(a.ip, [198, 51, 100, 7], b"nobody's"), "no peer's"),
+        (vec![0x50; 30], "not IP"),
+    ];
+    for (other, what) in cases {
+        let mut bufs: Vec<Vec<u8>> = [&to_b, &other, &to_b]
+            .iter()
+            .map(|p| [vec![0xee; OFF], p.to_vec()].concat())
+            .collect();
+        let before = bufs.clone();
+        let mut sizes = [to_b.len(), other.len(), to_b.len()];
+        let e = a.dev.encrypt(&mut bufs, OFF, &mut sizes, t0).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.index()),
+            (ErrorKind::MixedPeers, Some(1)),
+            "{what}"
+        );
+        assert_eq!(bufs, before, "{what}: nothing sealed");
+    }
+    // Packets to one peer by different addresses of its allowed IPs: one batch.
+    let (sent, msgs) = a.send(&[to_b.clone(), to_b], t0);
+    assert!(matches!(sent, Encrypted::Send { count: 2, .. }) && msgs.len() == 2);
+}
+
+#[test]
 fn decrypt_drops_handshakes_without_our_mac1() {
     let t0 = start();
     let (a, b) = pair(Timing::default(), t0);

@@ -2,6 +2,7 @@
 //! configuration.
 
 use super::*;
+use crate::engine::ErrorKind;
 
 const S: Duration = Duration::from_secs(1);
 
@@ -301,13 +302,16 @@ fn several_peers_are_routed_by_longest_prefix() {
     let (_, m) = y.send(&[ipv4([10, 9, 1, 1], hub.ip, b"spoof")], t0);
     assert!(hub.receive(&m, y.endpoint, t0).0.is_empty());
     assert_eq!(hub.dev.stats().rx_filtered, 1);
-    // Only the first packet's destination counts for a batch (one flow per TUN read).
-    let batch = vec![
-        ipv4(hub.ip, [10, 9, 1, 2], b"1"),
-        ipv4(hub.ip, [10, 9, 1, 1], b"2"),
-    ];
-    let (r, _) = hub.send(&batch, t0);
-    assert!(matches!(r, Encrypted::Send { endpoint, count: 2, .. } if endpoint == y.endpoint));
+    // One lookup per batch (one flow per TUN read), but a batch whose second packet is
+    // x's is not sealed for y (y could read it): refused whole. (This test used to assert
+    // that it was sealed for y.)
+    let mut bufs: Vec<Vec<u8>> = [[10, 9, 1, 2], [10, 9, 1, 1]]
+        .iter()
+        .map(|&dst| [vec![0; OFF], ipv4(hub.ip, dst, b"1")].concat())
+        .collect();
+    let mut sizes = [bufs[0].len() - OFF, bufs[1].len() - OFF];
+    let e = hub.dev.encrypt(&mut bufs, OFF, &mut sizes, t0).unwrap_err();
+    assert_eq!((e.kind(), e.index()), (ErrorKind::MixedPeers, Some(1)));
 }
 
 #[test]
