@@ -10,7 +10,7 @@
 //! - The checks: buffers that share memory ([`check_distinct`]), and the arguments every
 //!   batch call takes ([`non_negative`], [`batch_len`], [`check_sizes`], [`span`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -366,7 +366,9 @@ impl<E: From<Error>, B: ExpandBuffer + AsMut<[u8]>> Buffers<E> for [B] {
 
 /// The first pair `(i, j)`, `i < j`, with `keys[i] == keys[j]` (0 is no key, never equal
 /// to another), if any: none at once when the keys rise (buffers allocated one after
-/// another usually do: one comparison per key), pairwise for a few keys, else an
+/// another usually do: one comparison per key), pairwise for a few keys, none at once for
+/// one of the last two sets of keys found distinct on this thread (a batch call is usually
+/// given the same buffers as the call before it: one comparison of the sets), else an
 /// open-addressing set (reused per thread) of twice as many slots, a few instructions per
 /// key where sorting 45 costs a couple of thousand.
 pub fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
@@ -384,6 +386,23 @@ pub fn find_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
         }
         return None;
     }
+    if DISTINCT.with(|d| d.borrow().iter().any(|seen| seen.as_slice() == keys)) {
+        return None;
+    }
+    let found = hashed_duplicate(keys);
+    if found.is_none() {
+        DISTINCT.with(|d| {
+            let mut d = d.borrow_mut();
+            d.swap(0, 1);
+            d[0].clear();
+            d[0].extend_from_slice(keys);
+        });
+    }
+    found
+}
+
+/// [`find_duplicate`] through an open-addressing set of twice as many slots.
+fn hashed_duplicate(keys: &[usize]) -> Option<(usize, usize)> {
     let bits = (2 * keys.len()).next_power_of_two();
     let mask = bits - 1;
     // Fibonacci hashing: the product's top bits index the table.
@@ -438,6 +457,8 @@ fn rising(keys: &[usize]) -> bool {
 }
 
 thread_local! {
+    /// The last two sets of keys [`find_duplicate`] found distinct, the newer first.
+    static DISTINCT: RefCell<[Vec<usize>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
     /// `find_duplicate`'s table, reused between calls.
     static SLOTS: Cell<Vec<(usize, u32)>> = const { Cell::new(Vec::new()) };
     /// The keys of `check_identities` and `distinct_starts`, reused between calls.
@@ -659,6 +680,21 @@ mod tests {
         assert_eq!(find_duplicate(&[5, 0, 5]), Some((0, 2)));
         let many: Vec<usize> = (1..=100).chain([57]).collect();
         assert_eq!(find_duplicate(&many), Some((56, 100)));
+        // Sets found distinct are remembered (the last two): asked again, or changed by
+        // one key into a set with a repeat, the answer is still right.
+        let shuffled: Vec<usize> = (1..=45).map(|k| (k * 17 % 46) * 64).collect();
+        let other: Vec<usize> = shuffled.iter().map(|k| k + 8).collect();
+        for _ in 0..3 {
+            assert_eq!(find_duplicate(&shuffled), None);
+            assert_eq!(find_duplicate(&other), None);
+        }
+        let mut dup = shuffled.clone();
+        dup[30] = dup[2];
+        for _ in 0..2 {
+            assert_eq!(find_duplicate(&dup), Some((2, 30)));
+        }
+        assert_eq!(find_duplicate(&shuffled[..44]), None);
+        assert_eq!(find_duplicate(&shuffled), None);
         let mut raw = [0u8; 30];
         let (a, b) = raw.split_at_mut(15);
         let w = [Window::whole(a), Window::whole(b)];
