@@ -426,6 +426,7 @@ def test_read_only_and_various_inputs():
         memoryview(sup),
         memoryview(ba).toreadonly(),
         memoryview(b"xx" + sup + b"yy")[2:-2],
+        type("BytesSubclass", (bytes,), {})(sup),
     ]
     for inp in inputs:
         assert split(inp, h) == want, type(inp)

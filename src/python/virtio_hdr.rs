@@ -156,23 +156,18 @@ pub(crate) fn gso_split(
     out_offset: i64,
     is_v6: Option<bool>,
 ) -> PyResult<usize> {
-    let out_offset = non_negative(out_offset, "out_offset")?;
+    let off = non_negative(out_offset, "out_offset")?;
     let mut views = Views::new(py);
-    // SAFETY: the export is held by `views` until the split is done; the core checks that
-    // the outputs written meanwhile do not overlap it.
-    let pkt = unsafe { views.export(packet, false, Name("packet", None))?.as_ref() };
+    let pkt = match packet.cast::<PyBytes>() {
+        Ok(bytes) => bytes.as_bytes(), // immutable, and held by the caller for the call
+        // SAFETY: the export is held by `views` until the split is done; the core checks
+        // that the outputs written meanwhile do not overlap it.
+        Err(_) => unsafe { views.export(packet, false, Name("packet", None))?.as_ref() },
+    };
     let split = Split::plan_packet(pkt, &hdr.0, is_v6)?;
     let mut outs = PyBufs::new(out_bufs, "out_bufs", false, false)?;
     filling_sizes(sizes, move |sz| {
-        let r = split.deliver(
-            pkt,
-            &mut outs,
-            sz,
-            out_offset,
-            false,
-            "out_bufs",
-            &mut Direct,
-        );
+        let r = split.deliver(pkt, &mut outs, sz, off, false, "out_bufs", &mut Direct);
         drop(views);
         r.map_err(Failed::into_error)
     })
