@@ -13,12 +13,25 @@ Each round times, back to back, the Python call, the same operation in the Rust 
 benchmarks' library, loaded with ctypes: the loops of the criterion benchmarks) and the
 copy; the ratios are taken within a round and their medians reported, so the VM's drift in
 speed cancels out. Without the library the Rust columns are left out.
+
+Where the heap puts the output buffers moves a split by up to 10 % (the same build, the
+same process: 3.15-3.47 us for TCP/IPv4 on the VM of 2026-12-07), which between two
+processes is more than the binding's whole cost. So ``gso_split`` is timed over
+``--placements`` sets of output bytearrays, each placed after a different amount of other
+heap, and the Rust engine splits into the very same bytearrays: ``x Rust`` is the binding's
+cost, not the two sides' luck with the heap.
+
+``--baseline PATH`` loads another build's extension module (the ``_native*.so`` of, say,
+the previous release's wheel) into the same process and times its ``gso_split`` and
+``handle_gro`` on the same inputs and buffers, interleaved: a before/after in one process,
+which the heap's placement and the VM's drift cannot tell apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import pathlib
 import statistics
@@ -73,15 +86,25 @@ class RustEngine:
         lib.tob_gro_new.restype = p
         for f in (lib.tob_gso_run, lib.tob_gro_run):
             f.argtypes, f.restype = (p, ctypes.c_uint64), ctypes.c_double
+        lib.tob_gso_run_into.argtypes = (p, p, n, n, ctypes.c_uint64)
+        lib.tob_gso_run_into.restype = ctypes.c_double
         for f in (lib.tob_gso_free, lib.tob_gro_free):
             f.argtypes, f.restype = (p,), None
         self.lib = lib
 
     def gso(self, pkt: bytes, hdr: t.VirtioNetHdr):
+        """``run(iters, outs)``: microseconds per split into ``outs`` (an Outputs)."""
         s = self.lib.tob_gso_new(pkt, len(pkt), bytes(hdr))
         if not s:
             raise ValueError("the Rust engine refused the packet")
-        return lambda iters: self.lib.tob_gso_run(s, iters) / 1000
+
+        def run(iters: int, outs: Outputs) -> float:
+            ns = self.lib.tob_gso_run_into(s, outs.ptrs, len(outs.bufs), outs.cap, iters)
+            if ns < 0:
+                raise ValueError("the Rust engine refused the outputs")
+            return ns / 1000
+
+        return run
 
     def gro(self, segs: list[bytes]):
         lens = (ctypes.c_size_t * len(segs))(*map(len, segs))
@@ -89,19 +112,40 @@ class RustEngine:
         return lambda iters: self.lib.tob_gro_run(s, iters) / 1000
 
 
-def gso_py(pkt: bytes, hdr: t.VirtioNetHdr, out: list, sizes: list, iters: int) -> float:
-    """Microseconds per call of back-to-back gso_split calls."""
-    f, o = t.gso_split, OFFSET
+class Outputs:
+    """64 output bytearrays of ``cap`` bytes, allocated after ``pad`` bytes of other heap,
+    pinned (exported) for as long as the Rust side may write them through ``ptrs``."""
+
+    def __init__(self, pad: int, cap: int = OFFSET + 1600) -> None:
+        self.cap, self.pad = cap, bytearray(pad + 1)
+        self.bufs = [bytearray(cap) for _ in range(64)]
+        self.pins = [(ctypes.c_char * cap).from_buffer(b) for b in self.bufs]
+        self.ptrs = (ctypes.c_void_p * 64)(*map(ctypes.addressof, self.pins))
+
+
+def load_native(path: str):
+    """Another build's ``tunoffload._native`` (a ``_native*.so``), beside this one."""
+    spec = importlib.util.spec_from_file_location("tunoffload._native", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--baseline: {path} is not an extension module")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def gso_py(pkt, hdr, out: list, sizes: list, iters: int, f=t.gso_split) -> float:
+    """Microseconds per call of back-to-back gso_split calls (``f``: another build's)."""
+    o = OFFSET
     t0 = time.perf_counter()
     for _ in range(iters):
         f(pkt, hdr, out, sizes, o)
     return (time.perf_counter() - t0) / iters * 1e6
 
 
-def gro_py(segs: list[bytes], table: t.GroTable, iters: int, per: int = 4) -> float:
+def gro_py(segs: list[bytes], table, iters: int, per: int = 4, f=t.handle_gro) -> float:
     """Microseconds per handle_gro call, on fresh batches built outside the timed part
     (``per`` at a time, so they are still in cache)."""
-    f, o, total = t.handle_gro, OFFSET, 0.0
+    o, total = OFFSET, 0.0
     for _ in range(iters // per):
         batches = [[bytearray(OFFSET) + s for s in segs] for _ in range(per)]
         t0 = time.perf_counter()
@@ -111,11 +155,26 @@ def gro_py(segs: list[bytes], table: t.GroTable, iters: int, per: int = 4) -> fl
     return total / (iters // per * per) * 1e6
 
 
-COPY_SRC, COPY_DST = bytearray(65536), bytearray(65536)
+def _copy_pair() -> tuple[bytearray, memoryview]:
+    """A 64 KiB source and a destination half a page away from it modulo 4096: two
+    bytearrays allocated one after the other sit 16 bytes apart modulo a page, and on AMD
+    EPYC (Zen) glibc's ``rep movsb`` copy is then 15-20x slower (26 us against 1.4 us
+    for 64 KiB on the VM of 2026-12-07), which is not the copy this column stands for."""
+    src, big = bytearray(65536), bytearray(65536 + 4096)
+    apart = (_addr(big) - _addr(src)) % 4096
+    at = (2048 - apart) % 4096
+    return src, memoryview(big)[at : at + 65536]
+
+
+def _addr(b: bytearray) -> int:
+    return ctypes.addressof((ctypes.c_char * 1).from_buffer(b))
+
+
+COPY_SRC, COPY_DST = _copy_pair()
 
 
 def copy_us(iters: int) -> float:
-    """Microseconds per 64 KiB bytearray copy."""
+    """Microseconds per 64 KiB copy (a bytearray into a memoryview of another)."""
     src, dst = COPY_SRC, COPY_DST
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -127,11 +186,13 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def measure(name: str, v6: bool, udp: bool, rust: RustEngine | None, rounds: int) -> dict:
+def measure(
+    name: str, v6: bool, udp: bool, rust: RustEngine | None, rounds: int, placements: int, base
+) -> dict:
     iph, l4h = (40 if v6 else 20), (8 if udp else 20)
     pkt, hdr = super_packet(v6, udp, 65535 - iph - l4h - (20 if v6 else 0))
-    out = [bytearray(OFFSET + 1600) for _ in range(64)]
-    sizes = [0] * 64
+    sets = [Outputs(pad) for pad in range(0, 4096, 4096 // placements)[:placements]]
+    out, sizes = sets[0].bufs, [0] * 64
     n = t.gso_split(pkt, hdr, out, sizes, OFFSET)
     seg_pkt, seg_hdr = super_packet(v6, udp, 1448 * 45)
     k = t.gso_split(seg_pkt, seg_hdr, out, sizes, OFFSET)
@@ -140,39 +201,65 @@ def measure(name: str, v6: bool, udp: bool, rust: RustEngine | None, rounds: int
     assert len(t.handle_gro([bytearray(OFFSET) + s for s in segs], OFFSET, table)) == 1
     rust_gso = rust.gso(pkt, hdr) if rust else None
     rust_gro = rust.gro(segs) if rust else None
+    if base is not None:
+        b_hdr = base.VirtioNetHdr(*(getattr(hdr, f) for f in HDR_FIELDS))
+        b_table = base.GroTable()
+        assert base.gso_split(pkt, b_hdr, out, sizes, OFFSET) == n
     cols: dict[str, list[float]] = {}
 
     def add(key: str, v: float) -> None:
         cols.setdefault(key, []).append(v)
 
-    gso_py(pkt, hdr, out, sizes, 500)  # warm up
-    for _ in range(rounds):
-        # Each pair back to back, each after a few untimed calls of its own.
+    for o in sets:
+        gso_py(pkt, hdr, o.bufs, sizes, 200)  # warm up
+    for r in range(rounds):
+        # Each pair back to back, each after a few untimed calls of its own; the baseline
+        # before or after this build, alternately.
         copy_us(20)
         c = copy_us(200)
-        gso_py(pkt, hdr, out, sizes, 20)
-        g = gso_py(pkt, hdr, out, sizes, 200)
-        if rust_gso:
-            rust_gso(20)
-            rg = rust_gso(200)
-        gro_py(segs, table, 4)
-        h = gro_py(segs, table, 32)
+        add("memcpy_us", c)
+        for o in sets:
+            mine = lambda it, o=o: gso_py(pkt, hdr, o.bufs, sizes, it)  # noqa: E731
+            theirs = lambda it, o=o: gso_py(pkt, b_hdr, o.bufs, sizes, it, base.gso_split)  # noqa: E731
+            order = [mine, theirs] if base is not None else [mine]
+            got = {}
+            for f in order if r % 2 == 0 else order[::-1]:
+                f(20)
+                got[f] = f(200)
+            g = got[mine]
+            add("gso_split_us", g)
+            add("gso_vs_memcpy", g / c)
+            if base is not None:
+                add("base_gso_split_us", got[theirs])
+                add("gso_vs_base", g / got[theirs])
+            if rust_gso:
+                rust_gso(20, o)
+                rg = rust_gso(200, o)
+                add("rust_gso_split_us", rg)
+                add("gso_vs_rust", g / rg)
+        gro_mine = lambda it: gro_py(segs, table, it)  # noqa: E731
+        gro_theirs = lambda it: gro_py(segs, b_table, it, f=base.handle_gro)  # noqa: E731
+        got = {}
+        for f in ([gro_mine, gro_theirs] if base is not None else [gro_mine])[:: 1 - 2 * (r % 2)]:
+            f(4)
+            got[f] = f(32)
+        h = got[gro_mine]
+        add("handle_gro_45_us", h)
+        add("gro_vs_memcpy", h / c)
+        if base is not None:
+            add("base_handle_gro_45_us", got[gro_theirs])
+            add("gro_vs_base", h / got[gro_theirs])
         if rust_gro:
             rust_gro(4)
             rh = rust_gro(32)
-        add("memcpy_us", c)
-        add("gso_split_us", g)
-        add("handle_gro_45_us", h)
-        add("gso_vs_memcpy", g / c)
-        add("gro_vs_memcpy", h / c)
-        if rust_gso and rust_gro:
-            add("rust_gso_split_us", rg)
             add("rust_handle_gro_45_us", rh)
-            add("gso_vs_rust", g / rg)
             add("gro_vs_rust", h / rh)
-    row: dict = {"input": name, "segments": n, "rounds": rounds}
+    row: dict = {"input": name, "segments": n, "rounds": rounds, "placements": len(sets)}
     row.update({k: med(v) for k, v in cols.items()})
     return row
+
+
+HDR_FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")
 
 
 def send_path(rounds: int) -> dict | None:
@@ -260,21 +347,38 @@ def main() -> None:
     )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-device", action="store_true", help="leave out the send path")
+    ap.add_argument(
+        "--placements",
+        type=int,
+        default=8,
+        help="sets of gso_split output buffers, each at another place in the heap (default 8)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="SO",
+        help="another build's _native*.so, timed beside this one in the same process",
+    )
     args = ap.parse_args()
+    base = load_native(args.baseline) if args.baseline else None
     kept = False if args.trim else keep_heap()
     rust = RustEngine(LIB) if LIB.exists() else None
     if rust is None and not args.json:
         print(f"(no {LIB}: build it for the Rust columns)\n")
     rows = [
-        measure(name, v6, udp, rust, args.rounds)
+        measure(name, v6, udp, rust, args.rounds, max(1, min(args.placements, 64)), base)
         for name, v6, udp in (("tcp4", False, False), ("tcp6", True, False), ("udp4", False, True))
     ]
     send = None if args.no_device else send_path(args.rounds)
     if args.json:
-        print(json.dumps({"heap_trimming": not kept, "rows": rows, "send": send}, indent=2))
+        out = {"heap_trimming": not kept, "baseline": args.baseline, "rows": rows, "send": send}
+        print(json.dumps(out, indent=2))
         return
     trim = "off (mallopt)" if kept else "glibc default"
-    print(f"medians of {args.rounds} interleaved rounds; ratios taken within each round;")
+    print(
+        f"medians of {args.rounds} interleaved rounds ({rows[0]['placements']} placements of "
+        "gso_split's outputs, the Rust side writing the same ones); ratios taken within "
+        "each round;"
+    )
     print(f"heap trimming: {trim}\n")
     cols = (
         ("input", "input", "{}"),
@@ -288,6 +392,20 @@ def main() -> None:
         ("x Rust", "gro_vs_rust", "{:.3f}"),
         ("x memcpy", "gro_vs_memcpy", "{:.2f}"),
     )
+    if base is not None:
+        cols = (
+            cols[:5]
+            + (
+                ("before", "base_gso_split_us", "{:.2f}us"),
+                ("x before", "gso_vs_base", "{:.3f}"),
+            )
+            + cols[5:9]
+            + (
+                ("before", "base_handle_gro_45_us", "{:.2f}us"),
+                ("x before", "gro_vs_base", "{:.3f}"),
+            )
+            + cols[9:]
+        )
     cells = [[h for h, _, _ in cols]]
     for r in rows:
         cells.append([fmt.format(r[k]) if k in r else "n/a" for _, k, fmt in cols])
