@@ -46,12 +46,22 @@ fn source_bytes(src: &SocketAddr) -> ([u8; 18], usize) {
     (b, n + 2)
 }
 
+/// The verdict of a mac1 check carried from one place to the next (from
+/// [`Device::decrypt`](super::Device::decrypt) to the control path): the messages it is
+/// given with had a valid mac1 under this key (a hash of the public key, nothing secret).
+/// Only [`CookieChecker::verdict`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mac1Checked([u8; 32]);
+
 /// The responder's side: mac checks and cookie replies.
 pub(crate) struct CookieChecker {
     mac1_key: [u8; 32],
     cookie_key: Zeroizing<[u8; 32]>,
     /// The secret and when it was made (`None`: never; no mac2 is valid then).
     secret: Mutex<(Zeroizing<[u8; 32]>, Option<Nanos>)>,
+    /// How many mac1s [`check_mac1`](Self::check_mac1) computed (tests).
+    #[cfg(test)]
+    pub(crate) mac1_computed: std::sync::atomic::AtomicU64,
 }
 
 impl CookieChecker {
@@ -61,14 +71,33 @@ impl CookieChecker {
             mac1_key: crypto::hash(&[LABEL_MAC1, public]),
             cookie_key: Zeroizing::new(crypto::hash(&[LABEL_COOKIE, public])),
             secret: Mutex::new((Zeroizing::new([0; 32]), None)),
+            #[cfg(test)]
+            mac1_computed: Default::default(),
         }
     }
 
     /// Whether `msg` (a handshake message of its exact size) has a valid mac1.
     pub(crate) fn check_mac1(&self, msg: &[u8]) -> bool {
+        #[cfg(test)]
+        self.mac1_computed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let at = mac1_at(msg.len());
         let want = crypto::mac(&self.mac1_key, &[&msg[..at]]);
         crypto::ct_eq(&want, &msg[at..at + MAC_LEN])
+    }
+
+    /// The verdict to carry for messages whose mac1 this checker found valid.
+    pub(crate) fn verdict(&self) -> Mac1Checked {
+        Mac1Checked(self.mac1_key)
+    }
+
+    /// Whether `msg` (a handshake message of its exact size) has a valid mac1: `true` at
+    /// once if `checked` is the verdict of a check under this checker's key (the same
+    /// key and message give the same answer), else [`check_mac1`](Self::check_mac1)
+    /// (a verdict under another key, the device's key having changed since, counts for
+    /// nothing).
+    pub(crate) fn check_mac1_once(&self, msg: &[u8], checked: Option<Mac1Checked>) -> bool {
+        checked == Some(self.verdict()) || self.check_mac1(msg)
     }
 
     /// The cookie for `src` under the current secret, if the secret is younger than

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::allowed_ips::AllowedIps;
 use super::config::DeviceConfig;
-use super::cookie::{CookieChecker, LoadMeter, RateLimiter};
+use super::cookie::{CookieChecker, LoadMeter, Mac1Checked, RateLimiter};
 use super::crypto;
 use super::index_table::IndexTable;
 use super::keypair::Keypair;
@@ -506,6 +506,21 @@ impl Device {
     /// One handshake initiation, response or cookie reply from `src`. Returns what to
     /// send. Anything else (or invalid) is dropped and counted.
     pub fn handle_control(&self, msg: &[u8], src: SocketAddr, now: Instant) -> Vec<Datagram> {
+        self.handle_checked_control(msg, src, now, None)
+    }
+
+    /// [`handle_control`](Self::handle_control) for a message whose mac1 was found valid
+    /// already under the key of `checked` (the verdict [`Device::decrypt_checked`] gives
+    /// for the handshake messages it kept): mac1 is not computed again if the device's
+    /// key is still that one. Everything else (the load meter, mac2 and cookie replies,
+    /// the rate limiter, the counters) is as in `handle_control`.
+    pub(crate) fn handle_checked_control(
+        &self,
+        msg: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        checked: Option<Mac1Checked>,
+    ) -> Vec<Datagram> {
         let mut out = Vec::new();
         let t = self.nanos(now);
         let Some(kind) = control_type(msg) else {
@@ -529,7 +544,7 @@ impl Device {
             self.count(|c| &c.hs_invalid, 1);
             return out;
         };
-        if !st.checker.check_mac1(msg) {
+        if !st.checker.check_mac1_once(msg, checked) {
             self.count(|c| &c.hs_bad_mac1, 1);
             return out;
         }

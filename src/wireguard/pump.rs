@@ -32,6 +32,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use super::cookie::Mac1Checked;
 use super::device::{stats, Datagram, Device, Encrypted};
 use crate::aead::HEADER_LEN;
 use crate::device::batch::{max_read, recv_multiple, send_multiple};
@@ -379,7 +380,7 @@ fn receive(
     sources: &mut [Option<SocketAddr>],
 ) -> Result<(), Error> {
     let (c, now) = (&dev.pump, Instant::now());
-    let Ok(d) = dev.decrypt(bufs, 0, sizes, sources, now) else {
+    let Ok((d, checked)) = dev.decrypt_checked(bufs, 0, sizes, sources, now) else {
         add(&c.rx_errors, 1);
         return Ok(());
     };
@@ -401,17 +402,47 @@ fn receive(
             add(&c.tun_write_errors, 1);
         }
     }
-    for i in p..p + d.control {
+    let range = p..p + d.control;
+    control(
+        dev,
+        &bufs[range.clone()],
+        &sizes[range.clone()],
+        &sources[range],
+        checked,
+        now,
+        |b, to| udp.send(&[b], to).is_ok(),
+    );
+    Ok(())
+}
+
+/// The handshake messages of a batch `receive` opened (`bufs[i][..sizes[i]]` from
+/// `sources[i]`, with the verdict of [`Device::decrypt_checked`], which checked their
+/// mac1), handed to the control path, which does not check mac1 again; what it returns
+/// goes to `send` (`true`: sent).
+fn control(
+    dev: &Device,
+    bufs: &[Vec<u8>],
+    sizes: &[usize],
+    sources: &[Option<SocketAddr>],
+    checked: Option<Mac1Checked>,
+    now: Instant,
+    mut send: impl FnMut(&[u8], SocketAddr) -> bool,
+) {
+    let c = &dev.pump;
+    for ((buf, &size), src) in bufs.iter().zip(sizes).zip(sources) {
         add(&c.rx_control, 1);
-        let Some(src) = sources[i] else {
+        let Some(src) = *src else {
             add(&c.rx_errors, 1); // no source: nowhere to answer
             continue;
         };
-        for (bytes, to) in dev.handle_control(&bufs[i][..sizes[i]], src, now) {
-            count_control(dev, udp.send(&[&bytes], to).is_ok());
+        let Some(msg) = buf.get(..size) else {
+            add(&c.rx_errors, 1); // not reached: decrypt checked the sizes
+            continue;
+        };
+        for (bytes, to) in dev.handle_checked_control(msg, src, now, checked) {
+            count_control(dev, send(&bytes, to));
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -426,8 +457,9 @@ mod tests {
     use crate::device::offload_tests::{tcp_receive, tcp_send, A_ADDR, B_ADDR};
     use crate::device::Tun;
     use crate::udp::tests::lo_setup;
+    use crate::wireguard::messages::{control_type, RESPONSE_LEN};
     use crate::wireguard::tests::keys;
-    use crate::wireguard::{DeviceConfig, IpNet, PeerLine};
+    use crate::wireguard::{DeviceConfig, IpNet, PeerLine, Timing};
 
     const BYTES: usize = 4 << 20;
 
@@ -476,6 +508,166 @@ mod tests {
         let waiter = thread::spawn(move || d.wait_for_kick(Duration::from_secs(60)));
         dev.kick();
         assert!(waiter.join().unwrap(), "woken by the kick, not the timeout");
+    }
+
+    /// How many mac1s the device's checker (of its current key) computed.
+    fn mac1_computed(dev: &Device) -> u64 {
+        let st = crate::wireguard::peer::read(&dev.static_);
+        st.as_ref()
+            .map_or(0, |s| s.checker.mac1_computed.load(SeqCst))
+    }
+
+    /// A batch from `from` through the native receive path without its TUN write:
+    /// `receive`'s [`Device::decrypt_checked`] then its `control`, with `between` run
+    /// between the two. Returns what the control path sent.
+    fn native(
+        dev: &Device,
+        dgrams: &[Vec<u8>],
+        from: SocketAddr,
+        now: Instant,
+        between: impl FnOnce(),
+    ) -> Vec<Datagram> {
+        let mut bufs = dgrams.to_vec();
+        let mut sizes: Vec<usize> = dgrams.iter().map(Vec::len).collect();
+        let mut sources = vec![Some(from); dgrams.len()];
+        let (d, checked) = dev
+            .decrypt_checked(&mut bufs, 0, &mut sizes, &mut sources, now)
+            .unwrap();
+        between();
+        let r = d.packets..d.packets + d.control;
+        let mut out = Vec::new();
+        let (b, s, a) = (&bufs[r.clone()], &sizes[r.clone()], &sources[r]);
+        control(dev, b, s, a, checked, now, |bytes, to| {
+            out.push((bytes.to_vec(), to));
+            true
+        });
+        out
+    }
+
+    /// The lengths and destinations of datagrams (their bytes are random in part).
+    fn shapes(out: &[Datagram]) -> Vec<(usize, SocketAddr)> {
+        out.iter().map(|(b, to)| (b.len(), *to)).collect()
+    }
+
+    #[test]
+    fn the_native_receive_path_computes_each_mac1_once() {
+        use crate::wireguard::messages::{COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN};
+        use crate::wireguard::tests::{ipv4, pair, start, Side};
+        let t0 = start();
+        let (a, _) = pair(Timing::default(), t0);
+        let receiver = || {
+            let b = Side::new(2, "192.0.2.2:51820", [10, 9, 0, 2], Timing::default(), t0);
+            b.add_peer(&a, true, None, t0);
+            b
+        };
+        a.send(&[ipv4(a.ip, [10, 9, 0, 2], b"x")], t0);
+        let init = a.dev.tick(t0)[0].0.clone();
+        let mut bad = init.clone();
+        bad[INITIATION_LEN - 20] ^= 1; // in mac1
+        let mut cookie = vec![0u8; COOKIE_REPLY_LEN];
+        cookie[0] = 3;
+        let mut junk = vec![0u8; 32];
+        junk[0] = 4; // transport data for no session
+        let (c, r) = (COOKIE_REPLY_LEN, RESPONSE_LEN);
+        // (case, batch, under load, mac1s computed on the native path, on the public
+        // one (decrypt then handle_control), the lengths of what was sent)
+        type Case<'a> = (&'a str, Vec<Vec<u8>>, bool, u64, u64, &'a [usize]);
+        let cases: &[Case] = &[
+            ("an initiation", vec![init.clone()], false, 1, 2, &[r]),
+            ("a bad mac1", vec![bad.clone()], false, 1, 1, &[]),
+            ("a cookie reply", vec![cookie.clone()], false, 0, 0, &[]),
+            ("under load", vec![init.clone()], true, 1, 2, &[c]),
+            ("a bad mac1 under load", vec![bad.clone()], true, 1, 1, &[]),
+            (
+                "a flood of copies",
+                vec![init.clone(); 5],
+                false,
+                5,
+                10,
+                &[r],
+            ),
+            (
+                "a flood under load",
+                vec![init.clone(); 5],
+                true,
+                5,
+                10,
+                &[c; 5],
+            ),
+            (
+                "a mixed batch",
+                vec![junk, bad.clone(), init.clone(), cookie, bad],
+                false,
+                3,
+                4,
+                &[r],
+            ),
+        ];
+        for (name, batch, load, once, twice, sent) in cases {
+            let (n, p) = (receiver(), receiver());
+            n.dev.set_force_under_load(*load);
+            p.dev.set_force_under_load(*load);
+            let out = native(&n.dev, batch, a.endpoint, t0, || {});
+            let (_, out_p) = p.receive(batch, a.endpoint, t0);
+            assert_eq!(mac1_computed(&n.dev), *once, "{name}: native");
+            assert_eq!(mac1_computed(&p.dev), *twice, "{name}: public");
+            let want: Vec<_> = sent.iter().map(|&len| (len, a.endpoint)).collect();
+            assert_eq!(shapes(&out), want, "{name}");
+            assert_eq!(shapes(&out_p), want, "{name}");
+            // Dropped and counted alike (hs_bad_mac1, hs_cookie_sent, hs_replayed, ...).
+            assert_eq!(n.dev.stats(), p.dev.stats(), "{name}");
+            let st = n.dev.pump_stats();
+            let handshakes = batch.iter().filter(|m| control_type(m).is_some()).count();
+            let kept = handshakes as u64 - n.dev.stats().hs_bad_mac1;
+            assert_eq!(st.rx_control, kept, "{name}: {st:?}");
+            assert_eq!(st.control_sent, sent.len() as u64, "{name}: {st:?}");
+        }
+
+        // The initiator's side: b's response computes one mac1 at a.
+        let b = receiver();
+        let resp = native(&b.dev, &[init], a.endpoint, t0, || {});
+        assert_eq!(shapes(&resp), [(r, a.endpoint)]);
+        let before = mac1_computed(&a.dev);
+        let out = native(&a.dev, &[resp[0].0.clone()], b.endpoint, t0, || {});
+        assert_eq!(mac1_computed(&a.dev) - before, 1);
+        assert_eq!(a.dev.stats().sessions, 1, "{out:?}");
+    }
+
+    #[test]
+    fn a_key_change_between_decrypt_and_control_checks_mac1_again() {
+        use crate::wireguard::tests::{ipv4, pair, start};
+        let t0 = start();
+        let (a, b) = pair(Timing::default(), t0);
+        a.send(&[ipv4(a.ip, b.ip, b"x")], t0);
+        let init = a.dev.tick(t0)[0].0.clone();
+        let (key, other) = (keys(2).0, keys(9).0);
+        // To another key: the verdict is not that key's, mac1 is computed under it and
+        // is wrong.
+        let out = native(&b.dev, std::slice::from_ref(&init), a.endpoint, t0, || {
+            assert_eq!(mac1_computed(&b.dev), 1, "decrypt's");
+            b.dev.set_private_key(&other, t0);
+        });
+        assert!(out.is_empty());
+        assert_eq!(mac1_computed(&b.dev), 1, "the new key's checker's");
+        assert_eq!(b.dev.stats().hs_bad_mac1, 1);
+        // Away and back: the same key, the verdict holds.
+        b.dev.set_private_key(&key, t0);
+        let out = native(&b.dev, std::slice::from_ref(&init), a.endpoint, t0, || {
+            b.dev.set_private_key(&other, t0);
+            b.dev.set_private_key(&key, t0);
+        });
+        assert_eq!(mac1_computed(&b.dev), 0, "{out:?}");
+        assert_eq!(shapes(&out), [(RESPONSE_LEN, a.endpoint)]);
+        // No key left: refused as before (hs_invalid), nothing computed.
+        let (_, c) = pair(Timing::default(), t0);
+        let out = native(&c.dev, &[init], a.endpoint, t0, || {
+            c.dev.set_private_key(&[0; 32], t0);
+        });
+        assert!(out.is_empty());
+        assert_eq!(
+            (c.dev.stats().hs_invalid, c.dev.stats().hs_bad_mac1),
+            (1, 0)
+        );
     }
 
     /// One side of the tunnel: its device and its TUN queue (in a namespace of its own),
@@ -712,6 +904,12 @@ mod tests {
             assert!(a.control_sent >= 2 && b.control_sent >= 1 && a.rx_control >= 1, "{a:?} {b:?}");
             for st in [a, b] {
                 assert_eq!(st.tx_errors + st.rx_errors + st.tun_write_errors + st.control_errors, 0, "{st:?}");
+            }
+            // Each handshake message received (no cookie replies here) had its mac1
+            // computed once.
+            for (st, dev) in [(a, &side_a.dev), (b, &side_b.dev)] {
+                assert_eq!(dev.stats().cookies_accepted + dev.stats().cookies_invalid, 0);
+                assert_eq!(mac1_computed(dev), st.rx_control + dev.stats().hs_bad_mac1, "{st:?}");
             }
         }
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::allowed_ips::AllowedIps;
+use super::cookie::Mac1Checked;
 use super::device::{Decrypted, Device};
 use super::index_table::IndexTable;
 use super::keypair::Keypair;
@@ -203,6 +204,22 @@ impl Device {
         sources: &mut [Option<SocketAddr>],
         now: Instant,
     ) -> Result<Decrypted> {
+        Ok(self.decrypt_checked(bufs, offset, sizes, sources, now)?.0)
+    }
+
+    /// [`decrypt`](Self::decrypt), with the verdict of its mac1 checks: every
+    /// initiation and response it kept (`[packets..packets + control)`) had a valid mac1
+    /// under that key (`None`: none was checked). A caller that hands those messages,
+    /// unchanged, to [`Device::handle_checked_control`] with it has their mac1 computed
+    /// once (the native receive path, [`pump_rx`](super::pump_rx)).
+    pub(crate) fn decrypt_checked<B: ExpandBuffer>(
+        &self,
+        bufs: &mut [B],
+        offset: usize,
+        sizes: &mut [usize],
+        sources: &mut [Option<SocketAddr>],
+        now: Instant,
+    ) -> Result<(Decrypted, Option<Mac1Checked>)> {
         let n = sizes.len();
         if sources.len() < n {
             bail!(
@@ -221,6 +238,7 @@ impl Device {
             sizes0.extend_from_slice(sizes);
             let mut bad_mac1 = 0;
             let mut st = None;
+            let mut checked = None;
             for i in 0..n.min(bufs.len()) {
                 let msg = bufs[i]
                     .bytes()
@@ -232,7 +250,10 @@ impl Device {
                 // A cookie reply has no mac1 (its seal is checked by `handle_control`).
                 let st = st.get_or_insert_with(|| read(&self.static_));
                 let ok = kind == MESSAGE_COOKIE_REPLY
-                    || st.as_ref().is_some_and(|s| s.checker.check_mac1(msg));
+                    || st.as_ref().is_some_and(|s| {
+                        checked = Some(s.checker.verdict());
+                        s.checker.check_mac1(msg)
+                    });
                 bad_mac1 += u64::from(!ok);
                 ctrl.push(ok.then_some(sources[i]));
             }
@@ -317,11 +338,12 @@ impl Device {
             self.count(|c| &c.rx_unknown_index, unknown);
             self.count(|c| &c.rx_expired, expired);
             self.count(|c| &c.rx_junk, junk);
-            Ok(Decrypted {
+            let d = Decrypted {
                 packets: p,
                 control: c,
                 wake,
-            })
+            };
+            Ok((d, checked))
         })
     }
 
