@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tunoffload::engine::{self as eng, checksum, VirtioNetHdr};
-use tunoffload_bench::{reset, segments, super_packet};
+use tunoffload_bench::{copy_target, reset, segments, super_packet};
 
 const OFFSET: usize = 10;
 
@@ -46,7 +46,8 @@ fn bench_gso(c: &mut Criterion) {
                     .unwrap()
             })
         });
-        let mut dst = vec![0u8; pkt.len()];
+        let (mut dst, at) = copy_target(&pkt);
+        let dst = &mut dst[at..at + pkt.len()];
         g.bench_function(format!("memcpy/{name}"), |b| {
             b.iter(|| dst.copy_from_slice(black_box(&pkt)))
         });
@@ -126,7 +127,8 @@ fn bench_gro(c: &mut Criterion) {
             })
         });
         let src = vec![7u8; bytes];
-        let mut dst = vec![0u8; bytes];
+        let (mut dst, at) = copy_target(&src);
+        let dst = &mut dst[at..at + bytes];
         g.bench_function(format!("memcpy/{name}"), |b| {
             b.iter(|| dst.copy_from_slice(black_box(&src)))
         });
