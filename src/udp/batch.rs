@@ -175,6 +175,11 @@ struct Tx {
     /// [`cmsg::META_CTRL_WORDS`] (with).
     ctrl: Vec<u64>,
     msgs: Vec<TxMsg>,
+    /// The messages that replace a refused one ([`UdpBatch::refit`]).
+    spare: Vec<TxMsg>,
+    /// Messages planned (grouped and written) in all, for the tests of the fallbacks' cost.
+    #[cfg(test)]
+    planned: u64,
 }
 
 // SAFETY: the raw pointers in `iov` and `hdrs` are only dereferenced (by the kernel)
@@ -183,7 +188,7 @@ unsafe impl Send for Tx {}
 
 /// One message to send: datagrams `first..first + count` in one `UDP_SEGMENT` message of
 /// segment size `seg` (count 1: a plain datagram), with `meta`'s cmsgs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct TxMsg {
     first: usize,
     count: usize,
@@ -398,6 +403,9 @@ impl UdpBatch {
                 names: Vec::new(),
                 ctrl: Vec::new(),
                 msgs: Vec::new(),
+                spare: Vec::new(),
+                #[cfg(test)]
+                planned: 0,
             },
         })
     }
@@ -485,6 +493,12 @@ impl UdpBatch {
     #[cfg(test)]
     pub(crate) fn pending_reads(&self) -> usize {
         self.rx.msgs.len() - self.rx.next
+    }
+
+    /// Messages planned so far ([`Tx::planned`]).
+    #[cfg(test)]
+    pub(crate) fn planned(&self) -> u64 {
+        self.tx.planned
     }
 
     /// The counters.
@@ -847,106 +861,120 @@ impl UdpBatch {
             .check_send(fd, datagrams, to, meta)
             .map_err(|error| SendError { sent: 0, error })?;
         let mut r = Replan::default();
-        'plan: loop {
-            self.plan(fd, datagrams, to, meta, peer, &r)
-                .map_err(|error| SendError {
-                    sent: r.start,
-                    error,
-                })?;
-            let mut m = 0;
-            while m < self.tx.msgs.len() {
-                let tx = &mut self.tx;
-                let mut vlen = tx.msgs.len() - m;
-                let mut injected = None;
-                if let Some(f) = &mut self.faults {
-                    match tx.msgs[m..].iter().position(|x| f.on.hits(x)) {
-                        Some(0) => {
-                            injected = Some(f.errno);
-                            f.left -= 1;
-                            if f.left == 0 {
-                                self.faults = None;
-                            }
+        let mut m = self
+            .plan(fd, datagrams, to, meta, peer, &r, false)
+            .map_err(|error| SendError { sent: 0, error })?;
+        while m < self.tx.msgs.len() {
+            let tx = &mut self.tx;
+            let mut vlen = tx.msgs.len() - m;
+            let mut injected = None;
+            if let Some(f) = &mut self.faults {
+                match tx.msgs[m..].iter().position(|x| f.on.hits(x)) {
+                    Some(0) => {
+                        injected = Some(f.errno);
+                        f.left -= 1;
+                        if f.left == 0 {
+                            self.faults = None;
                         }
-                        Some(k) => vlen = k, // up to the message it hits
-                        None => {}
                     }
+                    Some(k) => vlen = k, // up to the message it hits
+                    None => {}
                 }
-                let rc = match injected {
-                    Some(_) => -1,
-                    // SAFETY: `hdrs[m..]` were written by `plan` in this call; they point
-                    // at `iov`, `names` and `ctrl` (not changed since) and at the bytes of
-                    // `datagrams`, which are borrowed for this whole call.
-                    None => unsafe {
-                        libc::sendmmsg(
-                            fd,
-                            tx.hdrs.as_mut_ptr().add(m),
-                            vlen.min(c_uint::MAX as usize) as c_uint,
-                            libc::MSG_DONTWAIT,
-                        )
-                    },
-                };
-                if rc > 0 {
-                    let st = &mut self.stats;
-                    st.send_calls += 1;
-                    st.send_messages += rc as u64;
-                    let sent = &tx.msgs[m..m + rc as usize];
-                    st.send_datagrams += sent.iter().map(|s| s.count as u64).sum::<u64>();
-                    m += rc as usize;
+            }
+            let rc = match injected {
+                Some(_) => -1,
+                // SAFETY: `hdrs[m..]` were written by `plan` or `refit` in this call; they
+                // point at `iov`, `names` and `ctrl` (not reallocated since) and at the
+                // bytes of `datagrams`, which are borrowed for this whole call.
+                None => unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        tx.hdrs.as_mut_ptr().add(m),
+                        vlen.min(c_uint::MAX as usize) as c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                },
+            };
+            if rc > 0 {
+                let st = &mut self.stats;
+                st.send_calls += 1;
+                st.send_messages += rc as u64;
+                let sent = &tx.msgs[m..m + rc as usize];
+                st.send_datagrams += sent.iter().map(|s| s.count as u64).sum::<u64>();
+                m += rc as usize;
+                continue;
+            }
+            let e = match (rc, injected) {
+                (_, Some(e)) => e,
+                (0, None) => libc::EAGAIN,
+                _ => errno(),
+            };
+            let msg = tx.msgs[m];
+            let stop = |error| SendError {
+                sent: msg.first,
+                error,
+            };
+            let st = &mut self.stats;
+            let (seg, src, ecn) = (msg.count > 1, msg.meta.src.is_some(), msg.meta.ecn);
+            // Whether only this message changes (and those it may now join): re-planned
+            // in place. Segmentation or ECN off changes all after it: a full re-plan, once
+            // a call at most.
+            let local = match e {
+                libc::EAGAIN => {
+                    sys::wait_fd(fd, libc::POLLOUT, wait).map_err(stop)?;
                     continue;
                 }
-                let e = match (rc, injected) {
-                    (_, Some(e)) => e,
-                    (0, None) => libc::EAGAIN,
-                    _ => errno(),
-                };
-                let msg = tx.msgs[m];
-                let stop = |error| SendError {
-                    sent: msg.first,
-                    error,
-                };
-                let st = &mut self.stats;
-                let (seg, src, ecn) = (msg.count > 1, msg.meta.src.is_some(), msg.meta.ecn);
-                match e {
-                    libc::EAGAIN => {
-                        sys::wait_fd(fd, libc::POLLOUT, wait).map_err(stop)?;
-                        continue;
-                    }
-                    libc::EINTR => return Err(stop(Error::Interrupted)),
-                    libc::EIO if seg => {
-                        // No checksum offload on this route: segmentation cannot work on
-                        // this socket (wireguard-go turns it off for good, too).
-                        self.gso = false;
-                        st.fallbacks += 1;
-                        r.plain_until = n;
-                    }
-                    libc::EINVAL | libc::EMSGSIZE if seg => {
-                        st.fallbacks += 1;
-                        r.plain_until = r.plain_until.max(msg.first + msg.count);
-                    }
-                    libc::EINVAL | libc::EIO | libc::ENETUNREACH | libc::EADDRNOTAVAIL if src => {
-                        st.src_fallbacks += 1;
-                        r.nosrc = msg.first..msg.first + msg.count;
-                    }
-                    libc::EINVAL | libc::EIO if ecn.is_some() && self.send_ecn => {
-                        self.send_ecn = false;
-                        st.ecn_fallbacks += 1;
-                    }
-                    libc::EMSGSIZE => {
-                        let to = match to {
-                            Dest::Connected => None,
-                            Dest::One(a) => Some(a),
-                            Dest::Each(a) => Some(a[msg.first]),
-                        };
-                        let size = datagrams[msg.first].as_ref().len();
-                        return Err(stop(self.too_long(fd, msg.first, size, to, peer)));
-                    }
-                    e => return Err(stop(Error::from_errno(e, "sending datagrams (sendmmsg)"))),
+                libc::EINTR => return Err(stop(Error::Interrupted)),
+                libc::EIO if seg => {
+                    // No checksum offload on this route: segmentation cannot work on
+                    // this socket (wireguard-go turns it off for good, too).
+                    self.gso = false;
+                    st.fallbacks += 1;
+                    r.plain_until = n;
+                    false
                 }
-                r.start = msg.first;
-                continue 'plan;
-            }
-            return Ok(n);
+                libc::EINVAL | libc::EMSGSIZE if seg => {
+                    st.fallbacks += 1;
+                    r.plain_until = r.plain_until.max(msg.first + msg.count);
+                    true
+                }
+                libc::EINVAL | libc::EIO | libc::ENETUNREACH | libc::EADDRNOTAVAIL if src => {
+                    st.src_fallbacks += 1;
+                    r.nosrc = msg.first..msg.first + msg.count;
+                    true
+                }
+                libc::EINVAL | libc::EIO if ecn.is_some() && self.send_ecn => {
+                    self.send_ecn = false;
+                    st.ecn_fallbacks += 1;
+                    false
+                }
+                libc::EMSGSIZE => {
+                    let to = match to {
+                        Dest::Connected => None,
+                        Dest::One(a) => Some(a),
+                        Dest::Each(a) => Some(a[msg.first]),
+                    };
+                    let size = datagrams[msg.first].as_ref().len();
+                    return Err(stop(self.too_long(fd, msg.first, size, to, peer)));
+                }
+                e => return Err(stop(Error::from_errno(e, "sending datagrams (sendmmsg)"))),
+            };
+            let refit = match local {
+                true => self
+                    .refit(fd, datagrams, to, meta, peer, &r, m)
+                    .map_err(stop)?,
+                false => None,
+            };
+            m = match refit {
+                Some(slot) => slot,
+                None => {
+                    r.start = msg.first;
+                    self.plan(fd, datagrams, to, meta, peer, &r, true)
+                        .map_err(stop)?
+                }
+            };
         }
+        Ok(n)
     }
 
     /// The error for datagram `i` of `size` bytes refused with `EMSGSIZE`: over the path
@@ -1128,8 +1156,11 @@ impl UdpBatch {
     }
 
     /// Groups `datagrams[r.start..]` into messages (see [`group`]) and writes the
-    /// `sendmmsg` arrays for them, the cmsgs of their metadata included (`peer`: the
-    /// connected peer, for its family).
+    /// `sendmmsg` arrays for them; returns the slot of the first. `aligned` (a re-plan):
+    /// the messages take the last of one slot per datagram, so that no message's slot is
+    /// below its first datagram's index from `r.start`, and a refused one re-planned with
+    /// more messages has room in the slots before ([`refit`](Self::refit)).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn plan<D: AsRef<[u8]>>(
         &mut self,
@@ -1139,12 +1170,19 @@ impl UdpBatch {
         meta: TxMetas<'_>,
         peer: Option<SocketAddr>,
         r: &Replan,
-    ) -> Result<()> {
+        aligned: bool,
+    ) -> Result<usize> {
         let start = r.start;
         let tx = &mut self.tx;
         let send_ecn = self.send_ecn;
         group(&mut tx.msgs, datagrams, to, meta, r, self.gso, send_ecn);
         let nm = tx.msgs.len();
+        let slots = if aligned { datagrams.len() - start } else { nm };
+        let first = slots - nm;
+        if first > 0 {
+            tx.msgs.resize(slots, TxMsg::default());
+            tx.msgs.copy_within(0..nm, first);
+        }
         tx.iov.clear();
         tx.iov.extend(datagrams[start..].iter().map(|d| {
             let d = d.as_ref();
@@ -1156,30 +1194,89 @@ impl UdpBatch {
         let n_names = match to {
             Dest::Connected => 0,
             Dest::One(_) => 1,
-            Dest::Each(_) => nm,
-        };
-        // Room for each message's cmsgs: UDP_SEGMENT alone, or with the metadata's.
-        let words = match meta {
-            TxMetas::None => TX_CTRL_WORDS,
-            _ => cmsg::META_CTRL_WORDS,
+            Dest::Each(_) => slots,
         };
         // SAFETY (both closures): all-zero is a valid value of these C structs.
         tx.names.resize_with(n_names, || unsafe { zeroed() });
-        tx.ctrl.resize(nm * words, 0);
+        tx.ctrl.resize(slots * ctrl_words(meta), 0);
         tx.hdrs.clear();
-        tx.hdrs.resize_with(nm, || unsafe { zeroed() });
+        tx.hdrs.resize_with(slots, || unsafe { zeroed() });
+        self.write_hdrs(fd, to, meta, peer, start, first..slots)?;
+        Ok(first)
+    }
+
+    /// Re-plans after the kernel refused the message in slot `m` for its segmentation or
+    /// its source (given up in `r`): only the messages from it to the first planned one
+    /// that starts where a new one would (from there on the plan is the same), written
+    /// into the slots before that one (those before `m` were sent). Returns the slot to
+    /// go on from, or `None` where the new messages do not fit (not after an aligned
+    /// [`plan`](Self::plan)).
+    #[allow(clippy::too_many_arguments)]
+    fn refit<D: AsRef<[u8]>>(
+        &mut self,
+        fd: RawFd,
+        datagrams: &[D],
+        to: Dest<'_>,
+        meta: TxMetas<'_>,
+        peer: Option<SocketAddr>,
+        r: &Replan,
+        m: usize,
+    ) -> Result<Option<usize>> {
+        let runs = Runs {
+            datagrams,
+            to,
+            meta,
+            r,
+            gso: self.gso,
+            send_ecn: self.send_ecn,
+        };
+        let tx = &mut self.tx;
+        let end = regroup(&mut tx.spare, &tx.msgs, m, &runs);
+        let Some(first) = end.checked_sub(tx.spare.len()) else {
+            return Ok(None);
+        };
+        tx.msgs[first..end].copy_from_slice(&tx.spare);
+        for h in &mut tx.hdrs[first..end] {
+            // SAFETY: all-zero is a valid value of this C struct.
+            *h = unsafe { zeroed() };
+        }
+        self.write_hdrs(fd, to, meta, peer, r.start, first..end)?;
+        Ok(Some(first))
+    }
+
+    /// Writes the headers (zeroed) of the messages in `slots`, the cmsgs of their
+    /// metadata included (`start`: the datagram of the first iovec; `peer`: the connected
+    /// peer, for its family).
+    #[inline(always)]
+    fn write_hdrs(
+        &mut self,
+        fd: RawFd,
+        to: Dest<'_>,
+        meta: TxMetas<'_>,
+        peer: Option<SocketAddr>,
+        start: usize,
+        slots: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let tx = &mut self.tx;
+        #[cfg(test)]
+        {
+            tx.planned += slots.len() as u64;
+        }
+        let words = ctrl_words(meta);
         let mut name_len = 0;
         if let Dest::One(a) = to {
             name_len = sys::write_sockaddr(&a, self.family, &mut tx.names[0])?;
         }
-        if send_ecn && self.tos.is_none() && tx.msgs.iter().any(|m| m.meta.ecn.is_some()) {
+        let msgs = &tx.msgs[slots.clone()];
+        if self.send_ecn && self.tos.is_none() && msgs.iter().any(|m| m.meta.ecn.is_some()) {
             self.tos = Some(sys::tos_bytes(fd, self.family));
         }
         let (tos4, tos6) = self.tos.unwrap_or_default();
         let v4_socket = self.family == libc::AF_INET;
         let plain = meta.is_none();
         let iov = tx.iov.as_mut_ptr();
-        for (m, msg) in tx.msgs.iter().enumerate() {
+        for m in slots {
+            let msg = tx.msgs[m];
             let h = &mut tx.hdrs[m].msg_hdr;
             // SAFETY: msg.first - start < iov.len() (one iovec per datagram from start).
             h.msg_iov = unsafe { iov.add(msg.first - start) };
@@ -1215,6 +1312,14 @@ impl UdpBatch {
             }
         }
         Ok(())
+    }
+}
+
+/// Room for each message's cmsgs: `UDP_SEGMENT` alone, or with the metadata's.
+fn ctrl_words(meta: TxMetas<'_>) -> usize {
+    match meta {
+        TxMetas::None => TX_CTRL_WORDS,
+        _ => cmsg::META_CTRL_WORDS,
     }
 }
 
@@ -1256,24 +1361,87 @@ fn group<D: AsRef<[u8]>>(
     send_ecn: bool,
 ) {
     msgs.clear();
-    let n = datagrams.len();
-    let meta_of = |i: usize| {
-        let mut m = meta.get(i);
-        if !send_ecn {
+    let runs = Runs {
+        datagrams,
+        to,
+        meta,
+        r,
+        gso,
+        send_ecn,
+    };
+    let mut i = r.start;
+    while i < datagrams.len() {
+        let msg = runs.at(i);
+        msgs.push(msg);
+        i += msg.count;
+    }
+}
+
+/// After the kernel refused `old[m]` (its segmentation or its source now given up in
+/// `runs.r`): the messages in `new` that replace `old[m..end]`; `old[end..]` stand as
+/// planned. Only the refused message's datagrams changed, so where a new message starts
+/// with an old one after it, [`group`] would go on as before; returns `end` (`old.len()`:
+/// none stands).
+fn regroup<D: AsRef<[u8]>>(
+    new: &mut Vec<TxMsg>,
+    old: &[TxMsg],
+    m: usize,
+    runs: &Runs<'_, D>,
+) -> usize {
+    new.clear();
+    let mut end = m + 1;
+    let mut i = old[m].first;
+    while i < runs.datagrams.len() {
+        while end < old.len() && old[end].first < i {
+            end += 1;
+        }
+        if end < old.len() && old[end].first == i {
+            return end;
+        }
+        let msg = runs.at(i);
+        new.push(msg);
+        i += msg.count;
+    }
+    old.len()
+}
+
+/// What [`group`] groups by.
+struct Runs<'a, D> {
+    datagrams: &'a [D],
+    to: Dest<'a>,
+    meta: TxMetas<'a>,
+    r: &'a Replan,
+    gso: bool,
+    send_ecn: bool,
+}
+
+impl<D: AsRef<[u8]>> Runs<'_, D> {
+    /// Datagram `i`'s metadata as sent.
+    #[inline(always)]
+    fn meta_of(&self, i: usize) -> TxMeta {
+        let mut m = self.meta.get(i);
+        if !self.send_ecn {
             m.ecn = None;
         }
-        if r.nosrc.contains(&i) {
+        if self.r.nosrc.contains(&i) {
             m.src = None;
         }
         m
-    };
-    let plain = meta.is_none();
-    let mut i = r.start;
-    while i < n {
+    }
+
+    /// The message that starts at datagram `i`.
+    #[inline(always)]
+    fn at(&self, i: usize) -> TxMsg {
+        let (datagrams, n) = (self.datagrams, self.datagrams.len());
         let seg = datagrams[i].as_ref().len();
-        let m = if plain { TxMeta::default() } else { meta_of(i) };
+        let plain = self.meta.is_none();
+        let m = if plain {
+            TxMeta::default()
+        } else {
+            self.meta_of(i)
+        };
         let mut count = 1;
-        if gso && i >= r.plain_until && seg > 0 {
+        if self.gso && i >= self.r.plain_until && seg > 0 {
             let mut total = seg;
             while count < MAX_SEGMENTS_PER_SEND && i + count < n {
                 let j = i + count;
@@ -1281,12 +1449,12 @@ fn group<D: AsRef<[u8]>>(
                 if len == 0 || len > seg || total + len > MAX_PAYLOAD_V4 {
                     break;
                 }
-                if let Dest::Each(a) = to {
+                if let Dest::Each(a) = self.to {
                     if a[j] != a[i] {
                         break;
                     }
                 }
-                if !plain && meta_of(j) != m {
+                if !plain && self.meta_of(j) != m {
                     break;
                 }
                 count += 1;
@@ -1296,13 +1464,12 @@ fn group<D: AsRef<[u8]>>(
                 }
             }
         }
-        msgs.push(TxMsg {
+        TxMsg {
             first: i,
             count,
             seg,
             meta: m,
-        });
-        i += count;
+        }
     }
 }
 
@@ -1536,6 +1703,91 @@ mod unit {
                     want.src = None;
                 }
                 assert_eq!(msg.meta, want, "case {k}, message at {}", msg.first);
+            }
+        }
+    }
+
+    #[test]
+    fn regroup_is_a_full_regroup_from_the_refused_message() {
+        let src = |ip: &str| {
+            Some(crate::udp::Source {
+                ip: ip.parse().unwrap(),
+                ifindex: 0,
+            })
+        };
+        let (a, b) = (src("10.0.0.1"), src("10.0.0.2"));
+        let m = |s| TxMeta {
+            ecn: Some(2),
+            src: s,
+        };
+        let x: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let y: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut spill = vec![m(None); 200];
+        (spill[0], spill[100]) = (m(a), m(a));
+        let to: Vec<SocketAddr> = (0..200).map(|i| if i % 7 < 5 { x } else { y }).collect();
+        let mixed = [10, 10, 10, 5, 10, 10, 20, 20, 20, 20, 0, 10, 10, 10, 10, 10];
+        let some = [
+            a, a, None, None, a, None, None, None, b, b, None, a, a, a, None, None,
+        ];
+        let some: Vec<TxMeta> = some.into_iter().map(m).collect();
+        // (lengths, metadata, addresses)
+        type Case<'a> = (Vec<usize>, Vec<TxMeta>, Option<&'a [SocketAddr]>);
+        let cases: [Case<'_>; 5] = [
+            (vec![10; 16], some.clone(), None),
+            (mixed.to_vec(), some.clone(), None),
+            (mixed.to_vec(), some, Some(&to)),
+            (vec![10; 200], spill.clone(), None),
+            (vec![10; 200], spill, Some(&to)),
+        ];
+        for (k, (lens, metas, to)) in cases.into_iter().enumerate() {
+            let data: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0; l]).collect();
+            let to = to.map_or(Dest::Connected, Dest::Each);
+            let meta = TxMetas::Each(&metas);
+            for (send_ecn, sources) in [(true, true), (false, true), (true, false)] {
+                // Refuse each message with a source (or each segmented one), in turn, as
+                // a send does: each time, the replacement and the messages that stand
+                // are what grouping anew from the refused message gives.
+                let mut r = Replan::default();
+                let mut plan = Vec::new();
+                group(&mut plan, &data, to, meta, &r, true, send_ecn);
+                let (mut m, mut new) = (0, Vec::new());
+                while m < plan.len() {
+                    let msg = plan[m];
+                    match sources {
+                        true if msg.meta.src.is_some() => {
+                            r.nosrc = msg.first..msg.first + msg.count
+                        }
+                        false if msg.count > 1 => r.plain_until = msg.first + msg.count,
+                        _ => {
+                            m += 1;
+                            continue;
+                        }
+                    }
+                    let runs = Runs {
+                        datagrams: &data[..],
+                        to,
+                        meta,
+                        r: &r,
+                        gso: true,
+                        send_ecn,
+                    };
+                    let end = regroup(&mut new, &plan, m, &runs);
+                    let mut full = Vec::new();
+                    let from = Replan {
+                        start: msg.first,
+                        ..r.clone()
+                    };
+                    group(&mut full, &data, to, meta, &from, true, send_ecn);
+                    let got: Vec<TxMsg> = new.iter().chain(&plan[end..]).copied().collect();
+                    assert_eq!(
+                        got, full,
+                        "case {k}, {send_ecn}, {sources}, at {}",
+                        msg.first
+                    );
+                    plan.truncate(m);
+                    plan.extend(full);
+                    m += 1;
+                }
             }
         }
     }

@@ -424,6 +424,77 @@ netns_test! {
     }
 }
 
+netns_test! {
+    /// Refused sources and segments cost a re-plan of the messages that change, not of
+    /// the rest of the batch each time: N datagrams plan a few N messages in all (a
+    /// re-plan of the remainder per refusal was some N^2 / 2), and the counters, the
+    /// datagrams and their order are as before.
+    fn send_fallbacks_replan_linearly_as_root(mtu: None) {
+        let (a, b) = pair("127.0.0.1");
+        let src = crate::udp::Source {
+            ip: "127.0.0.1".parse().unwrap(),
+            ifindex: 0,
+        };
+        let with_src = TxMeta { ecn: None, src: Some(src) };
+        // (name, length of datagram i, whether it has a source, the messages the faults
+        // hit, their errno)
+        type Case = (&'static str, fn(usize) -> usize, fn(usize) -> bool, FaultOn, i32);
+        let cases: [Case; 3] = [
+            // Each its own message (a larger datagram ends a run), each source refused.
+            ("sources", |i| 100 + i, |_| true, FaultOn::Source, libc::EADDRNOTAVAIL),
+            // Runs of 4, each refused (a segment above the MTU).
+            ("segments", |i| 100 + i / 4, |_| false, FaultOn::Segmented, libc::EINVAL),
+            // Sources on every other datagram: without its source, each joins the next.
+            (
+                "sources that join the next",
+                |_| 100,
+                |i| i % 2 == 0,
+                FaultOn::Source,
+                libc::EINVAL,
+            ),
+        ];
+        for (name, len, has_src, on, errno) in cases {
+            for n in [1, 2, 16, 128] {
+                let (mut tx, mut rx) = batches(&a, &b);
+                let lens: Vec<usize> = (0..n).map(len).collect();
+                let data = datagrams(&lens);
+                let metas: Vec<TxMeta> = (0..n)
+                    .map(|i| if has_src(i) { with_src } else { TxMeta::default() })
+                    .collect();
+                let refused = match on {
+                    FaultOn::Segmented => n / 4,
+                    _ => metas.iter().filter(|m| m.src.is_some()).count(),
+                };
+                if refused > 0 {
+                    tx.inject_send_faults(errno, refused as u32, on).unwrap();
+                }
+                let meta = TxMetas::Each(&metas);
+                let sent = tx.send_meta(a.as_fd(), &data, Dest::Connected, meta, soon());
+                assert_eq!(sent, Ok(n), "{name}, {n}");
+                let st = tx.stats();
+                let messages = match name {
+                    "sources that join the next" => n.div_ceil(2),
+                    // The refused runs one by one; a run shorter than 4 whole.
+                    "segments" => 4 * refused + usize::from(n % 4 > 0),
+                    _ => n,
+                };
+                let (fallbacks, src_fallbacks) = match on {
+                    FaultOn::Segmented => (refused, 0),
+                    _ => (0, refused),
+                };
+                assert_eq!(
+                    (st.send_messages, st.send_datagrams, st.fallbacks, st.src_fallbacks),
+                    (messages as u64, n as u64, fallbacks as u64, src_fallbacks as u64),
+                    "{name}, {n}"
+                );
+                let planned = tx.planned();
+                assert!(planned <= 4 * n as u64, "{name}, {n}: {planned} messages planned");
+                expect_all(&mut rx, &b, &lens, 64);
+            }
+        }
+    }
+}
+
 #[test]
 fn address_text_forms() {
     let p = |h: &str, f| parse_host(h, f);
