@@ -139,10 +139,13 @@ impl Split {
         Ok(written)
     }
 
-    /// Stores the first `n` packets' lengths into `sizes`.
+    /// Stores the first `n` packets' lengths into `sizes`: all of one length but the last
+    /// packet of the split (a store per entry, where a length each took a multiply).
     pub fn fill_sizes(&self, sizes: &mut [usize], n: usize) {
-        for (i, s) in sizes.iter_mut().take(n).enumerate() {
-            *s = self.size(i);
+        let n = n.min(sizes.len()).min(self.count());
+        if let Some(last) = n.checked_sub(1) {
+            sizes[..last].fill(self.size(0));
+            sizes[last] = self.size(last);
         }
     }
 
@@ -291,6 +294,42 @@ mod tests {
             *b = i as u8;
         }
         r
+    }
+
+    #[test]
+    fn fill_sizes_gives_each_packets_length() {
+        use crate::engine::testutil::{build, Spec};
+        use crate::engine::virtio::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
+        // (payload, gso_size): a short last segment, an exact multiple, one segment, and a
+        // packet without GSO.
+        for (payload, gso_size) in [(3000, 1000), (2500, 1000), (3000, 1448), (700, 1000)] {
+            let spec = Spec {
+                payload: vec![7; payload],
+                ..Spec::default()
+            };
+            let hdr = VirtioNetHdr {
+                flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+                gso_size,
+                csum_start: 20,
+                csum_offset: 16,
+                ..VirtioNetHdr::default()
+            };
+            let pkt = build(&spec, true);
+            for hdr in [hdr, VirtioNetHdr::default()] {
+                let split = Split::plan_packet(&pkt, &hdr, None).unwrap();
+                let count = split.count();
+                let want: Vec<usize> = (0..count).map(|i| split.size(i)).collect();
+                assert_eq!(want.iter().sum::<usize>(), pkt.len() + (count - 1) * 40);
+                for n in 0..=count + 1 {
+                    let mut sizes = vec![usize::MAX; count + 2];
+                    split.fill_sizes(&mut sizes, n);
+                    let k = n.min(count);
+                    assert_eq!(sizes[..k], want[..k], "{payload}/{gso_size}, n {n}");
+                    assert!(sizes[k..].iter().all(|&s| s == usize::MAX), "past n");
+                }
+            }
+        }
     }
 
     fn deliver<B: ExpandBuffer + AsMut<[u8]>>(
