@@ -33,6 +33,35 @@ pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 /// The number of packets per batch that wireguard-go and tun-rs found best.
 pub const IDEAL_BATCH_SIZE: usize = 128;
 
+/// The constants above by name (the Python module exports each under its name).
+pub const NAMED: [(&str, usize); 10] = [
+    ("VIRTIO_NET_HDR_LEN", VIRTIO_NET_HDR_LEN),
+    ("IDEAL_BATCH_SIZE", IDEAL_BATCH_SIZE),
+    ("VIRTIO_NET_HDR_GSO_NONE", VIRTIO_NET_HDR_GSO_NONE as usize),
+    (
+        "VIRTIO_NET_HDR_GSO_TCPV4",
+        VIRTIO_NET_HDR_GSO_TCPV4 as usize,
+    ),
+    ("VIRTIO_NET_HDR_GSO_UDP", VIRTIO_NET_HDR_GSO_UDP as usize),
+    (
+        "VIRTIO_NET_HDR_GSO_TCPV6",
+        VIRTIO_NET_HDR_GSO_TCPV6 as usize,
+    ),
+    (
+        "VIRTIO_NET_HDR_GSO_UDP_L4",
+        VIRTIO_NET_HDR_GSO_UDP_L4 as usize,
+    ),
+    ("VIRTIO_NET_HDR_GSO_ECN", VIRTIO_NET_HDR_GSO_ECN as usize),
+    (
+        "VIRTIO_NET_HDR_F_NEEDS_CSUM",
+        VIRTIO_NET_HDR_F_NEEDS_CSUM as usize,
+    ),
+    (
+        "VIRTIO_NET_HDR_F_DATA_VALID",
+        VIRTIO_NET_HDR_F_DATA_VALID as usize,
+    ),
+];
+
 /// A decoded `virtio_net_hdr`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct VirtioNetHdr {

@@ -36,7 +36,7 @@ mod wireguard;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::engine::{self, virtio::*};
+use crate::engine::{self, virtio};
 
 /// The native part of the `tunoffload` package.
 // gil_used: the binding relies on the GIL to keep bytearrays from being resized under it.
@@ -44,16 +44,9 @@ use crate::engine::{self, virtio::*};
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("VIRTIO_NET_HDR_LEN", VIRTIO_NET_HDR_LEN)?;
-    m.add("IDEAL_BATCH_SIZE", IDEAL_BATCH_SIZE)?;
-    m.add("VIRTIO_NET_HDR_GSO_NONE", VIRTIO_NET_HDR_GSO_NONE)?;
-    m.add("VIRTIO_NET_HDR_GSO_TCPV4", VIRTIO_NET_HDR_GSO_TCPV4)?;
-    m.add("VIRTIO_NET_HDR_GSO_UDP", VIRTIO_NET_HDR_GSO_UDP)?;
-    m.add("VIRTIO_NET_HDR_GSO_TCPV6", VIRTIO_NET_HDR_GSO_TCPV6)?;
-    m.add("VIRTIO_NET_HDR_GSO_UDP_L4", VIRTIO_NET_HDR_GSO_UDP_L4)?;
-    m.add("VIRTIO_NET_HDR_GSO_ECN", VIRTIO_NET_HDR_GSO_ECN)?;
-    m.add("VIRTIO_NET_HDR_F_NEEDS_CSUM", VIRTIO_NET_HDR_F_NEEDS_CSUM)?;
-    m.add("VIRTIO_NET_HDR_F_DATA_VALID", VIRTIO_NET_HDR_F_DATA_VALID)?;
+    for (name, value) in virtio::NAMED {
+        m.add(name, value)?;
+    }
     m.add("UDP_MAX_SEGMENTS", engine::UDP_MAX_SEGMENTS)?;
     m.add("ECN_NOT_ECT", crate::udp::ECN_NOT_ECT)?;
     m.add("ECN_ECT1", crate::udp::ECN_ECT1)?;
