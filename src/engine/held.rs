@@ -143,6 +143,28 @@ thread_local! {
     static WINDOWS: Cell<Vec<Window<'static>>> = const { Cell::new(Vec::new()) };
 }
 
+/// Whether `bufs` can serve again as buffers read with `mode` (`(sized, written_from)` as
+/// [`Held::new`] takes them). With `reread` (their holders may have changed meanwhile: the
+/// binding ran Python code), only if `keep(i, holder)` says each is still the one at its
+/// place, and each is then read again. Where this is false the caller reads them anew.
+pub fn reuse_held<H: Holder>(
+    bufs: &mut [Held<H>],
+    mode: (bool, usize),
+    reread: bool,
+    keep: impl Fn(usize, &H) -> bool,
+) -> bool {
+    let same = |(i, b): (usize, &Held<H>)| {
+        (b.sized, b.written_from) == mode && (!reread || keep(i, &b.holder))
+    };
+    if !bufs.iter().enumerate().all(same) {
+        return false;
+    }
+    if reread {
+        bufs.iter_mut().for_each(Held::reread);
+    }
+    true
+}
+
 /// Runs `f` on windows of `bufs`' memory (each as long as its packet, able to grow to the
 /// buffer's capacity); afterwards the buffers take the windows' order (work may swap
 /// windows: each starts where its buffer does) and lengths.
@@ -257,6 +279,37 @@ mod tests {
         assert_eq!((b.bytes().len(), b.capacity()), (3, 10));
         b.resize(10).unwrap();
         assert!(b.resize(11).is_err());
+    }
+
+    #[test]
+    fn held_buffers_are_reused_only_as_read_and_where_kept() {
+        let mut bufs = [
+            held(vec![1; 4], true, false, 0),
+            held(vec![2; 6], true, false, 0),
+        ];
+        bufs[1].resize(3).unwrap();
+        let all = |_: usize, _: &VecHolder| true;
+        // (mode, reread, keep) -> reused
+        let cases: [(_, _, &dyn Fn(usize, &VecHolder) -> bool, _); 4] = [
+            ((false, 0), false, &all, true),
+            ((true, 0), false, &all, false),
+            ((false, 10), false, &all, false),
+            ((false, 0), true, &|i, _| i == 0, false),
+        ];
+        for (mode, reread, keep, want) in cases {
+            assert_eq!(
+                reuse_held(&mut bufs, mode, reread, keep),
+                want,
+                "{mode:?} {reread}"
+            );
+            assert_eq!(bufs[1].bytes().len(), 3, "nothing read again");
+        }
+        // The holder changed behind the buffer (the binding's Python code ran): kept, it
+        // is read again as it is now.
+        bufs[0].holder.0 = vec![9; 7];
+        assert!(reuse_held(&mut bufs, (false, 0), true, all));
+        assert_eq!(bufs[0].bytes(), &[9; 7]);
+        assert_eq!(bufs[1].bytes(), &[2; 3]);
     }
 
     #[test]

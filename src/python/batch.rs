@@ -8,11 +8,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
+use super::buffers::PyObj;
 use super::buffers::{addr, bytearray_region, bytearray_start, list_get, py_buf, PyBuf, Views};
 use super::errors::type_error;
 use super::gil::PYTHON_RAN;
 use crate::engine::buffer::{batch_len, non_negative, reuse, Name};
-use crate::engine::held::{on_windows, windows_over};
+use crate::engine::held::{on_windows, reuse_held, windows_over};
 use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer, Room, Window};
 
 /// The most entries reserved up front from a length that Python code reported (a list
@@ -204,10 +205,15 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
 
     #[inline(always)]
     fn bufs(&mut self, n: usize, sized: bool, written_from: usize) -> PyResult<&mut [PyBuf<'py>]> {
-        if self.bufs.len() != n || self.read_at != PYTHON_RAN.with(Cell::get) {
+        // After Python code ran, read again in place if each is still its list's entry.
+        let (stale, seq) = (self.read_at != PYTHON_RAN.with(Cell::get), self.seq);
+        let kept =
+            |i, h: &PyObj| matches!(seq, Seq::List(l) if list_get(l, i) == Some(h.obj.as_ptr()));
+        if self.bufs.len() < n || !reuse_held(&mut self.bufs, (sized, written_from), stale, kept) {
             self.convert(n, (self.grow, sized, written_from))?;
         }
-        Ok(&mut self.bufs)
+        self.read_at = PYTHON_RAN.with(Cell::get);
+        Ok(&mut self.bufs[..n])
     }
 
     fn windows<T>(

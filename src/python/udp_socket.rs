@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict, PyList, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
-use super::batch::{filling_sizes, list, read_size, PyBufs, Seq};
+use super::batch::{filling_sizes, list, read_size, PyBufs, Seq, PREALLOC};
 use super::errors::{os_error, py_bool, type_error, with_attrs};
 use super::gil::{python_ran, Gil};
 use crate::engine::buffer::{batch_len, non_negative, packets, reuse, Name};
@@ -108,7 +108,7 @@ impl PyRecvMeta {
     #[new]
     #[pyo3(signature = (capacity=0))]
     fn new(capacity: usize) -> Self {
-        PyRecvMeta(udp::RecvMeta::new(capacity.min(super::batch::PREALLOC)))
+        PyRecvMeta(udp::RecvMeta::new(capacity.min(PREALLOC)))
     }
 
     /// The datagrams of the last receive.
@@ -416,7 +416,9 @@ impl PyUdpSocket {
             m.0.grow_to(nb); // (to the batch, at most what one receive holds)
         }
         let wait = self.wait(py)?; // (Python code: before the buffers are read)
-        b.bufs(nb, false, usize::MAX)?; // converted before anything is received
+        if b.next_limited(0, None) < nb {
+            b.bufs(nb, false, usize::MAX)?; // converted (checked) before anything is received
+        }
         reuse(&SENDERS, |senders| {
             senders.resize(if addrs.is_some() { nb } else { 0 }, None);
             let out = &mut *senders;
@@ -526,7 +528,7 @@ impl PyUdpSocket {
         let all = Some(count.unwrap_or(b.count()));
         let n = batch_len(b.count(), sizes.map(Seq::len).transpose()?, all)?;
         let mut known = None;
-        let mut ends = Vec::new();
+        let mut ends = Vec::with_capacity(if sizes.is_some() { n.min(PREALLOC) } else { 0 });
         // Each datagram is exported before its size is read: an `__index__` that resizes a
         // buffer of this call then fails, instead of moving it under the send.
         let whole = b.exports(0..n, |i| {

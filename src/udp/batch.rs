@@ -778,6 +778,8 @@ impl UdpBatch {
                 return Ok(Err(e));
             }
         }
+        // No more buffers than datagrams pending: the others are not looked at.
+        let nb = nb.min(self.pending().max(1));
         let (n, bytes) = match self.make_room(bufs.bufs(nb, false, usize::MAX)?, offset) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
