@@ -420,7 +420,7 @@ def main() -> None:
         if j == 0:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
     if send is None:
-        print("\n(send path: needs root; left out)")
+        print("\n(send path: left out (--no-device, or not root))")
         return
     print(
         f"\nsend path, TCP/IPv4, {send['segments']} segments on a TUN device: "
