@@ -289,8 +289,9 @@ mod tests {
         ];
         bufs[1].resize(3).unwrap();
         let all = |_: usize, _: &VecHolder| true;
+        type Keep<'a> = &'a dyn Fn(usize, &VecHolder) -> bool;
         // (mode, reread, keep) -> reused
-        let cases: [(_, _, &dyn Fn(usize, &VecHolder) -> bool, _); 4] = [
+        let cases: [(_, _, Keep<'_>, _); 4] = [
             ((false, 0), false, &all, true),
             ((true, 0), false, &all, false),
             ((false, 10), false, &all, false),
