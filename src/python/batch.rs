@@ -283,6 +283,12 @@ pub(crate) fn read_size<'py>(
     i: usize,
     known: &mut Option<(Bound<'py, PyAny>, usize)>,
 ) -> PyResult<usize> {
+    // A list's entry is compared with the last int read before any reference is taken.
+    if let (Seq::List(l), Some((o, v))) = (sizes, known.as_ref()) {
+        if list_get(l, i) == Some(o.as_ptr()) {
+            return Ok(*v);
+        }
+    }
     let item = sizes.get(i, "sizes")?;
     if let Some((_, v)) = known.as_ref().filter(|(o, _)| o.is(&item)) {
         return Ok(*v);

@@ -3,8 +3,8 @@
 //! - [`Views`]: buffer-protocol exports (`bytes`, `bytearray`, `memoryview`, `array`,
 //!   numpy ...) held for the length of a call, for memory used with the GIL released.
 //!   While a `bytearray` is exported it cannot be resized, so the memory stays put. Each
-//!   `Py_buffer` is stored by value in a `Vec` (reused between calls) and released by
-//!   value: a push may move the earlier ones, never the memory they describe.
+//!   `Py_buffer` is stored by value in a `Vec` (reused between calls) and released where
+//!   it lies: a push may move the earlier ones, never the memory they describe.
 //! - [`PyBuf`]: the core's [`Held`] buffer over a `bytearray` (read in place with
 //!   `PyByteArray_AS_STRING`/`PyByteArray_GET_SIZE`, grown through `PyByteArray_Resize`)
 //!   or another writable buffer (exported). Used only with the GIL held and no Python code
@@ -136,11 +136,12 @@ fn export_error(py: Python<'_>, writable: bool, what: Name<'_>) -> PyErr {
 impl Drop for Views<'_> {
     fn drop(&mut self) {
         let _ = self.py;
-        for mut v in self.views.drain(..) {
+        for v in &mut self.views {
             // SAFETY: each view came from a successful PyObject_GetBuffer and is released
-            // once; the `py` token proves the GIL is held.
-            unsafe { ffi::PyBuffer_Release(&mut v) };
+            // once (cleared just after); the `py` token proves the GIL is held.
+            unsafe { ffi::PyBuffer_Release(v) };
         }
+        self.views.clear();
         if self.views.capacity() > 0 {
             SPARE.with(|s| s.set(std::mem::take(&mut self.views)));
         }
