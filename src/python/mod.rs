@@ -44,14 +44,10 @@ use crate::engine::{self, virtio};
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    for (name, value) in virtio::NAMED {
+    for (name, value) in virtio::NAMED.into_iter().chain(crate::udp::ECN_NAMED) {
         m.add(name, value)?;
     }
     m.add("UDP_MAX_SEGMENTS", engine::UDP_MAX_SEGMENTS)?;
-    m.add("ECN_NOT_ECT", crate::udp::ECN_NOT_ECT)?;
-    m.add("ECN_ECT1", crate::udp::ECN_ECT1)?;
-    m.add("ECN_ECT0", crate::udp::ECN_ECT0)?;
-    m.add("ECN_CE", crate::udp::ECN_CE)?;
     let kinds = engine::ErrorKind::ALL.iter().map(|k| k.as_str());
     m.add("ERROR_KINDS", PyTuple::new(py, kinds)?)?;
     m.add("InputError", py.get_type::<errors::InputError>())?;

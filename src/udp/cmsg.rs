@@ -32,6 +32,14 @@ pub const ECN_CE: u8 = 3;
 /// The ECN bits of a TOS / traffic class byte.
 pub const ECN_MASK: u8 = 3;
 
+/// The codepoints by name (the Python module exports each under its name).
+pub const ECN_NAMED: [(&str, usize); 4] = [
+    ("ECN_NOT_ECT", ECN_NOT_ECT as usize),
+    ("ECN_ECT1", ECN_ECT1 as usize),
+    ("ECN_ECT0", ECN_ECT0 as usize),
+    ("ECN_CE", ECN_CE as usize),
+];
+
 /// The local address to send a datagram from: `IP_PKTINFO` / `IPV6_PKTINFO` with this
 /// address (`ip` may be v4-mapped for an IPv4 destination) and, for an IPv6 link-local
 /// one, the interface (`ifindex`, 0: none; the `%scope` of its text form).

@@ -38,7 +38,7 @@ pub(crate) mod tests;
 
 pub use batch::{FaultOn, Out, SendError, Stats, UdpBatch};
 pub use cmsg::{Source, TxMeta};
-pub use cmsg::{ECN_CE, ECN_ECT0, ECN_ECT1, ECN_NOT_ECT};
+pub use cmsg::{ECN_CE, ECN_ECT0, ECN_ECT1, ECN_NAMED, ECN_NOT_ECT};
 pub use meta::{parse_source, Meta, Options, PerDatagram, RecvMeta, TxMetas};
 pub use shared::Shared;
 pub use sys::{addr_form, host_family, host_port, host_string, parse_addr, parse_host};
