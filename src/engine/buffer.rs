@@ -609,21 +609,20 @@ pub fn span(
     Ok(end)
 }
 
-/// The packets (or datagrams) of a send from the buffers `whole`: packet `i` is
+/// The packets (or datagrams) of a send from the buffers `whole`, in place: packet `i` is
 /// `whole[i][offset..]`, with `sizes` `whole[i][offset..offset + sizes[i]]`, each checked
 /// by [`span`].
 pub fn packets<'b>(
-    whole: &[&'b [u8]],
+    mut whole: Vec<&'b [u8]>,
     offset: usize,
     sizes: Option<&[usize]>,
     empty_ok: bool,
 ) -> Result<Vec<&'b [u8]>> {
-    let mut out = Vec::with_capacity(whole.len());
-    for (i, b) in whole.iter().enumerate() {
+    for (i, b) in whole.iter_mut().enumerate() {
         let end = span(i, b.len(), offset, sizes.map(|s| s[i]), empty_ok)?;
-        out.push(&b[offset..end]);
+        *b = &b[offset..end];
     }
-    Ok(out)
+    Ok(whole)
 }
 
 /// The error for a buffer too small, when a call needs `need` bytes of it.

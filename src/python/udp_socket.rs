@@ -537,7 +537,7 @@ impl PyUdpSocket {
             }
             Ok(())
         })?;
-        let data = packets(&whole, offset, sizes.map(|_| &ends[..]), true)?;
+        let data = packets(whole, offset, sizes.map(|_| &ends[..]), true)?;
         let (mut ecns, mut srcs, mut metas) = (Vec::new(), Vec::new(), Vec::new());
         let ecn = per_datagram(ecn, "ecn", n, &mut ecns, |o, _| o.extract())?;
         let src = per_datagram(src, "src", n, &mut srcs, |o, what| {
