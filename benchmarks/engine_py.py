@@ -219,36 +219,33 @@ def measure(
         c = copy_us(200)
         add("memcpy_us", c)
         for o in sets:
-            mine = lambda it, o=o: gso_py(pkt, hdr, o.bufs, sizes, it)  # noqa: E731
-            theirs = lambda it, o=o: gso_py(pkt, b_hdr, o.bufs, sizes, it, base.gso_split)  # noqa: E731
-            order = [mine, theirs] if base is not None else [mine]
-            got = {}
-            for f in order if r % 2 == 0 else order[::-1]:
-                f(20)
-                got[f] = f(200)
-            g = got[mine]
+            g, bg = pair(
+                lambda it, o=o: gso_py(pkt, hdr, o.bufs, sizes, it),
+                base and (lambda it, o=o: gso_py(pkt, b_hdr, o.bufs, sizes, it, base.gso_split)),
+                r,
+                200,
+            )
             add("gso_split_us", g)
             add("gso_vs_memcpy", g / c)
-            if base is not None:
-                add("base_gso_split_us", got[theirs])
-                add("gso_vs_base", g / got[theirs])
+            if bg is not None:
+                add("base_gso_split_us", bg)
+                add("gso_vs_base", g / bg)
             if rust_gso:
                 rust_gso(20, o)
                 rg = rust_gso(200, o)
                 add("rust_gso_split_us", rg)
                 add("gso_vs_rust", g / rg)
-        gro_mine = lambda it: gro_py(segs, table, it)  # noqa: E731
-        gro_theirs = lambda it: gro_py(segs, b_table, it, f=base.handle_gro)  # noqa: E731
-        got = {}
-        for f in ([gro_mine, gro_theirs] if base is not None else [gro_mine])[:: 1 - 2 * (r % 2)]:
-            f(4)
-            got[f] = f(32)
-        h = got[gro_mine]
+        h, bh = pair(
+            lambda it: gro_py(segs, table, it),
+            base and (lambda it: gro_py(segs, b_table, it, f=base.handle_gro)),
+            r,
+            32,
+        )
         add("handle_gro_45_us", h)
         add("gro_vs_memcpy", h / c)
-        if base is not None:
-            add("base_handle_gro_45_us", got[gro_theirs])
-            add("gro_vs_base", h / got[gro_theirs])
+        if bh is not None:
+            add("base_handle_gro_45_us", bh)
+            add("gro_vs_base", h / bh)
         if rust_gro:
             rust_gro(4)
             rh = rust_gro(32)
@@ -260,6 +257,17 @@ def measure(
 
 
 HDR_FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")
+
+
+def pair(mine, theirs, rnd: int, iters: int) -> tuple[float, float | None]:
+    """``mine(iters)`` and, if given, ``theirs(iters)`` back to back (the baseline first in
+    odd rounds), each after ``iters // 10`` (at least 4) untimed calls of its own."""
+    fs = [mine] if theirs is None else [mine, theirs][:: 1 - 2 * (rnd % 2)]
+    got = {}
+    for f in fs:
+        f(max(4, iters // 10))
+        got[f] = f(iters)
+    return got[mine], (got[theirs] if theirs is not None else None)
 
 
 def send_path(rounds: int) -> dict | None:
