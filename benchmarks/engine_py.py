@@ -210,6 +210,14 @@ def measure(
     def add(key: str, v: float) -> None:
         cols.setdefault(key, []).append(v)
 
+    def record(name: str, short: str, v: float, before: float | None, copy: float) -> None:
+        """A Python call's time, against the copy and, if timed, the baseline build's."""
+        add(f"{name}_us", v)
+        add(f"{short}_vs_memcpy", v / copy)
+        if before is not None:
+            add(f"base_{name}_us", before)
+            add(f"{short}_vs_base", v / before)
+
     for o in sets:
         gso_py(pkt, hdr, o.bufs, sizes, 200)  # warm up
     for r in range(rounds):
@@ -225,11 +233,7 @@ def measure(
                 r,
                 200,
             )
-            add("gso_split_us", g)
-            add("gso_vs_memcpy", g / c)
-            if bg is not None:
-                add("base_gso_split_us", bg)
-                add("gso_vs_base", g / bg)
+            record("gso_split", "gso", g, bg, c)
             if rust_gso:
                 rust_gso(20, o)
                 rg = rust_gso(200, o)
@@ -241,11 +245,7 @@ def measure(
             r,
             32,
         )
-        add("handle_gro_45_us", h)
-        add("gro_vs_memcpy", h / c)
-        if bh is not None:
-            add("base_handle_gro_45_us", bh)
-            add("gro_vs_base", h / bh)
+        record("handle_gro_45", "gro", h, bh, c)
         if rust_gro:
             rust_gro(4)
             rh = rust_gro(32)
