@@ -86,7 +86,13 @@ fn nonce(counter: u64) -> Nonce {
 fn ip_len(p: &[u8]) -> Option<usize> {
     let be = |at: usize| usize::from(p[at]) << 8 | usize::from(p[at + 1]);
     match p.first().map(|b| b >> 4) {
-        Some(4) if p.len() >= 20 && (20..=p.len()).contains(&be(2)) => Some(be(2)),
+        Some(4)
+            if p.len() >= 20
+                && p[0] & 15 >= 5
+                && (usize::from(p[0] & 15) * 4..=p.len()).contains(&be(2)) =>
+        {
+            Some(be(2))
+        }
         Some(6) if p.len() >= 40 && be(4) + 40 <= p.len() => Some(be(4) + 40),
         _ => None,
     }

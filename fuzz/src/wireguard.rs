@@ -66,7 +66,12 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
 fn ip_trimmed(p: &[u8]) -> Option<&[u8]> {
     let be = |at: usize| usize::from(p[at]) << 8 | usize::from(p[at + 1]);
     let n = match p.first()? >> 4 {
-        4 if p.len() >= 20 && (20..=p.len()).contains(&be(2)) => be(2),
+        4 if p.len() >= 20
+            && (usize::from(p[0] & 15) * 4..=p.len()).contains(&be(2))
+            && p[0] & 15 >= 5 =>
+        {
+            be(2)
+        }
         6 if p.len() >= 40 && be(4) + 40 <= p.len() => be(4) + 40,
         _ => return None,
     };

@@ -180,12 +180,18 @@ pub fn padded_len(size: usize, mtu: Option<usize>) -> usize {
 
 /// The length of the IP packet at the start of a non-empty plaintext, or `None` if it is
 /// not one (the rule of wireguard-go's `RoutineSequentialReceiver` and Linux's
-/// `wg_packet_consume_data_done`): IPv4 (version 4, at least 20 bytes) with a total length
-/// from 20 to the plaintext's length; IPv6 (version 6, at least 40 bytes) with payload
-/// length + 40 at most the plaintext's length. What follows that length is padding.
+/// `wg_packet_consume_data_done`): IPv4 (version 4, at least 20 bytes) with a header
+/// length (IHL) of at least 20 and a total length from it to the plaintext's length;
+/// IPv6 (version 6, at least 40 bytes) with payload length + 40 at most the plaintext's
+/// length. What follows that length is padding. (Linux leaves a bad IHL to its IP layer;
+/// a TUN batch refuses it whole, `device::batch::check_packet`, so it is dropped here,
+/// alone.)
 pub fn ip_packet_len(plain: &[u8]) -> Option<usize> {
     let (min, len) = match plain.first()? >> 4 {
-        4 if plain.len() >= 20 => (20, usize::from(u16::from_be_bytes([plain[2], plain[3]]))),
+        4 if plain.len() >= 20 && plain[0] & 0x0f >= 5 => (
+            usize::from(plain[0] & 0x0f) * 4,
+            usize::from(u16::from_be_bytes([plain[2], plain[3]])),
+        ),
         6 if plain.len() >= 40 => (
             40,
             40 + usize::from(u16::from_be_bytes([plain[4], plain[5]])),

@@ -265,6 +265,10 @@ fn ip_lengths() {
         }
         p
     };
+    let ihl = |words: u8, mut p: Vec<u8>| {
+        p[0] = 0x40 | words;
+        p
+    };
     let v6 = |payload: u16, len: usize| {
         let mut p = vec![0x60; len];
         if len >= 6 {
@@ -280,6 +284,10 @@ fn ip_lengths() {
         ("v4 total length below 20", v4(19, 32), None),
         ("v4 short", v4(19, 19), None),
         ("v4 max", v4(65535, 65535), Some(65535)),
+        ("v4 header of 24", ihl(6, v4(24, 32)), Some(24)),
+        ("v4 header length 0", ihl(0, v4(20, 32)), None),
+        ("v4 header length 4", ihl(4, v4(20, 32)), None),
+        ("v4 header beyond the total", ihl(15, v4(40, 64)), None),
         ("v6 exact", v6(0, 40), Some(40)),
         ("v6 padded", v6(8, 64), Some(48)),
         ("v6 beyond", v6(25, 64), None),
