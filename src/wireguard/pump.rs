@@ -257,9 +257,9 @@ pub fn pump_tx(
     let mut after_wait = false;
     loop {
         let (b, s) = (&mut bufs, &mut sizes);
-        match recv_multiple(&tun, state, &mut original, b, s, OFFSET, false, false) {
-            Ok(n) => {
-                after_wait = false;
+        let read = recv_multiple(&tun, state, &mut original, b, s, OFFSET, false, false);
+        match (read, std::mem::take(&mut after_wait)) {
+            (Ok(n), _) => {
                 add(&c.tun_reads, 1);
                 add(&c.tun_packets, n);
                 if dev.listen_port() != port {
@@ -268,20 +268,29 @@ pub fn pump_tx(
                 }
                 send(dev, udp, &mut bufs[..n], &mut sizes[..n]);
             }
-            Err(e) if e.is_eagain() => {
-                if after_wait {
-                    // Readable by poll, yet nothing to read: the descriptor is in error.
-                    return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
-                }
-                match tun.wait_readable_until(end) {
-                    Ok(readable) => after_wait = readable,
-                    Err(e) if e.is_eintr() => {}
-                    Err(e) => return Err(e),
-                }
+            (Err(e), true) if e.is_eagain() => {
+                // Readable by poll, yet nothing to read: the descriptor is in error.
+                return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
             }
-            Err(e) if e.is_eintr() => {}
-            Err(Error::Invalid(_)) => add(&c.tx_errors, 1),
-            Err(e) => return Err(e),
+            (Err(e), false) if e.is_eagain() => match tun.wait_readable_until(end) {
+                Ok(readable) => after_wait = readable,
+                Err(e) if e.is_eintr() => {}
+                Err(e) => return Err(e),
+            },
+            (Err(e), _) if e.is_eintr() => {}
+            // A super-packet that splits into more packets than there are buffers is held
+            // back for the next read: more buffers for it, up to a batch's most; one that
+            // not even those take is dropped (counted), not read again forever.
+            (Err(Error::Invalid(_)), _) if state.has_held() && bufs.len() < MAX_BATCH => {
+                let more = (bufs.len() * 2).min(MAX_BATCH);
+                bufs.resize(more, Vec::new());
+                sizes.resize(more, 0);
+            }
+            (Err(Error::Invalid(_)), _) => {
+                add(&c.tx_errors, 1);
+                let _ = state.take_held(&mut original);
+            }
+            (Err(e), _) => return Err(e),
         }
         if Instant::now() >= end || dev.listen_port() != port {
             return Ok(());
@@ -829,6 +838,55 @@ mod tests {
                 peer_sock.set_nonblocking(true).unwrap();
                 let e = peer_sock.recv(&mut [0u8; 64]).unwrap_err();
                 assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "nothing sent");
+            })
+            .join()
+            .expect("test thread");
+        }
+    }
+
+    crate::root_test! {
+        /// A super-packet that splits into more packets than `batch_size` buffers is not
+        /// held back forever (the loop read it again and again): the buffers grow to it.
+        fn pump_tx_takes_a_super_packet_larger_than_its_batch() {
+            thread::spawn(|| {
+                let tun = device_in_new_netns(A_ADDR).expect("device");
+                lo_setup(None);
+                let tun = Queue::new(Arc::try_unwrap(tun).expect("one reference"), true);
+                let dev = Device::new(DeviceConfig::default());
+                dev.set_private_key(&keys(1).0, Instant::now());
+                let peer_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let lines = [
+                    PeerLine::AllowedIp(IpNet::new("10.77.1.2".parse().unwrap(), 32).unwrap()),
+                    PeerLine::Endpoint(peer_sock.local_addr().unwrap()),
+                ];
+                dev.set_peer(&keys(2).1, &lines, Instant::now()).unwrap();
+                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
+                let udp = [Some(PumpSocket::new(&shared, sock.as_fd(), None).unwrap()), None];
+                // Four UDP segments in one send: one super-packet on the TUN device.
+                let probe = UdpSocket::bind("10.77.0.1:0").unwrap();
+                let seg: libc::c_int = 100;
+                // SAFETY: a valid socket and an int option of the size given.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&probe),
+                        libc::SOL_UDP,
+                        libc::UDP_SEGMENT,
+                        (&seg as *const libc::c_int).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0, "UDP_SEGMENT");
+                probe.send_to(&[7u8; 400], "10.77.1.2:9").unwrap();
+                let opts = PumpOptions {
+                    slice: Duration::from_millis(300),
+                    ..PumpOptions::with_batch(Some(1)).unwrap()
+                };
+                assert_eq!(pump_tx(&dev, &tun, &udp, &opts), Ok(()));
+                // (The device may also read a packet of its own, IPv6's router solicitation.)
+                let st = dev.pump_stats();
+                assert!(st.tun_packets >= 4 && st.tx_errors == 0, "{st:?}");
+                assert_eq!(dev.stats().tx_staged, 4, "each packet staged for the handshake");
             })
             .join()
             .expect("test thread");
