@@ -15,7 +15,7 @@ use super::gil::Gil;
 use super::tun_device::PyTunDevice;
 use super::udp_socket::{read_addr, PyRecvMeta, PyUdpSocket};
 use crate::udp;
-use crate::wireguard::{duration_from_secs, mtu_limit, pump_rx, pump_tx, PumpOptions};
+use crate::wireguard::{mtu_limit, pump_rx, pump_tx, PumpOptions};
 use crate::wireguard::{Datagram, Device, DeviceConfig, Encrypted};
 
 /// A WireGuard interface's protocol state: keys and peers (set through WireGuard's
@@ -172,7 +172,7 @@ impl PyWireGuardDevice {
     /// Waits (GIL released) until ``kick`` is called or the device queues work for
     /// ``tick``: ``True``; ``False`` after ``timeout`` seconds without.
     fn wait_for_kick(&self, py: Python<'_>, timeout: f64) -> bool {
-        let timeout = duration_from_secs(timeout);
+        let timeout = udp::duration_from_secs(timeout);
         py.detach(|| self.0.wait_for_kick(timeout))
     }
 

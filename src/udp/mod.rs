@@ -266,10 +266,19 @@ impl From<bool> for Wait {
 }
 
 /// A socket timeout in seconds as Python's `gettimeout()` gives it, as a [`Duration`]:
-/// `None` (blocking) stays `None`; one that is no `Duration` (negative, too large, or
-/// not a number) is [`Duration::MAX`], which waits as long as blocking does.
+/// `None` (blocking) stays `None`; one too large is [`Duration::MAX`], which waits as long
+/// as blocking does (see [`duration_from_secs`]).
 pub fn timeout_from_secs(timeout: Option<f64>) -> Option<Duration> {
-    timeout.map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+    timeout.map(duration_from_secs)
+}
+
+/// Seconds as a caller counts them (a Python float), as a [`Duration`] to wait: zero for
+/// none, a negative number or NaN, [`Duration::MAX`] for one too large.
+pub fn duration_from_secs(secs: f64) -> Duration {
+    match secs {
+        s if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
+        _ => Duration::ZERO,
+    }
 }
 
 /// Where `send` sends.

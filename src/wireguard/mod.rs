@@ -156,9 +156,7 @@ mod tests;
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use config::{mtu_limit, DeviceConfig, PeerLine, PeerStatus};
 pub use device::{Clock, Datagram, Decrypted, Device, DeviceStats, Encrypted, SystemClock};
-pub use pump::{
-    duration_from_secs, pump_rx, pump_tx, send_datagrams, PumpOptions, PumpSocket, PumpStats,
-};
+pub use pump::{pump_rx, pump_tx, send_datagrams, PumpOptions, PumpSocket, PumpStats};
 pub use timers::Timing;
 pub use uapi::UapiError;
 

@@ -166,15 +166,11 @@ impl<'a> PumpSocket<'a> {
     /// How long a call made now waits: the socket's timeout, and for a receive no
     /// later than `end`.
     fn wait(&self, end: Option<Instant>) -> Wait {
-        let until = match self.timeout {
-            Some(t) if t.is_zero() => return Wait::NonBlocking,
-            t => t.and_then(|t| Instant::now().checked_add(t)),
-        };
-        until
-            .into_iter()
-            .chain(end)
-            .min()
-            .map_or(Wait::Block, Wait::Until)
+        match (Wait::from_timeout(self.timeout), end) {
+            (Wait::Block, Some(end)) => Wait::Until(end),
+            (Wait::Until(t), Some(end)) => Wait::Until(t.min(end)),
+            (wait, _) => wait,
+        }
     }
 
     /// Sends `msgs` to `to` (after a signal, the rest).
@@ -191,15 +187,6 @@ impl<'a> PumpSocket<'a> {
                 Err(e) => return Err(e.error),
             }
         }
-    }
-}
-
-/// Seconds as a caller counts them (a Python float), as a [`Duration`] to wait: zero for
-/// none, a negative number or NaN, [`Duration::MAX`] for one too large.
-pub fn duration_from_secs(secs: f64) -> Duration {
-    match secs {
-        s if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
-        _ => Duration::ZERO,
     }
 }
 
@@ -494,6 +481,7 @@ mod tests {
 
     #[test]
     fn seconds_to_wait() {
+        use crate::udp::duration_from_secs;
         let ms = Duration::from_millis;
         assert_eq!(duration_from_secs(0.25), ms(250));
         for none in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
