@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySequence, PyTuple};
 use pyo3::Borrowed;
 
-use super::buffers::PyObj;
-use super::buffers::{addr, bytearray_region, bytearray_start, list_get, py_buf, PyBuf, Views};
+use super::buffers::Views;
+use super::buffers::{addr, bytearray_region, bytearray_start, list_get, py_buf, PyBuf, PyObj};
 use super::errors::type_error;
 use super::gil::PYTHON_RAN;
 use crate::engine::buffer::{batch_len, non_negative, reuse, Name};
@@ -154,7 +154,6 @@ impl<'a, 'py> PyBufs<'a, 'py> {
     /// Converts the first `n` buffers (see [`Buffers::bufs`]).
     fn convert(&mut self, n: usize, mode: (bool, bool, usize)) -> PyResult<()> {
         self.bufs.clear();
-        self.read_at = PYTHON_RAN.with(Cell::get);
         self.bufs.reserve(n.min(PREALLOC));
         // Whether Python code may have run since the first buffer was read (`seq[i]` on
         // something that is not a list, or the export of a buffer that is not a
@@ -205,14 +204,18 @@ impl<'py> Buffers<PyErr> for PyBufs<'_, 'py> {
 
     #[inline(always)]
     fn bufs(&mut self, n: usize, sized: bool, written_from: usize) -> PyResult<&mut [PyBuf<'py>]> {
-        // After Python code ran, read again in place if each is still its list's entry.
-        let (stale, seq) = (self.read_at != PYTHON_RAN.with(Cell::get), self.seq);
-        let kept =
-            |i, h: &PyObj| matches!(seq, Seq::List(l) if list_get(l, i) == Some(h.obj.as_ptr()));
+        // After Python code ran, read again in place if each is still its list's entry (a
+        // tuple's cannot change).
+        let (now, seq) = (PYTHON_RAN.with(Cell::get), self.seq);
+        let kept = |i, h: &PyObj| match seq {
+            Seq::List(l) => list_get(l, i) == Some(h.obj.as_ptr()),
+            Seq::Other(s) => s.is_exact_instance_of::<PyTuple>(),
+        };
+        let stale = self.read_at != now;
         if self.bufs.len() < n || !reuse_held(&mut self.bufs, (sized, written_from), stale, kept) {
             self.convert(n, (self.grow, sized, written_from))?;
         }
-        self.read_at = PYTHON_RAN.with(Cell::get);
+        self.read_at = now;
         Ok(&mut self.bufs[..n])
     }
 

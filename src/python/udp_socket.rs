@@ -87,6 +87,7 @@ pub(crate) struct PyUdpSocket {
 /// `sock.fileno()` now, or `OSError(EBADF)` if the socket is closed.
 fn sock_fd(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     let fd: i32 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
+    python_ran(); // (`fileno` of a subclass is Python code)
     if fd < 0 {
         return Err(os_error(udp::consts::EBADF, "the socket is closed".into()));
     }
@@ -210,8 +211,6 @@ impl<'py> PyUdpSocket {
         let mut gil = Gil(py);
         loop {
             let fd = sock_fd(self.sock.bind(py))?;
-            python_ran(); // (`fileno` of a subclass is Python code)
-
             // SAFETY: the socket's descriptor as of now, used only during this attempt. (As
             // with the socket's own methods, another thread may close it while the GIL is
             // released: the calls then fail with EBADF, or reach whatever reuses the
@@ -416,9 +415,6 @@ impl PyUdpSocket {
             m.0.grow_to(nb); // (to the batch, at most what one receive holds)
         }
         let wait = self.wait(py)?; // (Python code: before the buffers are read)
-        if b.next_limited(0, None) < nb {
-            b.bufs(nb, false, usize::MAX)?; // converted (checked) before anything is received
-        }
         reuse(&SENDERS, |senders| {
             senders.resize(if addrs.is_some() { nb } else { 0 }, None);
             let out = &mut *senders;

@@ -607,7 +607,7 @@ impl UdpBatch {
         addrs: impl Into<Out<'a>>,
     ) -> Result<usize> {
         let out = addrs.into();
-        let k = bufs.len().min(sizes.len()).min(out.limit());
+        let k = (bufs.len().min(sizes.len()).min(out.limit())).min(self.pending());
         let (n, _) = self.make_room(&mut bufs[..k], offset)?;
         self.copy_out(&mut bufs[..n], sizes, offset, out)
     }
@@ -773,13 +773,20 @@ impl UdpBatch {
     {
         let out = addrs.into();
         let nb = bufs.count().min(out.limit());
-        if self.pending() == 0 {
-            if let Err(e) = hooks.syscall(|| self.fill(sock, nb, wait)) {
-                return Ok(Err(e));
-            }
+        // A buffer that might not take a datagram is refused before one is received: each
+        // is converted, unless each is one that can take any (a growable bytearray).
+        if bufs.next_limited(0, None) < nb {
+            bufs.bufs(nb, false, usize::MAX)?;
         }
+        let pending = match self.pending() {
+            0 => match hooks.syscall(|| self.fill(sock, nb, wait)) {
+                Ok(pending) => pending,
+                Err(e) => return Ok(Err(e)),
+            },
+            pending => pending,
+        };
         // No more buffers than datagrams pending: the others are not looked at.
-        let nb = nb.min(self.pending().max(1));
+        let nb = nb.min(pending);
         let (n, bytes) = match self.make_room(bufs.bufs(nb, false, usize::MAX)?, offset) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -961,20 +968,17 @@ impl UdpBatch {
                 }
                 e => return Err(stop(Error::from_errno(e, "sending datagrams (sendmmsg)"))),
             };
-            let refit = match local {
-                true => self
+            if local {
+                if let Some(slot) = self
                     .refit(fd, datagrams, to, meta, peer, &r, m)
-                    .map_err(stop)?,
-                false => None,
-            };
-            m = match refit {
-                Some(slot) => slot,
-                None => {
-                    r.start = msg.first;
-                    self.plan(fd, datagrams, to, meta, peer, &r, true)
-                        .map_err(stop)?
+                    .map_err(stop)?
+                {
+                    m = slot;
+                    continue;
                 }
-            };
+            }
+            r.start = msg.first;
+            m = (self.plan(fd, datagrams, to, meta, peer, &r, true)).map_err(stop)?;
         }
         Ok(n)
     }
