@@ -212,7 +212,7 @@ impl Timers {
         if !self.new_handshake.is_pending() {
             self.new_handshake.set_if_idle(after(
                 now,
-                (t.keepalive_timeout + t.rekey_timeout).saturating_add(jitter),
+                (t.keepalive_timeout.saturating_add(t.rekey_timeout)).saturating_add(jitter),
             ));
         }
     }

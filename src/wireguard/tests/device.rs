@@ -714,3 +714,20 @@ fn encrypt_argument_errors() {
         .unwrap_err();
     assert_eq!(e.kind(), crate::engine::ErrorKind::OutBufTooSmall);
 }
+
+#[test]
+fn timings_of_any_length_from_rust_do_not_panic() {
+    // `Timing`'s fields are public: a Rust caller can skip the day's cap that
+    // `Timing::set` puts on Python's values. The timers' sums saturate.
+    let t0 = start();
+    let timing = Timing {
+        keepalive_timeout: Duration::MAX,
+        rekey_timeout: Duration::MAX,
+        ..Timing::default()
+    };
+    let (a, b) = pair(timing, t0);
+    connect(&a, &b, t0);
+    let (r, m) = a.send(&[ipv4(a.ip, b.ip, b"x")], t0);
+    assert!(matches!(r, Encrypted::Send { .. }), "{r:?}");
+    assert_eq!(b.receive(&m, a.endpoint, t0).0.len(), 1);
+}
