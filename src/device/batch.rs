@@ -24,7 +24,7 @@ use crate::engine::split::{check_outputs, Failed};
 use crate::engine::{
     self, Buffers, ErrorKind, ExpandBuffer, GroTable, Split, MAX_IP_PACKET, VIRTIO_NET_HDR_LEN,
 };
-use crate::hooks::{retry, Direct, Hooks};
+use crate::hooks::{locked, retry, Direct, Hooks};
 use crate::udp::Wait;
 
 /// More than any one read from a TUN/TAP device returns (a header, an Ethernet header and
@@ -106,7 +106,7 @@ impl RecvState {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.held)
     }
 
     /// Reads one packet (virtio header first, with offload) into `buf`: the held one if

@@ -25,6 +25,7 @@ use super::{invalid, Error, Tun};
 use crate::engine::gro::GroKinds;
 use crate::engine::virtio::*;
 use crate::engine::{ErrorKind, Split};
+use crate::hooks::locked;
 
 const TSO: c_ulong = TUN_F_TSO4 | TUN_F_TSO6;
 const USO: c_ulong = TUN_F_USO4 | TUN_F_USO6;
@@ -100,7 +101,7 @@ impl Offloads {
     }
 
     fn mask(&self) -> MutexGuard<'_, c_ulong> {
-        self.mask.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.mask)
     }
 
     /// Sets the device's mask to the shared one (a queue opened later, whose open set

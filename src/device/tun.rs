@@ -12,6 +12,7 @@ use super::offload::Offloads;
 use super::sys::*;
 use super::{invalid, last_error, Error};
 use crate::engine::ErrorKind as K;
+use crate::hooks::locked;
 use crate::udp::Wait;
 
 /// The size of the virtio header tunoffload uses (`struct virtio_net_hdr`, not `_mrg_rxbuf`).
@@ -344,7 +345,7 @@ impl Control {
     fn netlink(&self) -> std::sync::MutexGuard<'_, Netlink> {
         // A panic cannot happen while the lock is held (no indexing without checks), but
         // recover from poisoning anyway rather than panic.
-        self.nl.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.nl)
     }
 }
 
@@ -550,7 +551,7 @@ impl Tun {
     }
 
     fn ctl_slot(&self) -> Arc<Control> {
-        self.ctl.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        locked(&self.ctl).clone()
     }
 
     /// The configuration sockets, in the namespace the device is in now. A device moved
@@ -570,7 +571,7 @@ impl Tun {
         let name = self.name()?;
         let new = Control::open(Some(now), name.as_bytes()).map_err(|e| moved(&name, &e))?;
         let new = Arc::new(new);
-        let mut slot = self.ctl.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = locked(&self.ctl);
         if slot.netns_id == cur.netns_id {
             *slot = new.clone();
             Ok(new)

@@ -4,10 +4,10 @@
 use std::ffi::c_int;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use super::{Options, Result, Stats, UdpBatch};
-use crate::hooks::{lock, Hooks};
+use crate::hooks::{lock, locked, Hooks};
 
 /// A receiving and a sending [`UdpBatch`] on one socket: one thread may receive while
 /// another sends; two calls of one kind take turns (the second waits through the caller's
@@ -86,7 +86,7 @@ impl Shared {
     }
 
     fn seen(&self) -> (Stats, Stats, usize) {
-        *self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+        *locked(&self.seen)
     }
 
     /// Datagrams received and not delivered yet.
@@ -113,7 +113,7 @@ impl Shared {
         let r = hooks.syscall(|| f(tx));
         self.gso.store(tx.gso(), Relaxed);
         self.send_ecn.store(tx.send_ecn(), Relaxed);
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).1 = tx.stats();
+        locked(&self.seen).1 = tx.stats();
         r
     }
 
@@ -126,7 +126,7 @@ impl Shared {
     ) -> T {
         let mut rx = lock(hooks, &self.rx);
         let r = f(&mut rx, hooks);
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = locked(&self.seen);
         (seen.0, seen.2) = (rx.stats(), rx.pending());
         r
     }

@@ -21,6 +21,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::crypto::{self, MAC_LEN, TAG_LEN, XNONCE_LEN};
 use super::messages::*;
 use super::timers::{nanos, Nanos};
+use crate::hooks::locked;
 use std::time::Duration;
 
 /// The label of mac1's key.
@@ -103,7 +104,7 @@ impl CookieChecker {
     /// The cookie for `src` under the current secret, if the secret is younger than
     /// `refresh`.
     fn cookie(&self, src: &SocketAddr, now: Nanos, refresh: Duration) -> Option<[u8; MAC_LEN]> {
-        let guard = self.secret.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = locked(&self.secret);
         let set = guard.1?;
         if now.saturating_sub(set) > nanos(refresh) {
             return None;
@@ -139,7 +140,7 @@ impl CookieChecker {
         refresh: Duration,
     ) -> [u8; COOKIE_REPLY_LEN] {
         let mut cookie = {
-            let mut guard = self.secret.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = locked(&self.secret);
             if guard
                 .1
                 .is_none_or(|set| now.saturating_sub(set) > nanos(refresh))
@@ -274,7 +275,7 @@ const MAX_TOKENS: i64 = PACKET_COST * 5;
 impl RateLimiter {
     /// Whether a handshake message from `ip` at `now` is allowed (and takes a token).
     pub(crate) fn allow(&self, ip: IpAddr, now: Nanos) -> bool {
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = locked(&self.table);
         let Some((last, tokens)) = table.get_mut(&ip) else {
             table.insert(ip, (now, MAX_TOKENS - PACKET_COST));
             return true;
@@ -292,7 +293,7 @@ impl RateLimiter {
 
     /// Forgets addresses not seen for a second.
     pub(crate) fn collect_garbage(&self, now: Nanos) {
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = locked(&self.table);
         table.retain(|_, (last, _)| now.saturating_sub(*last) <= 1_000_000_000);
     }
 
