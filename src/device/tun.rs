@@ -847,11 +847,9 @@ impl Tun {
     /// an error.
     pub fn wait_readable_until(&self, until: Instant) -> Result<bool, Error> {
         self.check_open()?;
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some(ms) = Wait::Until(until).poll_ms() else {
             return Ok(false);
-        }
-        let ms = left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int;
+        };
         Ok(self.wait(libc::POLLIN, ms)? != 0)
     }
 
@@ -893,17 +891,9 @@ impl Tun {
                     if after_err {
                         return Err(Error::from_errno(libc::EIO, "reading from the TUN device"));
                     }
-                    let ms = match wait {
-                        Wait::Until(t) => match t.saturating_duration_since(Instant::now()) {
-                            left if left.is_zero() => {
-                                let what = "waiting for a packet from the TUN device";
-                                return Err(Error::from_errno(libc::ETIMEDOUT, what));
-                            }
-                            left => {
-                                left.as_nanos().div_ceil(1_000_000).min(c_int::MAX as u128) as c_int
-                            }
-                        },
-                        _ => -1,
+                    let Some(ms) = wait.poll_ms() else {
+                        let what = "waiting for a packet from the TUN device";
+                        return Err(Error::from_errno(libc::ETIMEDOUT, what));
                     };
                     let rev = self.wait(libc::POLLIN, ms)?;
                     after_err = rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0

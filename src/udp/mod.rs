@@ -241,6 +241,20 @@ impl Wait {
         Wait::from_timeout(timeout_from_secs(timeout))
     }
 
+    /// This wait as `poll`'s timeout in milliseconds, from now: -1 to block, 0 not to
+    /// wait, else rounded up as CPython does, so that a wait never ends early; `None` once
+    /// the deadline has passed.
+    pub fn poll_ms(self) -> Option<std::ffi::c_int> {
+        match self {
+            Wait::Block => Some(-1),
+            Wait::NonBlocking => Some(0),
+            Wait::Until(t) => match t.saturating_duration_since(Instant::now()) {
+                left if left.is_zero() => None,
+                left => Some(left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32),
+            },
+        }
+    }
+
     /// From a socket timeout as Python has it: `None` blocks, zero does not wait.
     pub fn from_timeout(timeout: Option<Duration>) -> Wait {
         match timeout {

@@ -5,7 +5,6 @@ use std::ffi::{c_int, c_void, CStr, CString};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{FromRawFd, RawFd};
-use std::time::Instant;
 
 use super::{invalid, Error, Result, Wait};
 use crate::engine::ErrorKind::BadAddress;
@@ -301,19 +300,10 @@ pub(crate) fn peer(fd: RawFd) -> Option<SocketAddr> {
 /// allows: [`Error::WouldBlock`] without waiting, [`Error::Timeout`] once the deadline
 /// passes, [`Error::Interrupted`] on `EINTR`.
 pub(crate) fn wait_fd(fd: RawFd, events: i16, wait: Wait) -> Result<()> {
-    let timeout: c_int = match wait {
-        Wait::NonBlocking => return Err(Error::WouldBlock),
-        Wait::Block => -1,
-        Wait::Until(deadline) => {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout);
-            }
-            // Rounded up, as CPython does, so that a wait never ends early.
-            let us = (deadline - now).as_micros();
-            us.div_ceil(1000).min(c_int::MAX as u128) as c_int
-        }
-    };
+    if wait == Wait::NonBlocking {
+        return Err(Error::WouldBlock);
+    }
+    let timeout = wait.poll_ms().ok_or(Error::Timeout)?;
     let mut p = libc::pollfd {
         fd,
         events,

@@ -618,6 +618,13 @@ fn waits_from_python_timeouts() {
         Wait::Block,
         "beyond any deadline"
     );
+    // As poll's timeout: rounded up, never early; none once the deadline passed.
+    let now = std::time::Instant::now();
+    assert_eq!(Wait::Block.poll_ms(), Some(-1));
+    assert_eq!(Wait::NonBlocking.poll_ms(), Some(0));
+    let ms = Wait::Until(now + std::time::Duration::from_micros(1500)).poll_ms();
+    assert!(matches!(ms, Some(1 | 2)), "{ms:?}");
+    assert_eq!(Wait::Until(now).poll_ms(), None);
     assert_eq!(addr_form(libc::AF_INET).1, 2);
     assert_eq!(addr_form(libc::AF_INET6).1, 4);
     assert!(addr_form(libc::AF_INET6).0.contains("scope_id"));
