@@ -88,11 +88,7 @@ impl Sealer {
             // offset + size <= len <= isize::MAX and padded <= size + 15: no overflow.
             let need = offset + padded + TAG_LEN;
             if need > len && b.max_len() < need {
-                bail!(
-                    OutBufTooSmall @ i,
-                    "bufs[{i}] holds {len} bytes and cannot grow to the {need} that packet \
-                     {i}'s message needs after offset {offset}"
-                );
+                return Err(cannot_grow(i, len, need, offset));
             }
         }
         if sizes.is_empty() {
@@ -227,4 +223,14 @@ impl std::fmt::Debug for Sealer {
             .field("next_counter", &self.next_counter())
             .finish_non_exhaustive()
     }
+}
+
+/// `out_buf_too_small` for buffer `i`, `len` bytes, which cannot grow to the `need` bytes
+/// its packet's message takes after `offset`.
+pub(super) fn cannot_grow(i: usize, len: usize, need: usize, offset: usize) -> Error {
+    let m = format!(
+        "bufs[{i}] holds {len} bytes and cannot grow to the {need} that packet {i}'s message \
+         needs after offset {offset}"
+    );
+    Error::new(ErrorKind::OutBufTooSmall, m).at(i)
 }

@@ -2,9 +2,10 @@
 //! buffers, its GIL): the same [`Sealer::seal`] and [`Opener::open`], run on the buffers
 //! pinned and through [`Hooks::work`] when the batch is large enough to be worth it.
 
+use super::seal::cannot_grow;
 use super::{check_batch, padded_len, Opened, Opener, Sealer, HEADER_LEN, TAG_LEN};
 use crate::engine::buffer::batch_len;
-use crate::engine::{Buffers, Error, ErrorKind, ExpandBuffer};
+use crate::engine::{Buffers, Error, ExpandBuffer};
 use crate::hooks::Hooks;
 
 impl Sealer {
@@ -85,12 +86,7 @@ pub fn make_room<B: ExpandBuffer>(
         let need = (offset.saturating_add(padded_len(size, pad_mtu))).saturating_add(TAG_LEN);
         if b.capacity() < need {
             if b.max_len() < need {
-                let m = format!(
-                    "bufs[{i}] holds {} bytes and cannot grow to the {need} that packet {i}'s \
-                     message needs after offset {offset}",
-                    b.bytes().len()
-                );
-                return Err(Error::new(ErrorKind::OutBufTooSmall, m).at(i));
+                return Err(cannot_grow(i, b.bytes().len(), need, offset));
             }
             b.resize(need)?;
         }
