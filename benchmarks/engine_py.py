@@ -262,12 +262,17 @@ HDR_FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_of
 def pair(mine, theirs, rnd: int, iters: int) -> tuple[float, float | None]:
     """``mine(iters)`` and, if given, ``theirs(iters)`` back to back (the baseline first in
     odd rounds), each after ``iters // 10`` (at least 4) untimed calls of its own."""
-    fs = [mine] if theirs is None else [mine, theirs][:: 1 - 2 * (rnd % 2)]
-    got = {}
-    for f in fs:
+
+    def timed(f) -> float:
         f(max(4, iters // 10))
-        got[f] = f(iters)
-    return got[mine], (got[theirs] if theirs is not None else None)
+        return f(iters)
+
+    if theirs is None:
+        return timed(mine), None
+    if rnd % 2:
+        before = timed(theirs)
+        return timed(mine), before
+    return timed(mine), timed(theirs)
 
 
 def send_path(rounds: int) -> dict | None:
