@@ -434,3 +434,41 @@ def test_recv_meta_sources() -> None:
             n = udp.recv_multiple(bufs, sizes, 0, meta=meta)
             assert n == 1
             assert tuple(meta.source(0))[:2] == tx.getsockname()
+
+
+def test_no_data_from_the_old_port_after_a_configured_port_change() -> None:
+    # uapi_set changes the device's port before the sockets follow: the sending thread
+    # must not start its native loop again on the old sockets meanwhile (which, the
+    # device's port then unchanged during that call, would keep sending from the old
+    # port for up to half a second and make the peer roam back to it)
+    with namespaces("wgo") as (a_ns, b_ns), running(a_ns, b_ns) as p:
+        assert udp_roundtrip(p, b"up", 7130) == b"up"
+        done = threading.Event()
+
+        def flood() -> None:
+            tx = p.a_ns.socket()
+            with tx:
+                while not done.is_set():
+                    with contextlib.suppress(OSError):
+                        tx.sendto(b"x" * 1000, (OVER_B, 7131))
+
+        th = threading.Thread(target=flood)
+        th.start()
+        try:
+            for _ in range(3):
+                old = p.a.listen_port
+                free = p.a_ns.socket()
+                free.bind(("0.0.0.0", 0))
+                port = free.getsockname()[1]
+                free.close()
+                p.a.uapi_set(f"listen_port={port}\n")
+                assert p.a.listen_port == port
+                threading.Event().wait(0.05)  # what was in flight has arrived
+                seen = set()
+                for _ in range(40):  # 0.4 s: most of a native call's slice
+                    seen.add(p.b.peers()[0]["endpoint"][1])
+                    threading.Event().wait(0.01)
+                assert old not in seen, (old, port, seen)
+        finally:
+            done.set()
+            th.join(WAIT_S)

@@ -583,9 +583,24 @@ class Interface:
         return False
 
     def _tx_native(self) -> None:
-        """TUN -> UDP as the device's native loop, on the sockets bound now."""
+        """TUN -> UDP as the device's native loop, on the sockets bound now.
+
+        A call runs until the device's listen port differs from the one it started
+        with, so it must not start on sockets of another port than the device's: a
+        configuration change sets the device's port before :meth:`_rebind` binds the
+        new sockets (and the ``listen_port`` setter the other way round), and a call
+        started on the old sockets then would send from the old port for a whole slice
+        (the peer roaming back to a port about to close). Both happen under
+        ``self._lock``: a mismatch waits for it, then looks again. One that outlasts
+        the lock (the device's port set directly, not through this class) runs on the
+        sockets there are, as before."""
         while True:
             binding = self._binding
+            if binding.port != self._wg.listen_port:
+                with self._lock:  # a rebind under way: wait for it to finish
+                    pass
+                if self._binding is not binding or binding.port == self._wg.listen_port:
+                    continue
             v4, v6 = binding.v4, binding.v6
             try:
                 self._wg.run_tx(
