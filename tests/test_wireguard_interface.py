@@ -472,3 +472,10 @@ def test_no_data_from_the_old_port_after_a_configured_port_change() -> None:
         finally:
             done.set()
             th.join(WAIT_S)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 4097])
+def test_batch_size_out_of_range_is_refused_by_the_constructor(batch_size: int) -> None:
+    # before anything is made (no TUN device, no namespace needed), not in the threads
+    with pytest.raises(ValueError, match=r"1\.\.=4096"):
+        Interface("wgbatch", batch_size=batch_size)

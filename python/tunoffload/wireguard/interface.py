@@ -69,6 +69,9 @@ TIMER_MIN_WAIT_S = 0.001  # ... and at most this often
 MTU_CHECK_S = 2.0  # how often the TUN device's MTU is re-read (for the padding)
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
 SO_MARK = getattr(socket, "SO_MARK", 36)
+# The most buffers the native loops take (``MAX_BATCH`` of the core's ``PumpOptions``,
+# which the native module does not export): a larger batch_size fails only in the threads.
+MAX_BATCH = 4096
 _OFFSET = MESSAGE_HEADER_LEN  # packets sit here in every buffer; messages at 0
 
 log = logging.getLogger("tunoffload.wireguard")
@@ -200,8 +203,8 @@ class Interface:
         force_under_load: bool = False,
         device: WireGuardDevice | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be in 1..={MAX_BATCH}, not {batch_size}")
         key = None if private_key is None else key_bytes(private_key, "private_key")
         if device is None:
             device = WireGuardDevice(
