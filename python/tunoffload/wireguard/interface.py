@@ -66,6 +66,7 @@ SOCKET_BUFFER = 7 << 20  # as wireguard-go asks for (SO_RCVBUFFORCE / SO_SNDBUFF
 POLL_S = 0.5  # receive timeout: how soon a receiving thread sees a stop or a rebind
 TIMER_MAX_WAIT_S = 0.25  # the timer thread looks at the device at least this often
 TIMER_MIN_WAIT_S = 0.001  # ... and at most this often
+RX_ERROR_WAIT_S = 0.01  # a receiving thread's pause after an error of its native loop
 MTU_CHECK_S = 2.0  # how often the TUN device's MTU is re-read (for the padding)
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -630,6 +631,7 @@ class Interface:
                         return
                     self._counters["rx_errors"] += 1
                     log.debug("%s: UDP -> TUN: %s", self.name, exc)
+                    self._stopping.wait(RX_ERROR_WAIT_S)  # an error that repeats: no spin
         finally:
             bound.sock.close()
 
