@@ -479,3 +479,22 @@ def test_batch_size_out_of_range_is_refused_by_the_constructor(batch_size: int) 
     # before anything is made (no TUN device, no namespace needed), not in the threads
     with pytest.raises(ValueError, match=r"1\.\.=4096"):
         Interface("wgbatch", batch_size=batch_size)
+
+
+def test_configuration_after_stop_opens_no_sockets(pair: Pair) -> None:
+    # a late configuration connection on a stopped interface: refused as a port that
+    # cannot be bound is, and no socket is left open that nobody would close
+    p = pair
+    port = p.b.listen_port
+    p.b.stop()
+    with pytest.raises(UapiError) as err:
+        p.b.uapi_set("listen_port=0\n")
+    assert err.value.code == -98
+    assert p.b.listen_port == port == p.b.device.listen_port
+    with pytest.raises(OSError):
+        p.b.listen_port = 0
+    with pytest.raises(UapiError):
+        p.b.uapi_set("fwmark=5\n")
+    with pytest.raises(OSError):
+        p.b.fwmark = 6
+    assert p.b_ns.run("ss", "-uanH").stdout.strip() == ""  # no UDP socket in B's namespace

@@ -500,7 +500,9 @@ class Interface:
     def _rebind(self, port: int) -> None:
         """Binds sockets on ``port`` (0: a free one), starts their receivers and retires
         the old ones, and tells the device the port bound (``self._lock`` held);
-        ``OSError`` keeps the old ones. The port already bound is kept as it is."""
+        ``OSError`` keeps the old ones. The port already bound is kept as it is.
+        ``OSError`` (``ENODEV``) once stopping: the sockets would be nobody's to close."""
+        self._check_not_stopped()
         if port != 0 and port == self._binding.port:
             self._wg.uapi_set(f"listen_port={port}\n")
             return
@@ -514,11 +516,20 @@ class Interface:
         log.debug("UDP bind has been updated (port %d)", new.port)
 
     def _mark(self, mark: int) -> None:
-        """``SO_MARK`` on every socket (``self._lock`` held)."""
+        """``SO_MARK`` on every socket (``self._lock`` held); ``OSError`` (``ENODEV``)
+        once stopping."""
+        self._check_not_stopped()
         for bound in self._binding.all():
             bound.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         self._fwmark = mark
         self._wg.uapi_set(f"fwmark={mark}\n")
+
+    def _check_not_stopped(self) -> None:
+        """``OSError`` once :meth:`stop` began (``self._lock`` held): a configuration
+        change that would touch the sockets is refused, as a port that cannot be bound
+        is (by :meth:`uapi_set` with ``-EADDRINUSE``, the device's setting put back)."""
+        if self._stopping.is_set():
+            raise OSError(errno.ENODEV, f"{self.name}: the interface is stopped")
 
     def _apply_mtu(self, mtu: int) -> None:
         """The padding limit of the device and the super-packet size of the TUN device
