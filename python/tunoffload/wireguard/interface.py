@@ -228,6 +228,7 @@ class Interface:
         """Why the interface stopped: ``"stopped"``, ``"device deleted"``, or the
         error of a thread that failed; ``None`` while it runs."""
         self.error: BaseException | None = None
+        self._counters_lock = threading.Lock()  # counted from several threads: see _count
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "tun_reads",
@@ -417,8 +418,16 @@ class Interface:
         batches and errors per direction (the native loops' and the Python ones')."""
         out = dict(self._wg.stats())
         native = self._wg.pump_stats()
-        out.update({k: v + native.get(k, 0) for k, v in self._counters.items()})
+        with self._counters_lock:
+            counters = dict(self._counters)
+        out.update({k: v + native.get(k, 0) for k, v in counters.items()})
         return out
+
+    def _count(self, key: str, n: int = 1) -> None:
+        """Adds ``n`` to one of this layer's counters: ``+=`` on a dict entry is no atomic
+        step, and the receiving threads (one per socket) and the timer thread count."""
+        with self._counters_lock:
+            self._counters[key] += n
 
     def config_changed(self) -> None:
         """Lets the timer thread send what a configuration change queued (a keepalive
@@ -574,16 +583,16 @@ class Interface:
         """Sends the device's control output (handshakes, cookies, keepalives, packets
         that waited for a handshake), each to its endpoint."""
         binding = self._binding
-        counters = self._counters
+        count = self._count
         for data, endpoint in out:
             bound = binding.for_host(endpoint[0])
             try:
                 if bound is None:
                     raise OSError(errno.EAFNOSUPPORT, "no socket of that address family")
                 bound.sock.sendto(data, endpoint)
-                counters["control_sent"] += 1
+                count("control_sent")
             except OSError as exc:
-                counters["control_errors"] += 1
+                count("control_errors")
                 log.debug("%s: sending to %s: %s", self.name, endpoint, exc)
 
     def _tun_gone(self, exc: OSError) -> bool:
@@ -640,7 +649,7 @@ class Interface:
                     # deleted (the sending thread says so), or the TUN device closed
                     if exc.errno in (errno.EBADFD, errno.EBADF):
                         return
-                    self._counters["rx_errors"] += 1
+                    self._count("rx_errors")
                     log.debug("%s: UDP -> TUN: %s", self.name, exc)
                     self._stopping.wait(RX_ERROR_WAIT_S)  # an error that repeats: no spin
         finally:
@@ -649,7 +658,7 @@ class Interface:
     def _rx_loop(self, bound: _Bound) -> None:
         tun, wg, hook = self._tun, self._wg, self._hook
         stopping = self._stopping
-        counters = self._counters
+        count = self._count
         udp = bound.rx
         bufs = [bytearray(BUFFER_SIZE) for _ in range(self._batch)]
         sizes = [0] * self._batch
@@ -664,16 +673,16 @@ class Interface:
                 except OSError as exc:
                     if bound.closing or stopping.is_set():
                         return
-                    counters["rx_errors"] += 1
+                    count("rx_errors")
                     log.debug("%s: UDP receive: %s", self.name, exc)
                     continue
-                counters["udp_reads"] += 1
-                counters["udp_datagrams"] += n
+                count("udp_reads")
+                count("udp_datagrams", n)
                 try:
                     # (wake: the device has kicked the timer thread already)
                     packets, control, _wake = wg.decrypt(bufs, 0, sizes, n, meta)
                 except ValueError as exc:  # the batch refused as a whole: dropped
-                    counters["rx_errors"] += 1
+                    count("rx_errors")
                     log.debug("%s: decrypt: %s", self.name, exc)
                     continue
                 messages = (
@@ -690,27 +699,27 @@ class Interface:
                         if kept is not None:  # (a count that is no int: the hook failed)
                             packets = max(0, min(int(kept), packets))
                     except Exception as exc:
-                        counters["hook_errors"] += 1
+                        count("hook_errors")
                         log.error("%s: the hook failed: %r", self.name, exc, exc_info=True)
                         packets = 0
                 if packets:
-                    counters["rx_packets"] += packets
+                    count("rx_packets", packets)
                     try:
                         tun.send_multiple(gro, bufs, _OFFSET, sizes=sizes, count=packets)
                     except (OSError, ValueError) as exc:
                         if stopping.is_set():
                             return
-                        counters["tun_write_errors"] += 1
+                        count("tun_write_errors")
                         log.debug("%s: TUN write: %s", self.name, exc)
                 for msg, sender in messages:
-                    counters["rx_control"] += 1
+                    count("rx_control")
                     if sender is None:  # no source reported: nowhere to answer
-                        counters["rx_errors"] += 1
+                        count("rx_errors")
                         continue
                     try:
                         out = wg.handle_control(msg, sender)
                     except ValueError as exc:  # a message refused: dropped
-                        counters["rx_errors"] += 1
+                        count("rx_errors")
                         log.debug("%s: handshake message from %s: %s", self.name, sender, exc)
                         continue
                     self._send_datagrams(out)
