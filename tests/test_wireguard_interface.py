@@ -498,3 +498,15 @@ def test_configuration_after_stop_opens_no_sockets(pair: Pair) -> None:
     with pytest.raises(OSError):
         p.b.fwmark = 6
     assert p.b_ns.run("ss", "-uanH").stdout.strip() == ""  # no UDP socket in B's namespace
+
+
+def test_stats_keys(pair: Pair) -> None:
+    # the device's counters and this layer's, the sending loop's taken from the native one
+    layer = {"tun_reads", "tun_packets", "tx_batches", "tx_unsent", "tx_errors", "udp_reads",
+             "udp_datagrams", "rx_packets", "rx_control", "rx_errors", "tun_write_errors",
+             "hook_errors", "control_sent", "control_errors"}  # fmt: skip
+    assert udp_roundtrip(pair, b"counted", 7140) == b"counted"  # staged, the handshake
+    assert udp_roundtrip(pair, b"counted", 7141) == b"counted"  # sealed and sent
+    stats = pair.a.stats()
+    assert set(stats) == set(pair.a.device.stats()) | layer
+    assert stats["tun_reads"] >= 1 and stats["tx_batches"] >= 1

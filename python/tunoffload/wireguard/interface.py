@@ -73,6 +73,9 @@ SO_MARK = getattr(socket, "SO_MARK", 36)
 # The most buffers the native loops take (``MAX_BATCH`` of the core's ``PumpOptions``,
 # which the native module does not export): a larger batch_size fails only in the threads.
 MAX_BATCH = 4096
+# Counted by the native sending loop alone (the sending thread always runs it): stats()
+# takes them from pump_stats(), beside this layer's counters of the same names.
+_NATIVE_TX_STATS = ("tun_reads", "tun_packets", "tx_batches", "tx_unsent", "tx_errors")
 _OFFSET = MESSAGE_HEADER_LEN  # packets sit here in every buffer; messages at 0
 
 log = logging.getLogger("tunoffload.wireguard")
@@ -231,11 +234,6 @@ class Interface:
         self._counters_lock = threading.Lock()  # counted from several threads: see _count
         self._counters: dict[str, int] = dict.fromkeys(
             (
-                "tun_reads",
-                "tun_packets",
-                "tx_batches",
-                "tx_unsent",
-                "tx_errors",
                 "udp_reads",
                 "udp_datagrams",
                 "rx_packets",
@@ -420,6 +418,7 @@ class Interface:
         native = self._wg.pump_stats()
         with self._counters_lock:
             counters = dict(self._counters)
+        out.update({k: native.get(k, 0) for k in _NATIVE_TX_STATS})
         out.update({k: v + native.get(k, 0) for k, v in counters.items()})
         return out
 
