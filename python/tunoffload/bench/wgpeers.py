@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunoffload import TRANSPORT_HEADER_LEN  # type + reserved, receiver index, counter
 from tunoffload.bench.report import Result
 from tunoffload.bench.wire import Datagram
 from tunoffload.testing import (
@@ -75,7 +76,6 @@ ENV_BORINGTUN = "TUNOFFLOAD_BORINGTUN"  # boringtun-cli
 
 MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_COOKIE, MESSAGE_TRANSPORT = 1, 2, 3, 4
 INITIATION_LEN, RESPONSE_LEN, COOKIE_LEN = 148, 92, 64
-TRANSPORT_HEADER_LEN = 16  # type + reserved, receiver index, counter; then data + 16-byte tag
 # Quirk: `last_handshake_time_sec` is the handshake's age in seconds, not the time since
 # 1970 that the UAPI specifies (boringtun 0.7.1), so a handshake less than a second old
 # reads as 0, "never". Peer.dump turns it into the time since 1970 (0 stays 0).

@@ -16,9 +16,11 @@ import base64
 import binascii
 from typing import Protocol
 
+from tunoffload import TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD
+
 KEY_LEN = 32
-MESSAGE_HEADER_LEN = 16  # type, reserved, receiver index, counter
-MESSAGE_OVERHEAD = 32  # the header and the Poly1305 tag
+MESSAGE_HEADER_LEN = TRANSPORT_HEADER_LEN  # type, reserved, receiver index, counter
+MESSAGE_OVERHEAD = TRANSPORT_OVERHEAD  # the header and the Poly1305 tag
 
 Endpoint = tuple[str, int]
 """A peer's UDP address: ``(host, port)``, the host an IP literal (IPv6 possibly with a
