@@ -61,6 +61,10 @@ from tunoffload.psk import PskCipher, read_key
 BATCH = t.IDEAL_BATCH_SIZE
 HEAD = t.TRANSPORT_HEADER_LEN  # a message's header goes in front of its packet
 BUF = 65535  # room for any datagram or packet
+# Blocked across the fork until each process has its handlers: one that arrives sooner
+# waits for them (a child that ended before the parent's SIGCHLD handler, a SIGTERM to
+# the child before it took its own) instead of being lost or killing the wrong way.
+SIGNALS = {signal.SIGCHLD, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 
 
 class Tunnel:
@@ -153,11 +157,13 @@ class Tunnel:
             f.write(text + "\n")
         os.replace(tmp, self.stats_file)  # readers never see half a file
 
-    def receiving(self) -> int:
-        """The forked process: peer -> TUN until SIGTERM, then the counters."""
+    def receiving(self, mask: set[int | signal.Signals]) -> int:
+        """The forked process: peer -> TUN until SIGTERM, then the counters. ``mask``:
+        the signal mask to restore once its handlers are in place."""
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sending process decides
         signal.signal(signal.SIGUSR1, lambda *_: self.dump())
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         code = 0
         try:
             self.peer_to_tun()
@@ -171,9 +177,16 @@ class Tunnel:
         return code
 
     def run(self) -> int:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         child = os.fork()
         if child == 0:
-            os._exit(self.receiving())
+            code = 1  # receiving() itself failed
+            try:
+                code = self.receiving(mask)
+            except BaseException as e:  # noqa: BLE001 (reported, then the exit code says it)
+                print(f"vpn: receiving: {e!r}", file=sys.stderr)
+            finally:
+                os._exit(code)
         failed = False
 
         def sending() -> None:
@@ -191,6 +204,7 @@ class Tunnel:
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         signal.signal(signal.SIGCHLD, lambda *_: self.stopping.set())  # it ended: so do we
         signal.signal(signal.SIGUSR1, lambda *_: os.kill(child, signal.SIGUSR1))
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         th = threading.Thread(target=sending, name="tun_to_peer")
         th.start()
         print(f"vpn: {self.tun.name} up, peer {self.peer[0]}:{self.peer[1]}", file=sys.stderr)
