@@ -144,9 +144,20 @@ def run_vpn_example(duration: float) -> Result:
 
 
 def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of process ``pid`` and its descendants so far (vpn.py
+    forks its receiving process: its CPU is half the row's). A process gone meanwhile
+    counts 0 (one that exits between the two reads would be missed: vpn.py's do not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu(child) for child in children)
 
 
 def run_row(row: str, duration: float) -> Result:
