@@ -16,11 +16,10 @@ order does not get). No devices, no traffic.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import sys
 
-from engine_py import HDR_FIELDS, super_packet  # benchmarks/ is on sys.path
+from engine_py import HDR_FIELDS, load_native, super_packet  # benchmarks/ is on sys.path
 
 
 def main() -> int:
@@ -30,11 +29,10 @@ def main() -> int:
     p.add_argument("--shuffle", action="store_true", help="outputs in random order")
     args = p.parse_args()
     if args.native:
-        spec = importlib.util.spec_from_file_location("tunoffload._native", args.native)
-        if spec is None or spec.loader is None:
+        try:
+            mod = load_native(args.native)
+        except SystemExit:  # (its message names engine_py's option, --baseline)
             sys.exit(f"--native: {args.native} is not an extension module")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
     else:
         import tunoffload as mod
     pkt, h = super_packet(False, False, 65000)
