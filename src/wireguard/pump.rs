@@ -779,23 +779,30 @@ mod tests {
         }
     }
 
+    /// In a new network namespace (this thread's): A's TUN device with offload as a queue,
+    /// and a device with one peer for 10.77.1.2, whose endpoint is the socket returned.
+    fn one_peer_in_new_netns() -> (Queue, Device, UdpSocket) {
+        let tun = device_in_new_netns(A_ADDR).expect("device");
+        lo_setup(None);
+        let tun = Queue::new(Arc::try_unwrap(tun).expect("one reference"), true);
+        let dev = Device::new(DeviceConfig::default());
+        dev.set_private_key(&keys(1).0, Instant::now());
+        let peer_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let lines = [
+            PeerLine::AllowedIp(IpNet::new("10.77.1.2".parse().unwrap(), 32).unwrap()),
+            PeerLine::Endpoint(peer_sock.local_addr().unwrap()),
+        ];
+        dev.set_peer(&keys(2).1, &lines, Instant::now()).unwrap();
+        (tun, dev, peer_sock)
+    }
+
     crate::root_test! {
         /// A packet that arrives after the listen port changed (the caller bound new
         /// sockets) is not sent on the old socket: the call returns, and the packet stays
         /// queued for the next call (here: staged, as the peer has no session yet).
         fn pump_tx_leaves_a_packet_queued_once_the_listen_port_changed() {
             thread::spawn(|| {
-                let tun = device_in_new_netns(A_ADDR).expect("device");
-                lo_setup(None);
-                let tun = Queue::new(Arc::try_unwrap(tun).expect("one reference"), true);
-                let dev = Device::new(DeviceConfig::default());
-                dev.set_private_key(&keys(1).0, Instant::now());
-                let peer_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-                let lines = [
-                    PeerLine::AllowedIp(IpNet::new("10.77.1.2".parse().unwrap(), 32).unwrap()),
-                    PeerLine::Endpoint(peer_sock.local_addr().unwrap()),
-                ];
-                dev.set_peer(&keys(2).1, &lines, Instant::now()).unwrap();
+                let (tun, dev, peer_sock) = one_peer_in_new_netns();
                 dev.set_listen_port(1000);
                 let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
                 let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
@@ -837,17 +844,7 @@ mod tests {
         /// held back forever (the loop read it again and again): the buffers grow to it.
         fn pump_tx_takes_a_super_packet_larger_than_its_batch() {
             thread::spawn(|| {
-                let tun = device_in_new_netns(A_ADDR).expect("device");
-                lo_setup(None);
-                let tun = Queue::new(Arc::try_unwrap(tun).expect("one reference"), true);
-                let dev = Device::new(DeviceConfig::default());
-                dev.set_private_key(&keys(1).0, Instant::now());
-                let peer_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-                let lines = [
-                    PeerLine::AllowedIp(IpNet::new("10.77.1.2".parse().unwrap(), 32).unwrap()),
-                    PeerLine::Endpoint(peer_sock.local_addr().unwrap()),
-                ];
-                dev.set_peer(&keys(2).1, &lines, Instant::now()).unwrap();
+                let (tun, dev, _peer) = one_peer_in_new_netns(); // (the endpoint stays bound)
                 let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
                 let shared = Shared::new(sock.as_fd(), &udp::Options::default()).unwrap();
                 let udp = [Some(PumpSocket::new(&shared, sock.as_fd(), None).unwrap()), None];
