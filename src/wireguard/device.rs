@@ -75,6 +75,10 @@ pub struct Decrypted {
     /// The control thread has work (staged packets to send, a handshake): call
     /// [`Device::tick`].
     pub wake: bool,
+    /// The handshake messages kept had a valid mac1 under this key (`None`: none was
+    /// checked): the native receive loop hands it to the control path with them, which
+    /// then does not compute their mac1 again.
+    pub(crate) mac1: Option<Mac1Checked>,
 }
 
 /// Declares a struct of counters (plain numbers, `$stats`) and its atomic twin
@@ -510,7 +514,7 @@ impl Device {
     }
 
     /// [`handle_control`](Self::handle_control) for a message whose mac1 was found valid
-    /// already under the key of `checked` (the verdict [`Device::decrypt_checked`] gives
+    /// already under the key of `checked` (the verdict [`Device::decrypt`] gives
     /// for the handshake messages it kept): mac1 is not computed again if the device's
     /// key is still that one. Everything else (the load meter, mac2 and cookie replies,
     /// the rate limiter, the counters) is as in `handle_control`.

@@ -376,7 +376,7 @@ fn receive(
     sources: &mut [Option<SocketAddr>],
 ) -> Result<(), Error> {
     let (c, now) = (&dev.pump, Instant::now());
-    let Ok((d, checked)) = dev.decrypt_checked(bufs, 0, sizes, sources, now) else {
+    let Ok(d) = dev.decrypt(bufs, 0, sizes, sources, now) else {
         add(&c.rx_errors, 1);
         return Ok(());
     };
@@ -404,7 +404,7 @@ fn receive(
         &bufs[range.clone()],
         &sizes[range.clone()],
         &sources[range],
-        checked,
+        d.mac1,
         now,
         |b, to| udp.send(&[b], to).is_ok(),
     );
@@ -412,7 +412,7 @@ fn receive(
 }
 
 /// The handshake messages of a batch `receive` opened (`bufs[i][..sizes[i]]` from
-/// `sources[i]`, with the verdict of [`Device::decrypt_checked`], which checked their
+/// `sources[i]`, with the verdict of [`Device::decrypt`] (`Decrypted::mac1`), which checked their
 /// mac1), handed to the control path, which does not check mac1 again; what it returns
 /// goes to `send` (`true`: sent).
 fn control(
@@ -515,7 +515,7 @@ mod tests {
     }
 
     /// A batch from `from` through the native receive path without its TUN write:
-    /// `receive`'s [`Device::decrypt_checked`] then its `control`, with `between` run
+    /// `receive`'s [`Device::decrypt`] then its `control`, with `between` run
     /// between the two. Returns what the control path sent.
     fn native(
         dev: &Device,
@@ -527,14 +527,12 @@ mod tests {
         let mut bufs = dgrams.to_vec();
         let mut sizes: Vec<usize> = dgrams.iter().map(Vec::len).collect();
         let mut sources = vec![Some(from); dgrams.len()];
-        let (d, checked) = dev
-            .decrypt_checked(&mut bufs, 0, &mut sizes, &mut sources, now)
-            .unwrap();
+        let d = (dev.decrypt(&mut bufs, 0, &mut sizes, &mut sources, now)).unwrap();
         between();
         let r = d.packets..d.packets + d.control;
         let mut out = Vec::new();
         let (b, s, a) = (&bufs[r.clone()], &sizes[r.clone()], &sources[r]);
-        control(dev, b, s, a, checked, now, |bytes, to| {
+        control(dev, b, s, a, d.mac1, now, |bytes, to| {
             out.push((bytes.to_vec(), to));
             true
         });

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::allowed_ips::AllowedIps;
-use super::cookie::Mac1Checked;
 use super::device::{Decrypted, Device};
 use super::index_table::IndexTable;
 use super::keypair::Keypair;
@@ -204,22 +203,6 @@ impl Device {
         sources: &mut [Option<SocketAddr>],
         now: Instant,
     ) -> Result<Decrypted> {
-        Ok(self.decrypt_checked(bufs, offset, sizes, sources, now)?.0)
-    }
-
-    /// [`decrypt`](Self::decrypt), with the verdict of its mac1 checks: every
-    /// initiation and response it kept (`[packets..packets + control)`) had a valid mac1
-    /// under that key (`None`: none was checked). A caller that hands those messages,
-    /// unchanged, to [`Device::handle_checked_control`] with it has their mac1 computed
-    /// once (the native receive path, [`pump_rx`](super::pump_rx)).
-    pub(crate) fn decrypt_checked<B: ExpandBuffer>(
-        &self,
-        bufs: &mut [B],
-        offset: usize,
-        sizes: &mut [usize],
-        sources: &mut [Option<SocketAddr>],
-        now: Instant,
-    ) -> Result<(Decrypted, Option<Mac1Checked>)> {
         let n = sizes.len();
         if sources.len() < n {
             bail!(
@@ -338,12 +321,12 @@ impl Device {
             self.count(|c| &c.rx_unknown_index, unknown);
             self.count(|c| &c.rx_expired, expired);
             self.count(|c| &c.rx_junk, junk);
-            let d = Decrypted {
+            Ok(Decrypted {
                 packets: p,
                 control: c,
                 wake,
-            };
-            Ok((d, checked))
+                mac1: checked,
+            })
         })
     }
 
